@@ -1,0 +1,105 @@
+"""GEMM shape sets: log-spaced grids, random shapes and shapes taken from real networks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Shape:
+    m: int
+    n: int
+    k: int
+    batch: int = 1
+    origin: str = ""  # where the shape comes from (e.g. "resnet50.conv3x3 c=128")
+
+
+def _check_range(lo: int, hi: int) -> None:
+    if lo <= 0:
+        raise ValueError(f"--min-size: must be a positive integer, got {lo}")
+    if hi < lo:
+        raise ValueError(f"--max-size: must be at least --min-size ({lo}), got {hi}")
+
+
+def log_grid(min_size: int = 16, max_size: int = 4096, points: int = 6) -> list[Shape]:
+    """Every (M, N, K) combination of ``points`` log-spaced sizes in [min_size, max_size]."""
+    _check_range(min_size, max_size)
+    if points < 1:
+        raise ValueError(f"--points: must be a positive integer, got {points}")
+    sizes = sorted({int(round(v)) for v in np.geomspace(min_size, max_size, points)})
+    return [Shape(m, n, k, 1, "grid") for m in sizes for n in sizes for k in sizes]
+
+
+def random_shapes(count: int = 100, min_size: int = 16, max_size: int = 4096,
+                  seed: int = 0) -> list[Shape]:
+    """``count`` shapes with M, N, K drawn log-uniformly (so small sizes are as common as large)."""
+    _check_range(min_size, max_size)
+    if count < 1:
+        raise ValueError(f"--count: must be a positive integer, got {count}")
+    rng = np.random.default_rng(seed)
+    lo, hi = np.log(min_size), np.log(max_size)
+    dims = np.exp(rng.uniform(lo, hi, size=(count, 3)))
+    dims = np.clip(np.round(dims).astype(int), min_size, max_size)
+    return [Shape(int(m), int(n), int(k), 1, "random") for m, n, k in dims]
+
+
+def conv_as_gemm(batch: int, c_in: int, c_out: int, kernel: int, h: int, w: int,
+                 stride: int = 1) -> tuple[int, int, int]:
+    """Implicit-GEMM view of a 'same'-padded conv2d: M = N·Ho·Wo, N = C_out, K = C_in·kh·kw."""
+    ho, wo = -(-h // stride), -(-w // stride)
+    return batch * ho * wo, c_out, c_in * kernel * kernel
+
+
+# (name, c_in, c_out, kernel, input resolution, stride) of conv layers in ResNet-50 and
+# MobileNetV2 at 224x224, one of each distinct geometry.
+_CONV_LAYERS = [
+    ("resnet50.stem7x7", 3, 64, 7, 224, 2),
+    ("resnet50.l1.conv1x1", 64, 64, 1, 56, 1),
+    ("resnet50.l1.conv3x3", 64, 64, 3, 56, 1),
+    ("resnet50.l1.expand", 64, 256, 1, 56, 1),
+    ("resnet50.l2.conv3x3", 128, 128, 3, 28, 1),
+    ("resnet50.l2.expand", 128, 512, 1, 28, 1),
+    ("resnet50.l3.conv3x3", 256, 256, 3, 14, 1),
+    ("resnet50.l3.expand", 256, 1024, 1, 14, 1),
+    ("resnet50.l4.conv3x3", 512, 512, 3, 7, 1),
+    ("resnet50.l4.expand", 512, 2048, 1, 7, 1),
+    ("mobilenetv2.expand24", 24, 144, 1, 56, 1),
+    ("mobilenetv2.project32", 192, 32, 1, 28, 1),
+    ("mobilenetv2.expand96", 96, 576, 1, 14, 1),
+    ("mobilenetv2.project320", 960, 320, 1, 7, 1),
+]
+
+# (name, d_model, heads, ffn multiple) of common transformer sizes.
+_TRANSFORMERS = [("bert-base", 768, 12, 4), ("bert-large", 1024, 16, 4),
+                 ("gpt2-xl", 1600, 25, 4), ("llama-7b", 4096, 32, 2.6875)]
+
+
+def network_shapes(batches: tuple[int, ...] = (1, 8), seq_lens: tuple[int, ...] = (128, 512),
+                   max_size: int | None = None) -> list[Shape]:
+    """GEMMs that real networks run: convs as implicit GEMMs, transformer projections and
+    attention matmuls (batched over heads). ``max_size`` drops shapes with a larger dimension."""
+    out: list[Shape] = []
+    for b in batches:
+        for name, c_in, c_out, kern, res, stride in _CONV_LAYERS:
+            m, n, k = conv_as_gemm(b, c_in, c_out, kern, res, res, stride)
+            out.append(Shape(m, n, k, 1, f"{name} b={b}"))
+        for name, d, heads, ffn in _TRANSFORMERS:
+            hidden = int(round(d * ffn / 64) * 64)
+            for s in seq_lens:
+                tokens = b * s
+                out += [Shape(tokens, 3 * d, d, 1, f"{name}.qkv b={b} s={s}"),
+                        Shape(tokens, d, d, 1, f"{name}.out_proj b={b} s={s}"),
+                        Shape(tokens, hidden, d, 1, f"{name}.ffn_up b={b} s={s}"),
+                        Shape(tokens, d, hidden, 1, f"{name}.ffn_down b={b} s={s}"),
+                        Shape(s, s, d // heads, b * heads, f"{name}.attn_qk b={b} s={s}"),
+                        Shape(s, d // heads, s, b * heads, f"{name}.attn_av b={b} s={s}")]
+    if max_size is not None:
+        out = [s for s in out if max(s.m, s.n, s.k) <= max_size]
+    seen, unique = set(), []
+    for s in out:
+        if (s.m, s.n, s.k, s.batch) not in seen:
+            seen.add((s.m, s.n, s.k, s.batch))
+            unique.append(s)
+    return unique

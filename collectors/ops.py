@@ -1,0 +1,183 @@
+"""The one vocabulary for ops, shared by the store, the predictors, the service and the search.
+
+An op is a kind (``gemm``, ``conv2d``, ...) plus named integer parameters, a dtype and a batch
+size. Everything that crosses a boundary (CLI options, CSV rows, gRPC messages) is converted to an
+:class:`Op` here, and the validation names the offending field so users get a clear error.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class OpError(ValueError):
+    """An op description is malformed; ``field`` names the offending field."""
+
+    def __init__(self, field_name: str, message: str):
+        super().__init__(f"{field_name}: {message}")
+        self.field = field_name
+
+
+@dataclass(frozen=True)
+class DType:
+    """A numeric format an op runs in.
+
+    ``storage`` is the element format in memory, ``compute`` names the arithmetic path
+    (``tf32`` stores fp32 but multiplies on TF32 tensor cores).
+    """
+
+    name: str
+    storage: str
+    bytes_per_element: int
+    tensor_core: bool
+
+
+DTYPES: dict[str, DType] = {
+    d.name: d
+    for d in (
+        DType("fp64", "float64", 8, False),
+        DType("fp32", "float32", 4, False),
+        DType("tf32", "float32", 4, True),
+        DType("fp16", "float16", 2, True),
+        DType("bf16", "bfloat16", 2, True),
+    )
+}
+
+# Maximum size of any single dimension we accept. Larger values are almost always a typo
+# (an element count given as a dimension) and would make shape arithmetic overflow downstream.
+MAX_DIM = 1 << 24
+
+# Required integer parameters per op kind; optional ones with defaults.
+OP_KINDS: dict[str, tuple[tuple[str, ...], dict[str, int]]] = {
+    "gemm": (("m", "n", "k"), {"trans_a": 0, "trans_b": 0}),
+    "linear": (("in_features", "out_features", "tokens"), {"bias": 1}),
+    "conv2d": (
+        ("in_channels", "out_channels", "kernel", "height", "width"),
+        {"stride": 1, "padding": -1, "groups": 1},
+    ),
+    "depthwise_conv2d": (("channels", "kernel", "height", "width"), {"stride": 1, "padding": -1}),
+    "attention": (("seq_len", "heads", "head_dim"), {"kv_len": 0, "causal": 0}),
+    "pool": (("channels", "kernel", "height", "width"), {"stride": 1, "padding": 0}),
+    "norm": (("channels", "elements"), {}),
+    "elementwise": (("elements",), {"inputs": 1}),
+}
+
+# Parameters that may legitimately be 0 or negative (flags, "same" padding sentinel).
+_NON_POSITIVE_OK = {"trans_a", "trans_b", "bias", "padding", "kv_len", "causal"}
+_FLAGS = {"trans_a", "trans_b", "bias", "causal"}
+
+
+def _as_int(field_name: str, value: Any) -> int:
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, float):
+        if not math.isfinite(value) or value != int(value):
+            raise OpError(field_name, f"must be an integer, got {value!r}")
+        return int(value)
+    if isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            raise OpError(field_name, f"must be an integer, got {value!r}") from None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise OpError(field_name, f"must be an integer, got {value!r}") from None
+
+
+def check_dim(field_name: str, value: Any) -> int:
+    """Validate one positive dimension (M, N, K, batch, channels ...)."""
+    v = _as_int(field_name, value)
+    if v <= 0:
+        raise OpError(field_name, f"must be a positive integer, got {v}")
+    if v > MAX_DIM:
+        raise OpError(field_name, f"must be at most {MAX_DIM}, got {v}")
+    return v
+
+
+def check_dtype(value: Any, field_name: str = "dtype") -> DType:
+    name = str(value).strip().lower()
+    if name not in DTYPES:
+        raise OpError(field_name, f"unknown dtype {value!r}; choose from {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+@dataclass(frozen=True)
+class Op:
+    """One op: ``kind`` + integer ``params`` + ``dtype`` + ``batch``."""
+
+    kind: str
+    params: Mapping[str, int] = field(default_factory=dict)
+    dtype: str = "fp32"
+    batch: int = 1
+
+    @classmethod
+    def make(cls, kind: str, params: Mapping[str, Any] | None = None, dtype: Any = "fp32",
+             batch: Any = 1) -> Op:
+        """Build a validated op; raises :class:`OpError` naming the bad field."""
+        kind_name = str(kind).strip().lower()
+        if kind_name not in OP_KINDS:
+            raise OpError("kind", f"unknown op kind {kind!r}; choose from {', '.join(OP_KINDS)}")
+        required, optional = OP_KINDS[kind_name]
+        params = dict(params or {})
+        unknown = sorted(set(params) - set(required) - set(optional))
+        if unknown:
+            raise OpError(unknown[0], f"is not a parameter of {kind_name}")
+        clean: dict[str, int] = {}
+        for name in required:
+            if name not in params or params[name] is None:
+                raise OpError(name, f"is required for {kind_name}")
+            clean[name] = check_dim(name, params[name])
+        for name, default in optional.items():
+            raw = params.get(name, default)
+            v = default if raw is None else _as_int(name, raw)
+            if name in _FLAGS and v not in (0, 1):
+                raise OpError(name, f"must be 0 or 1, got {v}")
+            if name not in _NON_POSITIVE_OK:
+                v = check_dim(name, v)
+            clean[name] = v
+        return cls(kind_name, clean, check_dtype(dtype).name, check_dim("batch", batch))
+
+    @classmethod
+    def gemm(cls, m: Any, n: Any, k: Any, dtype: Any = "fp32", batch: Any = 1,
+             trans_a: Any = 0, trans_b: Any = 0) -> Op:
+        return cls.make("gemm", {"m": m, "n": n, "k": k, "trans_a": trans_a,
+                                 "trans_b": trans_b}, dtype, batch)
+
+    def __getitem__(self, name: str) -> int:
+        return self.params[name]
+
+    @property
+    def layout(self) -> str:
+        """BLAS-style layout of a GEMM: ``nn``, ``nt``, ``tn`` or ``tt``."""
+        return ("t" if self.params.get("trans_a") else "n") + (
+            "t" if self.params.get("trans_b") else "n")
+
+    def key(self) -> str:
+        """A stable text key, used to recognise a config already measured in a sweep."""
+        parts = ",".join(f"{k}={self.params[k]}" for k in sorted(self.params))
+        return f"{self.kind}[{parts}]:{self.dtype}:b{self.batch}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "params": dict(self.params), "dtype": self.dtype,
+                "batch": self.batch}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Op:
+        if not isinstance(d, Mapping):
+            raise OpError("op", f"must be a mapping, got {type(d).__name__}")
+        return cls.make(d.get("kind", ""), d.get("params") or {}, d.get("dtype", "fp32"),
+                        d.get("batch", 1))
+
+
+def gemm_flops(m: int, n: int, k: int, batch: int = 1) -> int:
+    """Floating-point operations of a (batched) GEMM: 2·M·N·K per matrix."""
+    return 2 * m * n * k * batch
+
+
+def gemm_bytes(m: int, n: int, k: int, dtype: str, batch: int = 1) -> int:
+    """Lower bound of bytes moved by a GEMM: every operand read or written once."""
+    return (m * k + k * n + m * n) * DTYPES[dtype].bytes_per_element * batch

@@ -1,0 +1,80 @@
+"""Achievable peaks of a device, measured by micro-benchmarks (roofline inputs for predictors).
+
+Datasheet peaks are not what a kernel can reach; predictors need the achievable ones, so each
+device gets a large-GEMM compute peak per dtype and a copy-bandwidth peak, measured here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from collectors.devices import ComputeDevice
+from collectors.gemm.backends import GemmBackend, backend_for
+from collectors.ops import Op
+from collectors.store.repo import Peak
+from collectors.timing import PerfCounterTimer, Timer, TimingPolicy, time_kernel
+
+PEAK_POLICY = TimingPolicy(warmup_s=0.2, min_reps=5, min_time_s=0.5, max_reps=200,
+                           target_rep_ms=5.0, power_window_s=0.0)
+
+
+def _best(fn: Callable[[], object], timer: Timer, policy: TimingPolicy) -> tuple[float, float]:
+    """Fastest-decile time per call (ms) and the median's relative spread."""
+    stats = time_kernel(fn, timer, policy)
+    return stats.p10_ms, stats.std_ms / stats.median_ms if stats.median_ms else 0.0
+
+
+def _copy_kernel(device: ComputeDevice, nbytes: int) -> tuple[Callable[[], object], Timer]:
+    if device.info.kind == "gpu":
+        import cupy
+
+        from collectors.gemm.backends import CudaEventTimer
+
+        src = cupy.ones(nbytes // 4, dtype=cupy.float32)
+        dst = cupy.empty_like(src)
+
+        def gpu_copy() -> object:
+            return cupy.copyto(dst, src)
+
+        return gpu_copy, CudaEventTimer()
+    src = np.ones(nbytes // 4, dtype=np.float32)
+    dst = np.empty_like(src)
+
+    def cpu_copy() -> object:
+        return np.copyto(dst, src)
+
+    return cpu_copy, PerfCounterTimer()
+
+
+def default_peak_dtypes(device: ComputeDevice, backend: GemmBackend) -> list[str]:
+    """The dtypes worth a compute peak: the tensor-core/low-precision paths and fp32."""
+    wanted = ["fp32", "tf32", "fp16", "bf16"] if device.info.kind == "gpu" else ["fp32", "bf16"]
+    return [d for d in wanted if d in backend.dtypes()]
+
+
+def measure_peaks(device: ComputeDevice, backend: GemmBackend | None = None,
+                  dtypes: list[str] | None = None, bandwidth: bool = True,
+                  policy: TimingPolicy = PEAK_POLICY) -> list[Peak]:
+    """Compute peak (TFLOP/s) per dtype, and copy bandwidth (GB/s) when ``bandwidth``."""
+    gpu = device.info.kind == "gpu"
+    backend = backend or backend_for(device.info.kind, index=getattr(device, "index", 0))
+    size = 8192 if gpu else 1024
+    peaks: list[Peak] = []
+    for dtype in dtypes if dtypes is not None else default_peak_dtypes(device, backend):
+        prepared = backend.prepare(Op.gemm(size, size, size, dtype))
+        t_ms, spread = _best(prepared.fn, prepared.timer, policy)
+        tflops = 2 * size**3 / (t_ms * 1e-3) / 1e12
+        peaks.append(Peak(f"compute_{dtype}", tflops, "TFLOP/s", tflops * spread,
+                          f"{backend.name} {size}^3 GEMM, fastest decile of repetitions"))
+        del prepared
+    if not bandwidth:
+        return peaks
+    nbytes = (1 << 30) if gpu else (256 << 20)
+    fn, timer = _copy_kernel(device, nbytes)
+    t_ms, spread = _best(fn, timer, policy)
+    gbs = 2 * nbytes / (t_ms * 1e-3) / 1e9  # one read and one write of every byte
+    peaks.append(Peak("bandwidth", gbs, "GB/s", gbs * spread,
+                      f"copy of {nbytes >> 20} MiB, read+write bytes, fastest decile"))
+    return peaks

@@ -1,0 +1,218 @@
+"""Running a GEMM sweep into the store: one committed row per config, resumable, crash-safe.
+
+Each config is committed the moment it is measured, so a killed collector loses at most the
+config in flight; the unique (sweep, config_key) pair makes a resumed sweep skip what is done and
+makes a double measurement impossible.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import socket
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from sqlalchemy.exc import IntegrityError
+
+from collectors.devices import ComputeDevice, DeviceError
+from collectors.gemm.backends import GemmBackend
+from collectors.gemm.shapes import Shape
+from collectors.ops import DTYPES, Op, gemm_bytes, gemm_flops
+from collectors.store.db import Store
+from collectors.store.models import Measurement, Sweep, utcnow
+from collectors.store.repo import done_keys, get_sweep, upsert_device
+from collectors.timing import KernelResult, TimingPolicy, measure_kernel
+
+# Share of free device memory a config may use; the rest is headroom for the allocator and
+# the L2-flush buffer.
+MEMORY_HEADROOM = 0.8
+
+
+def plan_gemm(shapes: Iterable[Shape], dtypes: Iterable[str],
+              layouts: Iterable[str] = ("nn",)) -> list[tuple[Op, str]]:
+    """Every shape x dtype x layout as (op, origin)."""
+    plan = []
+    for layout in layouts:
+        if layout not in ("nn", "nt", "tn", "tt"):
+            raise ValueError(f"--layout: expected nn, nt, tn or tt, got {layout!r}")
+    for shape in shapes:
+        for dtype in dtypes:
+            for layout in layouts:
+                op = Op.gemm(shape.m, shape.n, shape.k, dtype, shape.batch,
+                             trans_a=int(layout[0] == "t"), trans_b=int(layout[1] == "t"))
+                plan.append((op, shape.origin))
+    return plan
+
+
+@dataclass
+class SweepSummary:
+    sweep_id: int
+    planned: int
+    done: int = 0
+    failed: int = 0
+    skipped: int = 0
+    already_done: int = 0
+    interrupted: bool = False
+    seconds: float = 0.0
+    tflops: list[float] = field(default_factory=list)
+    power_sources: set[str] = field(default_factory=set)
+
+    @property
+    def remaining(self) -> int:
+        return self.planned - self.already_done - self.done - self.failed - self.skipped
+
+
+class SweepRunner:
+    """Creates, resumes and runs GEMM sweeps for one device with one backend."""
+
+    def __init__(self, store: Store, device: ComputeDevice, backend: GemmBackend,
+                 policy: TimingPolicy | None = None, progress: bool = True):
+        self.store, self.device, self.backend = store, device, backend
+        self.policy = policy or TimingPolicy()
+        self.progress = progress
+        self.reader = device.power_reader()
+
+    def create(self, plan: list[tuple[Op, str]], options: dict | None = None) -> int:
+        with self.store.session() as s:
+            dev = upsert_device(s, self.device.info)
+            sweep = Sweep(kind="gemm", device_id=dev.id, host=socket.gethostname(),
+                          n_planned=len(plan), status="running",
+                          config={"device_fingerprint": dev.fingerprint,
+                                  "device": self.device.info.name,
+                                  "backend": self.backend.name,
+                                  "policy": dataclasses.asdict(self.policy),
+                                  "options": options or {},
+                                  "configs": [{**op.to_dict(), "origin": origin}
+                                              for op, origin in plan]})
+            s.add(sweep)
+            s.commit()
+            return sweep.id
+
+    @staticmethod
+    def load_plan(store: Store, sweep_id: int) -> tuple[Sweep, list[tuple[Op, str]]]:
+        with store.session() as s:
+            sweep = get_sweep(s, sweep_id)
+            if sweep is None or sweep.kind != "gemm":
+                raise ValueError(f"--resume {sweep_id}: no GEMM sweep with that id in the store")
+            plan = [(Op.from_dict(c), c.get("origin", "")) for c in sweep.config["configs"]]
+            return sweep, plan
+
+    def run(self, sweep_id: int) -> SweepSummary:
+        sweep, plan = self.load_plan(self.store, sweep_id)
+        if sweep.config.get("device_fingerprint") != self.device.info.fingerprint:
+            raise DeviceError(f"--resume {sweep_id}: the sweep was made on "
+                              f"{sweep.config.get('device')} of another machine; run it there")
+        with self.store.session() as s:
+            done = done_keys(s, sweep_id)
+            device_id = sweep.device_id
+            s.get(Sweep, sweep_id).status = "running"
+            s.commit()
+        todo = [(op, origin) for op, origin in plan if op.key() not in done]
+        summary = SweepSummary(sweep_id, len(plan), already_done=len(plan) - len(todo))
+        t0 = time.perf_counter()
+        bar = _progress(len(plan), summary.already_done, self.progress)
+        status = "done"
+        try:
+            for op, origin in todo:
+                row = self.measure(op, origin, sweep_id, device_id)
+                if self._commit(row):
+                    self._count(summary, row)
+                bar.update(1)
+                bar.set_postfix(failed=summary.failed, skipped=summary.skipped)
+        except KeyboardInterrupt:
+            summary.interrupted = True
+            status = "interrupted"
+        finally:
+            bar.close()
+            summary.seconds = time.perf_counter() - t0
+            with self.store.session() as s:
+                sw = s.get(Sweep, sweep_id)
+                sw.status = status
+                sw.finished_at = utcnow()
+                s.commit()
+        return summary
+
+    def _commit(self, row: Measurement) -> bool:
+        with self.store.session() as s:
+            s.add(row)
+            try:
+                s.commit()
+            except IntegrityError:
+                # Another process measured this config meanwhile; keep the first.
+                s.rollback()
+                return False
+        return True
+
+    @staticmethod
+    def _count(summary: SweepSummary, row: Measurement) -> None:
+        if row.status == "ok":
+            summary.done += 1
+            if row.tflops:
+                summary.tflops.append(row.tflops)
+            summary.power_sources.add(row.power_source)
+        elif row.status == "skipped":
+            summary.skipped += 1
+        else:
+            summary.failed += 1
+
+    def measure(self, op: Op, origin: str, sweep_id: int, device_id: int) -> Measurement:
+        """Measure one config; failures and skips come back as rows too, never exceptions."""
+        row = Measurement(sweep_id=sweep_id, device_id=device_id, config_key=op.key(),
+                          op_kind=op.kind, m=op["m"], n=op["n"], k=op["k"], batch=op.batch,
+                          dtype=op.dtype, layout=op.layout, backend=self.backend.name,
+                          params={"origin": origin}, power_source=self.reader.source,
+                          l2_flushed=self.policy.l2_flush)
+        need = 1.1 * gemm_bytes(op["m"], op["n"], op["k"], op.dtype, op.batch)
+        if op.dtype == "bf16" and self.backend.device_kind == "cpu":
+            need *= 3  # torch builds bf16 operands from fp32 copies
+        free = self.device.free_memory_bytes()
+        if free is not None and need > MEMORY_HEADROOM * free:
+            row.status = "skipped"
+            row.error = (f"does not fit memory: needs {need / 2**30:.2f} GiB, "
+                         f"{free / 2**30:.2f} GiB free")
+            return row
+        try:
+            prepared = self.backend.prepare(op)
+            result = measure_kernel(prepared.fn, prepared.timer, self.device, self.reader,
+                                    self.policy)
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:
+            if "OutOfMemory" in type(exc).__name__ or isinstance(exc, MemoryError):
+                row.status, row.error = "skipped", f"does not fit memory: {exc}"
+            else:
+                row.status, row.error = "failed", f"{type(exc).__name__}: {exc}"
+            return row
+        self._fill(row, op, prepared, result)
+        return row
+
+    def _fill(self, row: Measurement, op: Op, prepared, result: KernelResult) -> None:
+        t, p = result.timing, result.power
+        row.status = "ok"
+        row.compute_type = prepared.compute_type
+        row.tensor_core = prepared.tensor_core and DTYPES[op.dtype].tensor_core
+        row.threads = prepared.threads
+        row.latency_ms_median, row.latency_ms_p10, row.latency_ms_p90 = (
+            t.median_ms, t.p10_ms, t.p90_ms)
+        row.latency_ms_mean, row.latency_ms_std = t.mean_ms, t.std_ms
+        row.repetitions = t.repetitions
+        row.tflops = gemm_flops(op["m"], op["n"], op["k"], op.batch) / (t.median_ms * 1e-3) / 1e12
+        row.power_w, row.energy_j = p.power_w, p.energy_j_per_call
+        row.power_source, row.power_window_s = p.source, p.window_s
+        b, a = result.before, result.after
+        row.sm_clock_mhz, row.mem_clock_mhz = b.sm_clock_mhz, b.mem_clock_mhz
+        row.temperature_c, row.throttle_reasons = b.temperature_c, b.throttle_reasons
+        row.params = {**row.params, "inner_calls": t.inner,
+                      "state_after": dataclasses.asdict(a),
+                      **({"power_note": p.note} if p.note else {})}
+        if not math.isfinite(row.latency_ms_median):
+            row.status, row.error = "failed", "non-finite latency"
+
+
+def _progress(total: int, initial: int, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, disable=not enabled, unit="cfg",
+                desc="gemm sweep", dynamic_ncols=True)

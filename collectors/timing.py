@@ -1,0 +1,166 @@
+"""Timing and energy protocol shared by every collector.
+
+A kernel is warmed up, then timed in repetitions until both a minimum count and a minimum time
+are reached. Tiny kernels are called ``inner`` times per repetition so the timer's own cost and
+launch jitter do not dominate. Energy is read over a separate steady-state window of at least
+``power_window_s`` seconds: power sensors update every ~100 ms and average, so a shorter window
+reads noise.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from collectors.devices import ComputeDevice, DeviceState
+from collectors.power import PowerReader
+
+
+@dataclass
+class TimingPolicy:
+    """How long and how often to measure. Times in seconds unless named ``_ms``."""
+
+    warmup_s: float = 0.05
+    min_warmup_calls: int = 2
+    min_reps: int = 10
+    min_time_s: float = 0.2
+    max_reps: int = 2000
+    target_rep_ms: float = 2.0
+    power_window_s: float = 1.0
+    l2_flush: bool = False
+    cooldown_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("min_reps", "max_reps", "min_warmup_calls"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be at least 1")
+        for name in ("warmup_s", "min_time_s", "target_rep_ms", "power_window_s", "cooldown_s"):
+            v = getattr(self, name)
+            if not math.isfinite(v) or v < 0:
+                raise ValueError(f"{name}: must be a non-negative number, got {v}")
+        if self.max_reps < self.min_reps:
+            raise ValueError("max_reps: must be at least min_reps")
+
+
+@dataclass
+class TimingStats:
+    """Latency of one call in milliseconds, over ``repetitions`` repetitions."""
+
+    median_ms: float
+    p10_ms: float
+    p90_ms: float
+    mean_ms: float
+    std_ms: float
+    repetitions: int
+    inner: int
+
+    @classmethod
+    def from_samples(cls, samples_ms: list[float], inner: int) -> TimingStats:
+        a = np.asarray(samples_ms, dtype=float)
+        return cls(float(np.median(a)), float(np.percentile(a, 10)),
+                   float(np.percentile(a, 90)), float(a.mean()),
+                   float(a.std(ddof=1)) if a.size > 1 else 0.0, int(a.size), inner)
+
+    @property
+    def cv(self) -> float:
+        return self.std_ms / self.mean_ms if self.mean_ms > 0 else 0.0
+
+
+class Timer(ABC):
+    """Times ``inner`` back-to-back calls of a kernel; returns ms per call."""
+
+    @abstractmethod
+    def time(self, fn: Callable[[], object], inner: int) -> float: ...
+
+    def sync(self) -> None:  # noqa: B027 - optional hook, a no-op on CPUs
+        """Wait for queued work (GPU); nothing to do on a CPU."""
+
+    def before_rep(self) -> None:  # noqa: B027 - optional hook, a no-op on CPUs
+        """Hook run outside the timed region before each repetition (L2 flush)."""
+
+
+class PerfCounterTimer(Timer):
+    def time(self, fn: Callable[[], object], inner: int) -> float:
+        t0 = time.perf_counter_ns()
+        for _ in range(inner):
+            fn()
+        return (time.perf_counter_ns() - t0) / 1e6 / inner
+
+
+@dataclass
+class PowerResult:
+    power_w: float | None
+    energy_j_per_call: float | None
+    source: str
+    window_s: float | None
+    note: str | None = None
+
+
+@dataclass
+class KernelResult:
+    timing: TimingStats
+    power: PowerResult
+    before: DeviceState
+    after: DeviceState
+
+
+def time_kernel(fn: Callable[[], object], timer: Timer, policy: TimingPolicy) -> TimingStats:
+    """Warm up, pick ``inner`` and time repetitions per ``policy``."""
+    t_end = time.perf_counter() + policy.warmup_s
+    calls = 0
+    t0 = time.perf_counter()
+    while calls < policy.min_warmup_calls or time.perf_counter() < t_end:
+        fn()
+        calls += 1
+        if calls % 8 == 0:
+            timer.sync()
+    timer.sync()
+    per_call_ms = max((time.perf_counter() - t0) * 1e3 / calls, 1e-6)
+    inner = max(1, math.ceil(policy.target_rep_ms / per_call_ms))
+
+    samples: list[float] = []
+    t_start = time.perf_counter()
+    while len(samples) < policy.max_reps and (
+            len(samples) < policy.min_reps or time.perf_counter() - t_start < policy.min_time_s):
+        if policy.l2_flush:
+            timer.before_rep()
+        samples.append(timer.time(fn, inner))
+    return TimingStats.from_samples(samples, inner)
+
+
+def energy_window(fn: Callable[[], object], timer: Timer, reader: PowerReader,
+                  per_call_ms: float, window_s: float) -> PowerResult:
+    """Loop ``fn`` for at least ``window_s`` seconds and read the energy of the whole window."""
+    if not reader.available:
+        return PowerResult(None, None, reader.source, None, getattr(reader, "reason", None))
+    window_s = max(window_s, reader.min_window_s)
+    calls = max(1, math.ceil(window_s * 1e3 / max(per_call_ms, 1e-6)))
+    timer.sync()
+    token = reader.start()
+    for i in range(calls):
+        fn()
+        if i % 1024 == 1023:
+            timer.sync()  # bounds the launch queue on a GPU
+    timer.sync()
+    reading = reader.stop(token)
+    if reading.energy_j is None:
+        return PowerResult(None, None, reading.source, reading.duration_s, reading.note)
+    return PowerResult(reading.power_w, reading.energy_j / calls, reading.source,
+                       reading.duration_s, reading.note)
+
+
+def measure_kernel(fn: Callable[[], object], timer: Timer, device: ComputeDevice,
+                   reader: PowerReader, policy: TimingPolicy) -> KernelResult:
+    """The full protocol for one config: state, timing, energy window, state again."""
+    before = device.state()
+    timing = time_kernel(fn, timer, policy)
+    power = energy_window(fn, timer, reader, timing.median_ms, policy.power_window_s)
+    after = device.state()
+    if policy.cooldown_s > 0:
+        time.sleep(policy.cooldown_s)
+    return KernelResult(timing, power, before, after)

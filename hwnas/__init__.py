@@ -1,0 +1,1 @@
+"""hwnas: hardware-aware NAS and latency/power/energy prediction (command line and glue)."""

@@ -1,0 +1,241 @@
+"""The ``hwnas`` command line. Heavy imports (torch, CuPy) happen inside commands so that
+``hwnas --help`` stays instant."""
+
+from __future__ import annotations
+
+import functools
+import sys
+
+import click
+
+from hwnas.output import print_table
+
+DB_OPTION = click.option(
+    "--db", "db_url", envvar="HWNAS_DB", default=None, metavar="URL",
+    help="SQLAlchemy URL of the store (sqlite:///file or postgresql://user@host/db). "
+         "Default: $HWNAS_DB, else a SQLite file under $XDG_DATA_HOME/hwnas.")
+
+
+def friendly_errors(fn):
+    """Turn the project's own errors into one clear line and an exit code, no traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from collectors.devices import DeviceError
+        from collectors.gemm.backends import BackendError
+        from collectors.ops import OpError
+        from collectors.store.db import StoreError
+
+        try:
+            return fn(*args, **kwargs)
+        except (OpError, BackendError) as exc:
+            raise click.UsageError(str(exc)) from None
+        except (StoreError, DeviceError) as exc:
+            raise click.ClickException(str(exc)) from None
+        except ValueError as exc:
+            raise click.UsageError(str(exc)) from None
+
+    return wrapper
+
+
+def open_store(db_url: str | None):
+    from collectors.store.db import Store
+
+    return Store(db_url)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="hwnas")
+def main() -> None:
+    """hwnas: measure GEMMs and networks on CPUs and NVIDIA GPUs, store the measurements,
+    and (in later stages) predict latency, power and energy from them.
+
+    Start with `hwnas demo`, which detects this machine, runs a small GEMM sweep into the
+    default store and prints a summary.
+    """
+
+
+@main.command()
+@DB_OPTION
+@click.option("--measure-peaks", is_flag=True,
+              help="Measure achievable compute (TFLOP/s) and bandwidth (GB/s) peaks now and "
+                   "store them with each device.")
+@friendly_errors
+def devices(db_url: str | None, measure_peaks: bool) -> None:
+    """List the CPU and every NVIDIA GPU with their specs and stored peaks."""
+    from collectors import nvml
+    from collectors.devices import detect_devices
+    from collectors.store.repo import device_peaks, upsert_device
+
+    found = detect_devices()
+    store = open_store(db_url)
+    rows = []
+    with store.session() as s:
+        for dev in found:
+            row = upsert_device(s, dev.info)
+            if measure_peaks:
+                from collectors.peaks import measure_peaks as run_peaks
+                from collectors.store.repo import save_peaks
+
+                click.echo(f"measuring peaks of {dev.info.name} ...", err=True)
+                save_peaks(s, row, run_peaks(dev))
+            peaks = device_peaks(s, row.id)
+            reader = dev.power_reader()
+            i = dev.info
+            rows.append([
+                i.name, i.model, i.sm_count or "-",
+                f"{i.memory_bytes / 2**30:.1f}" if i.memory_bytes else "-",
+                i.driver_version or "-", f"{i.max_sm_clock_mhz:.0f}" if i.max_sm_clock_mhz else "-",
+                f"{i.power_limit_w:.0f}" if i.power_limit_w else "-",
+                reader.source if reader.available else f"unavailable ({reader.reason})",
+                ", ".join(f"{k}={v:.3g}" for k, v in sorted(peaks.items())) or "not measured",
+                row.fingerprint[:12],
+            ])
+        s.commit()
+    print_table(["device", "model", "cores/SMs", "mem GiB", "driver", "max MHz", "power limit W",
+                 "power source", "peaks (TFLOP/s, GB/s)", "fingerprint"], rows)
+    if len(found) == 1:
+        click.echo(f"no NVIDIA GPU: {nvml.unavailable_reason or 'NVML found none'}")
+
+
+@main.group()
+def collect() -> None:
+    """Measure ops on this machine into the store."""
+
+
+@collect.command("gemm")
+@DB_OPTION
+@click.option("--device", "device_name", default="cpu", show_default=True,
+              help="cpu, or cuda:N for an NVIDIA GPU.")
+@click.option("--backend", default=None,
+              help="torch or numpy on a CPU (default torch); cupy on a GPU.")
+@click.option("--dtype", "dtypes", default="fp32", show_default=True,
+              help="Comma-separated dtypes: fp32, tf32, fp16, bf16 (fp64 on CPU).")
+@click.option("--shapes", "shape_set", type=click.Choice(["grid", "random", "networks"]),
+              default="grid", show_default=True,
+              help="grid: log-spaced M,N,K; random: log-uniform draws; networks: conv layers as "
+                   "implicit GEMMs and transformer projections/attention matmuls.")
+@click.option("--min-size", type=int, default=16, show_default=True, help="Smallest dimension.")
+@click.option("--max-size", type=int, default=1024, show_default=True, help="Largest dimension.")
+@click.option("--points", type=int, default=4, show_default=True,
+              help="Sizes per dimension for --shapes grid (points^3 shapes).")
+@click.option("--count", type=int, default=50, show_default=True,
+              help="Number of shapes for --shapes random.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for --shapes random.")
+@click.option("--layout", "layouts", default="nn", show_default=True,
+              help="Comma-separated transposes of A and B: nn, nt, tn, tt.")
+@click.option("--warmup", type=float, default=0.05, show_default=True,
+              help="Warm-up time per config (s).")
+@click.option("--min-reps", type=int, default=10, show_default=True,
+              help="Minimum timed repetitions per config.")
+@click.option("--min-time", type=float, default=0.2, show_default=True,
+              help="Minimum timed time per config (s).")
+@click.option("--power-window", type=float, default=1.0, show_default=True,
+              help="Steady-state window for energy (s); only used where power is readable.")
+@click.option("--l2-flush", is_flag=True, help="GPU: overwrite 256 MiB between repetitions "
+                                                "(cold-cache timing).")
+@click.option("--cooldown", type=float, default=0.0, show_default=True,
+              help="Pause between configs (s), keeps temperature comparable.")
+@click.option("--resume", "resume_id", type=int, default=None, metavar="SWEEP",
+              help="Resume sweep SWEEP: measure only the configs it has not stored yet.")
+@click.option("--skip-peaks", is_flag=True,
+              help="Do not measure the device's peaks before the sweep if missing.")
+@click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
+@friendly_errors
+def collect_gemm(db_url, device_name, backend, dtypes, shape_set, min_size, max_size, points,
+                 count, seed, layouts, warmup, min_reps, min_time, power_window, l2_flush,
+                 cooldown, resume_id, skip_peaks, no_progress) -> None:
+    """Sweep GEMM shapes x dtypes on one device; every config is committed as it completes.
+
+    Interrupt with Ctrl-C at any time; `--resume SWEEP` carries on where it stopped.
+    """
+    from hwnas.gemm_job import GemmJob
+
+    job = GemmJob.from_options(
+        db_url=db_url, device_name=device_name, backend=backend, dtypes=dtypes,
+        shape_set=shape_set, min_size=min_size, max_size=max_size, points=points, count=count,
+        seed=seed, layouts=layouts, warmup=warmup, min_reps=min_reps, min_time=min_time,
+        power_window=power_window, l2_flush=l2_flush, cooldown=cooldown, resume_id=resume_id,
+        progress=not no_progress)
+    summary = job.run(measure_missing_peaks=not skip_peaks)
+    job.print_summary(summary)
+    if summary.interrupted:
+        sys.exit(130)
+
+
+@main.command()
+@DB_OPTION
+@friendly_errors
+def demo(db_url: str | None) -> None:
+    """The main job on embedded defaults: detect this machine, run a small GEMM sweep
+    (fp32, plus bf16 where the CPU runs it) into the store and print a summary."""
+    from hwnas.gemm_job import GemmJob
+
+    job = GemmJob.from_options(db_url=db_url, device_name="cpu", dtypes="fp32,bf16",
+                               shape_set="grid", min_size=32, max_size=512, points=3,
+                               min_time=0.1, power_window=1.0, progress=True,
+                               skip_unsupported_dtypes=True)
+    job.describe_device()
+    summary = job.run(measure_missing_peaks=True)
+    job.print_summary(summary)
+
+
+@main.group()
+def db() -> None:
+    """Inspect the store and move its data between machines."""
+
+
+@db.command("info")
+@DB_OPTION
+@friendly_errors
+def db_info(db_url: str | None) -> None:
+    """Show the store's URL, devices and sweeps with their progress."""
+    from sqlalchemy import func, select
+
+    from collectors.store.models import Device, Measurement, Sweep
+
+    store = open_store(db_url)
+    click.echo(f"store: {store.display_url}")
+    with store.session() as s:
+        counts = dict(s.execute(select(Measurement.sweep_id, func.count())
+                                .group_by(Measurement.sweep_id)).all())
+        devs = {d.id: d for d in s.scalars(select(Device))}
+        rows = [[sw.id, sw.kind, devs[sw.device_id].name if sw.device_id in devs else "-",
+                 devs[sw.device_id].model if sw.device_id in devs else "-", sw.status,
+                 f"{counts.get(sw.id, 0)}/{sw.n_planned}", sw.host or "-",
+                 sw.started_at.strftime("%Y-%m-%d %H:%M")]
+                for sw in s.scalars(select(Sweep).order_by(Sweep.id))]
+    print_table(["sweep", "kind", "device", "model", "status", "stored/planned", "host",
+                 "started (UTC)"], rows)
+
+
+@db.command("export")
+@DB_OPTION
+@click.option("--format", "fmt", type=click.Choice(["csv", "parquet"]), default="csv",
+              show_default=True)
+@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False),
+              help="File to write.")
+@click.option("--sweep", "sweep_ids", type=int, multiple=True, help="Only these sweeps.")
+@friendly_errors
+def db_export(db_url, fmt, out_path, sweep_ids) -> None:
+    """Write measurements (with their devices) to CSV or Parquet."""
+    from collectors.store.exchange import export_measurements
+
+    n = export_measurements(open_store(db_url), out_path, fmt, sweep_ids or None)
+    click.echo(f"exported {n} measurements to {out_path}")
+
+
+@db.command("import")
+@DB_OPTION
+@click.argument("path", type=click.Path(exists=True, dir_okay=False))
+@friendly_errors
+def db_import(db_url, path) -> None:
+    """Load a file written by `hwnas db export` (CSV or Parquet); rows already here are skipped."""
+    from collectors.store.exchange import import_measurements
+
+    added, skipped = import_measurements(open_store(db_url), path)
+    click.echo(f"imported {added} measurements from {path} ({skipped} already present)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,143 @@
+"""A GEMM sweep as the CLI runs it: options in, device + store + backend + sweep out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import click
+import numpy as np
+
+from collectors.devices import ComputeDevice, get_device
+from collectors.gemm.backends import GemmBackend, backend_for
+from collectors.gemm.shapes import log_grid, network_shapes, random_shapes
+from collectors.ops import check_dtype
+from collectors.store.db import Store
+from collectors.sweep import SweepRunner, SweepSummary, plan_gemm
+from collectors.timing import TimingPolicy
+from hwnas.output import print_table
+
+
+def _split(text: str, option: str) -> list[str]:
+    items = [t.strip().lower() for t in text.split(",") if t.strip()]
+    if not items:
+        raise ValueError(f"{option}: give at least one value")
+    return items
+
+
+@dataclass
+class GemmJob:
+    store: Store
+    device: ComputeDevice
+    backend: GemmBackend
+    runner: SweepRunner
+    sweep_id: int
+    resumed: bool
+
+    @classmethod
+    def from_options(cls, *, db_url=None, device_name="cpu", backend=None, dtypes="fp32",
+                     shape_set="grid", min_size=16, max_size=1024, points=4, count=50, seed=0,
+                     layouts="nn", warmup=0.05, min_reps=10, min_time=0.2, power_window=1.0,
+                     l2_flush=False, cooldown=0.0, resume_id=None, progress=True,
+                     skip_unsupported_dtypes=False) -> GemmJob:
+        # Validate every option before touching hardware or the store.
+        policy = TimingPolicy(warmup_s=warmup, min_reps=min_reps, min_time_s=min_time,
+                              power_window_s=power_window, l2_flush=l2_flush,
+                              cooldown_s=cooldown)
+        dtype_list = [check_dtype(d, "--dtype").name for d in _split(dtypes, "--dtype")]
+        if resume_id is None:
+            if shape_set == "grid":
+                shapes = log_grid(min_size, max_size, points)
+            elif shape_set == "random":
+                shapes = random_shapes(count, min_size, max_size, seed)
+            else:
+                if max_size <= 0:
+                    raise ValueError(f"--max-size: must be a positive integer, got {max_size}")
+                shapes = network_shapes(max_size=max_size)
+            layout_list = _split(layouts, "--layout")
+            plan_gemm(shapes[:1], dtype_list[:1], layout_list)  # validates layouts early
+        device = get_device(device_name)
+        backend_impl = backend_for(device.info.kind, backend, getattr(device, "index", 0))
+        if skip_unsupported_dtypes:
+            dtype_list = [d for d in dtype_list if d in backend_impl.dtypes()]
+        for d in dtype_list:
+            backend_impl.check(d)
+        store = Store(db_url)
+        runner = SweepRunner(store, device, backend_impl, policy, progress=progress)
+        if resume_id is not None:
+            SweepRunner.load_plan(store, resume_id)  # raises a clear error if unknown
+            return cls(store, device, backend_impl, runner, resume_id, True)
+        plan = plan_gemm(shapes, dtype_list, layout_list)
+        options = {"shapes": shape_set, "min_size": min_size, "max_size": max_size,
+                   "points": points, "count": count, "seed": seed, "dtypes": dtype_list,
+                   "layouts": layout_list}
+        return cls(store, device, backend_impl, runner, runner.create(plan, options), False)
+
+    def describe_device(self) -> None:
+        i = self.device.info
+        mem = f"{i.memory_bytes / 2**30:.1f} GiB" if i.memory_bytes else "unknown memory"
+        click.echo(f"device: {i.name} = {i.model} ({i.sm_count} cores, {mem}); "
+                   f"backend {self.backend.name}; store {self.store.display_url}")
+
+    def ensure_peaks(self) -> None:
+        """Measure the peaks this sweep's dtypes need and the device does not have yet."""
+        from collectors.peaks import measure_peaks
+        from collectors.store.repo import device_peaks, save_peaks, upsert_device
+
+        with self.store.session() as s:
+            row = upsert_device(s, self.device.info)
+            have = device_peaks(s, row.id)
+            dtypes = sorted({c["dtype"] for c in self._configs()} - {
+                m.removeprefix("compute_") for m in have})
+            dtypes = [d for d in dtypes if d != "fp64"]
+            if not dtypes and "bandwidth" in have:
+                return
+            click.echo(f"measuring peaks of {self.device.info.name} "
+                       f"({', '.join(dtypes + ['bandwidth'])}; once per device) ...", err=True)
+            save_peaks(s, row, measure_peaks(self.device, self.backend, dtypes,
+                                             bandwidth="bandwidth" not in have))
+            s.commit()
+
+    def _configs(self) -> list[dict]:
+        _, plan = SweepRunner.load_plan(self.store, self.sweep_id)
+        return [op.to_dict() for op, _ in plan]
+
+    def run(self, measure_missing_peaks: bool = True) -> SweepSummary:
+        if measure_missing_peaks:
+            self.ensure_peaks()
+        verb = "resuming" if self.resumed else "starting"
+        click.echo(f"{verb} sweep {self.sweep_id}", err=True)
+        return self.runner.run(self.sweep_id)
+
+    def print_summary(self, summary: SweepSummary) -> None:
+        from sqlalchemy import select
+
+        from collectors.store.models import Measurement
+
+        with self.store.session() as s:
+            rows = s.execute(select(Measurement.dtype, Measurement.status, Measurement.tflops,
+                                    Measurement.latency_ms_median, Measurement.power_w)
+                             .where(Measurement.sweep_id == self.sweep_id)).all()
+        table = []
+        for dtype in sorted({r.dtype for r in rows}):
+            ok = [r for r in rows if r.dtype == dtype and r.status == "ok"]
+            bad = [r for r in rows if r.dtype == dtype and r.status != "ok"]
+            tf = np.array([r.tflops for r in ok]) if ok else np.array([np.nan])
+            lat = np.array([r.latency_ms_median for r in ok]) if ok else np.array([np.nan])
+            pw = [r.power_w for r in ok if r.power_w is not None]
+            table.append([dtype, len(ok), len(bad), f"{np.nanmin(lat):.4g}",
+                          f"{np.nanmax(lat):.4g}", f"{np.nanmin(tf):.3g}",
+                          f"{np.nanmedian(tf):.3g}", f"{np.nanmax(tf):.3g}",
+                          f"{np.median(pw):.1f}" if pw else "unavailable"])
+        click.echo("")
+        print_table(["dtype", "ok", "failed/skipped", "min ms", "max ms", "min TFLOP/s",
+                     "median TFLOP/s", "max TFLOP/s", "median power W"], table)
+        state = "interrupted" if summary.interrupted else "finished"
+        click.echo(f"\nsweep {self.sweep_id} {state} in {summary.seconds:.1f} s: "
+                   f"{summary.done} done, {summary.failed} failed, {summary.skipped} skipped, "
+                   f"{summary.already_done} stored earlier, {summary.remaining} remaining")
+        reader = self.runner.reader
+        if not reader.available:
+            click.echo(f"power: unavailable on {self.device.info.name} ({reader.reason}); "
+                       "rows are stored with power_source='unavailable'")
+        if summary.interrupted or summary.remaining:
+            click.echo(f"resume with: hwnas collect gemm --resume {self.sweep_id}")

@@ -1,0 +1,72 @@
+"""The command line: help, the main job, and clear errors (exit code, no traceback)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from hwnas.cli import main
+
+
+def run(args, **env):
+    result = CliRunner().invoke(main, args, env=env or None)
+    return result
+
+
+def test_help_lists_every_subcommand():
+    out = run(["--help"]).output
+    for cmd in ("collect", "db", "demo", "devices"):
+        assert cmd in out
+    assert "export" in run(["db", "--help"]).output
+    assert "--resume" in run(["collect", "gemm", "--help"]).output
+
+
+def test_collect_small_sweep_and_info(tmp_path):
+    db = f"sqlite:///{tmp_path / 's.sqlite'}"
+    r = run(["collect", "gemm", "--db", db, "--max-size", "32", "--points", "2",
+             "--min-time", "0.01", "--skip-peaks", "--no-progress", "--dtype", "fp32"])
+    assert r.exit_code == 0, r.output
+    assert "8 done, 0 failed" in r.output and "power: unavailable" in r.output
+    info = run(["db", "info", "--db", db])
+    assert "8/8" in info.output and "done" in info.output
+    devs = run(["devices", "--db", db])
+    assert devs.exit_code == 0 and "cpu" in devs.output
+
+
+@pytest.mark.parametrize("args, code, needle", [
+    (["--min-size", "0"], 2, "--min-size: must be a positive integer"),
+    (["--min-size", "-5"], 2, "--min-size"),
+    (["--max-size", "8", "--min-size", "16"], 2, "--max-size"),
+    (["--dtype", "fp9"], 2, "--dtype: unknown dtype 'fp9'"),
+    (["--dtype", "tf32"], 2, "--dtype tf32: the torch backend runs"),
+    (["--points", "0"], 2, "--points"),
+    (["--layout", "xx"], 2, "--layout"),
+    (["--min-reps", "0"], 2, "min_reps"),
+    (["--device", "cuda:7"], 1, "--device cuda:7"),
+    (["--device", "tpu"], 1, "--device 'tpu'"),
+    (["--backend", "jax"], 2, "--backend jax"),
+    (["--resume", "99"], 2, "--resume 99: no GEMM sweep"),
+    (["--db", "postgresql://nobody@127.0.0.1:1/none"], 1, "cannot connect"),
+    (["--db", "notaurl"], 1, "--db: cannot parse database URL"),
+    (["--db", "mysql://x@127.0.0.1:1/y"], 1, "--db"),
+])
+def test_bad_options_give_clear_errors(tmp_path, args, code, needle):
+    if "--db" not in args:
+        args = args + ["--db", f"sqlite:///{tmp_path / 'e.sqlite'}"]
+    r = run(["collect", "gemm", "--skip-peaks", "--no-progress", *args])
+    assert r.exit_code == code, r.output
+    assert needle in r.output
+    assert "Traceback" not in r.output
+
+
+def test_errors_in_a_real_process_have_no_traceback(tmp_path):
+    env = {**os.environ, "HWNAS_DB": "postgresql://nobody@127.0.0.1:1/none"}
+    p = subprocess.run([sys.executable, "-m", "hwnas.cli", "collect", "gemm", "--skip-peaks"],
+                       env=env, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 1
+    assert "Error: --db: cannot connect" in p.stderr
+    assert "Traceback" not in p.stderr + p.stdout

@@ -1,0 +1,90 @@
+"""GPU paths on real hardware: run where CuPy and NVML find an NVIDIA GPU, skipped elsewhere."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import select
+
+from collectors import nvml
+
+
+def _gpu_reason() -> str | None:
+    try:
+        import cupy
+
+        if cupy.cuda.runtime.getDeviceCount() < 1:
+            return "CuPy sees no CUDA device"
+    except Exception as exc:
+        return f"no CuPy/CUDA GPU here ({type(exc).__name__}: {exc})"
+    if nvml.get_nvml() is None:
+        return f"NVML unavailable ({nvml.unavailable_reason})"
+    return None
+
+
+REASON = _gpu_reason()
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(REASON is not None, reason=str(REASON))]
+
+
+def test_cupy_gemm_all_dtypes_match_numpy():
+    import cupy
+    import numpy as np
+
+    from collectors.gemm.backends import CupyBackend
+    from collectors.ops import Op
+
+    backend = CupyBackend(0)
+    for dtype in ("fp32", "tf32", "fp16", "bf16"):
+        for layout in ("nn", "tn", "nt"):
+            op = Op.gemm(64, 48, 32, dtype, trans_a=layout[0] == "t", trans_b=layout[1] == "t")
+            prep = backend.prepare(op)
+            prep.fn()
+            cupy.cuda.Device().synchronize()
+            a, b, c = prep.fn._keepalive[:3]
+            def f32(x, dtype=dtype):
+                if dtype == "bf16":
+                    return (x.astype(cupy.uint32) << 16).view(cupy.float32)
+                return x.astype(cupy.float32)
+            av, bv = f32(a)[0], f32(b)[0]
+            av = av.T if op["trans_a"] else av
+            bv = bv.T if op["trans_b"] else bv
+            ref = cupy.asnumpy(av @ bv)
+            got = cupy.asnumpy(f32(c)[0])
+            tol = 1e-4 if dtype == "fp32" else 5e-2
+            assert np.allclose(got, ref, rtol=tol, atol=tol * np.abs(ref).max()), (dtype, layout)
+
+
+def test_nvml_energy_window_reads_plausible_power():
+    from collectors.devices import NvidiaGpu
+    from collectors.gemm.backends import CupyBackend
+    from collectors.ops import Op
+    from collectors.timing import energy_window
+
+    gpu = NvidiaGpu(0)
+    prep = CupyBackend(0).prepare(Op.gemm(4096, 4096, 4096, "bf16"))
+    result = energy_window(prep.fn, prep.timer, gpu.power_reader(), 1.0, 1.0)
+    assert result.source.startswith("nvml")
+    assert result.window_s >= 1.0
+    assert 20 < result.power_w < (gpu.info.power_limit_w or 1000) * 1.2
+    assert result.energy_j_per_call > 0
+
+
+def test_cupy_sweep_is_stored(tmp_path):
+    from collectors.devices import NvidiaGpu
+    from collectors.gemm.backends import CupyBackend
+    from collectors.gemm.shapes import log_grid
+    from collectors.store.db import Store
+    from collectors.store.models import Measurement
+    from collectors.sweep import SweepRunner, plan_gemm
+    from collectors.timing import TimingPolicy
+
+    store = Store(f"sqlite:///{tmp_path / 'gpu.sqlite'}")
+    policy = TimingPolicy(min_time_s=0.05, power_window_s=1.0)
+    runner = SweepRunner(store, NvidiaGpu(0), CupyBackend(0), policy, progress=False)
+    sweep_id = runner.create(plan_gemm(log_grid(256, 2048, 2), ["fp32", "tf32", "fp16", "bf16"]))
+    summary = runner.run(sweep_id)
+    assert summary.done == 32 and summary.failed == 0
+    with store.session() as s:
+        rows = s.scalars(select(Measurement)).all()
+        assert all(r.power_source.startswith("nvml") and r.power_w > 0 for r in rows)
+        assert all(r.sm_clock_mhz and r.temperature_c is not None for r in rows)
+        assert {r.tensor_core for r in rows if r.dtype != "fp32"} == {True}

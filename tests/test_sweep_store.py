@@ -1,0 +1,118 @@
+"""A real CPU sweep into SQLite and PostgreSQL, read back, exported and imported."""
+
+from __future__ import annotations
+
+from sqlalchemy import func, select
+
+from collectors.devices import CpuDevice
+from collectors.gemm.backends import NumpyBackend, TorchCpuBackend
+from collectors.gemm.shapes import log_grid
+from collectors.store.db import Store
+from collectors.store.exchange import export_measurements, import_measurements
+from collectors.store.models import Device, Measurement, Sweep
+from collectors.store.repo import device_peaks, save_peaks, upsert_device
+from collectors.sweep import SweepRunner, plan_gemm
+from collectors.timing import TimingPolicy
+
+FAST = TimingPolicy(warmup_s=0.005, min_reps=5, min_time_s=0.01, power_window_s=0.05)
+
+
+def _sweep(store, backend, dtypes=("fp32",)):
+    runner = SweepRunner(store, CpuDevice(), backend, FAST, progress=False)
+    plan = plan_gemm(log_grid(8, 64, 2), list(dtypes), ["nn", "tn"])
+    sweep_id = runner.create(plan)
+    return runner, sweep_id, runner.run(sweep_id), plan
+
+
+def test_cpu_sweep_is_stored_and_read_back(store):
+    backend = TorchCpuBackend()
+    dtypes = ["fp32"] + (["bf16"] if "bf16" in backend.dtypes() else [])
+    _, sweep_id, summary, plan = _sweep(store, backend, dtypes)
+    assert summary.done == len(plan) == 8 * 2 * len(dtypes)
+    assert summary.failed == summary.skipped == summary.remaining == 0
+    with store.session() as s:
+        rows = s.scalars(select(Measurement).where(Measurement.sweep_id == sweep_id)).all()
+        assert sorted(r.config_key for r in rows) == sorted(op.key() for op, _ in plan)
+        for r in rows:
+            assert r.status == "ok" and r.backend == "torch" and r.threads >= 1
+            assert 0 < r.latency_ms_p10 <= r.latency_ms_median <= r.latency_ms_p90
+            assert r.repetitions >= 5 and r.latency_ms_std >= 0 and r.tflops > 0
+            assert r.layout in ("nn", "tn")
+            # No power sensor on this CPU: stored as unavailable, never as a number.
+            if r.power_source == "unavailable":
+                assert r.power_w is None and r.energy_j is None
+            assert "state_after" in r.params and r.params["inner_calls"] >= 1
+        sweep = s.get(Sweep, sweep_id)
+        assert sweep.status == "done" and sweep.finished_at is not None
+        assert sweep.n_planned == len(plan)
+        assert s.scalar(select(func.count()).select_from(Device)) == 1
+
+
+def test_failed_config_is_recorded_and_sweep_goes_on(store):
+    class Flaky(NumpyBackend):
+        def prepare(self, op):
+            if op["m"] == 64 and op["n"] == 8:
+                raise RuntimeError("simulated kernel failure")
+            return super().prepare(op)
+
+    _, sweep_id, summary, plan = _sweep(store, Flaky())
+    assert summary.failed == 4 and summary.done == len(plan) - 4
+    with store.session() as s:
+        failed = s.scalars(select(Measurement).where(Measurement.status == "failed")).all()
+        assert {f.error for f in failed} == {"RuntimeError: simulated kernel failure"}
+
+
+def test_shape_too_large_for_memory_is_skipped_with_reason(store):
+    class TinyCpu(CpuDevice):
+        def free_memory_bytes(self):
+            return 20_000
+
+    runner = SweepRunner(store, TinyCpu(), NumpyBackend(), FAST, progress=False)
+    sweep_id = runner.create(plan_gemm(log_grid(8, 64, 2), ["fp32"]))
+    summary = runner.run(sweep_id)
+    assert summary.skipped > 0 and summary.done > 0
+    with store.session() as s:
+        skipped = s.scalars(select(Measurement).where(Measurement.status == "skipped")).all()
+        assert all(r.error.startswith("does not fit memory") for r in skipped)
+        assert all(max(r.m, r.n, r.k) == 64 for r in skipped)
+
+
+def test_peaks_are_stored_with_the_device(store):
+    with store.session() as s:
+        from collectors.peaks import PEAK_POLICY, measure_peaks
+
+        dev = upsert_device(s, CpuDevice().info)
+        quick = TimingPolicy(warmup_s=0.01, min_reps=3, min_time_s=0.02, power_window_s=0)
+        peaks = measure_peaks(CpuDevice(), NumpyBackend(), ["fp32"], policy=quick)
+        save_peaks(s, dev, peaks)
+        s.commit()
+        got = device_peaks(s, dev.id)
+        assert set(got) == {"compute_fp32", "bandwidth"}
+        assert got["compute_fp32"] > 0 and got["bandwidth"] > 0
+        assert PEAK_POLICY.min_reps >= 5
+
+
+def test_export_import_round_trip(store, tmp_path):
+    _, sweep_id, _, plan = _sweep(store, NumpyBackend())
+    for fmt in ("csv", "parquet"):
+        path = tmp_path / f"m.{fmt}"
+        assert export_measurements(store, str(path), fmt) == len(plan)
+        other = Store(f"sqlite:///{tmp_path / f'other-{fmt}.sqlite'}")
+        assert import_measurements(other, str(path)) == (len(plan), 0)
+        assert import_measurements(other, str(path)) == (0, len(plan))  # idempotent
+        with store.session() as a, other.session() as b:
+            def rows(s):
+                return sorted((r.uid, r.m, r.n, r.k, r.dtype, r.layout, r.latency_ms_median,
+                               r.power_source, r.power_w)
+                              for r in s.scalars(select(Measurement)))
+            assert rows(a) == rows(b)
+            assert b.scalar(select(Device.fingerprint)) == a.scalar(select(Device.fingerprint))
+        other.close()
+
+
+def test_migrations_are_idempotent(store_url):
+    a = Store(store_url)
+    b = Store(store_url)  # second open: upgrade to head is a no-op
+    assert {"device", "device_peak", "sweep", "measurement", "alembic_version"} <= set(b.tables())
+    a.close()
+    b.close()
