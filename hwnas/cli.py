@@ -7,6 +7,7 @@ import functools
 import sys
 
 import click
+from sqlalchemy.exc import SQLAlchemyError
 
 from hwnas.output import print_table
 
@@ -25,15 +26,20 @@ def friendly_errors(fn):
         from collectors.gemm.backends import BackendError
         from collectors.ops import OpError
         from collectors.store.db import StoreError
+        from predictor.data import DataError
+        from predictor.registry import RegistryError
 
         try:
             return fn(*args, **kwargs)
         except (OpError, BackendError) as exc:
             raise click.UsageError(str(exc)) from None
-        except (StoreError, DeviceError) as exc:
+        except (StoreError, DeviceError, DataError, RegistryError) as exc:
             raise click.ClickException(str(exc)) from None
         except ValueError as exc:
             raise click.UsageError(str(exc)) from None
+        except SQLAlchemyError as exc:
+            first = str(exc).strip().splitlines()[0]
+            raise click.ClickException(f"database error: {first}") from None
 
     return wrapper
 
@@ -235,6 +241,149 @@ def db_import(db_url, path) -> None:
 
     added, skipped = import_measurements(open_store(db_url), path)
     click.echo(f"imported {added} measurements from {path} ({skipped} already present)")
+
+
+@main.group("import")
+def import_() -> None:
+    """Load public measurements made elsewhere into the store."""
+
+
+@import_.command("gpperf")
+@DB_OPTION
+@click.argument("path", type=click.Path(exists=True, dir_okay=False))
+@friendly_errors
+def import_gpperf(db_url, path) -> None:
+    """GPPerf's RTX 4070 SGEMM sweep (e.g. data/external/gpperf_rtx4070_sgemm.csv): runtime only;
+    its power column is not a kernel measurement and is not stored as one."""
+    from collectors.importers import import_gpperf as run_import
+
+    added, rows = run_import(open_store(db_url), path)
+    click.echo(f"imported {added} GEMMs ({rows} replicate rows) from {path}; power: unavailable")
+
+
+DEVICE_ARG = click.option("--device", "device_spec", required=True,
+                          help="cpu, cuda:N, or a device model name (or a unique part of it) "
+                               "as listed by `hwnas models` / `hwnas db info`.")
+
+
+def _print_evaluation(ev) -> None:
+    click.echo(f"{ev.device_model}: {ev.n_rows} measurements, {ev.n_shapes} shapes; peaks "
+               f"{ev.profile.peaks_source}; power "
+               f"{'trained' if ev.has_power else 'unavailable (latency-only model)'}")
+    for name, table in ev.tables().items():
+        click.echo(f"\n{name}:")
+        print_table(["target", "dtype", "n", "MAPE %", "median APE %", "within ±10% %", "R^2",
+                     "Spearman"],
+                    [[r.target, r.dtype, r.n, f"{r.mape:.1f}", f"{r.mdape:.1f}",
+                      f"{r.within_10:.1f}", f"{r.r2:.3f}", f"{r.spearman:.3f}"]
+                     for r in table.itertuples()])
+
+
+@main.command()
+@DB_OPTION
+@DEVICE_ARG
+@click.option("--folds", type=click.IntRange(2, 20), default=5, show_default=True)
+@click.option("--trees", type=click.IntRange(1, 5000), default=200, show_default=True)
+@friendly_errors
+def train(db_url, device_spec, folds, trees) -> None:
+    """Fit a GEMM latency (and power, where measured) forest for a device model, evaluate it on
+    held-out shapes and register it as a new version."""
+    from predictor.data import resolve_device_model
+    from predictor.training import train_and_register
+
+    store = open_store(db_url)
+    model = resolve_device_model(store, device_spec)
+    row, ev = train_and_register(store, model, folds, n_estimators=trees)
+    _print_evaluation(ev)
+    click.echo(f"\nregistered {row.device_model} v{row.version}: {row.path} "
+               f"(sha256 {row.sha256[:16]}...)")
+
+
+@main.command("eval")
+@DB_OPTION
+@DEVICE_ARG
+@click.option("--folds", type=click.IntRange(2, 20), default=5, show_default=True)
+@click.option("--trees", type=click.IntRange(1, 5000), default=200, show_default=True)
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
+              help="Write a predicted-vs-measured PNG of the shape-held-out latency.")
+@friendly_errors
+def eval_(db_url, device_spec, folds, trees, plot_path) -> None:
+    """Evaluate the GEMM model on whole shapes held out (GroupKFold over M,N,K and the largest
+    shapes held out); per target and dtype: MAPE, median APE, share within ±10%, R^2, Spearman."""
+    from predictor.data import load_gemm_frame, resolve_device_model
+    from predictor.evaluate import plot_predicted_vs_measured
+    from predictor.training import evaluate
+
+    store = open_store(db_url)
+    model = resolve_device_model(store, device_spec)
+    frame, profile = load_gemm_frame(store, model)
+    ev = evaluate(frame, profile, folds, n_estimators=trees)
+    _print_evaluation(ev)
+    if plot_path:
+        plot_predicted_vs_measured(ev.kfold, "latency_ms", plot_path,
+                                   f"{model}: GEMM latency, shapes held out")
+        click.echo(f"\nplot: {plot_path}")
+
+
+@main.command()
+@DB_OPTION
+@friendly_errors
+def models(db_url) -> None:
+    """List registered models; the highest version per device is the default."""
+    from predictor.registry import list_models
+
+    rows = []
+    for r in list_models(open_store(db_url)):
+        kfold = r.meta.get("metrics", {}).get("shape-held-out (GroupKFold)", [{}])[0]
+        rows.append([r.device_model, r.version, r.target, r.n_samples,
+                     "yes" if r.has_power else "no",
+                     f"{kfold.get('mape', float('nan')):.1f}",
+                     f"{kfold.get('within_10', float('nan')):.1f}",
+                     r.created_at.strftime("%Y-%m-%d %H:%M"), r.sha256[:12]])
+    print_table(["device model", "version", "target", "samples", "power", "MAPE %",
+                 "within ±10% %", "created (UTC)", "sha256"], rows)
+
+
+@main.group()
+def predict() -> None:
+    """Predict costs from a registered model."""
+
+
+@predict.command("gemm")
+@DB_OPTION
+@DEVICE_ARG
+@click.option("--m", "m", required=True, help="Rows of A and C.")
+@click.option("--n", "n", required=True, help="Columns of B and C.")
+@click.option("--k", "k", required=True, help="Inner dimension.")
+@click.option("--dtype", default="fp32", show_default=True)
+@click.option("--batch", default="1", show_default=True)
+@click.option("--layout", default="nn", show_default=True, help="nn, nt, tn or tt.")
+@click.option("--version", type=int, default=None, help="Model version (default: latest).")
+@friendly_errors
+def predict_gemm(db_url, device_spec, m, n, k, dtype, batch, layout, version) -> None:
+    """Latency (ms), power (W) and energy (J) of one GEMM, each ± the spread across trees."""
+    from collectors.ops import Op, OpError
+    from predictor import registry
+    from predictor.data import resolve_device_model
+    from predictor.forest import gemm_frame
+
+    if layout not in ("nn", "nt", "tn", "tt"):
+        raise OpError("--layout", f"expected nn, nt, tn or tt, got {layout!r}")
+    op = Op.gemm(m, n, k, dtype, batch, trans_a=int(layout[0] == "t"),
+                 trans_b=int(layout[1] == "t"))
+    store = open_store(db_url)
+    device_model = resolve_device_model(store, device_spec)
+    row = registry.find(store, device_model, version)
+    c = registry.load(row).predict_costs(gemm_frame([op]))
+    click.echo(f"{device_model} (model v{row.version}): gemm {op['m']}x{op['n']}x{op['k']} "
+               f"{op.dtype} batch {op.batch} {op.layout}")
+    click.echo(f"  latency  {c.latency_ms[0]:.6g} ms ± {c.latency_std_ms[0]:.3g}")
+    if c.power_w is None:
+        click.echo("  power    unavailable (no measured power for this device)")
+        click.echo("  energy   unavailable")
+    else:
+        click.echo(f"  power    {c.power_w[0]:.4g} W ± {c.power_std_w[0]:.3g}")
+        click.echo(f"  energy   {c.energy_j[0]:.4g} J ± {c.energy_std_j[0]:.3g}")
 
 
 if __name__ == "__main__":

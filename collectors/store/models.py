@@ -155,3 +155,23 @@ class Measurement(Base):
     throttle_reasons: Mapped[str | None] = mapped_column(String(255))
 
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class ModelVersion(Base):
+    """A registered predictor: the file lives in the model directory, its SHA-256 lives here
+    and is checked on every load; ``meta`` holds features, sample counts, metrics, versions."""
+
+    __tablename__ = "model_version"
+    __table_args__ = (UniqueConstraint("device_model", "target", "version",
+                                       name="uq_model_version"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    device_model: Mapped[str] = mapped_column(String(128), index=True)
+    target: Mapped[str] = mapped_column(String(32), default="gemm")  # what it predicts
+    version: Mapped[int] = mapped_column(Integer)
+    path: Mapped[str] = mapped_column(Text)
+    sha256: Mapped[str] = mapped_column(String(64))
+    has_power: Mapped[bool] = mapped_column(Boolean, default=False)
+    n_samples: Mapped[int] = mapped_column(Integer)
+    meta: Mapped[dict] = mapped_column(JSON, default=dict)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)

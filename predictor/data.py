@@ -1,0 +1,72 @@
+"""Training data from the store: successful GEMM measurements of one device model."""
+
+from __future__ import annotations
+
+import pandas as pd
+from sqlalchemy import select
+
+from collectors.store.db import Store
+from collectors.store.models import Device, DevicePeak, Measurement
+from predictor.features import DeviceProfile, empirical_peaks
+
+
+class DataError(ValueError):
+    """No usable data for the request; the message says what is missing."""
+
+
+def resolve_device_model(store: Store, spec: str) -> str:
+    """``cpu`` / ``cuda:N`` (this machine's device), an exact model name, or a unique
+    case-insensitive part of one."""
+    with store.session() as s:
+        models = sorted(set(s.scalars(select(Device.model))))
+    key = spec.strip()
+    if key.lower() == "cpu" or key.lower().startswith("cuda"):
+        from collectors.devices import get_device
+
+        return get_device(key).info.model
+    if key in models:
+        return key
+    hits = [m for m in models if key.lower() in m.lower()]
+    if len(hits) == 1:
+        return hits[0]
+    known = "; ".join(models) or "none: run a sweep or an import first"
+    if hits:
+        raise DataError(f"--device {spec!r} matches several device models: {'; '.join(hits)}")
+    raise DataError(f"--device {spec!r}: no measurements of such a device (known: {known})")
+
+
+def load_gemm_frame(store: Store, device_model: str) -> tuple[pd.DataFrame, DeviceProfile]:
+    """One row per ok GEMM measurement, and the device profile (peaks) of that model."""
+    with store.session() as s:
+        rows = s.execute(
+            select(Measurement.m, Measurement.n, Measurement.k, Measurement.batch,
+                   Measurement.dtype, Measurement.layout, Measurement.latency_ms_median,
+                   Measurement.power_w, Measurement.power_source, Measurement.created_at)
+            .join(Device, Measurement.device_id == Device.id)
+            .where(Device.model == device_model, Measurement.status == "ok",
+                   Measurement.op_kind == "gemm")).all()
+        devices = s.scalars(select(Device).where(Device.model == device_model)
+                            .order_by(Device.last_seen.desc())).all()
+        peaks: dict[str, float] = {}
+        for d in reversed(devices):  # newest last, so its peaks win
+            for p in s.scalars(select(DevicePeak).where(DevicePeak.device_id == d.id)):
+                peaks[p.metric] = p.value
+    if not rows:
+        raise DataError(f"no successful GEMM measurements of {device_model!r} in the store")
+    frame = pd.DataFrame.from_records([tuple(r) for r in rows], columns=[
+        "m", "n", "k", "batch", "dtype", "layout", "latency_ms",
+                                        "power_w", "power_source", "created_at"])
+    frame["trans_a"] = (frame.layout.str[0] == "t").astype(int)
+    frame["trans_b"] = (frame.layout.str[1] == "t").astype(int)
+    dev = devices[0]
+    source = "measured"
+    if "bandwidth" not in peaks or not any(k.startswith("compute_") for k in peaks):
+        peaks, source = empirical_peaks(frame), "empirical (highest achieved in the data)"
+    profile = DeviceProfile(device_model, dev.kind, int(dev.sm_count or 1), peaks, source)
+    return frame, profile
+
+
+def power_is_measured(frame: pd.DataFrame) -> bool:
+    """Power is trainable only when every row has a reading from a real sensor."""
+    return bool(len(frame)) and frame.power_w.notna().all() and not (
+        frame.power_source == "unavailable").any()

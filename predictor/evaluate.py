@@ -1,0 +1,100 @@
+"""Honest evaluation: whole shapes held out, never random rows of replicates.
+
+Two splits: GroupKFold over (M, N, K, batch), so every dtype and layout of a test shape is unseen;
+and an extrapolation split that trains on the smaller shapes and tests on the largest by FLOPs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import pandas as pd
+from scipy.stats import spearmanr
+from sklearn.metrics import r2_score
+from sklearn.model_selection import GroupKFold
+
+
+def shape_groups(frame: pd.DataFrame) -> np.ndarray:
+    return (frame.m.astype(str) + "x" + frame.n.astype(str) + "x" + frame.k.astype(str) + "b"
+            + frame.batch.astype(str)).to_numpy()
+
+
+def group_kfold_splits(frame: pd.DataFrame, n_splits: int = 5):
+    groups = shape_groups(frame)
+    n_splits = min(n_splits, len(set(groups)))
+    if n_splits < 2:
+        raise ValueError("need at least 2 distinct shapes to hold any out")
+    yield from GroupKFold(n_splits=n_splits).split(frame, groups=groups)
+
+
+def extrapolation_split(frame: pd.DataFrame, test_share: float = 0.2):
+    """Train on shapes below the FLOPs quantile, test on the largest ``test_share`` of shapes."""
+    flops = 2.0 * frame.m * frame.n * frame.k * frame.batch
+    groups = shape_groups(frame)
+    per_shape = pd.Series(flops.to_numpy(), index=groups).groupby(level=0).first()
+    cut = per_shape.quantile(1 - test_share)
+    big = set(per_shape[per_shape > cut].index)
+    test = np.array([g in big for g in groups])
+    yield np.flatnonzero(~test), np.flatnonzero(test)
+
+
+def metrics(measured: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
+    """MAPE, median APE, share within +-10% (all in %), R^2 and Spearman rho."""
+    measured, predicted = np.asarray(measured, float), np.asarray(predicted, float)
+    ape = np.abs(predicted - measured) / np.abs(measured)
+    rho = spearmanr(measured, predicted).statistic if len(measured) > 2 else float("nan")
+    return {"n": int(len(measured)), "mape": float(ape.mean() * 100),
+            "mdape": float(np.median(ape) * 100), "within_10": float((ape <= 0.10).mean() * 100),
+            "r2": float(r2_score(measured, predicted)) if len(measured) > 1 else float("nan"),
+            "spearman": float(rho)}
+
+
+def out_of_fold(frame: pd.DataFrame, fit_predict: Callable[[pd.DataFrame, pd.DataFrame], dict],
+                splits) -> pd.DataFrame:
+    """Run ``fit_predict(train, test) -> {target: predictions}`` over ``splits``; returns the test
+    rows with a ``pred_<target>`` column per target and the fold number."""
+    parts = []
+    for fold, (tr, te) in enumerate(splits):
+        test = frame.iloc[te].copy()
+        for target, pred in fit_predict(frame.iloc[tr], test).items():
+            test[f"pred_{target}"] = pred
+        test["fold"] = fold
+        parts.append(test)
+    return pd.concat(parts)
+
+
+def metrics_table(oof: pd.DataFrame, targets: list[str]) -> pd.DataFrame:
+    """Metrics per target, overall and per dtype."""
+    rows = []
+    for target in targets:
+        for dtype, part in [("all", oof)] + sorted(oof.groupby("dtype")):
+            rows.append({"target": target, "dtype": dtype,
+                         **metrics(part[target], part[f"pred_{target}"])})
+    return pd.DataFrame(rows)
+
+
+def plot_predicted_vs_measured(oof: pd.DataFrame, target: str, path: str, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    for dtype, part in sorted(oof.groupby("dtype")):
+        ax.scatter(part[target], part[f"pred_{target}"], s=8, alpha=0.6, label=dtype)
+    lo = min(oof[target].min(), oof[f"pred_{target}"].min())
+    hi = max(oof[target].max(), oof[f"pred_{target}"].max())
+    xs = np.array([lo, hi])
+    ax.plot(xs, xs, "k-", lw=0.8, label="exact")
+    ax.fill_between(xs, xs * 0.9, xs * 1.1, color="grey", alpha=0.2, label="±10%")
+    if target.endswith("_ms"):
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+    ax.set_xlabel(f"measured {target}")
+    ax.set_ylabel(f"predicted {target}")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

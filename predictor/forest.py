@@ -1,0 +1,126 @@
+"""A random-forest cost model for GEMMs: latency, and power where it was measured.
+
+The forest learns ``log(latency / roofline bound)`` (how far from the device's achievable peak a
+GEMM runs), so relative error is what it minimises and large shapes extrapolate sensibly. Power
+(W) is a second output only when every training row has a measured power; energy is always
+``power x latency``, per tree, so the three figures stay consistent and each has an uncertainty
+(the spread across trees).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from sklearn.base import BaseEstimator, RegressorMixin
+from sklearn.ensemble import RandomForestRegressor
+from sklearn.utils.validation import check_is_fitted
+
+from collectors.ops import Op, OpError
+from predictor.features import DeviceProfile, gemm_features, roofline_ms
+
+GEMM_COLUMNS = ["m", "n", "k", "batch", "dtype", "trans_a", "trans_b"]
+
+
+def gemm_frame(ops: list[Op]) -> pd.DataFrame:
+    """Validated ops as the frame the model takes."""
+    rows = []
+    for i, op in enumerate(ops):
+        if op.kind != "gemm":
+            raise OpError(f"ops[{i}].kind", f"this model predicts gemm, got {op.kind}")
+        rows.append({"m": op["m"], "n": op["n"], "k": op["k"], "batch": op.batch,
+                     "dtype": op.dtype, "trans_a": op["trans_a"], "trans_b": op["trans_b"]})
+    return pd.DataFrame(rows, columns=GEMM_COLUMNS)
+
+
+@dataclass
+class CostPrediction:
+    """Per-row predictions; ``*_std`` is the spread across trees. Power/energy are None when
+    the model has no power output (power was not measurable on the device)."""
+
+    latency_ms: np.ndarray
+    latency_std_ms: np.ndarray
+    power_w: np.ndarray | None
+    power_std_w: np.ndarray | None
+    energy_j: np.ndarray | None
+    energy_std_j: np.ndarray | None
+
+
+class GemmCostForest(RegressorMixin, BaseEstimator):
+    """scikit-learn regressor: ``fit(X, y)`` with X a GEMM frame (:data:`GEMM_COLUMNS`) and y the
+    latency in ms, or an (n, 2) array of latency ms and power W."""
+
+    def __init__(self, profile: dict | None = None, n_estimators: int = 200,
+                 max_features: float = 0.7, min_samples_leaf: int = 1,
+                 random_state: int = 0, n_jobs: int | None = None):
+        self.profile = profile
+        self.n_estimators = n_estimators
+        self.max_features = max_features
+        self.min_samples_leaf = min_samples_leaf
+        self.random_state = random_state
+        self.n_jobs = n_jobs
+
+    def _profile(self) -> DeviceProfile:
+        if self.profile is None:
+            raise ValueError("profile: a device profile (model, kind, sm_count, peaks) is needed")
+        return DeviceProfile.from_dict(self.profile)
+
+    def fit(self, X: pd.DataFrame, y) -> GemmCostForest:
+        prof = self._profile()
+        y = np.asarray(y, dtype=float)
+        y2 = y.reshape(len(y), -1)
+        if y2.shape[1] not in (1, 2):
+            raise ValueError("y: expected latency_ms, or latency_ms and power_w columns")
+        if not np.all(np.isfinite(y2)) or np.any(y2[:, 0] <= 0):
+            raise ValueError("y: latencies must be positive and every target finite")
+        self.has_power_ = y2.shape[1] == 2
+        self.y_ndim_ = y.ndim
+        feats = gemm_features(X, prof)
+        self.feature_names_ = list(feats.columns)
+        target = np.log(y2[:, 0] / roofline_ms(X, prof))
+        targets = np.column_stack([target, y2[:, 1]]) if self.has_power_ else target
+        self.forest_ = RandomForestRegressor(
+            n_estimators=self.n_estimators, max_features=self.max_features,
+            min_samples_leaf=self.min_samples_leaf, random_state=self.random_state,
+            n_jobs=self.n_jobs).fit(feats.to_numpy(), targets)
+        self.n_train_ = len(X)
+        return self
+
+    def per_tree(self, X: pd.DataFrame) -> np.ndarray:
+        """Raw per-tree outputs, shape (trees, rows, outputs)."""
+        check_is_fitted(self, "forest_")
+        f = gemm_features(X, self._profile()).to_numpy(np.float32)
+        out = np.stack([t.predict(f) for t in self.forest_.estimators_])
+        return out.reshape(out.shape[0], out.shape[1], -1)
+
+    def predict_costs(self, X: pd.DataFrame, raw: np.ndarray | None = None) -> CostPrediction:
+        """Latency (ms), power (W), energy (J) and their spreads for every row of X.
+
+        ``raw`` lets a faster engine hand in the per-tree outputs it computed itself."""
+        trees = self.per_tree(X) if raw is None else raw
+        bound = roofline_ms(X, self._profile())
+        lat_trees = bound[None, :] * np.exp(trees[:, :, 0])
+        latency = bound * np.exp(trees[:, :, 0].mean(axis=0))
+        lat_std = lat_trees.std(axis=0)
+        if not self.has_power_:
+            return CostPrediction(latency, lat_std, None, None, None, None)
+        power_trees = trees[:, :, 1]
+        energy_trees = power_trees * lat_trees / 1e3
+        power = power_trees.mean(axis=0)
+        return CostPrediction(latency, lat_std, power, power_trees.std(axis=0),
+                              power * latency / 1e3, energy_trees.std(axis=0))
+
+    def predict(self, X: pd.DataFrame) -> np.ndarray:
+        c = self.predict_costs(X)
+        if self.has_power_ and self.y_ndim_ == 2:
+            return np.column_stack([c.latency_ms, c.power_w])
+        return c.latency_ms
+
+    def score(self, X, y, sample_weight=None) -> float:
+        """R^2 of log latency: the scale on which relative errors are compared."""
+        from sklearn.metrics import r2_score
+
+        y = np.asarray(y, dtype=float).reshape(len(X), -1)[:, 0]
+        pred = np.asarray(self.predict(X)).reshape(len(X), -1)[:, 0]
+        return r2_score(np.log(y), np.log(pred), sample_weight=sample_weight)

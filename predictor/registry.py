@@ -1,0 +1,119 @@
+"""Versioned model registry: model files in skops format (no pickle), SHA-256 and metadata in
+the store. A file whose checksum differs from the registered one is refused on load."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from pathlib import Path
+
+from sqlalchemy import func, select
+
+from collectors.store.db import Store
+from collectors.store.models import ModelVersion
+from predictor.forest import GemmCostForest
+
+# The only types a registered forest file may contain beyond skops' own trusted defaults.
+TRUSTED_TYPES = ["sklearn.tree._tree.Tree"]
+
+
+class RegistryError(LookupError):
+    """No such model, or a model that cannot be loaded."""
+
+
+class ChecksumError(RegistryError):
+    """The model file does not match the checksum recorded when it was registered."""
+
+
+def models_dir() -> Path:
+    if os.environ.get("HWNAS_MODELS"):
+        return Path(os.environ["HWNAS_MODELS"])
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local",
+                                                          "share")
+    return Path(base) / "hwnas" / "models"
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def register(store: Store, model: GemmCostForest, device_model: str, meta: dict,
+             directory: Path | None = None) -> ModelVersion:
+    """Write the model file and add a new version row (1, 2, ... per device model)."""
+    import skops.io as sio
+
+    directory = directory or models_dir()
+    directory.mkdir(parents=True, exist_ok=True)
+    with store.session() as s:
+        last = s.scalar(select(func.max(ModelVersion.version)).where(
+            ModelVersion.device_model == device_model, ModelVersion.target == "gemm")) or 0
+        version = last + 1
+        path = directory / f"{_slug(device_model)}-gemm-v{version}.skops"
+        tmp = path.with_suffix(".tmp")
+        sio.dump(model.forest_, tmp)
+        os.replace(tmp, path)  # never leave a half-written file under the final name
+        row = ModelVersion(
+            device_model=device_model, target="gemm", version=version, path=str(path),
+            sha256=sha256_file(path), has_power=bool(model.has_power_), n_samples=model.n_train_,
+            meta={**meta, "params": model.get_params(), "y_ndim": model.y_ndim_,
+                  "features": model.feature_names_})
+        s.add(row)
+        s.commit()
+        return row
+
+
+def find(store: Store, device_model: str, version: int | None = None) -> ModelVersion:
+    with store.session() as s:
+        q = select(ModelVersion).where(ModelVersion.device_model == device_model,
+                                       ModelVersion.target == "gemm")
+        if version is not None:
+            row = s.scalar(q.where(ModelVersion.version == version))
+            if row is None:
+                raise RegistryError(f"--version {version}: no such model version for "
+                                    f"{device_model!r}")
+            return row
+        row = s.scalar(q.order_by(ModelVersion.version.desc()))
+        if row is None:
+            raise RegistryError(f"no trained model for {device_model!r}; run hwnas train first")
+        return row
+
+
+def load(row: ModelVersion) -> GemmCostForest:
+    """Rebuild the estimator from a registry row, after checking the file's SHA-256."""
+    import skops.io as sio
+
+    if not os.path.exists(row.path):
+        raise RegistryError(f"model file {row.path} of {row.device_model} v{row.version} "
+                            "is missing")
+    actual = sha256_file(row.path)
+    if actual != row.sha256:
+        raise ChecksumError(f"model file {row.path} has SHA-256 {actual[:12]}..., registered "
+                            f"{row.sha256[:12]}...: refusing to load a changed file")
+    untrusted = sio.get_untrusted_types(file=row.path)
+    unexpected = sorted(set(untrusted) - set(TRUSTED_TYPES))
+    if unexpected:
+        raise RegistryError(f"model file {row.path} holds unexpected types {unexpected}")
+    forest = sio.load(row.path, trusted=untrusted)
+    params = dict(row.meta["params"])
+    model = GemmCostForest(**params)
+    model.forest_ = forest
+    model.has_power_ = row.has_power
+    model.y_ndim_ = row.meta.get("y_ndim", 1)
+    model.feature_names_ = row.meta.get("features")
+    model.n_train_ = row.n_samples
+    return model
+
+
+def list_models(store: Store) -> list[ModelVersion]:
+    with store.session() as s:
+        return list(s.scalars(select(ModelVersion).order_by(ModelVersion.device_model,
+                                                           ModelVersion.version)))

@@ -1,0 +1,100 @@
+"""Train, evaluate and register GEMM cost models for a device model."""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from collectors.store.db import Store
+from predictor.data import load_gemm_frame, power_is_measured
+from predictor.evaluate import (
+    extrapolation_split,
+    group_kfold_splits,
+    metrics_table,
+    out_of_fold,
+)
+from predictor.features import DeviceProfile
+from predictor.forest import GemmCostForest
+
+
+@dataclass
+class Evaluation:
+    device_model: str
+    profile: DeviceProfile
+    has_power: bool
+    n_rows: int
+    n_shapes: int
+    kfold: pd.DataFrame  # out-of-fold predictions (GroupKFold over shapes)
+    extrapolation: pd.DataFrame  # predictions on the largest shapes
+    targets: list[str]
+
+    def tables(self) -> dict[str, pd.DataFrame]:
+        return {"shape-held-out (GroupKFold)": metrics_table(self.kfold, self.targets),
+                "largest shapes held out": metrics_table(self.extrapolation, self.targets)}
+
+
+def _targets(has_power: bool) -> list[str]:
+    return ["latency_ms", "power_w", "energy_j"] if has_power else ["latency_ms"]
+
+
+def make_model(profile: DeviceProfile, **params) -> GemmCostForest:
+    return GemmCostForest(profile=profile.to_dict(), **params)
+
+
+def _fit_predict(profile: DeviceProfile, has_power: bool, params: dict):
+    def fit_predict(train: pd.DataFrame, test: pd.DataFrame) -> dict[str, np.ndarray]:
+        y = train[["latency_ms", "power_w"]].to_numpy() if has_power else train.latency_ms
+        model = make_model(profile, **params).fit(train, y)
+        c = model.predict_costs(test)
+        out = {"latency_ms": c.latency_ms}
+        if has_power:
+            out.update(power_w=c.power_w, energy_j=c.energy_j)
+        return out
+
+    return fit_predict
+
+
+def evaluate(frame: pd.DataFrame, profile: DeviceProfile, n_splits: int = 5,
+             **params) -> Evaluation:
+    has_power = power_is_measured(frame)
+    frame = frame.reset_index(drop=True)
+    if has_power:
+        frame = frame.assign(energy_j=frame.power_w * frame.latency_ms / 1e3)
+    fp = _fit_predict(profile, has_power, params)
+    kfold = out_of_fold(frame, fp, group_kfold_splits(frame, n_splits))
+    extra = out_of_fold(frame, fp, extrapolation_split(frame))
+    n_shapes = len(set(zip(frame.m, frame.n, frame.k, frame.batch, strict=True)))
+    return Evaluation(profile.model, profile, has_power, len(frame), n_shapes, kfold, extra,
+                      _targets(has_power))
+
+
+def fit_full(frame: pd.DataFrame, profile: DeviceProfile, **params) -> GemmCostForest:
+    has_power = power_is_measured(frame)
+    y = frame[["latency_ms", "power_w"]].to_numpy() if has_power else frame.latency_ms
+    return make_model(profile, **params).fit(frame, y)
+
+
+def library_versions() -> dict[str, str]:
+    import sklearn
+    import skops
+
+    return {"python": platform.python_version(), "scikit-learn": sklearn.__version__,
+            "numpy": np.__version__, "skops": skops.__version__}
+
+
+def train_and_register(store: Store, device_model: str, n_splits: int = 5, **params):
+    """Evaluate on held-out shapes, fit on everything, register; returns (row, evaluation)."""
+    from predictor import registry
+
+    frame, profile = load_gemm_frame(store, device_model)
+    ev = evaluate(frame, profile, n_splits, **params)
+    model = fit_full(frame, profile, **params)
+    tables = {name: t.to_dict("records") for name, t in ev.tables().items()}
+    meta = {"profile": profile.to_dict(), "metrics": tables, "n_shapes": ev.n_shapes,
+            "dtypes": sorted(frame.dtype.unique()), "libraries": library_versions(),
+            "power": "trained" if ev.has_power else "unavailable: no measured power in the data",
+            "data_from": str(frame.created_at.min()), "data_to": str(frame.created_at.max())}
+    return registry.register(store, model, device_model, meta), ev

@@ -1,0 +1,175 @@
+"""GEMM cost forest: fit/predict, honest splits, registry with checksums, clear errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+from sklearn.base import clone
+
+from collectors.ops import Op, OpError
+from predictor import registry
+from predictor.evaluate import extrapolation_split, group_kfold_splits, metrics, shape_groups
+from predictor.features import DeviceProfile, empirical_peaks
+from predictor.forest import GemmCostForest, gemm_frame
+from predictor.training import evaluate, fit_full
+
+PROFILE = DeviceProfile("Test GPU", "gpu", 8, {"compute_fp32": 10.0, "compute_fp16": 40.0,
+                                                "bandwidth": 500.0})
+
+
+def synthetic(n_shapes: int = 60, power: bool = False, seed: int = 0) -> pd.DataFrame:
+    """A device that follows a roofline with a size-dependent efficiency, plus 3% noise."""
+    rng = np.random.default_rng(seed)
+    sizes = np.exp(rng.uniform(np.log(16), np.log(2048), size=(n_shapes, 3))).astype(int)
+    rows = []
+    for m, n, k in sizes:
+        for dtype in ("fp32", "fp16"):
+            flops = 2.0 * m * n * k
+            peak = PROFILE.compute_tflops(dtype) * 1e12
+            nbytes = (m * k + k * n + m * n) * (4 if dtype == "fp32" else 2)
+            eff = 0.3 + 0.6 * min(1.0, np.log2(min(m, n, k)) / 11)
+            t = max(flops / (peak * eff), nbytes / 400e9) * 1e3 + 0.005
+            t *= rng.normal(1.0, 0.03)
+            rows.append({"m": m, "n": n, "k": k, "batch": 1, "dtype": dtype, "trans_a": 0,
+                         "trans_b": 0, "latency_ms": t,
+                         "power_w": 100 + 200 * eff if power else np.nan,
+                         "power_source": "nvml_energy_counter" if power else "unavailable",
+                         "created_at": pd.Timestamp("2026-11-25")})
+    return pd.DataFrame(rows)
+
+
+def test_fit_predict_round_trip_and_sklearn_conventions():
+    frame = synthetic()
+    model = GemmCostForest(profile=PROFILE.to_dict(), n_estimators=30).fit(frame, frame.latency_ms)
+    pred = model.predict(frame)
+    assert pred.shape == (len(frame),) and np.all(pred > 0)
+    assert np.median(np.abs(pred / frame.latency_ms - 1)) < 0.05  # in-sample sanity
+    assert model.get_params()["n_estimators"] == 30
+    assert clone(model).get_params() == model.get_params()
+    c = model.predict_costs(frame.head(3))
+    assert c.power_w is None and c.energy_j is None and np.all(c.latency_std_ms >= 0)
+    assert model.score(frame, frame.latency_ms) > 0.9
+
+
+def test_power_is_a_second_output_and_energy_is_consistent():
+    frame = synthetic(power=True)
+    model = fit_full(frame, PROFILE, n_estimators=20)
+    assert model.has_power_
+    c = model.predict_costs(frame.head(5))
+    assert np.allclose(c.energy_j, c.power_w * c.latency_ms / 1e3)
+    assert np.all(c.power_std_w >= 0) and np.all(c.energy_std_j >= 0)
+
+
+def test_no_power_model_when_power_was_unavailable():
+    frame = synthetic(power=True)
+    frame.loc[0, "power_source"] = "unavailable"
+    frame.loc[0, "power_w"] = np.nan
+    assert not fit_full(frame, PROFILE, n_estimators=5).has_power_
+
+
+def test_splits_never_share_a_shape():
+    frame = synthetic(40)
+    groups = shape_groups(frame)
+    for tr, te in list(group_kfold_splits(frame, 5)) + list(extrapolation_split(frame)):
+        assert not set(groups[tr]) & set(groups[te])
+        assert len(te) > 0 and len(tr) > 0
+    (tr, te), = extrapolation_split(frame)
+    flops = 2.0 * frame.m * frame.n * frame.k
+    assert flops.iloc[te].min() > flops.iloc[tr].max()
+
+
+def test_held_out_evaluation_is_accurate_on_a_learnable_device():
+    ev = evaluate(synthetic(80), PROFILE, 5, n_estimators=60)
+    table = ev.tables()["shape-held-out (GroupKFold)"]
+    overall = table[(table.target == "latency_ms") & (table.dtype == "all")].iloc[0]
+    assert overall.within_10 > 70 and overall.spearman > 0.95
+    assert set(table.dtype) == {"all", "fp16", "fp32"}
+
+
+def test_metrics_values():
+    m = metrics(np.array([1.0, 2.0, 4.0]), np.array([1.05, 2.5, 4.0]))
+    assert m["mape"] == pytest.approx((5 + 25 + 0) / 3)
+    assert m["within_10"] == pytest.approx(200 / 3)
+    assert m["spearman"] == pytest.approx(1.0)
+
+
+def test_empirical_peaks_are_the_best_achieved():
+    frame = synthetic(10)
+    peaks = empirical_peaks(frame)
+    flops = 2.0 * frame.m * frame.n * frame.k / (frame.latency_ms / 1e3) / 1e12
+    assert peaks["compute_fp32"] == pytest.approx(flops[frame.dtype == "fp32"].max())
+
+
+def test_invalid_op_is_a_clear_error():
+    with pytest.raises(OpError, match="^ops\\[0\\].kind"):
+        gemm_frame([Op.make("elementwise", {"elements": 10})])
+
+
+@pytest.fixture
+def registered(store, tmp_path):
+    frame = synthetic(30)
+    model = fit_full(frame, PROFILE, n_estimators=10)
+    row = registry.register(store, model, PROFILE.model, {"metrics": {"x": 1}}, tmp_path)
+    return store, model, row, frame
+
+
+def test_registry_round_trip_and_metadata(registered, tmp_path):
+    store, model, row, frame = registered
+    assert row.version == 1 and row.path.endswith(".skops") and len(row.sha256) == 64
+    loaded = registry.load(registry.find(store, PROFILE.model))
+    assert np.allclose(loaded.predict(frame), model.predict(frame), rtol=1e-12)
+    assert row.meta["features"] == model.feature_names_ and row.n_samples == len(frame)
+    row2 = registry.register(store, model, PROFILE.model, {}, tmp_path)
+    assert row2.version == 2 and registry.find(store, PROFILE.model).version == 2
+    assert registry.find(store, PROFILE.model, 1).sha256 == row.sha256
+    with pytest.raises(registry.RegistryError, match="--version 7"):
+        registry.find(store, PROFILE.model, 7)
+    with pytest.raises(registry.RegistryError, match="no trained model"):
+        registry.find(store, "Other GPU")
+
+
+def test_tampered_model_file_is_refused(registered):
+    store, _, row, _ = registered
+    with open(row.path, "r+b") as f:
+        f.seek(100)
+        byte = f.read(1)
+        f.seek(100)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    with pytest.raises(registry.ChecksumError, match="refusing"):
+        registry.load(registry.find(store, PROFILE.model))
+
+
+def test_cli_import_train_predict(tmp_path, monkeypatch):
+    from hwnas.cli import main
+
+    monkeypatch.setenv("HWNAS_MODELS", str(tmp_path / "models"))
+    db = f"sqlite:///{tmp_path / 'p.sqlite'}"
+    src = tmp_path / "gp.csv"
+    frame = synthetic(20)
+    pd.DataFrame({"M": frame.m, "N": frame.n, "K": frame.k,
+                  "kernel": "cutlass_simt_sgemm_128x128_8x2_nn_align1", "layout": "nn",
+                  "runtime_ms": frame.latency_ms, "power_w": 70.0,
+                  "gpu": "NVIDIA GeForce RTX 4070"}).to_csv(src, index=False)
+    run = CliRunner().invoke
+    r = run(main, ["import", "gpperf", "--db", db, str(src)])
+    assert r.exit_code == 0 and "power: unavailable" in r.output, r.output
+    r = run(main, ["train", "--db", db, "--device", "4070", "--trees", "10", "--folds", "3"])
+    assert r.exit_code == 0, r.output
+    assert "shape-held-out" in r.output and "registered NVIDIA GeForce RTX 4070 v1" in r.output
+    r = run(main, ["predict", "gemm", "--db", db, "--device", "4070", "--m", "512", "--n", "512",
+                   "--k", "512"])
+    assert r.exit_code == 0 and "latency" in r.output and "power    unavailable" in r.output
+    r = run(main, ["predict", "gemm", "--db", db, "--device", "4070", "--m", "-1", "--n", "5",
+                   "--k", "5"])
+    assert r.exit_code == 2 and "m: must be a positive integer" in r.output
+    r = run(main, ["predict", "gemm", "--db", db, "--device", "H100", "--m", "1", "--n", "5",
+                   "--k", "5"])
+    assert r.exit_code == 1 and "no measurements of such a device" in r.output
+    assert "Traceback" not in r.output
+    r = run(main, ["models", "--db", db])
+    assert "NVIDIA GeForce RTX 4070" in r.output
+    r = run(main, ["eval", "--db", db, "--device", "4070", "--trees", "10", "--folds", "3",
+                   "--plot", str(tmp_path / "p.png")])
+    assert r.exit_code == 0 and (tmp_path / "p.png").stat().st_size > 1000
