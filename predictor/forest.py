@@ -87,10 +87,20 @@ class GemmCostForest(RegressorMixin, BaseEstimator):
         self.n_train_ = len(X)
         return self
 
+    def compile(self, threads: int = 1) -> GemmCostForest:
+        """Serve predictions from the ONNX Runtime form of the forest (see predictor.fast)."""
+        from predictor.fast import FastForest
+
+        check_is_fitted(self, "forest_")
+        self.fast_ = FastForest(self.forest_, self.forest_.n_features_in_, threads)
+        return self
+
     def per_tree(self, X: pd.DataFrame) -> np.ndarray:
         """Raw per-tree outputs, shape (trees, rows, outputs)."""
         check_is_fitted(self, "forest_")
         f = gemm_features(X, self._profile()).to_numpy(np.float32)
+        if getattr(self, "fast_", None) is not None:
+            return self.fast_.per_tree(f)
         out = np.stack([t.predict(f) for t in self.forest_.estimators_])
         return out.reshape(out.shape[0], out.shape[1], -1)
 

@@ -110,7 +110,7 @@ def load(row: ModelVersion) -> GemmCostForest:
     model.y_ndim_ = row.meta.get("y_ndim", 1)
     model.feature_names_ = row.meta.get("features")
     model.n_train_ = row.n_samples
-    return model
+    return model.compile()
 
 
 def list_models(store: Store) -> list[ModelVersion]:

@@ -173,3 +173,20 @@ def test_cli_import_train_predict(tmp_path, monkeypatch):
     r = run(main, ["eval", "--db", db, "--device", "4070", "--trees", "10", "--folds", "3",
                    "--plot", str(tmp_path / "p.png")])
     assert r.exit_code == 0 and (tmp_path / "p.png").stat().st_size > 1000
+
+
+def test_fast_inference_equals_sklearn_within_1e6():
+    from predictor.features import gemm_features
+
+    frame = synthetic(40, power=True)
+    model = fit_full(frame, PROFILE, n_estimators=25)
+    slow = model.predict_costs(frame)
+    fast = model.compile().predict_costs(frame)
+    for a, b in ((slow.latency_ms, fast.latency_ms), (slow.power_w, fast.power_w),
+                 (slow.latency_std_ms, fast.latency_std_ms), (slow.energy_j, fast.energy_j)):
+        assert np.allclose(b, a, rtol=1e-6, atol=0)
+    # Training rows sit exactly on split values: they exercise the threshold rounding.
+    features = gemm_features(frame, PROFILE).to_numpy(np.float32)
+    ref = np.stack([t.predict(features) for t in model.forest_.estimators_])
+    raw = model.per_tree(frame)
+    assert np.allclose(raw, ref.reshape(raw.shape), rtol=1e-6, atol=0)
