@@ -90,6 +90,20 @@ class SweepRunner:
             s.commit()
             return sweep.id
 
+    def extend(self, sweep_id: int, plan: list[tuple[Op, str]]) -> int:
+        """Append configs to a sweep's plan (adaptive sampling grows its sweep round by round);
+        configs already planned are ignored. Returns how many were added."""
+        with self.store.session() as s:
+            sweep = s.get(Sweep, sweep_id)
+            configs = list(sweep.config["configs"])
+            known = {Op.from_dict(c).key() for c in configs}
+            new = [{**op.to_dict(), "origin": origin} for op, origin in plan
+                   if op.key() not in known]
+            sweep.config = {**sweep.config, "configs": configs + new}
+            sweep.n_planned = len(configs) + len(new)
+            s.commit()
+            return len(new)
+
     @staticmethod
     def load_plan(store: Store, sweep_id: int) -> tuple[Sweep, list[tuple[Op, str]]]:
         with store.session() as s:

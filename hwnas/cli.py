@@ -146,11 +146,21 @@ def collect() -> None:
               help="Resume sweep SWEEP: measure only the configs it has not stored yet.")
 @click.option("--skip-peaks", is_flag=True,
               help="Do not measure the device's peaks before the sweep if missing.")
+@click.option("--adaptive", is_flag=True,
+              help="Choose shapes where a forest fitted on the measurements so far is least "
+                   "sure (within --min-size..--max-size), instead of --shapes.")
+@click.option("--budget", type=int, default=100, show_default=True,
+              help="With --adaptive: configs to measure in all.")
+@click.option("--pool", type=click.IntRange(10, 1_000_000), default=2000, show_default=True,
+              help="With --adaptive: random candidate shapes to choose from.")
+@click.option("--round-size", type=click.IntRange(1, 10_000), default=10, show_default=True,
+              help="With --adaptive: configs measured between refits.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 @friendly_errors
 def collect_gemm(db_url, device_name, backend, dtypes, shape_set, min_size, max_size, points,
                  count, seed, layouts, warmup, min_reps, min_time, power_window, l2_flush,
-                 cooldown, resume_id, skip_peaks, no_progress) -> None:
+                 cooldown, resume_id, skip_peaks, adaptive, budget, pool, round_size,
+                 no_progress) -> None:
     """Sweep GEMM shapes x dtypes on one device; every config is committed as it completes.
 
     Interrupt with Ctrl-C at any time; `--resume SWEEP` carries on where it stopped.
@@ -162,8 +172,11 @@ def collect_gemm(db_url, device_name, backend, dtypes, shape_set, min_size, max_
         shape_set=shape_set, min_size=min_size, max_size=max_size, points=points, count=count,
         seed=seed, layouts=layouts, warmup=warmup, min_reps=min_reps, min_time=min_time,
         power_window=power_window, l2_flush=l2_flush, cooldown=cooldown, resume_id=resume_id,
-        progress=not no_progress)
-    summary = job.run(measure_missing_peaks=not skip_peaks)
+        progress=not no_progress, adaptive=adaptive and resume_id is None)
+    if adaptive and resume_id is None:
+        summary = job.run_adaptive(budget, pool, round_size, seed)
+    else:
+        summary = job.run(measure_missing_peaks=not skip_peaks)
     job.print_summary(summary)
     if summary.interrupted:
         sys.exit(130)

@@ -38,13 +38,18 @@ class GemmJob:
                      shape_set="grid", min_size=16, max_size=1024, points=4, count=50, seed=0,
                      layouts="nn", warmup=0.05, min_reps=10, min_time=0.2, power_window=1.0,
                      l2_flush=False, cooldown=0.0, resume_id=None, progress=True,
-                     skip_unsupported_dtypes=False) -> GemmJob:
+                     skip_unsupported_dtypes=False, adaptive=False) -> GemmJob:
         # Validate every option before touching hardware or the store.
         policy = TimingPolicy(warmup_s=warmup, min_reps=min_reps, min_time_s=min_time,
                               power_window_s=power_window, l2_flush=l2_flush,
                               cooldown_s=cooldown)
         dtype_list = [check_dtype(d, "--dtype").name for d in _split(dtypes, "--dtype")]
-        if resume_id is None:
+        if adaptive:
+            shapes = []  # the adaptive sampler plans its sweep round by round
+            layout_list = ["nn"]
+            if min_size <= 0 or max_size < min_size:
+                raise ValueError("--min-size/--max-size: need 0 < min-size <= max-size")
+        elif resume_id is None:
             if shape_set == "grid":
                 shapes = log_grid(min_size, max_size, points)
             elif shape_set == "random":
@@ -67,7 +72,8 @@ class GemmJob:
             SweepRunner.load_plan(store, resume_id)  # raises a clear error if unknown
             return cls(store, device, backend_impl, runner, resume_id, True)
         plan = plan_gemm(shapes, dtype_list, layout_list)
-        options = {"shapes": shape_set, "min_size": min_size, "max_size": max_size,
+        options = {"shapes": "adaptive" if adaptive else shape_set, "min_size": min_size,
+                   "max_size": max_size,
                    "points": points, "count": count, "seed": seed, "dtypes": dtype_list,
                    "layouts": layout_list}
         return cls(store, device, backend_impl, runner, runner.create(plan, options), False)
@@ -86,7 +92,7 @@ class GemmJob:
         with self.store.session() as s:
             row = upsert_device(s, self.device.info)
             have = device_peaks(s, row.id)
-            dtypes = sorted({c["dtype"] for c in self._configs()} - {
+            dtypes = sorted(set(self._options().get("dtypes", [])) - {
                 m.removeprefix("compute_") for m in have})
             dtypes = [d for d in dtypes if d != "fp64"]
             if not dtypes and "bandwidth" in have:
@@ -97,9 +103,6 @@ class GemmJob:
                                              bandwidth="bandwidth" not in have))
             s.commit()
 
-    def _configs(self) -> list[dict]:
-        _, plan = SweepRunner.load_plan(self.store, self.sweep_id)
-        return [op.to_dict() for op, _ in plan]
 
     def run(self, measure_missing_peaks: bool = True) -> SweepSummary:
         if measure_missing_peaks:
@@ -107,6 +110,73 @@ class GemmJob:
         verb = "resuming" if self.resumed else "starting"
         click.echo(f"{verb} sweep {self.sweep_id}", err=True)
         return self.runner.run(self.sweep_id)
+
+    def run_adaptive(self, budget: int, pool: int, batch: int, seed: int = 0) -> SweepSummary:
+        """Measure ``budget`` configs chosen where the current forest is least sure."""
+        from collectors.ops import Op
+        from predictor.adaptive import AdaptiveSampler, candidate_pool
+        from predictor.features import DeviceProfile
+        from predictor.forest import GEMM_COLUMNS
+
+        if budget < 4:
+            raise ValueError(f"--budget: must be at least 4, got {budget}")
+        self.ensure_peaks()
+        opts = self._options()
+        from collectors.store.repo import device_peaks, upsert_device
+
+        with self.store.session() as s:
+            peaks = device_peaks(s, upsert_device(s, self.device.info).id)
+            s.commit()
+        i = self.device.info
+        profile = DeviceProfile(i.model, i.kind, int(i.sm_count or 1), peaks)
+        frame = candidate_pool(pool, opts["min_size"], opts["max_size"], opts["dtypes"], seed)
+        sampler = AdaptiveSampler(profile, frame, seed=seed)
+        total = SweepSummary(self.sweep_id, 0)
+
+        def measure(indices: list[int]) -> dict[int, float]:
+            plan = []
+            for idx in indices:
+                m, n, k, dtype = (frame.at[idx, c] for c in ("m", "n", "k", "dtype"))
+                plan.append((Op.gemm(m, n, k, dtype), "adaptive"))
+            self.runner.extend(self.sweep_id, plan)
+            got = self.runner.run(self.sweep_id)
+            for name in ("done", "failed", "skipped"):
+                setattr(total, name, getattr(total, name) + getattr(got, name))
+            total.tflops += got.tflops
+            total.seconds += got.seconds
+            total.interrupted = got.interrupted
+            if got.interrupted:
+                raise KeyboardInterrupt
+            return self._latencies(frame, indices, plan)
+
+        click.echo(f"adaptive sweep {self.sweep_id}: budget {budget} of a pool of {len(frame)} "
+                   f"configs, rounds of {batch}", err=True)
+        try:
+            sampler.run(measure, budget, batch)
+        except KeyboardInterrupt:
+            total.interrupted = True
+        total.planned = total.done + total.failed + total.skipped
+        assert list(frame.columns) == GEMM_COLUMNS
+        return total
+
+    def _options(self) -> dict:
+        from collectors.store.repo import get_sweep
+
+        with self.store.session() as s:
+            return dict(get_sweep(s, self.sweep_id).config["options"])
+
+    def _latencies(self, frame, indices: list[int], plan) -> dict[int, float]:
+        from sqlalchemy import select
+
+        from collectors.store.models import Measurement
+
+        keys = {op.key(): idx for idx, (op, _) in zip(indices, plan, strict=True)}
+        with self.store.session() as s:
+            rows = s.execute(select(Measurement.config_key, Measurement.latency_ms_median)
+                             .where(Measurement.sweep_id == self.sweep_id,
+                                    Measurement.status == "ok",
+                                    Measurement.config_key.in_(list(keys))))
+            return {keys[k]: float(v) for k, v in rows}
 
     def print_summary(self, summary: SweepSummary) -> None:
         from sqlalchemy import select

@@ -190,3 +190,35 @@ def test_fast_inference_equals_sklearn_within_1e6():
     ref = np.stack([t.predict(features) for t in model.forest_.estimators_])
     raw = model.per_tree(frame)
     assert np.allclose(raw, ref.reshape(raw.shape), rtol=1e-6, atol=0)
+
+
+def test_adaptive_sampler_spends_the_budget_once_each_and_picks_the_most_uncertain(
+        monkeypatch):
+    from predictor import adaptive
+
+    pool = adaptive.candidate_pool(120, 16, 2048, ["fp32", "fp16"], seed=5)
+
+    def law(i: int) -> float:
+        m, n, k, dtype = (pool.at[i, c] for c in ("m", "n", "k", "dtype"))
+        return 2.0 * m * n * k / (PROFILE.compute_tflops(dtype) * 1e12 * 0.5) * 1e3 + 0.01
+
+    calls: list[list[int]] = []
+
+    def measure(indices):
+        calls.append(list(indices))
+        return {i: law(i) for i in indices if i % 17}  # some configs "fail"
+
+    # A known uncertainty (here: the size of M) shows which candidates the sampler prefers.
+    monkeypatch.setattr(adaptive, "uncertainty",
+                        lambda model, frame: frame.m.to_numpy(float))
+    sampler = adaptive.AdaptiveSampler(PROFILE, pool, seed_share=0.2, trees=5)
+    measured = sampler.run(measure, budget=60, batch=10)
+    flat = [i for c in calls for i in c]
+    assert len(flat) == 60 and len(set(flat)) == 60  # budget spent, nothing twice
+    assert set(measured) == {i for i in flat if i % 17}
+    assert calls[0] == [int(i) for i in sampler.order[:10]]  # seed rounds: uniform order
+    seen: set[int] = set(calls[0] + calls[1])
+    for batch in calls[2:]:  # then: the most uncertain of what is left
+        left = pool.drop(index=list(seen))
+        assert sorted(pool.m[batch]) == sorted(left.m.nlargest(len(batch)))
+        seen.update(batch)

@@ -1,0 +1,112 @@
+"""Learning curve of adaptive against uniform random sampling, on this CPU, in one run.
+
+Both samplers draw from the same pool of random GEMM shapes; every config is measured once and
+shared between them (same device, same moment). After each round a forest is fitted on what each
+sampler has measured and scored on a separate test set of random shapes. Prints the share within
+±10% and MAPE against the number of measurements, and how many measurements the adaptive sampler
+needed to reach the uniform sampler's final share (target: at most half).
+
+    python benchmarks/adaptive_sampling.py [--budget 200] [--round 10] [--test 150] [--csv F]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import pandas as pd
+
+from collectors.devices import CpuDevice
+from collectors.gemm.backends import backend_for
+from collectors.ops import Op
+from collectors.peaks import measure_peaks
+from collectors.timing import TimingPolicy, time_kernel
+from predictor.adaptive import AdaptiveSampler, candidate_pool
+from predictor.evaluate import metrics
+from predictor.features import DeviceProfile
+from predictor.forest import GemmCostForest
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--budget", type=int, default=200)
+    ap.add_argument("--round", type=int, default=10)
+    ap.add_argument("--pool", type=int, default=1500)
+    ap.add_argument("--test", type=int, default=150)
+    ap.add_argument("--dtypes", default="fp32")
+    ap.add_argument("--min-size", type=int, default=16)
+    ap.add_argument("--max-size", type=int, default=1024)
+    ap.add_argument("--min-time", type=float, default=0.1)
+    ap.add_argument("--trees", type=int, default=100)
+    ap.add_argument("--csv", default=None, help="also write the curves to this CSV file")
+    args = ap.parse_args()
+    dtypes = args.dtypes.split(",")
+
+    device, backend = CpuDevice(), backend_for("cpu", "torch")
+    policy = TimingPolicy(min_time_s=args.min_time)
+    peaks = {p.metric: p.value for p in measure_peaks(device, backend, dtypes)}
+    profile = DeviceProfile(device.info.model, "cpu", device.info.sm_count or 1, peaks)
+    pool = candidate_pool(args.pool, args.min_size, args.max_size, dtypes, seed=1)
+    test = candidate_pool(args.test, args.min_size, args.max_size, dtypes, seed=2)
+    cache: dict[tuple, float] = {}
+
+    def latency(key: tuple) -> float:
+        """Median latency (ms) of GEMM (m, n, k, dtype), measured once."""
+        if key not in cache:
+            prep = backend.prepare(Op.gemm(*key))
+            cache[key] = time_kernel(prep.fn, prep.timer, policy).median_ms
+        return cache[key]
+
+    t0 = time.perf_counter()
+    cols = ["m", "n", "k", "dtype"]
+    test_y = np.array([latency(key) for key in test[cols].itertuples(index=False, name=None)])
+
+    def score(measured: dict[int, float]) -> dict[str, float]:
+        idx = np.fromiter(measured, dtype=int)
+        model = GemmCostForest(profile=profile.to_dict(), n_estimators=args.trees)
+        model.fit(pool.iloc[idx], np.array([measured[i] for i in idx]))
+        return metrics(test_y, model.predict(test))
+
+    curves: dict[str, list[tuple[int, dict]]] = {"adaptive": [], "uniform": []}
+    for name in curves:
+        sampler = AdaptiveSampler(profile, pool, seed=0,
+                                  seed_share=0.1 if name == "adaptive" else 1.0,
+                                  trees=args.trees)
+
+        def measure(indices, pool=pool):
+            return {i: latency(tuple(pool.loc[i, cols])) for i in indices}
+
+        def record(measured, name=name):
+            if len(measured) >= 10:
+                curves[name].append((len(measured), score(measured)))
+
+        sampler.run(measure, args.budget, args.round, on_round=record)
+
+    print(f"{device.info.model}, {backend.name}, dtypes {args.dtypes}; pool {len(pool)} configs, "
+          f"test {len(test)} configs; {len(cache)} distinct configs measured in "
+          f"{time.perf_counter() - t0:.0f} s")
+    print(f"{'measured':>9}  {'adaptive ±10%':>13} {'MAPE':>6}   {'uniform ±10%':>12} {'MAPE':>6}")
+    ada, uni = dict(curves["adaptive"]), dict(curves["uniform"])
+
+    def cell(m: dict | None, width: int) -> str:
+        return f"{m['within_10']:>{width}.1f}% {m['mape']:>5.1f}%" if m else " " * (width + 8)
+
+    for n in sorted(set(ada) | set(uni)):
+        print(f"{n:>9}  {cell(ada.get(n), 12)}   {cell(uni.get(n), 11)}")
+    final_n, final = curves["uniform"][-1]
+    reach = next((n for n, m in curves["adaptive"] if m["within_10"] >= final["within_10"]), None)
+    if reach is None:
+        print(f"adaptive never reached uniform's final {final['within_10']:.1f}% within ±10%")
+    else:
+        print(f"adaptive reached uniform's final {final['within_10']:.1f}% (at {final_n}) with "
+              f"{reach} measurements: {reach / final_n:.2f} of them (target <= 0.5: "
+              f"{'met' if reach <= final_n / 2 else 'NOT met'})")
+    if args.csv:
+        pd.DataFrame([{"sampler": k, "measured": n, **m} for k, v in curves.items()
+                      for n, m in v]).to_csv(args.csv, index=False)
+        print(f"curves written to {args.csv}")
+
+
+if __name__ == "__main__":
+    main()
