@@ -399,5 +399,156 @@ def predict_gemm(db_url, device_spec, m, n, k, dtype, batch, layout, version) ->
         click.echo(f"  energy   {c.energy_j[0]:.4g} J ± {c.energy_std_j[0]:.3g}")
 
 
+def _read_token(path: str | None) -> str | None:
+    if not path:
+        return None
+    with open(path) as f:
+        token = f.read().strip()
+    if not token:
+        raise click.UsageError(f"--token-file {path}: the file is empty")
+    return token
+
+
+@main.command()
+@DB_OPTION
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to bind; 0.0.0.0 exposes the service to the network.")
+@click.option("--port", type=click.IntRange(0, 65535), default=50051, show_default=True,
+              help="0 picks a free port (printed).")
+@click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False), default=None)
+@click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), default=None)
+@click.option("--token-file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Require 'authorization: Bearer <token>' with the token in this file.")
+@click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
+              help="Expose Prometheus metrics over HTTP on this port.")
+@click.option("--max-batch", type=click.IntRange(1, 10_000_000), default=10_000,
+              show_default=True, help="Most shapes/ops in one request.")
+@click.option("--workers", type=click.IntRange(1, 1024), default=16, show_default=True)
+@friendly_errors
+def serve(db_url, host, port, tls_cert, tls_key, token_file, metrics_port, max_batch,
+          workers) -> None:
+    """Serve predictions over gRPC (hwnas.v1.Predictor, with health and reflection) until
+    SIGTERM/Ctrl-C, then drain in-flight calls and exit 0. New model versions registered by
+    `hwnas train` are picked up without a restart."""
+    import logging
+
+    from hwnas.service.engine import PredictionEngine
+    from hwnas.service.server import Server, ServerConfig
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    config = ServerConfig(host=host, port=port, tls_cert=tls_cert, tls_key=tls_key,
+                          token=_read_token(token_file), metrics_port=metrics_port,
+                          max_batch=max_batch, workers=workers)
+    server = Server(PredictionEngine(open_store(db_url)), config).start()
+    click.echo(f"hwnas.v1.Predictor listening on {host}:{server.port} "
+               f"({'TLS' if tls_cert else 'plaintext'}"
+               f"{', token required' if config.token else ''})", err=True)
+    server.serve_forever()
+    click.echo("drained; bye", err=True)
+
+
+SERVER_OPTIONS = [
+    click.option("--server", envvar="HWNAS_SERVER", default="127.0.0.1:50051",
+                 show_default=True, help="host:port of `hwnas serve` (or $HWNAS_SERVER)."),
+    click.option("--token-file", type=click.Path(exists=True, dir_okay=False), default=None),
+    click.option("--tls-ca", type=click.Path(exists=True, dir_okay=False), default=None,
+                 help="CA certificate to verify a TLS server."),
+    click.option("--timeout", type=float, default=10.0, show_default=True,
+                 help="Deadline per call (s)."),
+]
+
+
+def server_options(fn):
+    for opt in reversed(SERVER_OPTIONS):
+        fn = opt(fn)
+    return fn
+
+
+def _client(server, token_file, tls_ca, timeout):
+    from hwnas.client import PredictorClient
+
+    return PredictorClient(server, token=_read_token(token_file), tls_ca=tls_ca,
+                           timeout_s=timeout)
+
+
+def _rpc_errors(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        import grpc
+
+        try:
+            return fn(*args, **kwargs)
+        except grpc.RpcError as exc:
+            raise click.ClickException(f"{exc.code().name}: {exc.details()}") from None
+
+    return wrapper
+
+
+def _cost_line(label: str, c) -> str:
+    power = (f"{c.power_w:.4g} W ± {c.power_std_w:.2g}, {c.energy_j:.4g} J ± "
+             f"{c.energy_std_j:.2g}" if c.power_w is not None else "power unavailable")
+    return f"{label}: {c.latency_ms:.5g} ms ± {c.latency_std_ms:.2g}; {power}"
+
+
+@main.group()
+def query() -> None:
+    """Ask a running prediction service (see `hwnas serve`)."""
+
+
+@query.command("gemm")
+@server_options
+@click.option("--device", required=True, help="Device model (or a unique part of its name).")
+@click.option("--m", "m", type=int, required=True)
+@click.option("--n", "n", type=int, required=True)
+@click.option("--k", "k", type=int, required=True)
+@click.option("--dtype", default="fp32", show_default=True)
+@click.option("--batch", type=int, default=1, show_default=True)
+@friendly_errors
+@_rpc_errors
+def query_gemm(server, token_file, tls_ca, timeout, device, m, n, k, dtype, batch) -> None:
+    """Latency, power and energy of one GEMM from the service."""
+    with _client(server, token_file, tls_ca, timeout) as c:
+        a = c.predict_gemm(device, [{"m": m, "n": n, "k": k, "dtype": dtype, "batch": batch}])
+    click.echo(f"{a.device} (model v{a.model_version})")
+    click.echo(_cost_line(f"gemm {m}x{n}x{k} {dtype} batch {batch}", a.costs[0]))
+
+
+@query.command("network")
+@server_options
+@click.option("--device", required=True, help="Device model (or a unique part of its name).")
+@click.option("--nasbench201", "arch", default=None, help="A NAS-Bench-201 cell string.")
+@click.option("--ops-json", type=click.Path(exists=True, dir_okay=False), default=None,
+              help='JSON list of ops: [{"kind": "conv2d", "params": {...}, "name": "..."}].')
+@click.option("--batch", type=int, default=1, show_default=True)
+@click.option("--dtype", default="fp32", show_default=True)
+@click.option("--layers", is_flag=True, help="Print every layer too.")
+@friendly_errors
+@_rpc_errors
+def query_network(server, token_file, tls_ca, timeout, device, arch, ops_json, batch, dtype,
+                  layers) -> None:
+    """Whole-network latency, power and energy from the service."""
+    import json
+
+    if (arch is None) == (ops_json is None):
+        raise click.UsageError("give exactly one of --nasbench201 and --ops-json")
+    ops = None
+    if ops_json:
+        with open(ops_json) as f:
+            try:
+                ops = json.load(f)
+            except json.JSONDecodeError as exc:
+                raise click.UsageError(f"--ops-json: not JSON ({exc})") from None
+        if not isinstance(ops, list) or not all(isinstance(o, dict) and "kind" in o
+                                                for o in ops):
+            raise click.UsageError("--ops-json: expected a list of objects with a 'kind'")
+    with _client(server, token_file, tls_ca, timeout) as c:
+        a = c.predict_network(device, nasbench201=arch, ops=ops, batch=batch, dtype=dtype)
+    click.echo(f"{a.device} (model v{a.model_version}); {len(a.layers)} layers; {a.method}")
+    if layers:
+        for layer in a.layers:
+            click.echo("  " + _cost_line(layer.name, layer))
+    click.echo(_cost_line("total", a.total))
+
+
 if __name__ == "__main__":
     main()

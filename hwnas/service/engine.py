@@ -1,0 +1,173 @@
+"""What the gRPC service computes, without gRPC: device resolution, a model cache that picks up
+new registry versions without a restart, and op/network predictions.
+
+Errors are :class:`ServiceError` with the name of the gRPC status code they map to, so this
+module stays importable (and testable) without grpcio.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+from sqlalchemy import func, select
+
+from collectors.ops import Op
+from collectors.store.db import Store
+from collectors.store.models import Device, Measurement, ModelVersion
+from predictor import registry
+from predictor.forest import GemmCostForest
+from predictor.op_costs import OpCost, predict_ops, total
+
+log = logging.getLogger("hwnas.service")
+
+
+class ServiceError(Exception):
+    """``code`` is a grpc.StatusCode name: INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION..."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass
+class LoadedModel:
+    device: str
+    version: int
+    model: GemmCostForest
+
+
+class PredictionEngine:
+    """Thread-safe: many RPC threads share it. ``refresh_s`` bounds how often the registry is
+    asked whether a newer version exists."""
+
+    def __init__(self, store: Store, refresh_s: float = 1.0):
+        self.store = store
+        self.refresh_s = refresh_s
+        self._lock = threading.Lock()
+        self._latest: dict[str, LoadedModel] = {}
+        self._checked: dict[str, float] = {}
+        self._pinned: dict[tuple[str, int], LoadedModel] = {}
+        self._devices: list[str] = []
+
+    # -- devices -------------------------------------------------------------------------
+    def device_models(self, refresh: bool = False) -> list[str]:
+        if refresh or not self._devices:
+            with self.store.session() as s:
+                self._devices = sorted(set(s.scalars(select(Device.model))))
+        return self._devices
+
+    def resolve_device(self, spec: str) -> str:
+        key = (spec or "").strip()
+        if not key:
+            raise ServiceError("INVALID_ARGUMENT", "device: is required (a device model name)")
+        for refresh in (False, True):
+            models = self.device_models(refresh)
+            if key in models:
+                return key
+            hits = [m for m in models if key.lower() in m.lower()]
+            if len(hits) == 1:
+                return hits[0]
+            if len(hits) > 1:
+                raise ServiceError("INVALID_ARGUMENT",
+                                   f"device: {spec!r} matches several: {'; '.join(hits)}")
+        raise ServiceError("NOT_FOUND", f"device: no device model matches {spec!r}")
+
+    # -- models --------------------------------------------------------------------------
+    def warm_up(self) -> int:
+        """Load the latest model of every device that has one; returns how many loaded."""
+        loaded = 0
+        for row in registry.list_models(self.store):
+            if row.device_model not in self._latest:
+                try:
+                    self.model_for(row.device_model, 0)
+                    loaded += 1
+                except ServiceError as exc:
+                    log.error("could not load model for %s: %s", row.device_model, exc)
+        return loaded
+
+    def model_for(self, device: str, version: int = 0) -> LoadedModel:
+        if version < 0:
+            raise ServiceError("INVALID_ARGUMENT", f"model_version: must be >= 0, got {version}")
+        if version:
+            key = (device, version)
+            if key not in self._pinned:
+                try:
+                    row = registry.find(self.store, device, version)
+                except registry.RegistryError as exc:
+                    raise ServiceError("NOT_FOUND", f"model_version: {exc}") from None
+                self._pinned[key] = self._load(row)
+            return self._pinned[key]
+        now = time.monotonic()
+        current = self._latest.get(device)
+        if current is not None and now - self._checked.get(device, 0) < self.refresh_s:
+            return current
+        with self._lock:
+            current = self._latest.get(device)
+            if current is not None and now - self._checked.get(device, 0) < self.refresh_s:
+                return current
+            self._checked[device] = now
+            try:
+                row = registry.find(self.store, device)
+            except registry.RegistryError:
+                if current is not None:
+                    return current
+                raise ServiceError("FAILED_PRECONDITION",
+                                   f"device: {device!r} has no trained model "
+                                   "(run hwnas train --device ...)") from None
+            if current is not None and current.version == row.version:
+                return current
+            try:
+                fresh = self._load(row)
+            except ServiceError:
+                if current is not None:  # a broken new version never replaces a working one
+                    log.error("keeping %s v%d: v%d failed to load", device, current.version,
+                              row.version)
+                    return current
+                raise
+            self._latest[device] = fresh  # swapped atomically; in-flight calls keep the old one
+            log.info("serving %s model v%d", device, fresh.version)
+            return fresh
+
+    @staticmethod
+    def _load(row: ModelVersion) -> LoadedModel:
+        try:
+            return LoadedModel(row.device_model, row.version, registry.load(row))
+        except registry.RegistryError as exc:
+            raise ServiceError("FAILED_PRECONDITION", f"model {row.device_model} "
+                               f"v{row.version} cannot be loaded: {exc}") from None
+
+    def loaded(self) -> list[LoadedModel]:
+        return list(self._latest.values())
+
+    # -- predictions ---------------------------------------------------------------------
+    def predict(self, device_spec: str, version: int, ops: list[Op]
+                ) -> tuple[str, int, list[OpCost]]:
+        device = self.resolve_device(device_spec)
+        lm = self.model_for(device, version)
+        try:
+            return device, lm.version, predict_ops(lm.model, ops)
+        except ValueError as exc:
+            raise ServiceError("INVALID_ARGUMENT", str(exc)) from None
+
+    def predict_network(self, device_spec: str, version: int, ops: list[Op]
+                        ) -> tuple[str, int, OpCost, list[OpCost]]:
+        device, v, costs = self.predict(device_spec, version, ops)
+        return device, v, total(costs), costs
+
+    def device_table(self) -> list[dict]:
+        with self.store.session() as s:
+            counts = dict(s.execute(
+                select(Device.model, func.count(Measurement.id))
+                .join(Measurement, Measurement.device_id == Device.id)
+                .where(Measurement.status == "ok").group_by(Device.model)).all())
+            with_model = set(s.scalars(select(ModelVersion.device_model)))
+            out = {}
+            for d in s.scalars(select(Device).order_by(Device.last_seen)):
+                out[d.model] = {"model": d.model, "kind": d.kind, "sm_count": d.sm_count or 0,
+                                "memory_bytes": d.memory_bytes or 0,
+                                "measurements": counts.get(d.model, 0),
+                                "has_model": d.model in with_model}
+            return list(out.values())

@@ -1,0 +1,335 @@
+"""The gRPC prediction server: hwnas.v1.Predictor plus grpc.health.v1 and server reflection.
+
+Binds 127.0.0.1 by default. Optional TLS (``tls_cert``/``tls_key``) and bearer-token auth; every
+error is a proper status code with a message naming the bad field, one JSON log line per error,
+and Prometheus metrics (requests by method and code, a latency histogram).
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import math
+import signal
+import threading
+import time
+from concurrent import futures
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from collectors.ops import Op, OpError
+from hwnas.rpc.v1 import predictor_pb2 as pb
+from hwnas.rpc.v1 import predictor_pb2_grpc as pb_grpc
+from hwnas.service.engine import PredictionEngine, ServiceError
+from predictor.nasbench201 import network_ops
+from predictor.op_costs import OpCost
+
+SERVICE = pb.DESCRIPTOR.services_by_name["Predictor"].full_name
+log = logging.getLogger("hwnas.service")
+
+
+@dataclass
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 50051  # 0 picks a free port
+    workers: int = 16
+    max_batch: int = 10_000  # shapes/ops per request
+    max_message_bytes: int = 16 << 20
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    token: str | None = None
+    metrics_port: int | None = None
+    refresh_s: float = 1.0
+    grace_s: float = 10.0
+
+
+class Metrics:
+    def __init__(self) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Histogram
+
+        self.registry = CollectorRegistry()
+        self.requests = Counter("hwnas_rpc_requests", "RPCs by method and status code",
+                                ["method", "code"], registry=self.registry)
+        self.latency = Histogram("hwnas_rpc_latency_seconds", "RPC latency", ["method"],
+                                 buckets=(1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2,
+                                          5e-2, 0.1, 0.25, 0.5, 1, 2.5, 5),
+                                 registry=self.registry)
+        self.predictions = Counter("hwnas_predictions", "Shapes/ops predicted",
+                                   registry=self.registry)
+
+    def serve(self, port: int, host: str) -> None:
+        from prometheus_client import start_http_server
+
+        start_http_server(port, addr=host, registry=self.registry)
+
+
+class Interceptor(grpc.ServerInterceptor):
+    """Bearer-token check, metrics and one structured log line per failed call."""
+
+    def __init__(self, token: str | None, metrics: Metrics):
+        self.token = token
+        self.metrics = metrics
+
+    def intercept_service(self, continuation, details):
+        handler = continuation(details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        method = details.method.rsplit("/", 1)[-1]
+        public = details.method.startswith(("/grpc.health.", "/grpc.reflection."))
+        meta = dict(details.invocation_metadata or ())
+        authorized = (self.token is None or public or hmac.compare_digest(
+            meta.get("authorization", ""), f"Bearer {self.token}"))
+        inner = handler.unary_unary
+
+        def wrapped(request, context):
+            t0 = time.perf_counter()
+            code = "OK"
+            try:
+                if not authorized:
+                    context.abort(grpc.StatusCode.UNAUTHENTICATED,
+                                  "authorization: missing or wrong bearer token")
+                return inner(request, context)
+            except Exception:
+                c = context.code()
+                code = c.name if c is not None else "UNKNOWN"
+                if code == "UNKNOWN":
+                    log.exception("unexpected error in %s", method)
+                raise
+            finally:
+                c = context.code()
+                if c is not None and code == "OK":
+                    code = c.name
+                self.metrics.requests.labels(method, code).inc()
+                self.metrics.latency.labels(method).observe(time.perf_counter() - t0)
+                if code != "OK":
+                    log.warning(json.dumps({"event": "rpc_error", "method": method,
+                                            "code": code, "peer": context.peer(),
+                                            "message": context.details() or ""}))
+
+        return grpc.unary_unary_rpc_method_handler(
+            wrapped, request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer)
+
+
+def _fail(context, code: str, message: str):
+    context.abort(getattr(grpc.StatusCode, code), message)
+
+
+def _nz(value: int, default: int) -> int:
+    return value if value else default
+
+
+def gemm_op(shape: pb.GemmShape, field: str) -> Op:
+    try:
+        return Op.gemm(shape.m, shape.n, shape.k, shape.dtype or "fp32", _nz(shape.batch, 1),
+                       int(shape.trans_a), int(shape.trans_b))
+    except OpError as exc:
+        raise OpError(f"{field}.{exc.field}", str(exc).split(": ", 1)[1]) from None
+
+
+def generic_op(op: pb.Op, field: str) -> Op:
+    try:
+        return Op.make(op.kind, dict(op.params), op.dtype or "fp32", _nz(op.batch, 1))
+    except OpError as exc:
+        raise OpError(f"{field}.{exc.field}", str(exc).split(": ", 1)[1]) from None
+
+
+def to_prediction(c: OpCost, name: str = "") -> pb.Prediction:
+    p = pb.Prediction(latency_ms=c.latency_ms, latency_std_ms=c.latency_std_ms, name=name,
+                      gemm_count=c.gemm_count, power_available=c.power_w is not None)
+    if c.power_w is not None:
+        p.power_w, p.power_std_w = c.power_w, c.power_std_w
+        p.energy_j, p.energy_std_j = c.energy_j, c.energy_std_j
+    if not all(math.isfinite(v) for v in (p.latency_ms, p.latency_std_ms)):
+        raise ServiceError("INTERNAL", "model produced a non-finite prediction")
+    return p
+
+
+class PredictorService(pb_grpc.PredictorServicer):
+    def __init__(self, engine: PredictionEngine, config: ServerConfig, metrics: Metrics):
+        self.engine, self.config, self.metrics = engine, config, metrics
+
+    def _check_batch(self, n: int, field: str) -> None:
+        if n == 0:
+            raise OpError(field, "must hold at least one entry")
+        if n > self.config.max_batch:
+            raise OpError(field, f"at most {self.config.max_batch} per request, got {n}")
+
+    def _run(self, context, fn):
+        try:
+            return fn()
+        except OpError as exc:
+            _fail(context, "INVALID_ARGUMENT", str(exc))
+        except ServiceError as exc:
+            _fail(context, exc.code, str(exc))
+
+    def PredictGemm(self, request, context):
+        def go():
+            self._check_batch(len(request.shapes), "shapes")
+            ops = [gemm_op(s, f"shapes[{i}]") for i, s in enumerate(request.shapes)]
+            device, version, costs = self.engine.predict(request.device,
+                                                         request.model_version, ops)
+            self.metrics.predictions.inc(len(ops))
+            return pb.PredictResponse(predictions=[to_prediction(c) for c in costs],
+                                      device=device, model_version=version)
+        return self._run(context, go)
+
+    def PredictOps(self, request, context):
+        def go():
+            self._check_batch(len(request.ops), "ops")
+            ops = [generic_op(o, f"ops[{i}]") for i, o in enumerate(request.ops)]
+            device, version, costs = self.engine.predict(request.device,
+                                                         request.model_version, ops)
+            self.metrics.predictions.inc(len(ops))
+            return pb.PredictResponse(
+                predictions=[to_prediction(c, o.name) for c, o in zip(costs, request.ops,
+                                                                       strict=True)],
+                device=device, model_version=version)
+        return self._run(context, go)
+
+    def PredictNetwork(self, request, context):
+        def go():
+            which = request.WhichOneof("network")
+            batch = _nz(request.batch, 1)
+            if batch < 0:
+                raise OpError("batch", f"must be a positive integer, got {batch}")
+            dtype = request.dtype or "fp32"
+            if which == "nasbench201":
+                named = network_ops(request.nasbench201, batch, dtype)
+            elif which == "ops":
+                self._check_batch(len(request.ops.ops), "ops.ops")
+                named = [(o.name or f"op{i}", generic_op(o, f"ops.ops[{i}]"))
+                         for i, o in enumerate(request.ops.ops)]
+            else:
+                raise OpError("network", "give either ops or nasbench201")
+            self._check_batch(len(named), "network")
+            device, version, tot, costs = self.engine.predict_network(
+                request.device, request.model_version, [op for _, op in named])
+            self.metrics.predictions.inc(len(named))
+            return pb.PredictNetworkResponse(
+                total=to_prediction(tot), layers=[to_prediction(c, n) for c, (n, _) in
+                                                  zip(costs, named, strict=True)],
+                device=device, model_version=version, method=tot.source)
+        return self._run(context, go)
+
+    def ListDevices(self, request, context):
+        return pb.ListDevicesResponse(devices=[pb.Device(**d)
+                                               for d in self.engine.device_table()])
+
+    def _metadata(self, row, latest: bool) -> pb.ModelMetadata:
+        return pb.ModelMetadata(
+            device=row.device_model, version=row.version, target=row.target,
+            training_samples=row.n_samples, has_power=row.has_power,
+            created_utc=row.created_at.isoformat() + "Z", sha256=row.sha256,
+            metrics_json=json.dumps(row.meta.get("metrics", {})), latest=latest)
+
+    def ListModels(self, request, context):
+        from predictor import registry
+
+        def go():
+            rows = registry.list_models(self.engine.store)
+            if request.device:
+                device = self.engine.resolve_device(request.device)
+                rows = [r for r in rows if r.device_model == device]
+            newest = {}
+            for r in rows:
+                newest[r.device_model] = max(newest.get(r.device_model, 0), r.version)
+            return pb.ListModelsResponse(models=[
+                self._metadata(r, r.version == newest[r.device_model]) for r in rows])
+        return self._run(context, go)
+
+    def GetModelMetadata(self, request, context):
+        from predictor import registry
+
+        def go():
+            device = self.engine.resolve_device(request.device)
+            if request.version < 0:
+                raise OpError("version", f"must be >= 0, got {request.version}")
+            try:
+                row = registry.find(self.engine.store, device, request.version or None)
+            except registry.RegistryError as exc:
+                code = "NOT_FOUND" if request.version else "FAILED_PRECONDITION"
+                raise ServiceError(code, str(exc)) from None
+            latest = registry.find(self.engine.store, device).version == row.version
+            return self._metadata(row, latest)
+        return self._run(context, go)
+
+
+class Server:
+    """A running server; ``port`` is the bound port (useful with ``port=0``)."""
+
+    def __init__(self, engine: PredictionEngine, config: ServerConfig):
+        self.engine, self.config = engine, config
+        self.metrics = Metrics()
+        opts = [("grpc.max_receive_message_length", config.max_message_bytes),
+                ("grpc.max_send_message_length", config.max_message_bytes),
+                ("grpc.so_reuseport", 0)]
+        self.grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=config.workers),
+                                interceptors=[Interceptor(config.token, self.metrics)],
+                                options=opts)
+        pb_grpc.add_PredictorServicer_to_server(PredictorService(engine, config, self.metrics),
+                                                self.grpc)
+        self.health = health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
+        reflection.enable_server_reflection(
+            (SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), self.grpc)
+        addr = f"{config.host}:{config.port}"
+        if config.tls_cert or config.tls_key:
+            if not (config.tls_cert and config.tls_key):
+                raise ValueError("--tls-cert and --tls-key: give both or neither")
+            with open(config.tls_key, "rb") as k, open(config.tls_cert, "rb") as c:
+                creds = grpc.ssl_server_credentials([(k.read(), c.read())])
+            self.port = self.grpc.add_secure_port(addr, creds)
+        else:
+            self.port = self.grpc.add_insecure_port(addr)
+        if not self.port:
+            raise OSError(f"--port: cannot bind {addr}")
+        self._stop = threading.Event()
+        self._set_health(False)
+
+    def _set_health(self, serving: bool) -> None:
+        status = (health_pb2.HealthCheckResponse.SERVING if serving
+                  else health_pb2.HealthCheckResponse.NOT_SERVING)
+        for name in ("", SERVICE):
+            self.health.set(name, status)
+
+    def _watch_models(self) -> None:
+        """NOT_SERVING until at least one model is loaded; then SERVING."""
+        while not self._stop.is_set():
+            try:
+                if self.engine.warm_up() or self.engine.loaded():
+                    self._set_health(True)
+                    return
+            except Exception as exc:  # the store may be briefly unreachable
+                log.error(json.dumps({"event": "model_load_failed", "error": str(exc)}))
+            self._stop.wait(self.config.refresh_s)
+
+    def start(self) -> Server:
+        self.grpc.start()
+        if self.config.metrics_port is not None:
+            self.metrics.serve(self.config.metrics_port, self.config.host)
+        threading.Thread(target=self._watch_models, daemon=True).start()
+        return self
+
+    def stop(self, grace: float | None = None) -> None:
+        """Drain: report NOT_SERVING, refuse new calls, let in-flight calls finish."""
+        self._stop.set()
+        self._set_health(False)
+        self.grpc.stop(self.config.grace_s if grace is None else grace).wait()
+
+    def serve_forever(self) -> None:
+        """Block until SIGTERM or SIGINT, then drain and return."""
+        done = threading.Event()
+
+        def on_signal(signum, _frame):
+            log.info("signal %d: draining", signum)
+            done.set()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        done.wait()
+        self.stop()

@@ -1,0 +1,366 @@
+"""The gRPC service, for real: a server on an ephemeral loopback port and real clients."""
+
+from __future__ import annotations
+
+import filecmp
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from collectors.devices import DeviceInfo
+from collectors.store.db import Store
+from collectors.store.repo import Peak, save_peaks, upsert_device
+from hwnas.client import PredictorClient
+from hwnas.rpc.v1 import predictor_pb2 as pb
+from hwnas.rpc.v1 import predictor_pb2_grpc as pb_grpc
+from hwnas.service.engine import PredictionEngine
+from hwnas.service.server import Server, ServerConfig
+from predictor import registry
+from predictor.forest import gemm_frame
+from predictor.training import fit_full
+from tests.pg import free_port
+from tests.test_predictor import PROFILE, synthetic
+
+ARCH = ("|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+"
+        "|skip_connect~0|nor_conv_3x3~1|skip_connect~2|")
+
+
+def make_store(tmp_path, with_model: bool = True) -> Store:
+    store = Store(f"sqlite:///{tmp_path / 'svc.sqlite'}")
+    with store.session() as s:
+        dev = upsert_device(s, DeviceInfo(name="cuda:0", kind="gpu", model=PROFILE.model,
+                                          host="h", sm_count=8))
+        save_peaks(s, dev, [Peak(k, v, "x", None, "test") for k, v in PROFILE.peaks.items()])
+        upsert_device(s, DeviceInfo(name="cpu", kind="cpu", model="Other CPU", host="h"))
+        s.commit()
+    if with_model:
+        register(store, tmp_path, seed=0)
+    return store
+
+
+def register(store, tmp_path, seed: int, trees: int = 15):
+    frame = synthetic(30, power=True, seed=seed)
+    model = fit_full(frame, PROFILE, n_estimators=trees)
+    return registry.register(store, model, PROFILE.model, {"metrics": {"k": [{"mape": 1}]}},
+                             tmp_path / "models"), model
+
+
+@pytest.fixture
+def served(tmp_path):
+    store = make_store(tmp_path)
+    server = Server(PredictionEngine(store, refresh_s=0.2),
+                    ServerConfig(port=0, max_batch=2000, refresh_s=0.2)).start()
+    client = PredictorClient(f"127.0.0.1:{server.port}", timeout_s=20)
+    client.wait_ready(30)
+    yield store, server, client, tmp_path
+    client.close()
+    server.stop(0)
+
+
+def test_every_rpc_answers_in_order(served):
+    store, server, client, _ = served
+    shapes = [(2048, 64, 512, "fp16"), (16, 16, 16, "fp32"), (512, 512, 512, "fp32", 4)]
+    a = client.predict_gemm("Test", shapes)
+    assert a.device == PROFILE.model and a.model_version == 1
+    model = registry.load(registry.find(store, PROFILE.model))
+    from collectors.ops import Op
+    ops = [Op.gemm(*s[:4], batch=s[4] if len(s) > 4 else 1) for s in shapes]
+    direct = model.predict_costs(gemm_frame(ops))
+    assert np.allclose([c.latency_ms for c in a.costs], direct.latency_ms, rtol=1e-9)
+    assert np.allclose([c.power_w for c in a.costs], direct.power_w, rtol=1e-9)
+    assert all(c.latency_std_ms >= 0 and c.energy_j > 0 for c in a.costs)
+    rev = client.predict_gemm(PROFILE.model, list(reversed(shapes)))
+    assert [c.latency_ms for c in rev.costs] == [c.latency_ms for c in reversed(a.costs)]
+
+    o = client.predict_ops("Test GPU", [
+        {"kind": "conv2d", "params": {"in_channels": 16, "out_channels": 32, "kernel": 3,
+                                      "height": 32, "width": 32}, "name": "c1"},
+        {"kind": "linear", "params": {"in_features": 64, "out_features": 10, "tokens": 1}},
+        {"kind": "attention", "params": {"seq_len": 128, "heads": 4, "head_dim": 32}},
+        {"kind": "pool", "params": {"channels": 16, "kernel": 2, "height": 32, "width": 32,
+                                    "stride": 2}}])
+    assert [c.name for c in o.costs][0] == "c1" and len(o.costs) == 4
+    assert o.costs[3].power_w is None  # bandwidth bound: no power claimed
+
+    net = client.predict_network("Test GPU", nasbench201=ARCH, batch=2)
+    assert net.total.latency_ms == pytest.approx(sum(c.latency_ms for c in net.layers))
+    assert len(net.layers) > 50 and net.method == "sum of op predictions"
+    net2 = client.predict_network("Test GPU", ops=[{"kind": "gemm", "params": {"m": 64, "n": 64,
+                                                                               "k": 64}}])
+    assert net2.total.power_w is not None and net2.total.energy_j > 0
+
+    devices = {d.model: d for d in client.list_devices()}
+    assert devices[PROFILE.model].has_model and not devices["Other CPU"].has_model
+    models = client.list_models()
+    assert [(m.device, m.version, m.latest) for m in models] == [(PROFILE.model, 1, True)]
+    meta = client.model_metadata("Test GPU")
+    assert meta.training_samples == 60 and meta.has_power and len(meta.sha256) == 64
+    assert '"mape"' in meta.metrics_json
+
+
+def _code(fn) -> grpc.StatusCode:
+    with pytest.raises(grpc.RpcError) as err:
+        fn()
+    return err.value.code()
+
+
+def raw(stub, method, **fields):
+    req = getattr(pb, f"{method}Request")(**fields)
+    return lambda: getattr(stub, method)(req, timeout=10)
+
+
+def gemm(**kw):
+    base = {"m": 8, "n": 8, "k": 8}
+    base.update(kw)
+    return pb.GemmShape(**base)
+
+
+def op(kind, **params):
+    return pb.Op(kind=kind, params=params)
+
+
+IA, NF, FP = "INVALID_ARGUMENT", "NOT_FOUND", "FAILED_PRECONDITION"
+MALFORMED = [
+    ("PredictGemm", {"device": "Test GPU", "shapes": [gemm(m=0)]}, IA, "shapes[0].m"),
+    ("PredictGemm", {"device": "Test GPU", "shapes": [gemm(n=-4)]}, IA, "shapes[0].n"),
+    ("PredictGemm", {"device": "Test GPU", "shapes": [gemm(k=1 << 40)]}, IA, "shapes[0].k"),
+    ("PredictGemm", {"device": "Test GPU", "shapes": [gemm(), gemm(m=-1)]}, IA, "shapes[1].m"),
+    ("PredictGemm", {"device": "Test GPU", "shapes": [gemm(dtype="fp8x")]}, IA, "dtype"),
+    ("PredictGemm", {"device": "Test GPU", "shapes": [gemm(dtype="int4")]}, IA, "dtype"),
+    ("PredictGemm", {"device": "Test GPU", "shapes": [gemm(batch=-2)]}, IA, "batch"),
+    ("PredictGemm", {"device": "Test GPU", "shapes": []}, IA, "shapes"),
+    ("PredictGemm", {"device": "Test GPU", "shapes": [gemm()] * 2001}, IA, "at most 2000"),
+    ("PredictGemm", {"device": "", "shapes": [gemm()]}, IA, "device"),
+    ("PredictGemm", {"device": "Test", "shapes": [gemm()], "model_version": -1}, IA,
+     "model_version"),
+    ("PredictGemm", {"device": "H100", "shapes": [gemm()]}, NF, "device"),
+    ("PredictGemm", {"device": "Test GPU", "shapes": [gemm()], "model_version": 9}, NF,
+     "model_version"),
+    ("PredictGemm", {"device": "Other CPU", "shapes": [gemm()]}, FP, "no trained model"),
+    ("PredictGemm", {"device": "e", "shapes": [gemm()]}, IA, "matches several"),
+    ("PredictOps", {"device": "Test GPU", "ops": [op("conv3d", kernel=3)]}, IA, "ops[0].kind"),
+    ("PredictOps", {"device": "Test GPU", "ops": [op("")]}, IA, "kind"),
+    ("PredictOps", {"device": "Test GPU", "ops": [op("conv2d", in_channels=3)]}, IA,
+     "out_channels"),
+    ("PredictOps", {"device": "Test GPU", "ops": [op("linear", in_features=4, out_features=4,
+                                                     tokens=0)]}, IA, "tokens"),
+    ("PredictOps", {"device": "Test GPU", "ops": [op("gemm", m=4, n=4, k=4, dilation=2)]}, IA,
+     "dilation"),
+    ("PredictOps", {"device": "Test GPU", "ops": [op("gemm", m=4, n=4, k=4, trans_a=3)]}, IA,
+     "trans_a"),
+    ("PredictOps", {"device": "Test GPU", "ops": [op("conv2d", in_channels=3, out_channels=8,
+                                                     kernel=3, height=8, width=8, groups=2)]},
+     IA, "groups"),
+    ("PredictOps", {"device": "Test GPU", "ops": []}, IA, "ops"),
+    ("PredictOps", {"device": "nope", "ops": [op("gemm", m=4, n=4, k=4)]}, NF, "device"),
+    ("PredictNetwork", {"device": "Test GPU"}, IA, "network"),
+    ("PredictNetwork", {"device": "Test GPU", "nasbench201": "garbage"}, IA, "nasbench201"),
+    ("PredictNetwork", {"device": "Test GPU", "nasbench201": "|conv~0|+|none~0|none~1|+"
+                        "|none~0|none~1|none~2|"}, IA, "nasbench201"),
+    ("PredictNetwork", {"device": "Test GPU", "nasbench201":
+                        "|none~0|+|none~0|none~0|+|none~0|none~1|none~2|"}, IA, "node 2"),
+    ("PredictNetwork", {"device": "Test GPU", "nasbench201": ARCH, "batch": -3}, IA, "batch"),
+    ("PredictNetwork", {"device": "Test GPU", "nasbench201": ARCH, "dtype": "fp7"}, IA,
+     "dtype"),
+    ("PredictNetwork", {"device": "Test GPU", "ops": pb.OpList(ops=[op("pool")])}, IA,
+     "ops.ops[0]"),
+    ("PredictNetwork", {"device": "Test GPU", "ops": pb.OpList()}, IA, "ops.ops"),
+    ("PredictNetwork", {"device": "Gone", "nasbench201": ARCH}, NF, "device"),
+    ("GetModelMetadata", {"device": "Test GPU", "version": 5}, NF, "version"),
+    ("GetModelMetadata", {"device": "Other CPU"}, FP, "no trained model"),
+    ("GetModelMetadata", {"device": "x-unknown"}, NF, "device"),
+    ("GetModelMetadata", {"device": "Test GPU", "version": -1}, IA, "version"),
+    ("ListModels", {"device": "no-such"}, NF, "device"),
+]
+
+
+def test_malformed_requests_get_the_right_codes_and_the_server_stays_healthy(served):
+    _, server, client, _ = served
+    assert len(MALFORMED) >= 30
+    stub = pb_grpc.PredictorStub(client.channel)
+    for method, fields, code, needle in MALFORMED:
+        with pytest.raises(grpc.RpcError) as err:
+            raw(stub, method, **fields)()
+        assert err.value.code().name == code, (method, fields, err.value.details())
+        assert needle in err.value.details(), (needle, err.value.details())
+    health = health_pb2_grpc.HealthStub(client.channel)
+    assert health.Check(health_pb2.HealthCheckRequest(service="hwnas.v1.Predictor")).status \
+        == health_pb2.HealthCheckResponse.SERVING
+    assert client.predict_gemm("Test GPU", [(64, 64, 64)]).costs[0].latency_ms > 0
+    # an oversized message is refused by gRPC itself, not by a crash
+    small = Server(PredictionEngine(server.engine.store),
+                   ServerConfig(port=0, max_message_bytes=1024)).start()
+    try:
+        big = pb_grpc.PredictorStub(grpc.insecure_channel(f"127.0.0.1:{small.port}"))
+        req = pb.PredictGemmRequest(device="Test GPU", shapes=[gemm()] * 500)
+        assert _code(lambda: big.PredictGemm(req, timeout=10)) == \
+            grpc.StatusCode.RESOURCE_EXHAUSTED
+    finally:
+        small.stop(0)
+
+
+def test_health_goes_serving_when_a_model_appears(tmp_path):
+    store = make_store(tmp_path, with_model=False)
+    server = Server(PredictionEngine(store, refresh_s=0.1),
+                    ServerConfig(port=0, refresh_s=0.1)).start()
+    try:
+        channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
+        health = health_pb2_grpc.HealthStub(channel)
+        req = health_pb2.HealthCheckRequest(service="hwnas.v1.Predictor")
+        assert health.Check(req, timeout=5).status == health_pb2.HealthCheckResponse.NOT_SERVING
+        register(store, tmp_path, seed=1)
+        PredictorClient(f"127.0.0.1:{server.port}").wait_ready(20)
+        assert health.Check(req, timeout=5).status == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        server.stop(0)
+
+
+def test_reflection_lists_the_service(served):
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+        ProtoReflectionDescriptorDatabase,
+    )
+
+    _, _, client, _ = served
+    db = ProtoReflectionDescriptorDatabase(client.channel)
+    services = set(db.get_services())
+    assert {"hwnas.v1.Predictor", "grpc.health.v1.Health"} <= services
+    desc = db.FindFileContainingSymbol("hwnas.v1.Predictor")
+    assert desc.package == "hwnas.v1"
+
+
+def test_token_auth(tmp_path):
+    store = make_store(tmp_path)
+    server = Server(PredictionEngine(store), ServerConfig(port=0, token="s3cret")).start()
+    addr = f"127.0.0.1:{server.port}"
+    try:
+        PredictorClient(addr).wait_ready(30)  # health stays public
+        for token in (None, "wrong"):
+            c = PredictorClient(addr, token=token)
+            assert _code(lambda c=c: c.predict_gemm("Test", [(8, 8, 8)])) == \
+                grpc.StatusCode.UNAUTHENTICATED
+        ok = PredictorClient(addr, token="s3cret")
+        assert ok.predict_gemm("Test", [(8, 8, 8)]).costs[0].latency_ms > 0
+    finally:
+        server.stop(0)
+
+
+def test_tls(tmp_path):
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-keyout", str(key), "-out", str(cert), "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    store = make_store(tmp_path)
+    server = Server(PredictionEngine(store), ServerConfig(port=0, tls_cert=str(cert),
+                                                          tls_key=str(key))).start()
+    try:
+        c = PredictorClient(f"localhost:{server.port}", tls_ca=str(cert))
+        c.wait_ready(30)
+        assert c.predict_gemm("Test", [(8, 8, 8)]).costs[0].latency_ms > 0
+        plain = PredictorClient(f"localhost:{server.port}", retries=0, timeout_s=3)
+        assert _code(lambda: plain.predict_gemm("Test", [(8, 8, 8)])) == \
+            grpc.StatusCode.UNAVAILABLE
+    finally:
+        server.stop(0)
+
+
+def test_hot_reload_during_queries(served):
+    store, server, client, tmp_path = served
+    errors, versions = [], []
+    stop = threading.Event()
+
+    def hammer():
+        c = PredictorClient(client.address)
+        while not stop.is_set():
+            try:
+                versions.append(c.predict_gemm("Test GPU", [(256, 256, 256)]).model_version)
+            except grpc.RpcError as exc:
+                errors.append(exc)
+
+    threads = [threading.Thread(target=hammer) for _ in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(0.5)
+    register(store, tmp_path, seed=2)
+    deadline = time.time() + 20
+    while time.time() < deadline and (not versions or versions[-1] != 2):
+        time.sleep(0.1)
+    time.sleep(0.3)
+    stop.set()
+    for t in threads:
+        t.join()
+    print(f"{len(versions)} queries during reload, {len(errors)} errors")
+    assert not errors and versions[0] == 1 and versions[-1] == 2
+
+
+def test_tampered_new_version_is_refused_and_previous_keeps_serving(served):
+    store, _, client, tmp_path = served
+    row, _ = register(store, tmp_path, seed=3)
+    with open(row.path, "r+b") as f:
+        f.seek(64)
+        f.write(b"\x00\x01\x02\x03")
+    time.sleep(0.5)
+    a = client.predict_gemm("Test GPU", [(128, 128, 128)])
+    assert a.model_version == 1
+    stub = pb_grpc.PredictorStub(client.channel)
+    req = pb.PredictGemmRequest(device="Test GPU", shapes=[gemm()], model_version=2)
+    with pytest.raises(grpc.RpcError) as err:
+        stub.PredictGemm(req, timeout=10)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "SHA-256" in err.value.details()
+
+
+def test_sigterm_drains_in_flight_calls_and_exits_0(tmp_path):
+    store = make_store(tmp_path)
+    port = free_port()
+    env = {**os.environ, "HWNAS_DB": store.url, "HWNAS_MODELS": str(tmp_path / "models")}
+    proc = subprocess.Popen([sys.executable, "-m", "hwnas.cli", "serve", "--port", str(port)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        client = PredictorClient(f"127.0.0.1:{port}", timeout_s=60)
+        client.wait_ready(60)
+        results, errors = [], []
+        shapes = [(64 + i, 128, 256) for i in range(2000)]
+
+        def call():
+            try:
+                results.append(len(client.predict_gemm("Test GPU", shapes).costs))
+            except grpc.RpcError as exc:
+                errors.append(exc.code())
+
+        threads = [threading.Thread(target=call) for _ in range(6)]
+        for t in threads:
+            t.start()
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGTERM)
+        for t in threads:
+            t.join()
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    print(f"in flight at SIGTERM: {len(results)} completed, errors {errors}")
+    assert proc.returncode == 0, err
+    assert "drained" in err
+    # Calls already accepted finish; calls that arrive after the drain began are refused with
+    # UNAVAILABLE (the client may retry elsewhere), never half-answered.
+    assert results and all(n == 2000 for n in results)
+    assert all(code == grpc.StatusCode.UNAVAILABLE for code in errors)
+
+
+def test_generated_code_is_in_sync_with_the_proto(tmp_path):
+    from hwnas.rpc import codegen
+
+    codegen.generate(tmp_path)
+    here = codegen.ROOT / "hwnas" / "rpc" / "v1"
+    for name in ("predictor_pb2.py", "predictor_pb2_grpc.py", "predictor_pb2.pyi"):
+        assert filecmp.cmp(here / name, tmp_path / "hwnas" / "rpc" / "v1" / name,
+                           shallow=False), f"{name} is stale: run python -m hwnas.rpc.codegen"
