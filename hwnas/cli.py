@@ -186,17 +186,12 @@ def collect_gemm(db_url, device_name, backend, dtypes, shape_set, min_size, max_
 @DB_OPTION
 @friendly_errors
 def demo(db_url: str | None) -> None:
-    """The main job on embedded defaults: detect this machine, run a small GEMM sweep
-    (fp32, plus bf16 where the CPU runs it) into the store and print a summary."""
-    from hwnas.gemm_job import GemmJob
+    """The main job on embedded defaults: measure a small GEMM sweep on this CPU (fp32, and bf16
+    where it runs), train and register a latency model, start the gRPC service on a free local
+    port, query it through the Python client, print the answers and stop the service."""
+    from hwnas.demo import run_demo
 
-    job = GemmJob.from_options(db_url=db_url, device_name="cpu", dtypes="fp32,bf16",
-                               shape_set="grid", min_size=32, max_size=512, points=3,
-                               min_time=0.1, power_window=1.0, progress=True,
-                               skip_unsupported_dtypes=True)
-    job.describe_device()
-    summary = job.run(measure_missing_peaks=True)
-    job.print_summary(summary)
+    run_demo(db_url)
 
 
 @main.group()

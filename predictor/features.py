@@ -63,45 +63,63 @@ def _pow2_align(x: np.ndarray, cap: int = 64) -> np.ndarray:
     return np.minimum(x & -x, cap).astype(float)
 
 
-def roofline_ms(frame: pd.DataFrame, profile: DeviceProfile) -> np.ndarray:
-    m, n, k, b = (frame[c].to_numpy(float) for c in ("m", "n", "k", "batch"))
-    elem = frame.dtype.map(lambda d: DTYPES[d].bytes_per_element).to_numpy(float)
-    flops = 2.0 * m * n * k * b
-    nbytes = (m * k + k * n + m * n) * elem * b
-    peak_flops = frame.dtype.map(profile.compute_tflops).to_numpy(float) * 1e12
-    bw = profile.peaks["bandwidth"] * 1e9
-    return np.maximum(flops / peak_flops, nbytes / bw) * 1e3
+def _col(frame, name: str, default: float | None = None) -> np.ndarray:
+    """A column of a DataFrame or of a mapping of arrays (the service's fast path)."""
+    if name in frame:
+        return np.asarray(frame[name])
+    return np.full(len(frame["m"]), default, dtype=float)
 
 
-def gemm_features(frame: pd.DataFrame, profile: DeviceProfile) -> pd.DataFrame:
-    """One row of features per GEMM row of ``frame``."""
-    m, n, k, b = (frame[c].to_numpy(float) for c in ("m", "n", "k", "batch"))
-    elem = frame.dtype.map(lambda d: DTYPES[d].bytes_per_element).to_numpy(float)
-    tc = frame.dtype.map(lambda d: DTYPES[d].tensor_core).to_numpy(float)
+def _per_dtype(dtypes: np.ndarray, fn) -> np.ndarray:
+    """fn(dtype) for every row, computed once per distinct dtype."""
+    uniq, inverse = np.unique(dtypes, return_inverse=True)
+    return np.array([fn(str(d)) for d in uniq], dtype=float)[inverse]
+
+
+def _work(frame, profile: DeviceProfile):
+    m, n, k, b = (_col(frame, c).astype(float) for c in ("m", "n", "k", "batch"))
+    dtypes = _col(frame, "dtype")
+    elem = _per_dtype(dtypes, lambda d: DTYPES[d].bytes_per_element)
     flops = 2.0 * m * n * k * b
     nbytes = (m * k + k * n + m * n) * elem * b
-    peak_flops = frame.dtype.map(profile.compute_tflops).to_numpy(float) * 1e12
-    bw = profile.peaks["bandwidth"] * 1e9
-    t_compute, t_memory = flops / peak_flops, nbytes / bw
+    t_compute = flops / (_per_dtype(dtypes, profile.compute_tflops) * 1e12)
+    t_memory = nbytes / (profile.peaks["bandwidth"] * 1e9)
+    return m, n, k, b, dtypes, elem, flops, nbytes, t_compute, t_memory
+
+
+def roofline_ms(frame, profile: DeviceProfile) -> np.ndarray:
+    """max(FLOPs / peak compute, bytes / peak bandwidth) in ms, per row."""
+    *_, t_compute, t_memory = _work(frame, profile)
+    return np.maximum(t_compute, t_memory) * 1e3
+
+
+FEATURE_NAMES = [
+    "log2_m", "log2_n", "log2_k", "log2_batch", "log2_flops", "log2_bytes", "log2_intensity",
+    "log2_roofline_ms", "compute_bound", "log2_waves", "wave_efficiency", "align_m", "align_n",
+    "align_k", "min_dim_log2", "bytes_per_element", "tensor_core", "trans_a", "trans_b",
+] + [f"is_{d}" for d in FEATURE_DTYPES]
+
+
+def feature_matrix(frame, profile: DeviceProfile) -> np.ndarray:
+    """(rows, len(FEATURE_NAMES)) float32 features of a GEMM frame or mapping of arrays."""
+    m, n, k, b, dtypes, elem, flops, nbytes, t_compute, t_memory = _work(frame, profile)
     tile = 128 if profile.kind == "gpu" else 64
     tiles = np.ceil(m / tile) * np.ceil(n / tile) * b
     units = max(profile.sm_count, 1)
     waves = np.ceil(tiles / units)
-    out = {
-        "log2_m": np.log2(m), "log2_n": np.log2(n), "log2_k": np.log2(k),
-        "log2_batch": np.log2(b),
-        "log2_flops": np.log2(flops), "log2_bytes": np.log2(nbytes),
-        "log2_intensity": np.log2(flops / nbytes),
-        "log2_roofline_ms": np.log2(np.maximum(t_compute, t_memory) * 1e3),
-        "compute_bound": (t_compute >= t_memory).astype(float),
-        "log2_waves": np.log2(waves),
-        "wave_efficiency": tiles / (waves * units),
-        "align_m": _pow2_align(m), "align_n": _pow2_align(n), "align_k": _pow2_align(k),
-        "min_dim_log2": np.log2(np.minimum(np.minimum(m, n), k)),
-        "bytes_per_element": elem, "tensor_core": tc,
-        "trans_a": frame.get("trans_a", pd.Series(0, index=frame.index)).to_numpy(float),
-        "trans_b": frame.get("trans_b", pd.Series(0, index=frame.index)).to_numpy(float),
-    }
-    for d in FEATURE_DTYPES:
-        out[f"is_{d}"] = (frame.dtype == d).to_numpy(float)
-    return pd.DataFrame(out, index=frame.index)
+    cols = [
+        np.log2(m), np.log2(n), np.log2(k), np.log2(b), np.log2(flops), np.log2(nbytes),
+        np.log2(flops / nbytes), np.log2(np.maximum(t_compute, t_memory) * 1e3),
+        (t_compute >= t_memory).astype(float), np.log2(waves), tiles / (waves * units),
+        _pow2_align(m), _pow2_align(n), _pow2_align(k),
+        np.log2(np.minimum(np.minimum(m, n), k)), elem,
+        _per_dtype(dtypes, lambda d: float(DTYPES[d].tensor_core)),
+        _col(frame, "trans_a", 0).astype(float), _col(frame, "trans_b", 0).astype(float),
+    ] + [(dtypes == d).astype(float) for d in FEATURE_DTYPES]
+    return np.column_stack(cols).astype(np.float32)
+
+
+def gemm_features(frame: pd.DataFrame, profile: DeviceProfile) -> pd.DataFrame:
+    """The features as a labelled frame (for inspection; models use :func:`feature_matrix`)."""
+    return pd.DataFrame(feature_matrix(frame, profile), columns=FEATURE_NAMES,
+                        index=getattr(frame, "index", None))

@@ -18,7 +18,7 @@ from sklearn.ensemble import RandomForestRegressor
 from sklearn.utils.validation import check_is_fitted
 
 from collectors.ops import Op, OpError
-from predictor.features import DeviceProfile, gemm_features, roofline_ms
+from predictor.features import FEATURE_NAMES, DeviceProfile, feature_matrix, roofline_ms
 
 GEMM_COLUMNS = ["m", "n", "k", "batch", "dtype", "trans_a", "trans_b"]
 
@@ -64,7 +64,11 @@ class GemmCostForest(RegressorMixin, BaseEstimator):
     def _profile(self) -> DeviceProfile:
         if self.profile is None:
             raise ValueError("profile: a device profile (model, kind, sm_count, peaks) is needed")
-        return DeviceProfile.from_dict(self.profile)
+        cached = getattr(self, "_profile_cache", None)
+        if cached is None or cached[0] is not self.profile:
+            cached = (self.profile, DeviceProfile.from_dict(self.profile))
+            self._profile_cache = cached
+        return cached[1]
 
     def fit(self, X: pd.DataFrame, y) -> GemmCostForest:
         prof = self._profile()
@@ -76,14 +80,14 @@ class GemmCostForest(RegressorMixin, BaseEstimator):
             raise ValueError("y: latencies must be positive and every target finite")
         self.has_power_ = y2.shape[1] == 2
         self.y_ndim_ = y.ndim
-        feats = gemm_features(X, prof)
-        self.feature_names_ = list(feats.columns)
+        feats = feature_matrix(X, prof)
+        self.feature_names_ = list(FEATURE_NAMES)
         target = np.log(y2[:, 0] / roofline_ms(X, prof))
         targets = np.column_stack([target, y2[:, 1]]) if self.has_power_ else target
         self.forest_ = RandomForestRegressor(
             n_estimators=self.n_estimators, max_features=self.max_features,
             min_samples_leaf=self.min_samples_leaf, random_state=self.random_state,
-            n_jobs=self.n_jobs).fit(feats.to_numpy(), targets)
+            n_jobs=self.n_jobs).fit(feats, targets)
         self.n_train_ = len(X)
         return self
 
@@ -98,7 +102,7 @@ class GemmCostForest(RegressorMixin, BaseEstimator):
     def per_tree(self, X: pd.DataFrame) -> np.ndarray:
         """Raw per-tree outputs, shape (trees, rows, outputs)."""
         check_is_fitted(self, "forest_")
-        f = gemm_features(X, self._profile()).to_numpy(np.float32)
+        f = feature_matrix(X, self._profile())
         if getattr(self, "fast_", None) is not None:
             return self.fast_.per_tree(f)
         out = np.stack([t.predict(f) for t in self.forest_.estimators_])
@@ -109,7 +113,7 @@ class GemmCostForest(RegressorMixin, BaseEstimator):
 
         ``raw`` lets a faster engine hand in the per-tree outputs it computed itself."""
         trees = self.per_tree(X) if raw is None else raw
-        bound = roofline_ms(X, self._profile())
+        bound = roofline_ms(X, self._profile())  # X: a GEMM frame or a mapping of arrays
         lat_trees = bound[None, :] * np.exp(trees[:, :, 0])
         latency = bound * np.exp(trees[:, :, 0].mean(axis=0))
         lat_std = lat_trees.std(axis=0)

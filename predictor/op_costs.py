@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 
 from collectors.ops import DTYPES, Op
 from predictor.forest import GEMM_COLUMNS, GemmCostForest
@@ -85,7 +84,11 @@ def predict_ops(model: GemmCostForest, ops: list[Op]) -> list[OpCost]:
                          int(op.params.get("trans_b", 0))))
             owner.append(i)
     owner_arr = np.array(owner, dtype=int)
-    pred = model.predict_costs(pd.DataFrame(rows, columns=GEMM_COLUMNS)) if rows else None
+    pred = None
+    if rows:
+        cols = list(zip(*rows, strict=True))
+        pred = model.predict_costs({c: np.array(v) for c, v in zip(GEMM_COLUMNS, cols,
+                                                                    strict=True)})
     bandwidth_gbs = model._profile().peaks["bandwidth"]
     out = []
     for i, op in enumerate(ops):

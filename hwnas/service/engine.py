@@ -18,7 +18,7 @@ from collectors.ops import Op
 from collectors.store.db import Store
 from collectors.store.models import Device, Measurement, ModelVersion
 from predictor import registry
-from predictor.forest import GemmCostForest
+from predictor.forest import CostPrediction, GemmCostForest
 from predictor.op_costs import OpCost, predict_ops, total
 
 log = logging.getLogger("hwnas.service")
@@ -51,6 +51,7 @@ class PredictionEngine:
         self._checked: dict[str, float] = {}
         self._pinned: dict[tuple[str, int], LoadedModel] = {}
         self._devices: list[str] = []
+        self._resolved: dict[str, str] = {}
 
     # -- devices -------------------------------------------------------------------------
     def device_models(self, refresh: bool = False) -> list[str]:
@@ -60,6 +61,14 @@ class PredictionEngine:
         return self._devices
 
     def resolve_device(self, spec: str) -> str:
+        hit = self._resolved.get(spec)
+        if hit is not None:
+            return hit
+        resolved = self._resolve(spec)
+        self._resolved[spec] = resolved
+        return resolved
+
+    def _resolve(self, spec: str) -> str:
         key = (spec or "").strip()
         if not key:
             raise ServiceError("INVALID_ARGUMENT", "device: is required (a device model name)")
@@ -151,6 +160,13 @@ class PredictionEngine:
             return device, lm.version, predict_ops(lm.model, ops)
         except ValueError as exc:
             raise ServiceError("INVALID_ARGUMENT", str(exc)) from None
+
+    def predict_gemm(self, device_spec: str, version: int, arrays: dict
+                     ) -> tuple[str, int, CostPrediction]:
+        """The fast path for GEMM batches: column arrays straight into the forest."""
+        device = self.resolve_device(device_spec)
+        lm = self.model_for(device, version)
+        return device, lm.version, lm.model.predict_costs(arrays)
 
     def predict_network(self, device_spec: str, version: int, ops: list[Op]
                         ) -> tuple[str, int, OpCost, list[OpCost]]:

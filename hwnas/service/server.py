@@ -18,10 +18,11 @@ from concurrent import futures
 from dataclasses import dataclass
 
 import grpc
+import numpy as np
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from collectors.ops import Op, OpError
+from collectors.ops import DTYPES, MAX_DIM, Op, OpError, check_dim, check_dtype
 from hwnas.rpc.v1 import predictor_pb2 as pb
 from hwnas.rpc.v1 import predictor_pb2_grpc as pb_grpc
 from hwnas.service.engine import PredictionEngine, ServiceError
@@ -123,12 +124,27 @@ def _nz(value: int, default: int) -> int:
     return value if value else default
 
 
-def gemm_op(shape: pb.GemmShape, field: str) -> Op:
-    try:
-        return Op.gemm(shape.m, shape.n, shape.k, shape.dtype or "fp32", _nz(shape.batch, 1),
-                       int(shape.trans_a), int(shape.trans_b))
-    except OpError as exc:
-        raise OpError(f"{field}.{exc.field}", str(exc).split(": ", 1)[1]) from None
+def gemm_arrays(shapes) -> dict[str, np.ndarray]:
+    """GEMM shapes as column arrays, validated in bulk; the first bad field is named
+    (``shapes[i].m``), as :class:`collectors.ops.Op` would name it."""
+    n = len(shapes)
+    cols = {c: np.fromiter((getattr(s, c) for s in shapes), np.int64, n)
+            for c in ("m", "n", "k", "batch")}
+    cols["batch"][cols["batch"] == 0] = 1
+    for c in ("m", "n", "k", "batch"):
+        bad = np.flatnonzero((cols[c] <= 0) | (cols[c] > MAX_DIM))
+        if len(bad):
+            i = int(bad[0])
+            check_dim(f"shapes[{i}].{c}", int(cols[c][i]))  # raises with the usual message
+    dtypes = np.array([(s.dtype or "fp32").strip().lower() for s in shapes])
+    unknown = np.flatnonzero(~np.isin(dtypes, list(DTYPES)))
+    if len(unknown):
+        i = int(unknown[0])
+        check_dtype(shapes[i].dtype, f"shapes[{i}].dtype")
+    cols["dtype"] = dtypes
+    cols["trans_a"] = np.fromiter((s.trans_a for s in shapes), np.int64, n)
+    cols["trans_b"] = np.fromiter((s.trans_b for s in shapes), np.int64, n)
+    return cols
 
 
 def generic_op(op: pb.Op, field: str) -> Op:
@@ -170,12 +186,25 @@ class PredictorService(pb_grpc.PredictorServicer):
     def PredictGemm(self, request, context):
         def go():
             self._check_batch(len(request.shapes), "shapes")
-            ops = [gemm_op(s, f"shapes[{i}]") for i, s in enumerate(request.shapes)]
-            device, version, costs = self.engine.predict(request.device,
-                                                         request.model_version, ops)
-            self.metrics.predictions.inc(len(ops))
-            return pb.PredictResponse(predictions=[to_prediction(c) for c in costs],
-                                      device=device, model_version=version)
+            arrays = gemm_arrays(request.shapes)
+            device, version, c = self.engine.predict_gemm(request.device,
+                                                          request.model_version, arrays)
+            self.metrics.predictions.inc(len(request.shapes))
+            resp = pb.PredictResponse(device=device, model_version=version)
+            if not (np.all(np.isfinite(c.latency_ms)) and np.all(np.isfinite(c.latency_std_ms))):
+                raise ServiceError("INTERNAL", "model produced a non-finite prediction")
+            add = resp.predictions.add
+            if c.power_w is None:
+                for lat, sd in zip(c.latency_ms.tolist(), c.latency_std_ms.tolist(), strict=True):
+                    add(latency_ms=lat, latency_std_ms=sd, gemm_count=1)
+            else:
+                for row in zip(c.latency_ms.tolist(), c.latency_std_ms.tolist(),
+                               c.power_w.tolist(), c.power_std_w.tolist(),
+                               c.energy_j.tolist(), c.energy_std_j.tolist(), strict=True):
+                    add(latency_ms=row[0], latency_std_ms=row[1], power_available=True,
+                        power_w=row[2], power_std_w=row[3], energy_j=row[4],
+                        energy_std_j=row[5], gemm_count=1)
+            return resp
         return self._run(context, go)
 
     def PredictOps(self, request, context):

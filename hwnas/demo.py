@@ -1,0 +1,58 @@
+"""The main job on embedded defaults: measure, train, serve, query, stop."""
+
+from __future__ import annotations
+
+import click
+
+from hwnas.gemm_job import GemmJob
+from hwnas.output import print_table
+
+DEMO_ARCH = ("|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+"
+             "|skip_connect~0|nor_conv_3x3~1|skip_connect~2|")
+DEMO_SHAPES = [(64, 64, 64, "fp32"), (256, 256, 256, "fp32"), (384, 128, 768, "fp32"),
+               (1024, 1024, 1024, "fp32"), (256, 256, 256, "bf16")]
+
+
+def run_demo(db_url: str | None) -> None:
+    from hwnas.client import PredictorClient
+    from hwnas.service.engine import PredictionEngine
+    from hwnas.service.server import Server, ServerConfig
+    from predictor.training import train_and_register
+
+    click.echo("1/4 measure: a small GEMM sweep on this CPU", err=True)
+    job = GemmJob.from_options(db_url=db_url, device_name="cpu", dtypes="fp32,bf16",
+                               shape_set="grid", min_size=32, max_size=512, points=3,
+                               min_time=0.1, power_window=1.0, progress=True,
+                               skip_unsupported_dtypes=True)
+    job.describe_device()
+    job.print_summary(job.run(measure_missing_peaks=True))
+
+    click.echo("\n2/4 train: latency forest, evaluated on held-out shapes", err=True)
+    model = job.device.info.model
+    row, ev = train_and_register(job.store, model, n_splits=3, n_estimators=100)
+    kfold = ev.tables()["shape-held-out (GroupKFold)"]
+    overall = kfold[(kfold.target == "latency_ms") & (kfold.dtype == "all")].iloc[0]
+    click.echo(f"registered {model} v{row.version}: held-out shapes MAPE {overall.mape:.1f}%, "
+               f"within ±10% {overall.within_10:.0f}%, Spearman {overall.spearman:.3f} "
+               f"({ev.n_rows} measurements; a demo-sized sweep, see benchmarks/ for more)")
+
+    click.echo("\n3/4 serve: gRPC service on a free local port", err=True)
+    server = Server(PredictionEngine(job.store), ServerConfig(port=0)).start()
+    try:
+        with PredictorClient(f"127.0.0.1:{server.port}") as client:
+            client.wait_ready(60)
+            click.echo(f"4/4 query 127.0.0.1:{server.port} through the Python client", err=True)
+            answer = client.predict_gemm(model, DEMO_SHAPES)
+            rows = [[f"{m}x{n}x{k}", dtype, f"{c.latency_ms:.4g} ± {c.latency_std_ms:.2g}",
+                     "unavailable" if c.power_w is None else f"{c.power_w:.3g}",
+                     "unavailable" if c.energy_j is None else f"{c.energy_j:.3g}"]
+                    for (m, n, k, dtype), c in zip(DEMO_SHAPES, answer.costs, strict=True)]
+            click.echo(f"\npredictions for {answer.device} (model v{answer.model_version}):")
+            print_table(["gemm", "dtype", "latency ms", "power W", "energy J"], rows)
+            net = client.predict_network(model, nasbench201=DEMO_ARCH)
+            click.echo(f"\nNAS-Bench-201 network {DEMO_ARCH}\n  {len(net.layers)} layers, "
+                       f"{net.total.latency_ms:.4g} ms ± {net.total.latency_std_ms:.2g} "
+                       f"({net.method}; pooling/normalisation at the bandwidth roofline)")
+    finally:
+        server.stop(1)
+    click.echo("server stopped")
