@@ -4,7 +4,7 @@ Prints per-pass medians and the median relative difference |a-b|/min(a,b) betwee
 passes (target: at most 2%). Pass 2 runs the shapes in reverse order so that drift in machine
 state (frequency, caches, other load) shows up instead of cancelling.
 
-    python benchmarks/measurement_noise.py [--shapes 50] [--backend torch] [--min-time 0.2]
+    python benchmarks/measurement_noise.py [--shapes 50] [--backend torch] [--threads N]
 """
 
 from __future__ import annotations
@@ -28,9 +28,11 @@ def main() -> None:
     ap.add_argument("--min-time", type=float, default=0.2, help="timed seconds per config")
     ap.add_argument("--max-size", type=int, default=512)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=None,
+                    help="CPU threads for the GEMMs (default: all cores)")
     args = ap.parse_args()
 
-    backend = backend_for("cpu", args.backend)
+    backend = backend_for("cpu", args.backend, threads=args.threads)
     policy = TimingPolicy(min_time_s=args.min_time)
     ops = [Op.gemm(s.m, s.n, s.k, args.dtype)
            for s in random_shapes(args.shapes, 16, args.max_size, args.seed)]

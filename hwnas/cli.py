@@ -115,6 +115,8 @@ def collect() -> None:
               help="cpu, or cuda:N for an NVIDIA GPU.")
 @click.option("--backend", default=None,
               help="torch or numpy on a CPU (default torch); cupy on a GPU.")
+@click.option("--threads", type=int, default=None,
+              help="CPU threads per GEMM (default: all cores); stored with every row.")
 @click.option("--dtype", "dtypes", default="fp32", show_default=True,
               help="Comma-separated dtypes: fp32, tf32, fp16, bf16 (fp64 on CPU).")
 @click.option("--shapes", "shape_set", type=click.Choice(["grid", "random", "networks"]),
@@ -157,8 +159,8 @@ def collect() -> None:
               help="With --adaptive: configs measured between refits.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 @friendly_errors
-def collect_gemm(db_url, device_name, backend, dtypes, shape_set, min_size, max_size, points,
-                 count, seed, layouts, warmup, min_reps, min_time, power_window, l2_flush,
+def collect_gemm(db_url, device_name, backend, threads, dtypes, shape_set, min_size, max_size,
+                 points, count, seed, layouts, warmup, min_reps, min_time, power_window, l2_flush,
                  cooldown, resume_id, skip_peaks, adaptive, budget, pool, round_size,
                  no_progress) -> None:
     """Sweep GEMM shapes x dtypes on one device; every config is committed as it completes.
@@ -168,7 +170,8 @@ def collect_gemm(db_url, device_name, backend, dtypes, shape_set, min_size, max_
     from hwnas.gemm_job import GemmJob
 
     job = GemmJob.from_options(
-        db_url=db_url, device_name=device_name, backend=backend, dtypes=dtypes,
+        db_url=db_url, device_name=device_name, backend=backend, threads=threads,
+        dtypes=dtypes,
         shape_set=shape_set, min_size=min_size, max_size=max_size, points=points, count=count,
         seed=seed, layouts=layouts, warmup=warmup, min_reps=min_reps, min_time=min_time,
         power_window=power_window, l2_flush=l2_flush, cooldown=cooldown, resume_id=resume_id,

@@ -34,7 +34,8 @@ class GemmJob:
     resumed: bool
 
     @classmethod
-    def from_options(cls, *, db_url=None, device_name="cpu", backend=None, dtypes="fp32",
+    def from_options(cls, *, db_url=None, device_name="cpu", backend=None, threads=None,
+                     dtypes="fp32",
                      shape_set="grid", min_size=16, max_size=1024, points=4, count=50, seed=0,
                      layouts="nn", warmup=0.05, min_reps=10, min_time=0.2, power_window=1.0,
                      l2_flush=False, cooldown=0.0, resume_id=None, progress=True,
@@ -61,7 +62,8 @@ class GemmJob:
             layout_list = _split(layouts, "--layout")
             plan_gemm(shapes[:1], dtype_list[:1], layout_list)  # validates layouts early
         device = get_device(device_name)
-        backend_impl = backend_for(device.info.kind, backend, getattr(device, "index", 0))
+        backend_impl = backend_for(device.info.kind, backend, getattr(device, "index", 0),
+                                   threads)
         if skip_unsupported_dtypes:
             dtype_list = [d for d in dtype_list if d in backend_impl.dtypes()]
         for d in dtype_list:

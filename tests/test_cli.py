@@ -49,6 +49,7 @@ def test_collect_small_sweep_and_info(tmp_path):
     (["--device", "cuda:7"], 1, "--device cuda:7"),
     (["--device", "tpu"], 1, "--device 'tpu'"),
     (["--backend", "jax"], 2, "--backend jax"),
+    (["--threads", "0"], 2, "--threads: must be at least 1"),
     (["--resume", "99"], 2, "--resume 99: no GEMM sweep"),
     (["--db", "postgresql://nobody@127.0.0.1:1/none"], 1, "cannot connect"),
     (["--db", "notaurl"], 1, "--db: cannot parse database URL"),

@@ -62,6 +62,14 @@ class NumpyBackend(GemmBackend):
     name = "numpy"
     device_kind = "cpu"
 
+    def __init__(self, threads: int | None = None):
+        if threads is not None:
+            if threads < 1:
+                raise BackendError(f"--threads: must be at least 1, got {threads}")
+            from threadpoolctl import threadpool_limits
+
+            self._limit = threadpool_limits(limits=threads, user_api="blas")  # held for life
+
     def dtypes(self) -> list[str]:
         return ["fp32", "fp64"]
 
@@ -96,6 +104,14 @@ class TorchCpuBackend(GemmBackend):
     name = "torch"
     device_kind = "cpu"
     _supported: list[str] | None = None
+
+    def __init__(self, threads: int | None = None):
+        if threads is not None:
+            if threads < 1:
+                raise BackendError(f"--threads: must be at least 1, got {threads}")
+            import torch
+
+            torch.set_num_threads(threads)
 
     def dtypes(self) -> list[str]:
         if TorchCpuBackend._supported is None:
@@ -248,8 +264,10 @@ class CupyBackend(GemmBackend):
 CPU_BACKENDS: dict[str, type[GemmBackend]] = {"torch": TorchCpuBackend, "numpy": NumpyBackend}
 
 
-def backend_for(device_kind: str, name: str | None = None, index: int = 0) -> GemmBackend:
-    """Default: torch on a CPU, cupy on a GPU."""
+def backend_for(device_kind: str, name: str | None = None, index: int = 0,
+                threads: int | None = None) -> GemmBackend:
+    """Default: torch on a CPU, cupy on a GPU. ``threads`` limits CPU threads (default: all
+    cores); it is recorded with every measurement either way."""
     if device_kind == "gpu":
         if name not in (None, "cupy"):
             raise BackendError(f"--backend {name}: GPUs are measured with the cupy backend")
@@ -257,4 +275,4 @@ def backend_for(device_kind: str, name: str | None = None, index: int = 0) -> Ge
     name = name or "torch"
     if name not in CPU_BACKENDS:
         raise BackendError(f"--backend {name}: CPU backends are {', '.join(CPU_BACKENDS)}")
-    return CPU_BACKENDS[name]()
+    return CPU_BACKENDS[name](threads)
