@@ -37,6 +37,7 @@ def main() -> None:
     ap.add_argument("--db", default=None)
     ap.add_argument("--reuse", action="store_true", help="evaluate the store's data as it is")
     ap.add_argument("--trees", type=int, default=200)
+    ap.add_argument("--threads", type=int, default=None, help="CPU threads (default: all)")
     args = ap.parse_args()
 
     db = args.db or f"sqlite:///{os.path.join(tempfile.mkdtemp(), 'accuracy.sqlite')}"
@@ -44,7 +45,7 @@ def main() -> None:
     dtypes = args.dtypes.split(",")
     t0 = time.perf_counter()
     if not args.reuse:
-        backend = backend_for("cpu", "torch")
+        backend = backend_for("cpu", "torch", threads=args.threads)
         with store.session() as s:
             save_peaks(s, upsert_device(s, device.info), measure_peaks(device, backend, dtypes))
             s.commit()
