@@ -24,6 +24,24 @@ def _split(text: str, option: str) -> list[str]:
     return items
 
 
+def build_plan(shape_set: str, min_size: int, max_size: int, points: int, count: int, seed: int,
+               layouts: str, dtypes: list[str]) -> tuple[list, dict]:
+    """The (op, origin) list of a GEMM sweep and the options that made it."""
+    if shape_set == "grid":
+        shapes = log_grid(min_size, max_size, points)
+    elif shape_set == "random":
+        shapes = random_shapes(count, min_size, max_size, seed)
+    else:
+        if max_size <= 0:
+            raise ValueError(f"--max-size: must be a positive integer, got {max_size}")
+        shapes = network_shapes(max_size=max_size)
+    layout_list = _split(layouts, "--layout")
+    options = {"shapes": shape_set, "min_size": min_size, "max_size": max_size,
+               "points": points, "count": count, "seed": seed, "dtypes": dtypes,
+               "layouts": layout_list}
+    return plan_gemm(shapes, dtypes, layout_list), options
+
+
 @dataclass
 class GemmJob:
     store: Store
@@ -46,21 +64,15 @@ class GemmJob:
                               cooldown_s=cooldown)
         dtype_list = [check_dtype(d, "--dtype").name for d in _split(dtypes, "--dtype")]
         if adaptive:
-            shapes = []  # the adaptive sampler plans its sweep round by round
-            layout_list = ["nn"]
             if min_size <= 0 or max_size < min_size:
                 raise ValueError("--min-size/--max-size: need 0 < min-size <= max-size")
+            # The adaptive sampler plans its sweep round by round.
+            plan, options = [], {"shapes": "adaptive", "min_size": min_size,
+                                 "max_size": max_size, "seed": seed, "dtypes": dtype_list,
+                                 "layouts": ["nn"]}
         elif resume_id is None:
-            if shape_set == "grid":
-                shapes = log_grid(min_size, max_size, points)
-            elif shape_set == "random":
-                shapes = random_shapes(count, min_size, max_size, seed)
-            else:
-                if max_size <= 0:
-                    raise ValueError(f"--max-size: must be a positive integer, got {max_size}")
-                shapes = network_shapes(max_size=max_size)
-            layout_list = _split(layouts, "--layout")
-            plan_gemm(shapes[:1], dtype_list[:1], layout_list)  # validates layouts early
+            plan, options = build_plan(shape_set, min_size, max_size, points, count, seed,
+                                       layouts, dtype_list)
         device = get_device(device_name)
         backend_impl = backend_for(device.info.kind, backend, getattr(device, "index", 0),
                                    threads)
@@ -73,11 +85,6 @@ class GemmJob:
         if resume_id is not None:
             SweepRunner.load_plan(store, resume_id)  # raises a clear error if unknown
             return cls(store, device, backend_impl, runner, resume_id, True)
-        plan = plan_gemm(shapes, dtype_list, layout_list)
-        options = {"shapes": "adaptive" if adaptive else shape_set, "min_size": min_size,
-                   "max_size": max_size,
-                   "points": points, "count": count, "seed": seed, "dtypes": dtype_list,
-                   "layouts": layout_list}
         return cls(store, device, backend_impl, runner, runner.create(plan, options), False)
 
     def describe_device(self) -> None:

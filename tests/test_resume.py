@@ -38,6 +38,8 @@ def test_sigkill_then_resume_measures_every_config_once(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     with engine.connect() as c:
+        # The killed writer left a readable, consistent database (WAL mode).
+        assert c.execute(text("pragma integrity_check")).scalar() == "ok"
         before = dict(c.execute(select(Measurement.config_key, Measurement.uid)).all())
         status = c.execute(select(Sweep.status)).scalar()
     assert 10 <= len(before) < 64, "the kill must land mid-sweep"

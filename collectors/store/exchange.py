@@ -20,7 +20,7 @@ FORMAT_VERSION = 1
 DEVICE_COLUMNS = ["fingerprint", "name", "kind", "vendor", "model", "host", "driver_version",
                   "cuda_version", "sm_count", "memory_bytes", "max_sm_clock_mhz",
                   "max_mem_clock_mhz", "power_limit_w", "extra"]
-SKIP_MEASUREMENT = {"id", "sweep_id", "device_id"}
+SKIP_MEASUREMENT = {"id", "sweep_id", "device_id", "work_item_id"}
 MEASUREMENT_COLUMNS = [c.name for c in Measurement.__table__.columns
                        if c.name not in SKIP_MEASUREMENT]
 JSON_COLUMNS = {"params", "device_extra", "device_peaks"}

@@ -104,7 +104,8 @@ class Measurement(Base):
 
     __tablename__ = "measurement"
     __table_args__ = (
-        UniqueConstraint("sweep_id", "config_key", name="uq_measurement_sweep_config"),
+        UniqueConstraint("sweep_id", "device_id", "config_key",
+                         name="uq_measurement_sweep_device_config"),
         Index("ix_measurement_shape", "device_id", "op_kind", "m", "n", "k", "dtype"),
     )
 
@@ -113,6 +114,9 @@ class Measurement(Base):
     sweep_id: Mapped[int] = mapped_column(ForeignKey("sweep.id"), index=True)
     device_id: Mapped[int] = mapped_column(ForeignKey("device.id"), index=True)
     config_key: Mapped[str] = mapped_column(String(255))
+    # Set when the row answers a distributed work item: unique, so a config handed to two
+    # workers (after a lease expired) can still be stored only once.
+    work_item_id: Mapped[int | None] = mapped_column(ForeignKey("work_item.id"), unique=True)
     status: Mapped[str] = mapped_column(String(16), default="ok", index=True)
     error: Mapped[str | None] = mapped_column(Text)
 
@@ -175,3 +179,40 @@ class ModelVersion(Base):
     n_samples: Mapped[int] = mapped_column(Integer)
     meta: Mapped[dict] = mapped_column(JSON, default=dict)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class WorkItem(Base):
+    """One config of a distributed sweep for one device type, claimed by workers under a lease."""
+
+    __tablename__ = "work_item"
+    __table_args__ = (
+        UniqueConstraint("sweep_id", "device_type", "config_key", name="uq_work_item"),
+        Index("ix_work_item_claim", "device_type", "status", "lease_expires_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sweep_id: Mapped[int] = mapped_column(ForeignKey("sweep.id"), index=True)
+    device_type: Mapped[str] = mapped_column(String(128))  # a device model, or cpu / gpu
+    config_key: Mapped[str] = mapped_column(String(255))
+    op: Mapped[dict] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending|leased|done|failed
+    worker_id: Mapped[str | None] = mapped_column(String(128))
+    lease_expires_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Worker(Base):
+    """A collector process working distributed sweeps; ``heartbeat_at`` says it is alive."""
+
+    __tablename__ = "worker"
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    host: Mapped[str] = mapped_column(String(128))
+    pid: Mapped[int] = mapped_column(Integer)
+    device_id: Mapped[int] = mapped_column(ForeignKey("device.id"))
+    started_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    heartbeat_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    done: Mapped[int] = mapped_column(Integer, default=0)
+    failed: Mapped[int] = mapped_column(Integer, default=0)
+    status: Mapped[str] = mapped_column(String(16), default="running")  # running|exited
