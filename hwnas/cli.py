@@ -391,6 +391,37 @@ def worker(db_url, device_name, lease, patience, max_items, threads, keep_pollin
                f"{stats.duplicates_dropped} duplicates dropped, {stats.retries} store retries")
 
 
+@main.command()
+@DB_OPTION
+@click.option("--device", required=True, help="Name of the new device (becomes its model name).")
+@click.option("--samples", type=int, default=10, show_default=True,
+              help="Architectures to measure on the new device.")
+@click.option("--from-csv", "source_csv", type=click.Path(exists=True, dir_okay=False),
+              required=True,
+              help="Latencies of the new device: a CSV with arch_str and a column named after "
+                   "the device (or --column), for devices this machine cannot reach.")
+@click.option("--column", default=None, help="Column of --from-csv (default: --device).")
+@click.option("--reference", type=click.Path(dir_okay=False), default=None,
+              help="NAS-Bench-201 latency table of the reference devices (default: the "
+                   "shipped data/external/nasbench201_latency_train_devices.csv).")
+@friendly_errors
+def adapt(db_url, device, samples, source_csv, column, reference) -> None:
+    """Learn a new device's NAS-Bench-201 latencies from a few measured architectures: choose
+    which to measure, read them, fit and register the model (served by PredictNetwork)."""
+    from predictor.adapt import DEFAULT_REFERENCE, adapt_from_csv
+
+    r = adapt_from_csv(open_store(db_url), device, samples, source_csv, column,
+                       reference or DEFAULT_REFERENCE)
+    click.echo(f"selected {len(r.samples)} architectures (k-means over the reference devices' "
+               "latency space):")
+    for row in r.samples.itertuples():
+        click.echo(f"  {row.latency_ms:9.3f} ms  {row.arch_str}")
+    click.echo(f"registered {device} nb201 model v{r.row.version} ({r.row.path})")
+    if r.spearman_all is not None:
+        click.echo(f"Spearman rho over all {15625} architectures in {source_csv}: "
+                   f"{r.spearman_all:.3f}")
+
+
 @main.group("import")
 def import_() -> None:
     """Load public measurements made elsewhere into the store."""

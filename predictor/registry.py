@@ -46,35 +46,69 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
-def register(store: Store, model: GemmCostForest, device_model: str, meta: dict,
-             directory: Path | None = None) -> ModelVersion:
-    """Write the model file and add a new version row (1, 2, ... per device model)."""
-    import skops.io as sio
-
+def _record(store: Store, device_model: str, target: str, suffix: str, write, has_power: bool,
+            n_samples: int, meta: dict, directory: Path | None) -> ModelVersion:
+    """Write a model file with ``write(path)`` and add version N+1 of (device, target)."""
     directory = directory or models_dir()
     directory.mkdir(parents=True, exist_ok=True)
     with store.session() as s:
         last = s.scalar(select(func.max(ModelVersion.version)).where(
-            ModelVersion.device_model == device_model, ModelVersion.target == "gemm")) or 0
+            ModelVersion.device_model == device_model, ModelVersion.target == target)) or 0
         version = last + 1
-        path = directory / f"{_slug(device_model)}-gemm-v{version}.skops"
+        path = directory / f"{_slug(device_model)}-{target}-v{version}{suffix}"
         tmp = path.with_suffix(".tmp")
-        sio.dump(model.forest_, tmp)
+        write(tmp)
         os.replace(tmp, path)  # never leave a half-written file under the final name
-        row = ModelVersion(
-            device_model=device_model, target="gemm", version=version, path=str(path),
-            sha256=sha256_file(path), has_power=bool(model.has_power_), n_samples=model.n_train_,
-            meta={**meta, "params": model.get_params(), "y_ndim": model.y_ndim_,
-                  "features": model.feature_names_})
+        row = ModelVersion(device_model=device_model, target=target, version=version,
+                           path=str(path), sha256=sha256_file(path), has_power=has_power,
+                           n_samples=n_samples, meta=meta)
         s.add(row)
         s.commit()
         return row
 
 
-def find(store: Store, device_model: str, version: int | None = None) -> ModelVersion:
+def register(store: Store, model: GemmCostForest, device_model: str, meta: dict,
+             directory: Path | None = None) -> ModelVersion:
+    """Write the GEMM model file and add a new version row (1, 2, ... per device model)."""
+    import skops.io as sio
+
+    return _record(store, device_model, "gemm", ".skops", lambda p: sio.dump(model.forest_, p),
+                   bool(model.has_power_), model.n_train_,
+                   {**meta, "params": model.get_params(), "y_ndim": model.y_ndim_,
+                    "features": model.feature_names_}, directory)
+
+
+def register_json(store: Store, device_model: str, target: str, text: str, n_samples: int,
+                  meta: dict, directory: Path | None = None) -> ModelVersion:
+    """Register a model that is plain JSON (e.g. the NAS-Bench-201 few-shot model)."""
+    def write(path: Path) -> None:
+        path.write_text(text)
+
+    return _record(store, device_model, target, ".json", write, False, n_samples, meta,
+                   directory)
+
+
+def read_json(row: ModelVersion) -> str:
+    """The text of a JSON model, after checking its SHA-256."""
+    _verify(row)
+    return Path(row.path).read_text()
+
+
+def _verify(row: ModelVersion) -> None:
+    if not os.path.exists(row.path):
+        raise RegistryError(f"model file {row.path} of {row.device_model} v{row.version} "
+                            "is missing")
+    actual = sha256_file(row.path)
+    if actual != row.sha256:
+        raise ChecksumError(f"model file {row.path} has SHA-256 {actual[:12]}..., registered "
+                            f"{row.sha256[:12]}...: refusing to load a changed file")
+
+
+def find(store: Store, device_model: str, version: int | None = None,
+         target: str = "gemm") -> ModelVersion:
     with store.session() as s:
         q = select(ModelVersion).where(ModelVersion.device_model == device_model,
-                                       ModelVersion.target == "gemm")
+                                       ModelVersion.target == target)
         if version is not None:
             row = s.scalar(q.where(ModelVersion.version == version))
             if row is None:
@@ -83,7 +117,8 @@ def find(store: Store, device_model: str, version: int | None = None) -> ModelVe
             return row
         row = s.scalar(q.order_by(ModelVersion.version.desc()))
         if row is None:
-            raise RegistryError(f"no trained model for {device_model!r}; run hwnas train first")
+            raise RegistryError(f"no trained {target} model for {device_model!r}; run "
+                                f"{'hwnas train' if target == 'gemm' else 'hwnas adapt'} first")
         return row
 
 
@@ -91,13 +126,7 @@ def load(row: ModelVersion) -> GemmCostForest:
     """Rebuild the estimator from a registry row, after checking the file's SHA-256."""
     import skops.io as sio
 
-    if not os.path.exists(row.path):
-        raise RegistryError(f"model file {row.path} of {row.device_model} v{row.version} "
-                            "is missing")
-    actual = sha256_file(row.path)
-    if actual != row.sha256:
-        raise ChecksumError(f"model file {row.path} has SHA-256 {actual[:12]}..., registered "
-                            f"{row.sha256[:12]}...: refusing to load a changed file")
+    _verify(row)
     untrusted = sio.get_untrusted_types(file=row.path)
     unexpected = sorted(set(untrusted) - set(TRUSTED_TYPES))
     if unexpected:

@@ -126,7 +126,7 @@ def test_registry_round_trip_and_metadata(registered, tmp_path):
     assert registry.find(store, PROFILE.model, 1).sha256 == row.sha256
     with pytest.raises(registry.RegistryError, match="--version 7"):
         registry.find(store, PROFILE.model, 7)
-    with pytest.raises(registry.RegistryError, match="no trained model"):
+    with pytest.raises(registry.RegistryError, match="no trained gemm model"):
         registry.find(store, "Other GPU")
 
 

@@ -175,7 +175,7 @@ MALFORMED = [
     ("PredictNetwork", {"device": "Test GPU", "ops": pb.OpList()}, IA, "ops.ops"),
     ("PredictNetwork", {"device": "Gone", "nasbench201": ARCH}, NF, "device"),
     ("GetModelMetadata", {"device": "Test GPU", "version": 5}, NF, "version"),
-    ("GetModelMetadata", {"device": "Other CPU"}, FP, "no trained model"),
+    ("GetModelMetadata", {"device": "Other CPU"}, FP, "no trained gemm model"),
     ("GetModelMetadata", {"device": "x-unknown"}, NF, "device"),
     ("GetModelMetadata", {"device": "Test GPU", "version": -1}, IA, "version"),
     ("ListModels", {"device": "no-such"}, NF, "device"),

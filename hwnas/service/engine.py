@@ -12,6 +12,7 @@ import threading
 import time
 from dataclasses import dataclass
 
+import pandas as pd
 from sqlalchemy import func, select
 
 from collectors.ops import Op
@@ -52,6 +53,8 @@ class PredictionEngine:
         self._pinned: dict[tuple[str, int], LoadedModel] = {}
         self._devices: list[str] = []
         self._resolved: dict[str, str] = {}
+        self._nb201: dict[tuple[str, int], tuple] = {}
+        self._references: dict[str, pd.DataFrame] = {}
 
     # -- devices -------------------------------------------------------------------------
     def device_models(self, refresh: bool = False) -> list[str]:
@@ -89,7 +92,7 @@ class PredictionEngine:
         """Load the latest model of every device that has one; returns how many loaded."""
         loaded = 0
         for row in registry.list_models(self.store):
-            if row.device_model not in self._latest:
+            if row.target == "gemm" and row.device_model not in self._latest:
                 try:
                     self.model_for(row.device_model, 0)
                     loaded += 1
@@ -167,6 +170,47 @@ class PredictionEngine:
         device = self.resolve_device(device_spec)
         lm = self.model_for(device, version)
         return device, lm.version, lm.model.predict_costs(arrays)
+
+    def predict_nb201(self, device_spec: str, version: int, arch: str
+                      ) -> tuple[str, int, OpCost] | None:
+        """Whole-architecture latency from a few-shot NAS-Bench-201 model (``hwnas adapt``), or
+        None when the device has none (callers then sum op predictions)."""
+        from predictor.adapt import TARGET, load_reference
+        from predictor.fewshot import FewShotModel
+        from predictor.nasbench201 import parse_cell
+
+        device = self.resolve_device(device_spec)
+        try:
+            row = registry.find(self.store, device, version or None, target=TARGET)
+        except registry.RegistryError:
+            if version:
+                raise ServiceError("NOT_FOUND", f"model_version: no nb201 model v{version} "
+                                   f"for {device!r}") from None
+            return None
+        key = (device, row.version)
+        if key not in self._nb201:
+            try:
+                model = FewShotModel.from_json(registry.read_json(row))
+            except registry.RegistryError as exc:
+                raise ServiceError("FAILED_PRECONDITION", str(exc)) from None
+            path = row.meta["reference_csv"]
+            if path not in self._references:
+                if registry.sha256_file(path) != row.meta["reference_sha256"]:
+                    raise ServiceError("FAILED_PRECONDITION",
+                                       f"reference table {path} changed since adapt")
+                archs, table = load_reference(path)
+                self._references[path] = table.set_index(archs)
+            self._nb201[key] = (model, self._references[path])
+        model, table = self._nb201[key]
+        parse_cell(arch)  # raises OpError naming the field when malformed
+        key_arch = arch.strip()
+        if key_arch not in table.index:
+            raise ServiceError("INVALID_ARGUMENT", "nasbench201: not in the reference table")
+        ref = table.loc[[key_arch]]
+        ms = float(model.predict(pd.Series([key_arch]), ref)[0])
+        std = ms * row.meta.get("sample_log_residual_std", 0.0)
+        return device, row.version, OpCost(ms, std, None, None, None, None,
+                                           "nb201 few-shot model (architecture level)", 0)
 
     def predict_network(self, device_spec: str, version: int, ops: list[Op]
                         ) -> tuple[str, int, OpCost, list[OpCost]]:

@@ -228,6 +228,13 @@ class PredictorService(pb_grpc.PredictorServicer):
                 raise OpError("batch", f"must be a positive integer, got {batch}")
             dtype = request.dtype or "fp32"
             if which == "nasbench201":
+                few = self.engine.predict_nb201(request.device, request.model_version,
+                                                request.nasbench201)
+                if few is not None:
+                    device, version, cost = few
+                    self.metrics.predictions.inc()
+                    return pb.PredictNetworkResponse(total=to_prediction(cost), device=device,
+                                                     model_version=version, method=cost.source)
                 named = network_ops(request.nasbench201, batch, dtype)
             elif which == "ops":
                 self._check_batch(len(request.ops.ops), "ops.ops")
@@ -264,11 +271,13 @@ class PredictorService(pb_grpc.PredictorServicer):
             if request.device:
                 device = self.engine.resolve_device(request.device)
                 rows = [r for r in rows if r.device_model == device]
-            newest = {}
+            newest: dict[tuple[str, str], int] = {}
             for r in rows:
-                newest[r.device_model] = max(newest.get(r.device_model, 0), r.version)
+                key = (r.device_model, r.target)
+                newest[key] = max(newest.get(key, 0), r.version)
             return pb.ListModelsResponse(models=[
-                self._metadata(r, r.version == newest[r.device_model]) for r in rows])
+                self._metadata(r, r.version == newest[(r.device_model, r.target)])
+                for r in rows])
         return self._run(context, go)
 
     def GetModelMetadata(self, request, context):

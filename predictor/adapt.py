@@ -1,0 +1,76 @@
+"""``hwnas adapt``: learn a new device's NAS-Bench-201 latencies from a few measured samples."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy.stats import spearmanr
+
+from collectors.devices import DeviceInfo
+from collectors.store.db import Store
+from collectors.store.repo import upsert_device
+from predictor import registry
+from predictor.fewshot import FewShotModel, read_table, select_samples
+from predictor.registry import sha256_file
+
+TARGET = "nb201"
+DEFAULT_REFERENCE = (Path(__file__).resolve().parents[1] / "data" / "external"
+                     / "nasbench201_latency_train_devices.csv")
+
+
+@dataclass
+class AdaptResult:
+    row: object
+    model: FewShotModel
+    samples: pd.DataFrame  # arch_str, latency_ms
+    spearman_all: float | None  # when the source CSV holds every architecture
+
+
+def load_reference(path: str | Path, exclude: str | None = None):
+    archs, table = read_table(str(path))
+    if exclude is not None and exclude in table.columns:
+        table = table.drop(columns=[exclude])  # never learn from the device being adapted to
+    return archs, table
+
+
+def adapt_from_csv(store: Store, device: str, samples: int, source_csv: str,
+                   column: str | None = None, reference_csv: str | Path = DEFAULT_REFERENCE
+                   ) -> AdaptResult:
+    """Select ``samples`` architectures, read their latency on ``device`` from ``source_csv``
+    (column ``column`` or ``device``), fit, and register the model as target ``nb201``."""
+    column = column or device
+    if not Path(reference_csv).exists():
+        raise ValueError(f"--reference: {reference_csv} does not exist")
+    archs, reference = load_reference(reference_csv, exclude=column)
+    src = pd.read_csv(source_csv)
+    if "arch_str" not in src.columns or column not in src.columns:
+        raise ValueError(f"--from-csv: {source_csv} needs columns 'arch_str' and {column!r}")
+    measured = src.set_index("arch_str")[column]
+    idx = select_samples(reference, samples)
+    chosen = archs.iloc[idx]
+    missing = [a for a in chosen if a not in measured.index]
+    if missing:
+        raise ValueError(f"--from-csv: {source_csv} lacks the selected architecture {missing[0]}")
+    ms = measured.loc[chosen].to_numpy(float)
+    model = FewShotModel.fit(archs, reference, idx, ms)
+    rho = None
+    if measured.index.isin(archs).sum() == len(archs):
+        pred = model.predict(archs, reference)
+        rho = float(spearmanr(pred, measured.loc[archs].to_numpy(float)).statistic)
+    residual = np.log(ms) - np.log(model.predict(chosen, reference.iloc[idx]))
+    with store.session() as s:
+        upsert_device(s, DeviceInfo(name=device, kind="other", model=device, host="external",
+                                    extra={"source": "hwnas adapt"}))
+        s.commit()
+    meta = {"method": "nnls over reference devices + ridge on op counts",
+            "reference_csv": str(Path(reference_csv).resolve()),
+            "reference_sha256": sha256_file(reference_csv),
+            "reference_devices": list(reference.columns),
+            "sample_log_residual_std": float(residual.std()),
+            "metrics": {"spearman_all": rho} if rho is not None else {}}
+    row = registry.register_json(store, device, TARGET, model.to_json(), len(idx), meta)
+    return AdaptResult(row, model, pd.DataFrame({"arch_str": chosen.to_numpy(),
+                                                 "latency_ms": ms}), rho)
