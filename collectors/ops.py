@@ -181,3 +181,63 @@ def gemm_flops(m: int, n: int, k: int, batch: int = 1) -> int:
 def gemm_bytes(m: int, n: int, k: int, dtype: str, batch: int = 1) -> int:
     """Lower bound of bytes moved by a GEMM: every operand read or written once."""
     return (m * k + k * n + m * n) * DTYPES[dtype].bytes_per_element * batch
+
+
+def conv_out_hw(op: Op) -> tuple[int, int]:
+    """Output height and width of a conv or pool op (padding -1 means "same")."""
+    s = op.params.get("stride", 1)
+    pad = op.params.get("padding", -1)
+    h, w, k = op["height"], op["width"], op["kernel"]
+    if pad < 0:
+        return -(-h // s), -(-w // s)
+    return max(1, (h + 2 * pad - k) // s + 1), max(1, (w + 2 * pad - k) // s + 1)
+
+
+def op_gemms(op: Op) -> list[tuple[int, int, int, int]]:
+    """The (m, n, k, batch) GEMMs an op runs: convs as implicit GEMMs, attention as two batched
+    GEMMs; empty for memory-bound ops (pool, norm, elementwise)."""
+    b, p = op.batch, op.params
+    if op.kind == "gemm":
+        return [(p["m"], p["n"], p["k"], b)]
+    if op.kind == "linear":
+        return [(b * p["tokens"], p["out_features"], p["in_features"], 1)]
+    if op.kind == "conv2d":
+        g = p["groups"]
+        if p["in_channels"] % g or p["out_channels"] % g:
+            raise OpError("groups", "must divide in_channels and out_channels")
+        ho, wo = conv_out_hw(op)
+        return [(b * ho * wo, p["out_channels"] // g, p["in_channels"] // g * p["kernel"] ** 2,
+                 g)]
+    if op.kind == "depthwise_conv2d":
+        ho, wo = conv_out_hw(op)
+        return [(b * ho * wo, 1, p["kernel"] ** 2, p["channels"])]
+    if op.kind == "attention":
+        kv = p["kv_len"] or p["seq_len"]
+        heads = b * p["heads"]
+        return [(p["seq_len"], kv, p["head_dim"], heads), (p["seq_len"], p["head_dim"], kv, heads)]
+    return []
+
+
+def op_bytes(op: Op) -> int:
+    """Bytes a memory-bound op reads and writes at least once (GEMM ops: their operands)."""
+    e, b, p = DTYPES[op.dtype].bytes_per_element, op.batch, op.params
+    if op.kind == "pool":
+        ho, wo = conv_out_hw(op)
+        return e * b * p["channels"] * (p["height"] * p["width"] + ho * wo)
+    if op.kind == "norm":
+        return e * b * 2 * p["elements"]
+    if op.kind == "elementwise":
+        return e * b * (p["inputs"] + 1) * p["elements"]
+    return sum(gemm_bytes(m, n, k, op.dtype, bb) for m, n, k, bb in op_gemms(op))
+
+
+def op_flops(op: Op) -> int:
+    """FLOPs: 2 per multiply-add of the op's GEMMs; one per output element otherwise."""
+    gemms = op_gemms(op)
+    if gemms:
+        return sum(gemm_flops(m, n, k, bb) for m, n, k, bb in gemms)
+    p = op.params
+    if op.kind == "pool":
+        ho, wo = conv_out_hw(op)
+        return op.batch * p["channels"] * ho * wo * p["kernel"] ** 2
+    return op.batch * p["elements"] * max(1, p.get("inputs", 1))

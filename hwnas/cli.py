@@ -204,6 +204,60 @@ def collect_gemm(db_url, device_name, backend, threads, dtypes, shape_set, min_s
         sys.exit(130)
 
 
+@collect.command("network")
+@DB_OPTION
+@click.option("--family", "families", default="nb201,resnet,mobilenet,transformer",
+              show_default=True,
+              help="Comma-separated: nb201, resnet, mobilenet, transformer (sampled whole "
+                   "networks), or layers (single conv2d/depthwise/linear/attention layers over "
+                   "grids).")
+@click.option("--count", type=click.IntRange(1, 100_000), default=20, show_default=True,
+              help="Architectures per family.")
+@click.option("--batch", "batches", default="1", show_default=True,
+              help="Batch size (comma-separated for layer sweeps).")
+@click.option("--layer-kinds", default=",".join(("conv2d", "depthwise_conv2d", "linear",
+                                                 "attention")), show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--threads", type=int, default=None, help="CPU threads (default: all cores).")
+@click.option("--resume", "resume_id", type=int, default=None, metavar="SWEEP")
+@click.option("--no-progress", is_flag=True)
+@timing_options
+@friendly_errors
+def collect_network(db_url, families, count, batches, layer_kinds, seed, threads, resume_id,
+                    no_progress, warmup, min_reps, min_time, power_window, l2_flush,
+                    cooldown) -> None:
+    """Measure whole sampled networks (or single layers) on this CPU; each decomposed into its
+    ops (stored with the row) so network predictors can learn from them."""
+    from collectors.devices import get_device
+    from collectors.networks.sweep import LAYER_KINDS, NetworkSweep, layer_grid, network_plan
+    from collectors.timing import TimingPolicy
+    from hwnas.gemm_job import _split
+
+    policy = TimingPolicy(warmup_s=warmup, min_reps=min_reps, min_time_s=min_time,
+                          power_window_s=power_window, l2_flush=l2_flush, cooldown_s=cooldown)
+    batch_list = [int(b) for b in _split(batches, "--batch")]
+    if any(b < 1 for b in batch_list):
+        raise click.UsageError("--batch: must be positive integers")
+    sweeper = NetworkSweep(open_store(db_url), get_device("cpu"), policy, threads,
+                           progress=not no_progress)
+    if resume_id is None:
+        fams = _split(families, "--family")
+        if "layers" in fams:
+            kinds = _split(layer_kinds, "--layer-kinds")
+            bad = sorted(set(kinds) - set(LAYER_KINDS))
+            if bad:
+                raise click.UsageError(f"--layer-kinds: unknown {bad}; choose from "
+                                       f"{', '.join(LAYER_KINDS)}")
+            plan, kind = layer_grid(kinds, batch_list), "layers"
+        else:
+            plan, kind = network_plan(fams, count, batch_list[0], seed), "network"
+        resume_id = sweeper.create(plan, kind)
+    summary = sweeper.run(resume_id)
+    click.echo(f"sweep {resume_id}: {summary.done} measured, {summary.failed} failed, "
+               f"{summary.already_done} stored earlier in {summary.seconds:.0f} s"
+               + (f"; resume with --resume {resume_id}" if summary.interrupted else ""))
+
+
 @main.command()
 @DB_OPTION
 @friendly_errors

@@ -10,57 +10,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from collectors.ops import DTYPES, Op
+from collectors.ops import Op, op_bytes, op_gemms
 from predictor.forest import GEMM_COLUMNS, GemmCostForest
 
 FOREST = "gemm-forest"
 ROOFLINE = "bandwidth-roofline"
-
-
-def _out_hw(op: Op) -> tuple[int, int]:
-    s = op.params.get("stride", 1)
-    pad = op.params.get("padding", -1)
-    h, w, k = op["height"], op["width"], op["kernel"]
-    if pad < 0:  # "same" padding
-        return -(-h // s), -(-w // s)
-    return max(1, (h + 2 * pad - k) // s + 1), max(1, (w + 2 * pad - k) // s + 1)
-
-
-def op_gemms(op: Op) -> list[tuple[int, int, int, int]]:
-    """The (m, n, k, batch) GEMMs an op runs; empty for memory-bound ops."""
-    b, p = op.batch, op.params
-    if op.kind == "gemm":
-        return [(p["m"], p["n"], p["k"], b)]
-    if op.kind == "linear":
-        return [(b * p["tokens"], p["out_features"], p["in_features"], 1)]
-    if op.kind == "conv2d":
-        g = p["groups"]
-        if p["in_channels"] % g or p["out_channels"] % g:
-            raise ValueError("groups: must divide in_channels and out_channels")
-        ho, wo = _out_hw(op)
-        return [(b * ho * wo, p["out_channels"] // g, p["in_channels"] // g * p["kernel"] ** 2,
-                 g)]
-    if op.kind == "depthwise_conv2d":
-        ho, wo = _out_hw(op)
-        return [(b * ho * wo, 1, p["kernel"] ** 2, p["channels"])]
-    if op.kind == "attention":
-        kv = p["kv_len"] or p["seq_len"]
-        heads = b * p["heads"]
-        return [(p["seq_len"], kv, p["head_dim"], heads), (p["seq_len"], p["head_dim"], kv, heads)]
-    return []
-
-
-def memory_bytes(op: Op) -> int:
-    """Bytes a memory-bound op reads and writes at least once."""
-    e, b, p = DTYPES[op.dtype].bytes_per_element, op.batch, op.params
-    if op.kind == "pool":
-        ho, wo = _out_hw(op)
-        return e * b * p["channels"] * (p["height"] * p["width"] + ho * wo)
-    if op.kind == "norm":
-        return e * b * 2 * p["elements"]
-    if op.kind == "elementwise":
-        return e * b * (p["inputs"] + 1) * p["elements"]
-    raise ValueError(f"kind: {op.kind} is not memory-bound")
 
 
 @dataclass
@@ -94,7 +48,7 @@ def predict_ops(model: GemmCostForest, ops: list[Op]) -> list[OpCost]:
     for i, op in enumerate(ops):
         sel = np.flatnonzero(owner_arr == i)
         if len(sel) == 0:
-            t = memory_bytes(op) / (bandwidth_gbs * 1e9) * 1e3
+            t = op_bytes(op) / (bandwidth_gbs * 1e9) * 1e3
             # A bound, not a learned figure: its uncertainty is stated as the whole value.
             out.append(OpCost(t, t, None, None, None, None, ROOFLINE, 0))
             continue

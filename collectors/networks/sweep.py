@@ -1,0 +1,213 @@
+"""Network and layer sweeps: whole sampled architectures, or single layers over grids, measured
+with the same protocol as GEMM sweeps (warm-up, repetitions, energy window, device state) and
+committed one row per config, resumable with ``--resume``."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import socket
+import time
+from itertools import product
+
+import numpy as np
+from sqlalchemy.exc import IntegrityError
+
+from collectors.devices import ComputeDevice
+from collectors.networks.decompose import decompose
+from collectors.networks.zoo import FAMILIES, build, sample_config
+from collectors.ops import Op, op_bytes, op_flops
+from collectors.store.db import Store
+from collectors.store.models import Measurement, Sweep, utcnow
+from collectors.store.repo import done_keys, upsert_device
+from collectors.sweep import SweepSummary, _progress
+from collectors.timing import PerfCounterTimer, TimingPolicy, measure_kernel
+
+LAYER_KINDS = ("conv2d", "depthwise_conv2d", "linear", "attention")
+
+
+def layer_grid(kinds: list[str], batches: list[int]) -> list[dict]:
+    """Single-layer configs over channel, kernel, stride, resolution, sequence and batch grids."""
+    out = []
+    for b in batches:
+        if "conv2d" in kinds:
+            for c, k, r, s in product((16, 32, 64, 128), (1, 3), (8, 16, 32), (1, 2)):
+                out.append(Op.make("conv2d", {"in_channels": c, "out_channels": c, "kernel": k,
+                                              "height": r, "width": r, "stride": s}, "fp32", b))
+        if "depthwise_conv2d" in kinds:
+            for c, k, r in product((32, 64, 128, 256), (3, 5), (8, 16, 32)):
+                out.append(Op.make("depthwise_conv2d", {"channels": c, "kernel": k, "height": r,
+                                                        "width": r}, "fp32", b))
+        if "linear" in kinds:
+            for i, o, t in product((64, 256, 1024), (64, 256, 1024), (1, 64, 256)):
+                out.append(Op.make("linear", {"in_features": i, "out_features": o, "tokens": t},
+                                   "fp32", b))
+        if "attention" in kinds:
+            for s, h, d in product((32, 64, 128, 256), (2, 4), (32, 64)):
+                out.append(Op.make("attention", {"seq_len": s, "heads": h, "head_dim": d},
+                                   "fp32", b))
+    return [{"family": "layer", "op": op.to_dict()} for op in out]
+
+
+def network_plan(families: list[str], count: int, batch: int, seed: int) -> list[dict]:
+    """``count`` distinct sampled architectures per family."""
+    rng = np.random.default_rng(seed)
+    plan, seen = [], set()
+    for family in families:
+        if family not in FAMILIES:
+            raise ValueError(f"--family: expected {', '.join(FAMILIES)} or layers, got {family!r}")
+        n, tries = 0, 0
+        while n < count and tries < count * 50:
+            tries += 1
+            cfg = {**sample_config(family, rng), "batch": batch}
+            key = config_key(cfg)
+            if key not in seen:
+                seen.add(key)
+                plan.append(cfg)
+                n += 1
+    return plan
+
+
+def config_key(cfg: dict) -> str:
+    text = json.dumps(cfg, sort_keys=True)
+    return f"{cfg['family']}:{hashlib.sha1(text.encode()).hexdigest()[:20]}"
+
+
+def layer_module(op: Op):
+    """A torch module and input shape that run exactly ``op``."""
+    import torch
+    from torch import nn
+
+    p, b = op.params, op.batch
+    if op.kind == "conv2d":
+        return (nn.Conv2d(p["in_channels"], p["out_channels"], p["kernel"], p["stride"],
+                          p["kernel"] // 2, groups=p["groups"], bias=False),
+                (b, p["in_channels"], p["height"], p["width"]))
+    if op.kind == "depthwise_conv2d":
+        c = p["channels"]
+        return (nn.Conv2d(c, c, p["kernel"], p["stride"], p["kernel"] // 2, groups=c,
+                          bias=False), (b, c, p["height"], p["width"]))
+    if op.kind == "linear":
+        return nn.Linear(p["in_features"], p["out_features"]), (b, p["tokens"],
+                                                                p["in_features"])
+    if op.kind == "attention":
+        class Sdpa(nn.Module):
+            def forward(self, x):
+                return torch.nn.functional.scaled_dot_product_attention(x, x, x)
+        return Sdpa(), (b, p["heads"], p["seq_len"], p["head_dim"])
+    raise ValueError(f"kind: no layer module for {op.kind}")
+
+
+class NetworkSweep:
+    def __init__(self, store: Store, device: ComputeDevice, policy: TimingPolicy | None = None,
+                 threads: int | None = None, progress: bool = True):
+        if device.info.kind != "cpu":
+            raise ValueError("--device: network sweeps run on the CPU in this version")
+        import torch
+
+        if threads is not None:
+            torch.set_num_threads(threads)
+        self.store, self.device = store, device
+        self.policy = policy or TimingPolicy()
+        self.progress = progress
+        self.reader = device.power_reader()
+
+    def create(self, plan: list[dict], kind: str) -> int:
+        with self.store.session() as s:
+            dev = upsert_device(s, self.device.info)
+            sweep = Sweep(kind=kind, device_id=dev.id, host=socket.gethostname(),
+                          n_planned=len(plan), status="running",
+                          config={"device_fingerprint": dev.fingerprint,
+                                  "policy": dataclasses.asdict(self.policy), "configs": plan})
+            s.add(sweep)
+            s.commit()
+            return sweep.id
+
+    def run(self, sweep_id: int) -> SweepSummary:
+        with self.store.session() as s:
+            sweep = s.get(Sweep, sweep_id)
+            if sweep is None or sweep.kind not in ("network", "layers"):
+                raise ValueError(f"--resume {sweep_id}: no network sweep with that id")
+            plan, device_id = list(sweep.config["configs"]), sweep.device_id
+            done = done_keys(s, sweep_id)
+        todo = [c for c in plan if config_key(c) not in done]
+        summary = SweepSummary(sweep_id, len(plan), already_done=len(plan) - len(todo))
+        bar = _progress(len(plan), summary.already_done, self.progress)
+        t0, status = time.perf_counter(), "done"
+        try:
+            for cfg in todo:
+                row = self.measure(cfg, sweep_id, device_id)
+                with self.store.session() as s:
+                    s.add(row)
+                    try:
+                        s.commit()
+                    except IntegrityError:
+                        s.rollback()
+                        continue
+                summary.done += row.status == "ok"
+                summary.failed += row.status != "ok"
+                bar.update(1)
+        except KeyboardInterrupt:
+            summary.interrupted, status = True, "interrupted"
+        finally:
+            bar.close()
+            summary.seconds = time.perf_counter() - t0
+            with self.store.session() as s:
+                sw = s.get(Sweep, sweep_id)
+                sw.status, sw.finished_at = status, utcnow()
+                s.commit()
+        return summary
+
+    def measure(self, cfg: dict, sweep_id: int, device_id: int) -> Measurement:
+        import torch
+
+        row = Measurement(sweep_id=sweep_id, device_id=device_id, config_key=config_key(cfg),
+                          backend="torch", power_source=self.reader.source,
+                          threads=torch.get_num_threads(), batch=1, dtype="fp32")
+        try:
+            if cfg["family"] == "layer":
+                op = Op.from_dict(cfg["op"])
+                model, shape = layer_module(op)
+                ops = [("layer", op)]
+                row.op_kind, row.batch = op.kind, op.batch
+            else:
+                model, shape = build(cfg, cfg.get("batch", 1))
+                d = decompose(model, shape)
+                if d.unsupported:
+                    raise ValueError(f"unsupported layers: {', '.join(d.unsupported)}")
+                ops = d.ops
+                row.op_kind, row.batch = "network", shape[0]
+            model.eval()
+            x = torch.randn(*shape)
+
+            def fn():
+                with torch.inference_mode():
+                    return model(x)
+
+            result = measure_kernel(fn, PerfCounterTimer(), self.device, self.reader,
+                                    self.policy)
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:
+            row.op_kind = row.op_kind or "network"
+            row.status, row.error = "failed", f"{type(exc).__name__}: {exc}"
+            row.params = {"config": cfg}
+            return row
+        t, p = result.timing, result.power
+        row.status = "ok"
+        row.latency_ms_median, row.latency_ms_p10, row.latency_ms_p90 = (
+            t.median_ms, t.p10_ms, t.p90_ms)
+        row.latency_ms_mean, row.latency_ms_std = t.mean_ms, t.std_ms
+        row.repetitions = t.repetitions
+        flops = sum(op_flops(op) for _, op in ops)
+        row.tflops = flops / (t.median_ms * 1e-3) / 1e12
+        row.power_w, row.energy_j = p.power_w, p.energy_j_per_call
+        row.power_source, row.power_window_s = p.source, p.window_s
+        b = result.before
+        row.sm_clock_mhz, row.temperature_c = b.sm_clock_mhz, b.temperature_c
+        row.params = {"config": cfg, "input_shape": list(shape), "flops": flops,
+                      "bytes": sum(op_bytes(op) for _, op in ops),
+                      "ops": [[name, op.to_dict()] for name, op in ops],
+                      "inner_calls": t.inner}
+        return row

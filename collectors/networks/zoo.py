@@ -1,0 +1,214 @@
+"""Networks built locally (no pretrained weights) for network sweeps: NAS-Bench-201 cells, and
+ResNet-, MobileNetV2- and small-transformer-style families with sampled hyperparameters.
+
+Every sampled architecture is a JSON-able config; :func:`build` turns a config back into the
+same torch module and input shape, so a stored measurement can be rebuilt and re-measured.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from collectors.networks.cells import EDGE_OPS, parse_cell
+
+FAMILIES = ("nb201", "resnet", "mobilenet", "transformer")
+
+
+def _nn():
+    import torch
+    from torch import nn
+
+    return torch, nn
+
+
+def _relu_conv_bn(nn, cin: int, cout: int, k: int, stride: int = 1):
+    return nn.Sequential(nn.ReLU(), nn.Conv2d(cin, cout, k, stride, k // 2, bias=False),
+                         nn.BatchNorm2d(cout))
+
+
+def nb201_network(arch: str, channels: int = 16, cells: int = 5, classes: int = 10):
+    """NAS-Bench-201's CIFAR skeleton (stem, 3 stages of cells, residual reductions, head)."""
+    torch, nn = _nn()
+    cell_spec = parse_cell(arch)
+
+    class Zero(nn.Module):
+        def forward(self, x):
+            return x * 0.0
+
+    def edge(op: str, c: int):
+        return {"none": Zero, "skip_connect": nn.Identity,
+                "nor_conv_1x1": lambda: _relu_conv_bn(nn, c, c, 1),
+                "nor_conv_3x3": lambda: _relu_conv_bn(nn, c, c, 3),
+                "avg_pool_3x3": lambda: nn.AvgPool2d(3, 1, 1, count_include_pad=False)}[op]()
+
+    class Cell(nn.Module):
+        def __init__(self, c: int):
+            super().__init__()
+            self.edges = nn.ModuleList(edge(op, c) for node in cell_spec for op, _ in node)
+            self.sources = [src for node in cell_spec for _, src in node]
+            self.node_of = [j for j, node in enumerate(cell_spec, start=1) for _ in node]
+
+        def forward(self, x):
+            nodes = [x]
+            for j in range(1, 4):
+                total = None
+                for e, src, dst in zip(self.edges, self.sources, self.node_of, strict=True):
+                    if dst == j:
+                        y = e(nodes[src])
+                        total = y if total is None else total + y
+                nodes.append(total)
+            return nodes[3]
+
+    class Reduction(nn.Module):
+        def __init__(self, cin: int, cout: int):
+            super().__init__()
+            self.a = _relu_conv_bn(nn, cin, cout, 3, 2)
+            self.b = _relu_conv_bn(nn, cout, cout, 3, 1)
+            self.shortcut = nn.Sequential(nn.AvgPool2d(2, 2), nn.Conv2d(cin, cout, 1, bias=False))
+
+        def forward(self, x):
+            return self.b(self.a(x)) + self.shortcut(x)
+
+    layers: list[Any] = [nn.Conv2d(3, channels, 3, 1, 1, bias=False), nn.BatchNorm2d(channels)]
+    c = channels
+    for stage in range(3):
+        if stage:
+            layers.append(Reduction(c, c * 2))
+            c *= 2
+        layers += [Cell(c) for _ in range(cells)]
+    layers += [nn.BatchNorm2d(c), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+               nn.Linear(c, classes)]
+    return nn.Sequential(*layers)
+
+
+def resnet_network(widths: list[int], blocks: list[int], classes: int = 10):
+    """A ResNet of basic blocks; ``widths[i]`` channels and ``blocks[i]`` blocks per stage."""
+    torch, nn = _nn()
+
+    class Basic(nn.Module):
+        def __init__(self, cin: int, cout: int, stride: int):
+            super().__init__()
+            self.body = nn.Sequential(
+                nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(),
+                nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout))
+            self.skip = (nn.Identity() if stride == 1 and cin == cout else
+                         nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
+                                       nn.BatchNorm2d(cout)))
+            self.act = nn.ReLU()
+
+        def forward(self, x):
+            return self.act(self.body(x) + self.skip(x))
+
+    layers: list[Any] = [nn.Conv2d(3, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]),
+                         nn.ReLU()]
+    c = widths[0]
+    for i, (w, n) in enumerate(zip(widths, blocks, strict=True)):
+        for j in range(n):
+            layers.append(Basic(c, w, 2 if (i and j == 0) else 1))
+            c = w
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, classes)]
+    return nn.Sequential(*layers)
+
+
+def mobilenet_network(widths: list[int], expansions: list[int], kernels: list[int],
+                      classes: int = 10):
+    """MobileNetV2-style inverted residual blocks, one per entry, stride 2 every other block."""
+    torch, nn = _nn()
+
+    class Inverted(nn.Module):
+        def __init__(self, cin: int, cout: int, e: int, k: int, stride: int):
+            super().__init__()
+            mid = cin * e
+            self.body = nn.Sequential(
+                nn.Conv2d(cin, mid, 1, bias=False), nn.BatchNorm2d(mid), nn.ReLU6(),
+                nn.Conv2d(mid, mid, k, stride, k // 2, groups=mid, bias=False),
+                nn.BatchNorm2d(mid), nn.ReLU6(),
+                nn.Conv2d(mid, cout, 1, bias=False), nn.BatchNorm2d(cout))
+            self.residual = stride == 1 and cin == cout
+
+        def forward(self, x):
+            y = self.body(x)
+            return x + y if self.residual else y
+
+    layers: list[Any] = [nn.Conv2d(3, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]),
+                         nn.ReLU6()]
+    c = widths[0]
+    for i, (w, e, k) in enumerate(zip(widths, expansions, kernels, strict=True)):
+        layers.append(Inverted(c, w, e, k, 2 if i % 2 == 1 else 1))
+        c = w
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, classes)]
+    return nn.Sequential(*layers)
+
+
+def transformer_network(layers: int, d_model: int, heads: int, ffn: int, classes: int = 10):
+    """A small pre-norm transformer encoder over token embeddings (input: batch x seq x d)."""
+    torch, nn = _nn()
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.n1, self.n2 = nn.LayerNorm(d_model), nn.LayerNorm(d_model)
+            self.attn = nn.MultiheadAttention(d_model, heads, batch_first=True)
+            self.mlp = nn.Sequential(nn.Linear(d_model, ffn), nn.GELU(), nn.Linear(ffn, d_model))
+
+        def forward(self, x):
+            h = self.n1(x)
+            x = x + self.attn(h, h, h, need_weights=False)[0]
+            return x + self.mlp(self.n2(x))
+
+    class Encoder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.blocks = nn.Sequential(*[Block() for _ in range(layers)])
+            self.head = nn.Linear(d_model, classes)
+
+        def forward(self, x):
+            return self.head(self.blocks(x).mean(dim=1))
+
+    return Encoder()
+
+
+def sample_config(family: str, rng: np.random.Generator) -> dict:
+    """A random architecture of ``family`` as a JSON-able config."""
+    if family == "nb201":
+        ops = rng.choice(EDGE_OPS, 6)
+        return {"family": family, "arch": "|{}~0|+|{}~0|{}~1|+|{}~0|{}~1|{}~2|".format(*ops),
+                "resolution": 32}
+    if family == "resnet":
+        stages = int(rng.integers(2, 4))
+        return {"family": family, "widths": [int(rng.choice([16, 24, 32, 48, 64])) * 2 ** i
+                                             for i in range(stages)],
+                "blocks": [int(rng.integers(1, 3)) for _ in range(stages)], "resolution": 32}
+    if family == "mobilenet":
+        n = int(rng.integers(3, 7))
+        return {"family": family, "widths": [int(rng.choice([16, 24, 32, 40])) for _ in range(n)],
+                "expansions": [int(rng.choice([1, 3, 6])) for _ in range(n)],
+                "kernels": [int(rng.choice([3, 5, 7])) for _ in range(n)], "resolution": 32}
+    if family == "transformer":
+        d = int(rng.choice([64, 128, 192]))
+        return {"family": family, "layers": int(rng.integers(1, 4)), "d_model": d,
+                "heads": int(rng.choice([2, 4])), "ffn": d * int(rng.choice([2, 4])),
+                "seq_len": int(rng.choice([32, 64, 128]))}
+    raise ValueError(f"--family: expected one of {', '.join(FAMILIES)}, got {family!r}")
+
+
+def build(config: dict, batch: int = 1):
+    """(module, input shape) of a config from :func:`sample_config`."""
+    f = config.get("family")
+    if f == "nb201":
+        r = config.get("resolution", 32)
+        return nb201_network(config["arch"]), (batch, 3, r, r)
+    if f == "resnet":
+        r = config.get("resolution", 32)
+        return resnet_network(config["widths"], config["blocks"]), (batch, 3, r, r)
+    if f == "mobilenet":
+        r = config.get("resolution", 32)
+        return (mobilenet_network(config["widths"], config["expansions"], config["kernels"]),
+                (batch, 3, r, r))
+    if f == "transformer":
+        return (transformer_network(config["layers"], config["d_model"], config["heads"],
+                                    config["ffn"]),
+                (batch, config["seq_len"], config["d_model"]))
+    raise ValueError(f"family: unknown network family {f!r}")

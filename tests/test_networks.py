@@ -1,0 +1,153 @@
+"""Op decomposition of torch modules, network sweeps (with resume) and the network predictor."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sqlalchemy import func, select
+from torch import nn
+
+from collectors.devices import CpuDevice
+from collectors.networks.decompose import decompose
+from collectors.networks.sweep import NetworkSweep, layer_grid, network_plan
+from collectors.networks.zoo import build, sample_config
+from collectors.ops import Op, op_flops
+from collectors.store.models import Measurement, Sweep
+from collectors.timing import TimingPolicy
+from predictor.nasbench201 import network_ops
+from predictor.network import (
+    NetworkCostModel,
+    OpKindForests,
+    load_layers,
+    load_networks,
+)
+
+QUICK = TimingPolicy(warmup_s=0.001, min_reps=3, min_time_s=0.005, power_window_s=0.0)
+
+
+def test_small_cnn_gives_the_expected_ops_and_flops():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
+    d = decompose(model, (2, 3, 16, 16))
+    assert d.method == "fx" and not d.unsupported
+    assert [op.kind for _, op in d.ops] == ["conv2d", "norm", "elementwise", "pool", "linear"]
+    conv = d.ops[0][1]
+    assert conv.params["in_channels"] == 3 and conv.params["out_channels"] == 8
+    assert conv.batch == 2 and conv.params["height"] == 16 and conv.params["padding"] == 1
+    assert op_flops(conv) == 2 * 2 * 16 * 16 * 8 * 27
+    assert d.flops == 2 * 2 * 16 * 16 * 8 * 27 + 2 * 2048 * 2 + 2 * 8 * 256 + 2 * 8 * 4 * 2
+
+
+def test_functional_ops_and_depthwise_and_attention():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.dw = nn.Conv2d(16, 16, 3, padding=1, groups=16)
+            self.mha = nn.MultiheadAttention(32, 4, batch_first=True)
+
+        def forward(self, x):
+            y = self.dw(x)
+            t = y.flatten(2).transpose(1, 2)[:, :, :16]
+            t = torch.cat([t, t], dim=2)
+            a = self.mha(t, t, t, need_weights=False)[0]
+            s = torch.matmul(a, a.transpose(1, 2))
+            return s + 1.0
+
+    d = decompose(Net(), (1, 16, 8, 8))
+    kinds = [op.kind for _, op in d.ops]
+    assert "depthwise_conv2d" in kinds and "attention" in kinds and "gemm" in kinds
+    gemm = next(op for _, op in d.ops if op.kind == "gemm")
+    assert (gemm["m"], gemm["n"], gemm["k"], gemm.batch) == (64, 64, 32, 1)
+    att = next(op for _, op in d.ops if op.kind == "attention")
+    assert (att["seq_len"], att["heads"], att["head_dim"]) == (64, 4, 8)
+    assert not d.unsupported
+
+
+def test_unsupported_modules_are_reported_by_name():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Upsample(scale_factor=2))
+    d = decompose(model, (1, 3, 8, 8))
+    assert d.unsupported == ["1 (Upsample)"]
+    assert [op.kind for _, op in d.ops] == ["conv2d"]
+
+
+def test_untraceable_module_falls_back_to_hooks():
+    class Branchy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 2)
+
+        def forward(self, x):
+            if x.sum() > 0:  # data-dependent: fx cannot trace this
+                x = x * 2
+            return self.b(self.a(x))
+
+    d = decompose(Branchy(), (3, 4))
+    assert d.method.startswith("forward hooks")
+    assert [op.kind for _, op in d.ops] == ["linear", "linear"]
+
+
+def test_nb201_torch_network_matches_the_op_list_the_service_uses():
+    arch = "|nor_conv_3x3~0|+|nor_conv_1x1~0|avg_pool_3x3~1|+|skip_connect~0|none~1|nor_conv_3x3~2|"
+    model, shape = build({"family": "nb201", "arch": arch, "resolution": 32})
+    d = decompose(model, shape)
+    assert not d.unsupported
+    convs = sorted((op["in_channels"], op["out_channels"], op["kernel"], op["height"])
+                   for _, op in d.ops if op.kind == "conv2d")
+    listed = sorted((op["in_channels"], op["out_channels"], op["kernel"], op["height"])
+                    for _, op in network_ops(arch) if op.kind == "conv2d")
+    assert convs == listed
+    for family in ("resnet", "mobilenet", "transformer"):
+        m, s = build(sample_config(family, np.random.default_rng(1)), 2)
+        dd = decompose(m, s)
+        assert not dd.unsupported and dd.flops > 0 and m(torch.randn(*s)).shape[0] == 2
+
+
+def test_network_sweep_resumes_after_interruption(store):
+    plan = network_plan(["resnet", "transformer"], 2, 1, 0)
+    sweeper = NetworkSweep(store, CpuDevice(), QUICK, threads=1, progress=False)
+    sweep_id = sweeper.create(plan, "network")
+    real = sweeper.measure
+    calls = []
+
+    def flaky(cfg, sid, did):
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        calls.append(cfg)
+        return real(cfg, sid, did)
+
+    sweeper.measure = flaky
+    first = sweeper.run(sweep_id)
+    assert first.interrupted and first.done == 2
+    sweeper.measure = real
+    second = sweeper.run(sweep_id)
+    assert second.already_done == 2 and second.done == 2 and not second.interrupted
+    with store.session() as s:
+        per_key = dict(s.execute(select(Measurement.config_key, func.count())
+                                 .group_by(Measurement.config_key)).all())
+        assert len(per_key) == 4 and set(per_key.values()) == {1}
+        assert s.get(Sweep, sweep_id).status == "done"
+    nets = load_networks(store, CpuDevice().info.model)
+    assert len(nets) == 4 and all(len(ops) > 3 for ops in nets.ops)
+
+
+def test_layer_sweep_and_network_model_round_trip(store):
+    sweeper = NetworkSweep(store, CpuDevice(), QUICK, threads=1, progress=False)
+    grid = [c for c in layer_grid(["linear"], [1])][:12]
+    sweeper.run(sweeper.create(grid, "layers"))
+    ops, ms = load_layers(store, CpuDevice().info.model)
+    assert len(ops) == 12 and all(op.kind == "linear" for op in ops) and np.all(ms > 0)
+    kinds = OpKindForests(n_estimators=10).fit(ops, ms)
+    assert set(kinds.models) == {"linear"}
+    nets = [[Op.make("linear", {"in_features": 64 * (i % 4 + 1), "out_features": 64,
+                                "tokens": 8 * (i % 5 + 1)})] * (i % 3 + 1) for i in range(40)]
+    y = np.array([0.01 * len(n) + 1e-7 * sum(op_flops(o) for o in n) for n in nets])
+    model = NetworkCostModel(kinds).fit(nets[:30], y[:30])
+    pred = model.predict(nets[30:])  # held-out networks of an additive cost law
+    assert np.median(np.abs(pred / y[30:] - 1)) < 0.1 and np.all(model.coef_ >= 0)
+
+
+@pytest.mark.parametrize("bad", [["cnn"], ["nb201", "vit"]])
+def test_unknown_families_are_clear_errors(bad):
+    with pytest.raises(ValueError, match="--family"):
+        network_plan(bad, 1, 1, 0)
