@@ -517,15 +517,31 @@ def _print_evaluation(ev) -> None:
 @DEVICE_ARG
 @click.option("--folds", type=click.IntRange(2, 20), default=5, show_default=True)
 @click.option("--trees", type=click.IntRange(1, 5000), default=200, show_default=True)
+@click.option("--target", type=click.Choice(["gemm", "network"]), default="gemm",
+              show_default=True,
+              help="gemm: GEMM cost forest; network: whole-network model from `hwnas collect "
+                   "network` data (per-op-type forests + additive residual).")
 @friendly_errors
-def train(db_url, device_spec, folds, trees) -> None:
-    """Fit a GEMM latency (and power, where measured) forest for a device model, evaluate it on
-    held-out shapes and register it as a new version."""
+def train(db_url, device_spec, folds, trees, target) -> None:
+    """Fit a model for a device model, evaluate it on held-out shapes (or architectures) and
+    register it as a new version."""
     from predictor.data import resolve_device_model
     from predictor.training import train_and_register
 
     store = open_store(db_url)
     model = resolve_device_model(store, device_spec)
+    if target == "network":
+        from predictor import network
+
+        net, metrics = network.evaluate_and_fit(store, model, folds)
+        row = network.register(store, model, net, metrics)
+        for name in ("held_out", "flops_proxy"):
+            m = metrics[name]
+            click.echo(f"{name:>11}: within ±10% {m['within_10']:.1f}%, RMSPE "
+                       f"{m['rmspe']:.1f}%, Spearman {m['spearman']:.3f}")
+        click.echo(f"registered {model} network v{row.version} from {metrics['networks']} "
+                   f"networks and {metrics['layers']} layers: {row.path}")
+        return
     row, ev = train_and_register(store, model, folds, n_estimators=trees)
     _print_evaluation(ev)
     click.echo(f"\nregistered {row.device_model} v{row.version}: {row.path} "

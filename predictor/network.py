@@ -107,6 +107,76 @@ class NetworkCostModel:
     def predict(self, networks: list[list[Op]]) -> np.ndarray:
         return (self._x(networks) / self.scale_) @ self.coef_
 
+    def per_op(self, ops: list[Op]) -> tuple[np.ndarray, float]:
+        """Each op's share of the predicted latency (ms) and the constant term: the model is
+        additive, so the shares plus the constant are exactly the network's prediction."""
+        w = self.coef_ / self.scale_
+        shares = np.zeros(len(ops))
+        if self.kind_model is not None and self.kind_model.models:
+            shares += w[0] * np.nan_to_num(self.kind_model.predict(ops))
+        for i, op in enumerate(ops):
+            base = 2 + 3 * KIND_ORDER.index(op.kind)
+            shares[i] += (w[base] + w[base + 1] * op_flops(op) / 1e9
+                          + w[base + 2] * op_bytes(op) / 1e6)
+        return shares, float(w[1])
+
+
+TARGET = "network"
+
+
+def evaluate_and_fit(store: Store, device_model: str, folds: int = 5
+                     ) -> tuple[NetworkCostModel, dict]:
+    """Held-out-architecture metrics (ours and a FLOPs proxy) and a model fitted on all data."""
+    from scipy.stats import spearmanr
+    from sklearn.model_selection import KFold
+
+    nets = load_networks(store, device_model)
+    layer_ops, layer_ms = load_layers(store, device_model)
+    kinds = OpKindForests().fit(layer_ops, layer_ms) if len(layer_ops) else None
+    y = nets.latency_ms.to_numpy()
+    if len(y) < max(folds, 4):
+        raise DataError(f"only {len(y)} network measurements of {device_model!r}; need at "
+                        f"least {max(folds, 4)}")
+    ours, proxy = np.empty(len(y)), np.empty(len(y))
+    for tr, te in KFold(folds, shuffle=True, random_state=0).split(nets):
+        ours[te] = NetworkCostModel(kinds).fit(list(nets.ops.iloc[tr]), y[tr]).predict(
+            list(nets.ops.iloc[te]))
+        a, b = np.polyfit(np.log(nets.flops.iloc[tr]), np.log(y[tr]), 1)
+        proxy[te] = np.exp(a * np.log(nets.flops.iloc[te]) + b)
+
+    def score(p: np.ndarray) -> dict:
+        ape = np.abs(p - y) / y
+        return {"within_10": float(np.mean(ape <= 0.1) * 100),
+                "rmspe": float(np.sqrt(np.mean(((p - y) / y) ** 2)) * 100),
+                "spearman": float(spearmanr(y, p).statistic)}
+
+    metrics = {"networks": len(y), "layers": len(layer_ops),
+               "families": sorted(set(nets.family)), "held_out": score(ours),
+               "flops_proxy": score(proxy)}
+    return NetworkCostModel(kinds).fit(list(nets.ops), y), metrics
+
+
+def register(store: Store, device_model: str, model: NetworkCostModel, metrics: dict):
+    from predictor import registry
+
+    forests = model.kind_model.models if model.kind_model is not None else {}
+    meta = {"metrics": metrics, "coef": model.coef_.tolist(), "scale": model.scale_.tolist(),
+            "kinds": sorted(forests)}
+    return registry.register_skops(store, device_model, TARGET, dict(forests),
+                                   metrics["networks"], meta)
+
+
+def load(row) -> NetworkCostModel:
+    from predictor import registry
+
+    forests = registry.load_skops(row)
+    kinds = OpKindForests()
+    kinds.models = dict(forests)
+    model = NetworkCostModel(kinds)
+    model.coef_ = np.array(row.meta["coef"])
+    model.scale_ = np.array(row.meta["scale"])
+    return model
+
 
 def _ops(params: dict) -> list[Op]:
     return [Op.from_dict(d) for _, d in params["ops"]]

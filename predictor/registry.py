@@ -78,6 +78,27 @@ def register(store: Store, model: GemmCostForest, device_model: str, meta: dict,
                     "features": model.feature_names_}, directory)
 
 
+def register_skops(store: Store, device_model: str, target: str, obj, n_samples: int,
+                   meta: dict, directory: Path | None = None) -> ModelVersion:
+    """Register scikit-learn objects (a forest, or a dict of forests) in skops format."""
+    import skops.io as sio
+
+    return _record(store, device_model, target, ".skops", lambda p: sio.dump(obj, p), False,
+                   n_samples, meta, directory)
+
+
+def load_skops(row: ModelVersion):
+    """The objects of a skops model file, after its checksum and its types are checked."""
+    import skops.io as sio
+
+    _verify(row)
+    untrusted = sio.get_untrusted_types(file=row.path)
+    unexpected = sorted(set(untrusted) - set(TRUSTED_TYPES))
+    if unexpected:
+        raise RegistryError(f"model file {row.path} holds unexpected types {unexpected}")
+    return sio.load(row.path, trusted=untrusted)
+
+
 def register_json(store: Store, device_model: str, target: str, text: str, n_samples: int,
                   meta: dict, directory: Path | None = None) -> ModelVersion:
     """Register a model that is plain JSON (e.g. the NAS-Bench-201 few-shot model)."""
@@ -124,14 +145,7 @@ def find(store: Store, device_model: str, version: int | None = None,
 
 def load(row: ModelVersion) -> GemmCostForest:
     """Rebuild the estimator from a registry row, after checking the file's SHA-256."""
-    import skops.io as sio
-
-    _verify(row)
-    untrusted = sio.get_untrusted_types(file=row.path)
-    unexpected = sorted(set(untrusted) - set(TRUSTED_TYPES))
-    if unexpected:
-        raise RegistryError(f"model file {row.path} holds unexpected types {unexpected}")
-    forest = sio.load(row.path, trusted=untrusted)
+    forest = load_skops(row)
     params = dict(row.meta["params"])
     model = GemmCostForest(**params)
     model.forest_ = forest

@@ -364,3 +364,35 @@ def test_generated_code_is_in_sync_with_the_proto(tmp_path):
     for name in ("predictor_pb2.py", "predictor_pb2_grpc.py", "predictor_pb2.pyi"):
         assert filecmp.cmp(here / name, tmp_path / "hwnas" / "rpc" / "v1" / name,
                            shallow=False), f"{name} is stale: run python -m hwnas.rpc.codegen"
+
+
+def test_network_model_answers_predict_network_with_additive_layers(served):
+    from predictor import network
+
+    store, _, client, _ = served
+    rng = np.random.default_rng(0)
+    layer_ops = [linear_op(int(rng.choice([64, 128, 256])), int(rng.choice([1, 16, 64])))
+                 for _ in range(30)]
+    layer_ms = np.array([1e-4 * op["in_features"] * op["tokens"] + 0.01 for op in layer_ops])
+    kinds = network.OpKindForests(n_estimators=10).fit(layer_ops, layer_ms)
+    nets = [[linear_op(64 * (i % 3 + 1), 8)] * (i % 4 + 1) for i in range(20)]
+    y = np.array([0.02 * len(n) + 0.05 for n in nets])
+    model = network.NetworkCostModel(kinds).fit(nets, y)
+    metrics = {"networks": 20, "layers": 30, "held_out": {"rmspe": 5.0}}
+    network.register(store, PROFILE.model, model, metrics)
+    ops = [{"kind": "linear", "params": {"in_features": 128, "out_features": 64, "tokens": 8},
+            "name": f"fc{i}"} for i in range(3)]
+    a = client.predict_network("Test GPU", ops=ops)
+    assert a.method.startswith("network model") and [c.name for c in a.layers] == \
+        ["fc0", "fc1", "fc2"]
+    expected = model.predict([[linear_op(128, 8)] * 3])[0]
+    assert a.total.latency_ms == pytest.approx(expected, rel=1e-9)
+    shares, const = model.per_op([linear_op(128, 8)] * 3)
+    assert sum(c.latency_ms for c in a.layers) + const == pytest.approx(a.total.latency_ms)
+    assert a.total.latency_std_ms == pytest.approx(0.05 * a.total.latency_ms)
+
+
+def linear_op(inp: int, tokens: int):
+    from collectors.ops import Op
+
+    return Op.make("linear", {"in_features": inp, "out_features": 64, "tokens": tokens})

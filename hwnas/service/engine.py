@@ -54,6 +54,7 @@ class PredictionEngine:
         self._devices: list[str] = []
         self._resolved: dict[str, str] = {}
         self._nb201: dict[tuple[str, int], tuple] = {}
+        self._networks: dict[tuple[str, int], tuple] = {}
         self._references: dict[str, pd.DataFrame] = {}
 
     # -- devices -------------------------------------------------------------------------
@@ -92,12 +93,15 @@ class PredictionEngine:
         """Load the latest model of every device that has one; returns how many loaded."""
         loaded = 0
         for row in registry.list_models(self.store):
-            if row.target == "gemm" and row.device_model not in self._latest:
-                try:
+            try:
+                if row.target == "gemm" and row.device_model not in self._latest:
                     self.model_for(row.device_model, 0)
                     loaded += 1
-                except ServiceError as exc:
-                    log.error("could not load model for %s: %s", row.device_model, exc)
+                elif row.target == "network" and self.network_model(row.device_model, 0):
+                    loaded += 1
+            except ServiceError as exc:
+                log.error("could not load %s model for %s: %s", row.target, row.device_model,
+                          exc)
         return loaded
 
     def model_for(self, device: str, version: int = 0) -> LoadedModel:
@@ -151,8 +155,8 @@ class PredictionEngine:
             raise ServiceError("FAILED_PRECONDITION", f"model {row.device_model} "
                                f"v{row.version} cannot be loaded: {exc}") from None
 
-    def loaded(self) -> list[LoadedModel]:
-        return list(self._latest.values())
+    def loaded(self) -> list:
+        return list(self._latest.values()) + list(self._networks.values())
 
     # -- predictions ---------------------------------------------------------------------
     def predict(self, device_spec: str, version: int, ops: list[Op]
@@ -212,10 +216,41 @@ class PredictionEngine:
         return device, row.version, OpCost(ms, std, None, None, None, None,
                                            "nb201 few-shot model (architecture level)", 0)
 
+    def network_model(self, device: str, version: int):
+        """(version, model, held-out RMSPE) of the device's network model, or None."""
+        from predictor import network
+
+        try:
+            row = registry.find(self.store, device, version or None, target=network.TARGET)
+        except registry.RegistryError:
+            return None
+        key = (device, row.version)
+        if key not in self._networks:
+            try:
+                model = network.load(row)
+            except registry.RegistryError as exc:
+                raise ServiceError("FAILED_PRECONDITION", str(exc)) from None
+            rmspe = row.meta.get("metrics", {}).get("held_out", {}).get("rmspe", 0.0) / 100
+            self._networks[key] = (row.version, model, rmspe)
+        return self._networks[key]
+
     def predict_network(self, device_spec: str, version: int, ops: list[Op]
                         ) -> tuple[str, int, OpCost, list[OpCost]]:
-        device, v, costs = self.predict(device_spec, version, ops)
-        return device, v, total(costs), costs
+        """A registered network model when the device has one (additive, so per-layer shares
+        sum to the total); otherwise the sum of op predictions."""
+        device = self.resolve_device(device_spec)
+        net = self.network_model(device, version)
+        if net is None:
+            device, v, costs = self.predict(device_spec, version, ops)
+            return device, v, total(costs), costs
+        v, model, rmspe = net
+        shares, const = model.per_op(ops)
+        costs = [OpCost(float(c), float(c) * rmspe, None, None, None, None, "network model", 0)
+                 for c in shares]
+        lat = float(shares.sum()) + const
+        return device, v, OpCost(lat, lat * rmspe, None, None, None, None,
+                                 "network model: per-op forests + additive residual terms",
+                                 0), costs
 
     def device_table(self) -> list[dict]:
         with self.store.session() as s:
