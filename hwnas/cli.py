@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import sys
 
 import click
@@ -474,6 +475,103 @@ def adapt(db_url, device, samples, source_csv, column, reference) -> None:
     if r.spearman_all is not None:
         click.echo(f"Spearman rho over all {15625} architectures in {source_csv}: "
                    f"{r.spearman_all:.3f}")
+
+
+@main.command("search")
+@DB_OPTION
+@click.option("--space", type=click.Choice(["mobilenet", "nb201"]), default="mobilenet",
+              show_default=True)
+@click.option("--width", type=click.IntRange(1, 1024), default=16, show_default=True,
+              help="Channels after the stem.")
+@click.option("--depth", type=click.IntRange(1, 64), default=4, show_default=True,
+              help="mobilenet: searchable blocks; nb201: cells per stage.")
+@click.option("--strategy", type=click.Choice(["darts", "gumbel"]), default="darts",
+              show_default=True, help="darts: first-order DARTS; gumbel: ProxylessNAS-style "
+                                      "straight-through Gumbel sampling.")
+@click.option("--epochs", type=click.IntRange(1, 10_000), default=15, show_default=True)
+@click.option("--retrain-epochs", type=click.IntRange(1, 10_000), default=30,
+              show_default=True, help="Training of the exported architecture from scratch.")
+@click.option("--latency-ms", type=float, default=None, help="Latency budget (ms).")
+@click.option("--power-w", type=float, default=None, help="Power budget (W).")
+@click.option("--energy-mj", type=float, default=None, help="Energy budget per inference (mJ).")
+@click.option("--tradeoff", type=float, default=0.0, show_default=True,
+              help="Weight of log(expected latency) in the loss (FBNet/LA-DARTS style).")
+@click.option("--margin", type=click.FloatRange(0, 0.9), default=0.1, show_default=True,
+              help="Search at budget x (1 - margin), so the measured network meets it.")
+@click.option("--device", "device_spec", default=None,
+              help="Device model whose costs guide the search (default: this CPU).")
+@click.option("--server", default=None,
+              help="host:port of a running `hwnas serve`; default: start one here on --db.")
+@click.option("--pareto", "pareto_fractions", default=None,
+              help="Comma-separated fractions of the unconstrained network's predicted latency "
+                   "(e.g. 0.5,0.7,0.85): one search per budget plus random search, and a plot.")
+@click.option("--random-samples", type=click.IntRange(1, 1000), default=5, show_default=True,
+              help="With --pareto: architectures random search trains per budget.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="hwnas-search",
+              show_default=True)
+@click.option("--no-progress", is_flag=True)
+@friendly_errors
+def search_cmd(db_url, space, width, depth, strategy, epochs, retrain_epochs, latency_ms,
+               power_w, energy_mj, tradeoff, margin, device_spec, server, pareto_fractions,
+               random_samples, seed, out_dir, no_progress) -> None:
+    """Hardware-aware differentiable NAS on scikit-learn's digits: find the most accurate
+    network within latency/power/energy budgets on a device, using the prediction service for
+    costs. Writes the architecture (JSON), TorchScript, state_dict and ONNX to --out, with its
+    predicted and measured latency and its accuracy after retraining."""
+    from pathlib import Path
+
+    import grpc
+
+    from collectors.devices import CpuDevice
+    from search.job import pareto, prediction_client, single
+    from search.run import SearchConfig
+    from search.spaces import SpaceConfig
+
+    space_cfg = SpaceConfig(space, width=width, depth=depth)
+    budgets = {k: v for k, v in (("latency_ms", latency_ms), ("power_w", power_w),
+                                 ("energy_mj", energy_mj)) if v is not None}
+    cfg = SearchConfig(strategy=strategy, epochs=epochs, budgets=budgets, tradeoff=tradeoff,
+                       seed=seed)
+    local_model = CpuDevice().info.model
+    device = device_spec or local_model
+    try:
+        with prediction_client(server, db_url) as client:
+            if device_spec:
+                device = client.predict_gemm(device_spec, [(8, 8, 8)]).device
+            measure = device == local_model
+            if pareto_fractions:
+                fractions = [float(f) for f in pareto_fractions.split(",") if f.strip()]
+                if not fractions or any(not 0 < f <= 1 for f in fractions):
+                    raise click.UsageError("--pareto: fractions in (0, 1]")
+                doc = pareto(space_cfg, client, device, cfg, fractions, random_samples,
+                             retrain_epochs, measure, Path(out_dir), margin, not no_progress)
+                for o in doc["search"] + doc["random"]:
+                    measured = ("-" if o["measured_ms"] is None
+                                else f"{o['measured_ms']:.3f}")
+                    click.echo(f"{o['label']:<24} test acc {o['test_acc'] * 100:5.1f}%  "
+                               f"predicted {o['predicted']['latency_ms']:.3f} ms  measured "
+                               f"{measured} ms")
+                click.echo(f"plot: {Path(out_dir) / 'pareto.png'}")
+                return
+            doc = single(space_cfg, client, device, cfg, budgets, margin, retrain_epochs,
+                         measure, Path(out_dir), not no_progress)
+    except grpc.RpcError as exc:
+        raise click.ClickException(f"prediction service: {exc.code().name}: "
+                                   f"{exc.details()}") from None
+    click.echo(f"architecture: {json.dumps(doc['arch'])}")
+    p = doc["predicted"]
+    click.echo(f"predicted on {device}: {p['latency_ms']:.3f} ms"
+               + (f", {p['power_w']:.3g} W, {p['energy_mj']:.3g} mJ" if p.get("power_w")
+                  else " (power unavailable)"))
+    if doc["measured_latency_ms"] is not None:
+        click.echo(f"measured here: {doc['measured_latency_ms']:.3f} ms")
+    click.echo(f"accuracy after retraining: val {doc['val_accuracy'] * 100:.1f}%, test "
+               f"{doc['test_accuracy'] * 100:.1f}%; search {doc['search_seconds']:.0f} s "
+               f"({doc['hardware_term_share'] * 100:.1f}% on the hardware term)")
+    if budgets:
+        click.echo(f"budgets {budgets}: met {doc['budget_met']}")
+    click.echo(f"wrote {out_dir}/arch.json, model.ts, state_dict.pt, model.onnx")
 
 
 @main.group("import")

@@ -1,0 +1,160 @@
+"""``hwnas search`` end to end: connect to the prediction service (or start a local one), search,
+export, retrain, measure on this machine, and report; ``pareto`` runs several budgets and random
+search under the same budgets, and plots accuracy against measured latency."""
+
+from __future__ import annotations
+
+import json
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from search.cost import HardwareCost, ServiceCostSource
+from search.run import (
+    SearchConfig,
+    digits,
+    export,
+    measure_latency,
+    random_search,
+    retrain,
+    search,
+)
+from search.spaces import SpaceConfig, fixed_network, input_shape
+
+
+@contextmanager
+def prediction_client(server: str | None, db_url: str | None, token: str | None = None):
+    """A client of ``server``, or of a service started here on a free port over ``db_url``."""
+    from hwnas.client import PredictorClient
+
+    if server:
+        with PredictorClient(server, token=token) as client:
+            yield client
+        return
+    from collectors.store.db import Store
+    from hwnas.service.engine import PredictionEngine
+    from hwnas.service.server import Server, ServerConfig
+
+    local = Server(PredictionEngine(Store(db_url)), ServerConfig(port=0)).start()
+    try:
+        with PredictorClient(f"127.0.0.1:{local.port}") as client:
+            client.wait_ready(60)
+            yield client
+    finally:
+        local.stop(1)
+
+
+@dataclass
+class Outcome:
+    label: str
+    arch: dict[str, str]
+    predicted: dict
+    measured_ms: float | None
+    val_acc: float
+    test_acc: float
+    search_s: float
+    hardware_s: float
+
+
+def run_one(space: SpaceConfig, data, client, device: str, cfg: SearchConfig,
+            retrain_epochs: int, measure: bool, label: str, progress: bool = True
+            ) -> tuple[Outcome, object]:
+    src = ServiceCostSource(client, device)
+    res = search(space, data, lambda net: HardwareCost(net, src), cfg, progress)
+    model, val, test = retrain(space, res.arch, data, retrain_epochs, cfg.seed)
+    measured = measure_latency(model, input_shape(space)) if measure else None
+    return Outcome(label, res.arch, res.predicted, measured, val, test, res.search_seconds,
+                   res.hardware_seconds), model
+
+
+def single(space: SpaceConfig, client, device: str, cfg: SearchConfig, budgets: dict,
+           margin: float, retrain_epochs: int, measure: bool, out_dir: Path,
+           progress: bool = True) -> dict:
+    """One search under ``budgets`` (searched at budget x (1 - margin)); exports to out_dir."""
+    data = digits(cfg.seed)
+    cfg.budgets = {k: v * (1 - margin) for k, v in budgets.items()}
+    outcome, model = run_one(space, data, client, device, cfg, retrain_epochs, measure,
+                             "search", progress)
+    met = {k: _meets(outcome, k, v) for k, v in budgets.items()}
+    doc = export(out_dir, space, model, {
+        "arch": outcome.arch, "device": device, "strategy": cfg.strategy,
+        "budgets": budgets, "searched_budgets": cfg.budgets, "budget_met": met,
+        "predicted": outcome.predicted, "measured_latency_ms": outcome.measured_ms,
+        "measured_on": "this machine's CPU" if measure else None,
+        "val_accuracy": outcome.val_acc, "test_accuracy": outcome.test_acc,
+        "search_seconds": outcome.search_s,
+        "hardware_term_share": outcome.hardware_s / max(outcome.search_s, 1e-9)})
+    return doc
+
+
+def _meets(o: Outcome, metric: str, budget: float) -> bool | None:
+    if metric == "latency_ms":
+        value = o.measured_ms if o.measured_ms is not None else o.predicted.get("latency_ms")
+    else:
+        value = o.predicted.get(metric)
+    return None if value is None else bool(value <= budget)
+
+
+def pareto(space: SpaceConfig, client, device: str, cfg: SearchConfig, fractions: list[float],
+           random_samples: int, retrain_epochs: int, measure: bool, out_dir: Path,
+           margin: float, progress: bool = True) -> dict:
+    """Unconstrained search, then searches at ``fractions`` of its predicted latency, and random
+    search with the same budgets; writes pareto.json and pareto.png."""
+    data = digits(cfg.seed)
+    t0 = time.perf_counter()
+    base_cfg = SearchConfig(**{**cfg.__dict__, "budgets": {}})
+    free, _ = run_one(space, data, client, device, base_cfg, retrain_epochs, measure,
+                      "unconstrained", progress)
+    points = [free]
+    rand_points = []
+    hw = None
+    for f in fractions:
+        budget = f * free.predicted["latency_ms"]
+        c = SearchConfig(**{**cfg.__dict__, "budgets": {"latency_ms": budget * (1 - margin)}})
+        o, _ = run_one(space, data, client, device, c, retrain_epochs, measure,
+                       f"budget {f:.0%}", progress)
+        points.append(o)
+        if hw is None:
+            from search.supernet import Supernet
+
+            hw = HardwareCost(Supernet(space), ServiceCostSource(client, device))
+        arch, val, test, n = random_search(space, data, hw, random_samples,
+                                           {"latency_ms": budget}, retrain_epochs, cfg.seed)
+        m = measure_latency(fixed_network(space, arch), input_shape(space)) if measure else None
+        rand_points.append(Outcome(f"random {f:.0%} ({n} archs)", arch, hw.of_arch(arch), m,
+                                   val, test, 0.0, 0.0))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    doc = {"device": device, "space": space.to_dict(), "seconds": time.perf_counter() - t0,
+           "search": [o.__dict__ for o in points], "random": [o.__dict__ for o in rand_points]}
+    (out_dir / "pareto.json").write_text(json.dumps(doc, indent=2, default=float))
+    plot_pareto(points, rand_points, out_dir / "pareto.png", device)
+    return doc
+
+
+def plot_pareto(points: list[Outcome], rand: list[Outcome], path: Path, device: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def xy(ps):
+        return ([p.measured_ms if p.measured_ms is not None else p.predicted["latency_ms"]
+                 for p in ps], [p.test_acc * 100 for p in ps])
+
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    x, y = xy(points)
+    ax.plot(x, y, "o-", label="hardware-aware search")
+    for p, xi, yi in zip(points, x, y, strict=True):
+        ax.annotate(p.label, (xi, yi), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    if rand:
+        xr, yr = xy(rand)
+        ax.plot(xr, yr, "s", label="random search, same budgets")
+    ax.set_xlabel("latency (ms, measured)" if points[0].measured_ms is not None
+                  else "latency (ms, predicted)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(f"accuracy vs latency on {device}", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

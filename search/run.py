@@ -1,0 +1,258 @@
+"""Search, export, retrain and measure.
+
+Strategies: first-order DARTS (softmax-weighted supernet) and Gumbel/ProxylessNAS-style
+(straight-through one-hot samples). Budgets (latency ms, power W, energy mJ) are enforced by a
+hinge penalty whose multipliers grow by dual ascent while the expected cost is over budget, so
+the exported architecture lands under the budget; ``tradeoff`` adds FBNet-style
+``w * log(expected latency)`` instead, to trace a Pareto front.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from search.cost import METRICS, HardwareCost
+from search.spaces import SpaceConfig, choices, fixed_network, input_shape
+from search.supernet import Supernet
+
+
+@dataclass
+class Data:
+    """Train / validation / test tensors (images N x C x H x W, integer labels)."""
+
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    name: str = "digits"
+
+
+def digits(seed: int = 0) -> Data:
+    """scikit-learn's bundled 8x8 digits (1,797 images), split 60/20/20."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = torch.tensor(d.images / 16.0, dtype=torch.float32).unsqueeze(1)
+    y = torch.tensor(d.target, dtype=torch.long)
+    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
+    a, b = int(0.6 * len(y)), int(0.8 * len(y))
+    tr, va, te = perm[:a], perm[a:b], perm[b:]
+    return Data(x[tr], y[tr], x[va], y[va], x[te], y[te])
+
+
+@dataclass
+class SearchConfig:
+    strategy: str = "darts"  # darts | gumbel
+    epochs: int = 15
+    batch_size: int = 64
+    lr: float = 0.05
+    arch_lr: float = 0.01
+    budgets: dict[str, float] = field(default_factory=dict)  # metric -> budget
+    tradeoff: float = 0.0  # FBNet/LA-DARTS weight on log(expected latency)
+    dual_lr: float = 2.0
+    tau: tuple[float, float] = (5.0, 0.5)  # Gumbel temperature, start -> end
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.strategy not in ("darts", "gumbel"):
+            raise ValueError(f"--strategy: expected darts or gumbel, got {self.strategy!r}")
+        for metric, value in self.budgets.items():
+            if metric not in METRICS:
+                raise ValueError(f"budget: unknown metric {metric!r}")
+            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+                raise ValueError(f"--{metric.replace('_', '-')}: must be a positive number")
+        if self.epochs < 1:
+            raise ValueError("--epochs: must be at least 1")
+
+
+@dataclass
+class SearchResult:
+    arch: dict[str, str]
+    probs: dict[str, dict[str, float]]
+    predicted: dict[str, float | None]
+    search_seconds: float
+    hardware_seconds: float
+    history: list[dict]
+
+
+def _batches(x, y, size, gen):
+    perm = torch.randperm(len(y), generator=gen)
+    for i in range(0, len(y), size):
+        idx = perm[i:i + size]
+        yield x[idx], y[idx]
+
+
+def search(space: SpaceConfig, data: Data, cost: Callable[[Supernet], HardwareCost] | None,
+           cfg: SearchConfig, progress: bool = True) -> SearchResult:
+    """Differentiable search; ``cost`` builds the hardware term for the supernet (None: no
+    hardware term, the unconstrained baseline)."""
+    from tqdm import tqdm
+
+    torch.manual_seed(cfg.seed)
+    t0 = time.perf_counter()
+    net = Supernet(space)
+    hw = cost(net) if cost is not None else None
+    if hw is not None and not hw.power_available and (
+            {"power_w", "energy_mj"} & set(cfg.budgets)):
+        raise ValueError("--power-w/--energy-mj: the device has no measured power, so its "
+                         "predictions carry none; use --latency-ms")
+    w_opt = torch.optim.SGD(net.weight_parameters(), lr=cfg.lr, momentum=0.9, weight_decay=3e-4)
+    a_opt = torch.optim.Adam(net.arch_parameters(), lr=cfg.arch_lr, betas=(0.5, 0.999))
+    duals = dict.fromkeys(cfg.budgets, 1.0)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    history = []
+    bar = tqdm(range(cfg.epochs), desc=f"{cfg.strategy} search", disable=not progress)
+    for epoch in bar:
+        frac = epoch / max(cfg.epochs - 1, 1)
+        tau = cfg.tau[0] * (cfg.tau[1] / cfg.tau[0]) ** frac
+        net.train()
+        correct = seen = 0
+        val_iter = _batches(data.x_val, data.y_val, cfg.batch_size, gen)
+        for xb, yb in _batches(data.x_train, data.y_train, cfg.batch_size, gen):
+            net.sample(cfg.strategy, tau)
+            w_opt.zero_grad()
+            out = net(xb)
+            F.cross_entropy(out, yb).backward()
+            w_opt.step()
+            correct += int((out.argmax(1) == yb).sum())
+            seen += len(yb)
+            try:
+                xv, yv = next(val_iter)
+            except StopIteration:
+                val_iter = _batches(data.x_val, data.y_val, cfg.batch_size, gen)
+                xv, yv = next(val_iter)
+            net.sample(cfg.strategy, tau)
+            a_opt.zero_grad()
+            loss = F.cross_entropy(net(xv), yv)
+            if hw is not None:
+                exp = hw.expected(net)
+                for metric, budget in cfg.budgets.items():
+                    over = exp[metric] / budget - 1.0
+                    loss = loss + duals[metric] * torch.relu(over)
+                    duals[metric] = max(0.0, duals[metric] + cfg.dual_lr * float(over.detach()))
+                if cfg.tradeoff:
+                    loss = loss + cfg.tradeoff * torch.log(exp["latency_ms"])
+            loss.backward()
+            a_opt.step()
+        entry = {"epoch": epoch, "train_acc": correct / max(seen, 1)}
+        if hw is not None:
+            for m in net.mixed:
+                m.weights = None
+            with torch.no_grad():
+                entry.update({k: float(v) for k, v in hw.expected(net).items()
+                              if k == "latency_ms" or hw.power_available})
+            entry["argmax_latency_ms"] = hw.of_arch(net.export())["latency_ms"]
+        history.append(entry)
+        bar.set_postfix({k: f"{v:.3g}" for k, v in entry.items() if k != "epoch"})
+    arch = net.export()
+    predicted = hw.of_arch(arch) if hw is not None else {}
+    return SearchResult(arch, net.probs(), predicted, time.perf_counter() - t0,
+                        hw.seconds if hw is not None else 0.0, history)
+
+
+def retrain(space: SpaceConfig, arch: dict[str, str], data: Data, epochs: int = 30,
+            seed: int = 0, lr: float = 0.05) -> tuple[torch.nn.Module, float, float]:
+    """Train the fixed architecture from scratch on train+val; (model, val acc, test acc)."""
+    torch.manual_seed(seed)
+    model = fixed_network(space, arch)
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=3e-4)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
+    x = torch.cat([data.x_train, data.x_val])
+    y = torch.cat([data.y_train, data.y_val])
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        model.train()
+        for xb, yb in _batches(x, y, 64, gen):
+            opt.zero_grad()
+            F.cross_entropy(model(xb), yb).backward()
+            opt.step()
+        sched.step()
+    model.eval()
+    with torch.no_grad():
+        val = float((model(data.x_val).argmax(1) == data.y_val).float().mean())
+        test = float((model(data.x_test).argmax(1) == data.y_test).float().mean())
+    return model, val, test
+
+
+def measure_latency(model: torch.nn.Module, shape: tuple[int, ...],
+                    min_time_s: float = 0.3) -> float:
+    """Median latency (ms) of one forward pass on this CPU (the collectors' timing protocol)."""
+    from collectors.timing import PerfCounterTimer, TimingPolicy, time_kernel
+
+    model.eval()
+    x = torch.randn(*shape)
+
+    def fn():
+        with torch.inference_mode():
+            return model(x)
+
+    return time_kernel(fn, PerfCounterTimer(), TimingPolicy(min_time_s=min_time_s)).median_ms
+
+
+def random_arch(space: SpaceConfig, rng: np.random.Generator) -> dict[str, str]:
+    return {label: str(rng.choice(opts)) for label, opts in choices(space).items()}
+
+
+def random_search(space: SpaceConfig, data: Data, hw: HardwareCost, samples: int,
+                  budgets: dict[str, float], retrain_epochs: int, seed: int = 0,
+                  max_draws: int = 5000) -> tuple[dict[str, str], float, float, int]:
+    """Best of ``samples`` random architectures within the budgets (by validation accuracy);
+    returns (arch, val acc, test acc, architectures evaluated)."""
+    rng = np.random.default_rng(seed)
+    best, evaluated = None, 0
+    for _ in range(max_draws):
+        if evaluated == samples:
+            break
+        arch = random_arch(space, rng)
+        pred = hw.of_arch(arch)
+        if any(pred.get(m) is not None and pred[m] > b for m, b in budgets.items()):
+            continue
+        _, val, test = retrain(space, arch, data, retrain_epochs, seed)
+        evaluated += 1
+        if best is None or val > best[1]:
+            best = (arch, val, test)
+    if best is None:
+        raise ValueError("random search: no architecture within the budget")
+    return best[0], best[1], best[2], evaluated
+
+
+def export(out_dir: Path, space: SpaceConfig, model: torch.nn.Module, result: dict) -> dict:
+    """arch.json (everything a user needs), a TorchScript module (loads with plain torch:
+    ``torch.jit.load``), the state_dict, and ONNX."""
+    import io
+    import warnings
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.eval()
+    example = torch.zeros(*input_shape(space))
+    paths = {"json": out_dir / "arch.json", "torchscript": out_dir / "model.ts",
+             "state_dict": out_dir / "state_dict.pt", "onnx": out_dir / "model.onnx"}
+    torch.jit.trace(model, example).save(str(paths["torchscript"]))
+    torch.save(model.state_dict(), paths["state_dict"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        buf = io.BytesIO()
+        torch.onnx.export(model, (example,), buf, dynamo=False, input_names=["x"],
+                          output_names=["logits"])
+    paths["onnx"].write_bytes(buf.getvalue())
+    doc = {"space": space.to_dict(), **result,
+           "files": {k: str(v.name) for k, v in paths.items()}}
+    paths["json"].write_text(json.dumps(doc, indent=2, default=_jsonable))
+    return doc
+
+
+def _jsonable(v):
+    if hasattr(v, "__dataclass_fields__"):
+        return asdict(v)
+    return float(v)

@@ -1,0 +1,193 @@
+"""Search spaces, defined once and built two ways: as an NNI 3.0 ``ModelSpace`` (LayerChoice
+per decision, so NNI strategies and tools can use it) and as a plain torch module for a fixed
+architecture (no NNI needed to load or run it).
+
+Spaces:
+- ``mobilenet``: ProxylessNAS-style; each block chooses kernel 3/5/7 x expansion 3/6, or skip
+  where the shape allows.
+- ``nb201``: the NAS-Bench-201 cell; each of the 6 edges chooses one of its 5 ops.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+from torch import nn
+
+from collectors.networks.cells import EDGE_OPS
+
+Choose = Callable[[str, dict[str, nn.Module]], nn.Module]
+
+
+@dataclass(frozen=True)
+class SpaceConfig:
+    """Input (channels x resolution^2), width, depth and classes of a space."""
+
+    space: str = "mobilenet"
+    in_channels: int = 1
+    resolution: int = 8
+    width: int = 16
+    depth: int = 4  # mobilenet: blocks; nb201: cells per stage
+    classes: int = 10
+
+    def __post_init__(self) -> None:
+        if self.space not in SPACES:
+            raise ValueError(f"--space: expected {', '.join(SPACES)}, got {self.space!r}")
+        for name in ("in_channels", "resolution", "width", "depth", "classes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be a positive integer")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class InvertedResidual(nn.Module):
+    def __init__(self, cin: int, cout: int, kernel: int, expansion: int, stride: int):
+        super().__init__()
+        mid = cin * expansion
+        self.body = nn.Sequential(
+            nn.Conv2d(cin, mid, 1, bias=False), nn.BatchNorm2d(mid), nn.ReLU6(),
+            nn.Conv2d(mid, mid, kernel, stride, kernel // 2, groups=mid, bias=False),
+            nn.BatchNorm2d(mid), nn.ReLU6(),
+            nn.Conv2d(mid, cout, 1, bias=False), nn.BatchNorm2d(cout))
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x):
+        y = self.body(x)
+        return x + y if self.residual else y
+
+
+def _mobilenet(cfg: SpaceConfig, choose: Choose) -> nn.Module:
+    w = cfg.width
+    layers: list[nn.Module] = [nn.Conv2d(cfg.in_channels, w, 3, 1, 1, bias=False),
+                               nn.BatchNorm2d(w), nn.ReLU6()]
+    c = w
+    for i in range(cfg.depth):
+        stride = 2 if i == cfg.depth // 2 else 1
+        cout = c * 2 if stride == 2 else c
+        cands: dict[str, nn.Module] = {f"k{k}e{e}": InvertedResidual(c, cout, k, e, stride)
+                                       for k in (3, 5, 7) for e in (3, 6)}
+        if stride == 1 and cout == c:
+            cands["skip"] = nn.Identity()
+        layers.append(choose(f"block{i}", cands))
+        c = cout
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, cfg.classes)]
+    return nn.Sequential(*layers)
+
+
+class Zero(nn.Module):
+    def forward(self, x):
+        return x * 0.0
+
+
+def _edge_candidates(c: int) -> dict[str, nn.Module]:
+    def rcb(k: int) -> nn.Module:
+        return nn.Sequential(nn.ReLU(), nn.Conv2d(c, c, k, 1, k // 2, bias=False),
+                             nn.BatchNorm2d(c))
+    return {"none": Zero(), "skip_connect": nn.Identity(), "nor_conv_1x1": rcb(1),
+            "nor_conv_3x3": rcb(3),
+            "avg_pool_3x3": nn.AvgPool2d(3, 1, 1, count_include_pad=False)}
+
+
+class Cell(nn.Module):
+    """Four nodes; node j sums one chosen edge op from each earlier node."""
+
+    def __init__(self, c: int, prefix: str, choose: Choose):
+        super().__init__()
+        self.edges = nn.ModuleDict()
+        for j in range(1, 4):
+            for i in range(j):
+                cands = _edge_candidates(c)
+                assert list(cands) == list(EDGE_OPS)
+                self.edges[f"e{i}{j}"] = choose(f"{prefix}_e{i}{j}", cands)
+
+    def forward(self, x):
+        nodes = [x]
+        for j in range(1, 4):
+            nodes.append(sum(self.edges[f"e{i}{j}"](nodes[i]) for i in range(j)))
+        return nodes[3]
+
+
+class Reduction(nn.Module):
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        self.a = nn.Sequential(nn.ReLU(), nn.Conv2d(cin, cout, 3, 2, 1, bias=False),
+                               nn.BatchNorm2d(cout))
+        self.b = nn.Sequential(nn.ReLU(), nn.Conv2d(cout, cout, 3, 1, 1, bias=False),
+                               nn.BatchNorm2d(cout))
+        self.shortcut = nn.Sequential(nn.AvgPool2d(2, 2, ceil_mode=True),
+                                      nn.Conv2d(cin, cout, 1, bias=False))
+
+    def forward(self, x):
+        return self.b(self.a(x)) + self.shortcut(x)
+
+
+def _nb201(cfg: SpaceConfig, choose: Choose) -> nn.Module:
+    # One cell shared by all positions would be NAS-Bench-201 proper; a search over per-stage
+    # cells is as cheap here and lets each resolution pick its own ops.
+    c = cfg.width
+    layers: list[nn.Module] = [nn.Conv2d(cfg.in_channels, c, 3, 1, 1, bias=False),
+                               nn.BatchNorm2d(c)]
+    for stage in range(3):
+        if stage:
+            layers.append(Reduction(c, c * 2))
+            c *= 2
+        layers += [Cell(c, f"s{stage}c{i}", choose) for i in range(cfg.depth)]
+    layers += [nn.BatchNorm2d(c), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+               nn.Linear(c, cfg.classes)]
+    return nn.Sequential(*layers)
+
+
+SPACES = {"mobilenet": _mobilenet, "nb201": _nb201}
+
+
+def model_space(cfg: SpaceConfig):
+    """The NNI ``ModelSpace`` of ``cfg`` (LayerChoice per decision)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # NNI 3.0 warns about newer torch module types
+        from nni.nas.nn.pytorch import LayerChoice, ModelSpace
+
+    class HwnasSpace(ModelSpace):
+        def __init__(self):
+            super().__init__()
+            self.net = SPACES[cfg.space](
+                cfg, lambda label, cands: LayerChoice(cands, label=label))
+
+        def forward(self, x):
+            return self.net(x)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return HwnasSpace()
+
+
+def choices(cfg: SpaceConfig) -> dict[str, list[str]]:
+    """Every decision of the space and its options, in build order."""
+    found: dict[str, list[str]] = {}
+
+    def record(label: str, cands: dict[str, nn.Module]) -> nn.Module:
+        found[label] = list(cands)
+        return next(iter(cands.values()))
+
+    SPACES[cfg.space](cfg, record)
+    return found
+
+
+def fixed_network(cfg: SpaceConfig, arch: dict[str, str]) -> nn.Module:
+    """The plain torch module of one architecture (``arch``: decision label -> option)."""
+    options = choices(cfg)
+    missing = sorted(set(options) - set(arch))
+    if missing:
+        raise ValueError(f"arch: no choice for {missing[0]}")
+    for label, name in arch.items():
+        if label not in options:
+            raise ValueError(f"arch: {label!r} is not a decision of the {cfg.space} space")
+        if name not in options[label]:
+            raise ValueError(f"arch.{label}: {name!r} is not one of {options[label]}")
+    return SPACES[cfg.space](cfg, lambda label, cands: cands[arch[label]])
+
+
+def input_shape(cfg: SpaceConfig, batch: int = 1) -> tuple[int, int, int, int]:
+    return (batch, cfg.in_channels, cfg.resolution, cfg.resolution)

@@ -1,0 +1,134 @@
+"""Hardware-aware NAS: spaces (NNI and plain torch), the differentiable cost term, search,
+export, and the whole job through a real local prediction service."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from search.cost import HardwareCost, OpCost
+from search.run import SearchConfig, digits, search
+from search.spaces import SpaceConfig, choices, fixed_network, input_shape, model_space
+from search.supernet import Supernet
+
+SMALL = SpaceConfig("mobilenet", width=8, depth=3)
+
+
+class FlopsCost:
+    """A fake cost source: latency proportional to an op's FLOPs, energy at 10 W."""
+
+    def op_costs(self, ops):
+        from collectors.ops import Op, op_flops
+
+        out = [OpCost(op_flops(Op.from_dict(o)) / 1e6 + 0.001, None) for o in ops]
+        return out, 0.05
+
+
+@pytest.mark.parametrize("cfg", [SMALL, SpaceConfig("nb201", width=4, depth=1)])
+def test_nni_space_and_plain_network_share_the_decisions(cfg):
+    space = model_space(cfg)
+    decisions = choices(cfg)
+    simplified = space.simplify()
+    assert set(simplified) == set(decisions)
+    assert all(list(simplified[k].values) == v for k, v in decisions.items())
+    arch = {k: v[-1] for k, v in decisions.items()}
+    net = fixed_network(cfg, arch)
+    assert "nni" not in type(net).__module__
+    assert net(torch.zeros(*input_shape(cfg, 2))).shape == (2, 10)
+    frozen = space.freeze(arch)
+    assert frozen(torch.zeros(*input_shape(cfg))).shape == (1, 10)
+    with pytest.raises(ValueError, match="arch.block0"):
+        fixed_network(SMALL, {**{k: v[0] for k, v in choices(SMALL).items()}, "block0": "k9"})
+
+
+def test_cost_term_has_gradient_and_moves_the_architecture():
+    results = {}
+    for weight in (0.0, 50.0):
+        torch.manual_seed(0)
+        net = Supernet(SMALL)
+        hw = HardwareCost(net, FlopsCost())
+        opt = torch.optim.Adam(net.arch_parameters(), lr=0.1)
+        start = float(hw.expected(net)["latency_ms"].detach())
+        for _ in range(60):
+            net.sample("darts")
+            opt.zero_grad()
+            loss = weight * hw.expected(net)["latency_ms"] + 0.0 * sum(
+                a.sum() for a in net.arch_parameters())
+            loss.backward()
+            opt.step()
+        for m in net.mixed:
+            m.weights = None
+        results[weight] = (start, float(hw.expected(net)["latency_ms"].detach()), net.export(),
+                           hw)
+    start0, end0, arch0, _ = results[0.0]
+    start1, end1, arch1, hw = results[50.0]
+    assert end0 == pytest.approx(start0)  # no penalty: the architecture does not move
+    assert end1 < 0.8 * start1  # penalty: the gradient reached the logits
+    cheapest = {label: names[int(np.argmin(hw.latency[i]))]
+                for i, (label, names) in enumerate(zip(hw.labels, hw.names, strict=True))}
+    assert arch1 == cheapest
+    assert hw.of_arch(arch1)["latency_ms"] < hw.of_arch(arch0)["latency_ms"]
+
+
+def test_search_respects_a_latency_budget_in_prediction():
+    data = digits()
+    small = type(data)(data.x_train[:256], data.y_train[:256], data.x_val[:128],
+                       data.y_val[:128], data.x_test[:64], data.y_test[:64])
+    free = search(SMALL, small, lambda n: HardwareCost(n, FlopsCost()),
+                  SearchConfig(epochs=2), progress=False)
+    budget = 0.6 * free.predicted["latency_ms"]
+    tight = search(SMALL, small, lambda n: HardwareCost(n, FlopsCost()),
+                   SearchConfig(epochs=4, budgets={"latency_ms": budget}, arch_lr=0.05),
+                   progress=False)
+    assert tight.predicted["latency_ms"] <= budget
+    assert 0 <= tight.hardware_seconds < tight.search_seconds
+    assert set(tight.arch) == set(choices(SMALL))
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"strategy": "evolution"}, "--strategy"),
+    ({"budgets": {"latency_ms": -1.0}}, "--latency-ms"),
+    ({"budgets": {"latency_ms": float("nan")}}, "--latency-ms"),
+    ({"budgets": {"flops": 1.0}}, "unknown metric"),
+    ({"epochs": 0}, "--epochs"),
+])
+def test_bad_search_options(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        SearchConfig(**kwargs)
+
+
+def test_power_budget_without_measured_power_is_a_clear_error():
+    data = digits()
+    with pytest.raises(ValueError, match="no measured power"):
+        search(SMALL, data, lambda n: HardwareCost(n, FlopsCost()),
+               SearchConfig(epochs=1, budgets={"power_w": 5.0}), progress=False)
+
+
+def test_search_command_end_to_end_through_the_service(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from hwnas.cli import main
+    from tests.test_service import make_store
+
+    monkeypatch.setenv("HWNAS_MODELS", str(tmp_path / "models"))
+    store = make_store(tmp_path)
+    out = tmp_path / "out"
+    r = CliRunner().invoke(main, [
+        "search", "--db", store.url, "--device", "Test GPU", "--width", "8", "--depth", "2",
+        "--epochs", "1", "--retrain-epochs", "1", "--strategy", "gumbel", "--latency-ms", "50",
+        "--out", str(out), "--no-progress"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads((out / "arch.json").read_text())
+    assert doc["device"] == "Test GPU" and doc["measured_latency_ms"] is None
+    # Pooling/normalisation are costed at the bandwidth bound with no power claimed, so the
+    # network's power is unavailable rather than partly made up.
+    assert doc["predicted"]["power_w"] is None and doc["predicted"]["latency_ms"] > 0
+    assert 0 <= doc["test_accuracy"] <= 1 and doc["budget_met"]["latency_ms"] in (True, False)
+    loaded = torch.jit.load(str(out / "model.ts"))  # plain torch, no NNI
+    assert loaded(torch.zeros(1, 1, 8, 8)).shape == (1, 10)
+    assert (out / "model.onnx").stat().st_size > 1000
+    net = fixed_network(SpaceConfig(**doc["space"]), doc["arch"])
+    net.load_state_dict(torch.load(out / "state_dict.pt", weights_only=True))
