@@ -118,5 +118,12 @@ def progress(session: Session, sweep_id: int | None = None) -> dict:
         mq = mq.where(Measurement.sweep_id == sweep_id)
     per_worker = {w: (int(n), t0, t1) for _, w, n, t0, t1 in
                   session.execute(mq.group_by(Measurement.sweep_id, WorkItem.worker_id))}
+    wq = select(WorkItem.worker_id, WorkItem.status, func.count()).where(
+        WorkItem.worker_id.is_not(None), WorkItem.status.in_(("leased", "failed")))
+    if sweep_id is not None:
+        wq = wq.where(WorkItem.sweep_id == sweep_id)
+    held: dict[str, dict[str, int]] = {}
+    for w, status, n in session.execute(wq.group_by(WorkItem.worker_id, WorkItem.status)):
+        held.setdefault(w, {})[status] = int(n)
     workers = {w.id: w for w in session.scalars(select(Worker))}
-    return {"by_type": by_type, "per_worker": per_worker, "workers": workers}
+    return {"by_type": by_type, "per_worker": per_worker, "held": held, "workers": workers}

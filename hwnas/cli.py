@@ -406,8 +406,10 @@ def sweep_status(db_url, sweep_id) -> None:
         n, t0, t1 = p["per_worker"].get(wid, (0, None, None))
         age = (now - w.heartbeat_at).total_seconds()
         rate = n / max((t1 - t0).total_seconds(), 1e-9) if n > 1 else 0.0
-        wrows.append([wid, w.status, n, f"{rate:.2f}/s" if rate else "-", f"{age:.0f} s ago"])
-    print_table(["worker", "status", "measured", "rate", "heartbeat"], wrows)
+        held = p["held"].get(wid, {})
+        wrows.append([wid, w.status, n, held.get("leased", 0), held.get("failed", 0),
+                      f"{rate:.2f}/s" if rate else "-", f"{age:.0f} s ago"])
+    print_table(["worker", "status", "done", "leased", "failed", "rate", "heartbeat"], wrows)
 
 
 @main.command()

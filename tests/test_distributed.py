@@ -111,6 +111,18 @@ def test_killed_workers_lose_nothing_and_duplicate_nothing(cluster):
     assert result["measured"] == 200 and result["lost"] == 0 and result["duplicates"] == 0
     assert result["items"] == {"done": 200} and result["sweep"] == "done"
 
+    from click.testing import CliRunner
+
+    from hwnas.cli import main
+
+    status = CliRunner().invoke(main, ["sweep", "status", "--db", url])
+    assert status.exit_code == 0, status.output
+    line = next(x for x in status.output.splitlines() if x.startswith(f"{sweep_id} "))
+    assert line.split()[1:7] == ["cpu", "200", "0", "0", "0", "200"] and "done" in line
+    rows = status.output.splitlines()
+    # the three that finished exited; the two killed ones never could (stale heartbeats)
+    assert sum(" exited " in x for x in rows) == 3 and sum(" running " in x for x in rows) == 2
+
 
 @pytest.mark.postgres
 def test_postgres_restart_while_workers_run(cluster):
@@ -153,3 +165,34 @@ def test_claims_skip_leased_items_and_reclaim_expired_ones(store):
         again = claim(s, "D", dev, lease_s=10, limit=100)
         assert len(again) == len(plan) and all(i.attempts == 2 for i in again)
     assert sweep_id > 0
+
+
+@pytest.mark.postgres
+def test_two_service_replicas_share_one_postgres_store(cluster, tmp_path, monkeypatch):
+    from hwnas.client import PredictorClient
+    from hwnas.service.engine import PredictionEngine
+    from hwnas.service.server import Server, ServerConfig
+    from tests.test_service import make_store_at, register
+
+    monkeypatch.setenv("HWNAS_MODELS", str(tmp_path / "models"))
+    url = new_db(cluster)
+    store = make_store_at(url, tmp_path)
+    replicas = [Server(PredictionEngine(Store(url), refresh_s=0.2),
+                       ServerConfig(port=0, refresh_s=0.2)).start() for _ in range(2)]
+    try:
+        clients = [PredictorClient(f"127.0.0.1:{r.port}") for r in replicas]
+        for c in clients:
+            c.wait_ready(30)
+        shapes = [(512, 256, 128, "fp16"), (64, 64, 64)]
+        answers = [c.predict_gemm("Test GPU", shapes) for c in clients]
+        assert answers[0] == answers[1] and answers[0].model_version == 1
+        register(store, tmp_path, seed=5)  # a trainer registers v2 in the shared store
+        deadline = time.time() + 60
+        while time.time() < deadline and {c.predict_gemm("Test GPU", shapes).model_version
+                                          for c in clients} != {2}:
+            time.sleep(0.2)
+        final = [c.predict_gemm("Test GPU", shapes) for c in clients]
+        assert final[0] == final[1] and final[0].model_version == 2
+    finally:
+        for r in replicas:
+            r.stop(0)

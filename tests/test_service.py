@@ -34,7 +34,12 @@ ARCH = ("|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+"
 
 
 def make_store(tmp_path, with_model: bool = True) -> Store:
-    store = Store(f"sqlite:///{tmp_path / 'svc.sqlite'}")
+    return make_store_at(f"sqlite:///{tmp_path / 'svc.sqlite'}", tmp_path, with_model)
+
+
+def make_store_at(url: str, tmp_path, with_model: bool = True) -> Store:
+    """A store with a "Test GPU" (peaks, optionally a registered model) and an "Other CPU"."""
+    store = Store(url)
     with store.session() as s:
         dev = upsert_device(s, DeviceInfo(name="cuda:0", kind="gpu", model=PROFILE.model,
                                           host="h", sm_count=8))
