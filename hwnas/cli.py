@@ -55,10 +55,11 @@ def open_store(db_url: str | None):
 @click.version_option(package_name="hwnas")
 def main() -> None:
     """hwnas: measure GEMMs and networks on CPUs and NVIDIA GPUs, store the measurements,
-    and (in later stages) predict latency, power and energy from them.
+    predict latency, power and energy from them, serve the predictions over gRPC, and search
+    for networks that fit a hardware budget.
 
-    Start with `hwnas demo`, which detects this machine, runs a small GEMM sweep into the
-    default store and prints a summary.
+    Start with `hwnas demo`: it measures a small GEMM sweep on this CPU, trains a model, serves
+    it on a local port and queries it.
     """
 
 
