@@ -143,6 +143,8 @@ def plot_pareto(points: list[Outcome], rand: list[Outcome], path: Path, device: 
                  for p in ps], [p.test_acc * 100 for p in ps])
 
     fig, ax = plt.subplots(figsize=(6, 4.5))
+    points = sorted(points, key=lambda p: p.measured_ms if p.measured_ms is not None
+                    else p.predicted["latency_ms"])
     x, y = xy(points)
     ax.plot(x, y, "o-", label="hardware-aware search")
     for p, xi, yi in zip(points, x, y, strict=True):

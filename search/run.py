@@ -61,7 +61,7 @@ class SearchConfig:
     budgets: dict[str, float] = field(default_factory=dict)  # metric -> budget
     tradeoff: float = 0.0  # FBNet/LA-DARTS weight on log(expected latency)
     dual_lr: float = 2.0
-    tau: tuple[float, float] = (5.0, 0.5)  # Gumbel temperature, start -> end
+    tau: tuple[float, float] | None = None  # temperature start -> end (default per strategy)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -74,6 +74,8 @@ class SearchConfig:
                 raise ValueError(f"--{metric.replace('_', '-')}: must be a positive number")
         if self.epochs < 1:
             raise ValueError("--epochs: must be at least 1")
+        if self.tau is None:
+            self.tau = (5.0, 0.5) if self.strategy == "gumbel" else (1.0, 0.1)
 
 
 @dataclass

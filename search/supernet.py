@@ -58,7 +58,9 @@ class Supernet(nn.Module):
             if strategy == "gumbel":
                 m.weights = F.gumbel_softmax(m.alpha, tau=tau, hard=True)
             else:
-                m.weights = F.softmax(m.alpha, dim=-1)
+                # Annealed softmax: as tau falls the mixture approaches the argmax network,
+                # so the cost the budget sees approaches the cost of what will be exported.
+                m.weights = F.softmax(m.alpha / tau, dim=-1)
 
     def probs(self) -> dict[str, dict[str, float]]:
         return {m.label: dict(zip(m.names, F.softmax(m.alpha.detach(), -1).tolist(),
