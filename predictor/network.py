@@ -118,7 +118,12 @@ class NetworkCostModel:
             base = 2 + 3 * KIND_ORDER.index(op.kind)
             shares[i] += (w[base] + w[base + 1] * op_flops(op) / 1e9
                           + w[base + 2] * op_bytes(op) / 1e6)
-        return shares, float(w[1])
+        return shares, self.constant_ms
+
+    @property
+    def constant_ms(self) -> float:
+        """The per-network constant term (ms)."""
+        return float(self.coef_[1] / self.scale_[1])
 
 
 TARGET = "network"

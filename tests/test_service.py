@@ -395,6 +395,9 @@ def test_network_model_answers_predict_network_with_additive_layers(served):
     shares, const = model.per_op([linear_op(128, 8)] * 3)
     assert sum(c.latency_ms for c in a.layers) + const == pytest.approx(a.total.latency_ms)
     assert a.total.latency_std_ms == pytest.approx(0.05 * a.total.latency_ms)
+    # PredictOps answers from the same per-op model
+    o = client.predict_ops("Test GPU", ops)
+    assert [c.latency_ms for c in o.costs] == pytest.approx(list(shares))
 
 
 def linear_op(inp: int, tokens: int):

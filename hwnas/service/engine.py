@@ -161,7 +161,16 @@ class PredictionEngine:
     # -- predictions ---------------------------------------------------------------------
     def predict(self, device_spec: str, version: int, ops: list[Op]
                 ) -> tuple[str, int, list[OpCost]]:
+        """Per-op costs: from the device's network model (per-op-type forests plus learned
+        per-op overheads) when one is registered, else from the GEMM forest (memory-bound ops
+        at the bandwidth bound)."""
         device = self.resolve_device(device_spec)
+        net = self.network_model(device, version)
+        if net is not None:
+            v, model, rmspe = net
+            shares, _ = model.per_op(ops)
+            return device, v, [OpCost(float(c), float(c) * rmspe, None, None, None, None,
+                                      "network model", 0) for c in shares]
         lm = self.model_for(device, version)
         try:
             return device, lm.version, predict_ops(lm.model, ops)
@@ -240,14 +249,11 @@ class PredictionEngine:
         sum to the total); otherwise the sum of op predictions."""
         device = self.resolve_device(device_spec)
         net = self.network_model(device, version)
+        device, v, costs = self.predict(device_spec, version, ops)
         if net is None:
-            device, v, costs = self.predict(device_spec, version, ops)
             return device, v, total(costs), costs
-        v, model, rmspe = net
-        shares, const = model.per_op(ops)
-        costs = [OpCost(float(c), float(c) * rmspe, None, None, None, None, "network model", 0)
-                 for c in shares]
-        lat = float(shares.sum()) + const
+        _, model, rmspe = net
+        lat = sum(c.latency_ms for c in costs) + model.constant_ms
         return device, v, OpCost(lat, lat * rmspe, None, None, None, None,
                                  "network model: per-op forests + additive residual terms",
                                  0), costs
