@@ -149,15 +149,7 @@ class SweepRunner:
         return summary
 
     def _commit(self, row: Measurement) -> bool:
-        with self.store.session() as s:
-            s.add(row)
-            try:
-                s.commit()
-            except IntegrityError:
-                # Another process measured this config meanwhile; keep the first.
-                s.rollback()
-                return False
-        return True
+        return commit_once(self.store, row)
 
     @staticmethod
     def _count(summary: SweepSummary, row: Measurement) -> None:
@@ -203,26 +195,47 @@ class SweepRunner:
         return row
 
     def _fill(self, row: Measurement, op: Op, prepared, result: KernelResult) -> None:
-        t, p = result.timing, result.power
-        row.status = "ok"
         row.compute_type = prepared.compute_type
         row.tensor_core = prepared.tensor_core and DTYPES[op.dtype].tensor_core
         row.threads = prepared.threads
-        row.latency_ms_median, row.latency_ms_p10, row.latency_ms_p90 = (
-            t.median_ms, t.p10_ms, t.p90_ms)
-        row.latency_ms_mean, row.latency_ms_std = t.mean_ms, t.std_ms
-        row.repetitions = t.repetitions
-        row.tflops = gemm_flops(op["m"], op["n"], op["k"], op.batch) / (t.median_ms * 1e-3) / 1e12
-        row.power_w, row.energy_j = p.power_w, p.energy_j_per_call
-        row.power_source, row.power_window_s = p.source, p.window_s
-        b, a = result.before, result.after
-        row.sm_clock_mhz, row.mem_clock_mhz = b.sm_clock_mhz, b.mem_clock_mhz
-        row.temperature_c, row.throttle_reasons = b.temperature_c, b.throttle_reasons
-        row.params = {**row.params, "inner_calls": t.inner,
-                      "state_after": dataclasses.asdict(a),
-                      **({"power_note": p.note} if p.note else {})}
-        if not math.isfinite(row.latency_ms_median):
-            row.status, row.error = "failed", "non-finite latency"
+        fill_result(row, result, gemm_flops(op["m"], op["n"], op["k"], op.batch))
+
+
+def fill_result(row: Measurement, result: KernelResult, flops: float) -> None:
+    """Timing, power and device state of a measured kernel into ``row`` (status ok, or
+    failed when the latency is not finite)."""
+    t, p = result.timing, result.power
+    row.status = "ok"
+    row.latency_ms_median, row.latency_ms_p10, row.latency_ms_p90 = (
+        t.median_ms, t.p10_ms, t.p90_ms)
+    row.latency_ms_mean, row.latency_ms_std = t.mean_ms, t.std_ms
+    row.repetitions = t.repetitions
+    row.tflops = flops / (t.median_ms * 1e-3) / 1e12
+    row.power_w, row.energy_j = p.power_w, p.energy_j_per_call
+    row.power_source, row.power_window_s = p.source, p.window_s
+    b, a = result.before, result.after
+    row.sm_clock_mhz, row.mem_clock_mhz = b.sm_clock_mhz, b.mem_clock_mhz
+    row.temperature_c, row.throttle_reasons = b.temperature_c, b.throttle_reasons
+    row.params = {**(row.params or {}), "inner_calls": t.inner,
+                  "state_after": dataclasses.asdict(a),
+                  **({"power_note": p.note} if p.note else {})}
+    if not math.isfinite(row.latency_ms_median):
+        row.status, row.error = "failed", "non-finite latency"
+
+
+def commit_once(store: Store, row: Measurement, extra=None) -> bool:
+    """Add ``row`` (and run ``extra(session)``) in one transaction; False, with nothing
+    stored, when the config was already stored by someone else (a unique key says so)."""
+    with store.session() as s:
+        s.add(row)
+        if extra is not None:
+            extra(s)
+        try:
+            s.commit()
+        except IntegrityError:
+            s.rollback()
+            return False
+    return True
 
 
 def _progress(total: int, initial: int, enabled: bool):

@@ -29,7 +29,7 @@ from collectors.store.db import Store
 from collectors.store.models import Device, Sweep, WorkItem, utcnow
 from collectors.store.models import Worker as WorkerRow
 from collectors.store.repo import upsert_device
-from collectors.sweep import SweepRunner
+from collectors.sweep import SweepRunner, commit_once
 from collectors.timing import TimingPolicy
 
 log = logging.getLogger("hwnas.worker")
@@ -154,21 +154,15 @@ class Worker:
         row.work_item_id = item.id
         status = "done" if row.status in ("ok", "skipped") else "failed"
 
-        def store_result():
-            with self.store.session() as s:
-                s.add(row)
-                s.execute(update(WorkItem).where(WorkItem.id == item.id)
-                          .values(status=status, updated_at=utcnow()))
-                s.execute(update(Sweep).where(Sweep.id == item.sweep_id,
-                                              Sweep.status == "queued")
-                          .values(status="running"))
-                try:
-                    s.commit()
-                except IntegrityError:
-                    # Our lease expired and another worker stored this config first.
-                    s.rollback()
-                    return False
-                return True
+        def mark_done(s) -> None:
+            s.execute(update(WorkItem).where(WorkItem.id == item.id)
+                      .values(status=status, updated_at=utcnow()))
+            s.execute(update(Sweep).where(Sweep.id == item.sweep_id, Sweep.status == "queued")
+                      .values(status="running"))
+
+        def store_result() -> bool:
+            # False: our lease expired and another worker stored this config first.
+            return commit_once(self.store, row, mark_done)
         # A fresh copy each attempt: a failed commit leaves the ORM object unusable.
         stored = self.retrying("store result", lambda: _with_fresh(row, store_result))
         if not stored:

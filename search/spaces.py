@@ -11,14 +11,11 @@ Spaces:
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 from torch import nn
 
-from collectors.networks.cells import EDGE_OPS
-
-Choose = Callable[[str, dict[str, nn.Module]], nn.Module]
+from collectors.networks.zoo import Choose, InvertedResidual, nb201_skeleton
 
 
 @dataclass(frozen=True)
@@ -43,22 +40,6 @@ class SpaceConfig:
         return asdict(self)
 
 
-class InvertedResidual(nn.Module):
-    def __init__(self, cin: int, cout: int, kernel: int, expansion: int, stride: int):
-        super().__init__()
-        mid = cin * expansion
-        self.body = nn.Sequential(
-            nn.Conv2d(cin, mid, 1, bias=False), nn.BatchNorm2d(mid), nn.ReLU6(),
-            nn.Conv2d(mid, mid, kernel, stride, kernel // 2, groups=mid, bias=False),
-            nn.BatchNorm2d(mid), nn.ReLU6(),
-            nn.Conv2d(mid, cout, 1, bias=False), nn.BatchNorm2d(cout))
-        self.residual = stride == 1 and cin == cout
-
-    def forward(self, x):
-        y = self.body(x)
-        return x + y if self.residual else y
-
-
 def _mobilenet(cfg: SpaceConfig, choose: Choose) -> nn.Module:
     w = cfg.width
     layers: list[nn.Module] = [nn.Conv2d(cfg.in_channels, w, 3, 1, 1, bias=False),
@@ -77,67 +58,10 @@ def _mobilenet(cfg: SpaceConfig, choose: Choose) -> nn.Module:
     return nn.Sequential(*layers)
 
 
-class Zero(nn.Module):
-    def forward(self, x):
-        return x * 0.0
-
-
-def _edge_candidates(c: int) -> dict[str, nn.Module]:
-    def rcb(k: int) -> nn.Module:
-        return nn.Sequential(nn.ReLU(), nn.Conv2d(c, c, k, 1, k // 2, bias=False),
-                             nn.BatchNorm2d(c))
-    return {"none": Zero(), "skip_connect": nn.Identity(), "nor_conv_1x1": rcb(1),
-            "nor_conv_3x3": rcb(3),
-            "avg_pool_3x3": nn.AvgPool2d(3, 1, 1, count_include_pad=False)}
-
-
-class Cell(nn.Module):
-    """Four nodes; node j sums one chosen edge op from each earlier node."""
-
-    def __init__(self, c: int, prefix: str, choose: Choose):
-        super().__init__()
-        self.edges = nn.ModuleDict()
-        for j in range(1, 4):
-            for i in range(j):
-                cands = _edge_candidates(c)
-                assert list(cands) == list(EDGE_OPS)
-                self.edges[f"e{i}{j}"] = choose(f"{prefix}_e{i}{j}", cands)
-
-    def forward(self, x):
-        nodes = [x]
-        for j in range(1, 4):
-            nodes.append(sum(self.edges[f"e{i}{j}"](nodes[i]) for i in range(j)))
-        return nodes[3]
-
-
-class Reduction(nn.Module):
-    def __init__(self, cin: int, cout: int):
-        super().__init__()
-        self.a = nn.Sequential(nn.ReLU(), nn.Conv2d(cin, cout, 3, 2, 1, bias=False),
-                               nn.BatchNorm2d(cout))
-        self.b = nn.Sequential(nn.ReLU(), nn.Conv2d(cout, cout, 3, 1, 1, bias=False),
-                               nn.BatchNorm2d(cout))
-        self.shortcut = nn.Sequential(nn.AvgPool2d(2, 2, ceil_mode=True),
-                                      nn.Conv2d(cin, cout, 1, bias=False))
-
-    def forward(self, x):
-        return self.b(self.a(x)) + self.shortcut(x)
-
-
 def _nb201(cfg: SpaceConfig, choose: Choose) -> nn.Module:
-    # One cell shared by all positions would be NAS-Bench-201 proper; a search over per-stage
-    # cells is as cheap here and lets each resolution pick its own ops.
-    c = cfg.width
-    layers: list[nn.Module] = [nn.Conv2d(cfg.in_channels, c, 3, 1, 1, bias=False),
-                               nn.BatchNorm2d(c)]
-    for stage in range(3):
-        if stage:
-            layers.append(Reduction(c, c * 2))
-            c *= 2
-        layers += [Cell(c, f"s{stage}c{i}", choose) for i in range(cfg.depth)]
-    layers += [nn.BatchNorm2d(c), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-               nn.Linear(c, cfg.classes)]
-    return nn.Sequential(*layers)
+    # NAS-Bench-201 shares one cell across positions; searching one cell per position costs
+    # the same here and lets each resolution pick its own ops.
+    return nb201_skeleton(cfg.in_channels, cfg.width, cfg.depth, cfg.classes, choose)
 
 
 SPACES = {"mobilenet": _mobilenet, "nb201": _nb201}

@@ -12,7 +12,6 @@ import time
 from itertools import product
 
 import numpy as np
-from sqlalchemy.exc import IntegrityError
 
 from collectors.devices import ComputeDevice
 from collectors.networks.decompose import decompose
@@ -21,7 +20,7 @@ from collectors.ops import Op, op_bytes, op_flops
 from collectors.store.db import Store
 from collectors.store.models import Measurement, Sweep, utcnow
 from collectors.store.repo import done_keys, upsert_device
-from collectors.sweep import SweepSummary, _progress
+from collectors.sweep import SweepSummary, _progress, commit_once, fill_result
 from collectors.timing import PerfCounterTimer, TimingPolicy, measure_kernel
 
 LAYER_KINDS = ("conv2d", "depthwise_conv2d", "linear", "attention")
@@ -138,13 +137,8 @@ class NetworkSweep:
         try:
             for cfg in todo:
                 row = self.measure(cfg, sweep_id, device_id)
-                with self.store.session() as s:
-                    s.add(row)
-                    try:
-                        s.commit()
-                    except IntegrityError:
-                        s.rollback()
-                        continue
+                if not commit_once(self.store, row):
+                    continue
                 summary.done += row.status == "ok"
                 summary.failed += row.status != "ok"
                 bar.update(1)
@@ -194,20 +188,9 @@ class NetworkSweep:
             row.status, row.error = "failed", f"{type(exc).__name__}: {exc}"
             row.params = {"config": cfg}
             return row
-        t, p = result.timing, result.power
-        row.status = "ok"
-        row.latency_ms_median, row.latency_ms_p10, row.latency_ms_p90 = (
-            t.median_ms, t.p10_ms, t.p90_ms)
-        row.latency_ms_mean, row.latency_ms_std = t.mean_ms, t.std_ms
-        row.repetitions = t.repetitions
         flops = sum(op_flops(op) for _, op in ops)
-        row.tflops = flops / (t.median_ms * 1e-3) / 1e12
-        row.power_w, row.energy_j = p.power_w, p.energy_j_per_call
-        row.power_source, row.power_window_s = p.source, p.window_s
-        b = result.before
-        row.sm_clock_mhz, row.temperature_c = b.sm_clock_mhz, b.temperature_c
         row.params = {"config": cfg, "input_shape": list(shape), "flops": flops,
                       "bytes": sum(op_bytes(op) for _, op in ops),
-                      "ops": [[name, op.to_dict()] for name, op in ops],
-                      "inner_calls": t.inner}
+                      "ops": [[name, op.to_dict()] for name, op in ops]}
+        fill_result(row, result, flops)
         return row

@@ -7,85 +7,113 @@ same torch module and input shape, so a stored measurement can be rebuilt and re
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+from torch import nn
 
 from collectors.networks.cells import EDGE_OPS, parse_cell
 
 FAMILIES = ("nb201", "resnet", "mobilenet", "transformer")
 
 
-def _nn():
-    import torch
-    from torch import nn
+class Zero(nn.Module):
+    """NAS-Bench-201's "none" edge."""
 
-    return torch, nn
+    def forward(self, x):
+        return x * 0.0
 
 
-def _relu_conv_bn(nn, cin: int, cout: int, k: int, stride: int = 1):
+def relu_conv_bn(cin: int, cout: int, k: int, stride: int = 1) -> nn.Module:
     return nn.Sequential(nn.ReLU(), nn.Conv2d(cin, cout, k, stride, k // 2, bias=False),
                          nn.BatchNorm2d(cout))
 
 
-def nb201_network(arch: str, channels: int = 16, cells: int = 5, classes: int = 10):
-    """NAS-Bench-201's CIFAR skeleton (stem, 3 stages of cells, residual reductions, head)."""
-    torch, nn = _nn()
-    cell_spec = parse_cell(arch)
+def edge_candidates(c: int) -> dict[str, nn.Module]:
+    """The five NAS-Bench-201 edge ops at ``c`` channels, in EDGE_OPS order."""
+    return {"none": Zero(), "skip_connect": nn.Identity(), "nor_conv_1x1": relu_conv_bn(c, c, 1),
+            "nor_conv_3x3": relu_conv_bn(c, c, 3),
+            "avg_pool_3x3": nn.AvgPool2d(3, 1, 1, count_include_pad=False)}
 
-    class Zero(nn.Module):
-        def forward(self, x):
-            return x * 0.0
 
-    def edge(op: str, c: int):
-        return {"none": Zero, "skip_connect": nn.Identity,
-                "nor_conv_1x1": lambda: _relu_conv_bn(nn, c, c, 1),
-                "nor_conv_3x3": lambda: _relu_conv_bn(nn, c, c, 3),
-                "avg_pool_3x3": lambda: nn.AvgPool2d(3, 1, 1, count_include_pad=False)}[op]()
+Choose = Callable[[str, dict[str, nn.Module]], nn.Module]
 
-    class Cell(nn.Module):
-        def __init__(self, c: int):
-            super().__init__()
-            self.edges = nn.ModuleList(edge(op, c) for node in cell_spec for op, _ in node)
-            self.sources = [src for node in cell_spec for _, src in node]
-            self.node_of = [j for j, node in enumerate(cell_spec, start=1) for _ in node]
 
-        def forward(self, x):
-            nodes = [x]
-            for j in range(1, 4):
-                total = None
-                for e, src, dst in zip(self.edges, self.sources, self.node_of, strict=True):
-                    if dst == j:
-                        y = e(nodes[src])
-                        total = y if total is None else total + y
-                nodes.append(total)
-            return nodes[3]
+class Cell(nn.Module):
+    """Four nodes; node j sums one edge op from each earlier node. ``choose(label, options)``
+    picks each edge's module (a fixed op, or a search-space choice over all five)."""
 
-    class Reduction(nn.Module):
-        def __init__(self, cin: int, cout: int):
-            super().__init__()
-            self.a = _relu_conv_bn(nn, cin, cout, 3, 2)
-            self.b = _relu_conv_bn(nn, cout, cout, 3, 1)
-            self.shortcut = nn.Sequential(nn.AvgPool2d(2, 2), nn.Conv2d(cin, cout, 1, bias=False))
+    def __init__(self, c: int, prefix: str, choose: Choose):
+        super().__init__()
+        self.edges = nn.ModuleDict({f"e{i}{j}": choose(f"{prefix}_e{i}{j}", edge_candidates(c))
+                                    for j in range(1, 4) for i in range(j)})
 
-        def forward(self, x):
-            return self.b(self.a(x)) + self.shortcut(x)
+    def forward(self, x):
+        nodes = [x]
+        for j in range(1, 4):
+            nodes.append(sum(self.edges[f"e{i}{j}"](nodes[i]) for i in range(j)))
+        return nodes[3]
 
-    layers: list[Any] = [nn.Conv2d(3, channels, 3, 1, 1, bias=False), nn.BatchNorm2d(channels)]
+
+class Reduction(nn.Module):
+    """NAS-Bench-201's residual reduction block (stride 2, channels x2)."""
+
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        self.a = relu_conv_bn(cin, cout, 3, 2)
+        self.b = relu_conv_bn(cout, cout, 3, 1)
+        self.shortcut = nn.Sequential(nn.AvgPool2d(2, 2, ceil_mode=True),
+                                      nn.Conv2d(cin, cout, 1, bias=False))
+
+    def forward(self, x):
+        return self.b(self.a(x)) + self.shortcut(x)
+
+
+def nb201_skeleton(in_channels: int, channels: int, cells: int, classes: int,
+                   choose: Choose) -> nn.Module:
+    """Stem, three stages of ``cells`` cells (channels x1, x2, x4) with reductions, head."""
     c = channels
+    layers: list[nn.Module] = [nn.Conv2d(in_channels, c, 3, 1, 1, bias=False),
+                               nn.BatchNorm2d(c)]
     for stage in range(3):
         if stage:
             layers.append(Reduction(c, c * 2))
             c *= 2
-        layers += [Cell(c) for _ in range(cells)]
+        layers += [Cell(c, f"s{stage}c{i}", choose) for i in range(cells)]
     layers += [nn.BatchNorm2d(c), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                nn.Linear(c, classes)]
     return nn.Sequential(*layers)
 
 
+def nb201_network(arch: str, channels: int = 16, cells: int = 5, classes: int = 10):
+    """NAS-Bench-201's CIFAR network with the given cell."""
+    ops = {f"e{src}{j}": op for j, node in enumerate(parse_cell(arch), start=1)
+           for op, src in node}
+    return nb201_skeleton(3, channels, cells, classes,
+                          lambda label, cands: cands[ops[label.rsplit("_", 1)[1]]])
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV2's block: 1x1 expand, kxk depthwise, 1x1 project; residual when shapes match."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, expansion: int, stride: int):
+        super().__init__()
+        mid = cin * expansion
+        self.body = nn.Sequential(
+            nn.Conv2d(cin, mid, 1, bias=False), nn.BatchNorm2d(mid), nn.ReLU6(),
+            nn.Conv2d(mid, mid, kernel, stride, kernel // 2, groups=mid, bias=False),
+            nn.BatchNorm2d(mid), nn.ReLU6(),
+            nn.Conv2d(mid, cout, 1, bias=False), nn.BatchNorm2d(cout))
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x):
+        y = self.body(x)
+        return x + y if self.residual else y
+
+
 def resnet_network(widths: list[int], blocks: list[int], classes: int = 10):
     """A ResNet of basic blocks; ``widths[i]`` channels and ``blocks[i]`` blocks per stage."""
-    torch, nn = _nn()
 
     class Basic(nn.Module):
         def __init__(self, cin: int, cout: int, stride: int):
@@ -115,28 +143,11 @@ def resnet_network(widths: list[int], blocks: list[int], classes: int = 10):
 def mobilenet_network(widths: list[int], expansions: list[int], kernels: list[int],
                       classes: int = 10):
     """MobileNetV2-style inverted residual blocks, one per entry, stride 2 every other block."""
-    torch, nn = _nn()
-
-    class Inverted(nn.Module):
-        def __init__(self, cin: int, cout: int, e: int, k: int, stride: int):
-            super().__init__()
-            mid = cin * e
-            self.body = nn.Sequential(
-                nn.Conv2d(cin, mid, 1, bias=False), nn.BatchNorm2d(mid), nn.ReLU6(),
-                nn.Conv2d(mid, mid, k, stride, k // 2, groups=mid, bias=False),
-                nn.BatchNorm2d(mid), nn.ReLU6(),
-                nn.Conv2d(mid, cout, 1, bias=False), nn.BatchNorm2d(cout))
-            self.residual = stride == 1 and cin == cout
-
-        def forward(self, x):
-            y = self.body(x)
-            return x + y if self.residual else y
-
     layers: list[Any] = [nn.Conv2d(3, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]),
                          nn.ReLU6()]
     c = widths[0]
     for i, (w, e, k) in enumerate(zip(widths, expansions, kernels, strict=True)):
-        layers.append(Inverted(c, w, e, k, 2 if i % 2 == 1 else 1))
+        layers.append(InvertedResidual(c, w, k, e, 2 if i % 2 == 1 else 1))
         c = w
     layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, classes)]
     return nn.Sequential(*layers)
@@ -144,7 +155,6 @@ def mobilenet_network(widths: list[int], expansions: list[int], kernels: list[in
 
 def transformer_network(layers: int, d_model: int, heads: int, ffn: int, classes: int = 10):
     """A small pre-norm transformer encoder over token embeddings (input: batch x seq x d)."""
-    torch, nn = _nn()
 
     class Block(nn.Module):
         def __init__(self):

@@ -6,6 +6,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from collectors.devices import DeviceInfo
@@ -24,12 +25,17 @@ class Peak:
 
 
 def upsert_device(session: Session, info: DeviceInfo) -> Device:
-    """Find the device by fingerprint (refreshing its facts) or add it."""
+    """Find the device by fingerprint (refreshing its facts) or add it. Safe when several
+    processes register the same device at once (workers starting together)."""
     row = session.scalar(select(Device).where(Device.fingerprint == info.fingerprint))
     facts = info.as_dict()
     if row is None:
-        row = Device(fingerprint=info.fingerprint, **facts)
-        session.add(row)
+        try:
+            with session.begin_nested():  # a savepoint: losing the race undoes only this
+                row = Device(fingerprint=info.fingerprint, **facts)
+                session.add(row)
+        except IntegrityError:
+            row = session.scalar(select(Device).where(Device.fingerprint == info.fingerprint))
     else:
         for key, value in facts.items():
             setattr(row, key, value)
