@@ -510,6 +510,13 @@ def adapt(db_url, device, samples, source_csv, column, reference) -> None:
                    "(e.g. 0.5,0.7,0.85): one search per budget plus random search, and a plot.")
 @click.option("--random-samples", type=click.IntRange(1, 1000), default=5, show_default=True,
               help="With --pareto: architectures random search trains per budget.")
+@click.option("--data", "data_spec", default="digits", show_default=True,
+              help="digits (scikit-learn's bundled 8x8 digits), or a local folder: CIFAR-10's "
+                   "binary release (cifar-10-batches-bin) or one subfolder per class.")
+@click.option("--resolution", type=click.IntRange(4, 1024), default=32, show_default=True,
+              help="Image size for a class-folder data set.")
+@click.option("--limit", type=click.IntRange(10, 10_000_000), default=None,
+              help="Use at most this many images (quick runs on big data sets).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="hwnas-search",
               show_default=True)
@@ -517,8 +524,10 @@ def adapt(db_url, device, samples, source_csv, column, reference) -> None:
 @friendly_errors
 def search_cmd(db_url, space, width, depth, strategy, epochs, retrain_epochs, latency_ms,
                power_w, energy_mj, tradeoff, margin, device_spec, server, pareto_fractions,
-               random_samples, seed, out_dir, no_progress) -> None:
-    """Hardware-aware differentiable NAS on scikit-learn's digits: find the most accurate
+               random_samples, data_spec, resolution, limit, seed, out_dir,
+               no_progress) -> None:
+    """Hardware-aware differentiable NAS (digits by default, CIFAR-10 or a class-folder data set
+    from a local path): find the most accurate
     network within latency/power/energy budgets on a device, using the prediction service for
     costs. Writes the architecture (JSON), TorchScript, state_dict and ONNX to --out, with its
     predicted and measured latency and its accuracy after retraining."""
@@ -527,11 +536,15 @@ def search_cmd(db_url, space, width, depth, strategy, epochs, retrain_epochs, la
     import grpc
 
     from collectors.devices import CpuDevice
+    from search.data import load
     from search.job import pareto, prediction_client, single
     from search.run import SearchConfig
     from search.spaces import SpaceConfig
 
-    space_cfg = SpaceConfig(space, width=width, depth=depth)
+    data = load(data_spec, resolution, seed, limit)
+    _, channels, height, _ = data.x_train.shape
+    space_cfg = SpaceConfig(space, in_channels=channels, resolution=height, width=width,
+                            depth=depth, classes=int(data.y_train.max()) + 1)
     budgets = {k: v for k, v in (("latency_ms", latency_ms), ("power_w", power_w),
                                  ("energy_mj", energy_mj)) if v is not None}
     cfg = SearchConfig(strategy=strategy, epochs=epochs, budgets=budgets, tradeoff=tradeoff,
@@ -548,7 +561,8 @@ def search_cmd(db_url, space, width, depth, strategy, epochs, retrain_epochs, la
                 if not fractions or any(not 0 < f <= 1 for f in fractions):
                     raise click.UsageError("--pareto: fractions in (0, 1]")
                 doc = pareto(space_cfg, client, device, cfg, fractions, random_samples,
-                             retrain_epochs, measure, Path(out_dir), margin, not no_progress)
+                             retrain_epochs, measure, Path(out_dir), margin, not no_progress,
+                             data)
                 for o in doc["search"] + doc["random"]:
                     measured = ("-" if o["measured_ms"] is None
                                 else f"{o['measured_ms']:.3f}")
@@ -558,7 +572,7 @@ def search_cmd(db_url, space, width, depth, strategy, epochs, retrain_epochs, la
                 click.echo(f"plot: {Path(out_dir) / 'pareto.png'}")
                 return
             doc = single(space_cfg, client, device, cfg, budgets, margin, retrain_epochs,
-                         measure, Path(out_dir), not no_progress)
+                         measure, Path(out_dir), not no_progress, data)
     except grpc.RpcError as exc:
         raise click.ClickException(f"prediction service: {exc.code().name}: "
                                    f"{exc.details()}") from None

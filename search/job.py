@@ -12,6 +12,7 @@ from pathlib import Path
 
 from search.cost import HardwareCost, ServiceCostSource
 from search.run import (
+    Data,
     SearchConfig,
     digits,
     export,
@@ -70,16 +71,17 @@ def run_one(space: SpaceConfig, data, client, device: str, cfg: SearchConfig,
 
 def single(space: SpaceConfig, client, device: str, cfg: SearchConfig, budgets: dict,
            margin: float, retrain_epochs: int, measure: bool, out_dir: Path,
-           progress: bool = True) -> dict:
+           progress: bool = True, data: Data | None = None) -> dict:
     """One search under ``budgets`` (searched at budget x (1 - margin)); exports to out_dir."""
-    data = digits(cfg.seed)
+    data = data or digits(cfg.seed)
     cfg.budgets = {k: v * (1 - margin) for k, v in budgets.items()}
     outcome, model = run_one(space, data, client, device, cfg, retrain_epochs, measure,
                              "search", progress)
     met = {k: _meets(outcome, k, v) for k, v in budgets.items()}
     doc = export(out_dir, space, model, {
         "arch": outcome.arch, "device": device, "strategy": cfg.strategy,
-        "budgets": budgets, "searched_budgets": cfg.budgets, "budget_met": met,
+        "data": data.name, "budgets": budgets, "searched_budgets": cfg.budgets,
+        "budget_met": met,
         "predicted": outcome.predicted, "measured_latency_ms": outcome.measured_ms,
         "measured_on": "this machine's CPU" if measure else None,
         "val_accuracy": outcome.val_acc, "test_accuracy": outcome.test_acc,
@@ -98,10 +100,10 @@ def _meets(o: Outcome, metric: str, budget: float) -> bool | None:
 
 def pareto(space: SpaceConfig, client, device: str, cfg: SearchConfig, fractions: list[float],
            random_samples: int, retrain_epochs: int, measure: bool, out_dir: Path,
-           margin: float, progress: bool = True) -> dict:
+           margin: float, progress: bool = True, data: Data | None = None) -> dict:
     """Unconstrained search, then searches at ``fractions`` of its predicted latency, and random
     search with the same budgets; writes pareto.json and pareto.png."""
-    data = digits(cfg.seed)
+    data = data or digits(cfg.seed)
     t0 = time.perf_counter()
     base_cfg = SearchConfig(**{**cfg.__dict__, "budgets": {}})
     free, _ = run_one(space, data, client, device, base_cfg, retrain_epochs, measure,

@@ -39,16 +39,10 @@ class Data:
 
 
 def digits(seed: int = 0) -> Data:
-    """scikit-learn's bundled 8x8 digits (1,797 images), split 60/20/20."""
-    from sklearn.datasets import load_digits
+    """scikit-learn's bundled 8x8 digits (see :mod:`search.data` for other data sets)."""
+    from search.data import digits as load_digits
 
-    d = load_digits()
-    x = torch.tensor(d.images / 16.0, dtype=torch.float32).unsqueeze(1)
-    y = torch.tensor(d.target, dtype=torch.long)
-    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
-    a, b = int(0.6 * len(y)), int(0.8 * len(y))
-    tr, va, te = perm[:a], perm[a:b], perm[b:]
-    return Data(x[tr], y[tr], x[va], y[va], x[te], y[te])
+    return load_digits(seed)
 
 
 @dataclass

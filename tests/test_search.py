@@ -132,3 +132,59 @@ def test_search_command_end_to_end_through_the_service(tmp_path, monkeypatch):
     assert (out / "model.onnx").stat().st_size > 1000
     net = fixed_network(SpaceConfig(**doc["space"]), doc["arch"])
     net.load_state_dict(torch.load(out / "state_dict.pt", weights_only=True))
+
+
+def _image_folder(root, n=6, size=12):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for label, colour in (("cats", 40), ("dogs", 200)):
+        (root / label).mkdir(parents=True)
+        for i in range(n):
+            px = np.clip(rng.normal(colour, 20, (size, size, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(px).save(root / label / f"{i}.png")
+    (root / "cats" / "notes.txt").write_text("not an image")
+
+
+def test_image_folder_and_cifar_binary_loaders(tmp_path):
+    from search.data import load
+
+    _image_folder(tmp_path / "imgs")
+    d = load(str(tmp_path / "imgs"), resolution=8)
+    total = len(d.y_train) + len(d.y_val) + len(d.y_test)
+    assert total == 12 and d.x_train.shape[1:] == (3, 8, 8)
+    assert set(torch.cat([d.y_train, d.y_val, d.y_test]).tolist()) == {0, 1}
+
+    cifar = tmp_path / "c" / "cifar-10-batches-bin"
+    cifar.mkdir(parents=True)
+    rec = np.zeros((20, 3073), dtype=np.uint8)
+    rec[:, 0] = np.arange(20) % 10
+    rec[:, 1:] = 255
+    rec.tofile(cifar / "data_batch_1.bin")
+    c = load(str(tmp_path / "c"))
+    assert c.name == "cifar10" and c.x_train.shape[1:] == (3, 32, 32)
+    assert float(c.x_train.max()) == 1.0
+    (cifar / "data_batch_1.bin").write_bytes(b"\x00" * 100)
+    with pytest.raises(ValueError, match="truncated"):
+        load(str(tmp_path / "c"))
+    with pytest.raises(ValueError, match="neither 'digits' nor a folder"):
+        load(str(tmp_path / "missing"))
+
+
+def test_search_on_an_image_folder(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from hwnas.cli import main
+    from tests.test_service import make_store
+
+    monkeypatch.setenv("HWNAS_MODELS", str(tmp_path / "models"))
+    _image_folder(tmp_path / "imgs", n=10)
+    store = make_store(tmp_path)
+    r = CliRunner().invoke(main, [
+        "search", "--db", store.url, "--device", "Test GPU", "--data", str(tmp_path / "imgs"),
+        "--resolution", "8", "--width", "4", "--depth", "1", "--space", "nb201", "--epochs",
+        "1", "--retrain-epochs", "1", "--out", str(tmp_path / "o"), "--no-progress"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads((tmp_path / "o" / "arch.json").read_text())
+    assert doc["space"]["in_channels"] == 3 and doc["space"]["classes"] == 2
+    assert doc["data"] == "imagefolder:imgs"
