@@ -1,5 +1,7 @@
 """Load on a local prediction server: N concurrent clients for T seconds, single-shape and
-1,000-shape PredictGemm requests. Prints QPS, p50/p99 latency, errors and predictions per second.
+1,000-shape PredictGemm requests (and 1,000-shape PredictGemmColumns requests, and one client
+alone for the unloaded latency). Prints QPS, p50/p99 latency, errors and predictions per
+second.
 
 The server runs in its own process (``hwnas serve`` on a free loopback port) against a store
 with one registered model (trained here on synthetic roofline data, so the benchmark needs no
@@ -33,7 +35,8 @@ def prepare_store(root: str) -> tuple[str, str]:
     return store.url, "Test GPU"
 
 
-async def client_loop(addr: str, device: str, shapes: int, seconds: float, concurrency: int):
+async def client_loop(addr: str, device: str, shapes: int, seconds: float, concurrency: int,
+                      columnar: bool = False):
     import grpc
 
     from hwnas.rpc.v1 import predictor_pb2 as pb
@@ -41,12 +44,18 @@ async def client_loop(addr: str, device: str, shapes: int, seconds: float, concu
 
     rng = np.random.default_rng(os.getpid())
     dims = rng.integers(16, 4096, size=(shapes, 3))
-    req = pb.PredictGemmRequest(device=device, shapes=[
-        pb.GemmShape(m=int(m), n=int(n), k=int(k), dtype="fp16") for m, n, k in dims])
+    if columnar:
+        req = pb.PredictGemmColumnsRequest(device=device, shapes=pb.GemmColumns(
+            m=dims[:, 0].tolist(), n=dims[:, 1].tolist(), k=dims[:, 2].tolist(),
+            dtype=["fp16"]))
+    else:
+        req = pb.PredictGemmRequest(device=device, shapes=[
+            pb.GemmShape(m=int(m), n=int(n), k=int(k), dtype="fp16") for m, n, k in dims])
     latencies, errors = [], 0
     async with grpc.aio.insecure_channel(addr) as channel:
         stub = pb_grpc.PredictorStub(channel)
-        await stub.PredictGemm(req, timeout=30)  # connect and warm up
+        call = stub.PredictGemmColumns if columnar else stub.PredictGemm
+        await call(req, timeout=30)  # connect and warm up
         end = time.perf_counter() + seconds
 
         async def one():
@@ -54,8 +63,8 @@ async def client_loop(addr: str, device: str, shapes: int, seconds: float, concu
             while time.perf_counter() < end:
                 t0 = time.perf_counter()
                 try:
-                    r = await stub.PredictGemm(req, timeout=30)
-                    assert len(r.predictions) == shapes
+                    r = await call(req, timeout=30)
+                    assert len(r.latency_ms if columnar else r.predictions) == shapes
                     latencies.append(time.perf_counter() - t0)
                 except Exception:
                     errors += 1
@@ -68,16 +77,17 @@ def worker(args) -> tuple[list[float], int]:
     return asyncio.run(client_loop(*args))
 
 
-def run(addr, device, shapes, seconds, clients, procs) -> None:
+def run(addr, device, shapes, seconds, clients, procs, columnar: bool = False) -> None:
     per = [clients // procs + (i < clients % procs) for i in range(procs)]
     t0 = time.perf_counter()
     with mp.get_context("spawn").Pool(procs) as pool:
-        parts = pool.map(worker, [(addr, device, shapes, seconds, c) for c in per])
+        parts = pool.map(worker, [(addr, device, shapes, seconds, c, columnar) for c in per])
     wall = time.perf_counter() - t0
     lat = np.array([x for p in parts for x in p[0]]) * 1e3
     errors = sum(p[1] for p in parts)
     qps = len(lat) / seconds
-    print(f"{shapes:>5} shape(s)/request, {clients} clients: {qps:>8.0f} req/s, "
+    kind = "columns" if columnar else "messages"
+    print(f"{shapes:>5} shape(s)/request ({kind}), {clients} clients: {qps:>7.0f} req/s, "
           f"p50 {np.percentile(lat, 50):7.2f} ms, p99 {np.percentile(lat, 99):7.2f} ms, "
           f"errors {errors}, predictions/s {qps * shapes:>10,.0f}  (wall {wall:.0f} s)")
 
@@ -106,6 +116,9 @@ def main() -> None:
               f"server and clients")
         run(f"127.0.0.1:{port}", device, 1, args.seconds, args.clients, args.procs)
         run(f"127.0.0.1:{port}", device, args.batch, args.seconds, args.clients, args.procs)
+        run(f"127.0.0.1:{port}", device, args.batch, args.seconds, args.clients, args.procs,
+            columnar=True)
+        run(f"127.0.0.1:{port}", device, 1, args.seconds, 1, 1)
         print("targets: single-shape p50 < 1 ms, zero errors, >= 200k batched predictions/s")
     finally:
         server.terminate()

@@ -126,6 +126,30 @@ class PredictorClient:
             timeout_s)
         return Answer(r.device, r.model_version, [Cost.from_pb(p) for p in r.predictions])
 
+    def predict_gemm_columns(self, device: str, m, n, k, dtype="fp32", batch=1,
+                             trans_a=None, trans_b=None, model_version: int = 0,
+                             timeout_s: float | None = None) -> dict:
+        """Many GEMMs as columns (sequences or numpy arrays of M, N, K; dtype and batch one
+        value or one per shape). Returns numpy arrays: latency_ms, latency_std_ms and, where
+        the device has measured power, power_w, power_std_w, energy_j, energy_std_j."""
+        import numpy as np
+
+        cols = pb.GemmColumns(
+            m=np.asarray(m, np.int64).tolist(), n=np.asarray(n, np.int64).tolist(),
+            k=np.asarray(k, np.int64).tolist(),
+            dtype=[dtype] if isinstance(dtype, str) else list(dtype),
+            batch=np.atleast_1d(np.asarray(batch, np.int64)).tolist(),
+            trans_a=[] if trans_a is None else [bool(t) for t in trans_a],
+            trans_b=[] if trans_b is None else [bool(t) for t in trans_b])
+        r = self._call("PredictGemmColumns", pb.PredictGemmColumnsRequest(
+            device=device, model_version=model_version, shapes=cols), timeout_s)
+        out = {"device": r.device, "model_version": r.model_version,
+               "latency_ms": np.array(r.latency_ms), "latency_std_ms": np.array(r.latency_std_ms)}
+        if r.power_available:
+            for name in ("power_w", "power_std_w", "energy_j", "energy_std_j"):
+                out[name] = np.array(getattr(r, name))
+        return out
+
     def predict_ops(self, device: str, ops: Sequence[Mapping], model_version: int = 0,
                     timeout_s: float | None = None) -> Answer:
         """Ops as mappings: {"kind": "conv2d", "params": {...}, "dtype": "fp16", "batch": 8}."""

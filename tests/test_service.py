@@ -111,6 +111,35 @@ def test_every_rpc_answers_in_order(served):
     assert '"mape"' in meta.metrics_json
 
 
+def test_columnar_batches_equal_row_wise_answers(served):
+    _, _, client, _ = served
+    rng = np.random.default_rng(3)
+    dims = rng.integers(16, 4096, size=(300, 3))
+    dtypes = rng.choice(["fp32", "fp16", "bf16"], 300)
+    rows = client.predict_gemm("Test GPU", [(int(m), int(n), int(k), str(d))
+                                            for (m, n, k), d in zip(dims, dtypes, strict=True)])
+    cols = client.predict_gemm_columns("Test GPU", dims[:, 0], dims[:, 1], dims[:, 2],
+                                       dtype=list(dtypes))
+    assert cols["model_version"] == rows.model_version
+    assert np.allclose(cols["latency_ms"], [c.latency_ms for c in rows.costs], rtol=1e-12)
+    assert np.allclose(cols["energy_j"], [c.energy_j for c in rows.costs], rtol=1e-12)
+    one = client.predict_gemm_columns("Test GPU", [64], [64], [64], dtype="fp16", batch=[4])
+    assert one["latency_ms"][0] == client.predict_gemm(
+        "Test GPU", [{"m": 64, "n": 64, "k": 64, "dtype": "fp16", "batch": 4}]).costs[0].latency_ms
+    stub = pb_grpc.PredictorStub(client.channel)
+    for shapes, needle in ((pb.GemmColumns(m=[8, 8], n=[8], k=[8, 8]), "shapes.n"),
+                           (pb.GemmColumns(m=[8, 0], n=[8, 8], k=[8, 8]), "shapes.m[1]"),
+                           (pb.GemmColumns(m=[8], n=[8], k=[8], dtype=["fp9"]), "shapes.dtype[0]"),
+                           (pb.GemmColumns(m=[8, 8], n=[8, 8], k=[8, 8], batch=[1, 2, 3]),
+                            "shapes.batch"),
+                           (pb.GemmColumns(), "shapes.m")):
+        req = pb.PredictGemmColumnsRequest(device="Test GPU", shapes=shapes)
+        with pytest.raises(grpc.RpcError) as err:
+            stub.PredictGemmColumns(req, timeout=10)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert needle in err.value.details()
+
+
 def _code(fn) -> grpc.StatusCode:
     with pytest.raises(grpc.RpcError) as err:
         fn()

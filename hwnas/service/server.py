@@ -147,6 +147,44 @@ def gemm_arrays(shapes) -> dict[str, np.ndarray]:
     return cols
 
 
+def column_arrays(cols: pb.GemmColumns) -> dict[str, np.ndarray]:
+    """Columnar GEMM shapes as arrays, validated in bulk; names the first bad entry
+    (``shapes.m[i]``)."""
+    n = len(cols.m)
+    out = {c: np.array(getattr(cols, c), dtype=np.int64) for c in ("m", "n", "k")}
+    for c in ("n", "k"):
+        if len(out[c]) != n:
+            raise OpError(f"shapes.{c}", f"has {len(out[c])} entries, shapes.m has {n}")
+
+    def per_row(name: str, values, default):
+        if len(values) == 0:
+            return np.full(n, default)
+        if len(values) == 1:
+            return np.full(n, values[0])
+        if len(values) != n:
+            raise OpError(f"shapes.{name}", f"needs 1 or {n} entries, got {len(values)}")
+        return np.array(values)
+
+    out["batch"] = per_row("batch", cols.batch, 1).astype(np.int64)
+    out["batch"][out["batch"] == 0] = 1
+    for c in ("m", "n", "k", "batch"):
+        bad = np.flatnonzero((out[c] <= 0) | (out[c] > MAX_DIM))
+        if len(bad):
+            i = int(bad[0])
+            check_dim(f"shapes.{c}[{i}]", int(out[c][i]))
+    dtypes = per_row("dtype", [d.strip().lower() or "fp32" for d in cols.dtype], "fp32")
+    unknown = np.flatnonzero(~np.isin(dtypes, list(DTYPES)))
+    if len(unknown):
+        check_dtype(dtypes[int(unknown[0])], f"shapes.dtype[{int(unknown[0])}]")
+    out["dtype"] = dtypes.astype(str)
+    for c in ("trans_a", "trans_b"):
+        values = getattr(cols, c)
+        if len(values) not in (0, n):
+            raise OpError(f"shapes.{c}", f"needs 0 or {n} entries, got {len(values)}")
+        out[c] = np.array(values, dtype=np.int64) if len(values) else np.zeros(n, np.int64)
+    return out
+
+
 def generic_op(op: pb.Op, field: str) -> Op:
     try:
         return Op.make(op.kind, dict(op.params), op.dtype or "fp32", _nz(op.batch, 1))
@@ -204,6 +242,25 @@ class PredictorService(pb_grpc.PredictorServicer):
                     add(latency_ms=row[0], latency_std_ms=row[1], power_available=True,
                         power_w=row[2], power_std_w=row[3], energy_j=row[4],
                         energy_std_j=row[5], gemm_count=1)
+            return resp
+        return self._run(context, go)
+
+    def PredictGemmColumns(self, request, context):
+        def go():
+            self._check_batch(len(request.shapes.m), "shapes.m")
+            arrays = column_arrays(request.shapes)
+            device, version, c = self.engine.predict_gemm(request.device,
+                                                          request.model_version, arrays)
+            if not (np.all(np.isfinite(c.latency_ms)) and np.all(np.isfinite(c.latency_std_ms))):
+                raise ServiceError("INTERNAL", "model produced a non-finite prediction")
+            self.metrics.predictions.inc(len(request.shapes.m))
+            resp = pb.PredictionColumns(device=device, model_version=version,
+                                        power_available=c.power_w is not None)
+            resp.latency_ms.extend(c.latency_ms.tolist())
+            resp.latency_std_ms.extend(c.latency_std_ms.tolist())
+            if c.power_w is not None:
+                for name in ("power_w", "power_std_w", "energy_j", "energy_std_j"):
+                    getattr(resp, name).extend(getattr(c, name).tolist())
             return resp
         return self._run(context, go)
 

@@ -34,6 +34,56 @@ class PredictGemmRequest(_message.Message):
     shapes: _containers.RepeatedCompositeFieldContainer[GemmShape]
     def __init__(self, device: _Optional[str] = ..., model_version: _Optional[int] = ..., shapes: _Optional[_Iterable[_Union[GemmShape, _Mapping]]] = ...) -> None: ...
 
+class GemmColumns(_message.Message):
+    __slots__ = ("m", "n", "k", "dtype", "batch", "trans_a", "trans_b")
+    M_FIELD_NUMBER: _ClassVar[int]
+    N_FIELD_NUMBER: _ClassVar[int]
+    K_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    BATCH_FIELD_NUMBER: _ClassVar[int]
+    TRANS_A_FIELD_NUMBER: _ClassVar[int]
+    TRANS_B_FIELD_NUMBER: _ClassVar[int]
+    m: _containers.RepeatedScalarFieldContainer[int]
+    n: _containers.RepeatedScalarFieldContainer[int]
+    k: _containers.RepeatedScalarFieldContainer[int]
+    dtype: _containers.RepeatedScalarFieldContainer[str]
+    batch: _containers.RepeatedScalarFieldContainer[int]
+    trans_a: _containers.RepeatedScalarFieldContainer[bool]
+    trans_b: _containers.RepeatedScalarFieldContainer[bool]
+    def __init__(self, m: _Optional[_Iterable[int]] = ..., n: _Optional[_Iterable[int]] = ..., k: _Optional[_Iterable[int]] = ..., dtype: _Optional[_Iterable[str]] = ..., batch: _Optional[_Iterable[int]] = ..., trans_a: _Optional[_Iterable[bool]] = ..., trans_b: _Optional[_Iterable[bool]] = ...) -> None: ...
+
+class PredictGemmColumnsRequest(_message.Message):
+    __slots__ = ("device", "model_version", "shapes")
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    SHAPES_FIELD_NUMBER: _ClassVar[int]
+    device: str
+    model_version: int
+    shapes: GemmColumns
+    def __init__(self, device: _Optional[str] = ..., model_version: _Optional[int] = ..., shapes: _Optional[_Union[GemmColumns, _Mapping]] = ...) -> None: ...
+
+class PredictionColumns(_message.Message):
+    __slots__ = ("latency_ms", "latency_std_ms", "power_available", "power_w", "power_std_w", "energy_j", "energy_std_j", "device", "model_version")
+    LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_STD_MS_FIELD_NUMBER: _ClassVar[int]
+    POWER_AVAILABLE_FIELD_NUMBER: _ClassVar[int]
+    POWER_W_FIELD_NUMBER: _ClassVar[int]
+    POWER_STD_W_FIELD_NUMBER: _ClassVar[int]
+    ENERGY_J_FIELD_NUMBER: _ClassVar[int]
+    ENERGY_STD_J_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    latency_ms: _containers.RepeatedScalarFieldContainer[float]
+    latency_std_ms: _containers.RepeatedScalarFieldContainer[float]
+    power_available: bool
+    power_w: _containers.RepeatedScalarFieldContainer[float]
+    power_std_w: _containers.RepeatedScalarFieldContainer[float]
+    energy_j: _containers.RepeatedScalarFieldContainer[float]
+    energy_std_j: _containers.RepeatedScalarFieldContainer[float]
+    device: str
+    model_version: int
+    def __init__(self, latency_ms: _Optional[_Iterable[float]] = ..., latency_std_ms: _Optional[_Iterable[float]] = ..., power_available: _Optional[bool] = ..., power_w: _Optional[_Iterable[float]] = ..., power_std_w: _Optional[_Iterable[float]] = ..., energy_j: _Optional[_Iterable[float]] = ..., energy_std_j: _Optional[_Iterable[float]] = ..., device: _Optional[str] = ..., model_version: _Optional[int] = ...) -> None: ...
+
 class Op(_message.Message):
     __slots__ = ("kind", "params", "dtype", "batch", "name")
     class ParamsEntry(_message.Message):

@@ -44,6 +44,11 @@ class PredictorStub:
                 request_serializer=hwnas_dot_rpc_dot_v1_dot_predictor__pb2.PredictOpsRequest.SerializeToString,
                 response_deserializer=hwnas_dot_rpc_dot_v1_dot_predictor__pb2.PredictResponse.FromString,
                 _registered_method=True)
+        self.PredictGemmColumns = channel.unary_unary(
+                '/hwnas.v1.Predictor/PredictGemmColumns',
+                request_serializer=hwnas_dot_rpc_dot_v1_dot_predictor__pb2.PredictGemmColumnsRequest.SerializeToString,
+                response_deserializer=hwnas_dot_rpc_dot_v1_dot_predictor__pb2.PredictionColumns.FromString,
+                _registered_method=True)
         self.PredictNetwork = channel.unary_unary(
                 '/hwnas.v1.Predictor/PredictNetwork',
                 request_serializer=hwnas_dot_rpc_dot_v1_dot_predictor__pb2.PredictNetworkRequest.SerializeToString,
@@ -79,6 +84,14 @@ class PredictorServicer:
     def PredictOps(self, request, context):
         """A batch of generic ops (gemm, linear, conv2d, depthwise_conv2d, attention, pool, norm,
         elementwise) for one device; answers in request order.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PredictGemmColumns(self, request, context):
+        """The same as PredictGemm in columns (packed arrays): far less encoding work per shape, for
+        large batches.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -121,6 +134,11 @@ def add_PredictorServicer_to_server(servicer, server):
                     servicer.PredictOps,
                     request_deserializer=hwnas_dot_rpc_dot_v1_dot_predictor__pb2.PredictOpsRequest.FromString,
                     response_serializer=hwnas_dot_rpc_dot_v1_dot_predictor__pb2.PredictResponse.SerializeToString,
+            ),
+            'PredictGemmColumns': grpc.unary_unary_rpc_method_handler(
+                    servicer.PredictGemmColumns,
+                    request_deserializer=hwnas_dot_rpc_dot_v1_dot_predictor__pb2.PredictGemmColumnsRequest.FromString,
+                    response_serializer=hwnas_dot_rpc_dot_v1_dot_predictor__pb2.PredictionColumns.SerializeToString,
             ),
             'PredictNetwork': grpc.unary_unary_rpc_method_handler(
                     servicer.PredictNetwork,
@@ -197,6 +215,33 @@ class Predictor:
             '/hwnas.v1.Predictor/PredictOps',
             hwnas_dot_rpc_dot_v1_dot_predictor__pb2.PredictOpsRequest.SerializeToString,
             hwnas_dot_rpc_dot_v1_dot_predictor__pb2.PredictResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PredictGemmColumns(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hwnas.v1.Predictor/PredictGemmColumns',
+            hwnas_dot_rpc_dot_v1_dot_predictor__pb2.PredictGemmColumnsRequest.SerializeToString,
+            hwnas_dot_rpc_dot_v1_dot_predictor__pb2.PredictionColumns.FromString,
             options,
             channel_credentials,
             insecure,
