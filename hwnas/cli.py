@@ -451,25 +451,38 @@ def worker(db_url, device_name, lease, patience, max_items, threads, keep_pollin
 
 @main.command()
 @DB_OPTION
-@click.option("--device", required=True, help="Name of the new device (becomes its model name).")
+@click.option("--device", required=True,
+              help="cpu: measure this machine's CPU; else the name of a device that cannot be "
+                   "reached from here (becomes its model name), read with --from-csv.")
 @click.option("--samples", type=int, default=10, show_default=True,
               help="Architectures to measure on the new device.")
 @click.option("--from-csv", "source_csv", type=click.Path(exists=True, dir_okay=False),
-              required=True,
+              default=None,
               help="Latencies of the new device: a CSV with arch_str and a column named after "
                    "the device (or --column), for devices this machine cannot reach.")
+@click.option("--min-time", type=float, default=0.3, show_default=True,
+              help="With --device cpu: timed seconds per architecture.")
 @click.option("--column", default=None, help="Column of --from-csv (default: --device).")
 @click.option("--reference", type=click.Path(dir_okay=False), default=None,
               help="NAS-Bench-201 latency table of the reference devices (default: the "
                    "shipped data/external/nasbench201_latency_train_devices.csv).")
 @friendly_errors
-def adapt(db_url, device, samples, source_csv, column, reference) -> None:
+def adapt(db_url, device, samples, source_csv, column, min_time, reference) -> None:
     """Learn a new device's NAS-Bench-201 latencies from a few measured architectures: choose
-    which to measure, read them, fit and register the model (served by PredictNetwork)."""
-    from predictor.adapt import DEFAULT_REFERENCE, adapt_from_csv
+    which to measure, measure them here (--device cpu) or read them (--from-csv), fit and
+    register the model (served by PredictNetwork)."""
+    from predictor.adapt import DEFAULT_REFERENCE, adapt_by_measuring, adapt_from_csv
 
-    r = adapt_from_csv(open_store(db_url), device, samples, source_csv, column,
-                       reference or DEFAULT_REFERENCE)
+    if source_csv is None:
+        if device.strip().lower() != "cpu":
+            raise click.UsageError("--from-csv: required unless --device cpu (only this "
+                                   "machine's CPU can be measured from here)")
+        r = adapt_by_measuring(open_store(db_url), samples, reference or DEFAULT_REFERENCE,
+                               min_time)
+        device = r.row.device_model
+    else:
+        r = adapt_from_csv(open_store(db_url), device, samples, source_csv, column,
+                           reference or DEFAULT_REFERENCE)
     click.echo(f"selected {len(r.samples)} architectures (k-means over the reference devices' "
                "latency space):")
     for row in r.samples.itertuples():

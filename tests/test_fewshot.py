@@ -91,3 +91,24 @@ def test_adapt_cli_errors_are_clear(tmp_path):
                                   "--device", "newdev", "--from-csv", str(src)])
     assert r.exit_code == 2 and "needs columns 'arch_str' and 'newdev'" in r.output
     assert "Traceback" not in r.output
+
+
+def test_adapt_measures_this_cpu(tmp_path, monkeypatch):
+    from sqlalchemy import func, select
+
+    from collectors.devices import CpuDevice
+    from collectors.store.models import Measurement
+    from predictor.adapt import adapt_by_measuring
+
+    monkeypatch.setenv("HWNAS_MODELS", str(tmp_path / "models"))
+    store = Store(f"sqlite:///{tmp_path / 'm.sqlite'}")
+    r = adapt_by_measuring(store, 3, min_time_s=0.01, threads=1, progress=False)
+    assert r.row.device_model == CpuDevice().info.model and r.row.target == "nb201"
+    assert len(r.samples) == 3 and (r.samples.latency_ms > 0).all()
+    with store.session() as s:  # the measurements are stored like any network sweep
+        assert s.scalar(select(func.count()).select_from(Measurement)
+                        .where(Measurement.op_kind == "network")) == 3
+    device, _, cost = PredictionEngine(store).predict_nb201("Xeon" if "Xeon" in
+                                                            r.row.device_model else
+                                                            r.row.device_model, 0, ARCH)
+    assert cost.latency_ms > 0
