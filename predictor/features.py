@@ -70,27 +70,30 @@ def _col(frame, name: str, default: float | None = None) -> np.ndarray:
     return np.full(len(frame["m"]), default, dtype=float)
 
 
-def _per_dtype(dtypes: np.ndarray, fn) -> np.ndarray:
-    """fn(dtype) for every row, computed once per distinct dtype."""
+def _per_dtype(dtypes: np.ndarray, profile: DeviceProfile) -> tuple[np.ndarray, ...]:
+    """Bytes per element, tensor-core flag and peak FLOP/s of every row, looked up once per
+    distinct dtype."""
     uniq, inverse = np.unique(dtypes, return_inverse=True)
-    return np.array([fn(str(d)) for d in uniq], dtype=float)[inverse]
+    table = np.array([(DTYPES[str(d)].bytes_per_element, float(DTYPES[str(d)].tensor_core),
+                       profile.compute_tflops(str(d)) * 1e12) for d in uniq], dtype=float)
+    rows = table[inverse]
+    return rows[:, 0], rows[:, 1], rows[:, 2]
 
 
 def _work(frame, profile: DeviceProfile):
     m, n, k, b = (_col(frame, c).astype(float) for c in ("m", "n", "k", "batch"))
     dtypes = _col(frame, "dtype")
-    elem = _per_dtype(dtypes, lambda d: DTYPES[d].bytes_per_element)
+    elem, tc, peak_flops = _per_dtype(dtypes, profile)
     flops = 2.0 * m * n * k * b
     nbytes = (m * k + k * n + m * n) * elem * b
-    t_compute = flops / (_per_dtype(dtypes, profile.compute_tflops) * 1e12)
+    t_compute = flops / peak_flops
     t_memory = nbytes / (profile.peaks["bandwidth"] * 1e9)
-    return m, n, k, b, dtypes, elem, flops, nbytes, t_compute, t_memory
+    return m, n, k, b, dtypes, elem, tc, flops, nbytes, t_compute, t_memory
 
 
 def roofline_ms(frame, profile: DeviceProfile) -> np.ndarray:
     """max(FLOPs / peak compute, bytes / peak bandwidth) in ms, per row."""
-    *_, t_compute, t_memory = _work(frame, profile)
-    return np.maximum(t_compute, t_memory) * 1e3
+    return gemm_terms(frame, profile)[1]
 
 
 FEATURE_NAMES = [
@@ -102,7 +105,12 @@ FEATURE_NAMES = [
 
 def feature_matrix(frame, profile: DeviceProfile) -> np.ndarray:
     """(rows, len(FEATURE_NAMES)) float32 features of a GEMM frame or mapping of arrays."""
-    m, n, k, b, dtypes, elem, flops, nbytes, t_compute, t_memory = _work(frame, profile)
+    return gemm_terms(frame, profile)[0]
+
+
+def gemm_terms(frame, profile: DeviceProfile) -> tuple[np.ndarray, np.ndarray]:
+    """Features (float32) and the roofline bound (ms, float64), from one pass over the rows."""
+    m, n, k, b, dtypes, elem, tc, flops, nbytes, t_compute, t_memory = _work(frame, profile)
     tile = 128 if profile.kind == "gpu" else 64
     tiles = np.ceil(m / tile) * np.ceil(n / tile) * b
     units = max(profile.sm_count, 1)
@@ -112,11 +120,10 @@ def feature_matrix(frame, profile: DeviceProfile) -> np.ndarray:
         np.log2(flops / nbytes), np.log2(np.maximum(t_compute, t_memory) * 1e3),
         (t_compute >= t_memory).astype(float), np.log2(waves), tiles / (waves * units),
         _pow2_align(m), _pow2_align(n), _pow2_align(k),
-        np.log2(np.minimum(np.minimum(m, n), k)), elem,
-        _per_dtype(dtypes, lambda d: float(DTYPES[d].tensor_core)),
+        np.log2(np.minimum(np.minimum(m, n), k)), elem, tc,
         _col(frame, "trans_a", 0).astype(float), _col(frame, "trans_b", 0).astype(float),
     ] + [(dtypes == d).astype(float) for d in FEATURE_DTYPES]
-    return np.column_stack(cols).astype(np.float32)
+    return np.column_stack(cols).astype(np.float32), np.maximum(t_compute, t_memory) * 1e3
 
 
 def gemm_features(frame: pd.DataFrame, profile: DeviceProfile) -> pd.DataFrame:

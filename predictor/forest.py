@@ -18,7 +18,13 @@ from sklearn.ensemble import RandomForestRegressor
 from sklearn.utils.validation import check_is_fitted
 
 from collectors.ops import Op, OpError
-from predictor.features import FEATURE_NAMES, DeviceProfile, feature_matrix, roofline_ms
+from predictor.features import (
+    FEATURE_NAMES,
+    DeviceProfile,
+    feature_matrix,
+    gemm_terms,
+    roofline_ms,
+)
 
 GEMM_COLUMNS = ["m", "n", "k", "batch", "dtype", "trans_a", "trans_b"]
 
@@ -99,21 +105,20 @@ class GemmCostForest(RegressorMixin, BaseEstimator):
         self.fast_ = FastForest(self.forest_, self.forest_.n_features_in_, threads)
         return self
 
-    def per_tree(self, X: pd.DataFrame) -> np.ndarray:
+    def per_tree(self, X: pd.DataFrame, features: np.ndarray | None = None) -> np.ndarray:
         """Raw per-tree outputs, shape (trees, rows, outputs)."""
         check_is_fitted(self, "forest_")
-        f = feature_matrix(X, self._profile())
+        f = feature_matrix(X, self._profile()) if features is None else features
         if getattr(self, "fast_", None) is not None:
             return self.fast_.per_tree(f)
         out = np.stack([t.predict(f) for t in self.forest_.estimators_])
         return out.reshape(out.shape[0], out.shape[1], -1)
 
-    def predict_costs(self, X: pd.DataFrame, raw: np.ndarray | None = None) -> CostPrediction:
-        """Latency (ms), power (W), energy (J) and their spreads for every row of X.
-
-        ``raw`` lets a faster engine hand in the per-tree outputs it computed itself."""
-        trees = self.per_tree(X) if raw is None else raw
-        bound = roofline_ms(X, self._profile())  # X: a GEMM frame or a mapping of arrays
+    def predict_costs(self, X: pd.DataFrame) -> CostPrediction:
+        """Latency (ms), power (W), energy (J) and their spreads for every row of X (a GEMM
+        frame, or a mapping of column arrays)."""
+        features, bound = gemm_terms(X, self._profile())
+        trees = self.per_tree(X, features)
         lat_trees = bound[None, :] * np.exp(trees[:, :, 0])
         latency = bound * np.exp(trees[:, :, 0].mean(axis=0))
         lat_std = lat_trees.std(axis=0)
