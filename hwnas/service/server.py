@@ -74,25 +74,37 @@ class Interceptor(grpc.ServerInterceptor):
     def __init__(self, token: str | None, metrics: Metrics):
         self.token = token
         self.metrics = metrics
+        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
 
     def intercept_service(self, continuation, details):
         handler = continuation(details)
         if handler is None or handler.unary_unary is None:
             return handler
-        method = details.method.rsplit("/", 1)[-1]
-        public = details.method.startswith(("/grpc.health.", "/grpc.reflection."))
-        meta = dict(details.invocation_metadata or ())
-        authorized = (self.token is None or public or hmac.compare_digest(
-            meta.get("authorization", ""), f"Bearer {self.token}"))
+        # One wrapped handler per method, built once: the token is checked per call from the
+        # call's own metadata, so nothing per-call lives in the wrapper.
+        key = details.method
+        wrapped = self._wrapped.get(key)
+        if wrapped is None:
+            wrapped = self._wrap(key, handler)
+            self._wrapped[key] = wrapped
+        return wrapped
+
+    def _wrap(self, full_method: str, handler):
+        method = full_method.rsplit("/", 1)[-1]
+        public = full_method.startswith(("/grpc.health.", "/grpc.reflection."))
         inner = handler.unary_unary
+        expected = None if self.token is None or public else f"Bearer {self.token}"
+        requests, latency = self.metrics.requests, self.metrics.latency.labels(method)
 
         def wrapped(request, context):
             t0 = time.perf_counter()
             code = "OK"
             try:
-                if not authorized:
-                    context.abort(grpc.StatusCode.UNAUTHENTICATED,
-                                  "authorization: missing or wrong bearer token")
+                if expected is not None:
+                    meta = dict(context.invocation_metadata() or ())
+                    if not hmac.compare_digest(meta.get("authorization", ""), expected):
+                        context.abort(grpc.StatusCode.UNAUTHENTICATED,
+                                      "authorization: missing or wrong bearer token")
                 return inner(request, context)
             except Exception:
                 c = context.code()
@@ -104,8 +116,8 @@ class Interceptor(grpc.ServerInterceptor):
                 c = context.code()
                 if c is not None and code == "OK":
                     code = c.name
-                self.metrics.requests.labels(method, code).inc()
-                self.metrics.latency.labels(method).observe(time.perf_counter() - t0)
+                requests.labels(method, code).inc()
+                latency.observe(time.perf_counter() - t0)
                 if code != "OK":
                     log.warning(json.dumps({"event": "rpc_error", "method": method,
                                             "code": code, "peer": context.peer(),
