@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import socket
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, case, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from collectors.ops import Op
@@ -49,13 +49,20 @@ def device_types_of(device: Device) -> list[str]:
 
 def claim(session: Session, worker_id: str, device: Device, lease_s: float,
           limit: int = 1) -> list[WorkItem]:
-    """Lease up to ``limit`` claimable items for this device; commits."""
+    """Lease up to ``limit`` claimable items for this device; commits. A worker works one
+    claim at a time, so items still leased to it when it claims again are orphans of a lost
+    answer and are handed back to it first."""
     now = utcnow()
     claimable = and_(
         WorkItem.device_type.in_(device_types_of(device)),
         or_(WorkItem.status == "pending",
-            and_(WorkItem.status == "leased", WorkItem.lease_expires_at < now)))
-    ids = session.scalars(select(WorkItem.id).where(claimable).order_by(WorkItem.id)
+            and_(WorkItem.status == "leased", WorkItem.lease_expires_at < now),
+            # Leased to this very worker: a claim whose answer was lost (the connection broke
+            # after the commit) left it here, and the heartbeat would keep it leased forever.
+            and_(WorkItem.status == "leased", WorkItem.worker_id == worker_id)))
+    mine_first = case((WorkItem.worker_id == worker_id, 0), else_=1)
+    ids = session.scalars(select(WorkItem.id).where(claimable)
+                          .order_by(mine_first, WorkItem.id)
                           .limit(limit).with_for_update(skip_locked=True)).all()
     got = []
     expires = now + dt.timedelta(seconds=lease_s)

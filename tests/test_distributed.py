@@ -164,6 +164,11 @@ def test_claims_skip_leased_items_and_reclaim_expired_ones(store):
         time.sleep(0.5)
         again = claim(s, "D", dev, lease_s=10, limit=100)
         assert len(again) == len(plan) and all(i.attempts == 2 for i in again)
+        # A claim whose answer was lost leaves items leased to D; D's next claim gets them
+        # back instead of leaving them leased (and heart-beaten) forever.
+        orphan = claim(s, "D", dev, lease_s=10, limit=1)
+        assert len(orphan) == 1 and orphan[0].id == min(i.id for i in again)
+        assert claim(s, "E", dev, lease_s=10, limit=100) == []
     assert sweep_id > 0
 
 
