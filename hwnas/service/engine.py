@@ -55,6 +55,7 @@ class PredictionEngine:
         self._resolved: dict[str, str] = {}
         self._nb201: dict[tuple[str, int], tuple] = {}
         self._networks: dict[tuple[str, int], tuple] = {}
+        self._rows: dict[tuple[str, str, int], tuple[float, object]] = {}
         self._references: dict[str, pd.DataFrame] = {}
 
     # -- devices -------------------------------------------------------------------------
@@ -165,7 +166,10 @@ class PredictionEngine:
         per-op overheads) when one is registered, else from the GEMM forest (memory-bound ops
         at the bandwidth bound)."""
         device = self.resolve_device(device_spec)
-        net = self.network_model(device, version)
+        return self._op_costs(device, version, ops, self.network_model(device, version))
+
+    def _op_costs(self, device: str, version: int, ops: list[Op], net
+                  ) -> tuple[str, int, list[OpCost]]:
         if net is not None:
             v, model, rmspe = net
             shares, _ = model.per_op(ops)
@@ -193,12 +197,11 @@ class PredictionEngine:
         from predictor.nasbench201 import parse_cell
 
         device = self.resolve_device(device_spec)
-        try:
-            row = registry.find(self.store, device, version or None, target=TARGET)
-        except registry.RegistryError:
+        row = self._find(device, TARGET, version)
+        if row is None:
             if version:
                 raise ServiceError("NOT_FOUND", f"model_version: no nb201 model v{version} "
-                                   f"for {device!r}") from None
+                                   f"for {device!r}")
             return None
         key = (device, row.version)
         if key not in self._nb201:
@@ -225,13 +228,28 @@ class PredictionEngine:
         return device, row.version, OpCost(ms, std, None, None, None, None,
                                            "nb201 few-shot model (architecture level)", 0)
 
+    def _find(self, device: str, target: str, version: int):
+        """The registry row of (device, target, version; 0 = latest), or None. Latest lookups
+        are re-asked at most every ``refresh_s`` (new versions still arrive without a restart),
+        so per-request calls do not each query the store."""
+        key = (device, target, version)
+        now = time.monotonic()
+        hit = self._rows.get(key)
+        if hit is not None and (version or now - hit[0] < self.refresh_s):
+            return hit[1]
+        try:
+            row = registry.find(self.store, device, version or None, target=target)
+        except registry.RegistryError:
+            row = None
+        self._rows[key] = (now, row)
+        return row
+
     def network_model(self, device: str, version: int):
         """(version, model, held-out RMSPE) of the device's network model, or None."""
         from predictor import network
 
-        try:
-            row = registry.find(self.store, device, version or None, target=network.TARGET)
-        except registry.RegistryError:
+        row = self._find(device, network.TARGET, version)
+        if row is None:
             return None
         key = (device, row.version)
         if key not in self._networks:
@@ -249,7 +267,7 @@ class PredictionEngine:
         sum to the total); otherwise the sum of op predictions."""
         device = self.resolve_device(device_spec)
         net = self.network_model(device, version)
-        device, v, costs = self.predict(device_spec, version, ops)
+        device, v, costs = self._op_costs(device, version, ops, net)
         if net is None:
             return device, v, total(costs), costs
         _, model, rmspe = net
