@@ -19,6 +19,17 @@ def _isolated_env(tmp_path, monkeypatch):
     nvml.set_nvml(None)
 
 
+def start_cluster_or_skip() -> pg.Cluster:
+    """A throwaway PostgreSQL cluster; skips where the binaries are missing, unless
+    HWNAS_REQUIRE_PG=1 (as in CI), where that is a failure."""
+    try:
+        return pg.Cluster()
+    except Exception as exc:
+        if os.environ.get("HWNAS_REQUIRE_PG") == "1":
+            raise
+        pytest.skip(f"no PostgreSQL server available: {exc}")
+
+
 @pytest.fixture(scope="session")
 def pg_server():
     """URL of a PostgreSQL server: $HWNAS_TEST_PG_URL (set by .ci/run), else a throwaway
@@ -27,12 +38,7 @@ def pg_server():
     if url:
         yield url
         return
-    try:
-        cluster = pg.Cluster()
-    except Exception as exc:
-        if os.environ.get("HWNAS_REQUIRE_PG") == "1":
-            raise
-        pytest.skip(f"no PostgreSQL server available: {exc}")
+    cluster = start_cluster_or_skip()
     yield cluster.url
     cluster.stop()
 

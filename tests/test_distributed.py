@@ -4,7 +4,6 @@ restarted under running workers; at the end every config has exactly one measure
 from __future__ import annotations
 
 import dataclasses
-import os
 import signal
 import subprocess
 import sys
@@ -22,6 +21,7 @@ from collectors.store.repo import upsert_device
 from collectors.timing import TimingPolicy
 from hwnas.gemm_job import build_plan
 from tests import pg
+from tests.conftest import start_cluster_or_skip
 
 QUICK = dataclasses.asdict(TimingPolicy(warmup_s=0.002, min_reps=3, min_time_s=0.02,
                                         power_window_s=0.0))
@@ -29,12 +29,8 @@ QUICK = dataclasses.asdict(TimingPolicy(warmup_s=0.002, min_reps=3, min_time_s=0
 
 @pytest.fixture(scope="module")
 def cluster():
-    try:
-        c = pg.Cluster()
-    except Exception as exc:
-        if os.environ.get("HWNAS_REQUIRE_PG") == "1":
-            raise
-        pytest.skip(f"no PostgreSQL binaries to start a cluster: {exc}")
+    """A cluster of this module's own: a test here restarts it."""
+    c = start_cluster_or_skip()
     yield c
     c.stop()
 
@@ -55,13 +51,23 @@ def start_worker(url: str, lease: float = 2.0) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def stored(url: str) -> int:
+def count(url: str, model) -> int:
     store = Store(url, migrate=False)
     try:
         with store.session() as s:
-            return int(s.scalar(select(func.count()).select_from(Measurement)))
+            return int(s.scalar(select(func.count()).select_from(model)))
     finally:
         store.close()
+
+
+def stored(url: str) -> int:
+    return count(url, Measurement)
+
+
+def registered(url: str) -> int:
+    from collectors.store.models import Worker
+
+    return count(url, Worker)
 
 
 def wait_for(cond, timeout: float, what: str) -> None:
@@ -95,7 +101,8 @@ def test_killed_workers_lose_nothing_and_duplicate_nothing(cluster):
     url = new_db(cluster)
     sweep_id = make_sweep(url)
     workers = [start_worker(url) for _ in range(4)]
-    wait_for(lambda: stored(url) >= 40, 120, "40 measurements")
+    wait_for(lambda: stored(url) >= 40 and registered(url) == 4, 120,
+             "40 measurements and all 4 workers registered")
     for w in workers[:2]:
         w.send_signal(signal.SIGKILL)
     at_kill = stored(url)
