@@ -30,8 +30,9 @@ from collectors.store.db import Store
 from collectors.timing import TimingPolicy
 from predictor import network
 from search.cost import HardwareCost, ServiceCostSource
+from search.data import digits
 from search.job import prediction_client, run_one
-from search.run import SearchConfig, digits, measure_latency, random_search
+from search.run import SearchConfig, measure_latency, random_search
 from search.spaces import SpaceConfig, fixed_network, input_shape
 from search.supernet import Supernet
 

@@ -126,7 +126,7 @@ class SweepRunner:
         todo = [(op, origin) for op, origin in plan if op.key() not in done]
         summary = SweepSummary(sweep_id, len(plan), already_done=len(plan) - len(todo))
         t0 = time.perf_counter()
-        bar = _progress(len(plan), summary.already_done, self.progress)
+        bar = progress_bar(len(plan), summary.already_done, self.progress)
         status = "done"
         try:
             for op, origin in todo:
@@ -238,7 +238,7 @@ def commit_once(store: Store, row: Measurement, extra=None) -> bool:
     return True
 
 
-def _progress(total: int, initial: int, enabled: bool):
+def progress_bar(total: int, initial: int, enabled: bool):
     from tqdm import tqdm
 
     return tqdm(total=total, initial=initial, disable=not enabled, unit="cfg",

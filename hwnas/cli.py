@@ -233,19 +233,19 @@ def collect_network(db_url, families, count, batches, layer_kinds, seed, threads
     from collectors.devices import get_device
     from collectors.networks.sweep import LAYER_KINDS, NetworkSweep, layer_grid, network_plan
     from collectors.timing import TimingPolicy
-    from hwnas.gemm_job import _split
+    from hwnas.gemm_job import split_list
 
     policy = TimingPolicy(warmup_s=warmup, min_reps=min_reps, min_time_s=min_time,
                           power_window_s=power_window, l2_flush=l2_flush, cooldown_s=cooldown)
-    batch_list = [int(b) for b in _split(batches, "--batch")]
+    batch_list = [int(b) for b in split_list(batches, "--batch")]
     if any(b < 1 for b in batch_list):
         raise click.UsageError("--batch: must be positive integers")
     sweeper = NetworkSweep(open_store(db_url), get_device("cpu"), policy, threads,
                            progress=not no_progress)
     if resume_id is None:
-        fams = _split(families, "--family")
+        fams = split_list(families, "--family")
         if "layers" in fams:
-            kinds = _split(layer_kinds, "--layer-kinds")
+            kinds = split_list(layer_kinds, "--layer-kinds")
             bad = sorted(set(kinds) - set(LAYER_KINDS))
             if bad:
                 raise click.UsageError(f"--layer-kinds: unknown {bad}; choose from "
@@ -355,14 +355,14 @@ def sweep_create(db_url, device_types, backend, dtypes, shape_set, min_size, max
     from collectors.ops import check_dtype
     from collectors.queue import create_distributed_sweep
     from collectors.timing import TimingPolicy
-    from hwnas.gemm_job import _split, build_plan
+    from hwnas.gemm_job import build_plan, split_list
 
     if backend is not None and backend not in CPU_BACKENDS:
         raise click.UsageError(f"--backend {backend}: CPU backends are "
                                f"{', '.join(CPU_BACKENDS)}")
     policy = TimingPolicy(warmup_s=warmup, min_reps=min_reps, min_time_s=min_time,
                           power_window_s=power_window, l2_flush=l2_flush, cooldown_s=cooldown)
-    dtype_list = [check_dtype(d, "--dtype").name for d in _split(dtypes, "--dtype")]
+    dtype_list = [check_dtype(d, "--dtype").name for d in split_list(dtypes, "--dtype")]
     plan, options = build_plan(shape_set, min_size, max_size, points, count, seed, layouts,
                                dtype_list)
     types = [t.strip() for t in device_types if t.strip()]

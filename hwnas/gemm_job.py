@@ -17,7 +17,7 @@ from collectors.timing import TimingPolicy
 from hwnas.output import print_table
 
 
-def _split(text: str, option: str) -> list[str]:
+def split_list(text: str, option: str) -> list[str]:
     items = [t.strip().lower() for t in text.split(",") if t.strip()]
     if not items:
         raise ValueError(f"{option}: give at least one value")
@@ -35,7 +35,7 @@ def build_plan(shape_set: str, min_size: int, max_size: int, points: int, count:
         if max_size <= 0:
             raise ValueError(f"--max-size: must be a positive integer, got {max_size}")
         shapes = network_shapes(max_size=max_size)
-    layout_list = _split(layouts, "--layout")
+    layout_list = split_list(layouts, "--layout")
     options = {"shapes": shape_set, "min_size": min_size, "max_size": max_size,
                "points": points, "count": count, "seed": seed, "dtypes": dtypes,
                "layouts": layout_list}
@@ -62,7 +62,7 @@ class GemmJob:
         policy = TimingPolicy(warmup_s=warmup, min_reps=min_reps, min_time_s=min_time,
                               power_window_s=power_window, l2_flush=l2_flush,
                               cooldown_s=cooldown)
-        dtype_list = [check_dtype(d, "--dtype").name for d in _split(dtypes, "--dtype")]
+        dtype_list = [check_dtype(d, "--dtype").name for d in split_list(dtypes, "--dtype")]
         if adaptive:
             if min_size <= 0 or max_size < min_size:
                 raise ValueError("--min-size/--max-size: need 0 < min-size <= max-size")

@@ -4,12 +4,25 @@ subfolder per class, read with Pillow). Splits are 60/20/20 train/validation/tes
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from search.run import Data
+
+@dataclass
+class Data:
+    """Train / validation / test tensors (images N x C x H x W, integer labels)."""
+
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    name: str = "digits"
+
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
 

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from search.cost import HardwareCost, ServiceCostSource
+from search.data import digits
 from search.run import (
     Data,
     SearchConfig,
-    digits,
     export,
     measure_latency,
     random_search,

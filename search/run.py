@@ -21,28 +21,9 @@ import torch
 import torch.nn.functional as F
 
 from search.cost import METRICS, HardwareCost
+from search.data import Data
 from search.spaces import SpaceConfig, choices, fixed_network, input_shape
 from search.supernet import Supernet
-
-
-@dataclass
-class Data:
-    """Train / validation / test tensors (images N x C x H x W, integer labels)."""
-
-    x_train: torch.Tensor
-    y_train: torch.Tensor
-    x_val: torch.Tensor
-    y_val: torch.Tensor
-    x_test: torch.Tensor
-    y_test: torch.Tensor
-    name: str = "digits"
-
-
-def digits(seed: int = 0) -> Data:
-    """scikit-learn's bundled 8x8 digits (see :mod:`search.data` for other data sets)."""
-    from search.data import digits as load_digits
-
-    return load_digits(seed)
 
 
 @dataclass

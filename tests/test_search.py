@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from search.cost import HardwareCost, OpCost
-from search.run import SearchConfig, digits, search
+from search.data import digits
+from search.run import SearchConfig, search
 from search.spaces import SpaceConfig, choices, fixed_network, input_shape, model_space
 from search.supernet import Supernet
 

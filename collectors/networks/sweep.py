@@ -20,7 +20,7 @@ from collectors.ops import Op, op_bytes, op_flops
 from collectors.store.db import Store
 from collectors.store.models import Measurement, Sweep, utcnow
 from collectors.store.repo import done_keys, upsert_device
-from collectors.sweep import SweepSummary, _progress, commit_once, fill_result
+from collectors.sweep import SweepSummary, commit_once, fill_result, progress_bar
 from collectors.timing import PerfCounterTimer, TimingPolicy, measure_kernel
 
 LAYER_KINDS = ("conv2d", "depthwise_conv2d", "linear", "attention")
@@ -132,7 +132,7 @@ class NetworkSweep:
             done = done_keys(s, sweep_id)
         todo = [c for c in plan if config_key(c) not in done]
         summary = SweepSummary(sweep_id, len(plan), already_done=len(plan) - len(todo))
-        bar = _progress(len(plan), summary.already_done, self.progress)
+        bar = progress_bar(len(plan), summary.already_done, self.progress)
         t0, status = time.perf_counter(), "done"
         try:
             for cfg in todo:
