@@ -238,8 +238,10 @@ def commit_once(store: Store, row: Measurement, extra=None) -> bool:
     return True
 
 
-def progress_bar(total: int, initial: int, enabled: bool):
+def progress_bar(total: int, initial: int, enabled: bool, unit: str = "cfg",
+                 desc: str = "gemm sweep"):
+    """A tqdm bar with ETA (on stderr), or a silent one when not ``enabled``."""
     from tqdm import tqdm
 
-    return tqdm(total=total, initial=initial, disable=not enabled, unit="cfg",
-                desc="gemm sweep", dynamic_ncols=True)
+    return tqdm(total=total, initial=initial, disable=not enabled, unit=unit, desc=desc,
+                dynamic_ncols=True)

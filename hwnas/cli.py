@@ -604,6 +604,125 @@ def search_cmd(db_url, space, width, depth, strategy, epochs, retrain_epochs, la
     click.echo(f"wrote {out_dir}/arch.json, model.ts, state_dict.pt, model.onnx")
 
 
+def _list_of(kind, name: str):
+    """A click callback parsing a comma-separated list of ``kind`` values."""
+
+    def parse(ctx, param, value):
+        if value is None:
+            return None
+        try:
+            items = [kind(v.strip()) for v in value.split(",") if v.strip()]
+        except ValueError:
+            raise click.BadParameter(f"expected comma-separated {name}: {value!r}") from None
+        if not items:
+            raise click.BadParameter("at least one value")
+        return items
+
+    return parse
+
+
+@main.command("experiment", context_settings={"ignore_unknown_options": False})
+@DB_OPTION
+@click.option("--server", default=None,
+              help="host:port of the `hwnas serve` every trial asks for costs; default: start "
+                   "one here on --db (local training service only).")
+@click.option("--latency-ms", "latency_list", callback=_list_of(float, "numbers"),
+              help="Latency budgets (ms) to search at, e.g. 0.4,0.6,0.8.")
+@click.option("--tradeoff", "tradeoff_list", callback=_list_of(float, "numbers"),
+              help="Trade-off weights of log(latency) to search with, e.g. 0,0.05,0.2.")
+@click.option("--seed", "seed_list", callback=_list_of(int, "integers"),
+              help="Seeds (repeats of each setting), e.g. 0,1,2.")
+@click.option("--strategy", "strategy_list", callback=_list_of(str, "names"),
+              help="Strategies to compare: darts,gumbel.")
+@click.option("--concurrency", type=click.IntRange(1, 1024), default=1, show_default=True,
+              help="Trials running at once (over all machines).")
+@click.option("--max-trials", type=click.IntRange(1), default=None,
+              help="Stop after this many trials (default: the whole grid).")
+@click.option("--training-service", type=click.Choice(["local", "remote"]), default="local",
+              show_default=True, help="local: trials are processes here; remote: NNI starts "
+                                      "them over SSH on each --machine.")
+@click.option("--machine", "machines", multiple=True, metavar="USER@HOST[:PORT]",
+              help="A remote machine (repeat the option); needs hwnas installed there.")
+@click.option("--ssh-key", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Private key for the remote machines (default: SSH agent/~/.ssh).")
+@click.option("--python", "python_exe", default=None,
+              help="Python that runs each trial (default: this one locally, `python3` on "
+                   "remote machines).")
+@click.option("--manager-ip", default=None,
+              help="This machine's address as remote machines see it (NNI manager).")
+@click.option("--port", type=click.IntRange(1, 65535), default=None,
+              help="Port of NNI's manager and web portal (default: a free one).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="hwnas-experiment",
+              show_default=True)
+@click.option("--no-progress", is_flag=True)
+@click.argument("search_args", nargs=-1, type=click.UNPROCESSED)
+@friendly_errors
+def experiment_cmd(db_url, server, latency_list, tradeoff_list, seed_list, strategy_list,
+                   concurrency, max_trials, training_service, machines, ssh_key, python_exe,
+                   manager_ip, port, out_dir, no_progress, search_args) -> None:
+    """Run `hwnas search` over a grid of budgets, trade-offs, seeds and strategies as the trials
+    of one NNI experiment. Options after `--` go to every trial's `hwnas search`, e.g.
+
+      hwnas experiment --latency-ms 0.4,0.6 --seed 0,1 -- --epochs 10 --width 16
+
+    Trials run as local processes by default (--concurrency at once), or on other machines with
+    --training-service remote --machine user@host ... (see the README). All trials ask the same
+    prediction service for costs. Writes experiment.json and experiment.png to --out; each
+    trial's exported network stays in its NNI trial folder."""
+    import contextlib
+    import sys
+    from pathlib import Path
+
+    from search.experiment import (
+        ExperimentSpec,
+        Machine,
+        grid_points,
+        run_experiment,
+        write_report,
+    )
+    from search.job import local_service
+    from search.nni_trial import trial_argv
+
+    grid = {k: v for k, v in (("latency_ms", latency_list), ("tradeoff", tradeoff_list),
+                              ("seed", seed_list), ("strategy", strategy_list)) if v}
+    if not grid:
+        raise click.UsageError("give at least one of --latency-ms, --tradeoff, --seed, "
+                               "--strategy with the values to try")
+    if training_service == "remote" and not server:
+        raise click.UsageError("--training-service remote needs --server HOST:PORT of a "
+                               "prediction service the machines can reach")
+    python = python_exe or (sys.executable if training_service == "local" else "python3")
+    with contextlib.ExitStack() as stack:
+        address = server or stack.enter_context(local_service(db_url))
+        spec = ExperimentSpec(list(search_args), grid, address, concurrency, max_trials,
+                              training_service, [Machine.parse(m) for m in machines], ssh_key,
+                              python, manager_ip, Path(out_dir))
+        # Every trial's command line must parse before any trial starts.
+        for point in grid_points(spec):
+            argv = trial_argv(spec.search_args, point, address, Path(out_dir))
+            search_cmd.make_context("search", argv[1:])
+        click.echo(f"{spec.trial_count()} trials ({training_service}), costs from {address}")
+        outcomes = run_experiment(spec, port, not no_progress)
+    report = write_report(outcomes, spec, Path(out_dir))
+    rows = []
+    for o in sorted(outcomes, key=lambda o: -(o.result or {}).get("default", -1)):
+        r = o.result or {}
+        measured = r.get("measured_latency_ms")
+        rows.append([o.trial_id, json.dumps(o.params), o.status,
+                     "-" if not r else f"{r['default'] * 100:.1f}",
+                     "-" if not r else f"{r['predicted_latency_ms']:.3f}",
+                     "-" if measured is None else f"{measured:.3f}",
+                     {None: "-", 1.0: "yes", 0.0: "no"}[r.get("budget_met")]])
+    print_table(["trial", "parameters", "status", "test acc %", "predicted ms", "measured ms",
+                 "budget met"], rows)
+    failed = [o for o in outcomes if o.status != "SUCCEEDED"]
+    for o in failed:
+        click.echo(f"trial {o.trial_id} {o.status}: see trial.stderr in {o.folder}", err=True)
+    click.echo(f"wrote {report} and {report.with_suffix('.png')}")
+    if failed:
+        raise SystemExit(1)
+
+
 @main.group("import")
 def import_() -> None:
     """Load public measurements made elsewhere into the store."""

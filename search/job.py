@@ -25,6 +25,21 @@ from search.spaces import SpaceConfig, fixed_network, input_shape
 
 
 @contextmanager
+def local_service(db_url: str | None):
+    """A prediction service over ``db_url`` on a free loopback port, for as long as the block
+    runs; yields its ``host:port``."""
+    from collectors.store.db import Store
+    from hwnas.service.engine import PredictionEngine
+    from hwnas.service.server import Server, ServerConfig
+
+    local = Server(PredictionEngine(Store(db_url)), ServerConfig(port=0)).start()
+    try:
+        yield f"127.0.0.1:{local.port}"
+    finally:
+        local.stop(1)
+
+
+@contextmanager
 def prediction_client(server: str | None, db_url: str | None, token: str | None = None):
     """A client of ``server``, or of a service started here on a free port over ``db_url``."""
     from hwnas.client import PredictorClient
@@ -33,17 +48,9 @@ def prediction_client(server: str | None, db_url: str | None, token: str | None 
         with PredictorClient(server, token=token) as client:
             yield client
         return
-    from collectors.store.db import Store
-    from hwnas.service.engine import PredictionEngine
-    from hwnas.service.server import Server, ServerConfig
-
-    local = Server(PredictionEngine(Store(db_url)), ServerConfig(port=0)).start()
-    try:
-        with PredictorClient(f"127.0.0.1:{local.port}") as client:
-            client.wait_ready(60)
-            yield client
-    finally:
-        local.stop(1)
+    with local_service(db_url) as address, PredictorClient(address) as client:
+        client.wait_ready(60)
+        yield client
 
 
 @dataclass

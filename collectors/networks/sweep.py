@@ -132,7 +132,8 @@ class NetworkSweep:
             done = done_keys(s, sweep_id)
         todo = [c for c in plan if config_key(c) not in done]
         summary = SweepSummary(sweep_id, len(plan), already_done=len(plan) - len(todo))
-        bar = progress_bar(len(plan), summary.already_done, self.progress)
+        bar = progress_bar(len(plan), summary.already_done, self.progress,
+                           desc="network sweep")
         t0, status = time.perf_counter(), "done"
         try:
             for cfg in todo:
