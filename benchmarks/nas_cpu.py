@@ -55,7 +55,7 @@ def main() -> None:
     store = Store(db)
     t0 = time.perf_counter()
     if args.db is None:
-        sweeper = NetworkSweep(store, device, TimingPolicy(min_time_s=0.2), threads=1,
+        sweeper = NetworkSweep(store, device, TimingPolicy(min_time_s=0.1, rounds=3), threads=1,
                                progress=False)
         sweeper.run(sweeper.create(layer_grid(list(LAYER_KINDS), [1]), "layers"))
         sweeper.run(sweeper.create(network_plan(list(FAMILIES), args.networks, 1, 0),

@@ -39,7 +39,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--count", type=int, default=40)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--min-time", type=float, default=0.2)
+    ap.add_argument("--min-time", type=float, default=0.1,
+                    help="timed seconds per config and round")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="interleaved rounds; a config's latency is its lowest round median")
     ap.add_argument("--db", default=None)
     ap.add_argument("--reuse", action="store_true")
     args = ap.parse_args()
@@ -47,7 +50,8 @@ def main() -> None:
     db = args.db or f"sqlite:///{os.path.join(tempfile.mkdtemp(), 'networks.sqlite')}"
     store, device = Store(db), CpuDevice()
     if not args.reuse:
-        sweeper = NetworkSweep(store, device, TimingPolicy(min_time_s=args.min_time),
+        policy = TimingPolicy(min_time_s=args.min_time, rounds=args.rounds)
+        sweeper = NetworkSweep(store, device, policy,
                                args.threads)
         s1 = sweeper.run(sweeper.create(layer_grid(list(LAYER_KINDS), [1]), "layers"))
         s2 = sweeper.run(sweeper.create(network_plan(list(FAMILIES), args.count, 1, 0),

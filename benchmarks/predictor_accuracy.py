@@ -33,7 +33,10 @@ def main() -> None:
     ap.add_argument("--dtypes", default="fp32,bf16")
     ap.add_argument("--min-size", type=int, default=16)
     ap.add_argument("--max-size", type=int, default=1024)
-    ap.add_argument("--min-time", type=float, default=0.2)
+    ap.add_argument("--min-time", type=float, default=0.1,
+                    help="timed seconds per config and round")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="interleaved rounds; a config's latency is its lowest round median")
     ap.add_argument("--db", default=None)
     ap.add_argument("--reuse", action="store_true", help="evaluate the store's data as it is")
     ap.add_argument("--trees", type=int, default=200)
@@ -49,7 +52,8 @@ def main() -> None:
         with store.session() as s:
             save_peaks(s, upsert_device(s, device.info), measure_peaks(device, backend, dtypes))
             s.commit()
-        runner = SweepRunner(store, device, backend, TimingPolicy(min_time_s=args.min_time))
+        policy = TimingPolicy(min_time_s=args.min_time, rounds=args.rounds)
+        runner = SweepRunner(store, device, backend, policy)
         plan = plan_gemm(random_shapes(args.shapes, args.min_size, args.max_size, seed=11),
                          dtypes)
         summary = runner.run(runner.create(plan))

@@ -20,9 +20,10 @@ from collectors.devices import ComputeDevice, DeviceError
 from collectors.gemm.backends import GemmBackend
 from collectors.gemm.shapes import Shape
 from collectors.ops import DTYPES, Op, gemm_bytes, gemm_flops
+from collectors.rounds import rounds_done, rounds_progress, run_rounds, sweep_rounds
 from collectors.store.db import Store
 from collectors.store.models import Measurement, Sweep, utcnow
-from collectors.store.repo import done_keys, get_sweep, upsert_device
+from collectors.store.repo import get_sweep, upsert_device
 from collectors.timing import KernelResult, TimingPolicy, measure_kernel
 
 # Share of free device memory a config may use; the rest is headroom for the allocator and
@@ -119,22 +120,31 @@ class SweepRunner:
             raise DeviceError(f"--resume {sweep_id}: the sweep was made on "
                               f"{sweep.config.get('device')} of another machine; run it there")
         with self.store.session() as s:
-            done = done_keys(s, sweep_id)
             device_id = sweep.device_id
             s.get(Sweep, sweep_id).status = "running"
             s.commit()
-        todo = [(op, origin) for op, origin in plan if op.key() not in done]
-        summary = SweepSummary(sweep_id, len(plan), already_done=len(plan) - len(todo))
+        rounds = sweep_rounds(sweep.config)
+        items = [(op.key(), (op, origin)) for op, origin in plan]
+        done = rounds_done(self.store, sweep_id, rounds)
+        finished, measured = rounds_progress(done, [k for k, _ in items], rounds)
+        summary = SweepSummary(sweep_id, len(plan), already_done=finished)
         t0 = time.perf_counter()
-        bar = progress_bar(len(plan), summary.already_done, self.progress)
+        bar = progress_bar(len(plan) * rounds, measured, self.progress,
+                           unit="cfg" if rounds == 1 else "measurement")
+
+        def commit_first(row: Measurement) -> None:
+            if self._commit(row):
+                self._count(summary, row)
+
+        def advance() -> None:
+            bar.update(1)
+            bar.set_postfix(failed=summary.failed, skipped=summary.skipped)
+
         status = "done"
         try:
-            for op, origin in todo:
-                row = self.measure(op, origin, sweep_id, device_id)
-                if self._commit(row):
-                    self._count(summary, row)
-                bar.update(1)
-                bar.set_postfix(failed=summary.failed, skipped=summary.skipped)
+            run_rounds(self.store, sweep_id, items, rounds, done,
+                       lambda item: self.measure(item[0], item[1], sweep_id, device_id),
+                       commit_first, advance)
         except KeyboardInterrupt:
             summary.interrupted = True
             status = "interrupted"

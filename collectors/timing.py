@@ -34,9 +34,12 @@ class TimingPolicy:
     power_window_s: float = 1.0
     l2_flush: bool = False
     cooldown_s: float = 0.0
+    # Whole passes over a sweep's configs, each in a new random order; a config's latency is
+    # the lowest of its round medians (see collectors.rounds).
+    rounds: int = 1
 
     def __post_init__(self) -> None:
-        for name in ("min_reps", "max_reps", "min_warmup_calls"):
+        for name in ("min_reps", "max_reps", "min_warmup_calls", "rounds"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be at least 1")
         for name in ("warmup_s", "min_time_s", "target_rep_ms", "power_window_s", "cooldown_s"):

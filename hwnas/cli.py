@@ -149,6 +149,13 @@ timing_options = _stack([
                  help="Pause between configs (s), keeps temperature comparable."),
 ])
 
+ROUNDS_OPTION = click.option(
+    "--rounds", type=click.IntRange(1, 100), default=None,
+    help="Passes over all configs, each in a new random order; a config's latency is its "
+         "lowest round median, every round is kept with the row. Default: 3 on a CPU (shared "
+         "and virtual CPUs drift in phases of seconds, so one pass repeats only to ~10%), 1 on "
+         "a GPU.")
+
 
 @main.group()
 def collect() -> None:
@@ -165,8 +172,10 @@ def collect() -> None:
               help="CPU threads per GEMM (default: all cores); stored with every row.")
 @plan_options
 @timing_options
+@ROUNDS_OPTION
 @click.option("--resume", "resume_id", type=int, default=None, metavar="SWEEP",
-              help="Resume sweep SWEEP: measure only the configs it has not stored yet.")
+              help="Resume sweep SWEEP: measure only what it has not stored yet (its own "
+                   "timing options and rounds apply).")
 @click.option("--skip-peaks", is_flag=True,
               help="Do not measure the device's peaks before the sweep if missing.")
 @click.option("--adaptive", is_flag=True,
@@ -182,7 +191,7 @@ def collect() -> None:
 @friendly_errors
 def collect_gemm(db_url, device_name, backend, threads, dtypes, shape_set, min_size, max_size,
                  points, count, seed, layouts, warmup, min_reps, min_time, power_window, l2_flush,
-                 cooldown, resume_id, skip_peaks, adaptive, budget, pool, round_size,
+                 cooldown, rounds, resume_id, skip_peaks, adaptive, budget, pool, round_size,
                  no_progress) -> None:
     """Sweep GEMM shapes x dtypes on one device; every config is committed as it completes.
 
@@ -195,8 +204,8 @@ def collect_gemm(db_url, device_name, backend, threads, dtypes, shape_set, min_s
         dtypes=dtypes,
         shape_set=shape_set, min_size=min_size, max_size=max_size, points=points, count=count,
         seed=seed, layouts=layouts, warmup=warmup, min_reps=min_reps, min_time=min_time,
-        power_window=power_window, l2_flush=l2_flush, cooldown=cooldown, resume_id=resume_id,
-        progress=not no_progress, adaptive=adaptive and resume_id is None)
+        power_window=power_window, l2_flush=l2_flush, cooldown=cooldown, rounds=rounds,
+        resume_id=resume_id, progress=not no_progress, adaptive=adaptive and resume_id is None)
     if adaptive and resume_id is None:
         summary = job.run_adaptive(budget, pool, round_size, seed)
     else:
@@ -224,19 +233,22 @@ def collect_gemm(db_url, device_name, backend, threads, dtypes, shape_set, min_s
 @click.option("--resume", "resume_id", type=int, default=None, metavar="SWEEP")
 @click.option("--no-progress", is_flag=True)
 @timing_options
+@ROUNDS_OPTION
 @friendly_errors
 def collect_network(db_url, families, count, batches, layer_kinds, seed, threads, resume_id,
                     no_progress, warmup, min_reps, min_time, power_window, l2_flush,
-                    cooldown) -> None:
+                    cooldown, rounds) -> None:
     """Measure whole sampled networks (or single layers) on this CPU; each decomposed into its
     ops (stored with the row) so network predictors can learn from them."""
     from collectors.devices import get_device
     from collectors.networks.sweep import LAYER_KINDS, NetworkSweep, layer_grid, network_plan
+    from collectors.rounds import default_rounds
     from collectors.timing import TimingPolicy
     from hwnas.gemm_job import split_list
 
     policy = TimingPolicy(warmup_s=warmup, min_reps=min_reps, min_time_s=min_time,
-                          power_window_s=power_window, l2_flush=l2_flush, cooldown_s=cooldown)
+                          power_window_s=power_window, l2_flush=l2_flush, cooldown_s=cooldown,
+                          rounds=default_rounds(rounds, "cpu"))
     batch_list = [int(b) for b in split_list(batches, "--batch")]
     if any(b < 1 for b in batch_list):
         raise click.UsageError("--batch: must be positive integers")

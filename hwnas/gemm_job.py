@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import click
@@ -11,6 +12,7 @@ from collectors.devices import ComputeDevice, get_device
 from collectors.gemm.backends import GemmBackend, backend_for
 from collectors.gemm.shapes import log_grid, network_shapes, random_shapes
 from collectors.ops import check_dtype
+from collectors.rounds import default_rounds
 from collectors.store.db import Store
 from collectors.sweep import SweepRunner, SweepSummary, plan_gemm
 from collectors.timing import TimingPolicy
@@ -56,7 +58,7 @@ class GemmJob:
                      dtypes="fp32",
                      shape_set="grid", min_size=16, max_size=1024, points=4, count=50, seed=0,
                      layouts="nn", warmup=0.05, min_reps=10, min_time=0.2, power_window=1.0,
-                     l2_flush=False, cooldown=0.0, resume_id=None, progress=True,
+                     l2_flush=False, cooldown=0.0, rounds=None, resume_id=None, progress=True,
                      skip_unsupported_dtypes=False, adaptive=False) -> GemmJob:
         # Validate every option before touching hardware or the store.
         policy = TimingPolicy(warmup_s=warmup, min_reps=min_reps, min_time_s=min_time,
@@ -74,6 +76,7 @@ class GemmJob:
             plan, options = build_plan(shape_set, min_size, max_size, points, count, seed,
                                        layouts, dtype_list)
         device = get_device(device_name)
+        policy = dataclasses.replace(policy, rounds=default_rounds(rounds, device.info.kind))
         backend_impl = backend_for(device.info.kind, backend, getattr(device, "index", 0),
                                    threads)
         if skip_unsupported_dtypes:

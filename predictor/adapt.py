@@ -95,12 +95,13 @@ def adapt_by_measuring(store: Store, samples: int, reference_csv: str | Path = D
     CIFAR network, batch 1; stored as a network sweep), fit and register for this CPU."""
     from collectors.devices import CpuDevice
     from collectors.networks.sweep import NetworkSweep
+    from collectors.rounds import default_rounds
     from collectors.timing import TimingPolicy
 
     archs, reference, idx = _prepare(reference_csv, None, samples)
     device = CpuDevice()
-    sweeper = NetworkSweep(store, device, TimingPolicy(min_time_s=min_time_s), threads,
-                           progress)
+    policy = TimingPolicy(min_time_s=min_time_s, rounds=default_rounds(None, "cpu"))
+    sweeper = NetworkSweep(store, device, policy, threads, progress)
     plan = [{"family": "nb201", "arch": archs.iloc[i], "resolution": 32, "batch": 1}
             for i in idx]
     sweep_id = sweeper.create(plan, "network")

@@ -16,6 +16,7 @@ from collectors.store.models import Measurement, Sweep
 CMD = [sys.executable, "-m", "hwnas.cli", "collect", "gemm", "--backend", "numpy",
        "--shapes", "grid", "--min-size", "16", "--max-size", "256", "--points", "4",
        "--min-time", "0.06", "--warmup", "0.01", "--skip-peaks", "--no-progress"]
+ONE_ROUND = ["--rounds", "1"]
 
 
 def _count(engine) -> int:
@@ -29,7 +30,8 @@ def _count(engine) -> int:
 def test_sigkill_then_resume_measures_every_config_once(tmp_path):
     url = f"sqlite:///{tmp_path / 'resume.sqlite'}"
     env = {**os.environ, "HWNAS_DB": url}
-    proc = subprocess.Popen(CMD, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(CMD + ONE_ROUND, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
     engine = create_engine(url)
     deadline = time.time() + 60
     while _count(engine) < 10 and time.time() < deadline:
@@ -45,8 +47,8 @@ def test_sigkill_then_resume_measures_every_config_once(tmp_path):
     assert 10 <= len(before) < 64, "the kill must land mid-sweep"
     assert status == "running"
 
-    done = subprocess.run(CMD + ["--resume", "1"], env=env, capture_output=True, text=True,
-                          timeout=120)
+    done = subprocess.run(CMD + ONE_ROUND + ["--resume", "1"], env=env, capture_output=True,
+                          text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "resuming sweep 1" in done.stderr
     with engine.connect() as c:
@@ -60,3 +62,42 @@ def test_sigkill_then_resume_measures_every_config_once(tmp_path):
     assert all(dict((r.config_key, r.uid) for r in rows)[k] == uid for k, uid in before.items())
     assert status == "done"
     assert f"{len(before)} stored earlier" in done.stdout
+
+
+def _rounds(engine) -> dict[str, int]:
+    with engine.connect() as c:
+        try:
+            rows = c.execute(select(Measurement.config_key, Measurement.params)).all()
+        except Exception:
+            return {}
+    return {k: len((p or {}).get("rounds", [])) for k, p in rows}
+
+
+def test_sigkill_in_a_later_round_then_resume(tmp_path):
+    """Three interleaved rounds: killed during the second, resumed with a different --rounds on
+    the command line (the sweep keeps its own): every config ends with one row and exactly three
+    round records, its latency the lowest round median."""
+    url = f"sqlite:///{tmp_path / 'rounds.sqlite'}"
+    env = {**os.environ, "HWNAS_DB": url}
+    proc = subprocess.Popen(CMD + ["--rounds", "3"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    engine = create_engine(url)
+    deadline = time.time() + 90
+    while sum(_rounds(engine).values()) < 64 + 10 and time.time() < deadline:
+        assert proc.poll() is None, proc.stderr.read().decode()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = _rounds(engine)
+    assert len(before) == 64 and 64 + 10 <= sum(before.values()) < 3 * 64
+    done = subprocess.run(CMD + ["--rounds", "1", "--resume", "1"], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    with engine.connect() as c:
+        rows = c.execute(select(Measurement.config_key, Measurement.latency_ms_median,
+                                Measurement.params)).all()
+    assert len(rows) == 64 and len({r.config_key for r in rows}) == 64
+    for r in rows:
+        medians = [x["median_ms"] for x in r.params["rounds"]]
+        assert len(medians) == 3 and r.latency_ms_median == min(medians)
+        assert r.params["round_spread"] == max(medians) / min(medians) - 1

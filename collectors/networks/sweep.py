@@ -17,9 +17,10 @@ from collectors.devices import ComputeDevice
 from collectors.networks.decompose import decompose
 from collectors.networks.zoo import FAMILIES, build, sample_config
 from collectors.ops import Op, op_bytes, op_flops
+from collectors.rounds import rounds_done, rounds_progress, run_rounds, sweep_rounds
 from collectors.store.db import Store
 from collectors.store.models import Measurement, Sweep, utcnow
-from collectors.store.repo import done_keys, upsert_device
+from collectors.store.repo import upsert_device
 from collectors.sweep import SweepSummary, commit_once, fill_result, progress_bar
 from collectors.timing import PerfCounterTimer, TimingPolicy, measure_kernel
 
@@ -129,20 +130,24 @@ class NetworkSweep:
             if sweep is None or sweep.kind not in ("network", "layers"):
                 raise ValueError(f"--resume {sweep_id}: no network sweep with that id")
             plan, device_id = list(sweep.config["configs"]), sweep.device_id
-            done = done_keys(s, sweep_id)
-        todo = [c for c in plan if config_key(c) not in done]
-        summary = SweepSummary(sweep_id, len(plan), already_done=len(plan) - len(todo))
-        bar = progress_bar(len(plan), summary.already_done, self.progress,
-                           desc="network sweep")
-        t0, status = time.perf_counter(), "done"
-        try:
-            for cfg in todo:
-                row = self.measure(cfg, sweep_id, device_id)
-                if not commit_once(self.store, row):
-                    continue
+            rounds = sweep_rounds(sweep.config)
+        items = [(config_key(c), c) for c in plan]
+        done = rounds_done(self.store, sweep_id, rounds)
+        finished, measured = rounds_progress(done, [k for k, _ in items], rounds)
+        summary = SweepSummary(sweep_id, len(plan), already_done=finished)
+        bar = progress_bar(len(plan) * rounds, measured, self.progress,
+                           unit="cfg" if rounds == 1 else "measurement", desc="network sweep")
+
+        def commit_first(row: Measurement) -> None:
+            if commit_once(self.store, row):
                 summary.done += row.status == "ok"
                 summary.failed += row.status != "ok"
-                bar.update(1)
+
+        t0, status = time.perf_counter(), "done"
+        try:
+            run_rounds(self.store, sweep_id, items, rounds, done,
+                       lambda cfg: self.measure(cfg, sweep_id, device_id), commit_first,
+                       lambda: bar.update(1))
         except KeyboardInterrupt:
             summary.interrupted, status = True, "interrupted"
         finally:

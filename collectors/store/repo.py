@@ -62,11 +62,6 @@ def device_peaks(session: Session, device_id: int) -> dict[str, float]:
     return {r.metric: r.value for r in rows}
 
 
-def done_keys(session: Session, sweep_id: int) -> set[str]:
-    return set(session.scalars(select(Measurement.config_key)
-                               .where(Measurement.sweep_id == sweep_id)))
-
-
 def sweep_counts(session: Session, sweep_id: int) -> dict[str, int]:
     rows = session.execute(select(Measurement.status, func.count())
                            .where(Measurement.sweep_id == sweep_id)

@@ -1,0 +1,116 @@
+"""Interleaved rounds: a sweep measures every config once per round, each round in a new random
+order, and a config's latency is the lowest of its round medians.
+
+Why: on shared or virtual CPUs the machine's speed drifts in phases of seconds (other tenants,
+frequency, steal time), so one measurement of a config lands in a fast or a slow phase by
+chance; on the 2-core development VM two passes over the same 50 GEMMs differed by 6-15%
+(median). The lowest round median over three rounds spread across the sweep repeats within
+~1-2%: it is the latency of the config when the machine is not disturbed, which is what a model
+of the hardware should learn. Every round's figures stay in ``params["rounds"]`` (dispersion
+across rounds in ``params["round_spread"]``), and the row of each config is committed after
+every round, so a killed sweep resumes at the round it was in.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+from sqlalchemy import select
+
+from collectors.store.db import Store
+from collectors.store.models import Measurement, utcnow
+
+T = TypeVar("T")
+
+# What one round measures; the row keeps these from its fastest round.
+ROUND_FIELDS = ("latency_ms_median", "latency_ms_p10", "latency_ms_p90", "latency_ms_mean",
+                "latency_ms_std", "repetitions", "tflops", "power_w", "energy_j",
+                "power_source", "power_window_s", "sm_clock_mhz", "mem_clock_mhz",
+                "temperature_c", "throttle_reasons")
+ROUND_PARAMS = ("inner_calls", "state_after", "power_note")
+
+
+def round_record(row: Measurement) -> dict:
+    """One round of ``row`` as stored in ``params["rounds"]`` (latencies in ms)."""
+    if row.status != "ok":
+        return {"error": row.error, "at": utcnow().isoformat()}
+    return {"median_ms": row.latency_ms_median, "p10_ms": row.latency_ms_p10,
+            "p90_ms": row.latency_ms_p90, "repetitions": row.repetitions,
+            "power_w": row.power_w, "at": utcnow().isoformat()}
+
+
+def _summarise(params: dict, records: list[dict]) -> dict:
+    medians = [r["median_ms"] for r in records if "median_ms" in r]
+    return {**params, "rounds": records,
+            "latency_statistic": f"lowest of {len(medians)} interleaved round medians",
+            "round_spread": max(medians) / min(medians) - 1}
+
+
+def rounds_done(store: Store, sweep_id: int, rounds: int) -> dict[str, int]:
+    """Rounds each config of the sweep has finished; a failed or skipped config is final."""
+    with store.session() as s:
+        rows = s.execute(select(Measurement.config_key, Measurement.status, Measurement.params)
+                         .where(Measurement.sweep_id == sweep_id))
+        return {key: (len((params or {}).get("rounds") or [None]) if status == "ok"
+                      else rounds) for key, status, params in rows}
+
+
+def merge_round(store: Store, sweep_id: int, key: str, new: Measurement) -> None:
+    """Add round ``new`` to the stored row of ``key``: its record is appended, and its figures
+    replace the row's when its median is the lowest so far."""
+    with store.session() as s:
+        row = s.scalars(select(Measurement).where(Measurement.sweep_id == sweep_id,
+                                                  Measurement.config_key == key)
+                        .with_for_update()).one()
+        params = dict(row.params or {})
+        records = list(params.get("rounds") or [round_record(row)])
+        records.append(round_record(new))
+        if new.status == "ok" and new.latency_ms_median < row.latency_ms_median:
+            for name in ROUND_FIELDS:
+                setattr(row, name, getattr(new, name))
+            params.update({k: v for k, v in (new.params or {}).items() if k in ROUND_PARAMS})
+        row.params = _summarise(params, records)
+        s.commit()
+
+
+def run_rounds(store: Store, sweep_id: int, items: Sequence[tuple[str, T]], rounds: int,
+               done: dict[str, int], measure: Callable[[T], Measurement],
+               commit_first: Callable[[Measurement], None], advance: Callable[[], None]) -> None:
+    """Measure every ``(config_key, item)`` ``rounds`` times, a round at a time, skipping the
+    rounds ``done`` (from :func:`rounds_done`) says are finished. ``commit_first`` stores a
+    config's first round; ``advance`` is called after every measurement (progress)."""
+    for r in range(rounds):
+        todo = [(key, item) for key, item in items if done.get(key, 0) == r]
+        if rounds > 1:
+            random.Random(f"{sweep_id}:{r}").shuffle(todo)
+        for key, item in todo:
+            row = measure(item)
+            if r == 0:
+                if rounds > 1 and row.status == "ok":
+                    row.params = _summarise(dict(row.params or {}), [round_record(row)])
+                commit_first(row)
+            else:
+                merge_round(store, sweep_id, key, row)
+            done[key] = rounds if r == 0 and row.status != "ok" else r + 1
+            advance()
+
+
+def rounds_progress(done: dict[str, int], keys: Sequence[str], rounds: int) -> tuple[int, int]:
+    """(configs finished in every round, measurements already made), for a progress bar."""
+    return (sum(done.get(k, 0) >= rounds for k in keys),
+            sum(min(done.get(k, 0), rounds) for k in keys))
+
+
+def default_rounds(rounds: int | None, device_kind: str) -> int:
+    """``rounds`` if given, else 3 on a CPU (drifting host) and 1 on a GPU (steady clocks;
+    its energy windows make each pass long)."""
+    if rounds is not None:
+        return rounds
+    return 3 if device_kind == "cpu" else 1
+
+
+def sweep_rounds(config: dict) -> int:
+    """Rounds a sweep was created with (its stored timing policy); 1 for older sweeps."""
+    return int((config.get("policy") or {}).get("rounds", 1))
