@@ -217,11 +217,11 @@ def collect_gemm(db_url, device_name, backend, threads, dtypes, shape_set, min_s
 
 @collect.command("network")
 @DB_OPTION
-@click.option("--family", "families", default="nb201,resnet,mobilenet,transformer",
+@click.option("--family", "families", default="nb201,proxyless,resnet,mobilenet,transformer",
               show_default=True,
-              help="Comma-separated: nb201, resnet, mobilenet, transformer (sampled whole "
-                   "networks), or layers (single conv2d/depthwise/linear/attention layers over "
-                   "grids).")
+              help="Comma-separated: nb201, proxyless (the `hwnas search --space mobilenet` "
+                   "space), resnet, mobilenet, transformer (sampled whole networks), or layers "
+                   "(single conv2d/depthwise/linear/attention layers over grids).")
 @click.option("--count", type=click.IntRange(1, 100_000), default=20, show_default=True,
               help="Architectures per family.")
 @click.option("--batch", "batches", default="1", show_default=True,

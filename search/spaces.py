@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 
 from torch import nn
 
-from collectors.networks.zoo import Choose, InvertedResidual, nb201_skeleton
+from collectors.networks.zoo import Choose, nb201_skeleton, proxyless_skeleton
 
 
 @dataclass(frozen=True)
@@ -41,21 +41,8 @@ class SpaceConfig:
 
 
 def _mobilenet(cfg: SpaceConfig, choose: Choose) -> nn.Module:
-    w = cfg.width
-    layers: list[nn.Module] = [nn.Conv2d(cfg.in_channels, w, 3, 1, 1, bias=False),
-                               nn.BatchNorm2d(w), nn.ReLU6()]
-    c = w
-    for i in range(cfg.depth):
-        stride = 2 if i == cfg.depth // 2 else 1
-        cout = c * 2 if stride == 2 else c
-        cands: dict[str, nn.Module] = {f"k{k}e{e}": InvertedResidual(c, cout, k, e, stride)
-                                       for k in (3, 5, 7) for e in (3, 6)}
-        if stride == 1 and cout == c:
-            cands["skip"] = nn.Identity()
-        layers.append(choose(f"block{i}", cands))
-        c = cout
-    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, cfg.classes)]
-    return nn.Sequential(*layers)
+    # Built by the collectors' zoo, so network sweeps measure exactly this space ("proxyless").
+    return proxyless_skeleton(cfg.in_channels, cfg.width, cfg.depth, cfg.classes, choose)
 
 
 def _nb201(cfg: SpaceConfig, choose: Choose) -> nn.Module:

@@ -151,3 +151,21 @@ def test_layer_sweep_and_network_model_round_trip(store):
 def test_unknown_families_are_clear_errors(bad):
     with pytest.raises(ValueError, match="--family"):
         network_plan(bad, 1, 1, 0)
+
+
+def test_proxyless_family_is_the_search_space_of_hwnas_search():
+    from collectors.networks.zoo import proxyless_options
+    from search.spaces import SpaceConfig, choices, fixed_network, input_shape
+
+    rng = np.random.default_rng(3)
+    for _ in range(4):
+        cfg = sample_config("proxyless", rng)
+        space = SpaceConfig("mobilenet", cfg["in_channels"], cfg["resolution"], cfg["width"],
+                            cfg["depth"], cfg["classes"])
+        assert choices(space) == proxyless_options(cfg["depth"])
+        model, shape = build(cfg, 2)
+        assert shape == input_shape(space, 2)
+        ours = decompose(model, shape)
+        theirs = decompose(fixed_network(space, cfg["arch"]), shape)
+        assert not ours.unsupported
+        assert [op.to_dict() for _, op in ours.ops] == [op.to_dict() for _, op in theirs.ops]

@@ -1,5 +1,6 @@
-"""Networks built locally (no pretrained weights) for network sweeps: NAS-Bench-201 cells, and
-ResNet-, MobileNetV2- and small-transformer-style families with sampled hyperparameters.
+"""Networks built locally (no pretrained weights) for network sweeps: NAS-Bench-201 cells, the
+MobileNet/ProxylessNAS-style search space of ``hwnas search`` ("proxyless"), and ResNet-,
+MobileNetV2- and small-transformer-style families with sampled hyperparameters.
 
 Every sampled architecture is a JSON-able config; :func:`build` turns a config back into the
 same torch module and input shape, so a stored measurement can be rebuilt and re-measured.
@@ -15,7 +16,7 @@ from torch import nn
 
 from collectors.networks.cells import EDGE_OPS, parse_cell
 
-FAMILIES = ("nb201", "resnet", "mobilenet", "transformer")
+FAMILIES = ("nb201", "proxyless", "resnet", "mobilenet", "transformer")
 
 
 class Zero(nn.Module):
@@ -112,6 +113,33 @@ class InvertedResidual(nn.Module):
         return x + y if self.residual else y
 
 
+def proxyless_skeleton(in_channels: int, width: int, depth: int, classes: int,
+                       choose: Choose) -> nn.Module:
+    """The ProxylessNAS-style space: stem, ``depth`` blocks each choosing kernel 3/5/7 x
+    expansion 3/6 (or skip where the shape allows; the middle block halves the resolution and
+    doubles the channels), head. ``choose(label, candidates)`` picks or wraps each decision."""
+    layers: list[nn.Module] = [nn.Conv2d(in_channels, width, 3, 1, 1, bias=False),
+                               nn.BatchNorm2d(width), nn.ReLU6()]
+    c = width
+    for i in range(depth):
+        stride = 2 if i == depth // 2 else 1
+        cout = c * 2 if stride == 2 else c
+        cands: dict[str, nn.Module] = {f"k{k}e{e}": InvertedResidual(c, cout, k, e, stride)
+                                       for k in (3, 5, 7) for e in (3, 6)}
+        if stride == 1 and cout == c:
+            cands["skip"] = nn.Identity()
+        layers.append(choose(f"block{i}", cands))
+        c = cout
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, classes)]
+    return nn.Sequential(*layers)
+
+
+def proxyless_options(depth: int) -> dict[str, list[str]]:
+    """Decision label -> options of the proxyless space (the same for any width and input)."""
+    return {f"block{i}": [f"k{k}e{e}" for k in (3, 5, 7) for e in (3, 6)]
+            + ([] if i == depth // 2 else ["skip"]) for i in range(depth)}
+
+
 def resnet_network(widths: list[int], blocks: list[int], classes: int = 10):
     """A ResNet of basic blocks; ``widths[i]`` channels and ``blocks[i]`` blocks per stage."""
 
@@ -186,6 +214,12 @@ def sample_config(family: str, rng: np.random.Generator) -> dict:
         ops = rng.choice(EDGE_OPS, 6)
         return {"family": family, "arch": "|{}~0|+|{}~0|{}~1|+|{}~0|{}~1|{}~2|".format(*ops),
                 "resolution": 32}
+    if family == "proxyless":
+        depth = int(rng.integers(2, 7))
+        arch = {label: str(rng.choice(opts)) for label, opts in proxyless_options(depth).items()}
+        return {"family": family, "in_channels": int(rng.choice([1, 3])),
+                "resolution": int(rng.choice([8, 16, 32])), "width": int(rng.choice([8, 16, 32])),
+                "depth": depth, "classes": 10, "arch": arch}
     if family == "resnet":
         stages = int(rng.integers(2, 4))
         return {"family": family, "widths": [int(rng.choice([16, 24, 32, 48, 64])) * 2 ** i
@@ -210,6 +244,11 @@ def build(config: dict, batch: int = 1):
     if f == "nb201":
         r = config.get("resolution", 32)
         return nb201_network(config["arch"]), (batch, 3, r, r)
+    if f == "proxyless":
+        arch, r = config["arch"], config["resolution"]
+        net = proxyless_skeleton(config["in_channels"], config["width"], config["depth"],
+                                 config["classes"], lambda label, cands: cands[arch[label]])
+        return net, (batch, config["in_channels"], r, r)
     if f == "resnet":
         r = config.get("resolution", 32)
         return resnet_network(config["widths"], config["blocks"]), (batch, 3, r, r)
