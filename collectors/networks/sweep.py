@@ -27,16 +27,24 @@ from collectors.timing import PerfCounterTimer, TimingPolicy, measure_kernel
 LAYER_KINDS = ("conv2d", "depthwise_conv2d", "linear", "attention")
 
 
+# Channel counts the network families and the search space produce (widths x 2^stage, and
+# MobileNet expansions of them), so the per-op forests interpolate rather than extrapolate.
+CONV_CHANNELS = (16, 24, 32, 48, 64, 96, 128, 192, 256)
+DEPTHWISE_CHANNELS = (24, 32, 48, 64, 96, 128, 192, 256, 384)
+
+
 def layer_grid(kinds: list[str], batches: list[int]) -> list[dict]:
     """Single-layer configs over channel, kernel, stride, resolution, sequence and batch grids."""
     out = []
     for b in batches:
         if "conv2d" in kinds:
-            for c, k, r, s in product((16, 32, 64, 128), (1, 3), (8, 16, 32), (1, 2)):
-                out.append(Op.make("conv2d", {"in_channels": c, "out_channels": c, "kernel": k,
-                                              "height": r, "width": r, "stride": s}, "fp32", b))
+            # Same width, and doubling width as at a downsampling stage.
+            for c, grow, k, r, s in product(CONV_CHANNELS, (1, 2), (1, 3), (8, 16, 32), (1, 2)):
+                out.append(Op.make("conv2d", {"in_channels": c, "out_channels": c * grow,
+                                              "kernel": k, "height": r, "width": r, "stride": s},
+                                   "fp32", b))
         if "depthwise_conv2d" in kinds:
-            for c, k, r in product((32, 64, 128, 256), (3, 5), (8, 16, 32)):
+            for c, k, r in product(DEPTHWISE_CHANNELS, (3, 5, 7), (8, 16, 32)):
                 out.append(Op.make("depthwise_conv2d", {"channels": c, "kernel": k, "height": r,
                                                         "width": r}, "fp32", b))
         if "linear" in kinds:
