@@ -136,6 +136,19 @@ def time_kernel(fn: Callable[[], object], timer: Timer, policy: TimingPolicy) ->
     return TimingStats.from_samples(samples, inner)
 
 
+def lowest_round_ms(fn: Callable[[], object], timer: Timer, policy: TimingPolicy,
+                    rounds: int = 5, gap_s: float = 0.2) -> float:
+    """Latency (ms) of one kernel measured alone, by the sweeps' statistic: the lowest median
+    of ``rounds`` timed rounds spread over time (``gap_s`` apart), so that a slow phase of
+    the machine does not decide the figure (see collectors.rounds)."""
+    medians = []
+    for r in range(rounds):
+        if r:
+            time.sleep(gap_s)
+        medians.append(time_kernel(fn, timer, policy).median_ms)
+    return min(medians)
+
+
 def energy_window(fn: Callable[[], object], timer: Timer, reader: PowerReader,
                   per_call_ms: float, window_s: float) -> PowerResult:
     """Loop ``fn`` for at least ``window_s`` seconds and read the energy of the whole window."""

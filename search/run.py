@@ -163,9 +163,10 @@ def retrain(space: SpaceConfig, arch: dict[str, str], data: Data, epochs: int = 
 
 
 def measure_latency(model: torch.nn.Module, shape: tuple[int, ...],
-                    min_time_s: float = 0.3) -> float:
-    """Median latency (ms) of one forward pass on this CPU (the collectors' timing protocol)."""
-    from collectors.timing import PerfCounterTimer, TimingPolicy, time_kernel
+                    min_time_s: float = 0.1, rounds: int = 5) -> float:
+    """Latency (ms) of one forward pass on this CPU, by the collectors' protocol and statistic
+    (lowest of ``rounds`` round medians), so it compares with what the model learned from."""
+    from collectors.timing import PerfCounterTimer, TimingPolicy, lowest_round_ms
 
     model.eval()
     x = torch.randn(*shape)
@@ -174,7 +175,7 @@ def measure_latency(model: torch.nn.Module, shape: tuple[int, ...],
         with torch.inference_mode():
             return model(x)
 
-    return time_kernel(fn, PerfCounterTimer(), TimingPolicy(min_time_s=min_time_s)).median_ms
+    return lowest_round_ms(fn, PerfCounterTimer(), TimingPolicy(min_time_s=min_time_s), rounds)
 
 
 def random_arch(space: SpaceConfig, rng: np.random.Generator) -> dict[str, str]:
