@@ -93,3 +93,30 @@ def test_interrupted_rounds_resume_where_they_stopped(store):
 def test_sweeps_without_rounds_in_their_policy_have_one():
     assert sweep_rounds({"policy": {"min_time_s": 0.2}}) == 1 and sweep_rounds({}) == 1
     assert sweep_rounds({"policy": {"rounds": 3}}) == 3
+
+
+class ScriptedTimer:
+    """A timer whose repetitions take the scripted times (ms), round after round."""
+
+    def __init__(self, rounds: list[list[float]]):
+        self.samples = [x for r in rounds for x in r]
+
+    def time(self, fn, inner):
+        fn()
+        return self.samples.pop(0)
+
+    def sync(self):
+        pass
+
+    def before_rep(self):
+        pass
+
+
+def test_a_kernel_measured_alone_takes_the_lowest_round_median():
+    from collectors.timing import TimingPolicy, lowest_round_ms
+
+    policy = TimingPolicy(warmup_s=0, min_warmup_calls=1, min_reps=3, min_time_s=0,
+                          max_reps=3)
+    timer = ScriptedTimer([[5, 5, 9], [2, 3, 1], [3, 3, 3]])
+    assert lowest_round_ms(lambda: None, timer, policy, rounds=3, gap_s=0) == 2
+    assert timer.samples == []
