@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from search.cost import HardwareCost, ServiceCostSource
@@ -63,6 +63,7 @@ class Outcome:
     test_acc: float
     search_s: float
     hardware_s: float
+    repaired: dict[str, str] = field(default_factory=dict)  # see search.run.export_within
 
 
 def run_one(space: SpaceConfig, data, client, device: str, cfg: SearchConfig,
@@ -73,7 +74,7 @@ def run_one(space: SpaceConfig, data, client, device: str, cfg: SearchConfig,
     model, val, test = retrain(space, res.arch, data, retrain_epochs, cfg.seed)
     measured = measure_latency(model, input_shape(space)) if measure else None
     return Outcome(label, res.arch, res.predicted, measured, val, test, res.search_seconds,
-                   res.hardware_seconds), model
+                   res.hardware_seconds, res.repaired), model
 
 
 def single(space: SpaceConfig, client, device: str, cfg: SearchConfig, budgets: dict,
@@ -89,6 +90,7 @@ def single(space: SpaceConfig, client, device: str, cfg: SearchConfig, budgets: 
         "arch": outcome.arch, "device": device, "strategy": cfg.strategy,
         "data": data.name, "budgets": budgets, "searched_budgets": cfg.budgets,
         "budget_met": met,
+        "moved_to_meet_budgets": outcome.repaired,
         "predicted": outcome.predicted, "measured_latency_ms": outcome.measured_ms,
         "measured_on": "this machine's CPU" if measure else None,
         "val_accuracy": outcome.val_acc, "test_accuracy": outcome.test_acc,

@@ -61,6 +61,44 @@ class SearchResult:
     search_seconds: float
     hardware_seconds: float
     history: list[dict]
+    # Decisions moved off their most likely option so the export meets the budgets.
+    repaired: dict[str, str] = field(default_factory=dict)
+
+
+def _overshoot(pred: dict, budgets: dict[str, float]) -> float:
+    """Sum of relative overshoots over the budgets (0 when all are met)."""
+    return sum(max(0.0, pred[m] / b - 1.0) for m, b in budgets.items()
+               if pred.get(m) is not None)
+
+
+def export_within(arch: dict[str, str], probs: dict[str, dict[str, float]], hw,
+                  budgets: dict[str, float]) -> dict[str, str]:
+    """The most likely architecture, moved the least likely distance needed to meet the budgets
+    in prediction: while a budget is exceeded, switch the one decision whose change cuts the
+    overshoot most per unit of log-probability given up. The penalty acts on the *expected*
+    cost during search, so the argmax can end slightly over a budget; this closes that gap.
+    Returns ``arch`` unchanged when it meets the budgets, and the best it can reach otherwise."""
+    arch = dict(arch)
+    over = _overshoot(hw.of_arch(arch), budgets)
+    while over > 0:
+        best, best_score = None, 0.0
+        for label, options in probs.items():
+            for name, p in options.items():
+                if name == arch[label]:
+                    continue
+                cand = {**arch, label: name}
+                gain = over - _overshoot(hw.of_arch(cand), budgets)
+                if gain <= 0:
+                    continue
+                lost = math.log(max(probs[label][arch[label]], 1e-12)) - math.log(max(p, 1e-12))
+                score = gain / max(lost, 1e-6)
+                if score > best_score:
+                    best, best_score = cand, score
+        if best is None:
+            break
+        arch = best
+        over = _overshoot(hw.of_arch(arch), budgets)
+    return arch
 
 
 def _batches(x, y, size, gen):
@@ -132,10 +170,12 @@ def search(space: SpaceConfig, data: Data, cost: Callable[[Supernet], HardwareCo
             entry["argmax_latency_ms"] = hw.of_arch(net.export())["latency_ms"]
         history.append(entry)
         bar.set_postfix({k: f"{v:.3g}" for k, v in entry.items() if k != "epoch"})
-    arch = net.export()
+    likely, probs = net.export(), net.probs()
+    arch = export_within(likely, probs, hw, cfg.budgets) if hw is not None else likely
     predicted = hw.of_arch(arch) if hw is not None else {}
-    return SearchResult(arch, net.probs(), predicted, time.perf_counter() - t0,
-                        hw.seconds if hw is not None else 0.0, history)
+    repaired = {k: v for k, v in arch.items() if likely[k] != v}
+    return SearchResult(arch, probs, predicted, time.perf_counter() - t0,
+                        hw.seconds if hw is not None else 0.0, history, repaired)
 
 
 def retrain(space: SpaceConfig, arch: dict[str, str], data: Data, epochs: int = 30,

@@ -19,7 +19,7 @@ SMALL = SpaceConfig("mobilenet", width=8, depth=3)
 
 
 class FlopsCost:
-    """A fake cost source: latency proportional to an op's FLOPs, energy at 10 W."""
+    """A fake cost source: latency proportional to an op's FLOPs; no power (as on a CPU)."""
 
     def op_costs(self, ops):
         from collectors.ops import Op, op_flops
@@ -87,6 +87,70 @@ def test_search_respects_a_latency_budget_in_prediction():
     assert tight.predicted["latency_ms"] <= budget
     assert 0 <= tight.hardware_seconds < tight.search_seconds
     assert set(tight.arch) == set(choices(SMALL))
+
+
+class PoweredCost:
+    """A fake device with power: latency as FlopsCost, convolutions at 40 W, the rest at 10 W,
+    so energy and power rank architectures differently from latency."""
+
+    def op_costs(self, ops):
+        from collectors.ops import Op, op_flops
+
+        out = []
+        for o in ops:
+            ms = op_flops(Op.from_dict(o)) / 1e6 + 0.001
+            watts = 40.0 if "conv" in o["kind"] else 10.0
+            out.append(OpCost(ms, watts * ms / 1e3))
+        return out, 0.05
+
+
+@pytest.mark.parametrize("fractions", [{"energy_mj": 0.6}, {"power_w": 0.85},
+                                       {"energy_mj": 0.8, "power_w": 0.9},
+                                       {"latency_ms": 0.8, "energy_mj": 0.7}])
+def test_search_respects_energy_and_power_budgets_in_prediction(fractions):
+    """Budgets as fractions of the unconstrained result: each binds, and the search meets all
+    of them at once (energy in mJ, power in W, from a source with per-op power)."""
+    data = digits()
+    small = type(data)(data.x_train[:256], data.y_train[:256], data.x_val[:128],
+                       data.y_val[:128], data.x_test[:64], data.y_test[:64])
+    free = search(SMALL, small, lambda n: HardwareCost(n, PoweredCost()),
+                  SearchConfig(epochs=2), progress=False)
+    budget = {m: f * free.predicted[m] for m, f in fractions.items()}
+    cfg = SearchConfig(epochs=4, budgets=budget, arch_lr=0.05)
+    tight = search(SMALL, small, lambda n: HardwareCost(n, PoweredCost()), cfg,
+                   progress=False)
+    for metric, value in budget.items():
+        assert tight.predicted[metric] <= value, (metric, tight.predicted)
+
+
+class TableCost:
+    """of_arch from a per-decision table of (latency ms, energy mJ) per option."""
+
+    def __init__(self, table):
+        self.table = table
+
+    def of_arch(self, arch):
+        lat = sum(self.table[k][v][0] for k, v in arch.items())
+        en = sum(self.table[k][v][1] for k, v in arch.items())
+        return {"latency_ms": lat, "energy_mj": en, "power_w": en / lat}
+
+
+def test_export_moves_the_cheapest_likely_decision_until_budgets_hold():
+    from search.run import export_within
+
+    table = {"a": {"big": (5.0, 50.0), "small": (1.0, 10.0)},
+             "b": {"big": (5.0, 50.0), "mid": (4.0, 40.0), "small": (1.0, 10.0)}}
+    probs = {"a": {"big": 0.9, "small": 0.1}, "b": {"big": 0.5, "mid": 0.45, "small": 0.05}}
+    hw = TableCost(table)
+    likely = {"a": "big", "b": "big"}
+    assert export_within(likely, probs, hw, {"latency_ms": 10.0}) == likely  # already met
+    # 9.0 ms is reachable by b: big -> mid, which gives up the least probability.
+    assert export_within(likely, probs, hw, {"latency_ms": 9.0}) == {"a": "big", "b": "mid"}
+    # Two budgets at once: several moves, ending within both.
+    got = export_within(likely, probs, hw, {"latency_ms": 6.0, "energy_mj": 60.0})
+    assert hw.of_arch(got)["latency_ms"] <= 6.0 and hw.of_arch(got)["energy_mj"] <= 60.0
+    # Infeasible: the best reachable, never an error.
+    assert export_within(likely, probs, hw, {"latency_ms": 0.5}) == {"a": "small", "b": "small"}
 
 
 @pytest.mark.parametrize("kwargs, match", [
