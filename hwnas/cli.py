@@ -229,30 +229,34 @@ def collect_gemm(db_url, device_name, backend, threads, dtypes, shape_set, min_s
 @click.option("--layer-kinds", default=",".join(("conv2d", "depthwise_conv2d", "linear",
                                                  "attention")), show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", "device_name", default="cpu", show_default=True,
+              help="cpu, or cuda:N for an NVIDIA GPU (CUDA events, NVML energy; needs a CUDA "
+                   "build of torch).")
 @click.option("--threads", type=int, default=None, help="CPU threads (default: all cores).")
 @click.option("--resume", "resume_id", type=int, default=None, metavar="SWEEP")
 @click.option("--no-progress", is_flag=True)
 @timing_options
 @ROUNDS_OPTION
 @friendly_errors
-def collect_network(db_url, families, count, batches, layer_kinds, seed, threads, resume_id,
-                    no_progress, warmup, min_reps, min_time, power_window, l2_flush,
+def collect_network(db_url, families, count, batches, layer_kinds, seed, device_name, threads,
+                    resume_id, no_progress, warmup, min_reps, min_time, power_window, l2_flush,
                     cooldown, rounds) -> None:
-    """Measure whole sampled networks (or single layers) on this CPU; each decomposed into its
-    ops (stored with the row) so network predictors can learn from them."""
+    """Measure whole sampled networks (or single layers) on this CPU or a GPU; each decomposed
+    into its ops (stored with the row) so network predictors can learn from them."""
     from collectors.devices import get_device
     from collectors.networks.sweep import LAYER_KINDS, NetworkSweep, layer_grid, network_plan
     from collectors.rounds import default_rounds
     from collectors.timing import TimingPolicy
     from hwnas.gemm_job import split_list
 
+    device = get_device(device_name)
     policy = TimingPolicy(warmup_s=warmup, min_reps=min_reps, min_time_s=min_time,
                           power_window_s=power_window, l2_flush=l2_flush, cooldown_s=cooldown,
-                          rounds=default_rounds(rounds, "cpu"))
+                          rounds=default_rounds(rounds, device.info.kind))
     batch_list = [int(b) for b in split_list(batches, "--batch")]
     if any(b < 1 for b in batch_list):
         raise click.UsageError("--batch: must be positive integers")
-    sweeper = NetworkSweep(open_store(db_url), get_device("cpu"), policy, threads,
+    sweeper = NetworkSweep(open_store(db_url), device, policy, threads,
                            progress=not no_progress)
     if resume_id is None:
         fams = split_list(families, "--family")
@@ -464,8 +468,9 @@ def worker(db_url, device_name, lease, patience, max_items, threads, keep_pollin
 @main.command()
 @DB_OPTION
 @click.option("--device", required=True,
-              help="cpu: measure this machine's CPU; else the name of a device that cannot be "
-                   "reached from here (becomes its model name), read with --from-csv.")
+              help="cpu or cuda:N: measure this machine's CPU or GPU; else the name of a device "
+                   "that cannot be reached from here (becomes its model name), read with "
+                   "--from-csv.")
 @click.option("--samples", type=int, default=10, show_default=True,
               help="Architectures to measure on the new device.")
 @click.option("--from-csv", "source_csv", type=click.Path(exists=True, dir_okay=False),
@@ -473,7 +478,7 @@ def worker(db_url, device_name, lease, patience, max_items, threads, keep_pollin
               help="Latencies of the new device: a CSV with arch_str and a column named after "
                    "the device (or --column), for devices this machine cannot reach.")
 @click.option("--min-time", type=float, default=0.3, show_default=True,
-              help="With --device cpu: timed seconds per architecture.")
+              help="With --device cpu/cuda:N: timed seconds per architecture and round.")
 @click.option("--column", default=None, help="Column of --from-csv (default: --device).")
 @click.option("--reference", type=click.Path(dir_okay=False), default=None,
               help="NAS-Bench-201 latency table of the reference devices (default: the "
@@ -481,16 +486,17 @@ def worker(db_url, device_name, lease, patience, max_items, threads, keep_pollin
 @friendly_errors
 def adapt(db_url, device, samples, source_csv, column, min_time, reference) -> None:
     """Learn a new device's NAS-Bench-201 latencies from a few measured architectures: choose
-    which to measure, measure them here (--device cpu) or read them (--from-csv), fit and
-    register the model (served by PredictNetwork)."""
+    which to measure, measure them here (--device cpu or cuda:N) or read them (--from-csv),
+    fit and register the model (served by PredictNetwork)."""
     from predictor.adapt import DEFAULT_REFERENCE, adapt_by_measuring, adapt_from_csv
 
+    local = device.strip().lower()
     if source_csv is None:
-        if device.strip().lower() != "cpu":
-            raise click.UsageError("--from-csv: required unless --device cpu (only this "
-                                   "machine's CPU can be measured from here)")
+        if local != "cpu" and not local.startswith("cuda"):
+            raise click.UsageError("--from-csv: required unless --device is cpu or cuda:N "
+                                   "(only this machine's devices can be measured from here)")
         r = adapt_by_measuring(open_store(db_url), samples, reference or DEFAULT_REFERENCE,
-                               min_time)
+                               min_time, device_name=local)
         device = r.row.device_model
     else:
         r = adapt_from_csv(open_store(db_url), device, samples, source_csv, column,

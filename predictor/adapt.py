@@ -90,17 +90,19 @@ def adapt_from_csv(store: Store, device: str, samples: int, source_csv: str,
 
 def adapt_by_measuring(store: Store, samples: int, reference_csv: str | Path = DEFAULT_REFERENCE,
                        min_time_s: float = 0.3, threads: int | None = None,
-                       progress: bool = True) -> AdaptResult:
-    """Select ``samples`` architectures, build and measure them on this CPU (NAS-Bench-201's
-    CIFAR network, batch 1; stored as a network sweep), fit and register for this CPU."""
-    from collectors.devices import CpuDevice
+                       progress: bool = True, device_name: str = "cpu") -> AdaptResult:
+    """Select ``samples`` architectures, build and measure them on this machine's ``cpu`` or a
+    local ``cuda:N`` GPU (NAS-Bench-201's CIFAR network, batch 1; stored as a network sweep),
+    fit and register for that device's model."""
+    from collectors.devices import get_device
     from collectors.networks.sweep import NetworkSweep
     from collectors.rounds import default_rounds
     from collectors.timing import TimingPolicy
 
     archs, reference, idx = _prepare(reference_csv, None, samples)
-    device = CpuDevice()
-    policy = TimingPolicy(min_time_s=min_time_s, rounds=default_rounds(None, "cpu"))
+    device = get_device(device_name)
+    policy = TimingPolicy(min_time_s=min_time_s,
+                          rounds=default_rounds(None, device.info.kind))
     sweeper = NetworkSweep(store, device, policy, threads, progress)
     plan = [{"family": "nb201", "arch": archs.iloc[i], "resolution": 32, "batch": 1}
             for i in idx]

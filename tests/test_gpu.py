@@ -88,3 +88,26 @@ def test_cupy_sweep_is_stored(tmp_path):
         assert all(r.power_source.startswith("nvml") and r.power_w > 0 for r in rows)
         assert all(r.sm_clock_mhz and r.temperature_c is not None for r in rows)
         assert {r.tensor_core for r in rows if r.dtype != "fp32"} == {True}
+
+
+def test_network_sweep_on_the_gpu_with_cuda_events_and_energy(tmp_path):
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip(f"torch {torch.__version__} has no CUDA: GPU network sweeps need a CUDA "
+                    "build of torch")
+    from collectors.devices import NvidiaGpu
+    from collectors.networks.sweep import NetworkSweep, layer_grid, network_plan
+    from collectors.store.db import Store
+    from collectors.store.models import Measurement
+    from collectors.timing import TimingPolicy
+
+    store = Store(f"sqlite:///{tmp_path / 'gpu-net.sqlite'}")
+    sweeper = NetworkSweep(store, NvidiaGpu(0), TimingPolicy(min_time_s=0.05), progress=False)
+    plan = layer_grid(["conv2d"], [8])[:4] + network_plan(["nb201", "resnet"], 2, 8, 0)
+    summary = sweeper.run(sweeper.create(plan, "network"))
+    assert summary.done == len(plan) and summary.failed == 0
+    with store.session() as s:
+        rows = s.scalars(select(Measurement)).all()
+    assert {r.backend for r in rows} == {"torch-cuda"}
+    assert all(r.latency_ms_median > 0 and r.power_source.startswith("nvml") for r in rows)

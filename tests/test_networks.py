@@ -169,3 +169,30 @@ def test_proxyless_family_is_the_search_space_of_hwnas_search():
         theirs = decompose(fixed_network(space, cfg["arch"]), shape)
         assert not ours.unsupported
         assert [op.to_dict() for _, op in ours.ops] == [op.to_dict() for _, op in theirs.ops]
+
+
+def test_gpu_network_sweep_needs_a_cuda_build_of_torch(store):
+    import torch
+
+    from collectors import nvml
+    from collectors.devices import NvidiaGpu
+    from tests.fake_nvml import FakeNvml
+
+    if torch.cuda.is_available():
+        pytest.skip("this torch has CUDA; the GPU path is tested in tests/test_gpu.py")
+    nvml.set_nvml(FakeNvml())
+    with pytest.raises(ValueError, match="cuda:0: this torch build has no CUDA"):
+        NetworkSweep(store, NvidiaGpu(0), QUICK, progress=False)
+
+
+def test_collect_network_and_adapt_device_errors(tmp_path):
+    from click.testing import CliRunner
+
+    from hwnas.cli import main
+
+    db = f"sqlite:///{tmp_path / 's.db'}"
+    r = CliRunner().invoke(main, ["collect", "network", "--db", db, "--device", "cuda:0",
+                                  "--count", "1", "--no-progress"])
+    assert r.exit_code != 0 and "cuda:0" in r.output and "Traceback" not in r.output
+    r = CliRunner().invoke(main, ["adapt", "--db", db, "--device", "newdev"])
+    assert r.exit_code == 2 and "--from-csv: required unless --device is cpu or cuda:N" in r.output

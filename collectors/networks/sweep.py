@@ -22,7 +22,7 @@ from collectors.store.db import Store
 from collectors.store.models import Measurement, Sweep, utcnow
 from collectors.store.repo import upsert_device
 from collectors.sweep import SweepSummary, commit_once, fill_result, progress_bar
-from collectors.timing import PerfCounterTimer, TimingPolicy, measure_kernel
+from collectors.timing import PerfCounterTimer, Timer, TimingPolicy, measure_kernel
 
 LAYER_KINDS = ("conv2d", "depthwise_conv2d", "linear", "attention")
 
@@ -107,19 +107,55 @@ def layer_module(op: Op):
     raise ValueError(f"kind: no layer module for {op.kind}")
 
 
-class NetworkSweep:
-    def __init__(self, store: Store, device: ComputeDevice, policy: TimingPolicy | None = None,
-                 threads: int | None = None, progress: bool = True):
-        if device.info.kind != "cpu":
-            raise ValueError("--device: network sweeps run on the CPU in this version")
+class TorchCudaTimer(Timer):
+    """CUDA events (through torch) around ``inner`` forward passes; ms per pass."""
+
+    def __init__(self, index: int):
         import torch
 
-        if threads is not None:
-            torch.set_num_threads(threads)
+        self.torch, self.index = torch, index
+        self.start = torch.cuda.Event(enable_timing=True)
+        self.end = torch.cuda.Event(enable_timing=True)
+
+    def time(self, fn, inner: int) -> float:
+        self.start.record()
+        for _ in range(inner):
+            fn()
+        self.end.record()
+        self.end.synchronize()
+        return self.start.elapsed_time(self.end) / inner
+
+    def sync(self) -> None:
+        self.torch.cuda.synchronize(self.index)
+
+
+class NetworkSweep:
+    """Measures layers and whole networks with torch on this machine's CPU, or on an NVIDIA GPU
+    (``cuda:N``, CUDA events and the NVML energy counter) with a CUDA build of torch."""
+
+    def __init__(self, store: Store, device: ComputeDevice, policy: TimingPolicy | None = None,
+                 threads: int | None = None, progress: bool = True):
+        import torch
+
+        if device.info.kind == "gpu":
+            if not torch.cuda.is_available():
+                raise ValueError(f"--device cuda:{device.index}: this torch build has no CUDA "
+                                 f"(torch {torch.__version__}); install a CUDA build of torch "
+                                 "to sweep networks on the GPU")
+            self.torch_device = f"cuda:{device.index}"
+        else:
+            self.torch_device = "cpu"
+            if threads is not None:
+                torch.set_num_threads(threads)
         self.store, self.device = store, device
         self.policy = policy or TimingPolicy()
         self.progress = progress
         self.reader = device.power_reader()
+
+    def _timer(self) -> Timer:
+        if self.torch_device == "cpu":
+            return PerfCounterTimer()
+        return TorchCudaTimer(self.device.index)
 
     def create(self, plan: list[dict], kind: str) -> int:
         with self.store.session() as s:
@@ -170,9 +206,12 @@ class NetworkSweep:
     def measure(self, cfg: dict, sweep_id: int, device_id: int) -> Measurement:
         import torch
 
+        on_cpu = self.torch_device == "cpu"
         row = Measurement(sweep_id=sweep_id, device_id=device_id, config_key=config_key(cfg),
-                          backend="torch", power_source=self.reader.source,
-                          threads=torch.get_num_threads(), batch=1, dtype="fp32")
+                          backend="torch" if on_cpu else "torch-cuda",
+                          power_source=self.reader.source,
+                          threads=torch.get_num_threads() if on_cpu else None, batch=1,
+                          dtype="fp32")
         try:
             if cfg["family"] == "layer":
                 op = Op.from_dict(cfg["op"])
@@ -186,15 +225,14 @@ class NetworkSweep:
                     raise ValueError(f"unsupported layers: {', '.join(d.unsupported)}")
                 ops = d.ops
                 row.op_kind, row.batch = "network", shape[0]
-            model.eval()
-            x = torch.randn(*shape)
+            model = model.to(self.torch_device).eval()
+            x = torch.randn(*shape, device=self.torch_device)
 
             def fn():
                 with torch.inference_mode():
                     return model(x)
 
-            result = measure_kernel(fn, PerfCounterTimer(), self.device, self.reader,
-                                    self.policy)
+            result = measure_kernel(fn, self._timer(), self.device, self.reader, self.policy)
         except KeyboardInterrupt:
             raise
         except Exception as exc:
