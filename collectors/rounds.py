@@ -3,12 +3,12 @@ order, and a config's latency is the lowest of its round medians.
 
 Why: on shared or virtual CPUs the machine's speed drifts in phases of seconds (other tenants,
 frequency, steal time), so one measurement of a config lands in a fast or a slow phase by
-chance; on the 2-core development VM two passes over the same 50 GEMMs differed by 6-15%
-(median). The lowest round median over three rounds spread across the sweep repeats within
-~1-2%: it is the latency of the config when the machine is not disturbed, which is what a model
-of the hardware should learn. Every round's figures stay in ``params["rounds"]`` (dispersion
-across rounds in ``params["round_spread"]``), and the row of each config is committed after
-every round, so a killed sweep resumes at the round it was in.
+chance; on the 2-core development VM two passes over the same 50 GEMMs differed by 1-15%
+(median, depending on the day). The lowest round median over three rounds spread across the
+sweep repeats within ~0.6-2%: it is the latency of the config when the machine is not
+disturbed, which is what a model of the hardware should learn. Every round's figures stay in
+``params["rounds"]`` (dispersion across rounds in ``params["round_spread"]``), and the row of
+each config is committed after every round, so a killed sweep resumes at the round it was in.
 """
 
 from __future__ import annotations

@@ -143,6 +143,7 @@ class NetworkSweep:
                                  f"(torch {torch.__version__}); install a CUDA build of torch "
                                  "to sweep networks on the GPU")
             self.torch_device = f"cuda:{device.index}"
+            torch.cuda.set_device(device.index)  # events and streams live on this GPU
         else:
             self.torch_device = "cpu"
             if threads is not None:
