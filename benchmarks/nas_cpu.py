@@ -106,13 +106,14 @@ def one_seed(space, client, dev: str, seed: int, args):
     """Unconstrained search, search at ``fraction`` of its predicted latency, and random search
     under that budget, all with ``seed`` (data split, initialisation, random draws)."""
     data = digits(seed)
+    here = CpuDevice()
     free, _ = run_one(space, data, client, dev, SearchConfig(epochs=args.epochs, seed=seed),
-                      args.retrain_epochs, True, "unconstrained", progress=False)
+                      args.retrain_epochs, here, "unconstrained", progress=False)
     budget = args.fraction * free.predicted["latency_ms"]
     tight, _ = run_one(space, data, client, dev,
                        SearchConfig(epochs=args.epochs, seed=seed,
                                     budgets={"latency_ms": budget * (1 - args.margin)}),
-                       args.retrain_epochs, True, "constrained", progress=False)
+                       args.retrain_epochs, here, "constrained", progress=False)
     hw = HardwareCost(Supernet(space), ServiceCostSource(client, dev))
     arch, val, test, n = random_search(space, data, hw, args.random_samples,
                                        {"latency_ms": budget}, args.retrain_epochs, seed)

@@ -569,7 +569,7 @@ def search_cmd(db_url, space, width, depth, strategy, epochs, retrain_epochs, la
     from collectors.devices import CpuDevice
     from search.data import load
     from search.job import pareto, prediction_client, single
-    from search.run import SearchConfig
+    from search.run import SearchConfig, local_device_for
     from search.spaces import SpaceConfig
 
     data = load(data_spec, resolution, seed, limit)
@@ -580,20 +580,19 @@ def search_cmd(db_url, space, width, depth, strategy, epochs, retrain_epochs, la
                                  ("energy_mj", energy_mj)) if v is not None}
     cfg = SearchConfig(strategy=strategy, epochs=epochs, budgets=budgets, tradeoff=tradeoff,
                        seed=seed)
-    local_model = CpuDevice().info.model
-    device = device_spec or local_model
+    device = device_spec or CpuDevice().info.model
     try:
         with prediction_client(server, db_url) as client:
             if device_spec:
                 device = client.predict_gemm(device_spec, [(8, 8, 8)]).device
-            measure = device == local_model
+            measure_on = local_device_for(device)
             if pareto_fractions:
                 fractions = [float(f) for f in pareto_fractions.split(",") if f.strip()]
                 if not fractions or any(not 0 < f <= 1 for f in fractions):
                     raise click.UsageError("--pareto: fractions in (0, 1]")
                 doc = pareto(space_cfg, client, device, cfg, fractions, random_samples,
-                             retrain_epochs, measure, Path(out_dir), margin, not no_progress,
-                             data)
+                             retrain_epochs, measure_on, Path(out_dir), margin,
+                             not no_progress, data)
                 for o in doc["search"] + doc["random"]:
                     measured = ("-" if o["measured_ms"] is None
                                 else f"{o['measured_ms']:.3f}")
@@ -603,7 +602,7 @@ def search_cmd(db_url, space, width, depth, strategy, epochs, retrain_epochs, la
                 click.echo(f"plot: {Path(out_dir) / 'pareto.png'}")
                 return
             doc = single(space_cfg, client, device, cfg, budgets, margin, retrain_epochs,
-                         measure, Path(out_dir), not no_progress, data)
+                         measure_on, Path(out_dir), not no_progress, data)
     except grpc.RpcError as exc:
         raise click.ClickException(f"prediction service: {exc.code().name}: "
                                    f"{exc.details()}") from None
@@ -613,7 +612,11 @@ def search_cmd(db_url, space, width, depth, strategy, epochs, retrain_epochs, la
                + (f", {p['power_w']:.3g} W, {p['energy_mj']:.3g} mJ" if p.get("power_w")
                   else " (power unavailable)"))
     if doc["measured_latency_ms"] is not None:
-        click.echo(f"measured here: {doc['measured_latency_ms']:.3f} ms")
+        energy = (f", {doc['measured_energy_mj']:.3g} mJ at {doc['measured_power_w']:.3g} W"
+                  if doc["measured_energy_mj"] is not None
+                  else f" (energy: {doc['measured_power_source']})")
+        click.echo(f"measured on {doc['measured_on']}: {doc['measured_latency_ms']:.3f} ms"
+                   + energy)
     click.echo(f"accuracy after retraining: val {doc['val_accuracy'] * 100:.1f}%, test "
                f"{doc['test_accuracy'] * 100:.1f}%; search {doc['search_seconds']:.0f} s "
                f"({doc['hardware_term_share'] * 100:.1f}% on the hardware term)")

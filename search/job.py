@@ -7,16 +7,17 @@ from __future__ import annotations
 import json
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from search.cost import HardwareCost, ServiceCostSource
 from search.data import digits
 from search.run import (
     Data,
+    Measured,
     SearchConfig,
     export,
-    measure_latency,
+    measure_network,
     random_search,
     retrain,
     search,
@@ -64,26 +65,28 @@ class Outcome:
     search_s: float
     hardware_s: float
     repaired: dict[str, str] = field(default_factory=dict)  # see search.run.export_within
+    measured: Measured | None = None
 
 
 def run_one(space: SpaceConfig, data, client, device: str, cfg: SearchConfig,
-            retrain_epochs: int, measure: bool, label: str, progress: bool = True
+            retrain_epochs: int, measure_on, label: str, progress: bool = True
             ) -> tuple[Outcome, object]:
+    """Search, retrain, and measure on ``measure_on`` (a local ComputeDevice, or None)."""
     src = ServiceCostSource(client, device)
     res = search(space, data, lambda net: HardwareCost(net, src), cfg, progress)
     model, val, test = retrain(space, res.arch, data, retrain_epochs, cfg.seed)
-    measured = measure_latency(model, input_shape(space)) if measure else None
-    return Outcome(label, res.arch, res.predicted, measured, val, test, res.search_seconds,
-                   res.hardware_seconds, res.repaired), model
+    m = measure_network(model, input_shape(space), measure_on) if measure_on else None
+    return Outcome(label, res.arch, res.predicted, m.latency_ms if m else None, val, test,
+                   res.search_seconds, res.hardware_seconds, res.repaired, m), model
 
 
 def single(space: SpaceConfig, client, device: str, cfg: SearchConfig, budgets: dict,
-           margin: float, retrain_epochs: int, measure: bool, out_dir: Path,
+           margin: float, retrain_epochs: int, measure_on, out_dir: Path,
            progress: bool = True, data: Data | None = None) -> dict:
     """One search under ``budgets`` (searched at budget x (1 - margin)); exports to out_dir."""
     data = data or digits(cfg.seed)
     cfg.budgets = {k: v * (1 - margin) for k, v in budgets.items()}
-    outcome, model = run_one(space, data, client, device, cfg, retrain_epochs, measure,
+    outcome, model = run_one(space, data, client, device, cfg, retrain_epochs, measure_on,
                              "search", progress)
     met = {k: _meets(outcome, k, v) for k, v in budgets.items()}
     doc = export(out_dir, space, model, {
@@ -92,7 +95,10 @@ def single(space: SpaceConfig, client, device: str, cfg: SearchConfig, budgets: 
         "budget_met": met,
         "moved_to_meet_budgets": outcome.repaired,
         "predicted": outcome.predicted, "measured_latency_ms": outcome.measured_ms,
-        "measured_on": "this machine's CPU" if measure else None,
+        "measured_on": outcome.measured.device if outcome.measured else None,
+        "measured_energy_mj": outcome.measured.energy_mj if outcome.measured else None,
+        "measured_power_w": outcome.measured.power_w if outcome.measured else None,
+        "measured_power_source": outcome.measured.power_source if outcome.measured else None,
         "val_accuracy": outcome.val_acc, "test_accuracy": outcome.test_acc,
         "search_seconds": outcome.search_s,
         "hardware_term_share": outcome.hardware_s / max(outcome.search_s, 1e-9)})
@@ -100,22 +106,23 @@ def single(space: SpaceConfig, client, device: str, cfg: SearchConfig, budgets: 
 
 
 def _meets(o: Outcome, metric: str, budget: float) -> bool | None:
-    if metric == "latency_ms":
-        value = o.measured_ms if o.measured_ms is not None else o.predicted.get("latency_ms")
-    else:
+    """Whether ``o`` meets a budget: in measurement where the device measured that metric,
+    else in prediction; None when neither has it."""
+    value = getattr(o.measured, metric, None) if o.measured else None
+    if value is None:
         value = o.predicted.get(metric)
     return None if value is None else bool(value <= budget)
 
 
 def pareto(space: SpaceConfig, client, device: str, cfg: SearchConfig, fractions: list[float],
-           random_samples: int, retrain_epochs: int, measure: bool, out_dir: Path,
+           random_samples: int, retrain_epochs: int, measure_on, out_dir: Path,
            margin: float, progress: bool = True, data: Data | None = None) -> dict:
     """Unconstrained search, then searches at ``fractions`` of its predicted latency, and random
     search with the same budgets; writes pareto.json and pareto.png."""
     data = data or digits(cfg.seed)
     t0 = time.perf_counter()
     base_cfg = SearchConfig(**{**cfg.__dict__, "budgets": {}})
-    free, _ = run_one(space, data, client, device, base_cfg, retrain_epochs, measure,
+    free, _ = run_one(space, data, client, device, base_cfg, retrain_epochs, measure_on,
                       "unconstrained", progress)
     points = [free]
     rand_points = []
@@ -123,7 +130,7 @@ def pareto(space: SpaceConfig, client, device: str, cfg: SearchConfig, fractions
     for f in fractions:
         budget = f * free.predicted["latency_ms"]
         c = SearchConfig(**{**cfg.__dict__, "budgets": {"latency_ms": budget * (1 - margin)}})
-        o, _ = run_one(space, data, client, device, c, retrain_epochs, measure,
+        o, _ = run_one(space, data, client, device, c, retrain_epochs, measure_on,
                        f"budget {f:.0%}", progress)
         points.append(o)
         if hw is None:
@@ -132,12 +139,13 @@ def pareto(space: SpaceConfig, client, device: str, cfg: SearchConfig, fractions
             hw = HardwareCost(Supernet(space), ServiceCostSource(client, device))
         arch, val, test, n = random_search(space, data, hw, random_samples,
                                            {"latency_ms": budget}, retrain_epochs, cfg.seed)
-        m = measure_latency(fixed_network(space, arch), input_shape(space)) if measure else None
+        m = (measure_network(fixed_network(space, arch), input_shape(space), measure_on)
+             .latency_ms if measure_on else None)
         rand_points.append(Outcome(f"random {f:.0%} ({n} archs)", arch, hw.of_arch(arch), m,
                                    val, test, 0.0, 0.0))
     out_dir.mkdir(parents=True, exist_ok=True)
     doc = {"device": device, "space": space.to_dict(), "seconds": time.perf_counter() - t0,
-           "search": [o.__dict__ for o in points], "random": [o.__dict__ for o in rand_points]}
+           "search": [asdict(o) for o in points], "random": [asdict(o) for o in rand_points]}
     (out_dir / "pareto.json").write_text(json.dumps(doc, indent=2, default=float))
     plot_pareto(points, rand_points, out_dir / "pareto.png", device)
     return doc

@@ -202,20 +202,66 @@ def retrain(space: SpaceConfig, arch: dict[str, str], data: Data, epochs: int = 
     return model, val, test
 
 
-def measure_latency(model: torch.nn.Module, shape: tuple[int, ...],
-                    min_time_s: float = 0.1, rounds: int = 5) -> float:
-    """Latency (ms) of one forward pass on this CPU, by the collectors' protocol and statistic
-    (lowest of ``rounds`` round medians), so it compares with what the model learned from."""
-    from collectors.timing import PerfCounterTimer, TimingPolicy, lowest_round_ms
+@dataclass
+class Measured:
+    """A network measured on a local device: latency (ms, lowest of spread round medians) and,
+    where the device's sensors read it, energy per inference (mJ) and power (W)."""
 
-    model.eval()
-    x = torch.randn(*shape)
+    latency_ms: float
+    energy_mj: float | None
+    power_w: float | None
+    power_source: str
+    device: str
+
+
+def measure_network(model: torch.nn.Module, shape: tuple[int, ...], device=None,
+                    min_time_s: float = 0.1, rounds: int = 5) -> Measured:
+    """Measure one forward pass on ``device`` (a collectors ComputeDevice; default this CPU) by
+    the collectors' protocol and statistic, so it compares with what the model learned from;
+    energy over a >= 1 s steady-state window from the device's power reader."""
+    from collectors.devices import CpuDevice
+    from collectors.networks.sweep import TorchCudaTimer
+    from collectors.timing import PerfCounterTimer, TimingPolicy, energy_window, lowest_round_ms
+
+    device = device or CpuDevice()
+    on_cpu = device.info.kind == "cpu"
+    where = "cpu" if on_cpu else f"cuda:{device.index}"
+    model = model.to(where).eval()
+    x = torch.randn(*shape, device=where)
 
     def fn():
         with torch.inference_mode():
             return model(x)
 
-    return lowest_round_ms(fn, PerfCounterTimer(), TimingPolicy(min_time_s=min_time_s), rounds)
+    timer = PerfCounterTimer() if on_cpu else TorchCudaTimer(device.index)
+    policy = TimingPolicy(min_time_s=min_time_s)
+    latency = lowest_round_ms(fn, timer, policy, rounds)
+    power = energy_window(fn, timer, device.power_reader(), latency, policy.power_window_s)
+    energy = None if power.energy_j_per_call is None else power.energy_j_per_call * 1e3
+    return Measured(latency, energy, power.power_w, power.source,
+                    f"{device.info.model} ({device.info.name})")
+
+
+def measure_latency(model: torch.nn.Module, shape: tuple[int, ...]) -> float:
+    """Latency (ms) of one forward pass on this CPU (see :func:`measure_network`)."""
+    return measure_network(model, shape).latency_ms
+
+
+def local_device_for(model_name: str):
+    """This machine's device of ``model_name`` that a search result can be measured on (the
+    CPU, or an NVIDIA GPU with a CUDA build of torch), or None."""
+    from collectors.devices import CpuDevice, DeviceError, detect_devices
+
+    cpu = CpuDevice()
+    if cpu.info.model == model_name:
+        return cpu
+    if not torch.cuda.is_available():
+        return None
+    try:
+        gpus = [d for d in detect_devices() if d.info.kind == "gpu"]
+    except DeviceError:
+        return None
+    return next((d for d in gpus if d.info.model == model_name), None)
 
 
 def random_arch(space: SpaceConfig, rng: np.random.Generator) -> dict[str, str]:

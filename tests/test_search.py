@@ -253,3 +253,25 @@ def test_search_on_an_image_folder(tmp_path, monkeypatch):
     doc = json.loads((tmp_path / "o" / "arch.json").read_text())
     assert doc["space"]["in_channels"] == 3 and doc["space"]["classes"] == 2
     assert doc["data"] == "imagefolder:imgs"
+
+
+def test_a_result_is_measured_on_the_local_device_it_was_searched_for():
+    from collectors.devices import CpuDevice
+    from search.job import Outcome, _meets
+    from search.run import local_device_for, measure_network
+
+    cpu = CpuDevice()
+    assert local_device_for(cpu.info.model).info.kind == "cpu"
+    assert local_device_for("Test GPU") is None  # not on this machine: predicted only
+    arch = {k: v[0] for k, v in choices(SMALL).items()}
+    m = measure_network(fixed_network(SMALL, arch), input_shape(SMALL), cpu, rounds=2)
+    assert m.latency_ms > 0 and m.device == f"{cpu.info.model} (cpu)"
+    if m.power_source == "unavailable":  # no RAPL, as on most VMs: said, not estimated
+        assert m.energy_mj is None and m.power_w is None
+    else:
+        assert m.energy_mj > 0 and m.power_w > 0
+    o = Outcome("x", arch, {"latency_ms": 1e9, "energy_mj": 1.0, "power_w": None}, m.latency_ms,
+                0.5, 0.5, 1.0, 0.0, {}, m)
+    assert _meets(o, "latency_ms", m.latency_ms * 1.01)  # measured beats predicted
+    assert not _meets(o, "latency_ms", m.latency_ms * 0.5)
+    assert _meets(o, "power_w", 1.0) in (None, m.power_w is not None and m.power_w <= 1.0)
