@@ -11,7 +11,7 @@ import dataclasses
 import math
 import socket
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from sqlalchemy.exc import IntegrityError
@@ -119,59 +119,10 @@ class SweepRunner:
         if sweep.config.get("device_fingerprint") != self.device.info.fingerprint:
             raise DeviceError(f"--resume {sweep_id}: the sweep was made on "
                               f"{sweep.config.get('device')} of another machine; run it there")
-        with self.store.session() as s:
-            device_id = sweep.device_id
-            s.get(Sweep, sweep_id).status = "running"
-            s.commit()
-        rounds = sweep_rounds(sweep.config)
         items = [(op.key(), (op, origin)) for op, origin in plan]
-        done = rounds_done(self.store, sweep_id, rounds)
-        finished, measured = rounds_progress(done, [k for k, _ in items], rounds)
-        summary = SweepSummary(sweep_id, len(plan), already_done=finished)
-        t0 = time.perf_counter()
-        bar = progress_bar(len(plan) * rounds, measured, self.progress,
-                           unit="cfg" if rounds == 1 else "measurement")
-
-        def commit_first(row: Measurement) -> None:
-            if self._commit(row):
-                self._count(summary, row)
-
-        def advance() -> None:
-            bar.update(1)
-            bar.set_postfix(failed=summary.failed, skipped=summary.skipped)
-
-        status = "done"
-        try:
-            run_rounds(self.store, sweep_id, items, rounds, done,
-                       lambda item: self.measure(item[0], item[1], sweep_id, device_id),
-                       commit_first, advance)
-        except KeyboardInterrupt:
-            summary.interrupted = True
-            status = "interrupted"
-        finally:
-            bar.close()
-            summary.seconds = time.perf_counter() - t0
-            with self.store.session() as s:
-                sw = s.get(Sweep, sweep_id)
-                sw.status = status
-                sw.finished_at = utcnow()
-                s.commit()
-        return summary
-
-    def _commit(self, row: Measurement) -> bool:
-        return commit_once(self.store, row)
-
-    @staticmethod
-    def _count(summary: SweepSummary, row: Measurement) -> None:
-        if row.status == "ok":
-            summary.done += 1
-            if row.tflops:
-                summary.tflops.append(row.tflops)
-            summary.power_sources.add(row.power_source)
-        elif row.status == "skipped":
-            summary.skipped += 1
-        else:
-            summary.failed += 1
+        return run_sweep(self.store, sweep_id, sweep.config, items,
+                         lambda item: self.measure(item[0], item[1], sweep_id, sweep.device_id),
+                         self.progress, "gemm sweep")
 
     def measure(self, op: Op, origin: str, sweep_id: int, device_id: int) -> Measurement:
         """Measure one config; failures and skips come back as rows too, never exceptions."""
@@ -209,6 +160,62 @@ class SweepRunner:
         row.tensor_core = prepared.tensor_core and DTYPES[op.dtype].tensor_core
         row.threads = prepared.threads
         fill_result(row, result, gemm_flops(op["m"], op["n"], op["k"], op.batch))
+
+
+def count_row(summary: SweepSummary, row: Measurement) -> None:
+    """Add a stored row to the summary (done with its TFLOP/s and power source, skipped, or
+    failed)."""
+    if row.status == "ok":
+        summary.done += 1
+        if row.tflops:
+            summary.tflops.append(row.tflops)
+        summary.power_sources.add(row.power_source)
+    elif row.status == "skipped":
+        summary.skipped += 1
+    else:
+        summary.failed += 1
+
+
+def run_sweep(store: Store, sweep_id: int, config: dict, items: list[tuple[str, object]],
+              measure: Callable[[object], Measurement], progress: bool,
+              desc: str) -> SweepSummary:
+    """Measure a sweep's ``(config_key, item)`` pairs through its rounds (collectors.rounds)
+    with a progress bar: the sweep is marked running, then done, or interrupted on Ctrl-C;
+    what was stored before counts as already done."""
+    with store.session() as s:
+        s.get(Sweep, sweep_id).status = "running"
+        s.commit()
+    rounds = sweep_rounds(config)
+    done = rounds_done(store, sweep_id, rounds)
+    finished, measured = rounds_progress(done, [k for k, _ in items], rounds)
+    summary = SweepSummary(sweep_id, len(items), already_done=finished)
+    t0 = time.perf_counter()
+    bar = progress_bar(len(items) * rounds, measured, progress,
+                       unit="cfg" if rounds == 1 else "measurement", desc=desc)
+
+    def commit_first(row: Measurement) -> None:
+        if commit_once(store, row):
+            count_row(summary, row)
+
+    def advance() -> None:
+        bar.update(1)
+        bar.set_postfix(failed=summary.failed, skipped=summary.skipped)
+
+    status = "done"
+    try:
+        run_rounds(store, sweep_id, items, rounds, done, measure, commit_first, advance)
+    except KeyboardInterrupt:
+        summary.interrupted = True
+        status = "interrupted"
+    finally:
+        bar.close()
+        summary.seconds = time.perf_counter() - t0
+        with store.session() as s:
+            sw = s.get(Sweep, sweep_id)
+            sw.status = status
+            sw.finished_at = utcnow()
+            s.commit()
+    return summary
 
 
 def fill_result(row: Measurement, result: KernelResult, flops: float) -> None:

@@ -142,6 +142,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# NNI trial statuses after which a trial runs no more.
+ENDED = {"SUCCEEDED", "FAILED", "USER_CANCELED", "SYS_CANCELED", "EARLY_STOPPED"}
+
+
 @dataclass
 class TrialOutcome:
     trial_id: str
@@ -181,9 +185,6 @@ def run_experiment(spec: ExperimentSpec, port: int | None = None, progress: bool
     finally:
         exp.stop()
     return sorted(outcomes, key=lambda o: o.trial_id)
-
-
-ENDED = {"SUCCEEDED", "FAILED", "USER_CANCELED", "SYS_CANCELED", "EARLY_STOPPED"}
 
 
 def _outcome(job) -> TrialOutcome:

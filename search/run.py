@@ -220,20 +220,11 @@ def measure_network(model: torch.nn.Module, shape: tuple[int, ...], device=None,
     the collectors' protocol and statistic, so it compares with what the model learned from;
     energy over a >= 1 s steady-state window from the device's power reader."""
     from collectors.devices import CpuDevice
-    from collectors.networks.sweep import TorchCudaTimer
-    from collectors.timing import PerfCounterTimer, TimingPolicy, energy_window, lowest_round_ms
+    from collectors.networks.sweep import forward_pass
+    from collectors.timing import TimingPolicy, energy_window, lowest_round_ms
 
     device = device or CpuDevice()
-    on_cpu = device.info.kind == "cpu"
-    where = "cpu" if on_cpu else f"cuda:{device.index}"
-    model = model.to(where).eval()
-    x = torch.randn(*shape, device=where)
-
-    def fn():
-        with torch.inference_mode():
-            return model(x)
-
-    timer = PerfCounterTimer() if on_cpu else TorchCudaTimer(device.index)
+    fn, timer = forward_pass(model, shape, device)
     policy = TimingPolicy(min_time_s=min_time_s)
     latency = lowest_round_ms(fn, timer, policy, rounds)
     power = energy_window(fn, timer, device.power_reader(), latency, policy.power_window_s)

@@ -8,7 +8,7 @@ import dataclasses
 import hashlib
 import json
 import socket
-import time
+from collections.abc import Callable
 from itertools import product
 
 import numpy as np
@@ -17,11 +17,10 @@ from collectors.devices import ComputeDevice
 from collectors.networks.decompose import decompose
 from collectors.networks.zoo import FAMILIES, build, sample_config
 from collectors.ops import Op, op_bytes, op_flops
-from collectors.rounds import rounds_done, rounds_progress, run_rounds, sweep_rounds
 from collectors.store.db import Store
-from collectors.store.models import Measurement, Sweep, utcnow
+from collectors.store.models import Measurement, Sweep
 from collectors.store.repo import upsert_device
-from collectors.sweep import SweepSummary, commit_once, fill_result, progress_bar
+from collectors.sweep import SweepSummary, fill_result, run_sweep
 from collectors.timing import PerfCounterTimer, Timer, TimingPolicy, measure_kernel
 
 LAYER_KINDS = ("conv2d", "depthwise_conv2d", "linear", "attention")
@@ -129,6 +128,24 @@ class TorchCudaTimer(Timer):
         self.torch.cuda.synchronize(self.index)
 
 
+def forward_pass(model, shape: tuple[int, ...], device: ComputeDevice
+                 ) -> tuple[Callable[[], object], Timer]:
+    """A no-grad forward pass of ``model`` on ``device`` (this CPU, or ``cuda:N``) on a random
+    input of ``shape``, and the timer that measures it (perf counter, or CUDA events)."""
+    import torch
+
+    on_cpu = device.info.kind == "cpu"
+    where = "cpu" if on_cpu else f"cuda:{device.index}"
+    model = model.to(where).eval()
+    x = torch.randn(*shape, device=where)
+
+    def fn():
+        with torch.inference_mode():
+            return model(x)
+
+    return fn, PerfCounterTimer() if on_cpu else TorchCudaTimer(device.index)
+
+
 class NetworkSweep:
     """Measures layers and whole networks with torch on this machine's CPU, or on an NVIDIA GPU
     (``cuda:N``, CUDA events and the NVML energy counter) with a CUDA build of torch."""
@@ -142,21 +159,13 @@ class NetworkSweep:
                 raise ValueError(f"--device cuda:{device.index}: this torch build has no CUDA "
                                  f"(torch {torch.__version__}); install a CUDA build of torch "
                                  "to sweep networks on the GPU")
-            self.torch_device = f"cuda:{device.index}"
             torch.cuda.set_device(device.index)  # events and streams live on this GPU
-        else:
-            self.torch_device = "cpu"
-            if threads is not None:
-                torch.set_num_threads(threads)
+        elif threads is not None:
+            torch.set_num_threads(threads)
         self.store, self.device = store, device
         self.policy = policy or TimingPolicy()
         self.progress = progress
         self.reader = device.power_reader()
-
-    def _timer(self) -> Timer:
-        if self.torch_device == "cpu":
-            return PerfCounterTimer()
-        return TorchCudaTimer(self.device.index)
 
     def create(self, plan: list[dict], kind: str) -> int:
         with self.store.session() as s:
@@ -174,40 +183,16 @@ class NetworkSweep:
             sweep = s.get(Sweep, sweep_id)
             if sweep is None or sweep.kind not in ("network", "layers"):
                 raise ValueError(f"--resume {sweep_id}: no network sweep with that id")
-            plan, device_id = list(sweep.config["configs"]), sweep.device_id
-            rounds = sweep_rounds(sweep.config)
-        items = [(config_key(c), c) for c in plan]
-        done = rounds_done(self.store, sweep_id, rounds)
-        finished, measured = rounds_progress(done, [k for k, _ in items], rounds)
-        summary = SweepSummary(sweep_id, len(plan), already_done=finished)
-        bar = progress_bar(len(plan) * rounds, measured, self.progress,
-                           unit="cfg" if rounds == 1 else "measurement", desc="network sweep")
-
-        def commit_first(row: Measurement) -> None:
-            if commit_once(self.store, row):
-                summary.done += row.status == "ok"
-                summary.failed += row.status != "ok"
-
-        t0, status = time.perf_counter(), "done"
-        try:
-            run_rounds(self.store, sweep_id, items, rounds, done,
-                       lambda cfg: self.measure(cfg, sweep_id, device_id), commit_first,
-                       lambda: bar.update(1))
-        except KeyboardInterrupt:
-            summary.interrupted, status = True, "interrupted"
-        finally:
-            bar.close()
-            summary.seconds = time.perf_counter() - t0
-            with self.store.session() as s:
-                sw = s.get(Sweep, sweep_id)
-                sw.status, sw.finished_at = status, utcnow()
-                s.commit()
-        return summary
+            config, device_id = sweep.config, sweep.device_id
+        items = [(config_key(c), c) for c in config["configs"]]
+        return run_sweep(self.store, sweep_id, config, items,
+                         lambda cfg: self.measure(cfg, sweep_id, device_id), self.progress,
+                         "network sweep")
 
     def measure(self, cfg: dict, sweep_id: int, device_id: int) -> Measurement:
         import torch
 
-        on_cpu = self.torch_device == "cpu"
+        on_cpu = self.device.info.kind == "cpu"
         row = Measurement(sweep_id=sweep_id, device_id=device_id, config_key=config_key(cfg),
                           backend="torch" if on_cpu else "torch-cuda",
                           power_source=self.reader.source,
@@ -226,14 +211,8 @@ class NetworkSweep:
                     raise ValueError(f"unsupported layers: {', '.join(d.unsupported)}")
                 ops = d.ops
                 row.op_kind, row.batch = "network", shape[0]
-            model = model.to(self.torch_device).eval()
-            x = torch.randn(*shape, device=self.torch_device)
-
-            def fn():
-                with torch.inference_mode():
-                    return model(x)
-
-            result = measure_kernel(fn, self._timer(), self.device, self.reader, self.policy)
+            fn, timer = forward_pass(model, shape, self.device)
+            result = measure_kernel(fn, timer, self.device, self.reader, self.policy)
         except KeyboardInterrupt:
             raise
         except Exception as exc:
