@@ -83,8 +83,10 @@ def run_rounds(store: Store, sweep_id: int, items: Sequence[tuple[str, T]], roun
     config's first round; ``advance`` is called after every measurement (progress)."""
     for r in range(rounds):
         todo = [(key, item) for key, item in items if done.get(key, 0) == r]
-        if rounds > 1:
-            random.Random(f"{sweep_id}:{r}").shuffle(todo)
+        # Random order in every round, the only one too: drift (temperature, clocks, a
+        # neighbour's load) then lands on configs at random, and a sweep cut short has
+        # measured a random subset of its plan rather than its first corner.
+        random.Random(f"{sweep_id}:{r}").shuffle(todo)
         for key, item in todo:
             row = measure(item)
             if r == 0:

@@ -151,18 +151,29 @@ def lowest_round_ms(fn: Callable[[], object], timer: Timer, policy: TimingPolicy
 
 def energy_window(fn: Callable[[], object], timer: Timer, reader: PowerReader,
                   per_call_ms: float, window_s: float) -> PowerResult:
-    """Loop ``fn`` for at least ``window_s`` seconds and read the energy of the whole window."""
+    """Loop ``fn`` for at least ``window_s`` seconds and read the energy of the whole window.
+
+    ``per_call_ms`` only sizes the chunks between clock checks: the loop runs until the
+    device has really been busy for the window, so a stale or wrong estimate (a kernel that
+    got faster after warm-up, a clock that rose) cannot shorten it below what the sensor needs.
+    """
     if not reader.available:
         return PowerResult(None, None, reader.source, None, getattr(reader, "reason", None))
     window_s = max(window_s, reader.min_window_s)
-    calls = max(1, math.ceil(window_s * 1e3 / max(per_call_ms, 1e-6)))
+    # About ten clock checks per window, at most 1024 queued calls between syncs (bounds the
+    # launch queue on a GPU).
+    chunk = min(1024, max(1, math.ceil(window_s * 1e2 / max(per_call_ms, 1e-6))))
+    calls = 0
     timer.sync()
     token = reader.start()
-    for i in range(calls):
-        fn()
-        if i % 1024 == 1023:
-            timer.sync()  # bounds the launch queue on a GPU
-    timer.sync()
+    t0 = time.perf_counter()
+    while True:
+        for _ in range(chunk):
+            fn()
+        calls += chunk
+        timer.sync()
+        if time.perf_counter() - t0 >= window_s:
+            break
     reading = reader.stop(token)
     if reading.energy_j is None:
         return PowerResult(None, None, reading.source, reading.duration_s, reading.note)

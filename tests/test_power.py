@@ -5,9 +5,11 @@ import pytest
 from collectors import nvml
 from collectors.devices import CpuDevice, NvidiaGpu, decode_throttle_reasons, get_device
 from collectors.power import (
+    EnergyReading,
     NullPowerReader,
     NvmlEnergyCounter,
     NvmlPowerSampler,
+    PowerReader,
     RaplReader,
     cpu_power_reader,
     gpu_power_reader,
@@ -103,3 +105,39 @@ def test_fingerprint_is_stable_and_distinguishes_hosts():
     b.host = "other-host"
     assert a.fingerprint != b.fingerprint
     assert decode_throttle_reasons(0) == "none" and decode_throttle_reasons(None) is None
+
+
+class _ConstantPower(PowerReader):
+    """A sensor that reads a steady 100 W, so energy is exactly proportional to time."""
+
+    source = "fake_constant"
+    min_window_s = 0.2
+
+    def start(self):
+        return time.perf_counter()
+
+    def stop(self, token):
+        duration = time.perf_counter() - token
+        return EnergyReading(self.source, duration, 100.0 * duration)
+
+
+def test_energy_window_lasts_the_window_even_when_the_call_estimate_is_too_slow():
+    # A kernel that got faster after its timing (clocks up, caches warm) must not shorten the
+    # window below what the sensor needs: found on an H200, where a 4096^3 bf16 GEMM estimated
+    # at 1 ms per call ran in 0.2 ms and the window ended after 0.2 s.
+    from collectors.timing import PerfCounterTimer, energy_window
+
+    calls = []
+    result = energy_window(lambda: calls.append(1), PerfCounterTimer(), _ConstantPower(),
+                           per_call_ms=50.0, window_s=0.3)
+    assert result.window_s >= 0.3
+    assert result.power_w == pytest.approx(100.0)
+    assert result.energy_j_per_call == pytest.approx(100.0 * result.window_s / len(calls))
+
+
+def test_energy_window_respects_the_sensors_shortest_window():
+    from collectors.timing import PerfCounterTimer, energy_window
+
+    result = energy_window(lambda: time.sleep(1e-4), PerfCounterTimer(), _ConstantPower(),
+                           per_call_ms=0.1, window_s=0.0)
+    assert result.window_s >= 0.2

@@ -120,3 +120,15 @@ def test_a_kernel_measured_alone_takes_the_lowest_round_median():
     timer = ScriptedTimer([[5, 5, 9], [2, 3, 1], [3, 3, 3]])
     assert lowest_round_ms(lambda: None, timer, policy, rounds=3, gap_s=0) == 2
     assert timer.samples == []
+
+
+def test_a_single_round_is_in_random_order_too(store):
+    # A one-round sweep (the GPU default) cut short must hold a random subset of its plan: on
+    # an H200 a layer sweep stopped at 79 of 340 had measured only the grid's first convolutions.
+    sweep_id, device_id = _sweep(store)
+    keys = [f"k{i:02d}" for i in range(40)]
+    calls: list[str] = []
+    run_rounds(store, sweep_id, [(k, k) for k in keys], 1, {},
+               _measure({k: [1.0] for k in keys}, sweep_id, device_id, calls),
+               lambda row: commit_once(store, row), lambda: None)
+    assert sorted(calls) == keys and calls != keys

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# One session's GPU work, as a single script: the GPU tests, then a GEMM sweep and a
+# whole-network sweep on cuda:0, each into one SQLite store under OUT_DIR, with the machine's
+# description beside it. Every step is time-bounded and later steps run even if one fails, so a
+# short device lease always brings back what was measured (each row is committed as it ends).
+#
+# Usage: bash benchmarks/gpu_collect.sh OUT_DIR [GEMM_COUNT] [NET_COUNT]
+#   GEMM_COUNT random shapes (x 4 dtypes), NET_COUNT architectures per family.
+# Environment: SKIP_TESTS=1, GEMM_TIMEOUT, NET_TIMEOUT, NET_SEED, LAYER_TIMEOUT (0: no layer
+# sweep), GEMM_COUNT=0 skips the GEMM sweep.
+# Python packages the machine lacks can be put as wheels in .whl/ (see docs/results.md).
+set -u
+out=${1:?usage: gpu_collect.sh OUT_DIR [GEMM_COUNT] [NET_COUNT]}
+gemm_count=${2:-50}
+net_count=${3:-6}
+device=${DEVICE:-cuda:0}
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1
+
+if compgen -G ".whl/*.whl" >/dev/null; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/site .whl/*.whl || exit 1
+    export PYTHONPATH=/tmp/site:$PWD
+else
+    export PYTHONPATH=$PWD
+fi
+export HWNAS_DB="sqlite:///$out/gpu.sqlite"
+
+step() {  # step NAME SECONDS COMMAND...
+    local name=$1 limit=$2; shift 2
+    echo "=== $name (limit ${limit}s) $(date -u +%H:%M:%S)"
+    local t0=$SECONDS
+    timeout --signal=INT --kill-after=10 "$limit" "$@" 2>&1 | tee -a "$out/run.log"
+    echo "=== $name: exit ${PIPESTATUS[0]} after $((SECONDS - t0))s"
+}
+
+nvidia-smi -q > "$out/nvidia-smi.txt" 2>&1
+python3 - > "$out/software.txt" 2>&1 <<'EOF'
+import platform, numpy, sklearn, torch
+print("python", platform.python_version(), "numpy", numpy.__version__,
+      "scikit-learn", sklearn.__version__, "torch", torch.__version__,
+      "cuda", torch.version.cuda)
+try:
+    import cupy
+    print("cupy", cupy.__version__, "cuda runtime", cupy.cuda.runtime.runtimeGetVersion())
+except Exception as exc:
+    print("cupy unavailable:", exc)
+EOF
+cat "$out/software.txt"
+
+[ -n "${SKIP_TESTS:-}" ] || step gpu-tests 150 python3 -m pytest -q -rs -p no:cacheprovider tests/test_gpu.py
+step devices 30 python3 -m hwnas.cli devices
+[ "$gemm_count" -gt 0 ] && step gemm "${GEMM_TIMEOUT:-330}" python3 -m hwnas.cli collect gemm --device "$device" --shapes random \
+    --count "$gemm_count" --dtype fp32,tf32,fp16,bf16 --max-size 8192 --min-time 0.1 \
+    --no-progress
+step network "${NET_TIMEOUT:-90}" python3 -m hwnas.cli collect network --device "$device" \
+    --family nb201,proxyless,resnet,mobilenet,transformer --count "$net_count" --min-time 0.1 \
+    --seed "${NET_SEED:-0}" --no-progress
+# Single layers over the layer grid, in random order: a time limit keeps a random subset.
+[ "${LAYER_TIMEOUT:-0}" -gt 0 ] && step layers "$LAYER_TIMEOUT" python3 -m hwnas.cli collect \
+    network --device "$device" --family layers --min-time 0.1 --no-progress
+nvidia-smi -q -d CLOCK,PERFORMANCE,TEMPERATURE,POWER > "$out/nvidia-smi-after.txt" 2>&1
+ls -la "$out"
