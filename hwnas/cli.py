@@ -723,7 +723,10 @@ def experiment_cmd(db_url, server, latency_list, tradeoff_list, seed_list, strat
             argv = trial_argv(spec.search_args, point, address, Path(out_dir))
             search_cmd.make_context("search", argv[1:])
         click.echo(f"{spec.trial_count()} trials ({training_service}), costs from {address}")
-        outcomes = run_experiment(spec, port, not no_progress)
+        try:
+            outcomes = run_experiment(spec, port, not no_progress)
+        except RuntimeError as exc:  # NNI's manager did not start, or the experiment failed
+            raise click.ClickException(str(exc)) from None
     report = write_report(outcomes, spec, Path(out_dir))
     rows = []
     for o in sorted(outcomes, key=lambda o: -(o.result or {}).get("default", -1)):

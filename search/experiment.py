@@ -155,14 +155,32 @@ class TrialOutcome:
     folder: str | None  # NNI trial folder: its logs, and search/ with the exported network
 
 
+def start_experiment(spec: ExperimentSpec, port: int | None = None, attempts: int = 4):
+    """Start the NNI experiment of ``spec`` and return it.
+
+    NNI gives its manager (a Node.js process) about three seconds to answer before it gives up,
+    which a busy machine can miss; each failed start kills that process, so trying again on a
+    fresh port is safe.
+    """
+    for attempt in range(1, attempts + 1):
+        exp = spec.nni_experiment()
+        try:
+            exp.start(port or free_port())
+            return exp
+        except OSError as exc:  # requests' ConnectionError is an OSError
+            if attempt == attempts:
+                raise RuntimeError(f"NNI's manager did not start ({attempts} attempts): "
+                                   f"{exc}") from exc
+            time.sleep(2.0 * attempt)
+
+
 def run_experiment(spec: ExperimentSpec, port: int | None = None, progress: bool = True,
                    poll_s: float = 2.0) -> list[TrialOutcome]:
     """Start the experiment, wait for every trial (progress bar), stop it, and return each
     trial's parameters and reported result (None for a failed trial)."""
     from collectors.sweep import progress_bar
 
-    exp = spec.nni_experiment()
-    exp.start(port or free_port())
+    exp = start_experiment(spec, port)
     total = exp.config.max_trial_number
     try:
         with progress_bar(total, 0, progress, unit="trial", desc="NNI trials") as bar:

@@ -70,6 +70,36 @@ def test_remote_training_service_configuration(tmp_path):
     assert exp.config.max_trial_number == 6 and exp.config.tuner.name == "GridSearch"
 
 
+class _SlowManager:
+    """An experiment whose manager misses NNI's start-up check the first ``fails`` times."""
+
+    def __init__(self, log: list, fails: int):
+        self.log, self.fails = log, fails
+
+    def start(self, port):
+        self.log.append(port)
+        if len(self.log) <= self.fails:
+            import requests
+
+            raise requests.exceptions.ConnectionError("Connection refused")
+
+
+def test_a_manager_slow_to_start_is_started_again(monkeypatch):
+    # NNI waits about 3 s for its manager; a busy machine (a CI run beside a benchmark) missed
+    # that, and the whole experiment failed.
+    from search import experiment
+
+    monkeypatch.setattr(experiment.time, "sleep", lambda s: None)
+    ports: list = []
+    monkeypatch.setattr(ExperimentSpec, "nni_experiment", lambda self: _SlowManager(ports, 2))
+    exp = experiment.start_experiment(spec())
+    assert isinstance(exp, _SlowManager) and len(ports) == 3
+    ports.clear()
+    monkeypatch.setattr(ExperimentSpec, "nni_experiment", lambda self: _SlowManager(ports, 9))
+    with pytest.raises(RuntimeError, match="did not start \\(4 attempts\\)"):
+        experiment.start_experiment(spec())
+
+
 def test_trial_result_from_an_export():
     doc = {"test_accuracy": 0.9, "val_accuracy": 0.8, "predicted": {"latency_ms": 1.5},
            "measured_latency_ms": None, "budget_met": {"latency_ms": True, "energy_mj": False},
