@@ -42,7 +42,7 @@ def main() -> None:
     ap.add_argument("--min-time", type=float, default=0.1,
                     help="timed seconds per config and round")
     ap.add_argument("--rounds", type=int, default=3,
-                    help="interleaved rounds; a config's latency is its lowest round median")
+                    help="interleaved rounds; a config's latency is its lowest round p10")
     ap.add_argument("--db", default=None)
     ap.add_argument("--reuse", action="store_true")
     args = ap.parse_args()

@@ -35,7 +35,7 @@ class TimingPolicy:
     l2_flush: bool = False
     cooldown_s: float = 0.0
     # Whole passes over a sweep's configs, each in a new random order; a config's latency is
-    # the lowest of its round medians (see collectors.rounds).
+    # the lowest of its round p10s (see collectors.rounds).
     rounds: int = 1
 
     def __post_init__(self) -> None:
@@ -138,15 +138,15 @@ def time_kernel(fn: Callable[[], object], timer: Timer, policy: TimingPolicy) ->
 
 def lowest_round_ms(fn: Callable[[], object], timer: Timer, policy: TimingPolicy,
                     rounds: int = 5, gap_s: float = 0.2) -> float:
-    """Latency (ms) of one kernel measured alone, by the sweeps' statistic: the lowest median
-    of ``rounds`` timed rounds spread over time (``gap_s`` apart), so that a slow phase of
-    the machine does not decide the figure (see collectors.rounds)."""
-    medians = []
+    """Latency (ms) of one kernel measured alone, by the sweeps' statistic: the lowest
+    fastest decile (p10) of ``rounds`` timed rounds spread over time (``gap_s`` apart), so
+    that a slow phase of the machine does not decide the figure (see collectors.rounds)."""
+    fastest = []
     for r in range(rounds):
         if r:
             time.sleep(gap_s)
-        medians.append(time_kernel(fn, timer, policy).median_ms)
-    return min(medians)
+        fastest.append(time_kernel(fn, timer, policy).p10_ms)
+    return min(fastest)
 
 
 def energy_window(fn: Callable[[], object], timer: Timer, reader: PowerReader,

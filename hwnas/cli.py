@@ -152,9 +152,9 @@ timing_options = _stack([
 ROUNDS_OPTION = click.option(
     "--rounds", type=click.IntRange(1, 100), default=None,
     help="Passes over all configs, each in a new random order; a config's latency is its "
-         "lowest round median, every round is kept with the row. Default: 3 on a CPU (shared "
-         "and virtual CPUs drift in phases of seconds, so one pass repeats only to ~10%), 1 on "
-         "a GPU.")
+         "lowest round p10 (fastest decile), every round is kept with the row. Default: 3 on a "
+         "CPU (shared and virtual CPUs drift in phases of seconds, so one pass repeats only to "
+         "~10%), 1 on a GPU.")
 
 
 @main.group()

@@ -184,7 +184,7 @@ class GemmJob:
 
         keys = {op.key(): idx for idx, (op, _) in zip(indices, plan, strict=True)}
         with self.store.session() as s:
-            rows = s.execute(select(Measurement.config_key, Measurement.latency_ms_median)
+            rows = s.execute(select(Measurement.config_key, Measurement.latency_ms)
                              .where(Measurement.sweep_id == self.sweep_id,
                                     Measurement.status == "ok",
                                     Measurement.config_key.in_(list(keys))))
@@ -197,14 +197,14 @@ class GemmJob:
 
         with self.store.session() as s:
             rows = s.execute(select(Measurement.dtype, Measurement.status, Measurement.tflops,
-                                    Measurement.latency_ms_median, Measurement.power_w)
+                                    Measurement.latency_ms, Measurement.power_w)
                              .where(Measurement.sweep_id == self.sweep_id)).all()
         table = []
         for dtype in sorted({r.dtype for r in rows}):
             ok = [r for r in rows if r.dtype == dtype and r.status == "ok"]
             bad = [r for r in rows if r.dtype == dtype and r.status != "ok"]
             tf = np.array([r.tflops for r in ok]) if ok else np.array([np.nan])
-            lat = np.array([r.latency_ms_median for r in ok]) if ok else np.array([np.nan])
+            lat = np.array([r.latency_ms for r in ok]) if ok else np.array([np.nan])
             pw = [r.power_w for r in ok if r.power_w is not None]
             table.append([dtype, len(ok), len(bad), f"{np.nanmin(lat):.4g}",
                           f"{np.nanmax(lat):.4g}", f"{np.nanmin(tf):.3g}",

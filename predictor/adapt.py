@@ -117,7 +117,7 @@ def adapt_by_measuring(store: Store, samples: int, reference_csv: str | Path = D
     from collectors.store.models import Measurement
 
     with store.session() as s:
-        got = dict(s.execute(select(Measurement.config_key, Measurement.latency_ms_median)
+        got = dict(s.execute(select(Measurement.config_key, Measurement.latency_ms)
                              .where(Measurement.sweep_id == sweep_id)).all())
     ms = np.array([got[config_key(c)] for c in plan], dtype=float)
     return _fit_and_register(store, device.info.model, device.info, archs, reference, idx, ms,

@@ -40,7 +40,7 @@ def load_gemm_frame(store: Store, device_model: str) -> tuple[pd.DataFrame, Devi
     with store.session() as s:
         rows = s.execute(
             select(Measurement.m, Measurement.n, Measurement.k, Measurement.batch,
-                   Measurement.dtype, Measurement.layout, Measurement.latency_ms_median,
+                   Measurement.dtype, Measurement.layout, Measurement.latency_ms,
                    Measurement.power_w, Measurement.power_source, Measurement.created_at)
             .join(Device, Measurement.device_id == Device.id)
             .where(Device.model == device_model, Measurement.status == "ok",

@@ -191,7 +191,7 @@ def load_networks(store: Store, device_model: str) -> pd.DataFrame:
     """Whole-network measurements: family, config key, op list, FLOPs and latency (ms)."""
     with store.session() as s:
         rows = s.execute(select(Measurement.config_key, Measurement.params,
-                                Measurement.latency_ms_median)
+                                Measurement.latency_ms)
                          .join(Device, Measurement.device_id == Device.id)
                          .where(Device.model == device_model, Measurement.status == "ok",
                                 Measurement.op_kind == "network")).all()
@@ -208,7 +208,7 @@ def load_networks(store: Store, device_model: str) -> pd.DataFrame:
 def load_layers(store: Store, device_model: str) -> tuple[list[Op], np.ndarray]:
     """Single-layer measurements (from layer sweeps) as ops and latencies (ms)."""
     with store.session() as s:
-        rows = s.execute(select(Measurement.params, Measurement.latency_ms_median)
+        rows = s.execute(select(Measurement.params, Measurement.latency_ms)
                          .join(Device, Measurement.device_id == Device.id)
                          .where(Device.model == device_model, Measurement.status == "ok",
                                 Measurement.op_kind.in_(("conv2d", "depthwise_conv2d",

@@ -204,7 +204,7 @@ def retrain(space: SpaceConfig, arch: dict[str, str], data: Data, epochs: int = 
 
 @dataclass
 class Measured:
-    """A network measured on a local device: latency (ms, lowest of spread round medians) and,
+    """A network measured on a local device: latency (ms, lowest p10 of spread rounds) and,
     where the device's sensors read it, energy per inference (mJ) and power (W)."""
 
     latency_ms: float

@@ -22,7 +22,9 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    func,
 )
+from sqlalchemy.ext.hybrid import hybrid_property
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -145,6 +147,20 @@ class Measurement(Base):
     latency_ms_std: Mapped[float | None] = mapped_column(Float)
     repetitions: Mapped[int | None] = mapped_column(Integer)
     tflops: Mapped[float | None] = mapped_column(Float)
+
+    @hybrid_property
+    def latency_ms(self) -> float | None:
+        """The latency models learn and report (ms): the fastest decile of the timed
+        repetitions (rows without one: the median). On shared or virtual CPUs the median moves
+        with the machine's slow phases; the fastest decile is what the device does when not
+        disturbed, and repeats several times more closely (docs/results.md). On a GPU the two
+        differ little."""
+        return self.latency_ms_p10 if self.latency_ms_p10 is not None else self.latency_ms_median
+
+    @latency_ms.inplace.expression
+    @classmethod
+    def _latency_ms_expression(cls):
+        return func.coalesce(cls.latency_ms_p10, cls.latency_ms_median).label("latency_ms")
 
     # Power over a steady-state window; None with power_source="unavailable" when unreadable
     power_w: Mapped[float | None] = mapped_column(Float)
