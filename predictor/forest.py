@@ -1,7 +1,13 @@
 """A random-forest cost model for GEMMs: latency, and power where it was measured.
 
-The forest learns ``log(latency / roofline bound)`` (how far from the device's achievable peak a
-GEMM runs), so relative error is what it minimises and large shapes extrapolate sensibly. Power
+The forest learns ``log(latency / (roofline bound + overhead))``: how far a GEMM runs from the
+device's achievable peak, so relative error is what it minimises and large shapes extrapolate
+along the roofline. ``overhead`` is the fixed cost of any call (dispatch, kernel launch), found
+where the data shows it: when the fastest training call took over ten times its roofline bound,
+it was nearly all fixed cost, and half of its time is the overhead (half keeps the baseline
+below every measurement); otherwise (data without tiny shapes) it is zero. With it, tiny
+dispatch-bound shapes, whose roofline bound is nearly zero, sit near a ratio of one instead of
+spanning decades. Power
 (W) is a second output only when every training row has a measured power; energy is always
 ``power x latency``, per tree, so the three figures stay consistent and each has an uncertainty
 (the spread across trees).
@@ -38,6 +44,15 @@ def gemm_frame(ops: list[Op]) -> pd.DataFrame:
         rows.append({"m": op["m"], "n": op["n"], "k": op["k"], "batch": op.batch,
                      "dtype": op.dtype, "trans_a": op["trans_a"], "trans_b": op["trans_b"]})
     return pd.DataFrame(rows, columns=GEMM_COLUMNS)
+
+
+def fixed_overhead_ms(latency_ms: np.ndarray, roofline: np.ndarray) -> float:
+    """The fixed per-call cost (ms) the data shows: half the fastest call's time when that call
+    took over four times its roofline bound (it was mostly overhead), else 0."""
+    i = int(np.argmin(latency_ms))
+    if roofline[i] * 4 < latency_ms[i]:
+        return 0.5 * float(latency_ms[i])
+    return 0.0
 
 
 @dataclass
@@ -88,7 +103,9 @@ class GemmCostForest(RegressorMixin, BaseEstimator):
         self.y_ndim_ = y.ndim
         feats = feature_matrix(X, prof)
         self.feature_names_ = list(FEATURE_NAMES)
-        target = np.log(y2[:, 0] / roofline_ms(X, prof))
+        roofline = roofline_ms(X, prof)
+        self.overhead_ms_ = fixed_overhead_ms(y2[:, 0], roofline)
+        target = np.log(y2[:, 0] / (roofline + self.overhead_ms_))
         targets = np.column_stack([target, y2[:, 1]]) if self.has_power_ else target
         self.forest_ = RandomForestRegressor(
             n_estimators=self.n_estimators, max_features=self.max_features,
@@ -117,7 +134,8 @@ class GemmCostForest(RegressorMixin, BaseEstimator):
     def predict_costs(self, X: pd.DataFrame) -> CostPrediction:
         """Latency (ms), power (W), energy (J) and their spreads for every row of X (a GEMM
         frame, or a mapping of column arrays)."""
-        features, bound = gemm_terms(X, self._profile())
+        features, roofline = gemm_terms(X, self._profile())
+        bound = roofline + self.overhead_ms_
         trees = self.per_tree(X, features)
         lat_trees = bound[None, :] * np.exp(trees[:, :, 0])
         latency = bound * np.exp(trees[:, :, 0].mean(axis=0))

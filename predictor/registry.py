@@ -75,7 +75,8 @@ def register(store: Store, model: GemmCostForest, device_model: str, meta: dict,
     return _record(store, device_model, "gemm", ".skops", lambda p: sio.dump(model.forest_, p),
                    bool(model.has_power_), model.n_train_,
                    {**meta, "params": model.get_params(), "y_ndim": model.y_ndim_,
-                    "features": model.feature_names_}, directory)
+                    "features": model.feature_names_, "overhead_ms": model.overhead_ms_},
+                   directory)
 
 
 def register_skops(store: Store, device_model: str, target: str, obj, n_samples: int,
@@ -152,6 +153,7 @@ def load(row: ModelVersion) -> GemmCostForest:
     model.has_power_ = row.has_power
     model.y_ndim_ = row.meta.get("y_ndim", 1)
     model.feature_names_ = row.meta.get("features")
+    model.overhead_ms_ = float(row.meta.get("overhead_ms", 0.0))  # none before it was learned
     model.n_train_ = row.n_samples
     return model.compile()
 

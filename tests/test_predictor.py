@@ -53,6 +53,17 @@ def test_fit_predict_round_trip_and_sklearn_conventions():
     assert model.score(frame, frame.latency_ms) > 0.9
 
 
+def test_fixed_overhead_is_learned_only_where_the_data_shows_it():
+    # The synthetic device adds 5 us to every call: its tiny shapes are mostly that overhead.
+    frame = synthetic()
+    model = fit_full(frame, PROFILE, n_estimators=10)
+    assert model.overhead_ms_ == pytest.approx(0.5 * frame.latency_ms.min())
+    assert 0.002 < model.overhead_ms_ < 0.005
+    # Large shapes only: no call is dominated by fixed cost, so none is assumed.
+    large = frame[np.minimum(np.minimum(frame.m, frame.n), frame.k) >= 400]
+    assert len(large) > 4 and fit_full(large, PROFILE, n_estimators=10).overhead_ms_ == 0.0
+
+
 def test_power_is_a_second_output_and_energy_is_consistent():
     frame = synthetic(power=True)
     model = fit_full(frame, PROFILE, n_estimators=20)
@@ -121,6 +132,7 @@ def test_registry_round_trip_and_metadata(registered, tmp_path):
     loaded = registry.load(registry.find(store, PROFILE.model))
     assert np.allclose(loaded.predict(frame), model.predict(frame), rtol=1e-12)
     assert row.meta["features"] == model.feature_names_ and row.n_samples == len(frame)
+    assert model.overhead_ms_ > 0 and loaded.overhead_ms_ == model.overhead_ms_
     row2 = registry.register(store, model, PROFILE.model, {}, tmp_path)
     assert row2.version == 2 and registry.find(store, PROFILE.model).version == 2
     assert registry.find(store, PROFILE.model, 1).sha256 == row.sha256
@@ -183,8 +195,12 @@ def test_fast_inference_equals_sklearn_within_1e6():
     slow = model.predict_costs(frame)
     fast = model.compile().predict_costs(frame)
     for a, b in ((slow.latency_ms, fast.latency_ms), (slow.power_w, fast.power_w),
-                 (slow.latency_std_ms, fast.latency_std_ms), (slow.energy_j, fast.energy_j)):
+                 (slow.energy_j, fast.energy_j)):
         assert np.allclose(b, a, rtol=1e-6, atol=0)
+    # The spread across trees is a difference of nearly equal float32 leaf values where the
+    # trees agree (0.4% of the prediction here): it is held to 1e-6 of the prediction.
+    assert np.allclose(fast.latency_std_ms, slow.latency_std_ms, rtol=1e-6,
+                       atol=1e-6 * slow.latency_ms.min())
     # Training rows sit exactly on split values: they exercise the threshold rounding.
     features = gemm_features(frame, PROFILE).to_numpy(np.float32)
     ref = np.stack([t.predict(features) for t in model.forest_.estimators_])
