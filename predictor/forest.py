@@ -2,10 +2,11 @@
 
 The forest learns ``log(latency / (roofline bound + overhead))``: how far a GEMM runs from the
 device's achievable peak, so relative error is what it minimises and large shapes extrapolate
-along the roofline. ``overhead`` is the fixed cost of any call (dispatch, kernel launch), found
-where the data shows it: when the fastest training call took over ten times its roofline bound,
-it was nearly all fixed cost, and half of its time is the overhead (half keeps the baseline
-below every measurement); otherwise (data without tiny shapes) it is zero. With it, tiny
+along the roofline. ``overhead`` is the fixed cost of any call of a dtype (dispatch, kernel
+launch, conversions of an emulated dtype), found where the data shows it: when the fastest
+training call of that dtype took over four times its roofline bound, it was mostly fixed cost,
+and half of its time is the overhead (half keeps the baseline below every measurement);
+otherwise (data without tiny shapes) it is zero. With it, tiny
 dispatch-bound shapes, whose roofline bound is nearly zero, sit near a ratio of one instead of
 spanning decades. Power
 (W) is a second output only when every training row has a measured power; energy is always
@@ -104,8 +105,10 @@ class GemmCostForest(RegressorMixin, BaseEstimator):
         feats = feature_matrix(X, prof)
         self.feature_names_ = list(FEATURE_NAMES)
         roofline = roofline_ms(X, prof)
-        self.overhead_ms_ = fixed_overhead_ms(y2[:, 0], roofline)
-        target = np.log(y2[:, 0] / (roofline + self.overhead_ms_))
+        dtypes = np.asarray(X["dtype"])
+        self.overhead_ms_ = {str(d): fixed_overhead_ms(y2[dtypes == d, 0], roofline[dtypes == d])
+                             for d in np.unique(dtypes)}
+        target = np.log(y2[:, 0] / (roofline + self._overhead(X)))
         targets = np.column_stack([target, y2[:, 1]]) if self.has_power_ else target
         self.forest_ = RandomForestRegressor(
             n_estimators=self.n_estimators, max_features=self.max_features,
@@ -113,6 +116,14 @@ class GemmCostForest(RegressorMixin, BaseEstimator):
             n_jobs=self.n_jobs).fit(feats, targets)
         self.n_train_ = len(X)
         return self
+
+    def _overhead(self, X) -> np.ndarray:
+        """Each row's fixed per-call cost (ms) by its dtype; 0 for a dtype not trained on."""
+        dtypes = np.asarray(X["dtype"])
+        out = np.zeros(len(dtypes))
+        for d, v in self.overhead_ms_.items():
+            out[dtypes == d] = v
+        return out
 
     def compile(self, threads: int = 1) -> GemmCostForest:
         """Serve predictions from the ONNX Runtime form of the forest (see predictor.fast)."""
@@ -135,7 +146,7 @@ class GemmCostForest(RegressorMixin, BaseEstimator):
         """Latency (ms), power (W), energy (J) and their spreads for every row of X (a GEMM
         frame, or a mapping of column arrays)."""
         features, roofline = gemm_terms(X, self._profile())
-        bound = roofline + self.overhead_ms_
+        bound = roofline + self._overhead(X)
         trees = self.per_tree(X, features)
         lat_trees = bound[None, :] * np.exp(trees[:, :, 0])
         latency = bound * np.exp(trees[:, :, 0].mean(axis=0))

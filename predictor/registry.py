@@ -153,7 +153,8 @@ def load(row: ModelVersion) -> GemmCostForest:
     model.has_power_ = row.has_power
     model.y_ndim_ = row.meta.get("y_ndim", 1)
     model.feature_names_ = row.meta.get("features")
-    model.overhead_ms_ = float(row.meta.get("overhead_ms", 0.0))  # none before it was learned
+    # Models from before the overhead term have none, which is how they were fitted.
+    model.overhead_ms_ = dict(row.meta.get("overhead_ms") or {})
     model.n_train_ = row.n_samples
     return model.compile()
 

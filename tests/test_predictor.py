@@ -57,11 +57,14 @@ def test_fixed_overhead_is_learned_only_where_the_data_shows_it():
     # The synthetic device adds 5 us to every call: its tiny shapes are mostly that overhead.
     frame = synthetic()
     model = fit_full(frame, PROFILE, n_estimators=10)
-    assert model.overhead_ms_ == pytest.approx(0.5 * frame.latency_ms.min())
-    assert 0.002 < model.overhead_ms_ < 0.005
+    for dtype in ("fp32", "fp16"):
+        fastest = frame.latency_ms[frame.dtype == dtype].min()
+        assert model.overhead_ms_[dtype] == pytest.approx(0.5 * fastest)
+        assert 0.002 < model.overhead_ms_[dtype] < 0.005
     # Large shapes only: no call is dominated by fixed cost, so none is assumed.
     large = frame[np.minimum(np.minimum(frame.m, frame.n), frame.k) >= 400]
-    assert len(large) > 4 and fit_full(large, PROFILE, n_estimators=10).overhead_ms_ == 0.0
+    assert len(large) > 4
+    assert fit_full(large, PROFILE, n_estimators=10).overhead_ms_ == {"fp16": 0.0, "fp32": 0.0}
 
 
 def test_power_is_a_second_output_and_energy_is_consistent():
@@ -132,7 +135,7 @@ def test_registry_round_trip_and_metadata(registered, tmp_path):
     loaded = registry.load(registry.find(store, PROFILE.model))
     assert np.allclose(loaded.predict(frame), model.predict(frame), rtol=1e-12)
     assert row.meta["features"] == model.feature_names_ and row.n_samples == len(frame)
-    assert model.overhead_ms_ > 0 and loaded.overhead_ms_ == model.overhead_ms_
+    assert min(model.overhead_ms_.values()) > 0 and loaded.overhead_ms_ == model.overhead_ms_
     row2 = registry.register(store, model, PROFILE.model, {}, tmp_path)
     assert row2.version == 2 and registry.find(store, PROFILE.model).version == 2
     assert registry.find(store, PROFILE.model, 1).sha256 == row.sha256
