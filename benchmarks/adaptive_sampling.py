@@ -1,17 +1,23 @@
 """Learning curve of adaptive against uniform random sampling, on this CPU, in one run.
 
-Both samplers draw from the same pool of random GEMM shapes; every config is measured once and
-shared between them (same device, same moment). After each round a forest is fitted on what each
+Both samplers draw from the same pool of random GEMM shapes. Every config of the pool and the
+test set is measured up front with the sweeps' protocol (``--rounds`` interleaved rounds, each
+over all configs in a new random order; a config's latency is its lowest round p10), and both
+samplers read those figures (same device, same moment); the adaptive sampler only sees what it
+asked for. After each round a forest is fitted on what each
 sampler has measured and scored on a separate test set of random shapes. Prints the share within
 ±10% and MAPE against the number of measurements, and how many measurements the adaptive sampler
 needed to reach the uniform sampler's final share (target: at most half).
 
-    python benchmarks/adaptive_sampling.py [--budget 200] [--round 10] [--test 150] [--csv F]
+    python benchmarks/adaptive_sampling.py [--budget 200] [--round 10] [--pool 600] [--test 150]
+                                           [--rounds 3] [--csv F]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import time
 
 import numpy as np
@@ -21,6 +27,7 @@ from collectors.devices import CpuDevice
 from collectors.gemm.backends import backend_for
 from collectors.ops import Op
 from collectors.peaks import measure_peaks
+from collectors.sweep import progress_bar
 from collectors.timing import TimingPolicy, time_kernel
 from predictor.adaptive import AdaptiveSampler, candidate_pool
 from predictor.evaluate import metrics
@@ -32,34 +39,67 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--budget", type=int, default=200)
     ap.add_argument("--round", type=int, default=10)
-    ap.add_argument("--pool", type=int, default=1500)
+    ap.add_argument("--pool", type=int, default=600)
     ap.add_argument("--test", type=int, default=150)
     ap.add_argument("--dtypes", default="fp32")
     ap.add_argument("--min-size", type=int, default=16)
     ap.add_argument("--max-size", type=int, default=1024)
     ap.add_argument("--min-time", type=float, default=0.1)
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="interleaved rounds over all configs; latency = lowest round p10")
     ap.add_argument("--trees", type=int, default=100)
     ap.add_argument("--csv", default=None, help="also write the curves to this CSV file")
+    ap.add_argument("--latencies", default=None,
+                    help="CSV of measured latencies (and FILE.peaks.json): read if it exists "
+                         "(no measuring), else written after measuring, so samplers can be "
+                         "compared on one data set")
     args = ap.parse_args()
     dtypes = args.dtypes.split(",")
 
     device, backend = CpuDevice(), backend_for("cpu", "torch")
     policy = TimingPolicy(min_time_s=args.min_time)
-    peaks = {p.metric: p.value for p in measure_peaks(device, backend, dtypes)}
+    peaks_file = f"{args.latencies}.peaks.json" if args.latencies else None
+    if peaks_file and os.path.exists(peaks_file):
+        with open(peaks_file) as f:
+            peaks = json.load(f)
+    else:
+        peaks = {p.metric: p.value for p in measure_peaks(device, backend, dtypes)}
+        if peaks_file:
+            with open(peaks_file, "w") as f:
+                json.dump(peaks, f)
     profile = DeviceProfile(device.info.model, "cpu", device.info.sm_count or 1, peaks)
     pool = candidate_pool(args.pool, args.min_size, args.max_size, dtypes, seed=1)
     test = candidate_pool(args.test, args.min_size, args.max_size, dtypes, seed=2)
-    cache: dict[tuple, float] = {}
+    cols = ["m", "n", "k", "dtype"]
+    keys = sorted(set(pool[cols].itertuples(index=False, name=None))
+                  | set(test[cols].itertuples(index=False, name=None)))
+    cache = {key: np.inf for key in keys}
+    t0 = time.perf_counter()
+    if args.latencies and os.path.exists(args.latencies):
+        stored = pd.read_csv(args.latencies)
+        cache.update({(int(r.m), int(r.n), int(r.k), r.dtype): float(r.latency_ms)
+                      for r in stored.itertuples()})
+        missing = [k for k, v in cache.items() if not np.isfinite(v)]
+        if missing:
+            raise SystemExit(f"{args.latencies} lacks {len(missing)} configs of this pool/test")
+    else:
+        rng = np.random.default_rng(0)
+        with progress_bar(len(keys) * args.rounds, 0, True, unit="measurement",
+                          desc="measuring pool and test") as bar:
+            for _ in range(args.rounds):
+                for i in rng.permutation(len(keys)):
+                    prep = backend.prepare(Op.gemm(*keys[i]))
+                    p10 = time_kernel(prep.fn, prep.timer, policy).p10_ms
+                    cache[keys[i]] = min(cache[keys[i]], p10)
+                    bar.update(1)
+        if args.latencies:
+            pd.DataFrame([(*k, v) for k, v in cache.items()],
+                         columns=[*cols, "latency_ms"]).to_csv(args.latencies, index=False)
+    measured_s = time.perf_counter() - t0
 
     def latency(key: tuple) -> float:
-        """Fastest-decile latency (ms) of GEMM (m, n, k, dtype), measured once."""
-        if key not in cache:
-            prep = backend.prepare(Op.gemm(*key))
-            cache[key] = time_kernel(prep.fn, prep.timer, policy).p10_ms
         return cache[key]
 
-    t0 = time.perf_counter()
-    cols = ["m", "n", "k", "dtype"]
     test_y = np.array([latency(key) for key in test[cols].itertuples(index=False, name=None)])
 
     def score(measured: dict[int, float]) -> dict[str, float]:
@@ -84,8 +124,8 @@ def main() -> None:
         sampler.run(measure, args.budget, args.round, on_round=record)
 
     print(f"{device.info.model}, {backend.name}, dtypes {args.dtypes}; pool {len(pool)} configs, "
-          f"test {len(test)} configs; {len(cache)} distinct configs measured in "
-          f"{time.perf_counter() - t0:.0f} s")
+          f"test {len(test)} configs; {len(cache)} distinct configs measured in {args.rounds} "
+          f"interleaved rounds in {measured_s:.0f} s")
     print(f"{'measured':>9}  {'adaptive ±10%':>13} {'MAPE':>6}   {'uniform ±10%':>12} {'MAPE':>6}")
     ada, uni = dict(curves["adaptive"]), dict(curves["uniform"])
 
