@@ -9,9 +9,9 @@ chance; on the 2-core development VM two passes over the same 50 GEMMs differed 
 sweep repeated within ~0.6-2% on a calm day and 1-3% on a busy one, with tails of 15-30%; the
 lowest round p10 repeats within ~1% with a tail of about 5% on the busy day: it is the latency
 of the config when the machine is not disturbed, which is what a model of the hardware should
-learn. Every round's figures stay in
-``params["rounds"]`` (dispersion across rounds in ``params["round_spread"]``), and the row of
-each config is committed after every round, so a killed sweep resumes at the round it was in.
+learn. Every round's figures stay in ``params["rounds"]`` (dispersion across rounds in
+``params["round_spread"]``), and the row of each config is committed after every round, so a
+killed sweep resumes at the round it was in.
 """
 
 from __future__ import annotations
@@ -44,11 +44,6 @@ def round_record(row: Measurement) -> dict:
             "power_w": row.power_w, "at": utcnow().isoformat()}
 
 
-def _fastest(record: dict) -> float:
-    """A round's latency by the models' statistic: its p10, else its median (ms)."""
-    return record.get("p10_ms") or record["median_ms"]
-
-
 def _summarise(params: dict, records: list[dict]) -> dict:
     medians = [r["median_ms"] for r in records if "median_ms" in r]
     return {**params, "rounds": records,
@@ -75,7 +70,7 @@ def merge_round(store: Store, sweep_id: int, key: str, new: Measurement) -> None
         params = dict(row.params or {})
         records = list(params.get("rounds") or [round_record(row)])
         records.append(round_record(new))
-        if new.status == "ok" and _fastest(round_record(new)) < row.latency_ms:
+        if new.status == "ok" and new.latency_ms < row.latency_ms:
             for name in ROUND_FIELDS:
                 setattr(row, name, getattr(new, name))
             params.update({k: v for k, v in (new.params or {}).items() if k in ROUND_PARAMS})
