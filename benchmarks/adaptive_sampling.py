@@ -4,10 +4,10 @@ Both samplers draw from the same pool of random GEMM shapes. Every config of the
 test set is measured up front with the sweeps' protocol (``--rounds`` interleaved rounds, each
 over all configs in a new random order; a config's latency is its lowest round p10), and both
 samplers read those figures (same device, same moment); the adaptive sampler only sees what it
-asked for. After each round a forest is fitted on what each
-sampler has measured and scored on a separate test set of random shapes. Prints the share within
-±10% and MAPE against the number of measurements, and how many measurements the adaptive sampler
-needed to reach the uniform sampler's final share (target: at most half).
+asked for. After each round a forest is fitted on what each sampler has measured and scored on
+a separate test set of random shapes. Prints the share within ±10% and MAPE against the number
+of measurements, and how many measurements the adaptive sampler needed to reach the uniform
+sampler's final share (target: at most half).
 
     python benchmarks/adaptive_sampling.py [--budget 200] [--round 10] [--pool 600] [--test 150]
                                            [--rounds 3] [--csv F]
@@ -97,10 +97,7 @@ def main() -> None:
                          columns=[*cols, "latency_ms"]).to_csv(args.latencies, index=False)
     measured_s = time.perf_counter() - t0
 
-    def latency(key: tuple) -> float:
-        return cache[key]
-
-    test_y = np.array([latency(key) for key in test[cols].itertuples(index=False, name=None)])
+    test_y = np.array([cache[key] for key in test[cols].itertuples(index=False, name=None)])
 
     def score(measured: dict[int, float]) -> dict[str, float]:
         idx = np.fromiter(measured, dtype=int)
@@ -115,7 +112,7 @@ def main() -> None:
                                   trees=args.trees)
 
         def measure(indices, pool=pool):
-            return {i: latency(tuple(pool.loc[i, cols])) for i in indices}
+            return {i: cache[tuple(pool.loc[i, cols])] for i in indices}
 
         def record(measured, name=name):
             if len(measured) >= 10:

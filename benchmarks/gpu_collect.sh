@@ -6,9 +6,11 @@
 #
 # Usage: bash benchmarks/gpu_collect.sh OUT_DIR [GEMM_COUNT] [NET_COUNT]
 #   GEMM_COUNT random shapes (x 4 dtypes), NET_COUNT architectures per family.
-# Environment: SKIP_TESTS=1, GEMM_TIMEOUT, NET_TIMEOUT, NET_SEED, LAYER_TIMEOUT (0: no layer
-# sweep), GEMM_COUNT=0 skips the GEMM sweep.
-# Python packages the machine lacks can be put as wheels in .whl/ (see docs/results.md).
+#   A GEMM_COUNT of 0 skips the GEMM sweep.
+# Environment: DEVICE (default cuda:0), SKIP_TESTS=1, GEMM_TIMEOUT, NET_TIMEOUT, NET_SEED,
+# LAYER_TIMEOUT (0, the default: no layer sweep).
+# Python packages the machine lacks can be put as wheels in .whl/ (data/gpu/README.md names the
+# ones a CUDA image with torch and CuPy lacked).
 set -u
 out=${1:?usage: gpu_collect.sh OUT_DIR [GEMM_COUNT] [NET_COUNT]}
 gemm_count=${2:-50}
