@@ -35,7 +35,7 @@ from predictor import network
 from search.cost import HardwareCost, ServiceCostSource
 from search.data import digits
 from search.job import Outcome, prediction_client, run_one
-from search.run import SearchConfig, measure_latency, random_search
+from search.run import SearchConfig, measure_network, random_search
 from search.spaces import SpaceConfig, fixed_network, input_shape
 from search.supernet import Supernet
 
@@ -118,7 +118,8 @@ def one_seed(space, client, dev: str, seed: int, args):
     arch, val, test, n = random_search(space, data, hw, args.random_samples,
                                        {"latency_ms": budget}, args.retrain_epochs, seed)
     rand = Outcome(f"random search ({n} archs)", arch, hw.of_arch(arch),
-                   measure_latency(fixed_network(space, arch), input_shape(space)), val, test,
+                   measure_network(fixed_network(space, arch), input_shape(space), here)
+                   .latency_ms, val, test,
                    0.0, 0.0)
     return free, tight, rand, budget
 

@@ -29,7 +29,6 @@ from predictor.features import (
     DeviceProfile,
     feature_matrix,
     gemm_terms,
-    roofline_ms,
 )
 
 GEMM_COLUMNS = ["m", "n", "k", "batch", "dtype", "trans_a", "trans_b"]
@@ -101,9 +100,8 @@ class GemmCostForest(RegressorMixin, BaseEstimator):
             raise ValueError("y: latencies must be positive and every target finite")
         self.has_power_ = y2.shape[1] == 2
         self.y_ndim_ = y.ndim
-        feats = feature_matrix(X, prof)
+        feats, roofline = gemm_terms(X, prof)  # one pass over the rows for both
         self.feature_names_ = list(FEATURE_NAMES)
-        roofline = roofline_ms(X, prof)
         dtypes = np.asarray(X["dtype"])
         self.overhead_ms_ = {str(d): fixed_overhead_ms(y2[dtypes == d, 0], roofline[dtypes == d])
                              for d in np.unique(dtypes)}

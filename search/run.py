@@ -233,11 +233,6 @@ def measure_network(model: torch.nn.Module, shape: tuple[int, ...], device=None,
                     f"{device.info.model} ({device.info.name})")
 
 
-def measure_latency(model: torch.nn.Module, shape: tuple[int, ...]) -> float:
-    """Latency (ms) of one forward pass on this CPU (see :func:`measure_network`)."""
-    return measure_network(model, shape).latency_ms
-
-
 def local_device_for(model_name: str):
     """This machine's device of ``model_name`` that a search result can be measured on (the
     CPU, or an NVIDIA GPU with a CUDA build of torch), or None."""
