@@ -45,6 +45,17 @@ def gemm_frame(ops: list[Op]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=GEMM_COLUMNS)
 
 
+def _leaf_quantities(outputs: np.ndarray) -> np.ndarray:
+    """Per-tree quantities whose mean and spread make a prediction, from the forest's outputs
+    (..., 1 or 2): log(latency / bound), latency / bound, and with power: power (W) and
+    power x latency / bound. Computed per leaf once when compiled, so serving takes no exp."""
+    ratio = np.exp(outputs[..., 0])
+    cols = [outputs[..., 0], ratio]
+    if outputs.shape[-1] > 1:
+        cols += [outputs[..., 1], outputs[..., 1] * ratio]
+    return np.stack(cols, axis=-1)
+
+
 def fixed_overhead_ms(latency_ms: np.ndarray, roofline: np.ndarray) -> float:
     """The fixed per-call cost (ms) the data shows: half the fastest call's time when that call
     took over four times its roofline bound (it was mostly overhead), else 0."""
@@ -123,11 +134,12 @@ class GemmCostForest(RegressorMixin, BaseEstimator):
         return out
 
     def compile(self, threads: int = 1) -> GemmCostForest:
-        """Serve predictions from the ONNX Runtime form of the forest (see predictor.fast)."""
+        """Serve predictions from the compiled form of the forest (see predictor.fast)."""
         from predictor.fast import FastForest
 
         check_is_fitted(self, "forest_")
-        self.fast_ = FastForest(self.forest_, self.forest_.n_features_in_, threads)
+        self.fast_ = FastForest(self.forest_, threads)
+        self.fast_table_ = _leaf_quantities(self.fast_.values)
         return self
 
     def per_tree(self, X: pd.DataFrame, features: np.ndarray | None = None) -> np.ndarray:
@@ -142,19 +154,22 @@ class GemmCostForest(RegressorMixin, BaseEstimator):
     def predict_costs(self, X: pd.DataFrame) -> CostPrediction:
         """Latency (ms), power (W), energy (J) and their spreads for every row of X (a GEMM
         frame, or a mapping of column arrays)."""
+        check_is_fitted(self, "forest_")
         features, roofline = gemm_terms(X, self._profile())
         bound = roofline + self._overhead(X)
-        trees = self.per_tree(X, features)
-        lat_trees = bound[None, :] * np.exp(trees[:, :, 0])
-        latency = bound * np.exp(trees[:, :, 0].mean(axis=0))
-        lat_std = lat_trees.std(axis=0)
+        if getattr(self, "fast_", None) is not None:
+            mean, var = self.fast_.moments(features, self.fast_table_)
+        else:
+            per_tree = _leaf_quantities(self.per_tree(X, features))
+            mean, var = per_tree.mean(axis=0), per_tree.var(axis=0)
+        spread = np.sqrt(var)
+        latency = bound * np.exp(mean[:, 0])
+        lat_std = bound * spread[:, 1]
         if not self.has_power_:
             return CostPrediction(latency, lat_std, None, None, None, None)
-        power_trees = trees[:, :, 1]
-        energy_trees = power_trees * lat_trees / 1e3
-        power = power_trees.mean(axis=0)
-        return CostPrediction(latency, lat_std, power, power_trees.std(axis=0),
-                              power * latency / 1e3, energy_trees.std(axis=0))
+        power = mean[:, 2]
+        return CostPrediction(latency, lat_std, power, spread[:, 2], power * latency / 1e3,
+                              bound * spread[:, 3] / 1e3)
 
     def predict(self, X: pd.DataFrame) -> np.ndarray:
         c = self.predict_costs(X)

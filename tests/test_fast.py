@@ -1,0 +1,67 @@
+"""The compiled forest (predictor.fast) against scikit-learn's own trees."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.ensemble import RandomForestRegressor
+
+from predictor.fast import FastForest
+
+
+@pytest.fixture(scope="module")
+def forest_and_rows():
+    rng = np.random.default_rng(3)
+    x = rng.random((600, 5)).astype(np.float32)
+    # Repeated values put many rows exactly on split thresholds.
+    x[:, 1] = np.round(x[:, 1] * 8) / 8
+    y = np.column_stack([np.sin(6 * x[:, 0]) + x[:, 1], 100 * x[:, 2] * x[:, 3]])
+    forest = RandomForestRegressor(30, max_features=0.6, random_state=0).fit(x, y)
+    query = np.concatenate([x, rng.random((2500, 5)).astype(np.float32)])
+    return forest, query
+
+
+def reference(forest: RandomForestRegressor, x: np.ndarray) -> np.ndarray:
+    return np.stack([t.predict(x) for t in forest.estimators_])  # (trees, rows, outputs)
+
+
+def test_per_tree_is_sklearn_exactly(forest_and_rows):
+    forest, x = forest_and_rows
+    assert np.array_equal(FastForest(forest).per_tree(x), reference(forest, x))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_moments_match_sklearn_and_numpy(forest_and_rows, threads):
+    forest, x = forest_and_rows  # 3,100 rows: enough for the parallel path with 2 threads
+    fast = FastForest(forest, threads=threads)
+    table = np.column_stack([fast.values, np.exp(fast.values[:, 0])])
+    mean, var = fast.moments(x, table)
+    trees = reference(forest, x)
+    quantities = np.concatenate([trees, np.exp(trees[:, :, :1])], axis=2)
+    # The means are summed in tree order and divided, as scikit-learn does: equal bits.
+    assert np.array_equal(mean[:, :2], forest.predict(x))
+    assert np.allclose(var, quantities.var(axis=0), rtol=1e-9, atol=1e-12)
+
+
+def test_variance_is_exact_when_trees_agree():
+    x = np.linspace(0, 1, 50, dtype=np.float32)[:, None]
+    y = 1e6 + np.where(x[:, 0] > 0.5, 1e-3, 0.0)  # large offset, tiny differences
+    forest = RandomForestRegressor(20, random_state=0, bootstrap=False).fit(x, y)
+    fast = FastForest(forest)
+    _, var = fast.moments(x, fast.values)
+    assert np.all(var == 0.0)  # every tree is the same tree: no spread, not rounding noise
+
+
+def test_bad_features_are_clear_errors(forest_and_rows):
+    forest, x = forest_and_rows
+    fast = FastForest(forest)
+    with pytest.raises(ValueError, match="features: expected"):
+        fast.per_tree(x[:, :3])
+    bad = x[:4].copy()
+    bad[2, 0] = np.nan
+    with pytest.raises(ValueError, match="features: every value must be finite"):
+        fast.moments(bad, fast.values)
+    with pytest.raises(ValueError, match="table"):
+        fast.moments(x, fast.values[:10])
+    with pytest.raises(ValueError, match="threads"):
+        FastForest(forest, threads=0)
