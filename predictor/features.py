@@ -63,6 +63,16 @@ def _pow2_align(x: np.ndarray, cap: int = 64) -> np.ndarray:
     return np.minimum(x & -x, cap).astype(float)
 
 
+FILL_BLOCK = 16  # elements: an AVX-512 vector of fp32, a tensor-core fragment's edge
+
+
+def _fill(x: np.ndarray, block: int = FILL_BLOCK) -> np.ndarray:
+    """Share of the padded extent that is real work when x is rounded up to whole blocks (1 for
+    a multiple of the block, 33/48 for 33): vector and fragment kernels pay for the padding.
+    Unlike alignment, it varies smoothly, so random shapes teach it."""
+    return x / (np.ceil(x / block) * block)
+
+
 def _col(frame, name: str, default: float | None = None) -> np.ndarray:
     """A column of a DataFrame or of a mapping of arrays (the service's fast path)."""
     if name in frame:
@@ -100,7 +110,7 @@ FEATURE_NAMES = [
     "log2_m", "log2_n", "log2_k", "log2_batch", "log2_flops", "log2_bytes", "log2_intensity",
     "log2_roofline_ms", "compute_bound", "log2_waves", "wave_efficiency", "align_m", "align_n",
     "align_k", "min_dim_log2", "bytes_per_element", "tensor_core", "trans_a", "trans_b",
-] + [f"is_{d}" for d in FEATURE_DTYPES]
+] + [f"is_{d}" for d in FEATURE_DTYPES] + ["fill_m", "fill_n", "fill_k"]
 
 
 def feature_matrix(frame, profile: DeviceProfile) -> np.ndarray:
@@ -122,7 +132,7 @@ def gemm_terms(frame, profile: DeviceProfile) -> tuple[np.ndarray, np.ndarray]:
         _pow2_align(m), _pow2_align(n), _pow2_align(k),
         np.log2(np.minimum(np.minimum(m, n), k)), elem, tc,
         _col(frame, "trans_a", 0).astype(float), _col(frame, "trans_b", 0).astype(float),
-    ] + [(dtypes == d).astype(float) for d in FEATURE_DTYPES]
+    ] + [(dtypes == d).astype(float) for d in FEATURE_DTYPES] + [_fill(m), _fill(n), _fill(k)]
     return np.column_stack(cols).astype(np.float32), np.maximum(t_compute, t_memory) * 1e3
 
 

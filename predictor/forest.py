@@ -142,9 +142,15 @@ class GemmCostForest(RegressorMixin, BaseEstimator):
         self.fast_table_ = _leaf_quantities(self.fast_.values)
         return self
 
+    def _check_features(self) -> None:
+        check_is_fitted(self, "forest_")
+        if self.feature_names_ != FEATURE_NAMES:
+            raise ValueError("model: trained on another feature set (an older hwnas); retrain "
+                             "it with `hwnas train`")
+
     def per_tree(self, X: pd.DataFrame, features: np.ndarray | None = None) -> np.ndarray:
         """Raw per-tree outputs, shape (trees, rows, outputs)."""
-        check_is_fitted(self, "forest_")
+        self._check_features()
         f = feature_matrix(X, self._profile()) if features is None else features
         if getattr(self, "fast_", None) is not None:
             return self.fast_.per_tree(f)
@@ -154,7 +160,7 @@ class GemmCostForest(RegressorMixin, BaseEstimator):
     def predict_costs(self, X: pd.DataFrame) -> CostPrediction:
         """Latency (ms), power (W), energy (J) and their spreads for every row of X (a GEMM
         frame, or a mapping of column arrays)."""
-        check_is_fitted(self, "forest_")
+        self._check_features()
         features, roofline = gemm_terms(X, self._profile())
         bound = roofline + self._overhead(X)
         if getattr(self, "fast_", None) is not None:

@@ -12,6 +12,7 @@ from sqlalchemy import func, select
 
 from collectors.store.db import Store
 from collectors.store.models import ModelVersion
+from predictor.features import FEATURE_NAMES
 from predictor.forest import GemmCostForest
 
 # The only types a registered forest file may contain beyond skops' own trusted defaults.
@@ -153,6 +154,9 @@ def load(row: ModelVersion) -> GemmCostForest:
     model.has_power_ = row.has_power
     model.y_ndim_ = row.meta.get("y_ndim", 1)
     model.feature_names_ = row.meta.get("features")
+    if model.feature_names_ != FEATURE_NAMES:
+        raise RegistryError(f"{row.device_model!r} model v{row.version} was trained on another "
+                            "feature set (an older hwnas); retrain it with `hwnas train`")
     # Models from before the overhead term have none, which is how they were fitted.
     model.overhead_ms_ = dict(row.meta.get("overhead_ms") or {})
     model.n_train_ = row.n_samples

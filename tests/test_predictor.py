@@ -156,6 +156,27 @@ def test_tampered_model_file_is_refused(registered):
         registry.load(registry.find(store, PROFILE.model))
 
 
+def test_model_from_an_older_feature_set_is_refused_clearly(registered):
+    _, model, row, frame = registered
+    row.meta = {**row.meta, "features": row.meta["features"][:-3]}
+    with pytest.raises(registry.RegistryError, match="another feature set.*hwnas train"):
+        registry.load(row)
+    model.feature_names_ = model.feature_names_[:-3]
+    with pytest.raises(ValueError, match="^model: trained on another feature set"):
+        model.predict(frame)
+
+
+def test_fill_features_measure_padding_to_whole_blocks():
+    from predictor.features import gemm_features
+
+    frame = pd.DataFrame({"m": [32, 33, 8], "n": [16, 17, 16], "k": [48, 1, 100], "batch": 1,
+                          "dtype": "fp32", "trans_a": 0, "trans_b": 0})
+    f = gemm_features(frame, PROFILE)
+    assert np.allclose(f.fill_m, [1, 33 / 48, 0.5])
+    assert np.allclose(f.fill_n, [1, 17 / 32, 1])
+    assert np.allclose(f.fill_k, [1, 1 / 16, 100 / 112])
+
+
 def test_cli_import_train_predict(tmp_path, monkeypatch):
     from hwnas.cli import main
 
