@@ -5,7 +5,8 @@ temporary SQLite file unless ``--db`` is given; ``--reuse`` skips measuring and 
 data), then prints the GroupKFold (shapes held out) and largest-shapes-held-out metrics.
 Target: share within ±10% on held-out shapes of at least 90%.
 
-    python benchmarks/predictor_accuracy.py [--shapes 300] [--dtypes fp32,bf16] [--db URL]
+    python benchmarks/predictor_accuracy.py [--shapes 300] [--dtypes fp32,bf16] [--seed 11]
+                                            [--db URL] [--reuse]
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ def main() -> None:
     ap.add_argument("--dtypes", default="fp32,bf16")
     ap.add_argument("--min-size", type=int, default=16)
     ap.add_argument("--max-size", type=int, default=1024)
+    ap.add_argument("--seed", type=int, default=11, help="seed of the random shapes")
     ap.add_argument("--min-time", type=float, default=0.1,
                     help="timed seconds per config and round")
     ap.add_argument("--rounds", type=int, default=3,
@@ -54,7 +56,7 @@ def main() -> None:
             s.commit()
         policy = TimingPolicy(min_time_s=args.min_time, rounds=args.rounds)
         runner = SweepRunner(store, device, backend, policy)
-        plan = plan_gemm(random_shapes(args.shapes, args.min_size, args.max_size, seed=11),
+        plan = plan_gemm(random_shapes(args.shapes, args.min_size, args.max_size, seed=args.seed),
                          dtypes)
         summary = runner.run(runner.create(plan))
         print(f"measured {summary.done} configs ({summary.failed} failed) in "

@@ -73,6 +73,12 @@ def _fill(x: np.ndarray, block: int = FILL_BLOCK) -> np.ndarray:
     return x / (np.ceil(x / block) * block)
 
 
+def _tail(x: np.ndarray, block: int = FILL_BLOCK) -> np.ndarray:
+    """Share of x left over after whole blocks (0 for 32, 15/31 for 31): kernels that handle
+    the remainder separately, not by padding, pay for it by this share instead."""
+    return (x % block) / x
+
+
 def _col(frame, name: str, default: float | None = None) -> np.ndarray:
     """A column of a DataFrame or of a mapping of arrays (the service's fast path)."""
     if name in frame:
@@ -110,7 +116,8 @@ FEATURE_NAMES = [
     "log2_m", "log2_n", "log2_k", "log2_batch", "log2_flops", "log2_bytes", "log2_intensity",
     "log2_roofline_ms", "compute_bound", "log2_waves", "wave_efficiency", "align_m", "align_n",
     "align_k", "min_dim_log2", "bytes_per_element", "tensor_core", "trans_a", "trans_b",
-] + [f"is_{d}" for d in FEATURE_DTYPES] + ["fill_m", "fill_n", "fill_k"]
+] + [f"is_{d}" for d in FEATURE_DTYPES] + [
+    "fill_m", "fill_n", "fill_k", "tail_m", "tail_n", "tail_k"]
 
 
 def feature_matrix(frame, profile: DeviceProfile) -> np.ndarray:
@@ -132,7 +139,8 @@ def gemm_terms(frame, profile: DeviceProfile) -> tuple[np.ndarray, np.ndarray]:
         _pow2_align(m), _pow2_align(n), _pow2_align(k),
         np.log2(np.minimum(np.minimum(m, n), k)), elem, tc,
         _col(frame, "trans_a", 0).astype(float), _col(frame, "trans_b", 0).astype(float),
-    ] + [(dtypes == d).astype(float) for d in FEATURE_DTYPES] + [_fill(m), _fill(n), _fill(k)]
+    ] + [(dtypes == d).astype(float) for d in FEATURE_DTYPES] + [
+        _fill(m), _fill(n), _fill(k), _tail(m), _tail(n), _tail(k)]
     return np.column_stack(cols).astype(np.float32), np.maximum(t_compute, t_memory) * 1e3
 
 

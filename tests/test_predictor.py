@@ -158,15 +158,15 @@ def test_tampered_model_file_is_refused(registered):
 
 def test_model_from_an_older_feature_set_is_refused_clearly(registered):
     _, model, row, frame = registered
-    row.meta = {**row.meta, "features": row.meta["features"][:-3]}
+    row.meta = {**row.meta, "features": row.meta["features"][:-6]}
     with pytest.raises(registry.RegistryError, match="another feature set.*hwnas train"):
         registry.load(row)
-    model.feature_names_ = model.feature_names_[:-3]
+    model.feature_names_ = model.feature_names_[:-6]
     with pytest.raises(ValueError, match="^model: trained on another feature set"):
         model.predict(frame)
 
 
-def test_fill_features_measure_padding_to_whole_blocks():
+def test_fill_and_tail_features_measure_padding_and_remainders():
     from predictor.features import gemm_features
 
     frame = pd.DataFrame({"m": [32, 33, 8], "n": [16, 17, 16], "k": [48, 1, 100], "batch": 1,
@@ -175,6 +175,8 @@ def test_fill_features_measure_padding_to_whole_blocks():
     assert np.allclose(f.fill_m, [1, 33 / 48, 0.5])
     assert np.allclose(f.fill_n, [1, 17 / 32, 1])
     assert np.allclose(f.fill_k, [1, 1 / 16, 100 / 112])
+    assert np.allclose(f.tail_m, [0, 1 / 33, 8 / 8])
+    assert np.allclose(f.tail_n, [0, 1 / 17, 0])
 
 
 def test_cli_import_train_predict(tmp_path, monkeypatch):
