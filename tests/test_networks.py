@@ -21,6 +21,7 @@ from predictor.network import (
     OpKindForests,
     load_layers,
     load_networks,
+    op_features,
 )
 
 QUICK = TimingPolicy(warmup_s=0.001, min_reps=3, min_time_s=0.005, power_window_s=0.0)
@@ -138,7 +139,9 @@ def test_layer_sweep_and_network_model_round_trip(store):
     ops, ms = load_layers(store, CpuDevice().info.model)
     assert len(ops) == 12 and all(op.kind == "linear" for op in ops) and np.all(ms > 0)
     kinds = OpKindForests(n_estimators=10).fit(ops, ms)
-    assert set(kinds.models) == {"linear"}
+    assert set(kinds.models) == {"linear"} and set(kinds.fast) == {"linear"}
+    x = np.stack([op_features(op) for op in ops])  # compiled == scikit-learn's predict
+    assert np.array_equal(kinds.predict(ops), np.exp(kinds.models["linear"].predict(x)))
     nets = [[Op.make("linear", {"in_features": 64 * (i % 4 + 1), "out_features": 64,
                                 "tokens": 8 * (i % 5 + 1)})] * (i % 3 + 1) for i in range(40)]
     y = np.array([0.01 * len(n) + 1e-7 * sum(op_flops(o) for o in n) for n in nets])
