@@ -5,12 +5,15 @@ test set is measured up front with the sweeps' protocol (``--rounds`` interleave
 over all configs in a new random order; a config's latency is its lowest round p10), and both
 samplers read those figures (same device, same moment); the adaptive sampler only sees what it
 asked for. After each round a forest is fitted on what each sampler has measured and scored on
-a separate test set of random shapes. Prints the share within ±10% and MAPE against the number
+a separate test set of random shapes. Both samplers run ``--repeats`` times with different
+seeds (the uniform draw order, the adaptive seed set and forests) and the curves are averaged,
+so one lucky draw does not decide. Prints the mean share within ±10% and MAPE against the number
 of measurements, and how many measurements the adaptive sampler needed to reach the uniform
 sampler's final share (target: at most half).
 
     python benchmarks/adaptive_sampling.py [--budget 200] [--round 10] [--pool 600] [--test 150]
-                                           [--rounds 3] [--csv F]
+                                           [--rounds 3] [--repeats 5] [--threads 1] [--csv F]
+                                           [--latencies FILE]
 """
 
 from __future__ import annotations
@@ -48,6 +51,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3,
                     help="interleaved rounds over all configs; latency = lowest round p10")
     ap.add_argument("--trees", type=int, default=100)
+    ap.add_argument("--repeats", type=int, default=5, help="sampler seeds to average over")
+    ap.add_argument("--threads", type=int, default=None, help="CPU threads (default: all)")
     ap.add_argument("--csv", default=None, help="also write the curves to this CSV file")
     ap.add_argument("--latencies", default=None,
                     help="CSV of measured latencies (and FILE.peaks.json): read if it exists "
@@ -56,7 +61,7 @@ def main() -> None:
     args = ap.parse_args()
     dtypes = args.dtypes.split(",")
 
-    device, backend = CpuDevice(), backend_for("cpu", "torch")
+    device, backend = CpuDevice(), backend_for("cpu", "torch", threads=args.threads)
     policy = TimingPolicy(min_time_s=args.min_time)
     peaks_file = f"{args.latencies}.peaks.json" if args.latencies else None
     if peaks_file and os.path.exists(peaks_file):
@@ -105,24 +110,27 @@ def main() -> None:
         model.fit(pool.iloc[idx], np.array([measured[i] for i in idx]))
         return metrics(test_y, model.predict(test))
 
-    curves: dict[str, list[tuple[int, dict]]] = {"adaptive": [], "uniform": []}
-    for name in curves:
-        sampler = AdaptiveSampler(profile, pool, seed=0,
-                                  seed_share=0.1 if name == "adaptive" else 1.0,
-                                  trees=args.trees)
+    runs: dict[str, dict[int, list[dict]]] = {"adaptive": {}, "uniform": {}}
+    for rep in range(args.repeats):
+        for name, per_n in runs.items():
+            sampler = AdaptiveSampler(profile, pool, seed=rep,
+                                      seed_share=0.1 if name == "adaptive" else 1.0,
+                                      trees=args.trees)
 
-        def measure(indices, pool=pool):
-            return {i: cache[tuple(pool.loc[i, cols])] for i in indices}
+            def measure(indices, pool=pool):
+                return {i: cache[tuple(pool.loc[i, cols])] for i in indices}
 
-        def record(measured, name=name):
-            if len(measured) >= 10:
-                curves[name].append((len(measured), score(measured)))
+            def record(measured, per_n=per_n):
+                if len(measured) >= 10:
+                    per_n.setdefault(len(measured), []).append(score(measured))
 
-        sampler.run(measure, args.budget, args.round, on_round=record)
+            sampler.run(measure, args.budget, args.round, on_round=record)
+    curves = {name: [(n, {k: float(np.mean([m[k] for m in ms])) for k in ms[0]})
+                     for n, ms in sorted(per_n.items())] for name, per_n in runs.items()}
 
     print(f"{device.info.model}, {backend.name}, dtypes {args.dtypes}; pool {len(pool)} configs, "
           f"test {len(test)} configs; {len(cache)} distinct configs measured in {args.rounds} "
-          f"interleaved rounds in {measured_s:.0f} s")
+          f"interleaved rounds in {measured_s:.0f} s; curves: mean of {args.repeats} seeds")
     print(f"{'measured':>9}  {'adaptive ±10%':>13} {'MAPE':>6}   {'uniform ±10%':>12} {'MAPE':>6}")
     ada, uni = dict(curves["adaptive"]), dict(curves["uniform"])
 
