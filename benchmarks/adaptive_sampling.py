@@ -32,7 +32,7 @@ from collectors.ops import Op
 from collectors.peaks import measure_peaks
 from collectors.sweep import progress_bar
 from collectors.timing import TimingPolicy, time_kernel
-from predictor.adaptive import STRATEGIES, AdaptiveSampler, candidate_pool
+from predictor.adaptive import AdaptiveSampler, candidate_pool
 from predictor.evaluate import metrics
 from predictor.features import DeviceProfile
 from predictor.forest import GemmCostForest
@@ -51,9 +51,6 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3,
                     help="interleaved rounds over all configs; latency = lowest round p10")
     ap.add_argument("--trees", type=int, default=100)
-    ap.add_argument("--strategy", default="spread", choices=STRATEGIES,
-                    help="adaptive choice: spread across trees, error next to badly "
-                         "predicted (out-of-bag) shapes, or their sum")
     ap.add_argument("--repeats", type=int, default=5, help="sampler seeds to average over")
     ap.add_argument("--threads", type=int, default=None, help="CPU threads (default: all)")
     ap.add_argument("--csv", default=None, help="also write the curves to this CSV file")
@@ -118,7 +115,7 @@ def main() -> None:
         for name, per_n in runs.items():
             sampler = AdaptiveSampler(profile, pool, seed=rep,
                                       seed_share=0.1 if name == "adaptive" else 1.0,
-                                      trees=args.trees, strategy=args.strategy)
+                                      trees=args.trees)
 
             def measure(indices, pool=pool):
                 return {i: cache[tuple(pool.loc[i, cols])] for i in indices}

@@ -31,44 +31,11 @@ def uncertainty(model: GemmCostForest, frame: pd.DataFrame) -> np.ndarray:
     return model.per_tree(frame)[:, :, 0].std(axis=0)
 
 
-def oob_error(model: GemmCostForest, train: pd.DataFrame, latency_ms: np.ndarray) -> np.ndarray:
-    """Each training row's out-of-bag error of log latency (the trees that did not draw it in
-    their bootstrap sample predict it): an honest error estimate that costs no measurement.
-    0 for a row every tree drew."""
-    trees = model.per_tree(train)[:, :, 0]
-    inbag = np.zeros(trees.shape, dtype=bool)
-    for t, rows in enumerate(model.forest_.estimators_samples_):
-        inbag[t, rows] = True
-    oob = np.where(inbag, 0.0, trees)
-    count = (~inbag).sum(axis=0)
-    pred = oob.sum(axis=0) / np.maximum(count, 1)
-    return np.where(count > 0, np.abs(pred - model.log_ratio(train, latency_ms)), 0.0)
-
-
-def _log_dims(frame: pd.DataFrame) -> np.ndarray:
-    return np.log2(frame[["m", "n", "k"]].to_numpy(float))
-
-
-def near_error(pool: pd.DataFrame, train: pd.DataFrame, error: np.ndarray,
-               width: float = 0.5) -> np.ndarray:
-    """Per pool row, the largest training error weighted by closeness (Gaussian in log2 M, N, K
-    with ``width`` octaves; other dtypes do not count): high next to badly predicted shapes."""
-    d2 = ((_log_dims(pool)[:, None, :] - _log_dims(train)[None, :, :]) ** 2).sum(axis=2)
-    same = np.asarray(pool["dtype"])[:, None] == np.asarray(train["dtype"])[None, :]
-    return (np.where(same, np.exp(-d2 / (2 * width ** 2)), 0.0) * error[None, :]).max(axis=1)
-
-
-STRATEGIES = ("spread", "error", "spread+error")
-
-
 class AdaptiveSampler:
     """Chooses which rows of ``pool`` to measure next."""
 
     def __init__(self, profile: DeviceProfile, pool: pd.DataFrame, seed_share: float = 0.25,
-                 trees: int = 100, seed: int = 0, strategy: str = "spread"):
-        if strategy not in STRATEGIES:
-            raise ValueError(f"strategy: one of {', '.join(STRATEGIES)}, got {strategy!r}")
-        self.strategy = strategy
+                 trees: int = 100, seed: int = 0):
         self.profile, self.pool = profile, pool.reset_index(drop=True)
         self.seed_share, self.trees = seed_share, trees
         self.rng = np.random.default_rng(seed)
@@ -86,15 +53,10 @@ class AdaptiveSampler:
         train = self.pool.iloc[idx]
         model = GemmCostForest(profile=self.profile.to_dict(), n_estimators=self.trees,
                                random_state=int(self.rng.integers(1 << 30)))
-        y = np.array([measured[i] for i in idx])
-        model.fit(train, y)
+        model.fit(train, np.array([measured[i] for i in idx]))
         cand = np.array(todo)
-        score = np.zeros(len(cand))
-        if self.strategy in ("spread", "spread+error"):
-            score += uncertainty(model, self.pool.iloc[cand])
-        if self.strategy in ("error", "spread+error"):
-            score += near_error(self.pool.iloc[cand], train, oob_error(model, train, y))
-        return cand[np.argsort(-score)[:batch]].tolist()
+        spread = uncertainty(model, self.pool.iloc[cand])
+        return cand[np.argsort(-spread)[:batch]].tolist()
 
     def run(self, measure: Callable[[list[int]], dict[int, float]], budget: int,
             batch: int = 10, on_round: Callable[[dict[int, float]], None] | None = None

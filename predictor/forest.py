@@ -116,7 +116,7 @@ class GemmCostForest(RegressorMixin, BaseEstimator):
         dtypes = np.asarray(X["dtype"])
         self.overhead_ms_ = {str(d): fixed_overhead_ms(y2[dtypes == d, 0], roofline[dtypes == d])
                              for d in np.unique(dtypes)}
-        target = np.log(y2[:, 0] / (roofline + self._overhead(X)))  # as log_ratio
+        target = np.log(y2[:, 0] / (roofline + self._overhead(X)))
         targets = np.column_stack([target, y2[:, 1]]) if self.has_power_ else target
         self.forest_ = RandomForestRegressor(
             n_estimators=self.n_estimators, max_features=self.max_features,
@@ -124,11 +124,6 @@ class GemmCostForest(RegressorMixin, BaseEstimator):
             n_jobs=self.n_jobs).fit(feats, targets)
         self.n_train_ = len(X)
         return self
-
-    def log_ratio(self, X: pd.DataFrame, latency_ms: np.ndarray) -> np.ndarray:
-        """The forest's latency target: log(latency / (roofline bound + overhead))."""
-        roofline = gemm_terms(X, self._profile())[1]
-        return np.log(np.asarray(latency_ms, dtype=float) / (roofline + self._overhead(X)))
 
     def _overhead(self, X) -> np.ndarray:
         """Each row's fixed per-call cost (ms) by its dtype; 0 for a dtype not trained on."""

@@ -230,27 +230,6 @@ def test_fast_inference_equals_sklearn_within_1e6():
     assert np.allclose(raw, ref.reshape(raw.shape), rtol=1e-6, atol=0)
 
 
-def test_out_of_bag_error_finds_the_badly_predicted_shape_and_its_neighbours():
-    from predictor import adaptive
-
-    frame = synthetic(40)
-    y = frame.latency_ms.to_numpy().copy()
-    odd = int(np.flatnonzero(frame.dtype == "fp32")[7])
-    y[odd] *= 3.0  # one shape the smooth law cannot explain
-    model = GemmCostForest(profile=PROFILE.to_dict(), n_estimators=50).fit(frame, y)
-    err = adaptive.oob_error(model, frame, y)
-    assert np.argmax(err) == odd and err[odd] > 0.5
-    # Candidates: the odd shape's neighbour (both dtypes) and a far shape.
-    m, n, k = (int(frame.at[odd, c]) for c in "mnk")
-    cand = pd.DataFrame({"m": [m + 1, m + 1, 16], "n": [n, n, 16], "k": [k, k, 16], "batch": 1,
-                         "dtype": ["fp32", "fp16", "fp32"], "trans_a": 0, "trans_b": 0})
-    near = adaptive.near_error(cand, frame, err)
-    assert near[0] > 0.9 * err[odd] and near[2] < 0.01 * near[0]
-    assert near[1] <= err[(frame.dtype == "fp16").to_numpy()].max()  # fp32 errors do not count
-    with pytest.raises(ValueError, match="strategy"):
-        adaptive.AdaptiveSampler(PROFILE, frame, strategy="loudest")
-
-
 def test_adaptive_sampler_spends_the_budget_once_each_and_picks_the_most_uncertain(
         monkeypatch):
     from predictor import adaptive
