@@ -121,7 +121,7 @@ def main() -> None:
 
     root = tempfile.mkdtemp(prefix="hwnas-load-")
     db, device = prepare_store(root)
-    from tests.pg import free_port
+    from search.experiment import free_port
 
     port = free_port()
     env = {**os.environ, "HWNAS_DB": db}

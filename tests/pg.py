@@ -10,6 +10,8 @@ import subprocess
 import tempfile
 import time
 
+from search.experiment import free_port
+
 
 def find_pg_bin() -> str | None:
     for path in sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True):
@@ -17,12 +19,6 @@ def find_pg_bin() -> str | None:
             return path
     initdb = shutil.which("initdb")
     return os.path.dirname(initdb) if initdb else None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Cluster:

@@ -26,7 +26,7 @@ from hwnas.service.server import Server, ServerConfig
 from predictor import registry
 from predictor.forest import gemm_frame
 from predictor.training import fit_full
-from tests.pg import free_port
+from search.experiment import free_port
 from tests.test_predictor import PROFILE, synthetic
 
 ARCH = ("|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+"
