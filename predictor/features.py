@@ -75,7 +75,8 @@ def _fill(x: np.ndarray, block: int = FILL_BLOCK) -> np.ndarray:
 
 def _tail(x: np.ndarray, block: int = FILL_BLOCK) -> np.ndarray:
     """Share of x left over after whole blocks (0 for 32, 15/31 for 31): kernels that handle
-    the remainder separately, not by padding, pay for it by this share instead."""
+    the remainder separately, not by padding, pay for it by this share instead (in blocks of
+    16 and of 8: an 8-wide remainder loop leaves 31 slower than 24 or 32)."""
     return (x % block) / x
 
 
@@ -117,7 +118,7 @@ FEATURE_NAMES = [
     "log2_roofline_ms", "compute_bound", "log2_waves", "wave_efficiency", "align_m", "align_n",
     "align_k", "min_dim_log2", "bytes_per_element", "tensor_core", "trans_a", "trans_b",
 ] + [f"is_{d}" for d in FEATURE_DTYPES] + [
-    "fill_m", "fill_n", "fill_k", "tail_m", "tail_n", "tail_k"]
+    "fill_m", "fill_n", "fill_k", "tail_m", "tail_n", "tail_k", "tail8_m", "tail8_n", "tail8_k"]
 
 
 def feature_matrix(frame, profile: DeviceProfile) -> np.ndarray:
@@ -140,7 +141,8 @@ def gemm_terms(frame, profile: DeviceProfile) -> tuple[np.ndarray, np.ndarray]:
         np.log2(np.minimum(np.minimum(m, n), k)), elem, tc,
         _col(frame, "trans_a", 0).astype(float), _col(frame, "trans_b", 0).astype(float),
     ] + [(dtypes == d).astype(float) for d in FEATURE_DTYPES] + [
-        _fill(m), _fill(n), _fill(k), _tail(m), _tail(n), _tail(k)]
+        _fill(m), _fill(n), _fill(k), _tail(m), _tail(n), _tail(k), _tail(m, 8), _tail(n, 8),
+        _tail(k, 8)]
     return np.column_stack(cols).astype(np.float32), np.maximum(t_compute, t_memory) * 1e3
 
 

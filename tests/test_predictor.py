@@ -158,10 +158,10 @@ def test_tampered_model_file_is_refused(registered):
 
 def test_model_from_an_older_feature_set_is_refused_clearly(registered):
     _, model, row, frame = registered
-    row.meta = {**row.meta, "features": row.meta["features"][:-6]}
+    row.meta = {**row.meta, "features": row.meta["features"][:-9]}
     with pytest.raises(registry.RegistryError, match="another feature set.*hwnas train"):
         registry.load(row)
-    model.feature_names_ = model.feature_names_[:-6]
+    model.feature_names_ = model.feature_names_[:-9]
     with pytest.raises(ValueError, match="^model: trained on another feature set"):
         model.predict(frame)
 
@@ -177,6 +177,7 @@ def test_fill_and_tail_features_measure_padding_and_remainders():
     assert np.allclose(f.fill_k, [1, 1 / 16, 100 / 112])
     assert np.allclose(f.tail_m, [0, 1 / 33, 8 / 8])
     assert np.allclose(f.tail_n, [0, 1 / 17, 0])
+    assert np.allclose(f.tail8_k, [0, 1, 4 / 100])
 
 
 def test_cli_import_train_predict(tmp_path, monkeypatch):
