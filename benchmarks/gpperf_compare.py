@@ -51,6 +51,7 @@ def main() -> None:
     ap.add_argument("--csv", default="data/external/gpperf_rtx4070_sgemm.csv")
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--trees", type=int, default=200)
+    ap.add_argument("--seed", type=int, default=0, help="random_state of both forests")
     args = ap.parse_args()
 
     df = read_gpperf(args.csv).reset_index(drop=True)
@@ -60,7 +61,7 @@ def main() -> None:
     for tr, te in GroupKFold(n_splits=args.folds).split(df, groups=groups):
         train, test = df.iloc[tr], df.iloc[te]
         theirs = make_pipeline(StandardScaler(), RandomForestRegressor(
-            n_estimators=100, max_depth=6, random_state=0))
+            n_estimators=100, max_depth=6, random_state=args.seed))
         theirs.fit(gpperf_features(train), train.runtime_ms)
         pred_theirs[te] = theirs.predict(gpperf_features(test))
 
@@ -70,7 +71,8 @@ def main() -> None:
         frame["latency_ms"] = med.runtime_ms.to_numpy()
         profile = DeviceProfile("NVIDIA GeForce RTX 4070", "gpu", RTX4070_SMS,
                                 empirical_peaks(frame), "empirical, training fold only")
-        ours = GemmCostForest(profile=profile.to_dict(), n_estimators=args.trees)
+        ours = GemmCostForest(profile=profile.to_dict(), n_estimators=args.trees,
+                              random_state=args.seed)
         ours.fit(frame, frame.latency_ms)
         pred_ours[te] = ours.predict(ours_frame(test))
 
