@@ -29,7 +29,7 @@ from sklearn.ensemble import RandomForestRegressor
 from collectors.importers import read_gpperf
 from predictor.fast import FastForest
 from predictor.features import DeviceProfile, empirical_peaks, feature_matrix
-from predictor.forest import GemmCostForest, _leaf_quantities
+from predictor.forest import GemmCostForest, leaf_quantities
 
 GPPERF = "data/external/gpperf_rtx4070_sgemm.csv"
 
@@ -77,7 +77,7 @@ def report(forest: RandomForestRegressor, x: np.ndarray, title: str, repeats: in
           f"{nodes:,.0f} nodes and depth {depth:.1f} per tree; batch {len(x):,} rows")
     fast1 = FastForest(forest, threads=1)
     fastn = FastForest(forest, threads=cores)
-    table = _leaf_quantities(fast1.values)
+    table = leaf_quantities(fast1.values)
     mean, _ = fast1.moments(x, table)  # also compiles
     fastn.moments(x, table)
     sk_mean = forest.predict(x).reshape(len(x), -1)

@@ -1,4 +1,5 @@
-"""Features of a GEMM on a device: sizes, work, traffic, roofline bound, wave quantisation.
+"""Features of a GEMM on a device: sizes, work, traffic, roofline bound, wave quantisation,
+block fill and remainders.
 
 Inputs are a frame with columns ``m, n, k, batch, dtype, trans_a, trans_b`` and the device's
 achievable peaks (``compute_<dtype>`` in TFLOP/s, ``bandwidth`` in GB/s) plus its SM (or core)

@@ -45,7 +45,7 @@ def gemm_frame(ops: list[Op]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=GEMM_COLUMNS)
 
 
-def _leaf_quantities(outputs: np.ndarray) -> np.ndarray:
+def leaf_quantities(outputs: np.ndarray) -> np.ndarray:
     """Per-tree quantities whose mean and spread make a prediction, from the forest's outputs
     (..., 1 or 2): log(latency / bound), latency / bound, and with power: power (W) and
     power x latency / bound. Computed per leaf once when compiled, so serving takes no exp."""
@@ -139,7 +139,7 @@ class GemmCostForest(RegressorMixin, BaseEstimator):
 
         check_is_fitted(self, "forest_")
         self.fast_ = FastForest(self.forest_, threads)
-        self.fast_table_ = _leaf_quantities(self.fast_.values)
+        self.fast_table_ = leaf_quantities(self.fast_.values)
         return self
 
     def _check_features(self) -> None:
@@ -166,7 +166,7 @@ class GemmCostForest(RegressorMixin, BaseEstimator):
         if getattr(self, "fast_", None) is not None:
             mean, var = self.fast_.moments(features, self.fast_table_)
         else:
-            per_tree = _leaf_quantities(self.per_tree(X, features))
+            per_tree = leaf_quantities(self.per_tree(X, features))
             mean, var = per_tree.mean(axis=0), per_tree.var(axis=0)
         spread = np.sqrt(var)
         latency = bound * np.exp(mean[:, 0])
