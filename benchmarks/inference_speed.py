@@ -11,7 +11,8 @@ For each: one-row latency and 10k-row throughput. scikit-learn returns the mean 
 hwnas returns the mean *and* the spread across trees of every quantity it serves (log ratio,
 ratio, power, power x ratio), so it does more work per row. Timed with 1 thread on both sides,
 and with every core on both sides (sklearn ``n_jobs=-1``). The largest relative difference
-between the two means must be <= 1e-6.
+between the two means must be <= 1e-6. Last, a network query's cost per op kind: the network
+model's per-kind forest (100 trees) predicting a 20-layer network's ops.
 
     python benchmarks/inference_speed.py [--rows 10000] [--repeats 5]
 """
@@ -109,6 +110,25 @@ def report(forest: RandomForestRegressor, x: np.ndarray, title: str, repeats: in
           f"(<= 1e-6: {'yes' if diff <= 1e-6 else 'NO'})")
 
 
+def network_query(repeats: int) -> None:
+    """One op kind's share of a network query: sklearn predict against the compiled form."""
+    from collectors.ops import Op
+    from predictor.network import OpKindForests
+
+    rng = np.random.default_rng(1)
+    ops = [Op.make("linear", {"in_features": int(rng.integers(16, 1024)),
+                              "out_features": int(rng.integers(16, 1024)),
+                              "tokens": int(rng.integers(1, 64))}) for _ in range(300)]
+    kinds = OpKindForests().fit(ops, rng.random(300) + 0.1)
+    net = ops[:20]
+    compiled = best_of(lambda: kinds.predict(net), repeats * 20)
+    fast, kinds.fast = kinds.fast, {}
+    plain = best_of(lambda: kinds.predict(net), repeats * 4)
+    kinds.fast = fast
+    print(f"\nnetwork query, one op kind (100 trees, 20 layers): sklearn {plain * 1e3:.2f} ms, "
+          f"compiled {compiled * 1e3:.3f} ms (x{plain / compiled:.0f})")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=10_000)
@@ -117,6 +137,7 @@ def main() -> None:
     rng = np.random.default_rng(0)
     for make in (served_forest, stress_forest):
         report(*make(args.rows, rng), args.repeats)
+    network_query(args.repeats)
 
 
 if __name__ == "__main__":
