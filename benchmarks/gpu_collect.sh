@@ -12,7 +12,9 @@
 # CuPy's dispatch sets the time; 44% of the others did),
 # NET_TIMEOUT, NET_SEED, LAYER_TIMEOUT (0, the default: no layer sweep).
 # Python packages the machine lacks can be put as wheels in .whl/ (data/gpu/README.md names the
-# ones a CUDA image with torch and CuPy lacked).
+# ones a CUDA image with torch and CuPy lacked). Collecting needs no numba; training, evaluating
+# and serving do (predictor/fast.py), and llvmlite's wheel (~60 MB) does not fit the 64 MiB a
+# device call can carry beside the others: fit and evaluate on the fetched data instead.
 set -u
 out=${1:?usage: gpu_collect.sh OUT_DIR [GEMM_COUNT] [NET_COUNT]}
 gemm_count=${2:-50}
