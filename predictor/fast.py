@@ -33,6 +33,18 @@ _PARALLEL_MIN_ROWS = 2 * _BLOCK  # below this, one thread is faster than a paral
 _launch_lock = threading.Lock()  # numba's default threading layer is not re-entrant
 
 
+def compiled(**options):
+    """``numba.njit`` with an on-disk cache when numba finds a writable place for one (beside
+    the module, or the user's cache folder); in a read-only install with no writable home it
+    compiles in each process instead of failing at import."""
+    def wrap(fn):
+        try:
+            return numba.njit(cache=True, **options)(fn)
+        except RuntimeError:  # numba: "cannot cache function ...: no locator available"
+            return numba.njit(**options)(fn)
+    return wrap
+
+
 def _floor_f32(x: np.ndarray) -> np.ndarray:
     f = x.astype(np.float32)
     too_big = f.astype(np.float64) > x
@@ -107,7 +119,7 @@ def _add(table, n, i, first, total, shift, dsum, dsq):
             dsq[i, j] += d * d
 
 
-@numba.njit(nogil=True, cache=True)
+@compiled(nogil=True)
 def _moments_rows(x, nodes, thresholds, roots, depths, table, lo, hi, mean, var):
     """Mean and variance across trees of ``table[leaf]`` for rows lo..hi of x."""
     n_trees = len(roots)
@@ -155,7 +167,7 @@ def _moments_rows(x, nodes, thresholds, roots, depths, table, lo, hi, mean, var)
                 var[start + i, j] = max(v, 0.0)
 
 
-@numba.njit(parallel=True, nogil=True, cache=True)
+@compiled(parallel=True, nogil=True)
 def _moments_parallel(x, nodes, thresholds, roots, depths, table, mean, var):
     n_blocks = (len(x) + _BLOCK - 1) // _BLOCK
     for b in numba.prange(n_blocks):
@@ -164,7 +176,7 @@ def _moments_parallel(x, nodes, thresholds, roots, depths, table, mean, var):
                       mean, var)
 
 
-@numba.njit(nogil=True, cache=True)
+@compiled(nogil=True)
 def _leaves(x, nodes, thresholds, roots, depths, out):
     for t in range(len(roots)):
         for r in range(len(x)):

@@ -65,3 +65,19 @@ def test_bad_features_are_clear_errors(forest_and_rows):
         fast.moments(x, fast.values[:10])
     with pytest.raises(ValueError, match="threads"):
         FastForest(forest, threads=0)
+
+
+def test_compiles_without_a_cache_where_numba_finds_no_place_for_one(monkeypatch):
+    import numba
+
+    from predictor.fast import compiled
+
+    # Any locator failure makes numba raise RuntimeError when caching is enabled.
+    monkeypatch.setattr(numba.config, "CACHE_LOCATOR_CLASSES", "NoSuchLocator")
+
+    def add_one(a):
+        return a + 1
+
+    with pytest.raises(RuntimeError, match="locator"):
+        numba.njit(cache=True)(add_one)
+    assert compiled()(add_one)(41) == 42
