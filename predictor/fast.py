@@ -200,7 +200,6 @@ class FastForest:
         self.flat = FlatForest(forest)
         self.threads = threads
         self.n_trees = len(self.flat.roots)
-        self.n_outputs = self.flat.values.shape[1]
         # Compile (or load from numba's cache) now, not in the first request a server answers.
         self.moments(np.zeros((1, self.flat.n_features), dtype=np.float32), self.values)
 
