@@ -13,7 +13,7 @@ sampler's final share (target: at most half).
 
     python benchmarks/adaptive_sampling.py [--budget 200] [--round 10] [--pool 600] [--test 150]
                                            [--rounds 3] [--repeats 5] [--threads 1] [--csv F]
-                                           [--latencies FILE]
+                                           [--latencies FILE] [--pool-seed 1] [--test-seed 2]
 """
 
 from __future__ import annotations
@@ -44,6 +44,8 @@ def main() -> None:
     ap.add_argument("--round", type=int, default=10)
     ap.add_argument("--pool", type=int, default=600)
     ap.add_argument("--test", type=int, default=150)
+    ap.add_argument("--pool-seed", type=int, default=1, help="seed of the pool's random shapes")
+    ap.add_argument("--test-seed", type=int, default=2, help="seed of the test set's shapes")
     ap.add_argument("--dtypes", default="fp32")
     ap.add_argument("--min-size", type=int, default=16)
     ap.add_argument("--max-size", type=int, default=1024)
@@ -73,8 +75,9 @@ def main() -> None:
             with open(peaks_file, "w") as f:
                 json.dump(peaks, f)
     profile = DeviceProfile(device.info.model, "cpu", device.info.sm_count or 1, peaks)
-    pool = candidate_pool(args.pool, args.min_size, args.max_size, dtypes, seed=1)
-    test = candidate_pool(args.test, args.min_size, args.max_size, dtypes, seed=2)
+    pool = candidate_pool(args.pool, args.min_size, args.max_size, dtypes, seed=args.pool_seed)
+    test = candidate_pool(args.test, args.min_size, args.max_size, dtypes,
+                          seed=args.test_seed)
     cols = ["m", "n", "k", "dtype"]
     keys = sorted(set(pool[cols].itertuples(index=False, name=None))
                   | set(test[cols].itertuples(index=False, name=None)))

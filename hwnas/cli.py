@@ -180,7 +180,8 @@ def collect() -> None:
               help="Do not measure the device's peaks before the sweep if missing.")
 @click.option("--adaptive", is_flag=True,
               help="Choose shapes where a forest fitted on the measurements so far is least "
-                   "sure (within --min-size..--max-size), instead of --shapes.")
+                   "sure, weighed by how many candidates each stands for (within "
+                   "--min-size..--max-size), instead of --shapes.")
 @click.option("--budget", type=int, default=100, show_default=True,
               help="With --adaptive: configs to measure in all.")
 @click.option("--pool", type=click.IntRange(10, 1_000_000), default=2000, show_default=True,

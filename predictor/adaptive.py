@@ -1,9 +1,18 @@
-"""Adaptive sampling: measure next where the current forest is least sure (nn-Meter's idea of
-sampling densely where the error is high, with the spread across trees standing in for error).
+"""Adaptive sampling: measure next where the current forest is least sure, in proportion to how
+much of the candidate space each new measurement stands for.
 
-The sampler starts from a uniform random share of the budget, then repeatedly fits a forest on
-what has been measured and picks the candidates with the largest spread of predicted
-log-latency across trees.
+nn-Meter's idea is to sample densely where the error is high. Taking only the candidates with
+the largest spread across trees chases outliers at the edges of the space (a handful of odd
+shapes) and leaves the bulk, where most queries land, thinly covered: measured on this CPU, no
+better than uniform draws. This sampler instead chooses, greedily, the candidates that most
+reduce the uncertainty-weighted distance from every candidate to its nearest measured config
+(a weighted facility-location design): each pool config counts with the forest's variance there,
+so uncertain regions are filled in first, and densely populated ones before lone outliers.
+
+Distances are taken in log2 M, N, K (octaves), plus how full the last 16-element block of each
+dimension is (half weight: kernels pay for padding, so 32 and 33 are not neighbours), plus a
+fixed two-octave step between dtypes. The sampler starts with a uniform random tenth of the
+budget, then refits a forest after every round.
 """
 
 from __future__ import annotations
@@ -14,8 +23,13 @@ import numpy as np
 import pandas as pd
 
 from collectors.gemm.shapes import random_shapes
-from predictor.features import DeviceProfile
+from predictor.features import FILL_BLOCK, DeviceProfile
 from predictor.forest import GEMM_COLUMNS, GemmCostForest
+
+FILL_WEIGHT = 0.5  # octaves per unit of block fill
+DTYPE_STEP = 2.0  # octaves between configs of different dtypes
+MAX_POINTS = 2000  # pool configs whose coverage is weighed each round (random subset beyond)
+MAX_CANDIDATES = 4000  # unmeasured configs considered each round (random subset beyond)
 
 
 def candidate_pool(count: int, min_size: int, max_size: int, dtypes: list[str],
@@ -31,15 +45,56 @@ def uncertainty(model: GemmCostForest, frame: pd.DataFrame) -> np.ndarray:
     return model.per_tree(frame)[:, :, 0].std(axis=0)
 
 
+def design_coordinates(frame: pd.DataFrame) -> np.ndarray:
+    """Where each config sits for the sampler's distances (see the module docstring)."""
+    dims = frame[["m", "n", "k"]].to_numpy(float)
+    fill = dims / (np.ceil(dims / FILL_BLOCK) * FILL_BLOCK)
+    dtypes = frame["dtype"].to_numpy()
+    onehot = np.stack([dtypes == d for d in sorted(set(dtypes))], axis=1).astype(float)
+    # One-hot rows of two dtypes are sqrt(2) apart; scaled so that they are DTYPE_STEP apart.
+    return np.column_stack([np.log2(dims), FILL_WEIGHT * fill,
+                            onehot * (DTYPE_STEP / np.sqrt(2))])
+
+
+def _distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    sq = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * a @ b.T
+    return np.sqrt(np.maximum(sq, 0.0)).astype(np.float32)
+
+
+def cover_greedily(coords: np.ndarray, weights: np.ndarray, measured: np.ndarray,
+                   candidates: np.ndarray, count: int) -> list[int]:
+    """``count`` of ``candidates`` (row indices of ``coords``), chosen one at a time to most
+    reduce sum_p weights[p] x (distance from p to its nearest measured or chosen row)."""
+    count = min(count, len(candidates))
+    dist = _distances(coords, coords[candidates])
+    if len(measured):
+        nearest = _distances(coords, coords[measured]).min(axis=1)
+    else:
+        nearest = np.full(len(coords), dist.max() + 1.0, dtype=np.float32)
+    w = weights.astype(np.float32)
+    picks: list[int] = []
+    for _ in range(count):
+        gain = w @ np.maximum(nearest[:, None] - dist, 0.0)
+        gain[picks] = -1.0  # a chosen candidate gains nothing twice
+        j = int(np.argmax(gain))
+        picks.append(j)
+        nearest = np.minimum(nearest, dist[:, j])
+    return [int(candidates[j]) for j in picks]
+
+
 class AdaptiveSampler:
     """Chooses which rows of ``pool`` to measure next."""
 
-    def __init__(self, profile: DeviceProfile, pool: pd.DataFrame, seed_share: float = 0.25,
+    def __init__(self, profile: DeviceProfile, pool: pd.DataFrame, seed_share: float = 0.1,
                  trees: int = 100, seed: int = 0):
         self.profile, self.pool = profile, pool.reset_index(drop=True)
         self.seed_share, self.trees = seed_share, trees
         self.rng = np.random.default_rng(seed)
         self.order = self.rng.permutation(len(self.pool))  # uniform order for the seed set
+        self.coords = design_coordinates(self.pool)
+
+    def _subset(self, rows: np.ndarray, cap: int) -> np.ndarray:
+        return rows if len(rows) <= cap else np.sort(self.rng.choice(rows, cap, replace=False))
 
     def next_batch(self, measured: dict[int, float], tried: set[int], budget: int,
                    batch: int) -> list[int]:
@@ -50,13 +105,20 @@ class AdaptiveSampler:
         if len(tried) < n_seed or len(measured) < 2:
             return todo[:min(batch, max(n_seed - len(tried), 1))]
         idx = np.fromiter(measured, dtype=int)
-        train = self.pool.iloc[idx]
         model = GemmCostForest(profile=self.profile.to_dict(), n_estimators=self.trees,
                                random_state=int(self.rng.integers(1 << 30)))
-        model.fit(train, np.array([measured[i] for i in idx]))
-        cand = np.array(todo)
-        spread = uncertainty(model, self.pool.iloc[cand])
-        return cand[np.argsort(-spread)[:batch]].tolist()
+        model.fit(self.pool.iloc[idx], np.array([measured[i] for i in idx]))
+        points = self._subset(np.arange(len(self.pool)), MAX_POINTS)
+        cand = self._subset(np.array(todo), MAX_CANDIDATES)
+        rows = np.concatenate([points, cand, idx])
+        # Coordinates of the weighed points, then the candidates, then the measured configs.
+        coords = self.coords[rows]
+        weights = np.zeros(len(rows))
+        weights[:len(points)] = uncertainty(model, self.pool.iloc[points]) ** 2
+        at = len(points)
+        chosen = cover_greedily(coords, weights, np.arange(at + len(cand), len(rows)),
+                                np.arange(at, at + len(cand)), batch)
+        return [int(rows[j]) for j in chosen]
 
     def run(self, measure: Callable[[list[int]], dict[int, float]], budget: int,
             batch: int = 10, on_round: Callable[[dict[int, float]], None] | None = None

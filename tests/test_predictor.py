@@ -231,7 +231,7 @@ def test_fast_inference_equals_sklearn_within_1e6():
     assert np.allclose(raw, ref.reshape(raw.shape), rtol=1e-6, atol=0)
 
 
-def test_adaptive_sampler_spends_the_budget_once_each_and_picks_the_most_uncertain(
+def test_adaptive_sampler_spends_the_budget_once_each_and_fills_in_uncertain_regions(
         monkeypatch):
     from predictor import adaptive
 
@@ -247,17 +247,31 @@ def test_adaptive_sampler_spends_the_budget_once_each_and_picks_the_most_uncerta
         calls.append(list(indices))
         return {i: law(i) for i in indices if i % 17}  # some configs "fail"
 
-    # A known uncertainty (here: the size of M) shows which candidates the sampler prefers.
+    # A known uncertainty: the forest is "sure" wherever M <= 256, unsure beyond.
     monkeypatch.setattr(adaptive, "uncertainty",
-                        lambda model, frame: frame.m.to_numpy(float))
+                        lambda model, frame: (frame.m.to_numpy() > 256).astype(float))
     sampler = adaptive.AdaptiveSampler(PROFILE, pool, seed_share=0.2, trees=5)
     measured = sampler.run(measure, budget=60, batch=10)
     flat = [i for c in calls for i in c]
     assert len(flat) == 60 and len(set(flat)) == 60  # budget spent, nothing twice
     assert set(measured) == {i for i in flat if i % 17}
     assert calls[0] == [int(i) for i in sampler.order[:10]]  # seed rounds: uniform order
-    seen: set[int] = set(calls[0] + calls[1])
-    for batch in calls[2:]:  # then: the most uncertain of what is left
-        left = pool.drop(index=list(seen))
-        assert sorted(pool.m[batch]) == sorted(left.m.nlargest(len(batch)))
-        seen.update(batch)
+    chosen = [i for c in calls[2:] for i in c]
+    assert (pool.m[chosen] > 256).all()  # then: only where the forest is unsure
+    assert len(set(pool.dtype[chosen])) == 2  # ... in both dtypes
+
+
+def test_cover_greedily_weighs_uncertainty_by_how_many_configs_a_pick_stands_for():
+    from predictor.adaptive import cover_greedily
+
+    # A dense cluster of 20 configs near 0, a lone outlier at 10, candidates at both.
+    coords = np.concatenate([np.random.default_rng(0).normal(0, 0.1, (20, 2)), [[10.0, 10.0]]])
+    candidates = np.array([0, 20])
+    measured = np.array([], dtype=int)
+    even = np.ones(21)
+    assert cover_greedily(coords, even, measured, candidates, 1) == [0]  # the bulk first
+    outlier_unsure = np.r_[np.full(20, 0.01), 1.0]
+    assert cover_greedily(coords, outlier_unsure, measured, candidates, 1) == [20]
+    # Once the cluster is measured, its neighbourhood gains nothing: the outlier comes next.
+    assert cover_greedily(coords, even, np.array([1]), candidates, 1) == [20]
+    assert cover_greedily(coords, even, measured, candidates, 5) == [0, 20]  # no repeats
