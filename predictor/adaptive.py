@@ -66,12 +66,16 @@ def cover_greedily(coords: np.ndarray, weights: np.ndarray, measured: np.ndarray
     """``count`` of ``candidates`` (row indices of ``coords``), chosen one at a time to most
     reduce sum_p weights[p] x (distance from p to its nearest measured or chosen row)."""
     count = min(count, len(candidates))
-    dist = _distances(coords, coords[candidates])
+    weighed = np.flatnonzero(weights > 0)  # rows of zero weight add nothing to any gain
+    if len(weighed) == 0:
+        weighed = np.arange(len(coords))
+        weights = np.ones(len(coords))
+    dist = _distances(coords[weighed], coords[candidates])
     if len(measured):
-        nearest = _distances(coords, coords[measured]).min(axis=1)
+        nearest = _distances(coords[weighed], coords[measured]).min(axis=1)
     else:
-        nearest = np.full(len(coords), dist.max() + 1.0, dtype=np.float32)
-    w = weights.astype(np.float32)
+        nearest = np.full(len(weighed), dist.max() + 1.0, dtype=np.float32)
+    w = weights[weighed].astype(np.float32)
     picks: list[int] = []
     for _ in range(count):
         gain = w @ np.maximum(nearest[:, None] - dist, 0.0)

@@ -275,3 +275,5 @@ def test_cover_greedily_weighs_uncertainty_by_how_many_configs_a_pick_stands_for
     # Once the cluster is measured, its neighbourhood gains nothing: the outlier comes next.
     assert cover_greedily(coords, even, np.array([1]), candidates, 1) == [20]
     assert cover_greedily(coords, even, measured, candidates, 5) == [0, 20]  # no repeats
+    # Trees that all agree (no spread anywhere): plain space filling, not an arbitrary pick.
+    assert cover_greedily(coords, np.zeros(21), np.array([1]), candidates, 1) == [20]
