@@ -71,3 +71,27 @@ def test_errors_in_a_real_process_have_no_traceback(tmp_path):
     assert p.returncode == 1
     assert "Error: --db: cannot connect" in p.stderr
     assert "Traceback" not in p.stderr + p.stdout
+
+
+def test_adaptive_collection_measures_the_budget_from_the_pool(tmp_path):
+    from sqlalchemy import select
+
+    from collectors.store.db import Store
+    from collectors.store.models import Measurement, Sweep
+
+    db = f"sqlite:///{tmp_path / 'a.sqlite'}"
+    r = run(["collect", "gemm", "--db", db, "--adaptive", "--budget", "12", "--pool", "40",
+             "--round-size", "4", "--min-size", "16", "--max-size", "64", "--min-time", "0.01",
+             "--dtype", "fp32", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    assert "budget 12 of a pool of 40 configs, rounds of 4" in r.output
+    assert "12 done, 0 failed" in r.output
+    with Store(db).session() as s:
+        sweep = s.scalar(select(Sweep))
+        rows = s.scalars(select(Measurement).where(Measurement.sweep_id == sweep.id)).all()
+    assert sweep.status == "done" and sweep.config["options"]["shapes"] == "adaptive"
+    assert [c["origin"] for c in sweep.config["configs"]] == ["adaptive"] * 12
+    shapes = {(m.m, m.n, m.k) for m in rows}
+    assert len(rows) == 12 and len(shapes) == 12  # each chosen config measured once
+    assert all(16 <= d <= 64 for shape in shapes for d in shape)
+    assert all(m.latency_ms_median > 0 and m.power_source == "unavailable" for m in rows)
