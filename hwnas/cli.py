@@ -175,7 +175,8 @@ def collect() -> None:
 @ROUNDS_OPTION
 @click.option("--resume", "resume_id", type=int, default=None, metavar="SWEEP",
               help="Resume sweep SWEEP: measure only what it has not stored yet (its own "
-                   "timing options and rounds apply).")
+                   "timing options and rounds apply); an adaptive sweep then goes on choosing "
+                   "shapes until its budget is spent.")
 @click.option("--skip-peaks", is_flag=True,
               help="Do not measure the device's peaks before the sweep if missing.")
 @click.option("--adaptive", is_flag=True,
@@ -206,9 +207,10 @@ def collect_gemm(db_url, device_name, backend, threads, dtypes, shape_set, min_s
         shape_set=shape_set, min_size=min_size, max_size=max_size, points=points, count=count,
         seed=seed, layouts=layouts, warmup=warmup, min_reps=min_reps, min_time=min_time,
         power_window=power_window, l2_flush=l2_flush, cooldown=cooldown, rounds=rounds,
-        resume_id=resume_id, progress=not no_progress, adaptive=adaptive and resume_id is None)
-    if adaptive and resume_id is None:
-        summary = job.run_adaptive(budget, pool, round_size, seed)
+        resume_id=resume_id, progress=not no_progress, adaptive=adaptive and resume_id is None,
+        budget=budget, pool=pool, round_size=round_size)
+    if job.is_adaptive():
+        summary = job.run_adaptive()
     else:
         summary = job.run(measure_missing_peaks=not skip_peaks)
     job.print_summary(summary)

@@ -59,7 +59,8 @@ class GemmJob:
                      shape_set="grid", min_size=16, max_size=1024, points=4, count=50, seed=0,
                      layouts="nn", warmup=0.05, min_reps=10, min_time=0.2, power_window=1.0,
                      l2_flush=False, cooldown=0.0, rounds=None, resume_id=None, progress=True,
-                     skip_unsupported_dtypes=False, adaptive=False) -> GemmJob:
+                     skip_unsupported_dtypes=False, adaptive=False, budget=100, pool=2000,
+                     round_size=10) -> GemmJob:
         # Validate every option before touching hardware or the store.
         policy = TimingPolicy(warmup_s=warmup, min_reps=min_reps, min_time_s=min_time,
                               power_window_s=power_window, l2_flush=l2_flush,
@@ -68,10 +69,14 @@ class GemmJob:
         if adaptive:
             if min_size <= 0 or max_size < min_size:
                 raise ValueError("--min-size/--max-size: need 0 < min-size <= max-size")
-            # The adaptive sampler plans its sweep round by round.
+            if budget < 4:
+                raise ValueError(f"--budget: must be at least 4, got {budget}")
+            # The adaptive sampler plans its sweep round by round; what it needs to carry on
+            # after an interruption is stored with the sweep.
             plan, options = [], {"shapes": "adaptive", "min_size": min_size,
                                  "max_size": max_size, "seed": seed, "dtypes": dtype_list,
-                                 "layouts": ["nn"]}
+                                 "layouts": ["nn"], "budget": budget, "pool": pool,
+                                 "round_size": round_size}
         elif resume_id is None:
             plan, options = build_plan(shape_set, min_size, max_size, points, count, seed,
                                        layouts, dtype_list)
@@ -123,35 +128,38 @@ class GemmJob:
         click.echo(f"{verb} sweep {self.sweep_id}", err=True)
         return self.runner.run(self.sweep_id)
 
-    def run_adaptive(self, budget: int, pool: int, batch: int, seed: int = 0) -> SweepSummary:
-        """Measure ``budget`` configs chosen where the current forest is least sure."""
+    def is_adaptive(self) -> bool:
+        """Whether this sweep's shapes are chosen by the adaptive sampler (and it can go on)."""
+        opts = self._options()
+        return opts.get("shapes") == "adaptive" and "budget" in opts
+
+    def run_adaptive(self) -> SweepSummary:
+        """Measure the sweep's budget of configs, chosen where the current forest is least
+        sure; a resumed sweep first finishes the round it was stopped in, then goes on choosing
+        from the same candidate pool until the budget is spent."""
         from collectors.ops import Op
+        from collectors.store.repo import device_peaks, upsert_device
         from predictor.adaptive import AdaptiveSampler, candidate_pool
         from predictor.features import DeviceProfile
-        from predictor.forest import GEMM_COLUMNS
 
-        if budget < 4:
-            raise ValueError(f"--budget: must be at least 4, got {budget}")
         self.ensure_peaks()
         opts = self._options()
-        from collectors.store.repo import device_peaks, upsert_device
-
         with self.store.session() as s:
             peaks = device_peaks(s, upsert_device(s, self.device.info).id)
             s.commit()
         i = self.device.info
         profile = DeviceProfile(i.model, i.kind, int(i.sm_count or 1), peaks)
-        frame = candidate_pool(pool, opts["min_size"], opts["max_size"], opts["dtypes"], seed)
-        sampler = AdaptiveSampler(profile, frame, seed=seed)
+        frame = candidate_pool(opts["pool"], opts["min_size"], opts["max_size"],
+                               opts["dtypes"], opts["seed"])
+        ops = [Op.gemm(int(r.m), int(r.n), int(r.k), r.dtype) for r in frame.itertuples()]
+        row_of = {op.key(): idx for idx, op in enumerate(ops)}
+        sampler = AdaptiveSampler(profile, frame, seed=opts["seed"])
         total = SweepSummary(self.sweep_id, 0)
 
-        def measure(indices: list[int]) -> dict[int, float]:
-            plan = []
-            for idx in indices:
-                m, n, k, dtype = (frame.at[idx, c] for c in ("m", "n", "k", "dtype"))
-                plan.append((Op.gemm(m, n, k, dtype), "adaptive"))
-            self.runner.extend(self.sweep_id, plan)
+        def run_planned(resumed: bool = False) -> None:
             got = self.runner.run(self.sweep_id)
+            if resumed:  # later rounds count the earlier ones as stored before: not again
+                total.already_done = got.already_done
             for name in ("done", "failed", "skipped"):
                 setattr(total, name, getattr(total, name) + getattr(got, name))
             total.tflops += got.tflops
@@ -159,16 +167,27 @@ class GemmJob:
             total.interrupted = got.interrupted
             if got.interrupted:
                 raise KeyboardInterrupt
-            return self._latencies(frame, indices, plan)
 
-        click.echo(f"adaptive sweep {self.sweep_id}: budget {budget} of a pool of {len(frame)} "
-                   f"configs, rounds of {batch}", err=True)
+        def measure(indices: list[int]) -> dict[int, float]:
+            self.runner.extend(self.sweep_id, [(ops[idx], "adaptive") for idx in indices])
+            run_planned()
+            return self._latencies({ops[idx].key(): idx for idx in indices})
+
+        _, plan = SweepRunner.load_plan(self.store, self.sweep_id)
+        tried = {row_of[op.key()] for op, _ in plan if op.key() in row_of}
+        budget, batch = opts["budget"], opts["round_size"]
+        verb = "resuming" if tried else "starting"
+        click.echo(f"{verb} adaptive sweep {self.sweep_id}: budget {budget} of a pool of "
+                   f"{len(frame)} configs, rounds of {batch}"
+                   + (f"; {len(tried)} chosen before" if tried else ""), err=True)
         try:
-            sampler.run(measure, budget, batch)
+            if tried:
+                run_planned(resumed=True)  # the round an interruption cut short
+            measured = self._latencies({ops[idx].key(): idx for idx in tried})
+            sampler.run(measure, budget, batch, measured=measured, tried=tried)
         except KeyboardInterrupt:
             total.interrupted = True
-        total.planned = total.done + total.failed + total.skipped
-        assert list(frame.columns) == GEMM_COLUMNS
+        total.planned = min(budget, len(frame))  # so "remaining" is what is left to choose
         return total
 
     def _options(self) -> dict:
@@ -177,12 +196,13 @@ class GemmJob:
         with self.store.session() as s:
             return dict(get_sweep(s, self.sweep_id).config["options"])
 
-    def _latencies(self, frame, indices: list[int], plan) -> dict[int, float]:
+    def _latencies(self, keys: dict[str, int]) -> dict[int, float]:
+        """Latency (ms) of this sweep's measured configs among ``keys`` (config key -> pool
+        row), by pool row; failed or unmeasured configs are left out."""
         from sqlalchemy import select
 
         from collectors.store.models import Measurement
 
-        keys = {op.key(): idx for idx, (op, _) in zip(indices, plan, strict=True)}
         with self.store.session() as s:
             rows = s.execute(select(Measurement.config_key, Measurement.latency_ms)
                              .where(Measurement.sweep_id == self.sweep_id,

@@ -125,12 +125,14 @@ class AdaptiveSampler:
         return [int(rows[j]) for j in chosen]
 
     def run(self, measure: Callable[[list[int]], dict[int, float]], budget: int,
-            batch: int = 10, on_round: Callable[[dict[int, float]], None] | None = None
+            batch: int = 10, on_round: Callable[[dict[int, float]], None] | None = None,
+            measured: dict[int, float] | None = None, tried: set[int] | None = None
             ) -> dict[int, float]:
         """Measure up to ``budget`` pool rows; ``measure`` maps pool indices to latency ms
-        (a failed config may be left out)."""
-        measured: dict[int, float] = {}
-        tried: set[int] = set()
+        (a failed config may be left out). ``measured`` and ``tried`` carry on from an earlier
+        run (pool index -> latency ms; every index chosen, failures included)."""
+        measured = dict(measured or {})
+        tried = set(tried or ())
         while len(tried) < min(budget, len(self.pool)):
             nxt = self.next_batch(measured, tried, budget, min(batch, budget - len(tried)))
             if not nxt:

@@ -50,6 +50,7 @@ def test_collect_small_sweep_and_info(tmp_path):
     (["--device", "tpu"], 1, "--device 'tpu'"),
     (["--backend", "jax"], 2, "--backend jax"),
     (["--threads", "0"], 2, "--threads: must be at least 1"),
+    (["--adaptive", "--budget", "2"], 2, "--budget: must be at least 4, got 2"),
     (["--resume", "99"], 2, "--resume 99: no GEMM sweep"),
     (["--db", "postgresql://nobody@127.0.0.1:1/none"], 1, "cannot connect"),
     (["--db", "notaurl"], 1, "--db: cannot parse database URL"),
@@ -95,3 +96,42 @@ def test_adaptive_collection_measures_the_budget_from_the_pool(tmp_path):
     assert len(rows) == 12 and len(shapes) == 12  # each chosen config measured once
     assert all(16 <= d <= 64 for shape in shapes for d in shape)
     assert all(m.latency_ms_median > 0 and m.power_source == "unavailable" for m in rows)
+
+
+def test_an_interrupted_adaptive_collection_resumes_to_its_budget(tmp_path, monkeypatch):
+    from sqlalchemy import select
+
+    from collectors.store.db import Store
+    from collectors.store.models import Measurement
+    from collectors.sweep import SweepRunner
+
+    db = f"sqlite:///{tmp_path / 'r.sqlite'}"
+    args = ["collect", "gemm", "--db", db, "--adaptive", "--budget", "10", "--pool", "30",
+            "--round-size", "4", "--max-size", "48", "--min-time", "0.005", "--dtype", "fp32",
+            "--no-progress"]
+    real = SweepRunner.measure
+    calls = []
+
+    def stopped_by_ctrl_c(self, op, origin, sweep_id, device_id):
+        calls.append(op.key())
+        if len(calls) == 12:  # inside the first adaptive round, after the seed configs
+            raise KeyboardInterrupt
+        return real(self, op, origin, sweep_id, device_id)
+
+    monkeypatch.setattr(SweepRunner, "measure", stopped_by_ctrl_c)
+    first = run(args)
+    assert first.exit_code == 130, first.output
+    assert "remaining" in first.output and "--resume 1" in first.output
+    with Store(db).session() as s:
+        before = {m.config_key for m in s.scalars(select(Measurement))}
+    assert 2 <= len(before) < 10
+
+    monkeypatch.setattr(SweepRunner, "measure", real)
+    again = run(["collect", "gemm", "--db", db, "--resume", "1", "--no-progress"])
+    assert again.exit_code == 0, again.output
+    assert "resuming adaptive sweep 1: budget 10 of a pool of 30 configs" in again.output
+    with Store(db).session() as s:
+        rows = s.scalars(select(Measurement)).all()
+    keys = [m.config_key for m in rows]
+    assert len(keys) == 10 and len(set(keys)) == 10  # the budget, each config once
+    assert before <= set(keys)  # nothing measured before was lost or repeated
