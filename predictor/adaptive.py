@@ -4,10 +4,11 @@ much of the candidate space each new measurement stands for.
 nn-Meter's idea is to sample densely where the error is high. Taking only the candidates with
 the largest spread across trees chases outliers at the edges of the space (a handful of odd
 shapes) and leaves the bulk, where most queries land, thinly covered: in the CPU benchmark
-(benchmarks/adaptive_sampling.py) it did no better than uniform draws. This sampler instead chooses, greedily, the candidates that most
-reduce the uncertainty-weighted distance from every candidate to its nearest measured config
-(a weighted facility-location design): each pool config counts with the forest's variance there,
-so uncertain regions are filled in first, and densely populated ones before lone outliers.
+(benchmarks/adaptive_sampling.py) it did no better than uniform draws. This sampler instead
+chooses, greedily, the candidates that most reduce the uncertainty-weighted distance from every
+candidate to its nearest measured config (a weighted facility-location design): each pool
+config counts with the forest's variance there, so uncertain regions are filled in first, and
+densely populated ones before lone outliers.
 
 Distances are taken in log2 M, N, K (octaves), plus how full the last 16-element block of each
 dimension is (half weight: kernels pay for padding, so 32 and 33 are not neighbours), plus a
