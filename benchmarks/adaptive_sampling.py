@@ -14,6 +14,7 @@ sampler's final share (target: at most half).
     python benchmarks/adaptive_sampling.py [--budget 200] [--round 10] [--pool 600] [--test 150]
                                            [--rounds 3] [--repeats 5] [--threads 1] [--csv F]
                                            [--latencies FILE] [--pool-seed 1] [--test-seed 2]
+                                           [--plot F.png]
 """
 
 from __future__ import annotations
@@ -38,6 +39,28 @@ from predictor.features import DeviceProfile
 from predictor.forest import GemmCostForest
 
 
+def plot_curves(curves: dict[str, list[tuple[int, dict]]], final: float, path: str,
+                title: str) -> None:
+    """Share within ±10% against measurements for each sampler, with uniform's final share."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, curve in curves.items():
+        ax.plot([n for n, _ in curve], [m["within_10"] for _, m in curve], marker=".",
+                label=name)
+    ax.axhline(final, color="grey", linestyle=":", label="uniform's final share")
+    ax.set_xlabel("configs measured")
+    ax.set_ylabel("held-out configs within ±10% (%)")
+    ax.set_title(title, fontsize=8)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--budget", type=int, default=200)
@@ -56,6 +79,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5, help="sampler seeds to average over")
     ap.add_argument("--threads", type=int, default=None, help="CPU threads (default: all)")
     ap.add_argument("--csv", default=None, help="also write the curves to this CSV file")
+    ap.add_argument("--plot", default=None, help="also draw the curves into this PNG file")
     ap.add_argument("--latencies", default=None,
                     help="CSV of measured latencies (and FILE.peaks.json): read if it exists "
                          "(no measuring), else written after measuring, so samplers can be "
@@ -150,6 +174,11 @@ def main() -> None:
         print(f"adaptive reached uniform's final {final['within_10']:.1f}% (at {final_n}) with "
               f"{reach} measurements: {reach / final_n:.2f} of them (target <= 0.5: "
               f"{'met' if reach <= final_n / 2 else 'NOT met'})")
+    if args.plot:
+        plot_curves(curves, final["within_10"], args.plot,
+                    f"{args.dtypes} on {device.info.model}: pool {len(pool)}, test {len(test)}, "
+                    f"mean of {args.repeats} seeds")
+        print(f"plot written to {args.plot}")
     if args.csv:
         pd.DataFrame([{"sampler": k, "measured": n, **m} for k, v in curves.items()
                       for n, m in v]).to_csv(args.csv, index=False)
