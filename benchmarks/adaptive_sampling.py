@@ -152,8 +152,16 @@ def main() -> None:
                     per_n.setdefault(len(measured), []).append(score(measured))
 
             sampler.run(measure, args.budget, args.round, on_round=record)
-    curves = {name: [(n, {k: float(np.mean([m[k] for m in ms])) for k in ms[0]})
-                     for n, ms in sorted(per_n.items())] for name, per_n in runs.items()}
+    def summary(ms: list[dict]) -> dict[str, float]:
+        """Means over sampler seeds, and the standard error of the mean share within ±10%."""
+        out = {k: float(np.mean([m[k] for m in ms])) for k in ms[0]}
+        shares = [m["within_10"] for m in ms]
+        out["within_10_sem"] = float(np.std(shares, ddof=1) / np.sqrt(len(shares))
+                                     if len(shares) > 1 else np.nan)
+        return out
+
+    curves = {name: [(n, summary(ms)) for n, ms in sorted(per_n.items())]
+              for name, per_n in runs.items()}
 
     print(f"{device.info.model}, {backend.name}, dtypes {args.dtypes}; pool {len(pool)} configs, "
           f"test {len(test)} configs; {len(cache)} distinct configs measured in {args.rounds} "
@@ -168,6 +176,8 @@ def main() -> None:
         print(f"{n:>9}  {cell(ada.get(n), 12)}   {cell(uni.get(n), 11)}")
     final_n, final = curves["uniform"][-1]
     reach = next((n for n, m in curves["adaptive"] if m["within_10"] >= final["within_10"]), None)
+    print(f"standard error over seeds of the share within ±10% at {final_n}: adaptive "
+          f"{ada[final_n]['within_10_sem']:.1f}, uniform {final['within_10_sem']:.1f} points")
     if reach is None:
         print(f"adaptive never reached uniform's final {final['within_10']:.1f}% within ±10%")
     else:
