@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from collectors.gemm.shapes import random_shapes
-from predictor.features import FILL_BLOCK, DeviceProfile
+from predictor.features import DeviceProfile, block_fill
 from predictor.forest import GEMM_COLUMNS, GemmCostForest
 
 FILL_WEIGHT = 0.5  # octaves per unit of block fill
@@ -49,7 +49,7 @@ def uncertainty(model: GemmCostForest, frame: pd.DataFrame) -> np.ndarray:
 def design_coordinates(frame: pd.DataFrame) -> np.ndarray:
     """Where each config sits for the sampler's distances (see the module docstring)."""
     dims = frame[["m", "n", "k"]].to_numpy(float)
-    fill = dims / (np.ceil(dims / FILL_BLOCK) * FILL_BLOCK)
+    fill = block_fill(dims)
     dtypes = frame["dtype"].to_numpy()
     onehot = np.stack([dtypes == d for d in sorted(set(dtypes))], axis=1).astype(float)
     # One-hot rows of two dtypes are sqrt(2) apart; scaled so that they are DTYPE_STEP apart.
@@ -62,21 +62,21 @@ def _distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.sqrt(np.maximum(sq, 0.0)).astype(np.float32)
 
 
-def cover_greedily(coords: np.ndarray, weights: np.ndarray, measured: np.ndarray,
+def cover_greedily(points: np.ndarray, weights: np.ndarray, measured: np.ndarray,
                    candidates: np.ndarray, count: int) -> list[int]:
-    """``count`` of ``candidates`` (row indices of ``coords``), chosen one at a time to most
-    reduce sum_p weights[p] x (distance from p to its nearest measured or chosen row)."""
+    """``count`` positions in ``candidates`` (coordinates, one row each), chosen one at a time
+    to most reduce sum_p weights[p] x (distance from points[p] to its nearest measured or
+    chosen row); ``measured`` holds the coordinates of what was measured already."""
     count = min(count, len(candidates))
-    weighed = np.flatnonzero(weights > 0)  # rows of zero weight add nothing to any gain
-    if len(weighed) == 0:
-        weighed = np.arange(len(coords))
-        weights = np.ones(len(coords))
-    dist = _distances(coords[weighed], coords[candidates])
+    weighed = weights > 0  # points of zero weight add nothing to any gain
+    if not weighed.any():  # trees that all agree: plain space filling
+        weighed, weights = np.ones(len(points), dtype=bool), np.ones(len(points))
+    points, w = points[weighed], weights[weighed].astype(np.float32)
+    dist = _distances(points, candidates)
     if len(measured):
-        nearest = _distances(coords[weighed], coords[measured]).min(axis=1)
+        nearest = _distances(points, measured).min(axis=1)
     else:
-        nearest = np.full(len(weighed), dist.max() + 1.0, dtype=np.float32)
-    w = weights[weighed].astype(np.float32)
+        nearest = np.full(len(points), dist.max() + 1.0, dtype=np.float32)
     picks: list[int] = []
     for _ in range(count):
         gain = w @ np.maximum(nearest[:, None] - dist, 0.0)
@@ -84,7 +84,7 @@ def cover_greedily(coords: np.ndarray, weights: np.ndarray, measured: np.ndarray
         j = int(np.argmax(gain))
         picks.append(j)
         nearest = np.minimum(nearest, dist[:, j])
-    return [int(candidates[j]) for j in picks]
+    return picks
 
 
 class AdaptiveSampler:
@@ -115,15 +115,10 @@ class AdaptiveSampler:
         model.fit(self.pool.iloc[idx], np.array([measured[i] for i in idx]))
         points = self._subset(np.arange(len(self.pool)), MAX_POINTS)
         cand = self._subset(np.array(todo), MAX_CANDIDATES)
-        rows = np.concatenate([points, cand, idx])
-        # Coordinates of the weighed points, then the candidates, then the measured configs.
-        coords = self.coords[rows]
-        weights = np.zeros(len(rows))
-        weights[:len(points)] = uncertainty(model, self.pool.iloc[points]) ** 2
-        at = len(points)
-        chosen = cover_greedily(coords, weights, np.arange(at + len(cand), len(rows)),
-                                np.arange(at, at + len(cand)), batch)
-        return [int(rows[j]) for j in chosen]
+        weights = uncertainty(model, self.pool.iloc[points]) ** 2
+        chosen = cover_greedily(self.coords[points], weights, self.coords[idx],
+                                self.coords[cand], batch)
+        return [int(cand[j]) for j in chosen]
 
     def run(self, measure: Callable[[list[int]], dict[int, float]], budget: int,
             batch: int = 10, on_round: Callable[[dict[int, float]], None] | None = None,

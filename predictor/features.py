@@ -67,7 +67,7 @@ def _pow2_align(x: np.ndarray, cap: int = 64) -> np.ndarray:
 FILL_BLOCK = 16  # elements: an AVX-512 vector of fp32, a tensor-core fragment's edge
 
 
-def _fill(x: np.ndarray, block: int = FILL_BLOCK) -> np.ndarray:
+def block_fill(x: np.ndarray, block: int = FILL_BLOCK) -> np.ndarray:
     """Share of the padded extent that is real work when x is rounded up to whole blocks (1 for
     a multiple of the block, 33/48 for 33): vector and fragment kernels pay for the padding.
     Unlike alignment, it varies smoothly, so random shapes teach it."""
@@ -142,8 +142,8 @@ def gemm_terms(frame, profile: DeviceProfile) -> tuple[np.ndarray, np.ndarray]:
         np.log2(np.minimum(np.minimum(m, n), k)), elem, tc,
         _col(frame, "trans_a", 0).astype(float), _col(frame, "trans_b", 0).astype(float),
     ] + [(dtypes == d).astype(float) for d in FEATURE_DTYPES] + [
-        _fill(m), _fill(n), _fill(k), _tail(m), _tail(n), _tail(k), _tail(m, 8), _tail(n, 8),
-        _tail(k, 8)]
+        block_fill(m), block_fill(n), block_fill(k), _tail(m), _tail(n), _tail(k), _tail(m, 8),
+        _tail(n, 8), _tail(k, 8)]
     return np.column_stack(cols).astype(np.float32), np.maximum(t_compute, t_memory) * 1e3
 
 

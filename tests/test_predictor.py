@@ -269,11 +269,16 @@ def test_cover_greedily_weighs_uncertainty_by_how_many_configs_a_pick_stands_for
     candidates = np.array([0, 20])
     measured = np.array([], dtype=int)
     even = np.ones(21)
-    assert cover_greedily(coords, even, measured, candidates, 1) == [0]  # the bulk first
+
+    def cover_greedily_rows(weights, measured, candidates, count):  # in rows of coords
+        picks = cover_greedily(coords, weights, coords[measured], coords[candidates], count)
+        return [int(candidates[j]) for j in picks]
+
+    assert cover_greedily_rows(even, measured, candidates, 1) == [0]  # the bulk first
     outlier_unsure = np.r_[np.full(20, 0.01), 1.0]
-    assert cover_greedily(coords, outlier_unsure, measured, candidates, 1) == [20]
+    assert cover_greedily_rows(outlier_unsure, measured, candidates, 1) == [20]
     # Once the cluster is measured, its neighbourhood gains nothing: the outlier comes next.
-    assert cover_greedily(coords, even, np.array([1]), candidates, 1) == [20]
-    assert cover_greedily(coords, even, measured, candidates, 5) == [0, 20]  # no repeats
+    assert cover_greedily_rows(even, np.array([1]), candidates, 1) == [20]
+    assert cover_greedily_rows(even, measured, candidates, 5) == [0, 20]  # no repeats
     # Trees that all agree (no spread anywhere): plain space filling, not an arbitrary pick.
-    assert cover_greedily(coords, np.zeros(21), np.array([1]), candidates, 1) == [20]
+    assert cover_greedily_rows(np.zeros(21), np.array([1]), candidates, 1) == [20]
