@@ -5,6 +5,7 @@ asks the same prediction service for costs, so all machines search against one m
 
 from __future__ import annotations
 
+import atexit
 import itertools
 import json
 import shlex
@@ -168,6 +169,9 @@ def start_experiment(spec: ExperimentSpec, port: int | None = None, attempts: in
             exp.start(port or free_port())
             return exp
         except OSError as exc:  # requests' ConnectionError is an OSError
+            # NNI's start() registered stop() to run at exit and has killed the manager: the
+            # hook would only log into streams that are closed by then.
+            atexit.unregister(exp.stop)
             if attempt == attempts:
                 raise RuntimeError(f"NNI's manager did not start ({attempts} attempts): "
                                    f"{exc}") from exc

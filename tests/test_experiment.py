@@ -77,11 +77,17 @@ class _SlowManager:
         self.log, self.fails = log, fails
 
     def start(self, port):
+        import atexit
+
+        atexit.register(self.stop)  # as NNI's Experiment.start does, before it can fail
         self.log.append(port)
         if len(self.log) <= self.fails:
             import requests
 
             raise requests.exceptions.ConnectionError("Connection refused")
+
+    def stop(self):
+        pass
 
 
 def test_a_manager_slow_to_start_is_started_again(monkeypatch):
@@ -90,10 +96,17 @@ def test_a_manager_slow_to_start_is_started_again(monkeypatch):
     from search import experiment
 
     monkeypatch.setattr(experiment.time, "sleep", lambda s: None)
+    at_exit: list = []  # hooks registered to run at exit, as (owner, ...)
+    monkeypatch.setattr(experiment.atexit, "register", lambda fn: at_exit.append(fn.__self__))
+    monkeypatch.setattr(experiment.atexit, "unregister", lambda fn: at_exit.remove(fn.__self__))
     ports: list = []
     monkeypatch.setattr(ExperimentSpec, "nni_experiment", lambda self: _SlowManager(ports, 2))
     exp = experiment.start_experiment(spec())
     assert isinstance(exp, _SlowManager) and len(ports) == 3
+    # The failed starts' managers are gone: their exit hooks (which log into closed streams at
+    # exit) are taken back; the running experiment's stays until it is stopped.
+    assert at_exit == [exp]
+    at_exit.clear()
     ports.clear()
     monkeypatch.setattr(ExperimentSpec, "nni_experiment", lambda self: _SlowManager(ports, 9))
     with pytest.raises(RuntimeError, match="did not start \\(4 attempts\\)"):
