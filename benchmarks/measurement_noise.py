@@ -1,10 +1,15 @@
-"""Repeatability of the CPU timing protocol: the same 50 GEMM shapes measured twice.
+"""Repeatability of the CPU timing protocol: the same 50 GEMM shapes measured twice, with and
+without the speed probe.
 
 Each pass is a whole sweep into a temporary store with the collector's protocol: ``--rounds``
 interleaved rounds (each in its own random order), a config's latency the lowest round p10
-(fastest decile). Prints the median relative difference |a-b|/min(a,b) between the two passes
-(target: at most 2%), and, from the same data, what other statistics would have given: one
-round's median (each pass's first round) and the lowest round median.
+(fastest decile). Four passes, alternating: without the probe, with it (collectors.probe: a
+config is measured again while a reference GEMM runs slow around it), without, with; so both
+protocols meet the same spells of the machine. Prints, for each protocol, the relative
+difference |a-b|/min(a,b) between its two passes (median, p90, max; target: median at most 2%),
+its time, and how many configs never had a calm round; and, from the passes without the probe,
+what other statistics would have given: one round's median (each pass's first round) and the
+lowest round median.
 
     python benchmarks/measurement_noise.py [--shapes 50] [--rounds 3] [--threads N]
 """
@@ -12,6 +17,7 @@ round's median (each pass's first round) and the lowest round median.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import tempfile
 import time
@@ -22,16 +28,19 @@ from sqlalchemy import select
 from collectors.devices import CpuDevice
 from collectors.gemm.backends import backend_for
 from collectors.gemm.shapes import random_shapes
+from collectors.rounds import not_calm_count
 from collectors.store.db import Store
 from collectors.store.models import Measurement
 from collectors.sweep import SweepRunner, plan_gemm
 from collectors.timing import TimingPolicy
 
 
-def _pass(runner: SweepRunner, store: Store, plan) -> dict[str, tuple[float, float, float]]:
-    """config key -> (stored latency: lowest round p10, first round's median, lowest round
-    median), in ms."""
+def _pass(runner: SweepRunner, store: Store, plan) -> tuple[dict, float, int]:
+    """(config key -> (stored latency: lowest round p10, first round's median, lowest round
+    median) in ms, seconds, configs without a calm round)."""
+    t0 = time.perf_counter()
     sweep_id = runner.run(runner.create(plan)).sweep_id
+    seconds = time.perf_counter() - t0
     with store.session() as s:
         rows = s.execute(select(Measurement.config_key, Measurement.latency_ms,
                                 Measurement.latency_ms_median, Measurement.params)
@@ -41,7 +50,7 @@ def _pass(runner: SweepRunner, store: Store, plan) -> dict[str, tuple[float, flo
     for key, latency, median, params in rows:
         medians = [r["median_ms"] for r in params.get("rounds") or [{"median_ms": median}]]
         out[key] = (latency, medians[0], min(medians))
-    return out
+    return out, seconds, not_calm_count(store, sweep_id)
 
 
 def _report(label: str, a: np.ndarray, b: np.ndarray) -> None:
@@ -66,21 +75,32 @@ def main() -> None:
     store = Store(f"sqlite:///{os.path.join(tempfile.mkdtemp(), 'noise.sqlite')}")
     backend = backend_for("cpu", args.backend, threads=args.threads)
     policy = TimingPolicy(min_time_s=args.min_time, rounds=args.rounds)
-    runner = SweepRunner(store, CpuDevice(), backend, policy, progress=False)
+    runners = {probe: SweepRunner(store, CpuDevice(), backend,
+                                  dataclasses.replace(policy, probe=probe), progress=False)
+               for probe in (False, True)}
     plan = plan_gemm(random_shapes(args.shapes, 16, args.max_size, args.seed), [args.dtype])
-    t0 = time.perf_counter()
-    first, second = _pass(runner, store, plan), _pass(runner, store, plan)
-    keys = sorted(set(first) & set(second))
-    a, b = (np.array([p[k] for k in keys]) for p in (first, second))
+    passes: dict[bool, list] = {False: [], True: []}
+    for probe in (False, True, False, True):
+        passes[probe].append(_pass(runners[probe], store, plan))
+    keys = sorted(set.intersection(*(set(p[0]) for ps in passes.values() for p in ps)))
+    (a, b), (c, d) = ([np.array([p[0][k] for k in keys]) for p in passes[probe]]
+                      for probe in (False, True))
     print(f"{len(keys)} {args.dtype} GEMM shapes (16..{args.max_size}), backend {backend.name}, "
-          f"threads {args.threads or 'all'}, {args.rounds} rounds x {args.min_time} s, two "
-          f"passes in {time.perf_counter() - t0:.0f} s; latency {a[:, 0].min():.4f} .. "
-          f"{a[:, 0].max():.3f} ms. Relative difference between the passes:")
+          f"threads {args.threads or 'all'}, {args.rounds} rounds x {args.min_time} s; latency "
+          f"{a[:, 0].min():.4f} .. {a[:, 0].max():.3f} ms. Relative difference between the "
+          "two passes of each:")
     _report("one round, median", a[:, 1], b[:, 1])
     _report(f"lowest median of {args.rounds} rounds", a[:, 2], b[:, 2])
     _report(f"protocol: lowest p10 of {args.rounds} rounds", a[:, 0], b[:, 0])
-    med = float(np.median(np.abs(a[:, 0] - b[:, 0]) / np.minimum(a[:, 0], b[:, 0])))
-    print(f"target median <= 2%: {'met' if med <= 0.02 else 'NOT met'} ({med * 100:.2f}%)")
+    _report("protocol with the speed probe", c[:, 0], d[:, 0])
+    for probe, label in ((False, "without the probe"), (True, "with the probe")):
+        (_, s1, n1), (_, s2, n2) = passes[probe]
+        print(f"{label}: passes took {s1:.0f} s and {s2:.0f} s; configs without a calm round: "
+              f"{n1}, {n2}")
+    for probe, (x, y) in ((False, (a, b)), (True, (c, d))):
+        med = float(np.median(np.abs(x[:, 0] - y[:, 0]) / np.minimum(x[:, 0], y[:, 0])))
+        print(f"target median <= 2% ({'with' if probe else 'without'} the probe): "
+              f"{'met' if med <= 0.02 else 'NOT met'} ({med * 100:.2f}%)")
 
 
 if __name__ == "__main__":

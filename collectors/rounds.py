@@ -32,7 +32,7 @@ ROUND_FIELDS = ("latency_ms_median", "latency_ms_p10", "latency_ms_p90", "latenc
                 "latency_ms_std", "repetitions", "tflops", "power_w", "energy_j",
                 "power_source", "power_window_s", "sm_clock_mhz", "mem_clock_mhz",
                 "temperature_c", "throttle_reasons")
-ROUND_PARAMS = ("inner_calls", "state_after", "power_note")
+ROUND_PARAMS = ("inner_calls", "state_after", "power_note", "probe")
 
 
 def round_record(row: Measurement) -> dict:
@@ -41,7 +41,8 @@ def round_record(row: Measurement) -> dict:
         return {"error": row.error, "at": utcnow().isoformat()}
     return {"median_ms": row.latency_ms_median, "p10_ms": row.latency_ms_p10,
             "p90_ms": row.latency_ms_p90, "repetitions": row.repetitions,
-            "power_w": row.power_w, "at": utcnow().isoformat()}
+            "power_w": row.power_w, "at": utcnow().isoformat(),
+            **({"calm": row.params["probe"]["calm"]} if "probe" in (row.params or {}) else {})}
 
 
 def _summarise(params: dict, records: list[dict]) -> dict:
@@ -49,6 +50,25 @@ def _summarise(params: dict, records: list[dict]) -> dict:
     return {**params, "rounds": records,
             "latency_statistic": f"lowest p10 of {len(medians)} interleaved rounds",
             "round_spread": max(medians) / min(medians) - 1}
+
+
+def is_calm(params: dict | None) -> bool | None:
+    """Whether a stored config has a round measured at full speed (collectors.probe): its
+    latency, the fastest round's, is then at most that round's; None when no probe ran."""
+    params = params or {}
+    records = [r for r in params.get("rounds") or [] if "calm" in r]
+    if records:
+        return any(r["calm"] for r in records)
+    probe = params.get("probe")
+    return None if probe is None else bool(probe["calm"])
+
+
+def not_calm_count(store: Store, sweep_id: int) -> int:
+    """Configs of a sweep stored with a probe but without a round at full speed."""
+    with store.session() as s:
+        rows = s.scalars(select(Measurement.params).where(Measurement.sweep_id == sweep_id,
+                                                          Measurement.status == "ok"))
+        return sum(is_calm(p) is False for p in rows)
 
 
 def rounds_done(store: Store, sweep_id: int, rounds: int) -> dict[str, int]:

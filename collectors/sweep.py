@@ -20,6 +20,7 @@ from collectors.devices import ComputeDevice, DeviceError
 from collectors.gemm.backends import GemmBackend
 from collectors.gemm.shapes import Shape
 from collectors.ops import DTYPES, Op, gemm_bytes, gemm_flops
+from collectors.probe import SpeedProbe, measure_when_calm
 from collectors.rounds import rounds_done, rounds_progress, run_rounds, sweep_rounds
 from collectors.store.db import Store
 from collectors.store.models import Measurement, Sweep, utcnow
@@ -74,6 +75,13 @@ class SweepRunner:
         self.policy = policy or TimingPolicy()
         self.progress = progress
         self.reader = device.power_reader()
+        self._probe: SpeedProbe | None = None
+
+    def probe(self) -> SpeedProbe | None:
+        """The speed probe when the policy asks for one (made on first use: it runs kernels)."""
+        if self.policy.probe and self._probe is None:
+            self._probe = SpeedProbe.for_backend(self.backend)
+        return self._probe
 
     def create(self, plan: list[tuple[Op, str]], options: dict | None = None) -> int:
         with self.store.session() as s:
@@ -119,6 +127,8 @@ class SweepRunner:
         if sweep.config.get("device_fingerprint") != self.device.info.fingerprint:
             raise DeviceError(f"--resume {sweep_id}: the sweep was made on "
                               f"{sweep.config.get('device')} of another machine; run it there")
+        # A sweep is measured by the policy it was created with, resumed or not.
+        self.policy = stored_policy(sweep.config, self.policy)
         items = [(op.key(), (op, origin)) for op, origin in plan]
         return run_sweep(self.store, sweep_id, sweep.config, items,
                          lambda item: self.measure(item[0], item[1], sweep_id, sweep.device_id),
@@ -142,8 +152,17 @@ class SweepRunner:
             return row
         try:
             prepared = self.backend.prepare(op)
-            result = measure_kernel(prepared.fn, prepared.timer, self.device, self.reader,
-                                    self.policy)
+
+            def once() -> KernelResult:
+                return measure_kernel(prepared.fn, prepared.timer, self.device, self.reader,
+                                      self.policy)
+
+            probe = self.probe()
+            if probe is None:
+                result = once()
+            else:
+                result, calm = measure_when_calm(once, lambda r: r.timing.p10_ms, probe)
+                row.params = {**row.params, "probe": calm.to_dict()}
         except KeyboardInterrupt:
             raise
         except Exception as exc:
@@ -160,6 +179,16 @@ class SweepRunner:
         row.tensor_core = prepared.tensor_core and DTYPES[op.dtype].tensor_core
         row.threads = prepared.threads
         fill_result(row, result, gemm_flops(op["m"], op["n"], op["k"], op.batch))
+
+
+def stored_policy(config: dict, default: TimingPolicy) -> TimingPolicy:
+    """The timing policy a sweep was created with (``default`` for a sweep that stored none);
+    fields this version does not know are ignored, fields it added keep their defaults."""
+    stored = config.get("policy")
+    if not stored:
+        return default
+    known = {f.name for f in dataclasses.fields(TimingPolicy)}
+    return TimingPolicy(**{k: v for k, v in stored.items() if k in known})
 
 
 def count_row(summary: SweepSummary, row: Measurement) -> None:

@@ -37,6 +37,8 @@ class TimingPolicy:
     # Whole passes over a sweep's configs, each in a new random order; a config's latency is
     # the lowest of its round p10s (see collectors.rounds).
     rounds: int = 1
+    # Measure only while a reference kernel runs at full speed (see collectors.probe).
+    probe: bool = False
 
     def __post_init__(self) -> None:
         for name in ("min_reps", "max_reps", "min_warmup_calls", "rounds"):

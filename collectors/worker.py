@@ -29,7 +29,7 @@ from collectors.store.db import Store
 from collectors.store.models import Device, Sweep, WorkItem, utcnow
 from collectors.store.models import Worker as WorkerRow
 from collectors.store.repo import upsert_device
-from collectors.sweep import SweepRunner, commit_once
+from collectors.sweep import SweepRunner, commit_once, stored_policy
 from collectors.timing import TimingPolicy
 
 log = logging.getLogger("hwnas.worker")
@@ -108,7 +108,7 @@ class Worker:
             backend = backend_for(self.device.info.kind,
                                   cfg.get("backend") if self.device.info.kind == "cpu" else None,
                                   getattr(self.device, "index", 0), self.threads)
-            policy = TimingPolicy(**cfg.get("policy", {}))
+            policy = stored_policy(cfg, TimingPolicy())
             self._runners[sweep_id] = SweepRunner(self.store, self.device, backend, policy,
                                                   progress=False)
         return self._runners[sweep_id]

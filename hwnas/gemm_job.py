@@ -12,7 +12,8 @@ from collectors.devices import ComputeDevice, get_device
 from collectors.gemm.backends import GemmBackend, backend_for
 from collectors.gemm.shapes import log_grid, network_shapes, random_shapes
 from collectors.ops import check_dtype
-from collectors.rounds import default_rounds
+from collectors.probe import TOLERANCE, default_probe
+from collectors.rounds import default_rounds, not_calm_count
 from collectors.store.db import Store
 from collectors.sweep import SweepRunner, SweepSummary, plan_gemm
 from collectors.timing import TimingPolicy
@@ -58,7 +59,8 @@ class GemmJob:
                      dtypes="fp32",
                      shape_set="grid", min_size=16, max_size=1024, points=4, count=50, seed=0,
                      layouts="nn", warmup=0.05, min_reps=10, min_time=0.2, power_window=1.0,
-                     l2_flush=False, cooldown=0.0, rounds=None, resume_id=None, progress=True,
+                     l2_flush=False, cooldown=0.0, rounds=None, probe=None, resume_id=None,
+                     progress=True,
                      skip_unsupported_dtypes=False, adaptive=False, budget=100, pool=2000,
                      round_size=10) -> GemmJob:
         # Validate every option before touching hardware or the store.
@@ -81,7 +83,8 @@ class GemmJob:
             plan, options = build_plan(shape_set, min_size, max_size, points, count, seed,
                                        layouts, dtype_list)
         device = get_device(device_name)
-        policy = dataclasses.replace(policy, rounds=default_rounds(rounds, device.info.kind))
+        policy = dataclasses.replace(policy, rounds=default_rounds(rounds, device.info.kind),
+                                     probe=default_probe(probe, device.info.kind))
         backend_impl = backend_for(device.info.kind, backend, getattr(device, "index", 0),
                                    threads)
         if skip_unsupported_dtypes:
@@ -237,6 +240,11 @@ class GemmJob:
         click.echo(f"\nsweep {self.sweep_id} {state} in {summary.seconds:.1f} s: "
                    f"{summary.done} done, {summary.failed} failed, {summary.skipped} skipped, "
                    f"{summary.already_done} stored earlier, {summary.remaining} remaining")
+        slow = not_calm_count(self.store, self.sweep_id)
+        if slow:
+            click.echo(f"{slow} configs were measured only while the machine ran slow (a "
+                       f"reference GEMM more than {TOLERANCE:.0%} above its best around every "
+                       "attempt): their latencies may be high; params.probe says by how much")
         reader = self.runner.reader
         if not reader.available:
             click.echo(f"power: unavailable on {self.device.info.name} ({reader.reason}); "

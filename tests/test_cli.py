@@ -28,9 +28,23 @@ def test_help_lists_every_subcommand():
 def test_collect_small_sweep_and_info(tmp_path):
     db = f"sqlite:///{tmp_path / 's.sqlite'}"
     r = run(["collect", "gemm", "--db", db, "--max-size", "32", "--points", "2",
-             "--min-time", "0.01", "--skip-peaks", "--no-progress", "--dtype", "fp32"])
+             "--min-time", "0.01", "--skip-peaks", "--no-progress", "--dtype", "fp32",
+             "--rounds", "2"])
     assert r.exit_code == 0, r.output
     assert "8 done, 0 failed" in r.output and "power: unavailable" in r.output
+    from sqlalchemy import select
+
+    from collectors.store.db import Store
+    from collectors.store.models import Measurement, Sweep
+
+    with Store(db).session() as s:  # a CPU sweep probes the machine's speed by default
+        rows = s.scalars(select(Measurement)).all()
+        policy = s.scalar(select(Sweep)).config["policy"]
+    assert policy["probe"] is True and len(rows) == 8
+    for row in rows:
+        probe = row.params["probe"]
+        assert 1 <= probe["attempts"] <= 3 and probe["ratio"] > 0.5
+        assert all("calm" in r for r in row.params["rounds"])
     info = run(["db", "info", "--db", db])
     assert "8/8" in info.output and "done" in info.output
     devs = run(["devices", "--db", db])
@@ -83,7 +97,7 @@ def test_adaptive_collection_measures_the_budget_from_the_pool(tmp_path):
     db = f"sqlite:///{tmp_path / 'a.sqlite'}"
     r = run(["collect", "gemm", "--db", db, "--adaptive", "--budget", "12", "--pool", "40",
              "--round-size", "4", "--min-size", "16", "--max-size", "64", "--min-time", "0.01",
-             "--dtype", "fp32", "--no-progress"])
+             "--dtype", "fp32", "--no-progress", "--no-probe"])
     assert r.exit_code == 0, r.output
     assert "budget 12 of a pool of 40 configs, rounds of 4" in r.output
     assert "12 done, 0 failed" in r.output
@@ -108,7 +122,7 @@ def test_an_interrupted_adaptive_collection_resumes_to_its_budget(tmp_path, monk
     db = f"sqlite:///{tmp_path / 'r.sqlite'}"
     args = ["collect", "gemm", "--db", db, "--adaptive", "--budget", "10", "--pool", "30",
             "--round-size", "4", "--max-size", "48", "--min-time", "0.005", "--dtype", "fp32",
-            "--no-progress"]
+            "--no-progress", "--no-probe"]
     real = SweepRunner.measure
     calls = []
 

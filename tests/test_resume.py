@@ -15,7 +15,8 @@ from collectors.store.models import Measurement, Sweep
 
 CMD = [sys.executable, "-m", "hwnas.cli", "collect", "gemm", "--backend", "numpy",
        "--shapes", "grid", "--min-size", "16", "--max-size", "256", "--points", "4",
-       "--min-time", "0.06", "--warmup", "0.01", "--skip-peaks", "--no-progress"]
+       "--min-time", "0.06", "--warmup", "0.01", "--skip-peaks", "--no-progress",
+       "--no-probe"]  # resuming is the subject: no waits for a calm machine
 ONE_ROUND = ["--rounds", "1"]
 
 

@@ -1,0 +1,175 @@
+"""The speed probe (collectors.probe): a config is measured again while a reference kernel says
+the machine runs slow, and every row says how calm its measurement was. The machine here is a
+fake whose slowness the test scripts, on a fake clock."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import select
+
+from collectors.devices import CpuDevice
+from collectors.gemm.backends import NumpyBackend
+from collectors.gemm.shapes import Shape
+from collectors.probe import SpeedProbe, default_probe, measure_when_calm
+from collectors.rounds import is_calm, not_calm_count
+from collectors.store.db import Store
+from collectors.store.models import Measurement
+from collectors.sweep import SweepRunner, plan_gemm
+from collectors.timing import Timer, TimingPolicy
+
+
+class Machine:
+    """A machine whose speed follows a script: ``slow`` over [start, end) of the fake clock
+    makes every timed call ``factor`` times slower."""
+
+    def __init__(self):
+        self.now, self.factor = 0.0, 1.0
+        self.phases: list[tuple[float, float, float]] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, s: float) -> None:
+        self.now += s
+
+    def speed(self) -> float:
+        return next((f for a, b, f in self.phases if a <= self.now < b), self.factor)
+
+
+class ReferenceTimer(Timer):
+    def __init__(self, machine: Machine, base_ms: float = 0.1):
+        self.machine, self.base_ms = machine, base_ms
+
+    def time(self, fn, inner: int) -> float:
+        return self.base_ms * self.machine.speed()
+
+
+INSTANT = TimingPolicy(warmup_s=0.0, min_warmup_calls=1, min_reps=3, min_time_s=0.0)
+
+
+def probe_on(machine: Machine) -> SpeedProbe:
+    probe = SpeedProbe(lambda: None, ReferenceTimer(machine), window=INSTANT,
+                       clock=machine.clock, sleep=machine.sleep)
+    for _ in range(50):  # a history at full speed
+        probe.read()
+    return probe
+
+
+def config(machine: Machine, base_ms: float = 2.0, took_s: float = 0.5):
+    """A measurement taking ``took_s`` on the fake clock; returns its latency (ms)."""
+    calls = []
+
+    def measure() -> float:
+        value = base_ms * machine.speed()
+        machine.now += took_s
+        calls.append(value)
+        return value
+
+    return measure, calls
+
+
+def test_a_calm_machine_measures_once():
+    m = Machine()
+    probe = probe_on(m)
+    measure, calls = config(m)
+    value, calm = measure_when_calm(measure, lambda v: v, probe)
+    assert calls == [2.0] and value == 2.0
+    assert calm.calm and calm.attempts == 1 and calm.ratio == pytest.approx(1.0)
+
+
+def test_a_slow_phase_during_the_measurement_is_measured_again_after_it():
+    m = Machine()
+    probe = probe_on(m)
+    m.phases = [(0.0, 1.2, 1.4)]  # slow until t = 1.2 s: the first attempt and its after-probe
+    measure, calls = config(m)
+    value, calm = measure_when_calm(measure, lambda v: v, probe)
+    assert calls[0] == pytest.approx(2.8) and value == 2.0  # the calm attempt is kept
+    assert calm.calm and calm.attempts == 2 and 0.5 <= calm.waited_s <= 1.0
+
+
+def test_a_machine_slow_throughout_keeps_the_fastest_attempt_and_says_so():
+    m = Machine()
+    probe = probe_on(m)
+    m.phases = [(0.0, 100.0, 1.3)]
+    speeds = iter([1.5, 1.3, 1.4])
+
+    def measure() -> float:
+        m.now += 0.1
+        return 2.0 * next(speeds)
+
+    value, calm = measure_when_calm(measure, lambda v: v, probe, attempts=3, wait_s=1.0)
+    assert value == pytest.approx(2.6) and not calm.calm and calm.attempts == 3
+    assert calm.ratio == pytest.approx(1.3) and calm.waited_s == pytest.approx(1.0, abs=0.1)
+
+
+def test_a_failed_config_is_not_measured_again():
+    m = Machine()
+    probe = probe_on(m)
+    m.phases = [(0.0, 100.0, 2.0)]
+    calls = []
+    value, calm = measure_when_calm(lambda: calls.append(1) or "failed", lambda v: None, probe,
+                                    wait_s=0.0)
+    assert value == "failed" and calls == [1] and not calm.calm
+
+
+def test_waiting_for_a_calm_window_ends_when_the_phase_does_or_at_the_timeout():
+    m = Machine()
+    probe = probe_on(m)
+    assert probe.wait_calm(2.0) == 0.0  # a calm window just read serves
+    m.now, m.phases = 1.0, [(0.0, 2.0, 1.5)]
+    assert probe.wait_calm(2.0) == pytest.approx(1.0, abs=0.06)
+    assert probe.is_calm(probe.last_ms)
+    m.phases = [(0.0, 100.0, 1.5)]
+    m.now += 1.0  # the last calm window is stale now
+    assert probe.wait_calm(0.3) == pytest.approx(0.3, abs=0.06)
+    assert not probe.is_calm(probe.last_ms)
+    with pytest.raises(ValueError, match="tolerance"):
+        SpeedProbe(lambda: None, ReferenceTimer(m), tolerance=0.0)
+
+
+def test_the_probe_is_on_by_default_on_a_cpu_only():
+    assert default_probe(None, "cpu") and not default_probe(None, "gpu")
+    assert default_probe(True, "gpu") and not default_probe(False, "cpu")
+
+
+@pytest.mark.parametrize("slow, expect_calm", [(1.0, True), (1.5, False)])
+def test_sweep_rows_and_rounds_say_how_calm_they_were(tmp_path, monkeypatch, slow, expect_calm):
+    m = Machine()
+    probe = probe_on(m)
+    m.phases = [(0.0, 1e9, slow)]
+    monkeypatch.setattr(SpeedProbe, "for_backend", classmethod(lambda cls, backend: probe))
+    store = Store(f"sqlite:///{tmp_path / 'p.sqlite'}")
+    policy = TimingPolicy(warmup_s=0.0, min_reps=3, min_time_s=0.0, rounds=2, probe=True)
+    runner = SweepRunner(store, CpuDevice(), NumpyBackend(), policy, progress=False)
+    plan = plan_gemm([Shape(16, 16, 16), Shape(32, 16, 8)], ["fp32"])
+    sweep_id = runner.run(runner.create(plan)).sweep_id
+    with store.session() as s:
+        rows = s.scalars(select(Measurement).where(Measurement.sweep_id == sweep_id)).all()
+    assert len(rows) == 2
+    for row in rows:
+        assert row.params["probe"]["calm"] is expect_calm
+        assert [r["calm"] for r in row.params["rounds"]] == [expect_calm] * 2
+        assert row.params["probe"]["attempts"] == (1 if expect_calm else 3)
+        assert is_calm(row.params) is expect_calm
+    assert not_calm_count(store, sweep_id) == (0 if expect_calm else 2)
+
+
+def test_a_resumed_sweep_is_measured_by_its_own_policy(tmp_path):
+    store = Store(f"sqlite:///{tmp_path / 'r.sqlite'}")
+    created = TimingPolicy(warmup_s=0.0, min_reps=3, min_time_s=0.001, rounds=1)
+    runner = SweepRunner(store, CpuDevice(), NumpyBackend(), created, progress=False)
+    sweep_id = runner.create(plan_gemm([Shape(16, 16, 16)], ["fp32"]))
+    other = SweepRunner(store, CpuDevice(), NumpyBackend(), TimingPolicy(probe=True),
+                        progress=False)
+    other.run(sweep_id)
+    assert other.policy == created and other._probe is None
+
+
+def test_one_freak_fast_window_does_not_make_every_later_one_slow():
+    m = Machine()
+    probe = probe_on(m)
+    m.factor = 0.7  # one window far faster than the machine ever runs again
+    probe.read()
+    m.factor = 1.05  # ordinary window-to-window noise
+    assert probe.full_speed_ms == pytest.approx(0.1)
+    assert probe.is_calm(probe.read())
