@@ -2,7 +2,8 @@
 
 Both samplers draw from the same pool of random GEMM shapes. Every config of the pool and the
 test set is measured up front with the sweeps' protocol (``--rounds`` interleaved rounds, each
-over all configs in a new random order; a config's latency is its lowest round p10), and both
+over all configs in a new random order; a config's latency is its lowest round p10; each
+measurement through the speed probe of collectors.probe unless ``--no-probe``), and both
 samplers read those figures (same device, same moment); the adaptive sampler only sees what it
 asked for. After each round a forest is fitted on what each sampler has measured and scored on
 a separate test set of random shapes. Both samplers run ``--repeats`` times with different
@@ -31,6 +32,7 @@ from collectors.devices import CpuDevice
 from collectors.gemm.backends import backend_for
 from collectors.ops import Op
 from collectors.peaks import measure_peaks
+from collectors.probe import SpeedProbe, measure_when_calm
 from collectors.sweep import progress_bar
 from collectors.timing import TimingPolicy, time_kernel
 from predictor.adaptive import AdaptiveSampler, candidate_pool
@@ -75,6 +77,8 @@ def main() -> None:
     ap.add_argument("--min-time", type=float, default=0.1)
     ap.add_argument("--rounds", type=int, default=3,
                     help="interleaved rounds over all configs; latency = lowest round p10")
+    ap.add_argument("--no-probe", action="store_true",
+                    help="measure without the speed probe (collectors.probe)")
     ap.add_argument("--trees", type=int, default=100)
     ap.add_argument("--repeats", type=int, default=5, help="sampler seeds to average over")
     ap.add_argument("--threads", type=int, default=None, help="CPU threads (default: all)")
@@ -116,13 +120,18 @@ def main() -> None:
             raise SystemExit(f"{args.latencies} lacks {len(missing)} configs of this pool/test")
     else:
         rng = np.random.default_rng(0)
+        probe = None if args.no_probe else SpeedProbe.for_backend(backend)
         with progress_bar(len(keys) * args.rounds, 0, True, unit="measurement",
                           desc="measuring pool and test") as bar:
             for _ in range(args.rounds):
                 for i in rng.permutation(len(keys)):
                     prep = backend.prepare(Op.gemm(*keys[i]))
-                    p10 = time_kernel(prep.fn, prep.timer, policy).p10_ms
-                    cache[keys[i]] = min(cache[keys[i]], p10)
+
+                    def p10(prep=prep) -> float:
+                        return time_kernel(prep.fn, prep.timer, policy).p10_ms
+
+                    value = p10() if probe is None else measure_when_calm(p10, float, probe)[0]
+                    cache[keys[i]] = min(cache[keys[i]], value)
                     bar.update(1)
         if args.latencies:
             pd.DataFrame([(*k, v) for k, v in cache.items()],

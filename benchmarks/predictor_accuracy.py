@@ -39,6 +39,8 @@ def main() -> None:
                     help="timed seconds per config and round")
     ap.add_argument("--rounds", type=int, default=3,
                     help="interleaved rounds; a config's latency is its lowest round p10")
+    ap.add_argument("--no-probe", action="store_true",
+                    help="measure without the speed probe (collectors.probe)")
     ap.add_argument("--db", default=None)
     ap.add_argument("--reuse", action="store_true", help="evaluate the store's data as it is")
     ap.add_argument("--trees", type=int, default=200)
@@ -54,7 +56,8 @@ def main() -> None:
         with store.session() as s:
             save_peaks(s, upsert_device(s, device.info), measure_peaks(device, backend, dtypes))
             s.commit()
-        policy = TimingPolicy(min_time_s=args.min_time, rounds=args.rounds)
+        policy = TimingPolicy(min_time_s=args.min_time, rounds=args.rounds,
+                              probe=not args.no_probe)
         runner = SweepRunner(store, device, backend, policy)
         plan = plan_gemm(random_shapes(args.shapes, args.min_size, args.max_size, seed=args.seed),
                          dtypes)

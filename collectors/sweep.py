@@ -152,17 +152,9 @@ class SweepRunner:
             return row
         try:
             prepared = self.backend.prepare(op)
-
-            def once() -> KernelResult:
-                return measure_kernel(prepared.fn, prepared.timer, self.device, self.reader,
-                                      self.policy)
-
-            probe = self.probe()
-            if probe is None:
-                result = once()
-            else:
-                result, calm = measure_when_calm(once, lambda r: r.timing.p10_ms, probe)
-                row.params = {**row.params, "probe": calm.to_dict()}
+            result = measure_probed(
+                lambda: measure_kernel(prepared.fn, prepared.timer, self.device, self.reader,
+                                       self.policy), self.probe(), row)
         except KeyboardInterrupt:
             raise
         except Exception as exc:
@@ -179,6 +171,17 @@ class SweepRunner:
         row.tensor_core = prepared.tensor_core and DTYPES[op.dtype].tensor_core
         row.threads = prepared.threads
         fill_result(row, result, gemm_flops(op["m"], op["n"], op["k"], op.batch))
+
+
+def measure_probed(measure: Callable[[], KernelResult], probe: SpeedProbe | None,
+                   row: Measurement) -> KernelResult:
+    """``measure()``, or, with a speed probe, measured until calm (collectors.probe); then
+    ``row.params["probe"]`` says how calm it was."""
+    if probe is None:
+        return measure()
+    result, calm = measure_when_calm(measure, lambda r: r.timing.p10_ms, probe)
+    row.params = {**(row.params or {}), "probe": calm.to_dict()}
+    return result
 
 
 def stored_policy(config: dict, default: TimingPolicy) -> TimingPolicy:

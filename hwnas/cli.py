@@ -249,22 +249,25 @@ def collect_gemm(db_url, device_name, backend, threads, dtypes, shape_set, min_s
 @click.option("--no-progress", is_flag=True)
 @timing_options
 @ROUNDS_OPTION
+@PROBE_OPTION
 @friendly_errors
 def collect_network(db_url, families, count, batches, layer_kinds, seed, device_name, threads,
                     resume_id, no_progress, warmup, min_reps, min_time, power_window, l2_flush,
-                    cooldown, rounds) -> None:
+                    cooldown, rounds, probe) -> None:
     """Measure whole sampled networks (or single layers) on this CPU or a GPU; each decomposed
     into its ops (stored with the row) so network predictors can learn from them."""
     from collectors.devices import get_device
     from collectors.networks.sweep import LAYER_KINDS, NetworkSweep, layer_grid, network_plan
+    from collectors.probe import default_probe
     from collectors.rounds import default_rounds
     from collectors.timing import TimingPolicy
-    from hwnas.gemm_job import split_list
+    from hwnas.gemm_job import echo_slow_configs, split_list
 
     device = get_device(device_name)
     policy = TimingPolicy(warmup_s=warmup, min_reps=min_reps, min_time_s=min_time,
                           power_window_s=power_window, l2_flush=l2_flush, cooldown_s=cooldown,
-                          rounds=default_rounds(rounds, device.info.kind))
+                          rounds=default_rounds(rounds, device.info.kind),
+                          probe=default_probe(probe, device.info.kind))
     batch_list = [int(b) for b in split_list(batches, "--batch")]
     if any(b < 1 for b in batch_list):
         raise click.UsageError("--batch: must be positive integers")
@@ -286,6 +289,7 @@ def collect_network(db_url, families, count, batches, layer_kinds, seed, device_
     click.echo(f"sweep {resume_id}: {summary.done} measured, {summary.failed} failed, "
                f"{summary.already_done} stored earlier in {summary.seconds:.0f} s"
                + (f"; resume with --resume {resume_id}" if summary.interrupted else ""))
+    echo_slow_configs(sweeper.store, resume_id)
 
 
 @main.command()

@@ -45,6 +45,15 @@ def build_plan(shape_set: str, min_size: int, max_size: int, points: int, count:
     return plan_gemm(shapes, dtypes, layout_list), options
 
 
+def echo_slow_configs(store: Store, sweep_id: int) -> None:
+    """Say how many configs of a sweep never had a round at full speed (collectors.probe)."""
+    slow = not_calm_count(store, sweep_id)
+    if slow:
+        click.echo(f"{slow} configs were measured only while the machine ran slow (a reference "
+                   f"GEMM more than {TOLERANCE:.0%} slower than its full speed around every "
+                   "attempt): their latencies may be high; params.probe says by how much")
+
+
 @dataclass
 class GemmJob:
     store: Store
@@ -240,11 +249,7 @@ class GemmJob:
         click.echo(f"\nsweep {self.sweep_id} {state} in {summary.seconds:.1f} s: "
                    f"{summary.done} done, {summary.failed} failed, {summary.skipped} skipped, "
                    f"{summary.already_done} stored earlier, {summary.remaining} remaining")
-        slow = not_calm_count(self.store, self.sweep_id)
-        if slow:
-            click.echo(f"{slow} configs were measured only while the machine ran slow (a "
-                       f"reference GEMM more than {TOLERANCE:.0%} above its best around every "
-                       "attempt): their latencies may be high; params.probe says by how much")
+        echo_slow_configs(self.store, self.sweep_id)
         reader = self.runner.reader
         if not reader.available:
             click.echo(f"power: unavailable on {self.device.info.name} ({reader.reason}); "

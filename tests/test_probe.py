@@ -173,3 +173,27 @@ def test_one_freak_fast_window_does_not_make_every_later_one_slow():
     m.factor = 1.05  # ordinary window-to-window noise
     assert probe.full_speed_ms == pytest.approx(0.1)
     assert probe.is_calm(probe.read())
+
+
+def test_network_sweeps_probe_on_a_cpu_and_refuse_to_on_a_gpu(tmp_path, monkeypatch):
+    from collectors import nvml
+    from collectors.devices import NvidiaGpu
+    from collectors.networks.sweep import NetworkSweep, layer_grid
+    from tests.fake_nvml import FakeNvml
+
+    m = Machine()
+    probe = probe_on(m)
+    m.phases = [(0.0, 1e9, 1.5)]
+    monkeypatch.setattr(SpeedProbe, "for_backend", classmethod(lambda cls, backend: probe))
+    store = Store(f"sqlite:///{tmp_path / 'n.sqlite'}")
+    policy = TimingPolicy(warmup_s=0.0, min_reps=3, min_time_s=0.0, probe=True)
+    sweeper = NetworkSweep(store, CpuDevice(), policy, threads=1, progress=False)
+    sweep_id = sweeper.create(list(layer_grid(["linear"], [1]))[:2], "layers")
+    sweeper.run(sweep_id)
+    with store.session() as s:
+        rows = s.scalars(select(Measurement)).all()
+    assert len(rows) == 2 and all(r.params["probe"]["attempts"] == 3 for r in rows)
+    assert all("config" in r.params for r in rows) and not_calm_count(store, sweep_id) == 2
+    nvml.set_nvml(FakeNvml())
+    with pytest.raises(ValueError, match="--probe: network sweeps probe .* on a CPU only"):
+        NetworkSweep(store, NvidiaGpu(0), policy, progress=False)

@@ -14,13 +14,15 @@ from itertools import product
 import numpy as np
 
 from collectors.devices import ComputeDevice
+from collectors.gemm.backends import backend_for
 from collectors.networks.decompose import decompose
 from collectors.networks.zoo import FAMILIES, build, sample_config
 from collectors.ops import Op, op_bytes, op_flops
+from collectors.probe import SpeedProbe
 from collectors.store.db import Store
 from collectors.store.models import Measurement, Sweep
 from collectors.store.repo import upsert_device
-from collectors.sweep import SweepSummary, fill_result, run_sweep
+from collectors.sweep import SweepSummary, fill_result, measure_probed, run_sweep, stored_policy
 from collectors.timing import PerfCounterTimer, Timer, TimingPolicy, measure_kernel
 
 LAYER_KINDS = ("conv2d", "depthwise_conv2d", "linear", "attention")
@@ -154,6 +156,9 @@ class NetworkSweep:
                  threads: int | None = None, progress: bool = True):
         import torch
 
+        if policy is not None and policy.probe and device.info.kind != "cpu":
+            raise ValueError("--probe: network sweeps probe the machine's speed on a CPU only "
+                             "(a GPU's clocks and state are recorded with every row instead)")
         if device.info.kind == "gpu":
             if not torch.cuda.is_available():
                 raise ValueError(f"--device cuda:{device.index}: this torch build has no CUDA "
@@ -164,8 +169,17 @@ class NetworkSweep:
             torch.set_num_threads(threads)
         self.store, self.device = store, device
         self.policy = policy or TimingPolicy()
+        self.threads = threads
         self.progress = progress
         self.reader = device.power_reader()
+        self._probe: SpeedProbe | None = None
+
+    def probe(self) -> SpeedProbe | None:
+        """The speed probe (a torch GEMM on this CPU) when the policy asks for one."""
+        if self.policy.probe and self._probe is None:
+            self._probe = SpeedProbe.for_backend(backend_for("cpu", "torch",
+                                                             threads=self.threads))
+        return self._probe
 
     def create(self, plan: list[dict], kind: str) -> int:
         with self.store.session() as s:
@@ -184,6 +198,7 @@ class NetworkSweep:
             if sweep is None or sweep.kind not in ("network", "layers"):
                 raise ValueError(f"--resume {sweep_id}: no network sweep with that id")
             config, device_id = sweep.config, sweep.device_id
+        self.policy = stored_policy(config, self.policy)
         items = [(config_key(c), c) for c in config["configs"]]
         return run_sweep(self.store, sweep_id, config, items,
                          lambda cfg: self.measure(cfg, sweep_id, device_id), self.progress,
@@ -212,7 +227,9 @@ class NetworkSweep:
                 ops = d.ops
                 row.op_kind, row.batch = "network", shape[0]
             fn, timer = forward_pass(model, shape, self.device)
-            result = measure_kernel(fn, timer, self.device, self.reader, self.policy)
+            result = measure_probed(
+                lambda: measure_kernel(fn, timer, self.device, self.reader, self.policy),
+                self.probe(), row)
         except KeyboardInterrupt:
             raise
         except Exception as exc:
@@ -221,8 +238,8 @@ class NetworkSweep:
             row.params = {"config": cfg}
             return row
         flops = sum(op_flops(op) for _, op in ops)
-        row.params = {"config": cfg, "input_shape": list(shape), "flops": flops,
-                      "bytes": sum(op_bytes(op) for _, op in ops),
+        row.params = {**(row.params or {}), "config": cfg, "input_shape": list(shape),
+                      "flops": flops, "bytes": sum(op_bytes(op) for _, op in ops),
                       "ops": [[name, op.to_dict()] for name, op in ops]}
         fill_result(row, result, flops)
         return row
