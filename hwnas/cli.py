@@ -158,10 +158,11 @@ ROUNDS_OPTION = click.option(
 
 PROBE_OPTION = click.option(
     "--probe/--no-probe", default=None,
-    help="Time a small reference GEMM next to every measurement and measure a config again "
-         "(after waiting up to 2 s for the reference to run at full speed, up to 3 times) when "
-         "the machine ran slow around it; rows keep how calm they were (params.probe). "
-         "Default: on for a CPU (about +40% sweep time), off for a GPU.")
+    help="Time a small reference GEMM next to every measurement, and measure a config again "
+         "(up to 3 times, after waiting up to 1 s in all for the reference to run within 10% "
+         "of its full speed) when the machine ran slow around it; rows keep how calm they "
+         "were (params.probe). Default: on for a CPU (+10-40% sweep time on a calm machine, "
+         "up to a few times that while it runs slow), off for a GPU.")
 
 
 @main.group()

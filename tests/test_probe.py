@@ -127,9 +127,17 @@ def test_waiting_for_a_calm_window_ends_when_the_phase_does_or_at_the_timeout():
         SpeedProbe(lambda: None, ReferenceTimer(m), tolerance=0.0)
 
 
-def test_the_probe_is_on_by_default_on_a_cpu_only():
+def test_the_probe_is_on_by_default_on_a_cpu_only_and_its_help_says_how_it_works():
+    from click.testing import CliRunner
+
+    from collectors.probe import ATTEMPTS, TOLERANCE, WAIT_S
+    from hwnas.cli import main
+
     assert default_probe(None, "cpu") and not default_probe(None, "gpu")
     assert default_probe(True, "gpu") and not default_probe(False, "cpu")
+    text = " ".join(CliRunner().invoke(main, ["collect", "gemm", "--help"]).output.split())
+    assert (f"up to {ATTEMPTS} times, after waiting up to {WAIT_S:g} s in all" in text
+            and f"within {TOLERANCE:.0%} of its full speed" in text)
 
 
 @pytest.mark.parametrize("slow, expect_calm", [(1.0, True), (1.5, False)])
