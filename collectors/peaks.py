@@ -13,16 +13,22 @@ import numpy as np
 from collectors.devices import ComputeDevice
 from collectors.gemm.backends import GemmBackend, backend_for
 from collectors.ops import Op
+from collectors.probe import SpeedProbe, measure_when_calm
 from collectors.store.repo import Peak
-from collectors.timing import PerfCounterTimer, Timer, TimingPolicy, time_kernel
+from collectors.timing import PerfCounterTimer, Timer, TimingPolicy, TimingStats, time_kernel
 
 PEAK_POLICY = TimingPolicy(warmup_s=0.2, min_reps=5, min_time_s=0.5, max_reps=200,
                            target_rep_ms=5.0, power_window_s=0.0)
 
 
-def _best(fn: Callable[[], object], timer: Timer, policy: TimingPolicy) -> tuple[float, float]:
-    """Fastest-decile time per call (ms) and the median's relative spread."""
-    stats = time_kernel(fn, timer, policy)
+def _best(fn: Callable[[], object], timer: Timer, policy: TimingPolicy,
+          probe: SpeedProbe | None = None) -> tuple[float, float]:
+    """Fastest-decile time per call (ms) and the median's relative spread; with a speed probe,
+    measured while the machine runs at full speed (a peak from a slow phase would be low)."""
+    def once() -> TimingStats:
+        return time_kernel(fn, timer, policy)
+
+    stats = once() if probe is None else measure_when_calm(once, lambda s: s.p10_ms, probe)[0]
     return stats.p10_ms, stats.std_ms / stats.median_ms if stats.median_ms else 0.0
 
 
@@ -56,15 +62,17 @@ def default_peak_dtypes(device: ComputeDevice, backend: GemmBackend) -> list[str
 
 def measure_peaks(device: ComputeDevice, backend: GemmBackend | None = None,
                   dtypes: list[str] | None = None, bandwidth: bool = True,
-                  policy: TimingPolicy = PEAK_POLICY) -> list[Peak]:
-    """Compute peak (TFLOP/s) per dtype, and copy bandwidth (GB/s) when ``bandwidth``."""
+                  policy: TimingPolicy = PEAK_POLICY,
+                  probe: SpeedProbe | None = None) -> list[Peak]:
+    """Compute peak (TFLOP/s) per dtype, and copy bandwidth (GB/s) when ``bandwidth``; each
+    through ``probe`` when given (collectors.probe)."""
     gpu = device.info.kind == "gpu"
     backend = backend or backend_for(device.info.kind, index=getattr(device, "index", 0))
     size = 8192 if gpu else 1024
     peaks: list[Peak] = []
     for dtype in dtypes if dtypes is not None else default_peak_dtypes(device, backend):
         prepared = backend.prepare(Op.gemm(size, size, size, dtype))
-        t_ms, spread = _best(prepared.fn, prepared.timer, policy)
+        t_ms, spread = _best(prepared.fn, prepared.timer, policy, probe)
         tflops = 2 * size**3 / (t_ms * 1e-3) / 1e12
         peaks.append(Peak(f"compute_{dtype}", tflops, "TFLOP/s", tflops * spread,
                           f"{backend.name} {size}^3 GEMM, fastest decile of repetitions"))
@@ -73,7 +81,7 @@ def measure_peaks(device: ComputeDevice, backend: GemmBackend | None = None,
         return peaks
     nbytes = (1 << 30) if gpu else (256 << 20)
     fn, timer = _copy_kernel(device, nbytes)
-    t_ms, spread = _best(fn, timer, policy)
+    t_ms, spread = _best(fn, timer, policy, probe)
     gbs = 2 * nbytes / (t_ms * 1e-3) / 1e9  # one read and one write of every byte
     peaks.append(Peak("bandwidth", gbs, "GB/s", gbs * spread,
                       f"copy of {nbytes >> 20} MiB, read+write bytes, fastest decile"))

@@ -82,11 +82,16 @@ def devices(db_url: str | None, measure_peaks: bool) -> None:
         for dev in found:
             row = upsert_device(s, dev.info)
             if measure_peaks:
+                from collectors.gemm.backends import backend_for
                 from collectors.peaks import measure_peaks as run_peaks
+                from collectors.probe import SpeedProbe, default_probe
                 from collectors.store.repo import save_peaks
 
                 click.echo(f"measuring peaks of {dev.info.name} ...", err=True)
-                save_peaks(s, row, run_peaks(dev))
+                backend = backend_for(dev.info.kind, index=getattr(dev, "index", 0))
+                probe = (SpeedProbe.for_backend(backend)
+                         if default_probe(None, dev.info.kind) else None)
+                save_peaks(s, row, run_peaks(dev, backend, probe=probe))
             peaks = device_peaks(s, row.id)
             reader = dev.power_reader()
             i = dev.info

@@ -129,7 +129,8 @@ class GemmJob:
             click.echo(f"measuring peaks of {self.device.info.name} "
                        f"({', '.join(dtypes + ['bandwidth'])}; once per device) ...", err=True)
             save_peaks(s, row, measure_peaks(self.device, self.backend, dtypes,
-                                             bandwidth="bandwidth" not in have))
+                                             bandwidth="bandwidth" not in have,
+                                             probe=self.runner.probe()))
             s.commit()
 
 

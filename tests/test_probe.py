@@ -205,3 +205,17 @@ def test_network_sweeps_probe_on_a_cpu_and_refuse_to_on_a_gpu(tmp_path, monkeypa
     nvml.set_nvml(FakeNvml())
     with pytest.raises(ValueError, match="--probe: network sweeps probe .* on a CPU only"):
         NetworkSweep(store, NvidiaGpu(0), policy, progress=False)
+
+
+def test_peaks_are_measured_through_the_probe(monkeypatch):
+    from collectors.peaks import measure_peaks
+
+    m = Machine()
+    probe = probe_on(m)
+    m.phases = [(0.0, 1e9, 1.5)]  # slow throughout: every peak is tried three times
+    quick = TimingPolicy(warmup_s=0.0, min_reps=3, min_time_s=0.0, power_window_s=0)
+    before = len(probe.windows)
+    peaks = measure_peaks(CpuDevice(), NumpyBackend(), ["fp32"], policy=quick, probe=probe)
+    assert {p.metric for p in peaks} == {"compute_fp32", "bandwidth"}
+    assert all(p.value > 0 for p in peaks)
+    assert len(probe.windows) - before >= 2 * 3  # a window after each of three attempts, twice
