@@ -20,7 +20,7 @@ from collectors.devices import ComputeDevice, DeviceError
 from collectors.gemm.backends import GemmBackend
 from collectors.gemm.shapes import Shape
 from collectors.ops import DTYPES, Op, gemm_bytes, gemm_flops
-from collectors.probe import SpeedProbe, measure_when_calm
+from collectors.probe import SpeedProbe, default_probe, measure_when_calm
 from collectors.rounds import rounds_done, rounds_progress, run_rounds, sweep_rounds
 from collectors.store.db import Store
 from collectors.store.models import Measurement, Sweep, utcnow
@@ -79,7 +79,7 @@ class SweepRunner:
 
     def probe(self) -> SpeedProbe | None:
         """The speed probe when the policy asks for one (made on first use: it runs kernels)."""
-        if self.policy.probe and self._probe is None:
+        if self._probe is None and default_probe(self.policy.probe, self.backend.device_kind):
             self._probe = SpeedProbe.for_backend(self.backend)
         return self._probe
 

@@ -37,8 +37,10 @@ class TimingPolicy:
     # Whole passes over a sweep's configs, each in a new random order; a config's latency is
     # the lowest of its round p10s (see collectors.rounds).
     rounds: int = 1
-    # Measure only while a reference kernel runs at full speed (see collectors.probe).
-    probe: bool = False
+    # Measure only while a reference kernel runs at full speed (see collectors.probe); None:
+    # decided by the measuring device's kind (collectors.probe.default_probe), as a
+    # distributed sweep's workers of different kinds do.
+    probe: bool | None = False
 
     def __post_init__(self) -> None:
         for name in ("min_reps", "max_reps", "min_warmup_calls", "rounds"):
@@ -48,6 +50,8 @@ class TimingPolicy:
             v = getattr(self, name)
             if not math.isfinite(v) or v < 0:
                 raise ValueError(f"{name}: must be a non-negative number, got {v}")
+        if self.probe not in (True, False, None):
+            raise ValueError(f"probe: must be true, false or null, got {self.probe!r}")
         if self.max_reps < self.min_reps:
             raise ValueError("max_reps: must be at least min_reps")
 

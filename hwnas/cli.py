@@ -382,10 +382,11 @@ def sweep() -> None:
 @click.option("--backend", default=None, help="CPU backend for CPU workers (torch or numpy).")
 @plan_options
 @timing_options
+@PROBE_OPTION
 @friendly_errors
 def sweep_create(db_url, device_types, backend, dtypes, shape_set, min_size, max_size, points,
                  count, seed, layouts, warmup, min_reps, min_time, power_window, l2_flush,
-                 cooldown) -> None:
+                 cooldown, probe) -> None:
     """Queue a GEMM sweep in the store for `hwnas worker` processes on any number of machines."""
     import dataclasses
 
@@ -398,8 +399,10 @@ def sweep_create(db_url, device_types, backend, dtypes, shape_set, min_size, max
     if backend is not None and backend not in CPU_BACKENDS:
         raise click.UsageError(f"--backend {backend}: CPU backends are "
                                f"{', '.join(CPU_BACKENDS)}")
+    # probe None: each worker decides by its device's kind (CPU workers probe, GPU ones not).
     policy = TimingPolicy(warmup_s=warmup, min_reps=min_reps, min_time_s=min_time,
-                          power_window_s=power_window, l2_flush=l2_flush, cooldown_s=cooldown)
+                          power_window_s=power_window, l2_flush=l2_flush, cooldown_s=cooldown,
+                          probe=probe)
     dtype_list = [check_dtype(d, "--dtype").name for d in split_list(dtypes, "--dtype")]
     plan, options = build_plan(shape_set, min_size, max_size, points, count, seed, layouts,
                                dtype_list)

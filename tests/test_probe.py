@@ -219,3 +219,31 @@ def test_peaks_are_measured_through_the_probe(monkeypatch):
     assert {p.metric for p in peaks} == {"compute_fp32", "bandwidth"}
     assert all(p.value > 0 for p in peaks)
     assert len(probe.windows) - before >= 2 * 3  # a window after each of three attempts, twice
+
+
+def test_a_distributed_sweep_leaves_the_probe_to_each_workers_device_kind(tmp_path,
+                                                                          monkeypatch):
+    from click.testing import CliRunner
+
+    from collectors.worker import Worker
+    from hwnas.cli import main
+
+    m = Machine()
+    probe = probe_on(m)
+    monkeypatch.setattr(SpeedProbe, "for_backend", classmethod(lambda cls, backend: probe))
+    db = f"sqlite:///{tmp_path / 'd.sqlite'}"
+    r = CliRunner().invoke(main, ["sweep", "create", "--db", db, "--backend", "numpy",
+                                  "--shapes", "random", "--count", "2", "--max-size", "32"])
+    assert r.exit_code == 0, r.output
+    worker = Worker(Store(db), CpuDevice(), threads=1)
+    runner = worker.runner_for(1)
+    assert runner.policy.probe is None and runner.probe() is probe  # a CPU worker probes
+
+    class GpuKind(NumpyBackend):
+        device_kind = "gpu"
+
+    store = Store(f"sqlite:///{tmp_path / 'g.sqlite'}")
+    gpu = SweepRunner(store, CpuDevice(), GpuKind(), TimingPolicy(probe=None), progress=False)
+    assert gpu.probe() is None  # a GPU worker does not, unless the sweep asked
+    with pytest.raises(ValueError, match="probe: must be true, false or null"):
+        TimingPolicy(probe="yes")

@@ -18,7 +18,7 @@ from collectors.gemm.backends import backend_for
 from collectors.networks.decompose import decompose
 from collectors.networks.zoo import FAMILIES, build, sample_config
 from collectors.ops import Op, op_bytes, op_flops
-from collectors.probe import SpeedProbe
+from collectors.probe import SpeedProbe, default_probe
 from collectors.store.db import Store
 from collectors.store.models import Measurement, Sweep
 from collectors.store.repo import upsert_device
@@ -176,7 +176,7 @@ class NetworkSweep:
 
     def probe(self) -> SpeedProbe | None:
         """The speed probe (a torch GEMM on this CPU) when the policy asks for one."""
-        if self.policy.probe and self._probe is None:
+        if self._probe is None and default_probe(self.policy.probe, self.device.info.kind):
             self._probe = SpeedProbe.for_backend(backend_for("cpu", "torch",
                                                              threads=self.threads))
         return self._probe
