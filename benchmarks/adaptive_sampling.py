@@ -93,12 +93,15 @@ def main() -> None:
 
     device, backend = CpuDevice(), backend_for("cpu", "torch", threads=args.threads)
     policy = TimingPolicy(min_time_s=args.min_time)
+    replay = bool(args.latencies) and os.path.exists(args.latencies)
+    probe = None if replay or args.no_probe else SpeedProbe.for_backend(backend)
     peaks_file = f"{args.latencies}.peaks.json" if args.latencies else None
     if peaks_file and os.path.exists(peaks_file):
         with open(peaks_file) as f:
             peaks = json.load(f)
     else:
-        peaks = {p.metric: p.value for p in measure_peaks(device, backend, dtypes)}
+        peaks = {p.metric: p.value
+                 for p in measure_peaks(device, backend, dtypes, probe=probe)}
         if peaks_file:
             with open(peaks_file, "w") as f:
                 json.dump(peaks, f)
@@ -111,7 +114,7 @@ def main() -> None:
                   | set(test[cols].itertuples(index=False, name=None)))
     cache = {key: np.inf for key in keys}
     t0 = time.perf_counter()
-    if args.latencies and os.path.exists(args.latencies):
+    if replay:
         stored = pd.read_csv(args.latencies)
         cache.update({(int(r.m), int(r.n), int(r.k), r.dtype): float(r.latency_ms)
                       for r in stored.itertuples()})
@@ -120,7 +123,6 @@ def main() -> None:
             raise SystemExit(f"{args.latencies} lacks {len(missing)} configs of this pool/test")
     else:
         rng = np.random.default_rng(0)
-        probe = None if args.no_probe else SpeedProbe.for_backend(backend)
         with progress_bar(len(keys) * args.rounds, 0, True, unit="measurement",
                           desc="measuring pool and test") as bar:
             for _ in range(args.rounds):

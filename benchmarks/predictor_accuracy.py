@@ -20,6 +20,7 @@ from collectors.devices import CpuDevice
 from collectors.gemm.backends import backend_for
 from collectors.gemm.shapes import random_shapes
 from collectors.peaks import measure_peaks
+from collectors.probe import SpeedProbe
 from collectors.store.db import Store
 from collectors.store.repo import save_peaks, upsert_device
 from collectors.sweep import SweepRunner, plan_gemm
@@ -54,7 +55,9 @@ def main() -> None:
     if not args.reuse:
         backend = backend_for("cpu", "torch", threads=args.threads)
         with store.session() as s:
-            save_peaks(s, upsert_device(s, device.info), measure_peaks(device, backend, dtypes))
+            probe = None if args.no_probe else SpeedProbe.for_backend(backend)
+            save_peaks(s, upsert_device(s, device.info),
+                       measure_peaks(device, backend, dtypes, probe=probe))
             s.commit()
         policy = TimingPolicy(min_time_s=args.min_time, rounds=args.rounds,
                               probe=not args.no_probe)
