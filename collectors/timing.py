@@ -143,15 +143,21 @@ def time_kernel(fn: Callable[[], object], timer: Timer, policy: TimingPolicy) ->
 
 
 def lowest_round_ms(fn: Callable[[], object], timer: Timer, policy: TimingPolicy,
-                    rounds: int = 5, gap_s: float = 0.2) -> float:
+                    rounds: int = 5, gap_s: float = 0.2, probe=None) -> float:
     """Latency (ms) of one kernel measured alone, by the sweeps' statistic: the lowest
     fastest decile (p10) of ``rounds`` timed rounds spread over time (``gap_s`` apart), so
-    that a slow phase of the machine does not decide the figure (see collectors.rounds)."""
+    that a slow phase of the machine does not decide the figure (see collectors.rounds);
+    each round through ``probe`` (a collectors.probe.SpeedProbe) when given."""
+    from collectors.probe import measure_when_calm  # it builds on this module
+
+    def p10() -> float:
+        return time_kernel(fn, timer, policy).p10_ms
+
     fastest = []
     for r in range(rounds):
         if r:
             time.sleep(gap_s)
-        fastest.append(time_kernel(fn, timer, policy).p10_ms)
+        fastest.append(p10() if probe is None else measure_when_calm(p10, float, probe)[0])
     return min(fastest)
 
 

@@ -247,3 +247,16 @@ def test_a_distributed_sweep_leaves_the_probe_to_each_workers_device_kind(tmp_pa
     assert gpu.probe() is None  # a GPU worker does not, unless the sweep asked
     with pytest.raises(ValueError, match="probe: must be true, false or null"):
         TimingPolicy(probe="yes")
+
+
+def test_a_kernel_measured_alone_waits_out_a_slow_phase():
+    from collectors.timing import lowest_round_ms
+
+    m = Machine()
+    probe = probe_on(m)
+    m.phases = [(0.0, 0.3, 1.5)]  # slow for the first 0.3 s of the fake clock
+    kernel = ReferenceTimer(m, base_ms=2.0)
+    assert lowest_round_ms(lambda: None, kernel, INSTANT, rounds=3, gap_s=0) == 3.0
+    assert lowest_round_ms(lambda: None, kernel, INSTANT, rounds=3, gap_s=0,
+                           probe=probe) == pytest.approx(2.0)
+    assert m.now >= 0.3  # it waited for the phase to end
