@@ -128,11 +128,8 @@ def main() -> None:
             for _ in range(args.rounds):
                 for i in rng.permutation(len(keys)):
                     prep = backend.prepare(Op.gemm(*keys[i]))
-
-                    def p10(prep=prep) -> float:
-                        return time_kernel(prep.fn, prep.timer, policy).p10_ms
-
-                    value = p10() if probe is None else measure_when_calm(p10, float, probe)[0]
+                    value, _ = measure_when_calm(
+                        lambda p=prep: time_kernel(p.fn, p.timer, policy).p10_ms, float, probe)
                     cache[keys[i]] = min(cache[keys[i]], value)
                     bar.update(1)
         if args.latencies:

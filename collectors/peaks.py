@@ -15,7 +15,7 @@ from collectors.gemm.backends import GemmBackend, backend_for
 from collectors.ops import Op
 from collectors.probe import SpeedProbe, measure_when_calm
 from collectors.store.repo import Peak
-from collectors.timing import PerfCounterTimer, Timer, TimingPolicy, TimingStats, time_kernel
+from collectors.timing import PerfCounterTimer, Timer, TimingPolicy, time_kernel
 
 PEAK_POLICY = TimingPolicy(warmup_s=0.2, min_reps=5, min_time_s=0.5, max_reps=200,
                            target_rep_ms=5.0, power_window_s=0.0)
@@ -25,10 +25,8 @@ def _best(fn: Callable[[], object], timer: Timer, policy: TimingPolicy,
           probe: SpeedProbe | None = None) -> tuple[float, float]:
     """Fastest-decile time per call (ms) and the median's relative spread; with a speed probe,
     measured while the machine runs at full speed (a peak from a slow phase would be low)."""
-    def once() -> TimingStats:
-        return time_kernel(fn, timer, policy)
-
-    stats = once() if probe is None else measure_when_calm(once, lambda s: s.p10_ms, probe)[0]
+    stats, _ = measure_when_calm(lambda: time_kernel(fn, timer, policy), lambda s: s.p10_ms,
+                                 probe)
     return stats.p10_ms, stats.std_ms / stats.median_ms if stats.median_ms else 0.0
 
 

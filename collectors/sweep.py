@@ -177,10 +177,9 @@ def measure_probed(measure: Callable[[], KernelResult], probe: SpeedProbe | None
                    row: Measurement) -> KernelResult:
     """``measure()``, or, with a speed probe, measured until calm (collectors.probe); then
     ``row.params["probe"]`` says how calm it was."""
-    if probe is None:
-        return measure()
     result, calm = measure_when_calm(measure, lambda r: r.timing.p10_ms, probe)
-    row.params = {**(row.params or {}), "probe": calm.to_dict()}
+    if calm is not None:
+        row.params = {**(row.params or {}), "probe": calm.to_dict()}
     return result
 
 

@@ -150,14 +150,12 @@ def lowest_round_ms(fn: Callable[[], object], timer: Timer, policy: TimingPolicy
     each round through ``probe`` (a collectors.probe.SpeedProbe) when given."""
     from collectors.probe import measure_when_calm  # it builds on this module
 
-    def p10() -> float:
-        return time_kernel(fn, timer, policy).p10_ms
-
     fastest = []
     for r in range(rounds):
         if r:
             time.sleep(gap_s)
-        fastest.append(p10() if probe is None else measure_when_calm(p10, float, probe)[0])
+        fastest.append(measure_when_calm(lambda: time_kernel(fn, timer, policy).p10_ms, float,
+                                         probe)[0])
     return min(fastest)
 
 
