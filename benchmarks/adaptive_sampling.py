@@ -87,7 +87,8 @@ def main() -> None:
     ap.add_argument("--latencies", default=None,
                     help="CSV of measured latencies (and FILE.peaks.json): read if it exists "
                          "(no measuring), else written after measuring, so samplers can be "
-                         "compared on one data set")
+                         "compared on one data set; a stopped measurement resumes from "
+                         "FILE.partial")
     args = ap.parse_args()
     dtypes = args.dtypes.split(",")
 
@@ -122,19 +123,39 @@ def main() -> None:
         if missing:
             raise SystemExit(f"{args.latencies} lacks {len(missing)} configs of this pool/test")
     else:
+        # Each measurement is appended to FILE.partial as it is taken, so a run that is stopped
+        # (they last up to an hour on a busy VM) resumes where it was: same shuffled rounds,
+        # minus what the partial file holds.
+        partial = f"{args.latencies}.partial" if args.latencies else os.devnull
+        done = set()
+        started = partial != os.devnull and os.path.exists(partial) and os.path.getsize(partial)
+        if started:
+            for r in pd.read_csv(partial).itertuples():
+                key = (int(r.m), int(r.n), int(r.k), r.dtype)
+                cache[key] = min(cache[key], float(r.latency_ms))
+                done.add((key, int(r.round)))
+            print(f"resuming from {partial}: {len(done)} measurements taken before")
         rng = np.random.default_rng(0)
-        with progress_bar(len(keys) * args.rounds, 0, True, unit="measurement",
-                          desc="measuring pool and test") as bar:
-            for _ in range(args.rounds):
+        with (progress_bar(len(keys) * args.rounds, len(done), True, unit="measurement",
+                           desc="measuring pool and test") as bar,
+              open(partial, "a") as log):
+            if not started:
+                log.write(",".join([*cols, "round", "latency_ms"]) + "\n")
+            for rnd in range(args.rounds):
                 for i in rng.permutation(len(keys)):
+                    if (keys[i], rnd) in done:
+                        continue
                     prep = backend.prepare(Op.gemm(*keys[i]))
                     value, _ = measure_when_calm(
                         lambda p=prep: time_kernel(p.fn, p.timer, policy).p10_ms, float, probe)
                     cache[keys[i]] = min(cache[keys[i]], value)
+                    log.write(",".join(map(str, [*keys[i], rnd, value])) + "\n")
+                    log.flush()
                     bar.update(1)
         if args.latencies:
             pd.DataFrame([(*k, v) for k, v in cache.items()],
                          columns=[*cols, "latency_ms"]).to_csv(args.latencies, index=False)
+            os.remove(partial)
     measured_s = time.perf_counter() - t0
 
     test_y = np.array([cache[key] for key in test[cols].itertuples(index=False, name=None)])
