@@ -52,18 +52,26 @@ def default_probe(probe: bool | None, device_kind: str) -> bool:
 class Calmness:
     """How one stored measurement relates to the machine's speed.
 
-    ``ratio`` is the slower of the probe windows before and after the kept attempt over the
-    probe's full speed at that time (1.0 = full speed); ``attempts`` how many times the config
-    was measured in this round; ``waited_s`` the time spent waiting for a calm probe."""
+    ``ratio`` is the slower of the probe windows before and after the kept attempt
+    (``window_ms``) over the probe's full speed at that time (1.0 = full speed); ``attempts``
+    how many times the config was measured in this round; ``waited_s`` the time spent waiting
+    for a calm probe."""
 
     calm: bool
     ratio: float
     attempts: int
     waited_s: float
+    window_ms: float = math.nan
 
     def to_dict(self) -> dict:
         return {"calm": self.calm, "ratio": round(self.ratio, 4), "attempts": self.attempts,
                 "waited_s": round(self.waited_s, 3)}
+
+    def slow_by_now(self, probe: SpeedProbe) -> bool:
+        """Whether ``probe``, knowing more of the machine now, finds this measurement's window
+        slow: a probe judges by the fastest windows it has seen, so one that started inside a
+        slow phase took that phase for full speed until the machine sped up."""
+        return not math.isnan(self.window_ms) and not probe.is_calm(self.window_ms)
 
 
 class SpeedProbe:
@@ -136,15 +144,16 @@ def measure_when_calm(measure: Callable[[], T], latency: Callable[[T], float | N
     if probe is None:
         return measure(), None
     waited = 0.0
-    kept: tuple[float, T, float] | None = None  # (latency, result, ratio)
+    kept: tuple[float, T, float, float] | None = None  # (latency, result, ratio, window)
     for attempt in range(1, attempts + 1):
         waited += probe.wait_calm(max(wait_s - waited, 0.0))
         before = probe.last_ms
         result = measure()
-        ratio = probe.ratio(max(before, probe.read()))
+        window = max(before, probe.read())
+        ratio = probe.ratio(window)
         value = latency(result)
         if value is None or ratio <= 1 + probe.tolerance:
-            return result, Calmness(ratio <= 1 + probe.tolerance, ratio, attempt, waited)
+            return result, Calmness(ratio <= 1 + probe.tolerance, ratio, attempt, waited, window)
         if kept is None or value < kept[0]:
-            kept = (value, result, ratio)
-    return kept[1], Calmness(False, kept[2], attempts, waited)
+            kept = (value, result, ratio, window)
+    return kept[1], Calmness(False, kept[2], attempts, waited, kept[3])

@@ -62,6 +62,8 @@ class GemmJob:
     runner: SweepRunner
     sweep_id: int
     resumed: bool
+    # How calm the machine was for each peak this job measured (metric -> Calmness).
+    peak_calmness: dict = dataclasses.field(default_factory=dict)
 
     @classmethod
     def from_options(cls, *, db_url=None, device_name="cpu", backend=None, threads=None,
@@ -130,16 +132,41 @@ class GemmJob:
                        f"({', '.join(dtypes + ['bandwidth'])}; once per device) ...", err=True)
             save_peaks(s, row, measure_peaks(self.device, self.backend, dtypes,
                                              bandwidth="bandwidth" not in have,
-                                             probe=self.runner.probe()))
+                                             probe=self.runner.probe(),
+                                             calmness=self.peak_calmness))
             s.commit()
 
+    def recheck_peaks(self) -> None:
+        """Peaks measured at the start of this sweep, when the speed probe had seen only a few
+        windows, are measured again if the probe now, after the sweep, finds that the machine
+        ran slow while they were measured; a higher figure replaces the stored one."""
+        from collectors.peaks import remeasure_slow_peaks
+        from collectors.store.repo import device_peaks, save_peaks, upsert_device
+
+        probe = self.runner.probe()
+        if probe is None or not any(c.slow_by_now(probe) for c in self.peak_calmness.values()):
+            return
+        click.echo("the peaks were measured while the machine ran slow (the sweep's reference "
+                   "GEMM has run faster since); measuring them again ...", err=True)
+        with self.store.session() as s:
+            row = upsert_device(s, self.device.info)
+            raised = remeasure_slow_peaks(self.device, self.backend, probe, self.peak_calmness,
+                                          device_peaks(s, row.id))
+            save_peaks(s, row, [peak for peak, _ in raised])
+            s.commit()
+        self.peak_calmness.clear()
+        for peak, before in raised:
+            click.echo(f"  {peak.metric}: {before:.4g} -> {peak.value:.4g} {peak.unit}", err=True)
 
     def run(self, measure_missing_peaks: bool = True) -> SweepSummary:
         if measure_missing_peaks:
             self.ensure_peaks()
         verb = "resuming" if self.resumed else "starting"
         click.echo(f"{verb} sweep {self.sweep_id}", err=True)
-        return self.runner.run(self.sweep_id)
+        summary = self.runner.run(self.sweep_id)
+        if not summary.interrupted:
+            self.recheck_peaks()
+        return summary
 
     def is_adaptive(self) -> bool:
         """Whether this sweep's shapes are chosen by the adaptive sampler (and it can go on)."""
@@ -200,6 +227,8 @@ class GemmJob:
             sampler.run(measure, budget, batch, measured=measured, tried=tried)
         except KeyboardInterrupt:
             total.interrupted = True
+        else:
+            self.recheck_peaks()
         total.planned = min(budget, len(frame))  # so "remaining" is what is left to choose
         return total
 

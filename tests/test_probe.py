@@ -260,3 +260,72 @@ def test_a_kernel_measured_alone_waits_out_a_slow_phase():
     assert lowest_round_ms(lambda: None, kernel, INSTANT, rounds=3, gap_s=0,
                            probe=probe) == pytest.approx(2.0)
     assert m.now >= 0.3  # it waited for the phase to end
+
+
+def test_a_probe_started_in_a_slow_phase_finds_it_slow_once_it_has_seen_full_speed():
+    m = Machine()
+    m.factor = 1.5  # slow from the start: the probe knows nothing faster yet
+    probe = SpeedProbe(lambda: None, ReferenceTimer(m), window=INSTANT, clock=m.clock,
+                       sleep=m.sleep)
+    for _ in range(5):  # as SpeedProbe.for_backend starts
+        probe.read()
+    measure, _ = config(m)
+    _, calm = measure_when_calm(measure, float, probe)
+    assert calm.calm and calm.window_ms == pytest.approx(0.15)
+    assert not calm.slow_by_now(probe)
+    m.factor = 1.0
+    for _ in range(50):  # a sweep's worth of windows at full speed
+        probe.read()
+    assert calm.slow_by_now(probe)
+
+
+@pytest.mark.parametrize("slow_start", [True, False])
+def test_peaks_measured_in_a_slow_phase_are_measured_again_after_the_sweep(tmp_path,
+                                                                           monkeypatch,
+                                                                           slow_start):
+    from click.testing import CliRunner
+
+    import collectors.peaks
+    from collectors.store.repo import Peak, device_peaks
+    from hwnas.cli import main
+
+    m = Machine()
+    m.factor = 1.5 if slow_start else 1.0
+    probe = SpeedProbe(lambda: None, ReferenceTimer(m), window=INSTANT, clock=m.clock,
+                       sleep=m.sleep)
+    probe.read()
+    monkeypatch.setattr(SpeedProbe, "for_backend", classmethod(lambda cls, backend: probe))
+    calls = []
+
+    def fake_peaks(device, backend=None, dtypes=None, bandwidth=True, policy=None, probe=None,
+                   calmness=None):
+        """Peaks that run as fast as the fake machine (1 unit at full speed)."""
+        metrics = [f"compute_{d}" for d in dtypes] + (["bandwidth"] if bandwidth else [])
+        calls.append(metrics)
+        out = []
+        for metric in metrics:
+            value, calm = measure_when_calm(lambda: 1.0 / m.speed(), lambda v: 1.0 / v, probe)
+            out.append(Peak(metric, value, "units", 0.0, "fake"))
+            if calmness is not None:
+                calmness[metric] = calm
+        m.factor = 1.0  # the slow phase ends with the peaks
+        return out
+
+    monkeypatch.setattr(collectors.peaks, "measure_peaks", fake_peaks)
+    db = f"sqlite:///{tmp_path / 'k.sqlite'}"
+    r = CliRunner().invoke(main, ["collect", "gemm", "--db", db, "--backend", "numpy",
+                                  "--max-size", "32", "--points", "2", "--min-time", "0.0",
+                                  "--dtype", "fp32", "--rounds", "2", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    store = Store(db)
+    with store.session() as s:
+        peaks = device_peaks(s, 1)
+    if slow_start:
+        assert calls == [["compute_fp32", "bandwidth"]] * 2
+        assert "measuring them again" in r.output
+        assert "compute_fp32: 0.6667 -> 1 units" in r.output
+        assert peaks == {"compute_fp32": pytest.approx(1.0), "bandwidth": pytest.approx(1.0)}
+    else:
+        assert calls == [["compute_fp32", "bandwidth"]]
+        assert "measuring them again" not in r.output
+        assert peaks == {"compute_fp32": pytest.approx(1.0), "bandwidth": pytest.approx(1.0)}
