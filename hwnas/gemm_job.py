@@ -157,6 +157,8 @@ class GemmJob:
         self.peak_calmness.clear()
         for peak, before in raised:
             click.echo(f"  {peak.metric}: {before:.4g} -> {peak.value:.4g} {peak.unit}", err=True)
+        if not raised:
+            click.echo("  none came out higher: the stored peaks stand", err=True)
 
     def run(self, measure_missing_peaks: bool = True) -> SweepSummary:
         if measure_missing_peaks:

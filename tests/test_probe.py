@@ -279,10 +279,12 @@ def test_a_probe_started_in_a_slow_phase_finds_it_slow_once_it_has_seen_full_spe
     assert calm.slow_by_now(probe)
 
 
-@pytest.mark.parametrize("slow_start", [True, False])
+@pytest.mark.parametrize("slow_start, slow_again", [(True, False), (True, True),
+                                                   (False, False)])
 def test_peaks_measured_in_a_slow_phase_are_measured_again_after_the_sweep(tmp_path,
                                                                            monkeypatch,
-                                                                           slow_start):
+                                                                           slow_start,
+                                                                           slow_again):
     from click.testing import CliRunner
 
     import collectors.peaks
@@ -305,6 +307,8 @@ def test_peaks_measured_in_a_slow_phase_are_measured_again_after_the_sweep(tmp_p
         out = []
         for metric in metrics:
             value, calm = measure_when_calm(lambda: 1.0 / m.speed(), lambda v: 1.0 / v, probe)
+            if slow_again and len(calls) > 1:
+                value = 0.5  # measured again, and lower still (another slow phase)
             out.append(Peak(metric, value, "units", 0.0, "fake"))
             if calmness is not None:
                 calmness[metric] = calm
@@ -320,7 +324,11 @@ def test_peaks_measured_in_a_slow_phase_are_measured_again_after_the_sweep(tmp_p
     store = Store(db)
     with store.session() as s:
         peaks = device_peaks(s, 1)
-    if slow_start:
+    if slow_start and slow_again:  # the higher figure of the two stands
+        assert calls == [["compute_fp32", "bandwidth"]] * 2
+        assert "none came out higher: the stored peaks stand" in r.output
+        assert peaks == {"compute_fp32": pytest.approx(2 / 3), "bandwidth": pytest.approx(2 / 3)}
+    elif slow_start:
         assert calls == [["compute_fp32", "bandwidth"]] * 2
         assert "measuring them again" in r.output
         assert "compute_fp32: 0.6667 -> 1 units" in r.output
