@@ -93,17 +93,19 @@ def measure_peaks(device: ComputeDevice, backend: GemmBackend | None = None,
     return peaks
 
 
-def remeasure_slow_peaks(device: ComputeDevice, backend: GemmBackend, probe: SpeedProbe,
-                         calmness: dict[str, Calmness], stored: dict[str, float],
-                         policy: TimingPolicy = PEAK_POLICY) -> list[tuple[Peak, float]]:
+def slow_peaks(calmness: dict[str, Calmness], probe: SpeedProbe) -> list[str]:
     """Peaks measured when ``probe`` knew little (the start of a sweep) whose windows it now,
-    after a sweep's worth of windows, finds slow: measured again through it, and returned with
-    the value stored before where the new one is higher (an achievable peak from a slow phase
-    is low; one measured slow again is not lower for it)."""
-    slow = [m for m, c in calmness.items() if c.slow_by_now(probe)]
-    if not slow:
-        return []
-    dtypes = [m.removeprefix("compute_") for m in slow if m.startswith("compute_")]
-    again = measure_peaks(device, backend, dtypes, "bandwidth" in slow, policy, probe)
+    after a sweep's worth of windows, finds slow."""
+    return [m for m, c in calmness.items() if c.slow_by_now(probe)]
+
+
+def remeasure_peaks(device: ComputeDevice, backend: GemmBackend, probe: SpeedProbe,
+                    metrics: list[str], stored: dict[str, float],
+                    policy: TimingPolicy = PEAK_POLICY) -> list[tuple[Peak, float]]:
+    """``metrics`` measured again through ``probe``, returned with the value stored before
+    where the new one is higher (an achievable peak from a slow phase is low; one measured
+    slow again is not lower for it)."""
+    dtypes = [m.removeprefix("compute_") for m in metrics if m.startswith("compute_")]
+    again = measure_peaks(device, backend, dtypes, "bandwidth" in metrics, policy, probe)
     return [(p, stored[p.metric]) for p in again
             if p.metric in stored and p.value > stored[p.metric]]

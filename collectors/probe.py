@@ -150,10 +150,10 @@ def measure_when_calm(measure: Callable[[], T], latency: Callable[[T], float | N
         before = probe.last_ms
         result = measure()
         window = max(before, probe.read())
-        ratio = probe.ratio(window)
+        ratio, calm = probe.ratio(window), probe.is_calm(window)
         value = latency(result)
-        if value is None or ratio <= 1 + probe.tolerance:
-            return result, Calmness(ratio <= 1 + probe.tolerance, ratio, attempt, waited, window)
+        if value is None or calm:
+            return result, Calmness(calm, ratio, attempt, waited, window)
         if kept is None or value < kept[0]:
             kept = (value, result, ratio, window)
     return kept[1], Calmness(False, kept[2], attempts, waited, kept[3])

@@ -140,18 +140,19 @@ class GemmJob:
         """Peaks measured at the start of this sweep, when the speed probe had seen only a few
         windows, are measured again if the probe now, after the sweep, finds that the machine
         ran slow while they were measured; a higher figure replaces the stored one."""
-        from collectors.peaks import remeasure_slow_peaks
+        from collectors.peaks import remeasure_peaks, slow_peaks
         from collectors.store.repo import device_peaks, save_peaks, upsert_device
 
         probe = self.runner.probe()
-        if probe is None or not any(c.slow_by_now(probe) for c in self.peak_calmness.values()):
+        slow = slow_peaks(self.peak_calmness, probe) if probe is not None else []
+        if not slow:
             return
         click.echo("the peaks were measured while the machine ran slow (the sweep's reference "
                    "GEMM has run faster since); measuring them again ...", err=True)
         with self.store.session() as s:
             row = upsert_device(s, self.device.info)
-            raised = remeasure_slow_peaks(self.device, self.backend, probe, self.peak_calmness,
-                                          device_peaks(s, row.id))
+            raised = remeasure_peaks(self.device, self.backend, probe, slow,
+                                     device_peaks(s, row.id))
             save_peaks(s, row, [peak for peak, _ in raised])
             s.commit()
         self.peak_calmness.clear()

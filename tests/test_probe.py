@@ -47,10 +47,12 @@ class ReferenceTimer(Timer):
 INSTANT = TimingPolicy(warmup_s=0.0, min_warmup_calls=1, min_reps=3, min_time_s=0.0)
 
 
-def probe_on(machine: Machine) -> SpeedProbe:
+def probe_on(machine: Machine, history: int = 50) -> SpeedProbe:
+    """A probe of ``machine`` that has read ``history`` windows (at full speed, unless the
+    machine is scripted slow)."""
     probe = SpeedProbe(lambda: None, ReferenceTimer(machine), window=INSTANT,
                        clock=machine.clock, sleep=machine.sleep)
-    for _ in range(50):  # a history at full speed
+    for _ in range(history):
         probe.read()
     return probe
 
@@ -265,10 +267,7 @@ def test_a_kernel_measured_alone_waits_out_a_slow_phase():
 def test_a_probe_started_in_a_slow_phase_finds_it_slow_once_it_has_seen_full_speed():
     m = Machine()
     m.factor = 1.5  # slow from the start: the probe knows nothing faster yet
-    probe = SpeedProbe(lambda: None, ReferenceTimer(m), window=INSTANT, clock=m.clock,
-                       sleep=m.sleep)
-    for _ in range(5):  # as SpeedProbe.for_backend starts
-        probe.read()
+    probe = probe_on(m, history=5)  # as SpeedProbe.for_backend starts
     measure, _ = config(m)
     _, calm = measure_when_calm(measure, float, probe)
     assert calm.calm and calm.window_ms == pytest.approx(0.15)
@@ -293,9 +292,7 @@ def test_peaks_measured_in_a_slow_phase_are_measured_again_after_the_sweep(tmp_p
 
     m = Machine()
     m.factor = 1.5 if slow_start else 1.0
-    probe = SpeedProbe(lambda: None, ReferenceTimer(m), window=INSTANT, clock=m.clock,
-                       sleep=m.sleep)
-    probe.read()
+    probe = probe_on(m, history=1)
     monkeypatch.setattr(SpeedProbe, "for_backend", classmethod(lambda cls, backend: probe))
     calls = []
 
