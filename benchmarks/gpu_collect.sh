@@ -11,7 +11,7 @@
 # random shapes; another seed gives a machine new shapes), GEMM_MIN_SIZE (default 16;
 # on the H200, 87% of the random shapes with a dimension under 128 took under 0.03 ms, where
 # CuPy's dispatch sets the time; 44% of the others did),
-# NET_TIMEOUT, NET_SEED, LAYER_TIMEOUT (0, the default: no layer sweep).
+# NET_TIMEOUT (0: no network sweep), NET_SEED, LAYER_TIMEOUT (0, the default: no layer sweep).
 # Python packages the machine lacks can be put as wheels in .whl/ (data/gpu/README.md names the
 # ones a CUDA image with torch and CuPy lacked). Collecting needs no numba; training, evaluating
 # and serving do (predictor/fast.py), and llvmlite's wheel (~60 MB) does not fit the 64 MiB a
@@ -62,7 +62,7 @@ step devices 30 python3 -m hwnas.cli devices
     --min-size "${GEMM_MIN_SIZE:-16}" \
     --max-size 8192 --min-time 0.1 \
     --no-progress
-step network "${NET_TIMEOUT:-90}" python3 -m hwnas.cli collect network --device "$device" \
+[ "${NET_TIMEOUT:-90}" -gt 0 ] && step network "${NET_TIMEOUT:-90}" python3 -m hwnas.cli collect network --device "$device" \
     --family nb201,proxyless,resnet,mobilenet,transformer --count "$net_count" --min-time 0.1 \
     --seed "${NET_SEED:-0}" --no-progress
 # Single layers over the layer grid, in random order: a time limit keeps a random subset.
