@@ -183,14 +183,21 @@ def measure_probed(measure: Callable[[], KernelResult], probe: SpeedProbe | None
     return result
 
 
+# Policy fields added after sweeps were first stored, with how those older sweeps measured, so
+# that a resumed sweep goes on measuring as it began.
+_BEFORE_FIELD = {"queue_ahead": False}
+
+
 def stored_policy(config: dict, default: TimingPolicy) -> TimingPolicy:
     """The timing policy a sweep was created with (``default`` for a sweep that stored none);
-    fields this version does not know are ignored, fields it added keep their defaults."""
+    fields this version does not know are ignored, fields it added take the value that matches
+    how older versions measured (``_BEFORE_FIELD``), else their defaults."""
     stored = config.get("policy")
     if not stored:
         return default
     known = {f.name for f in dataclasses.fields(TimingPolicy)}
-    return TimingPolicy(**{k: v for k, v in stored.items() if k in known})
+    return TimingPolicy(**{**_BEFORE_FIELD,
+                           **{k: v for k, v in stored.items() if k in known}})
 
 
 def count_row(summary: SweepSummary, row: Measurement) -> None:
@@ -265,6 +272,7 @@ def fill_result(row: Measurement, result: KernelResult, flops: float) -> None:
     row.sm_clock_mhz, row.mem_clock_mhz = b.sm_clock_mhz, b.mem_clock_mhz
     row.temperature_c, row.throttle_reasons = b.temperature_c, b.throttle_reasons
     row.params = {**(row.params or {}), "inner_calls": t.inner,
+                  **({"timer": t.method} if t.method else {}),
                   "state_after": dataclasses.asdict(a),
                   **({"power_note": p.note} if p.note else {})}
     if not math.isfinite(row.latency_ms_median):

@@ -41,6 +41,10 @@ class TimingPolicy:
     # decided by the measuring device's kind (collectors.probe.default_probe), as a
     # distributed sweep's workers of different kinds do.
     probe: bool | None = False
+    # GPU: hold the stream with a spin kernel while a repetition's launches are queued, so the
+    # CUDA events time the kernels back to back instead of the host's launch rate (see
+    # collectors.gemm.backends.CudaEventTimer). No effect on a CPU.
+    queue_ahead: bool = True
 
     def __post_init__(self) -> None:
         for name in ("min_reps", "max_reps", "min_warmup_calls", "rounds"):
@@ -50,6 +54,8 @@ class TimingPolicy:
             v = getattr(self, name)
             if not math.isfinite(v) or v < 0:
                 raise ValueError(f"{name}: must be a non-negative number, got {v}")
+        if self.queue_ahead not in (True, False):
+            raise ValueError(f"queue_ahead: must be true or false, got {self.queue_ahead!r}")
         if self.probe not in (True, False, None):
             raise ValueError(f"probe: must be true, false or null, got {self.probe!r}")
         if self.max_reps < self.min_reps:
@@ -67,13 +73,15 @@ class TimingStats:
     std_ms: float
     repetitions: int
     inner: int
+    method: str | None = None  # how the repetitions were timed (Timer.method)
 
     @classmethod
-    def from_samples(cls, samples_ms: list[float], inner: int) -> TimingStats:
+    def from_samples(cls, samples_ms: list[float], inner: int,
+                     method: str | None = None) -> TimingStats:
         a = np.asarray(samples_ms, dtype=float)
         return cls(float(np.median(a)), float(np.percentile(a, 10)),
                    float(np.percentile(a, 90)), float(a.mean()),
-                   float(a.std(ddof=1)) if a.size > 1 else 0.0, int(a.size), inner)
+                   float(a.std(ddof=1)) if a.size > 1 else 0.0, int(a.size), inner, method)
 
     @property
     def cv(self) -> float:
@@ -81,10 +89,16 @@ class TimingStats:
 
 
 class Timer(ABC):
-    """Times ``inner`` back-to-back calls of a kernel; returns ms per call."""
+    """Times ``inner`` back-to-back calls of a kernel; returns ms per call. ``method`` names
+    how (stored with each row), as of the repetitions timed so far."""
+
+    method: str = "unnamed"
 
     @abstractmethod
     def time(self, fn: Callable[[], object], inner: int) -> float: ...
+
+    def configure(self, policy: TimingPolicy) -> None:  # noqa: B027 - optional hook
+        """Adopt the policy's settings that concern this timer (GPU: ``queue_ahead``)."""
 
     def sync(self) -> None:  # noqa: B027 - optional hook, a no-op on CPUs
         """Wait for queued work (GPU); nothing to do on a CPU."""
@@ -94,6 +108,8 @@ class Timer(ABC):
 
 
 class PerfCounterTimer(Timer):
+    method = "perf_counter"
+
     def time(self, fn: Callable[[], object], inner: int) -> float:
         t0 = time.perf_counter_ns()
         for _ in range(inner):
@@ -120,6 +136,7 @@ class KernelResult:
 
 def time_kernel(fn: Callable[[], object], timer: Timer, policy: TimingPolicy) -> TimingStats:
     """Warm up, pick ``inner`` and time repetitions per ``policy``."""
+    timer.configure(policy)
     t_end = time.perf_counter() + policy.warmup_s
     calls = 0
     t0 = time.perf_counter()
@@ -139,7 +156,7 @@ def time_kernel(fn: Callable[[], object], timer: Timer, policy: TimingPolicy) ->
         if policy.l2_flush:
             timer.before_rep()
         samples.append(timer.time(fn, inner))
-    return TimingStats.from_samples(samples, inner)
+    return TimingStats.from_samples(samples, inner, timer.method)
 
 
 def lowest_round_ms(fn: Callable[[], object], timer: Timer, policy: TimingPolicy,

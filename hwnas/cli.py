@@ -161,6 +161,13 @@ ROUNDS_OPTION = click.option(
          "CPU (shared and virtual CPUs drift in phases of seconds, so one pass repeats only to "
          "~10%), 1 on a GPU.")
 
+QUEUE_OPTION = click.option(
+    "--queue-ahead/--no-queue-ahead", default=True, show_default=True,
+    help="GPU: queue each repetition's calls behind a spin kernel so the CUDA events time the "
+         "kernels back to back; without it, a GEMM shorter than its launch (~10 us through "
+         "CuPy) is timed at the host's launch rate. Rows say how they were timed "
+         "(params.timer). No effect on a CPU.")
+
 PROBE_OPTION = click.option(
     "--probe/--no-probe", default=None,
     help="Time a small reference GEMM next to every measurement, and measure a config again "
@@ -185,6 +192,7 @@ def collect() -> None:
               help="CPU threads per GEMM (default: all cores); stored with every row.")
 @plan_options
 @timing_options
+@QUEUE_OPTION
 @ROUNDS_OPTION
 @PROBE_OPTION
 @click.option("--resume", "resume_id", type=int, default=None, metavar="SWEEP",
@@ -207,8 +215,8 @@ def collect() -> None:
 @friendly_errors
 def collect_gemm(db_url, device_name, backend, threads, dtypes, shape_set, min_size, max_size,
                  points, count, seed, layouts, warmup, min_reps, min_time, power_window, l2_flush,
-                 cooldown, rounds, probe, resume_id, skip_peaks, adaptive, budget, pool,
-                 round_size, no_progress) -> None:
+                 queue_ahead, cooldown, rounds, probe, resume_id, skip_peaks, adaptive, budget,
+                 pool, round_size, no_progress) -> None:
     """Sweep GEMM shapes x dtypes on one device; every config is committed as it completes.
 
     Interrupt with Ctrl-C at any time; `--resume SWEEP` carries on where it stopped.
@@ -220,8 +228,9 @@ def collect_gemm(db_url, device_name, backend, threads, dtypes, shape_set, min_s
         dtypes=dtypes,
         shape_set=shape_set, min_size=min_size, max_size=max_size, points=points, count=count,
         seed=seed, layouts=layouts, warmup=warmup, min_reps=min_reps, min_time=min_time,
-        power_window=power_window, l2_flush=l2_flush, cooldown=cooldown, rounds=rounds,
-        probe=probe, resume_id=resume_id, progress=not no_progress,
+        power_window=power_window, l2_flush=l2_flush, queue_ahead=queue_ahead,
+        cooldown=cooldown, rounds=rounds, probe=probe, resume_id=resume_id,
+        progress=not no_progress,
         adaptive=adaptive and resume_id is None,
         budget=budget, pool=pool, round_size=round_size)
     if job.is_adaptive():
@@ -382,11 +391,12 @@ def sweep() -> None:
 @click.option("--backend", default=None, help="CPU backend for CPU workers (torch or numpy).")
 @plan_options
 @timing_options
+@QUEUE_OPTION
 @PROBE_OPTION
 @friendly_errors
 def sweep_create(db_url, device_types, backend, dtypes, shape_set, min_size, max_size, points,
                  count, seed, layouts, warmup, min_reps, min_time, power_window, l2_flush,
-                 cooldown, probe) -> None:
+                 queue_ahead, cooldown, probe) -> None:
     """Queue a GEMM sweep in the store for `hwnas worker` processes on any number of machines."""
     import dataclasses
 
@@ -402,7 +412,7 @@ def sweep_create(db_url, device_types, backend, dtypes, shape_set, min_size, max
     # probe None: each worker decides by its device's kind (CPU workers probe, GPU ones not).
     policy = TimingPolicy(warmup_s=warmup, min_reps=min_reps, min_time_s=min_time,
                           power_window_s=power_window, l2_flush=l2_flush, cooldown_s=cooldown,
-                          probe=probe)
+                          probe=probe, queue_ahead=queue_ahead)
     dtype_list = [check_dtype(d, "--dtype").name for d in split_list(dtypes, "--dtype")]
     plan, options = build_plan(shape_set, min_size, max_size, points, count, seed, layouts,
                                dtype_list)
@@ -840,6 +850,8 @@ def train(db_url, device_spec, folds, trees, target) -> None:
         return
     row, ev = train_and_register(store, model, folds, n_estimators=trees)
     _print_evaluation(ev)
+    if row.meta.get("data_note"):
+        click.echo(f"\ndata: {row.meta['data_note']}")
     click.echo(f"\nregistered {row.device_model} v{row.version}: {row.path} "
                f"(sha256 {row.sha256[:16]}...)")
 
@@ -864,6 +876,8 @@ def eval_(db_url, device_spec, folds, trees, plot_path) -> None:
     frame, profile = load_gemm_frame(store, model)
     ev = evaluate(frame, profile, folds, n_estimators=trees)
     _print_evaluation(ev)
+    if frame.attrs.get("note"):
+        click.echo(f"\ndata: {frame.attrs['note']}")
     if plot_path:
         plot_predicted_vs_measured(ev.kfold, "latency_ms", plot_path,
                                    f"{model}: GEMM latency, shapes held out")

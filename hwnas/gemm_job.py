@@ -70,14 +70,15 @@ class GemmJob:
                      dtypes="fp32",
                      shape_set="grid", min_size=16, max_size=1024, points=4, count=50, seed=0,
                      layouts="nn", warmup=0.05, min_reps=10, min_time=0.2, power_window=1.0,
-                     l2_flush=False, cooldown=0.0, rounds=None, probe=None, resume_id=None,
+                     l2_flush=False, queue_ahead=True, cooldown=0.0, rounds=None, probe=None,
+                     resume_id=None,
                      progress=True,
                      skip_unsupported_dtypes=False, adaptive=False, budget=100, pool=2000,
                      round_size=10) -> GemmJob:
         # Validate every option before touching hardware or the store.
         policy = TimingPolicy(warmup_s=warmup, min_reps=min_reps, min_time_s=min_time,
                               power_window_s=power_window, l2_flush=l2_flush,
-                              cooldown_s=cooldown)
+                              queue_ahead=queue_ahead, cooldown_s=cooldown)
         dtype_list = [check_dtype(d, "--dtype").name for d in split_list(dtypes, "--dtype")]
         if adaptive:
             if min_size <= 0 or max_size < min_size:

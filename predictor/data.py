@@ -35,13 +35,24 @@ def resolve_device_model(store: Store, spec: str) -> str:
     raise DataError(f"--device {spec!r}: no measurements of such a device (known: {known})")
 
 
+# How a GPU GEMM row was timed (params.timer): queued behind a spin kernel, the GPU alone;
+# anything else (a plain loop of launches, or rows from before timers were recorded) may
+# be the host's launch pace.
+GPU_ALONE = "cuda_events_queued"
+
+
 def load_gemm_frame(store: Store, device_model: str) -> tuple[pd.DataFrame, DeviceProfile]:
-    """One row per ok GEMM measurement, and the device profile (peaks) of that model."""
+    """One row per ok GEMM measurement, and the device profile (peaks) of that model.
+
+    Where some of a GPU's rows time the GPU alone and others a plain loop of launches, only
+    the first are kept (the two disagree on every launch-bound shape), and ``frame.attrs
+    ["note"]`` says how many rows were left out."""
     with store.session() as s:
         rows = s.execute(
             select(Measurement.m, Measurement.n, Measurement.k, Measurement.batch,
                    Measurement.dtype, Measurement.layout, Measurement.latency_ms,
-                   Measurement.power_w, Measurement.power_source, Measurement.created_at)
+                   Measurement.power_w, Measurement.power_source, Measurement.created_at,
+                   Measurement.params)
             .join(Device, Measurement.device_id == Device.id)
             .where(Device.model == device_model, Measurement.status == "ok",
                    Measurement.op_kind == "gemm")).all()
@@ -55,7 +66,16 @@ def load_gemm_frame(store: Store, device_model: str) -> tuple[pd.DataFrame, Devi
         raise DataError(f"no successful GEMM measurements of {device_model!r} in the store")
     frame = pd.DataFrame.from_records([tuple(r) for r in rows], columns=[
         "m", "n", "k", "batch", "dtype", "layout", "latency_ms",
-                                        "power_w", "power_source", "created_at"])
+        "power_w", "power_source", "created_at", "params"])
+    timer = frame.pop("params").map(lambda p: (p or {}).get("timer"))
+    gpu_alone = (timer == GPU_ALONE).to_numpy()
+    note = None
+    if gpu_alone.any() and not gpu_alone.all():
+        note = (f"left out {int((~gpu_alone).sum())} GEMM rows timed as a plain loop of "
+                f"launches (no queue-ahead); kept the {int(gpu_alone.sum())} that time the "
+                "GPU alone")
+        frame = frame[gpu_alone].reset_index(drop=True)
+    frame.attrs["note"] = note
     frame["trans_a"] = (frame.layout.str[0] == "t").astype(int)
     frame["trans_b"] = (frame.layout.str[1] == "t").astype(int)
     dev = devices[0]

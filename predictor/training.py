@@ -96,5 +96,6 @@ def train_and_register(store: Store, device_model: str, n_splits: int = 5, **par
     meta = {"profile": profile.to_dict(), "metrics": tables, "n_shapes": ev.n_shapes,
             "dtypes": sorted(frame.dtype.unique()), "libraries": library_versions(),
             "power": "trained" if ev.has_power else "unavailable: no measured power in the data",
-            "data_from": str(frame.created_at.min()), "data_to": str(frame.created_at.max())}
+            "data_from": str(frame.created_at.min()), "data_to": str(frame.created_at.max()),
+            **({"data_note": frame.attrs["note"]} if frame.attrs.get("note") else {})}
     return registry.register(store, model, device_model, meta), ev

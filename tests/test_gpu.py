@@ -88,6 +88,33 @@ def test_cupy_sweep_is_stored(tmp_path):
         assert all(r.power_source.startswith("nvml") and r.power_w > 0 for r in rows)
         assert all(r.sm_clock_mhz and r.temperature_c is not None for r in rows)
         assert {r.tensor_core for r in rows if r.dtype != "fp32"} == {True}
+        assert {r.params["timer"] for r in rows} == {"cuda_events_queued"}
+
+
+def test_queue_ahead_times_short_gemms_without_their_launch_cost():
+    import dataclasses
+
+    from collectors.gemm.backends import CupyBackend
+    from collectors.ops import Op
+    from collectors.timing import TimingPolicy, time_kernel
+
+    backend = CupyBackend(0)
+    policy = TimingPolicy(min_reps=30, min_time_s=0.1)
+    as_loop = dataclasses.replace(policy, queue_ahead=False)
+    tiny = backend.prepare(Op.gemm(64, 64, 64, "fp16"))
+    loop = time_kernel(tiny.fn, tiny.timer, as_loop)
+    queued = time_kernel(tiny.fn, tiny.timer, policy)
+    print(f"64^3 fp16: loop {loop.p10_ms * 1e3:.2f} us, queued {queued.p10_ms * 1e3:.2f} us")
+    assert loop.method == "cuda_events"
+    assert queued.method == "cuda_events_queued", tiny.timer.unqueued_reason
+    # Launching through CuPy and cuBLAS takes the host longer than the GPU needs for the kernel.
+    assert queued.p10_ms < 0.9 * loop.p10_ms
+    big = backend.prepare(Op.gemm(8192, 8192, 8192, "bf16"))  # ~1.5 ms: GPU-bound either way
+    loop = time_kernel(big.fn, big.timer, as_loop)
+    queued = time_kernel(big.fn, big.timer, policy)
+    print(f"8192^3 bf16: loop {loop.p10_ms:.3f} ms, queued {queued.p10_ms:.3f} ms")
+    assert queued.method == "cuda_events_queued"
+    assert queued.p10_ms == pytest.approx(loop.p10_ms, rel=0.05)
 
 
 def test_network_sweep_on_the_gpu_with_cuda_events_and_energy(tmp_path):

@@ -282,3 +282,41 @@ def test_cover_greedily_weighs_uncertainty_by_how_many_configs_a_pick_stands_for
     assert cover_greedily_rows(even, measured, candidates, 5) == [0, 20]  # no repeats
     # Trees that all agree (no spread anywhere): plain space filling, not an arbitrary pick.
     assert cover_greedily_rows(np.zeros(21), np.array([1]), candidates, 1) == [20]
+
+
+def _gpu_rows(store, timers: list[str | None]) -> None:
+    from collectors.store.models import Device, Measurement, Sweep
+
+    with store.session() as s:
+        dev = Device(name="gpu0", kind="gpu", vendor="NVIDIA", model="Timed GPU",
+                     fingerprint="timed-gpu")
+        s.add(dev)
+        s.flush()
+        sweep = Sweep(kind="gemm", device_id=dev.id, host="h", n_planned=len(timers),
+                      status="done", config={})
+        s.add(sweep)
+        s.flush()
+        for i, timer in enumerate(timers):
+            s.add(Measurement(sweep_id=sweep.id, device_id=dev.id, config_key=f"c{i}",
+                              op_kind="gemm", m=64 * (i + 1), n=64, k=64, dtype="fp16",
+                              layout="nn", status="ok", latency_ms_median=0.01,
+                              latency_ms_p10=0.009, power_source="unavailable",
+                              params={"timer": timer} if timer else {}))
+        s.commit()
+
+
+def test_gpu_rows_of_the_gpu_alone_are_not_pooled_with_launch_loops(store):
+    from predictor.data import GPU_ALONE, load_gemm_frame
+
+    _gpu_rows(store, [None, "cuda_events", GPU_ALONE, GPU_ALONE])
+    frame, _ = load_gemm_frame(store, "Timed GPU")
+    assert sorted(frame.m) == [192, 256]
+    assert frame.attrs["note"].startswith("left out 2 GEMM rows timed as a plain loop")
+
+
+def test_gpu_rows_all_timed_one_way_are_all_kept(store):
+    from predictor.data import load_gemm_frame
+
+    _gpu_rows(store, [None, "cuda_events", None])
+    frame, _ = load_gemm_frame(store, "Timed GPU")
+    assert len(frame) == 3 and frame.attrs["note"] is None

@@ -9,6 +9,7 @@ from sqlalchemy import select
 from collectors.rounds import rounds_done, run_rounds, sweep_rounds
 from collectors.store.models import Device, Measurement, Sweep
 from collectors.sweep import commit_once
+from collectors.timing import Timer
 
 
 def _sweep(store) -> int:
@@ -122,7 +123,7 @@ def test_sweeps_without_rounds_in_their_policy_have_one():
     assert sweep_rounds({"policy": {"rounds": 3}}) == 3
 
 
-class ScriptedTimer:
+class ScriptedTimer(Timer):
     """A timer whose repetitions take the scripted times (ms), round after round."""
 
     def __init__(self, rounds: list[list[float]]):
@@ -131,12 +132,6 @@ class ScriptedTimer:
     def time(self, fn, inner):
         fn()
         return self.samples.pop(0)
-
-    def sync(self):
-        pass
-
-    def before_rep(self):
-        pass
 
 
 def test_a_kernel_measured_alone_takes_the_lowest_round_p10():

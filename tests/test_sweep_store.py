@@ -42,10 +42,23 @@ def test_cpu_sweep_is_stored_and_read_back(store):
             if r.power_source == "unavailable":
                 assert r.power_w is None and r.energy_j is None
             assert "state_after" in r.params and r.params["inner_calls"] >= 1
+            assert r.params["timer"] == "perf_counter"
         sweep = s.get(Sweep, sweep_id)
         assert sweep.status == "done" and sweep.finished_at is not None
         assert sweep.n_planned == len(plan)
         assert s.scalar(select(func.count()).select_from(Device)) == 1
+
+
+def test_a_resumed_sweep_keeps_the_policy_it_was_created_with():
+    from collectors.sweep import stored_policy
+
+    default = TimingPolicy()
+    assert stored_policy({}, default) is default
+    now = stored_policy({"policy": {"min_reps": 7, "queue_ahead": True, "gone": 1}}, default)
+    assert now.min_reps == 7 and now.queue_ahead
+    # Sweeps stored before queue-ahead existed timed GPU loops plainly, and go on doing so.
+    older = stored_policy({"policy": {"min_reps": 7, "l2_flush": True}}, default)
+    assert older.l2_flush and not older.queue_ahead and default.queue_ahead
 
 
 def test_failed_config_is_recorded_and_sweep_goes_on(store):

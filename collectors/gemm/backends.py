@@ -6,6 +6,7 @@ zero-argument callable that runs one GEMM) plus the timer that suits it.
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from collectors.ops import DTYPES, Op
-from collectors.timing import PerfCounterTimer, Timer
+from collectors.timing import PerfCounterTimer, Timer, TimingPolicy
 
 
 class BackendError(ValueError):
@@ -161,25 +162,123 @@ CUPY_PATHS = {
 }
 
 
-class CudaEventTimer(Timer):
-    """CUDA events around the repetition; optional L2 flush by overwriting a large buffer."""
+# One thread that keeps its SM busy for ``cycles`` clock cycles: it holds the stream while the
+# host queues a repetition's launches behind it.
+_SPIN_SOURCE = r"""
+extern "C" __global__ void hwnas_spin(long long cycles) {
+    long long start = clock64();
+    while (clock64() - start < cycles) { }
+}
+"""
 
-    def __init__(self, flush_bytes: int = 256 << 20):
+
+class CudaEventTimer(Timer):
+    """CUDA events around a repetition; optional L2 flush by overwriting a large buffer.
+
+    Queue-ahead (``TimingPolicy.queue_ahead``, the default): a small GEMM can take less GPU
+    time than the host needs to launch it through CuPy and cuBLAS, and then events around a
+    loop of launches time the host's launch rate, not the GPU (timed that way, the smallest
+    GEMMs on the H100 all came out at 7-12 us per call, whatever their size). So a
+    repetition first launches a spin kernel that holds the stream, queues its calls between the
+    two events behind it, and then checks that the spin was still running when the last call
+    was queued (the start event not reached yet): the calls then ran back to back on the GPU,
+    and the events time the kernels alone. A spin that ended too soon is made longer and the
+    repetition run again; where the spin kernel cannot run, or the queue is never covered in
+    ``TRIES`` attempts, repetitions are timed as a plain loop. ``method`` says which.
+    (CUDA graphs would serve too, but CuPy refuses cuBLAS calls during stream capture.)
+
+    ``clock`` is the host clock in seconds (replaced in tests).
+    """
+
+    MAX_QUEUED = 256  # calls behind one spin: the launch queue holds about a thousand kernels
+    TRIES = 4
+
+    def __init__(self, flush_bytes: int = 256 << 20, clock: Callable[[], float] | None = None):
         import cupy
 
         self.cp = cupy
         self.start = cupy.cuda.Event()
         self.end = cupy.cuda.Event()
+        self.spin_start = cupy.cuda.Event()
         self.flush_bytes = flush_bytes
         self._flush_buf = None
+        self.clock = clock or time.perf_counter
+        self.queue_ahead = False
+        self._spin = None
+        self.unqueued_reason: str | None = None  # why queue-ahead was given up, if it was
+        self._cycles_per_ms = 1e6  # a first guess (1 GHz), measured on every spin
+        self._launch_ms = 0.02  # host time to queue one call, learned as it goes
+        self._timed = {"queued": 0, "loop": 0}
+
+    @property
+    def method(self) -> str:
+        queued, loop = self._timed["queued"], self._timed["loop"]
+        if queued and loop:
+            return "cuda_events_mixed"
+        return "cuda_events_queued" if queued else "cuda_events"
+
+    def configure(self, policy: TimingPolicy) -> None:
+        self.queue_ahead = policy.queue_ahead
+        self._timed = {"queued": 0, "loop": 0}
 
     def time(self, fn: Callable[[], object], inner: int) -> float:
+        if self.queue_ahead and self.unqueued_reason is None:
+            calls = min(inner, self.MAX_QUEUED)
+            for _ in range(self.TRIES):
+                ms = self._time_queued(fn, calls)
+                if ms is not None:
+                    self._timed["queued"] += 1
+                    return ms
+            if self.unqueued_reason is None:
+                self.unqueued_reason = (f"the spin kernel ended before {calls} calls were "
+                                        f"queued, {self.TRIES} times")
+        self._timed["loop"] += 1
+        return self._time_loop(fn, inner)
+
+    def _time_loop(self, fn: Callable[[], object], inner: int) -> float:
         self.start.record()
         for _ in range(inner):
             fn()
         self.end.record()
         self.end.synchronize()
         return self.cp.cuda.get_elapsed_time(self.start, self.end) / inner
+
+    def _time_queued(self, fn: Callable[[], object], calls: int) -> float | None:
+        """ms per call with the calls queued behind a spin; None when the spin ended too soon
+        (or cannot run: ``unqueued_reason`` says why)."""
+        spin = self._spin_kernel()
+        if spin is None:
+            return None
+        cycles = max(1, int((2 * calls * self._launch_ms + 0.02) * self._cycles_per_ms))
+        self.spin_start.record()
+        spin((1,), (1,), (np.int64(cycles),))
+        t0 = self.clock()
+        self.start.record()
+        for _ in range(calls):
+            fn()
+        self.end.record()
+        queued_ms = (self.clock() - t0) * 1e3
+        covered = not self.start.done
+        self.end.synchronize()
+        spun_ms = self.cp.cuda.get_elapsed_time(self.spin_start, self.start)
+        if spun_ms > 0:
+            self._cycles_per_ms = cycles / spun_ms
+        if not covered:
+            self._launch_ms = 2 * max(queued_ms / calls, self._launch_ms)
+            return None
+        self._launch_ms = queued_ms / calls
+        return self.cp.cuda.get_elapsed_time(self.start, self.end) / calls
+
+    def _spin_kernel(self):
+        if self._spin is None and self.unqueued_reason is None:
+            try:
+                kernel = self.cp.RawKernel(_SPIN_SOURCE, "hwnas_spin")
+                kernel((1,), (1,), (np.int64(0),))  # compile and load it outside any timing
+                self.sync()
+                self._spin = kernel
+            except Exception as exc:  # no NVRTC, or a driver that refuses it
+                self.unqueued_reason = f"spin kernel failed: {type(exc).__name__}: {exc}"
+        return self._spin
 
     def sync(self) -> None:
         self.cp.cuda.Device().synchronize()

@@ -109,7 +109,10 @@ def layer_module(op: Op):
 
 
 class TorchCudaTimer(Timer):
-    """CUDA events (through torch) around ``inner`` forward passes; ms per pass."""
+    """CUDA events (through torch) around ``inner`` forward passes; ms per pass. Eager
+    passes, launched as a framework runs them: their launch cost is part of the figure."""
+
+    method = "torch_cuda_events"
 
     def __init__(self, index: int):
         import torch
