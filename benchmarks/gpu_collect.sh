@@ -11,7 +11,9 @@
 # random shapes; another seed gives a machine new shapes), GEMM_MIN_SIZE (default 16;
 # on the H200, 87% of the random shapes with a dimension under 128 took under 0.03 ms, where
 # CuPy's dispatch sets the time; 44% of the others did),
-# NET_TIMEOUT (0: no network sweep), NET_SEED, LAYER_TIMEOUT (0, the default: no layer sweep).
+# QUEUE_AHEAD (default 1; 0 times GEMMs as a plain loop of launches, as the data in data/gpu/
+# taken before it was, to compare), NET_TIMEOUT (0: no network sweep), NET_SEED,
+# LAYER_TIMEOUT (0, the default: no layer sweep).
 # Python packages the machine lacks can be put as wheels in .whl/ (data/gpu/README.md names the
 # ones a CUDA image with torch and CuPy lacked). Collecting needs no numba; training, evaluating
 # and serving do (predictor/fast.py), and llvmlite's wheel (~60 MB) does not fit the 64 MiB a
@@ -61,7 +63,16 @@ step devices 30 python3 -m hwnas.cli devices
     --count "$gemm_count" --seed "${GEMM_SEED:-0}" --dtype fp32,tf32,fp16,bf16 \
     --min-size "${GEMM_MIN_SIZE:-16}" \
     --max-size 8192 --min-time 0.1 \
-    --no-progress
+    "$([ "${QUEUE_AHEAD:-1}" = 0 ] && echo --no-queue-ahead || echo --queue-ahead)" --no-progress
+# How the GEMM rows were timed (params.timer): cuda_events_queued unless the spin kernel failed.
+[ "$gemm_count" -gt 0 ] && python3 - <<'EOF2' 2>&1 | tee -a "$out/run.log"
+import collections, json, os, sqlite3
+db = os.environ["HWNAS_DB"].removeprefix("sqlite:///")
+rows = sqlite3.connect(db).execute(
+    "select params from measurement where op_kind = 'gemm' and status = 'ok'").fetchall()
+print("GEMM rows by timer:", dict(collections.Counter(
+    (json.loads(p or "{}") or {}).get("timer") for (p,) in rows)))
+EOF2
 [ "${NET_TIMEOUT:-90}" -gt 0 ] && step network "${NET_TIMEOUT:-90}" python3 -m hwnas.cli collect network --device "$device" \
     --family nb201,proxyless,resnet,mobilenet,transformer --count "$net_count" --min-time 0.1 \
     --seed "${NET_SEED:-0}" --no-progress

@@ -164,8 +164,8 @@ ROUNDS_OPTION = click.option(
 QUEUE_OPTION = click.option(
     "--queue-ahead/--no-queue-ahead", default=True, show_default=True,
     help="GPU: queue each repetition's calls behind a spin kernel so the CUDA events time the "
-         "kernels back to back; without it, a GEMM shorter than its launch (~10 us through "
-         "CuPy) is timed at the host's launch rate. Rows say how they were timed "
+         "kernels back to back; without it, a GEMM that runs shorter than its launch through "
+         "CuPy takes is timed at the host's launch pace. Rows say how they were timed "
          "(params.timer). No effect on a CPU.")
 
 PROBE_OPTION = click.option(
