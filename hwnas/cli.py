@@ -140,17 +140,18 @@ plan_options = _stack([
                  help="Comma-separated transposes of A and B: nn, nt, tn, tt."),
 ])
 timing_options = _stack([
-    click.option("--warmup", type=float, default=0.05, show_default=True,
+    click.option("--warmup", type=click.FloatRange(min=0), default=0.05, show_default=True,
                  help="Warm-up time per config (s)."),
-    click.option("--min-reps", type=int, default=10, show_default=True,
+    click.option("--min-reps", type=click.IntRange(min=1), default=10, show_default=True,
                  help="Minimum timed repetitions per config."),
-    click.option("--min-time", type=float, default=0.2, show_default=True,
+    click.option("--min-time", type=click.FloatRange(min=0), default=0.2, show_default=True,
                  help="Minimum timed time per config (s)."),
-    click.option("--power-window", type=float, default=1.0, show_default=True,
+    click.option("--power-window", type=click.FloatRange(min=0), default=1.0,
+                 show_default=True,
                  help="Steady-state window for energy (s); only used where power is readable."),
     click.option("--l2-flush", is_flag=True, help="GPU: overwrite 256 MiB between repetitions "
                                                    "(cold-cache timing)."),
-    click.option("--cooldown", type=float, default=0.0, show_default=True,
+    click.option("--cooldown", type=click.FloatRange(min=0), default=0.0, show_default=True,
                  help="Pause between configs (s), keeps temperature comparable."),
 ])
 
