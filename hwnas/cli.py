@@ -472,9 +472,10 @@ def sweep_status(db_url, sweep_id) -> None:
 @click.option("--lease", type=float, default=60.0, show_default=True,
               help="Seconds a claimed config stays ours without a heartbeat; a dead worker's "
                    "configs return to the queue after this.")
-@click.option("--patience", type=float, default=300.0, show_default=True,
+@click.option("--patience", type=click.FloatRange(min=0), default=300.0, show_default=True,
               help="Seconds to keep retrying (with backoff) while the store is unreachable.")
-@click.option("--max-items", type=int, default=None, help="Stop after this many configs.")
+@click.option("--max-items", type=click.IntRange(min=1), default=None,
+              help="Stop after this many configs.")
 @click.option("--threads", type=int, default=None, help="CPU threads per GEMM.")
 @click.option("--keep-polling", is_flag=True,
               help="Wait for new sweeps instead of exiting when nothing is left.")
@@ -513,7 +514,7 @@ def worker(db_url, device_name, lease, patience, max_items, threads, keep_pollin
               default=None,
               help="Latencies of the new device: a CSV with arch_str and a column named after "
                    "the device (or --column), for devices this machine cannot reach.")
-@click.option("--min-time", type=float, default=0.3, show_default=True,
+@click.option("--min-time", type=click.FloatRange(min=0), default=0.3, show_default=True,
               help="With --device cpu/cuda:N: timed seconds per architecture and round.")
 @click.option("--column", default=None, help="Column of --from-csv (default: --device).")
 @click.option("--reference", type=click.Path(dir_okay=False), default=None,

@@ -49,6 +49,9 @@ class SearchConfig:
                 raise ValueError(f"--{metric.replace('_', '-')}: must be a positive number")
         if self.epochs < 1:
             raise ValueError("--epochs: must be at least 1")
+        if not (math.isfinite(self.tradeoff) and self.tradeoff >= 0):
+            # A negative weight would reward slower networks.
+            raise ValueError(f"--tradeoff: must be a non-negative number, got {self.tradeoff}")
         if self.tau is None:
             self.tau = (5.0, 0.5) if self.strategy == "gumbel" else (1.0, 0.1)
 

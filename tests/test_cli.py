@@ -152,3 +152,13 @@ def test_an_interrupted_adaptive_collection_resumes_to_its_budget(tmp_path, monk
     keys = [m.config_key for m in rows]
     assert len(keys) == 10 and len(set(keys)) == 10  # the budget, each config once
     assert before <= set(keys)  # nothing measured before was lost or repeated
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["worker", "--patience", "-5"], "'--patience': -5.0 is not in the range"),
+    (["worker", "--max-items", "0"], "'--max-items': 0 is not in the range"),
+    (["adapt", "--device", "cpu", "--min-time", "-1"], "'--min-time': -1.0 is not in the range"),
+])
+def test_bad_numbers_are_refused_by_name(tmp_path, args, needle):
+    r = run([*args, "--db", f"sqlite:///{tmp_path / 'e.sqlite'}"])
+    assert r.exit_code == 2 and needle in r.output and "Traceback" not in r.output

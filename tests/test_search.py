@@ -159,6 +159,8 @@ def test_export_moves_the_cheapest_likely_decision_until_budgets_hold():
     ({"budgets": {"latency_ms": float("nan")}}, "--latency-ms"),
     ({"budgets": {"flops": 1.0}}, "unknown metric"),
     ({"epochs": 0}, "--epochs"),
+    ({"tradeoff": -0.5}, "--tradeoff: must be a non-negative number"),
+    ({"tradeoff": float("nan")}, "--tradeoff"),
 ])
 def test_bad_search_options(kwargs, match):
     with pytest.raises(ValueError, match=match):
