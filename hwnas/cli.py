@@ -1001,8 +1001,8 @@ SERVER_OPTIONS = [
     click.option("--token-file", type=click.Path(exists=True, dir_okay=False), default=None),
     click.option("--tls-ca", type=click.Path(exists=True, dir_okay=False), default=None,
                  help="CA certificate to verify a TLS server."),
-    click.option("--timeout", type=float, default=10.0, show_default=True,
-                 help="Deadline per call (s)."),
+    click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=10.0,
+                 show_default=True, help="Deadline per call (s)."),
 ]
 
 

@@ -10,6 +10,7 @@ exponential backoff when the server is UNAVAILABLE (starting, restarting, or bri
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -84,6 +85,10 @@ class PredictorClient:
     def __init__(self, address: str | None = None, *, token: str | None = None,
                  tls_ca: str | None = None, timeout_s: float = 10.0, retries: int = 4,
                  backoff_s: float = 0.2):
+        if not (math.isfinite(timeout_s) and timeout_s > 0):
+            raise ValueError(f"timeout_s: must be a positive number of seconds, got {timeout_s}")
+        if retries < 0:
+            raise ValueError(f"retries: must be 0 or more, got {retries}")
         self.address = address or default_server()
         self.timeout_s, self.retries, self.backoff_s = timeout_s, retries, backoff_s
         opts = [("grpc.max_receive_message_length", 64 << 20),

@@ -64,11 +64,16 @@ class ExperimentSpec:
     work_dir: Path = Path("hwnas-experiment")
 
     def __post_init__(self) -> None:
+        from search.run import SearchConfig
+
         for key, values in self.grid.items():
             if key not in GRID_OPTIONS:
                 raise ValueError(f"grid: unknown option {key!r} (one of {sorted(GRID_OPTIONS)})")
             if not values:
                 raise ValueError(f"{GRID_OPTIONS[key]}: at least one value")
+            for value in values:  # a bad value is refused here, not as a failed trial
+                SearchConfig(**({"budgets": {key: value}} if key == "latency_ms"
+                                else {key: value}))
         for arg in self.search_args:
             name = arg.split("=", 1)[0]
             if name in RESERVED_OPTIONS:

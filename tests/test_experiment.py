@@ -38,6 +38,9 @@ def test_grid_search_space_and_trial_command():
 @pytest.mark.parametrize("kw, match", [
     (dict(grid={"lr": [1]}), "unknown option 'lr'"),
     (dict(grid={"seed": []}), "at least one value"),
+    (dict(grid={"latency_ms": [1.0, -1.0]}), "--latency-ms: must be a positive number"),
+    (dict(grid={"tradeoff": [0.1, -0.5]}), "--tradeoff: must be a non-negative number"),
+    (dict(grid={"strategy": ["darts", "evolution"]}), "--strategy: expected darts or gumbel"),
     (dict(search_args=["--out", "x"]), "--out is set by the experiment"),
     (dict(search_args=["--seed=3"]), "--seed is given both"),
     (dict(training_service="kubernetes"), "local or remote"),

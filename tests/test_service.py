@@ -433,3 +433,13 @@ def linear_op(inp: int, tokens: int):
     from collectors.ops import Op
 
     return Op.make("linear", {"in_features": inp, "out_features": 64, "tokens": tokens})
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"timeout_s": 0}, "timeout_s: must be a positive number"),
+    ({"timeout_s": float("nan")}, "timeout_s"),
+    ({"retries": -1}, "retries: must be 0 or more"),
+])
+def test_client_refuses_bad_settings(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        PredictorClient("127.0.0.1:1", **kwargs)
