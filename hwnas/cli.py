@@ -597,8 +597,9 @@ def search_cmd(db_url, space, width, depth, strategy, epochs, retrain_epochs, la
     """Hardware-aware differentiable NAS (digits by default, CIFAR-10 or a class-folder data set
     from a local path): find the most accurate
     network within latency/power/energy budgets on a device, using the prediction service for
-    costs. Writes the architecture (JSON), TorchScript, state_dict and ONNX to --out, with its
-    predicted and measured latency and its accuracy after retraining."""
+    costs. Writes the architecture (JSON), an exported program (torch.export), state_dict
+    and ONNX to --out, with its predicted and measured latency and its accuracy after
+    retraining."""
     from pathlib import Path
 
     import grpc
@@ -659,7 +660,7 @@ def search_cmd(db_url, space, width, depth, strategy, epochs, retrain_epochs, la
                f"({doc['hardware_term_share'] * 100:.1f}% on the hardware term)")
     if budgets:
         click.echo(f"budgets {budgets}: met {doc['budget_met']}")
-    click.echo(f"wrote {out_dir}/arch.json, model.ts, state_dict.pt, model.onnx")
+    click.echo(f"wrote {out_dir}/arch.json, model.pt2, state_dict.pt, model.onnx")
 
 
 def _list_of(kind, name: str):

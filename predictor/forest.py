@@ -157,10 +157,25 @@ class GemmCostForest(RegressorMixin, BaseEstimator):
         out = np.stack([t.predict(f) for t in self.forest_.estimators_])
         return out.reshape(out.shape[0], out.shape[1], -1)
 
+    def check_dtypes(self, X) -> None:
+        """A dtype the model never saw has no data behind its answer: refuse it (OpError,
+        naming the field). Models from before the per-dtype overhead term do not record
+        their dtypes and are not checked."""
+        trained = getattr(self, "overhead_ms_", None)
+        if not trained:
+            return
+        unseen = sorted(set(map(str, np.unique(np.asarray(X["dtype"])))) - set(trained))
+        if unseen:
+            raise OpError("dtype", f"{', '.join(unseen)}: this model was trained on "
+                                   f"{', '.join(sorted(trained))} only; measure "
+                                   f"{unseen[0]} on the device and train again")
+
     def predict_costs(self, X: pd.DataFrame) -> CostPrediction:
         """Latency (ms), power (W), energy (J) and their spreads for every row of X (a GEMM
-        frame, or a mapping of column arrays)."""
+        frame, or a mapping of column arrays); a dtype the model was not trained on is an
+        OpError."""
         self._check_features()
+        self.check_dtypes(X)
         features, roofline = gemm_terms(X, self._profile())
         bound = roofline + self._overhead(X)
         if getattr(self, "fast_", None) is not None:

@@ -287,17 +287,21 @@ def random_search(space: SpaceConfig, data: Data, hw: HardwareCost, samples: int
 
 
 def export(out_dir: Path, space: SpaceConfig, model: torch.nn.Module, result: dict) -> dict:
-    """arch.json (everything a user needs), a TorchScript module (loads with plain torch:
-    ``torch.jit.load``), the state_dict, and ONNX."""
+    """arch.json (everything a user needs), an exported program (loads with plain torch:
+    ``torch.export.load("model.pt2").module()``, any batch size), the state_dict, and ONNX."""
     import io
     import warnings
 
     out_dir.mkdir(parents=True, exist_ok=True)
     model.eval()
     example = torch.zeros(*input_shape(space))
-    paths = {"json": out_dir / "arch.json", "torchscript": out_dir / "model.ts",
+    paths = {"json": out_dir / "arch.json", "program": out_dir / "model.pt2",
              "state_dict": out_dir / "state_dict.pt", "onnx": out_dir / "model.onnx"}
-    torch.jit.trace(model, example).save(str(paths["torchscript"]))
+    # Traced at batch 2: an example batch of 1 would fix the batch size at 1.
+    batch = torch.export.Dim("batch", max=1 << 16)
+    program = torch.export.export(model, (example.expand(2, *example.shape[1:]).clone(),),
+                                  dynamic_shapes=({0: batch},))
+    torch.export.save(program, paths["program"])
     torch.save(model.state_dict(), paths["state_dict"])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -320,3 +320,13 @@ def test_gpu_rows_all_timed_one_way_are_all_kept(store):
     _gpu_rows(store, [None, "cuda_events", None])
     frame, _ = load_gemm_frame(store, "Timed GPU")
     assert len(frame) == 3 and frame.attrs["note"] is None
+
+
+def test_a_dtype_the_model_never_saw_is_refused():
+    frame = synthetic(20)
+    model = fit_full(frame, PROFILE, n_estimators=10)
+    query = frame.iloc[:2].assign(dtype=["fp16", "bf16"])
+    with pytest.raises(OpError, match="dtype: bf16: this model was trained on fp16, fp32 only"):
+        model.predict_costs(query)
+    model.overhead_ms_ = {}  # a model from before dtypes were recorded: not checked
+    assert np.isfinite(model.predict_costs(query).latency_ms).all()

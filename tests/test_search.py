@@ -68,7 +68,7 @@ def test_cost_term_has_gradient_and_moves_the_architecture():
     start1, end1, arch1, hw = results[50.0]
     assert end0 == pytest.approx(start0)  # no penalty: the architecture does not move
     assert end1 < 0.8 * start1  # penalty: the gradient reached the logits
-    cheapest = {label: names[int(np.argmin(hw.latency[i]))]
+    cheapest = {label: names[int(hw.latency[i].argmin())]
                 for i, (label, names) in enumerate(zip(hw.labels, hw.names, strict=True))}
     assert arch1 == cheapest
     assert hw.of_arch(arch1)["latency_ms"] < hw.of_arch(arch0)["latency_ms"]
@@ -194,8 +194,9 @@ def test_search_command_end_to_end_through_the_service(tmp_path, monkeypatch):
     # network's power is unavailable rather than partly made up.
     assert doc["predicted"]["power_w"] is None and doc["predicted"]["latency_ms"] > 0
     assert 0 <= doc["test_accuracy"] <= 1 and doc["budget_met"]["latency_ms"] in (True, False)
-    loaded = torch.jit.load(str(out / "model.ts"))  # plain torch, no NNI
+    loaded = torch.export.load(out / "model.pt2").module()  # plain torch, no NNI
     assert loaded(torch.zeros(1, 1, 8, 8)).shape == (1, 10)
+    assert loaded(torch.zeros(3, 1, 8, 8)).shape == (3, 10)
     assert (out / "model.onnx").stat().st_size > 1000
     net = fixed_network(SpaceConfig(**doc["space"]), doc["arch"])
     net.load_state_dict(torch.load(out / "state_dict.pt", weights_only=True))
