@@ -65,10 +65,11 @@ def out_of_fold(frame: pd.DataFrame, fit_predict: Callable[[pd.DataFrame, pd.Dat
 
 
 def metrics_table(oof: pd.DataFrame, targets: list[str]) -> pd.DataFrame:
-    """Metrics per target, overall and per dtype."""
+    """Metrics per target, overall and per dtype, over the rows that have a prediction."""
     rows = []
     for target in targets:
-        for dtype, part in [("all", oof)] + sorted(oof.groupby("dtype")):
+        scored = oof[oof[f"pred_{target}"].notna()]
+        for dtype, part in [("all", scored)] + sorted(scored.groupby("dtype")):
             rows.append({"target": target, "dtype": dtype,
                          **metrics(part[target], part[f"pred_{target}"])})
     return pd.DataFrame(rows)

@@ -330,3 +330,13 @@ def test_a_dtype_the_model_never_saw_is_refused():
         model.predict_costs(query)
     model.overhead_ms_ = {}  # a model from before dtypes were recorded: not checked
     assert np.isfinite(model.predict_costs(query).latency_ms).all()
+
+
+def test_evaluation_leaves_out_a_dtype_its_fold_never_trained_on():
+    frame = synthetic(30)
+    lone = frame.iloc[[0]].assign(dtype="bf16")  # bf16 measured on one shape only
+    ev = evaluate(pd.concat([frame, lone], ignore_index=True), PROFILE, 3, n_estimators=10)
+    assert ev.unscored() >= 1  # held out with its shape: nothing to learn bf16 from
+    table = ev.tables()["shape-held-out (GroupKFold)"]
+    assert table.loc[table.dtype == "all", "n"].item() == len(frame)
+    assert set(table.dtype) == {"all", "fp16", "fp32"}
