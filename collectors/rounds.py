@@ -32,7 +32,7 @@ ROUND_FIELDS = ("latency_ms_median", "latency_ms_p10", "latency_ms_p90", "latenc
                 "latency_ms_std", "repetitions", "tflops", "power_w", "energy_j",
                 "power_source", "power_window_s", "sm_clock_mhz", "mem_clock_mhz",
                 "temperature_c", "throttle_reasons")
-ROUND_PARAMS = ("inner_calls", "timer", "state_after", "power_note", "probe")
+ROUND_PARAMS = ("inner_calls", "timer", "state_after", "power_note", "power_duty", "probe")
 
 
 def round_record(row: Measurement) -> dict:

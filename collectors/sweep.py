@@ -271,10 +271,12 @@ def fill_result(row: Measurement, result: KernelResult, flops: float) -> None:
     b, a = result.before, result.after
     row.sm_clock_mhz, row.mem_clock_mhz = b.sm_clock_mhz, b.mem_clock_mhz
     row.temperature_c, row.throttle_reasons = b.temperature_c, b.throttle_reasons
+    duty = p.duty(t.median_ms)
     row.params = {**(row.params or {}), "inner_calls": t.inner,
                   **({"timer": t.method} if t.method else {}),
                   "state_after": dataclasses.asdict(a),
-                  **({"power_note": p.note} if p.note else {})}
+                  **({"power_note": p.note} if p.note else {}),
+                  **({"power_duty": round(duty, 3)} if duty is not None else {})}
     if not math.isfinite(row.latency_ms_median):
         row.status, row.error = "failed", "non-finite latency"
 

@@ -124,6 +124,15 @@ class PowerResult:
     source: str
     window_s: float | None
     note: str | None = None
+    calls: int | None = None  # calls looped in the window
+
+    def duty(self, busy_ms: float) -> float | None:
+        """Share of the window the device spent on the op, given its time per call alone
+        (``busy_ms``): below 1 when the op runs shorter than the host takes to issue it, so
+        the power read is that of the op issued at the host's pace (idle gaps included)."""
+        if not (self.calls and self.window_s):
+            return None
+        return min(1.0, busy_ms * self.calls / (self.window_s * 1e3))
 
 
 @dataclass
@@ -205,7 +214,7 @@ def energy_window(fn: Callable[[], object], timer: Timer, reader: PowerReader,
     if reading.energy_j is None:
         return PowerResult(None, None, reading.source, reading.duration_s, reading.note)
     return PowerResult(reading.power_w, reading.energy_j / calls, reading.source,
-                       reading.duration_s, reading.note)
+                       reading.duration_s, reading.note, calls)
 
 
 def measure_kernel(fn: Callable[[], object], timer: Timer, device: ComputeDevice,

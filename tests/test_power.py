@@ -133,6 +133,11 @@ def test_energy_window_lasts_the_window_even_when_the_call_estimate_is_too_slow(
     assert result.window_s >= 0.3
     assert result.power_w == pytest.approx(100.0)
     assert result.energy_j_per_call == pytest.approx(100.0 * result.window_s / len(calls))
+    assert result.calls == len(calls)
+    # Calls that keep the device busy a tenth of the window: a duty of 0.1.
+    busy_ms = 0.1 * result.window_s * 1e3 / len(calls)
+    assert result.duty(busy_ms) == pytest.approx(0.1)
+    assert result.duty(1e9) == 1.0
 
 
 def test_energy_window_respects_the_sensors_shortest_window():

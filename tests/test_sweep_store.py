@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from sqlalchemy import func, select
 
 from collectors.devices import CpuDevice
@@ -129,3 +130,33 @@ def test_migrations_are_idempotent(store_url):
     assert {"device", "device_peak", "sweep", "measurement", "alembic_version"} <= set(b.tables())
     a.close()
     b.close()
+
+
+def test_rows_with_a_power_sensor_say_how_busy_the_window_was(store):
+    import time as _time
+
+    from collectors.power import EnergyReading, PowerReader
+
+    class SteadySensor(PowerReader):
+        source, min_window_s = "fake_steady", 0.05
+
+        def start(self):
+            return _time.perf_counter()
+
+        def stop(self, token):
+            duration = _time.perf_counter() - token
+            return EnergyReading(self.source, duration, 50.0 * duration)
+
+    class SensedCpu(CpuDevice):
+        def power_reader(self):
+            return SteadySensor()
+
+    runner = SweepRunner(store, SensedCpu(), NumpyBackend(), FAST, progress=False)
+    sweep_id = runner.create(plan_gemm(log_grid(32, 64, 2), ["fp32"], ["nn"]))
+    assert runner.run(sweep_id).done == 8
+    with store.session() as s:
+        rows = s.scalars(select(Measurement).where(Measurement.sweep_id == sweep_id)).all()
+    for r in rows:
+        assert r.power_source == "fake_steady" and r.power_w == pytest.approx(50.0)
+        # On a CPU a call returns when done: the window is (nearly) all work.
+        assert 0.3 < r.params["power_duty"] <= 1.0
