@@ -44,8 +44,10 @@ def _prepare(reference_csv: str | Path, exclude: str | None, samples: int):
 
 
 def _fit_and_register(store: Store, device_model: str, info: DeviceInfo, archs, reference,
-                      idx, ms: np.ndarray, reference_csv, truth: pd.Series | None
-                      ) -> AdaptResult:
+                      idx, ms: np.ndarray, reference_csv, truth: pd.Series | None,
+                      measured_at: dict | None = None) -> AdaptResult:
+    """``measured_at``: the batch and dtype the samples were measured at, when known (the
+    service answers only those from this model)."""
     model = FewShotModel.fit(archs, reference, idx, ms)
     rho = None
     if truth is not None and truth.index.isin(archs).sum() == len(archs):
@@ -61,7 +63,8 @@ def _fit_and_register(store: Store, device_model: str, info: DeviceInfo, archs, 
             "reference_sha256": sha256_file(reference_csv),
             "reference_devices": list(reference.columns),
             "sample_log_residual_std": float(residual.std()),
-            "metrics": {"spearman_all": rho} if rho is not None else {}}
+            "metrics": {"spearman_all": rho} if rho is not None else {},
+            **({"measured_at": measured_at} if measured_at else {})}
     row = registry.register_json(store, device_model, TARGET, model.to_json(), len(idx), meta)
     return AdaptResult(row, model, pd.DataFrame({"arch_str": chosen.to_numpy(),
                                                  "latency_ms": ms}), rho)
@@ -121,4 +124,4 @@ def adapt_by_measuring(store: Store, samples: int, reference_csv: str | Path = D
                              .where(Measurement.sweep_id == sweep_id)).all())
     ms = np.array([got[config_key(c)] for c in plan], dtype=float)
     return _fit_and_register(store, device.info.model, device.info, archs, reference, idx, ms,
-                             reference_csv, None)
+                             reference_csv, None, {"batch": 1, "dtype": "fp32"})

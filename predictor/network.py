@@ -100,6 +100,12 @@ class NetworkCostModel:
 
     def __init__(self, kind_model: OpKindForests | None = None):
         self.kind_model = kind_model
+        self.dtypes_: set[str] | None = None  # op dtypes of the training networks
+
+    def covers(self, ops: list[Op]) -> bool:
+        """Whether every op's dtype was among the training networks' (a model from before
+        dtypes were recorded: assumed so)."""
+        return self.dtypes_ is None or {op.dtype for op in ops} <= self.dtypes_
 
     def _x(self, networks: list[list[Op]]) -> np.ndarray:
         return np.stack([network_terms(ops, self.kind_model) for ops in networks])
@@ -111,6 +117,7 @@ class NetworkCostModel:
         if len(y) < 2 or np.any(y <= 0):
             raise ValueError("latency_ms: need at least 2 positive network latencies")
         self.scale_ = x.max(axis=0) + 1e-12
+        self.dtypes_ = {op.dtype for ops in networks for op in ops}
         w = 1.0 / y  # relative error
         self.coef_, _ = nnls((x / self.scale_) * w[:, None], y * w)
         return self
@@ -177,7 +184,7 @@ def register(store: Store, device_model: str, model: NetworkCostModel, metrics: 
 
     forests = model.kind_model.models if model.kind_model is not None else {}
     meta = {"metrics": metrics, "coef": model.coef_.tolist(), "scale": model.scale_.tolist(),
-            "kinds": sorted(forests)}
+            "kinds": sorted(forests), "dtypes": sorted(model.dtypes_ or ())}
     return registry.register_skops(store, device_model, TARGET, dict(forests),
                                    metrics["networks"], meta)
 
@@ -191,6 +198,7 @@ def load(row) -> NetworkCostModel:
     model = NetworkCostModel(kinds.compile())
     model.coef_ = np.array(row.meta["coef"])
     model.scale_ = np.array(row.meta["scale"])
+    model.dtypes_ = set(row.meta["dtypes"]) if row.meta.get("dtypes") else None
     return model
 
 

@@ -108,5 +108,13 @@ def test_adapt_measures_this_cpu(tmp_path, monkeypatch):
     with store.session() as s:  # the measurements are stored like any network sweep
         assert s.scalar(select(func.count()).select_from(Measurement)
                         .where(Measurement.op_kind == "network")) == 3
-    device, _, cost = PredictionEngine(store).predict_nb201(r.row.device_model, 0, ARCH)
+    engine = PredictionEngine(store)
+    device, _, cost = engine.predict_nb201(r.row.device_model, 0, ARCH)
     assert device == r.row.device_model and cost.latency_ms > 0
+    # Measured at batch 1 in fp32: other batch sizes and dtypes are not this model's to answer
+    # (the service then sums op predictions), and asking for this version by number is an error.
+    assert r.row.meta["measured_at"] == {"batch": 1, "dtype": "fp32"}
+    assert engine.predict_nb201(device, 0, ARCH, batch=8) is None
+    assert engine.predict_nb201(device, 0, ARCH, dtype="bf16") is None
+    with pytest.raises(ServiceError, match="measured at batch 1 fp32, not batch 8 fp32"):
+        engine.predict_nb201(device, r.row.version, ARCH, batch=8)

@@ -431,6 +431,14 @@ def test_network_model_answers_predict_network_with_additive_layers(served):
     # PredictOps answers from the same per-op model
     o = client.predict_ops("Test GPU", ops)
     assert [c.latency_ms for c in o.costs] == pytest.approx(list(shares))
+    # The network model knows fp32 networks only: fp16 layers are summed from the GEMM model
+    # (trained on fp16), and bf16, which neither model has seen, is refused by name.
+    half = client.predict_network("Test GPU", ops=[{**o, "dtype": "fp16"} for o in ops])
+    assert not half.method.startswith("network model") and half.total.latency_ms > 0
+    with pytest.raises(grpc.RpcError) as err:
+        client.predict_network("Test GPU", ops=[{**o, "dtype": "bf16"} for o in ops])
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "dtype: bf16: this model was trained on fp16, fp32 only" in err.value.details()
 
 
 def linear_op(inp: int, tokens: int):

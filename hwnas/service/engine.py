@@ -163,10 +163,16 @@ class PredictionEngine:
     def predict(self, device_spec: str, version: int, ops: list[Op]
                 ) -> tuple[str, int, list[OpCost]]:
         """Per-op costs: from the device's network model (per-op-type forests plus learned
-        per-op overheads) when one is registered, else from the GEMM forest (memory-bound ops
-        at the bandwidth bound)."""
+        per-op overheads) when one is registered and was trained on the ops' dtypes, else from
+        the GEMM forest (memory-bound ops at the bandwidth bound)."""
         device = self.resolve_device(device_spec)
-        return self._op_costs(device, version, ops, self.network_model(device, version))
+        return self._op_costs(device, version, ops, self._network_for(device, version, ops))
+
+    def _network_for(self, device: str, version: int, ops: list[Op]):
+        """The device's network model if it covers the ops' dtypes, else None (the GEMM
+        forest answers, or refuses a dtype it was not trained on either)."""
+        net = self.network_model(device, version)
+        return net if net is not None and net[1].covers(ops) else None
 
     def _op_costs(self, device: str, version: int, ops: list[Op], net
                   ) -> tuple[str, int, list[OpCost]]:
@@ -188,10 +194,11 @@ class PredictionEngine:
         lm = self.model_for(device, version)
         return device, lm.version, lm.model.predict_costs(arrays)
 
-    def predict_nb201(self, device_spec: str, version: int, arch: str
-                      ) -> tuple[str, int, OpCost] | None:
+    def predict_nb201(self, device_spec: str, version: int, arch: str, batch: int = 1,
+                      dtype: str = "fp32") -> tuple[str, int, OpCost] | None:
         """Whole-architecture latency from a few-shot NAS-Bench-201 model (``hwnas adapt``), or
-        None when the device has none (callers then sum op predictions)."""
+        None when the device has none, or has one measured at another batch size or dtype
+        (callers then sum op predictions)."""
         from predictor.adapt import TARGET, load_reference
         from predictor.fewshot import FewShotModel
         from predictor.nasbench201 import parse_cell
@@ -202,6 +209,13 @@ class PredictionEngine:
             if version:
                 raise ServiceError("NOT_FOUND", f"model_version: no nb201 model v{version} "
                                    f"for {device!r}")
+            return None
+        made = row.meta.get("measured_at")
+        if made and (made.get("batch"), made.get("dtype")) != (batch, dtype):
+            if version:
+                raise ServiceError("INVALID_ARGUMENT", f"batch/dtype: nb201 model v{version} "
+                                   f"of {device!r} was measured at batch {made.get('batch')} "
+                                   f"{made.get('dtype')}, not batch {batch} {dtype}")
             return None
         key = (device, row.version)
         if key not in self._nb201:
@@ -266,7 +280,7 @@ class PredictionEngine:
         """A registered network model when the device has one (additive, so per-layer shares
         sum to the total); otherwise the sum of op predictions."""
         device = self.resolve_device(device_spec)
-        net = self.network_model(device, version)
+        net = self._network_for(device, version, ops)
         device, v, costs = self._op_costs(device, version, ops, net)
         if net is None:
             return device, v, total(costs), costs

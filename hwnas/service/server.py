@@ -298,7 +298,7 @@ class PredictorService(pb_grpc.PredictorServicer):
             dtype = request.dtype or "fp32"
             if which == "nasbench201":
                 few = self.engine.predict_nb201(request.device, request.model_version,
-                                                request.nasbench201)
+                                                request.nasbench201, batch, dtype)
                 if few is not None:
                     device, version, cost = few
                     self.metrics.predictions.inc()
