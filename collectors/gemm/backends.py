@@ -229,6 +229,8 @@ class CudaEventTimer(Timer):
                 if ms is not None:
                     self._timed["queued"] += 1
                     return ms
+                if self.unqueued_reason is not None:  # the spin kernel cannot run here
+                    break
             if self.unqueued_reason is None:
                 self.unqueued_reason = (f"the spin kernel ended before {calls} calls were "
                                         f"queued, {self.TRIES} times")
