@@ -680,6 +680,47 @@ def _list_of(kind, name: str):
     return parse
 
 
+@main.command("verify")
+@click.argument("arch", type=click.Path())
+@click.option("--device", "device_name", default="cpu", show_default=True,
+              help="Where to measure: cpu, or cuda:N (needs a CUDA build of torch).")
+@click.option("--min-time", type=click.FloatRange(min=0), default=0.1, show_default=True,
+              help="Timed seconds per round.")
+@click.option("--rounds", type=click.IntRange(1, 50), default=5, show_default=True,
+              help="Rounds spread over time; the latency is the lowest round's p10.")
+@click.option("--no-record", is_flag=True, help="Do not append the result to arch.json.")
+@friendly_errors
+def verify_cmd(arch, device_name, min_time, rounds, no_record) -> None:
+    """Measure a network found by `hwnas search` (ARCH: its --out folder or arch.json) on
+    this machine's CPU or a GPU, by the search's own protocol, and compare with what was
+    predicted and with the budgets. For a search run elsewhere against this device's model:
+    only arch.json is needed (no NNI, no prediction service). The result is appended to
+    arch.json's `verifications` unless --no-record."""
+    from search.verify import METRIC_FIELDS, arch_file, verify
+
+    v = verify(arch, device_name, min_time, rounds, record=not no_record)
+    units = {"latency_ms": "ms", "energy_mj": "mJ", "power_w": "W"}
+    click.echo(f"measured on {v.device}; predicted for {v.predicted_for}")
+    ratios = v.ratios()
+    for k in METRIC_FIELDS:
+        got, want = v.measured.get(k), v.predicted.get(k)
+        shown = "unavailable" if got is None else f"{got:.4g} {units[k]}"
+        if got is None and v.measured["power_source"] != "unavailable":
+            shown += f" ({v.measured['power_source']})"
+        pred = "" if want is None else f", predicted {want:.4g} {units[k]}"
+        ratio = f" (x{ratios[k]:.3f})" if k in ratios else ""
+        click.echo(f"  {k:<11} {shown}{pred}{ratio}")
+    for k, budget in v.budgets.items():
+        met = v.budget_met[k]
+        state = "not measurable here" if met is None else ("met" if met else "NOT met")
+        click.echo(f"budget {k} <= {budget:g}: {state}")
+    if not v.same_device:
+        click.echo(f"note: measured on {v.device_model}, predicted for {v.predicted_for}: "
+                   "the comparison is across devices")
+    if not no_record:
+        click.echo(f"recorded in {arch_file(arch)} (verifications)")
+
+
 @main.command("experiment", context_settings={"ignore_unknown_options": False})
 @DB_OPTION
 @click.option("--server", default=None,

@@ -200,6 +200,11 @@ def test_search_command_end_to_end_through_the_service(tmp_path, monkeypatch):
     assert (out / "model.onnx").stat().st_size > 1000
     net = fixed_network(SpaceConfig(**doc["space"]), doc["arch"])
     net.load_state_dict(torch.load(out / "state_dict.pt", weights_only=True))
+    # Measured later from arch.json alone (here on this CPU; the search predicted for a GPU).
+    from search.verify import verify
+
+    v = verify(out, "cpu", min_time_s=0.01, rounds=1)
+    assert v.predicted_for == "Test GPU" and not v.same_device and v.measured["latency_ms"] > 0
 
 
 def _image_folder(root, n=6, size=12):

@@ -1,0 +1,110 @@
+"""Measure a searched network on a device, later or elsewhere: a search can run on a laptop
+against the prediction service's model of a GPU, and the network it found is then measured on
+that GPU by the same protocol a search uses (``search.run.measure_network``), and compared
+with what was predicted and with the budgets.
+
+Only the architecture file (``arch.json``) is needed: the network is rebuilt from its space
+and choices (latency does not depend on the trained weights), so neither NNI nor the
+prediction service has to be installed where it is measured.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from search.spaces import SpaceConfig, fixed_network, input_shape
+
+METRIC_FIELDS = {"latency_ms": "latency_ms", "energy_mj": "energy_mj", "power_w": "power_w"}
+
+
+@dataclass
+class Verification:
+    """One measurement of a searched network against its prediction and budgets."""
+
+    device: str  # "model (name)" as measured
+    device_model: str
+    predicted_for: str  # the device model the search predicted for
+    measured: dict  # latency_ms, energy_mj, power_w (None where unreadable), power_source
+    predicted: dict
+    budgets: dict
+    budget_met: dict  # metric -> bool, or None where the device could not measure it
+    at: str
+
+    @property
+    def same_device(self) -> bool:
+        return self.device_model == self.predicted_for
+
+    def ratios(self) -> dict[str, float]:
+        """measured / predicted, per metric both have."""
+        return {k: self.measured[k] / self.predicted[k] for k in METRIC_FIELDS
+                if self.measured.get(k) is not None and self.predicted.get(k)}
+
+    def to_dict(self) -> dict:
+        return {"device": self.device, "device_model": self.device_model, "at": self.at,
+                "measured": self.measured, "ratios_to_predicted": self.ratios(),
+                "budget_met": self.budget_met}
+
+
+def arch_file(path: str | Path) -> Path:
+    """``arch.json`` itself, or the search's output folder holding it."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "arch.json"
+    if not p.is_file():
+        raise ValueError(f"ARCH: {p} does not exist (give a search's --out folder or its "
+                         "arch.json)")
+    return p
+
+
+def read_arch(path: Path) -> dict:
+    try:
+        doc = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"ARCH: {path} is not JSON ({exc})") from None
+    for key in ("space", "arch"):
+        if not isinstance(doc.get(key), dict):
+            raise ValueError(f"ARCH: {path} has no {key!r} object (not a `hwnas search` "
+                             "output?)")
+    return doc
+
+
+def verify(path: str | Path, device_name: str = "cpu", min_time_s: float = 0.1,
+           rounds: int = 5, record: bool = True) -> Verification:
+    """Rebuild the network of ``path`` (an arch.json or its folder), measure it on
+    ``device_name`` (``cpu`` or ``cuda:N``) and compare; with ``record``, append the result
+    to the file's ``verifications`` list."""
+    from collectors.devices import get_device
+    from search.run import measure_network
+
+    p = arch_file(path)
+    doc = read_arch(p)
+    try:
+        space = SpaceConfig(**doc["space"])
+    except TypeError as exc:
+        raise ValueError(f"space: {exc}") from None
+    model = fixed_network(space, doc["arch"])
+    device = get_device(device_name)
+    if device.info.kind == "gpu":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {device_name}: torch {torch.__version__} has no CUDA; "
+                             "measuring on a GPU needs a CUDA build of torch")
+    m = measure_network(model, input_shape(space), device, min_time_s, rounds)
+    measured = {"latency_ms": m.latency_ms, "energy_mj": m.energy_mj, "power_w": m.power_w,
+                "power_source": m.power_source}
+    budgets = dict(doc.get("budgets") or {})
+    met = {k: None if measured.get(k) is None else bool(measured[k] <= v)
+           for k, v in budgets.items()}
+    result = Verification(m.device, device.info.model, str(doc.get("device")), measured,
+                          dict(doc.get("predicted") or {}), budgets, met,
+                          datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    if record:
+        doc.setdefault("verifications", []).append(result.to_dict())
+        tmp = p.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(doc, indent=2))
+        tmp.replace(p)  # never a half-written arch.json
+    return result

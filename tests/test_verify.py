@@ -1,0 +1,72 @@
+"""`hwnas verify`: a searched network measured later, on this machine, against its prediction
+and budgets, from arch.json alone."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from hwnas.cli import main
+from search.spaces import SpaceConfig, choices
+from search.verify import verify
+
+
+def _arch_json(folder, device="Some GPU", **extra):
+    cfg = SpaceConfig("nb201", width=8, depth=1)
+    arch = {label: options[-1] for label, options in choices(cfg).items()}
+    folder.mkdir(exist_ok=True)
+    doc = {"space": cfg.to_dict(), "arch": arch, "device": device,
+           "budgets": {"latency_ms": 1e6, "energy_mj": 1.0},
+           "predicted": {"latency_ms": 0.5, "power_w": None, "energy_mj": None}, **extra}
+    (folder / "arch.json").write_text(json.dumps(doc))
+    return folder
+
+
+def test_a_found_network_is_measured_and_the_result_recorded(tmp_path):
+    from collectors.devices import CpuDevice
+
+    out = _arch_json(tmp_path / "out", device=CpuDevice().info.model)
+    v = verify(out, "cpu", min_time_s=0.01, rounds=1)
+    assert v.same_device and v.measured["latency_ms"] > 0
+    assert v.ratios()["latency_ms"] == pytest.approx(v.measured["latency_ms"] / 0.5)
+    assert v.budget_met["latency_ms"] is True
+    # No power sensor on these machines: the energy budget cannot be judged, not "met".
+    if v.measured["energy_mj"] is None:
+        assert v.budget_met["energy_mj"] is None
+    verify(out / "arch.json", "cpu", min_time_s=0.01, rounds=1)
+    doc = json.loads((out / "arch.json").read_text())
+    assert len(doc["verifications"]) == 2 and doc["arch"] and doc["space"]["space"] == "nb201"
+    assert doc["verifications"][0]["measured"]["latency_ms"] == v.measured["latency_ms"]
+
+
+def test_verify_command_prints_the_comparison(tmp_path):
+    out = _arch_json(tmp_path / "out")
+    r = CliRunner().invoke(main, ["verify", str(out), "--min-time", "0.01", "--rounds", "1",
+                                  "--no-record"])
+    assert r.exit_code == 0, r.output
+    assert "predicted for Some GPU" in r.output and "latency_ms" in r.output
+    assert "budget latency_ms <= 1e+06: met" in r.output
+    assert "the comparison is across devices" in r.output
+    assert "verifications" not in json.loads((out / "arch.json").read_text())
+
+
+@pytest.mark.parametrize("setup, needle", [
+    (lambda d: d, "does not exist"),
+    (lambda d: (d.mkdir(), (d / "arch.json").write_text("{not json"))[0], "is not JSON"),
+    (lambda d: (d.mkdir(), (d / "arch.json").write_text('{"arch": {}}'))[0], "no 'space'"),
+    (lambda d: _arch_json(d, space={"space": "vgg"}), "--space: expected"),
+    (lambda d: _arch_json(d, arch={"cell0": "conv_9x9"}), "arch"),
+])
+def test_bad_arch_files_are_clear_errors(tmp_path, setup, needle):
+    folder = tmp_path / "out"
+    setup(folder)
+    r = CliRunner().invoke(main, ["verify", str(folder), "--rounds", "1"])
+    assert r.exit_code != 0 and needle in r.output and "Traceback" not in r.output
+
+
+def test_verify_on_a_gpu_this_machine_lacks_is_a_clear_error(tmp_path):
+    out = _arch_json(tmp_path / "out")
+    r = CliRunner().invoke(main, ["verify", str(out), "--device", "cuda:7"])
+    assert r.exit_code == 1 and "--device cuda:7" in r.output
