@@ -164,8 +164,12 @@ class GemmCostForest(RegressorMixin, BaseEstimator):
         trained = getattr(self, "overhead_ms_", None)
         if not trained:
             return
-        unseen = sorted(set(map(str, np.unique(np.asarray(X["dtype"])))) - set(trained))
-        if unseen:
+        dtypes = np.asarray(X["dtype"])
+        known = np.zeros(len(dtypes), dtype=bool)
+        for d in trained:  # a compare per trained dtype: cheaper than sorting the batch
+            known |= dtypes == d
+        if not known.all():
+            unseen = sorted(set(map(str, np.unique(dtypes[~known]))))
             raise OpError("dtype", f"{', '.join(unseen)}: this model was trained on "
                                    f"{', '.join(sorted(trained))} only; measure "
                                    f"{unseen[0]} on the device and train again")
