@@ -52,7 +52,7 @@ def load_gemm_frame(store: Store, device_model: str) -> tuple[pd.DataFrame, Devi
             select(Measurement.m, Measurement.n, Measurement.k, Measurement.batch,
                    Measurement.dtype, Measurement.layout, Measurement.latency_ms,
                    Measurement.power_w, Measurement.power_source, Measurement.created_at,
-                   Measurement.params)
+                   Measurement.params, Measurement.backend)
             .join(Device, Measurement.device_id == Device.id)
             .where(Device.model == device_model, Measurement.status == "ok",
                    Measurement.op_kind == "gemm")).all()
@@ -66,15 +66,18 @@ def load_gemm_frame(store: Store, device_model: str) -> tuple[pd.DataFrame, Devi
         raise DataError(f"no successful GEMM measurements of {device_model!r} in the store")
     frame = pd.DataFrame.from_records([tuple(r) for r in rows], columns=[
         "m", "n", "k", "batch", "dtype", "layout", "latency_ms",
-        "power_w", "power_source", "created_at", "params"])
+        "power_w", "power_source", "created_at", "params", "backend"])
     timer = frame.pop("params").map(lambda p: (p or {}).get("timer"))
     gpu_alone = (timer == GPU_ALONE).to_numpy()
+    looped = ((frame.pop("backend") == "cupy").to_numpy() & ~gpu_alone)  # ours, on a GPU
     note = None
-    if gpu_alone.any() and not gpu_alone.all():
-        note = (f"left out {int((~gpu_alone).sum())} GEMM rows timed as a plain loop of "
-                f"launches (no queue-ahead); kept the {int(gpu_alone.sum())} that time the "
-                "GPU alone")
-        frame = frame[gpu_alone].reset_index(drop=True)
+    if gpu_alone.any() and looped.any():
+        note = (f"left out {int(looped.sum())} GEMM rows timed as a plain loop of launches "
+                f"(no queue-ahead); kept the {int(gpu_alone.sum())} that time the GPU alone")
+        frame = frame[~looped].reset_index(drop=True)
+    elif looped.any():
+        note = (f"{int(looped.sum())} GEMM rows were timed as a plain loop of launches (no "
+                "queue-ahead): a GEMM shorter than its launch is the host's pace there")
     frame.attrs["note"] = note
     frame["trans_a"] = (frame.layout.str[0] == "t").astype(int)
     frame["trans_b"] = (frame.layout.str[1] == "t").astype(int)

@@ -299,7 +299,8 @@ def _gpu_rows(store, timers: list[str | None]) -> None:
         for i, timer in enumerate(timers):
             s.add(Measurement(sweep_id=sweep.id, device_id=dev.id, config_key=f"c{i}",
                               op_kind="gemm", m=64 * (i + 1), n=64, k=64, dtype="fp16",
-                              layout="nn", status="ok", latency_ms_median=0.01,
+                              layout="nn", backend="cupy", status="ok",
+                              latency_ms_median=0.01,
                               latency_ms_p10=0.009, power_source="unavailable",
                               params={"timer": timer} if timer else {}))
         s.commit()
@@ -319,7 +320,7 @@ def test_gpu_rows_all_timed_one_way_are_all_kept(store):
 
     _gpu_rows(store, [None, "cuda_events", None])
     frame, _ = load_gemm_frame(store, "Timed GPU")
-    assert len(frame) == 3 and frame.attrs["note"] is None
+    assert len(frame) == 3 and "3 GEMM rows were timed as a plain loop" in frame.attrs["note"]
 
 
 def test_a_dtype_the_model_never_saw_is_refused():
