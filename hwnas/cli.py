@@ -695,9 +695,21 @@ def verify_cmd(arch, device_name, min_time, rounds, no_record) -> None:
     this machine's CPU or a GPU, by the search's own protocol, and compare with what was
     predicted and with the budgets. For a search run elsewhere against this device's model:
     only arch.json is needed (no NNI, no prediction service). The result is appended to
-    arch.json's `verifications` unless --no-record."""
-    from search.verify import METRIC_FIELDS, arch_file, verify
+    arch.json's `verifications` unless --no-record. A `--pareto` output folder (or its
+    pareto.json): every point is measured, recorded, and the measured front drawn
+    (pareto_measured.png)."""
+    from search.verify import METRIC_FIELDS, arch_file, pareto_file, verify, verify_pareto
 
+    front = pareto_file(arch)
+    if front is not None:
+        rows, plot = verify_pareto(front, device_name, min_time, rounds, not no_record)
+        print_table(["point", "predicted ms", "measured ms", "ratio", "test acc %"],
+                    [[r["label"], f"{r['predicted_ms']:.4g}", f"{r['measured_ms']:.4g}",
+                      f"{r['measured_ms'] / r['predicted_ms']:.3f}",
+                      f"{r['test_acc'] * 100:.1f}"] for r in rows])
+        click.echo(f"measured front: {plot}"
+                   + ("" if no_record else f"; recorded in {front} (verifications)"))
+        return
     v = verify(arch, device_name, min_time, rounds, record=not no_record)
     units = {"latency_ms": "ms", "energy_mj": "mJ", "power_w": "W"}
     click.echo(f"measured on {v.device}; predicted for {v.predicted_for}")

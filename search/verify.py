@@ -108,3 +108,56 @@ def verify(path: str | Path, device_name: str = "cpu", min_time_s: float = 0.1,
         tmp.write_text(json.dumps(doc, indent=2))
         tmp.replace(p)  # never a half-written arch.json
     return result
+
+
+def pareto_file(path: str | Path) -> Path | None:
+    """The ``pareto.json`` of a `hwnas search --pareto` output (the file or its folder), or
+    None when ``path`` is not one."""
+    p = Path(path)
+    if p.is_dir() and not (p / "arch.json").exists():
+        p = p / "pareto.json"
+    return p if p.name == "pareto.json" and p.is_file() else None
+
+
+def verify_pareto(path: Path, device_name: str = "cpu", min_time_s: float = 0.1,
+                  rounds: int = 5, record: bool = True) -> tuple[list[dict], Path]:
+    """Measure every architecture of a Pareto run (its searches and random picks) on
+    ``device_name``; with ``record``, appends each measurement to its point in pareto.json;
+    draws the measured front (``pareto_measured.png`` beside it). Returns one row per point
+    (label, predicted and measured latency in ms, test accuracy) and the plot's path."""
+    from collectors.devices import get_device
+    from search.job import Outcome, plot_pareto
+    from search.run import measure_network
+
+    try:
+        doc = json.loads(path.read_text())
+        space = SpaceConfig(**doc["space"])
+        groups = {g: list(doc[g]) for g in ("search", "random")}
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
+        raise ValueError(f"ARCH: {path} is not a `hwnas search --pareto` output "
+                         f"({type(exc).__name__}: {exc})") from None
+    device = get_device(device_name)
+    at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    rows, outcomes = [], {g: [] for g in groups}
+    for group, points in groups.items():
+        for point in points:
+            net = fixed_network(space, point["arch"])
+            m = measure_network(net, input_shape(space), device, min_time_s, rounds)
+            point.setdefault("verifications", []).append(
+                {"device": m.device, "at": at, "latency_ms": m.latency_ms,
+                 "energy_mj": m.energy_mj, "power_w": m.power_w,
+                 "power_source": m.power_source})
+            rows.append({"label": point["label"], "group": group,
+                         "predicted_ms": point["predicted"]["latency_ms"],
+                         "measured_ms": m.latency_ms, "test_acc": point["test_acc"]})
+            outcomes[group].append(Outcome(point["label"], point["arch"], point["predicted"],
+                                           m.latency_ms, point["val_acc"],
+                                           point["test_acc"], 0.0, 0.0))
+    if record:
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(doc, indent=2))
+        tmp.replace(path)
+    plot = path.with_name("pareto_measured.png")
+    plot_pareto(outcomes["search"], outcomes["random"], plot,
+                f"{device.info.model} (predicted for {doc.get('device')})")
+    return rows, plot

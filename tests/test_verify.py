@@ -70,3 +70,28 @@ def test_verify_on_a_gpu_this_machine_lacks_is_a_clear_error(tmp_path):
     out = _arch_json(tmp_path / "out")
     r = CliRunner().invoke(main, ["verify", str(out), "--device", "cuda:7"])
     assert r.exit_code == 1 and "--device cuda:7" in r.output
+
+
+def test_a_pareto_front_is_measured_point_by_point(tmp_path):
+    cfg = SpaceConfig("nb201", width=8, depth=1)
+    options = choices(cfg)
+
+    def point(label, pick, predicted):
+        return {"label": label, "arch": {k: v[pick] for k, v in options.items()},
+                "predicted": {"latency_ms": predicted}, "measured_ms": None,
+                "val_acc": 0.9, "test_acc": 0.88, "search_s": 1.0, "hardware_s": 0.1,
+                "repaired": {}, "measured": None}
+
+    out = tmp_path / "front"
+    out.mkdir()
+    doc = {"device": "Some GPU", "space": cfg.to_dict(), "seconds": 1.0,
+           "search": [point("unconstrained", -1, 0.7), point("budget 50%", 0, 0.3)],
+           "random": [point("random 50% (3 archs)", 1, 0.35)]}
+    (out / "pareto.json").write_text(json.dumps(doc))
+    r = CliRunner().invoke(main, ["verify", str(out), "--min-time", "0.01", "--rounds", "1"])
+    assert r.exit_code == 0, r.output
+    assert "unconstrained" in r.output and "random 50% (3 archs)" in r.output
+    assert (out / "pareto_measured.png").stat().st_size > 1000
+    saved = json.loads((out / "pareto.json").read_text())
+    for p in saved["search"] + saved["random"]:
+        assert p["verifications"][0]["latency_ms"] > 0
