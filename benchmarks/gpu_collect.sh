@@ -15,7 +15,7 @@
 # taken before it was, to compare), NET_TIMEOUT (0: no network sweep), NET_SEED,
 # LAYER_TIMEOUT (0, the default: no layer sweep), VERIFY_TIMEOUT (default 60; 0 skips
 # measuring the searched networks of data/gpu/search_*/ with `hwnas verify`; copies of their
-# arch.json, with the results appended, come back under OUT_DIR/verify/).
+# arch.json or pareto.json, with the results appended, come back under OUT_DIR/verify/).
 # Python packages the machine lacks can be put as wheels in .whl/ (data/gpu/README.md names the
 # ones a CUDA image with torch and CuPy lacked). Collecting needs no numba; training, evaluating
 # and serving do (predictor/fast.py), and llvmlite's wheel (~60 MB) does not fit the 64 MiB a
@@ -83,10 +83,10 @@ EOF2
     network --device "$device" --family layers --min-time 0.1 --no-progress
 # Networks searched elsewhere against this GPU's model, measured here (arch.json alone).
 if [ "${VERIFY_TIMEOUT:-60}" -gt 0 ]; then
-    for arch in data/gpu/search_*/*/arch.json; do
-        [ -f "$arch" ] || continue
-        dest="$out/verify/$(basename "$(dirname "$(dirname "$arch")")")/$(basename "$(dirname "$arch")")"
-        mkdir -p "$dest" && cp "$arch" "$dest/"
+    for found in data/gpu/search_*/*/arch.json data/gpu/search_*/*/pareto.json; do
+        [ -f "$found" ] || continue
+        dest="$out/verify/$(basename "$(dirname "$(dirname "$found")")")/$(basename "$(dirname "$found")")"
+        mkdir -p "$dest" && cp "$found" "$dest/"
         step "verify $dest" "${VERIFY_TIMEOUT:-60}" python3 -m hwnas.cli verify "$dest" --device "$device"
     done
 fi
