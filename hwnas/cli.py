@@ -698,7 +698,7 @@ def verify_cmd(arch, device_name, min_time, rounds, no_record) -> None:
     arch.json's `verifications` unless --no-record. A `--pareto` output folder (or its
     pareto.json): every point is measured, recorded, and the measured front drawn
     (pareto_measured.png)."""
-    from search.verify import METRIC_FIELDS, arch_file, pareto_file, verify, verify_pareto
+    from search.verify import METRICS, arch_file, pareto_file, verify, verify_pareto
 
     front = pareto_file(arch)
     if front is not None:
@@ -714,7 +714,7 @@ def verify_cmd(arch, device_name, min_time, rounds, no_record) -> None:
     units = {"latency_ms": "ms", "energy_mj": "mJ", "power_w": "W"}
     click.echo(f"measured on {v.device}; predicted for {v.predicted_for}")
     ratios = v.ratios()
-    for k in METRIC_FIELDS:
+    for k in METRICS:
         got, want = v.measured.get(k), v.predicted.get(k)
         shown = "unavailable" if got is None else f"{got:.4g} {units[k]}"
         if got is None and v.measured["power_source"] != "unavailable":

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from search.spaces import SpaceConfig, fixed_network, input_shape
 
-METRIC_FIELDS = {"latency_ms": "latency_ms", "energy_mj": "energy_mj", "power_w": "power_w"}
+METRICS = ("latency_ms", "energy_mj", "power_w")
 
 
 @dataclass
@@ -39,7 +39,7 @@ class Verification:
 
     def ratios(self) -> dict[str, float]:
         """measured / predicted, per metric both have."""
-        return {k: self.measured[k] / self.predicted[k] for k in METRIC_FIELDS
+        return {k: self.measured[k] / self.predicted[k] for k in METRICS
                 if self.measured.get(k) is not None and self.predicted.get(k)}
 
     def to_dict(self) -> dict:
@@ -76,7 +76,6 @@ def verify(path: str | Path, device_name: str = "cpu", min_time_s: float = 0.1,
     """Rebuild the network of ``path`` (an arch.json or its folder), measure it on
     ``device_name`` (``cpu`` or ``cuda:N``) and compare; with ``record``, append the result
     to the file's ``verifications`` list."""
-    from collectors.devices import get_device
     from search.run import measure_network
 
     p = arch_file(path)
@@ -86,13 +85,7 @@ def verify(path: str | Path, device_name: str = "cpu", min_time_s: float = 0.1,
     except TypeError as exc:
         raise ValueError(f"space: {exc}") from None
     model = fixed_network(space, doc["arch"])
-    device = get_device(device_name)
-    if device.info.kind == "gpu":
-        import torch
-
-        if not torch.cuda.is_available():
-            raise ValueError(f"--device {device_name}: torch {torch.__version__} has no CUDA; "
-                             "measuring on a GPU needs a CUDA build of torch")
+    device = _device(device_name)
     m = measure_network(model, input_shape(space), device, min_time_s, rounds)
     measured = {"latency_ms": m.latency_ms, "energy_mj": m.energy_mj, "power_w": m.power_w,
                 "power_source": m.power_source}
@@ -104,10 +97,28 @@ def verify(path: str | Path, device_name: str = "cpu", min_time_s: float = 0.1,
                           datetime.now(timezone.utc).isoformat(timespec="seconds"))
     if record:
         doc.setdefault("verifications", []).append(result.to_dict())
-        tmp = p.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(doc, indent=2))
-        tmp.replace(p)  # never a half-written arch.json
+        _write_json(p, doc)
     return result
+
+
+def _device(device_name: str):
+    """This machine's ``cpu`` or ``cuda:N``, checked to be measurable by torch."""
+    from collectors.devices import get_device
+
+    device = get_device(device_name)
+    if device.info.kind == "gpu":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {device_name}: torch {torch.__version__} has no CUDA; "
+                             "measuring on a GPU needs a CUDA build of torch")
+    return device
+
+
+def _write_json(path: Path, doc: dict) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(doc, indent=2))
+    tmp.replace(path)  # never a half-written file
 
 
 def pareto_file(path: str | Path) -> Path | None:
@@ -125,7 +136,6 @@ def verify_pareto(path: Path, device_name: str = "cpu", min_time_s: float = 0.1,
     ``device_name``; with ``record``, appends each measurement to its point in pareto.json;
     draws the measured front (``pareto_measured.png`` beside it). Returns one row per point
     (label, predicted and measured latency in ms, test accuracy) and the plot's path."""
-    from collectors.devices import get_device
     from search.job import Outcome, plot_pareto
     from search.run import measure_network
 
@@ -136,7 +146,7 @@ def verify_pareto(path: Path, device_name: str = "cpu", min_time_s: float = 0.1,
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
         raise ValueError(f"ARCH: {path} is not a `hwnas search --pareto` output "
                          f"({type(exc).__name__}: {exc})") from None
-    device = get_device(device_name)
+    device = _device(device_name)
     at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     rows, outcomes = [], {g: [] for g in groups}
     for group, points in groups.items():
@@ -154,9 +164,7 @@ def verify_pareto(path: Path, device_name: str = "cpu", min_time_s: float = 0.1,
                                            m.latency_ms, point["val_acc"],
                                            point["test_acc"], 0.0, 0.0))
     if record:
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(doc, indent=2))
-        tmp.replace(path)
+        _write_json(path, doc)
     plot = path.with_name("pareto_measured.png")
     plot_pareto(outcomes["search"], outcomes["random"], plot,
                 f"{device.info.model} (predicted for {doc.get('device')})")
