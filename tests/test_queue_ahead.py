@@ -171,3 +171,40 @@ def test_time_kernel_records_the_method(gpu):
                         TimingPolicy(warmup_s=0, min_reps=10, min_time_s=0, queue_ahead=False))
     assert stats.method == "cuda_events"
     assert stats.p10_ms == pytest.approx(0.010, rel=0.01)
+
+
+def test_a_sweep_records_how_its_gpu_rows_were_timed(gpu, store):
+    """Through the real sweep (timing policy, rounds, row filling) with the simulated GPU."""
+    from sqlalchemy import select
+
+    from collectors.devices import CpuDevice
+    from collectors.gemm.backends import CudaEventTimer, GemmBackend, PreparedGemm
+    from collectors.gemm.shapes import log_grid
+    from collectors.store.models import Measurement
+    from collectors.sweep import SweepRunner, plan_gemm
+
+    class SimulatedGpuBackend(GemmBackend):
+        name, device_kind = "simulated", "gpu"
+
+        def dtypes(self):
+            return ["fp16"]
+
+        def prepare(self, op):
+            kernel_ms = 2e-9 * op["m"] * op["n"] * op["k"]  # 64^3: 0.5 us; 256^3: 34 us
+            return PreparedGemm(gpu.kernel(kernel_ms), CudaEventTimer(clock=gpu.clock),
+                                "fp16", True, None)
+
+    fast = TimingPolicy(warmup_s=0.0, min_reps=5, min_time_s=0.0, power_window_s=0.0)
+    for queue_ahead in (True, False):
+        policy = TimingPolicy(**{**fast.__dict__, "queue_ahead": queue_ahead})
+        runner = SweepRunner(store, CpuDevice(), SimulatedGpuBackend(), policy, progress=False)
+        sweep_id = runner.create(plan_gemm(log_grid(64, 256, 2), ["fp16"], ["nn"]))
+        assert runner.run(sweep_id).done == 8
+        with store.session() as s:
+            rows = s.scalars(select(Measurement).where(Measurement.sweep_id == sweep_id)).all()
+        small = [r for r in rows if r.m * r.n * r.k == 64 ** 3]
+        assert {r.params["timer"] for r in rows} == (
+            {"cuda_events_queued"} if queue_ahead else {"cuda_events"})
+        # 64^3 takes the simulated GPU 0.5 us and the host 10 us to launch.
+        expected = 0.0005 if queue_ahead else 0.010
+        assert small[0].latency_ms_p10 == pytest.approx(expected, rel=0.05)
