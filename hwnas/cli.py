@@ -1002,6 +1002,8 @@ def predict_gemm(db_url, device_spec, m, n, k, dtype, batch, layout, version) ->
     else:
         click.echo(f"  power    {c.power_w[0]:.4g} W ± {c.power_std_w[0]:.3g}")
         click.echo(f"  energy   {c.energy_j[0]:.4g} J ± {c.energy_std_j[0]:.3g}")
+    if row.meta.get("data_note"):
+        click.echo(f"  (training data: {row.meta['data_note']})")
 
 
 def _read_token(path: str | None) -> str | None:

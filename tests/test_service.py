@@ -455,3 +455,19 @@ def linear_op(inp: int, tokens: int):
 def test_client_refuses_bad_settings(kwargs, match):
     with pytest.raises(ValueError, match=match):
         PredictorClient("127.0.0.1:1", **kwargs)
+
+
+def test_predict_command_says_what_the_training_data_was(tmp_path):
+    from click.testing import CliRunner
+
+    from hwnas.cli import main
+
+    store = make_store(tmp_path)
+    frame = synthetic(20, power=True, seed=1)
+    model = fit_full(frame, PROFILE, n_estimators=5)
+    registry.register(store, model, PROFILE.model, {"data_note": "20 rows timed as a loop"},
+                      tmp_path / "models")
+    r = CliRunner().invoke(main, ["predict", "gemm", "--db", store.url, "--device", "Test GPU",
+                                  "--m", "64", "--n", "64", "--k", "64", "--dtype", "fp16"])
+    assert r.exit_code == 0, r.output
+    assert "(model v2)" in r.output and "(training data: 20 rows timed as a loop)" in r.output
