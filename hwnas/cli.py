@@ -872,8 +872,9 @@ def _print_evaluation(ev) -> None:
                     [[r.target, r.dtype, r.n, f"{r.mape:.1f}", f"{r.mdape:.1f}",
                       f"{r.within_10:.1f}", f"{r.r2:.3f}", f"{r.spearman:.3f}"]
                      for r in table.itertuples()])
-    if ev.unscored():
-        click.echo(f"\nnot scored: {ev.unscored()} held-out rows whose dtype had no other "
+    unscored = ev.unscored()
+    if unscored:
+        click.echo(f"\nnot scored: {unscored} held-out rows whose dtype had no other "
                    "measurements in their fold's training data (the model refuses such dtypes)")
 
 

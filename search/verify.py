@@ -76,8 +76,6 @@ def verify(path: str | Path, device_name: str = "cpu", min_time_s: float = 0.1,
     """Rebuild the network of ``path`` (an arch.json or its folder), measure it on
     ``device_name`` (``cpu`` or ``cuda:N``) and compare; with ``record``, append the result
     to the file's ``verifications`` list."""
-    from search.run import measure_network
-
     p = arch_file(path)
     doc = read_arch(p)
     try:
@@ -86,13 +84,11 @@ def verify(path: str | Path, device_name: str = "cpu", min_time_s: float = 0.1,
         raise ValueError(f"space: {exc}") from None
     model = fixed_network(space, doc["arch"])
     device = _device(device_name)
-    m = measure_network(model, input_shape(space), device, min_time_s, rounds)
-    measured = {"latency_ms": m.latency_ms, "energy_mj": m.energy_mj, "power_w": m.power_w,
-                "power_source": m.power_source}
+    label, measured = _measure(model, space, device, min_time_s, rounds)
     budgets = dict(doc.get("budgets") or {})
     met = {k: None if measured.get(k) is None else bool(measured[k] <= v)
            for k, v in budgets.items()}
-    result = Verification(m.device, device.info.model, str(doc.get("device")), measured,
+    result = Verification(label, device.info.model, str(doc.get("device")), measured,
                           dict(doc.get("predicted") or {}), budgets, met,
                           datetime.now(timezone.utc).isoformat(timespec="seconds"))
     if record:
@@ -113,6 +109,17 @@ def _device(device_name: str):
             raise ValueError(f"--device {device_name}: torch {torch.__version__} has no CUDA; "
                              "measuring on a GPU needs a CUDA build of torch")
     return device
+
+
+def _measure(net, space: SpaceConfig, device, min_time_s: float, rounds: int
+             ) -> tuple[str, dict]:
+    """The device as measured ("model (name)") and the network's latency_ms, energy_mj,
+    power_w (None where unreadable) and power_source, by the search's protocol."""
+    from search.run import measure_network
+
+    m = measure_network(net, input_shape(space), device, min_time_s, rounds)
+    return m.device, {"latency_ms": m.latency_ms, "energy_mj": m.energy_mj,
+                      "power_w": m.power_w, "power_source": m.power_source}
 
 
 def _write_json(path: Path, doc: dict) -> None:
@@ -137,7 +144,6 @@ def verify_pareto(path: Path, device_name: str = "cpu", min_time_s: float = 0.1,
     draws the measured front (``pareto_measured.png`` beside it). Returns one row per point
     (label, predicted and measured latency in ms, test accuracy) and the plot's path."""
     from search.job import Outcome, plot_pareto
-    from search.run import measure_network
 
     try:
         doc = json.loads(path.read_text())
@@ -151,17 +157,16 @@ def verify_pareto(path: Path, device_name: str = "cpu", min_time_s: float = 0.1,
     rows, outcomes = [], {g: [] for g in groups}
     for group, points in groups.items():
         for point in points:
-            net = fixed_network(space, point["arch"])
-            m = measure_network(net, input_shape(space), device, min_time_s, rounds)
+            label, measured = _measure(fixed_network(space, point["arch"]), space, device,
+                                       min_time_s, rounds)
             point.setdefault("verifications", []).append(
-                {"device": m.device, "at": at, "latency_ms": m.latency_ms,
-                 "energy_mj": m.energy_mj, "power_w": m.power_w,
-                 "power_source": m.power_source})
+                {"device": label, "at": at, **measured})
+            ms = measured["latency_ms"]
             rows.append({"label": point["label"], "group": group,
                          "predicted_ms": point["predicted"]["latency_ms"],
-                         "measured_ms": m.latency_ms, "test_acc": point["test_acc"]})
+                         "measured_ms": ms, "test_acc": point["test_acc"]})
             outcomes[group].append(Outcome(point["label"], point["arch"], point["predicted"],
-                                           m.latency_ms, point["val_acc"],
+                                           ms, point["val_acc"],
                                            point["test_acc"], 0.0, 0.0))
     if record:
         _write_json(path, doc)
