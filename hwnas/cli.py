@@ -578,6 +578,12 @@ def adapt(db_url, device, samples, source_csv, column, min_time, reference) -> N
                    "(e.g. 0.5,0.7,0.85): one search per budget plus random search, and a plot.")
 @click.option("--random-samples", type=click.IntRange(1, 1000), default=5, show_default=True,
               help="With --pareto: architectures random search trains per budget.")
+@click.option("--calibrate", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Before searching, measure this many random architectures of the space "
+                   "(its input, width and depth) on the target device, here, and fit the "
+                   "device's network model from them and any network data already stored, so "
+                   "costs include the per-layer overhead that sums of GEMM predictions leave "
+                   "out. Architectures an earlier run measured are reused. 0: off.")
 @click.option("--data", "data_spec", default="digits", show_default=True,
               help="digits (scikit-learn's bundled 8x8 digits), or a local folder: CIFAR-10's "
                    "binary release (cifar-10-batches-bin) or one subfolder per class.")
@@ -592,7 +598,7 @@ def adapt(db_url, device, samples, source_csv, column, min_time, reference) -> N
 @friendly_errors
 def search_cmd(db_url, space, width, depth, strategy, epochs, retrain_epochs, latency_ms,
                power_w, energy_mj, tradeoff, margin, device_spec, server, pareto_fractions,
-               random_samples, data_spec, resolution, limit, seed, out_dir,
+               random_samples, calibrate, data_spec, resolution, limit, seed, out_dir,
                no_progress) -> None:
     """Hardware-aware differentiable NAS (digits by default, CIFAR-10 or a class-folder data set
     from a local path): find the most accurate
@@ -606,7 +612,14 @@ def search_cmd(db_url, space, width, depth, strategy, epochs, retrain_epochs, la
 
     from collectors.devices import CpuDevice
     from search.data import load
-    from search.job import pareto, prediction_client, single
+    from search.job import (
+        OP_SUM,
+        pareto,
+        prediction_client,
+        prediction_method,
+        single,
+        wait_for_network_model,
+    )
     from search.run import SearchConfig, local_device_for
     from search.spaces import SpaceConfig
 
@@ -624,6 +637,17 @@ def search_cmd(db_url, space, width, depth, strategy, epochs, retrain_epochs, la
             if device_spec:
                 device = client.predict_gemm(device_spec, [(8, 8, 8)]).device
             measure_on = local_device_for(device)
+            if calibrate:
+                version = _calibrate_search(db_url, measure_on, device, space_cfg, calibrate,
+                                            seed, not no_progress)
+                wait_for_network_model(client, device, space_cfg, version)
+            if prediction_method(client, device, space_cfg) == OP_SUM:
+                click.echo(f"note: {device} has no network model, so costs are sums of GEMM "
+                           "predictions per op: they leave out the framework's cost per layer "
+                           "and the memory-bound ops (on a CPU often most of a small network's "
+                           "time). For budgets that hold when measured, add --calibrate 20 "
+                           "(measures 20 networks of this space here first) or see `hwnas "
+                           "train --target network`.", err=True)
             if pareto_fractions:
                 fractions = [float(f) for f in pareto_fractions.split(",") if f.strip()]
                 if not fractions or any(not 0 < f <= 1 for f in fractions):
@@ -648,19 +672,42 @@ def search_cmd(db_url, space, width, depth, strategy, epochs, retrain_epochs, la
     p = doc["predicted"]
     click.echo(f"predicted on {device}: {p['latency_ms']:.3f} ms"
                + (f", {p['power_w']:.3g} W, {p['energy_mj']:.3g} mJ" if p.get("power_w")
-                  else " (power unavailable)"))
+                  else " (power unavailable)") + f"; from the {doc['prediction_method']}")
     if doc["measured_latency_ms"] is not None:
         energy = (f", {doc['measured_energy_mj']:.3g} mJ at {doc['measured_power_w']:.3g} W"
                   if doc["measured_energy_mj"] is not None
                   else f" (energy: {doc['measured_power_source']})")
-        click.echo(f"measured on {doc['measured_on']}: {doc['measured_latency_ms']:.3f} ms"
-                   + energy)
+        click.echo(f"measured on {doc['measured_on']}: {doc['measured_latency_ms']:.3f} ms "
+                   f"({doc['measured_latency_ms'] / p['latency_ms']:.2f}x predicted)" + energy)
     click.echo(f"accuracy after retraining: val {doc['val_accuracy'] * 100:.1f}%, test "
                f"{doc['test_accuracy'] * 100:.1f}%; search {doc['search_seconds']:.0f} s "
                f"({doc['hardware_term_share'] * 100:.1f}% on the hardware term)")
     if budgets:
         click.echo(f"budgets {budgets}: met {doc['budget_met']}")
     click.echo(f"wrote {out_dir}/arch.json, model.pt2, state_dict.pt, model.onnx")
+
+
+def _calibrate_search(db_url, local_device, device_model: str, space_cfg, count: int,
+                      seed: int, progress: bool) -> int:
+    """``hwnas search --calibrate``: measure networks of the space on ``local_device`` and fit
+    the device's network model (hwnas.calibrate); prints what it did and returns the model
+    version to search with."""
+    from hwnas.calibrate import calibrate
+
+    if local_device is None:
+        raise click.UsageError(
+            f"--calibrate: {device_model} is not on this machine (or torch cannot use it); "
+            "calibrate where it is: hwnas collect network there, then hwnas train --target "
+            "network")
+    cal = calibrate(open_store(db_url), local_device, space_cfg, count, seed, progress)
+    held = cal.metrics.get("held_out", {})
+    click.echo(f"calibration: {cal.measured} networks of this space measured now, "
+               f"{cal.stored_earlier} stored earlier, {cal.failed} failed; network model "
+               f"v{cal.version} ({'fitted now' if cal.retrained else 'already fitted on them'}"
+               f", {cal.metrics.get('networks', '?')} networks): held-out within ±10% "
+               f"{held.get('within_10', float('nan')):.0f}%, RMSPE "
+               f"{held.get('rmspe', float('nan')):.1f}%")
+    return cal.version
 
 
 def _list_of(kind, name: str):
@@ -812,7 +859,11 @@ def experiment_cmd(db_url, server, latency_list, tradeoff_list, seed_list, strat
         # Every trial's command line must parse before any trial starts.
         for point in grid_points(spec):
             argv = trial_argv(spec.search_args, point, address, Path(out_dir))
-            search_cmd.make_context("search", argv[1:])
+            if search_cmd.make_context("search", argv[1:]).params["calibrate"]:
+                raise click.UsageError(
+                    "--calibrate: calibrate once before the experiment (hwnas search "
+                    "--calibrate N with the same space options), not in every trial: trials "
+                    "running at once would measure side by side")
         click.echo(f"{spec.trial_count()} trials ({training_service}), costs from {address}")
         try:
             outcomes = run_experiment(spec, port, not no_progress)

@@ -140,8 +140,10 @@ def find(store: Store, device_model: str, version: int | None = None,
             return row
         row = s.scalar(q.order_by(ModelVersion.version.desc()))
         if row is None:
-            raise RegistryError(f"no trained {target} model for {device_model!r}; run "
-                                f"{'hwnas train' if target == 'gemm' else 'hwnas adapt'} first")
+            how = {"gemm": "hwnas train", "network": "hwnas train --target network"}.get(
+                target, "hwnas adapt")
+            raise RegistryError(f"no trained {target} model for {device_model!r}; run {how} "
+                                "first")
         return row
 
 

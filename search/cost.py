@@ -31,7 +31,10 @@ class OpCost:
 
 class CostSource(Protocol):
     """Where predictions come from: one call with many ops; per-op costs in order, plus a
-    constant (ms) the model adds once per network (e.g. framework start-up)."""
+    constant (ms) the model adds once per network (e.g. framework start-up). ``method`` says
+    how the last answer was made (the service's words, e.g. "sum of op predictions")."""
+
+    method: str
 
     def op_costs(self, ops: list[dict]) -> tuple[list[OpCost], float]: ...
 
@@ -44,11 +47,13 @@ class ServiceCostSource:
 
     def __init__(self, client, device: str):
         self.client, self.device = client, device
+        self.method = ""
 
     def op_costs(self, ops: list[dict]) -> tuple[list[OpCost], float]:
         if not ops:
             return [], 0.0
         answer = self.client.predict_network(self.device, ops=ops)
+        self.method = answer.method
         costs = [OpCost(c.latency_ms, c.energy_j) for c in answer.layers]
         return costs, answer.total.latency_ms - sum(c.latency_ms for c in costs)
 
@@ -71,6 +76,7 @@ class HardwareCost:
                                                            shape).ops])
         flat = [op for g in groups for op in g]
         answers, constant_ms = source.op_costs(flat)
+        self.method = source.method
         sums, i = [], 0
         for g in groups:
             part = answers[i:i + len(g)]

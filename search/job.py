@@ -54,6 +54,42 @@ def prediction_client(server: str | None, db_url: str | None, token: str | None 
         yield client
 
 
+OP_SUM = "sum of op predictions"  # the service's method when no network model applies
+
+
+def _first_arch_ops(space: SpaceConfig) -> list[dict]:
+    """The op list of the space's first architecture (each decision's first option)."""
+    from collectors.networks.decompose import decompose
+    from search.spaces import choices
+
+    arch = {label: opts[0] for label, opts in choices(space).items()}
+    return [op.to_dict() for _, op in decompose(fixed_network(space, arch),
+                                                 input_shape(space)).ops]
+
+
+def prediction_method(client, device: str, space: SpaceConfig) -> str:
+    """How the service costs networks of ``space`` on ``device`` (its ``method`` words)."""
+    return client.predict_network(device, ops=_first_arch_ops(space)).method
+
+
+def wait_for_network_model(client, device: str, space: SpaceConfig, version: int,
+                           timeout_s: float = 15.0) -> None:
+    """Block until the service answers ``space``'s networks from network model ``version``
+    (it re-reads the registry about once a second); ValueError when it does not within
+    ``timeout_s``, e.g. because it serves another store than the one the model went to."""
+    ops = _first_arch_ops(space)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        answer = client.predict_network(device, ops=ops)
+        if answer.method != OP_SUM and answer.model_version == version:
+            return
+        if time.monotonic() > deadline:
+            raise ValueError(f"--calibrate: the prediction service still answers {device!r} "
+                             f"with {answer.method!r} (v{answer.model_version}), not network "
+                             f"model v{version}: does it read the store given by --db?")
+        time.sleep(0.2)
+
+
 @dataclass
 class Outcome:
     label: str
@@ -66,6 +102,7 @@ class Outcome:
     hardware_s: float
     repaired: dict[str, str] = field(default_factory=dict)  # see search.run.export_within
     measured: Measured | None = None
+    prediction_method: str = ""  # how the service made the costs (see ServiceCostSource)
 
 
 def run_one(space: SpaceConfig, data, client, device: str, cfg: SearchConfig,
@@ -77,7 +114,8 @@ def run_one(space: SpaceConfig, data, client, device: str, cfg: SearchConfig,
     model, val, test = retrain(space, res.arch, data, retrain_epochs, cfg.seed)
     m = measure_network(model, input_shape(space), measure_on) if measure_on else None
     return Outcome(label, res.arch, res.predicted, m.latency_ms if m else None, val, test,
-                   res.search_seconds, res.hardware_seconds, res.repaired, m), model
+                   res.search_seconds, res.hardware_seconds, res.repaired, m,
+                   src.method), model
 
 
 def single(space: SpaceConfig, client, device: str, cfg: SearchConfig, budgets: dict,
@@ -94,7 +132,8 @@ def single(space: SpaceConfig, client, device: str, cfg: SearchConfig, budgets: 
         "data": data.name, "budgets": budgets, "searched_budgets": cfg.budgets,
         "budget_met": met,
         "moved_to_meet_budgets": outcome.repaired,
-        "predicted": outcome.predicted, "measured_latency_ms": outcome.measured_ms,
+        "predicted": outcome.predicted, "prediction_method": outcome.prediction_method,
+        "measured_latency_ms": outcome.measured_ms,
         "measured_on": outcome.measured.device if outcome.measured else None,
         "measured_energy_mj": outcome.measured.energy_mj if outcome.measured else None,
         "measured_power_w": outcome.measured.power_w if outcome.measured else None,
@@ -142,7 +181,7 @@ def pareto(space: SpaceConfig, client, device: str, cfg: SearchConfig, fractions
         m = (measure_network(fixed_network(space, arch), input_shape(space), measure_on)
              .latency_ms if measure_on else None)
         rand_points.append(Outcome(f"random {f:.0%} ({n} archs)", arch, hw.of_arch(arch), m,
-                                   val, test, 0.0, 0.0))
+                                   val, test, 0.0, 0.0, prediction_method=hw.method))
     out_dir.mkdir(parents=True, exist_ok=True)
     doc = {"device": device, "space": space.to_dict(), "seconds": time.perf_counter() - t0,
            "search": [asdict(o) for o in points], "random": [asdict(o) for o in rand_points]}

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 
 from torch import nn
 
-from collectors.networks.zoo import Choose, nb201_skeleton, proxyless_skeleton
+from collectors.networks.zoo import SPACE_SKELETONS, Choose
 
 
 @dataclass(frozen=True)
@@ -40,18 +40,17 @@ class SpaceConfig:
         return asdict(self)
 
 
-def _mobilenet(cfg: SpaceConfig, choose: Choose) -> nn.Module:
-    # Built by the collectors' zoo, so network sweeps measure exactly this space ("proxyless").
-    return proxyless_skeleton(cfg.in_channels, cfg.width, cfg.depth, cfg.classes, choose)
+def build_space(cfg: SpaceConfig, choose: Choose) -> nn.Module:
+    """The space's network with ``choose(label, candidates)`` deciding each choice. Built by the
+    collectors' zoo, so network sweeps measure exactly these networks (family ``space``, and
+    ``proxyless`` for the mobilenet space). NAS-Bench-201 shares one cell across positions;
+    the nb201 space searches one cell per position, which costs the same here and lets each
+    resolution pick its own ops."""
+    return SPACE_SKELETONS[cfg.space](cfg.in_channels, cfg.width, cfg.depth, cfg.classes,
+                                      choose)
 
 
-def _nb201(cfg: SpaceConfig, choose: Choose) -> nn.Module:
-    # NAS-Bench-201 shares one cell across positions; searching one cell per position costs
-    # the same here and lets each resolution pick its own ops.
-    return nb201_skeleton(cfg.in_channels, cfg.width, cfg.depth, cfg.classes, choose)
-
-
-SPACES = {"mobilenet": _mobilenet, "nb201": _nb201}
+SPACES = tuple(SPACE_SKELETONS)
 
 
 def model_space(cfg: SpaceConfig):
@@ -63,8 +62,7 @@ def model_space(cfg: SpaceConfig):
     class HwnasSpace(ModelSpace):
         def __init__(self):
             super().__init__()
-            self.net = SPACES[cfg.space](
-                cfg, lambda label, cands: LayerChoice(cands, label=label))
+            self.net = build_space(cfg, lambda label, cands: LayerChoice(cands, label=label))
 
         def forward(self, x):
             return self.net(x)
@@ -82,7 +80,7 @@ def choices(cfg: SpaceConfig) -> dict[str, list[str]]:
         found[label] = list(cands)
         return next(iter(cands.values()))
 
-    SPACES[cfg.space](cfg, record)
+    build_space(cfg, record)
     return found
 
 
@@ -97,7 +95,7 @@ def fixed_network(cfg: SpaceConfig, arch: dict[str, str]) -> nn.Module:
             raise ValueError(f"arch: {label!r} is not a decision of the {cfg.space} space")
         if name not in options[label]:
             raise ValueError(f"arch.{label}: {name!r} is not one of {options[label]}")
-    return SPACES[cfg.space](cfg, lambda label, cands: cands[arch[label]])
+    return build_space(cfg, lambda label, cands: cands[arch[label]])
 
 
 def input_shape(cfg: SpaceConfig, batch: int = 1) -> tuple[int, int, int, int]:

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from search.spaces import SPACES, SpaceConfig
+from search.spaces import SpaceConfig, build_space
 
 
 class MixedOp(nn.Module):
@@ -39,7 +39,7 @@ class Supernet(nn.Module):
     def __init__(self, cfg: SpaceConfig):
         super().__init__()
         self.cfg = cfg
-        self.net = SPACES[cfg.space](cfg, lambda label, cands: MixedOp(label, cands))
+        self.net = build_space(cfg, lambda label, cands: MixedOp(label, cands))
         self.mixed = [m for m in self.net.modules() if isinstance(m, MixedOp)]
 
     def forward(self, x):

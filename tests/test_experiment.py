@@ -135,6 +135,7 @@ def test_trial_result_from_an_export():
     (["--strategy", "darts,evolution"], "evolution"),
     (["--seed", "0", "--training-service", "remote", "--machine", "u@h"], "needs --server"),
     (["--seed", "0", "--", "--out", "x"], "set by the experiment"),
+    (["--seed", "0", "--", "--calibrate", "20"], "calibrate once before the experiment"),
 ])
 def test_experiment_option_errors_before_anything_starts(args, match, tmp_path):
     r = CliRunner().invoke(main, ["experiment", "--db", f"sqlite:///{tmp_path / 's.db'}",

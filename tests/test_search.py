@@ -21,6 +21,8 @@ SMALL = SpaceConfig("mobilenet", width=8, depth=3)
 class FlopsCost:
     """A fake cost source: latency proportional to an op's FLOPs; no power (as on a CPU)."""
 
+    method = "FLOPs (test)"
+
     def op_costs(self, ops):
         from collectors.ops import Op, op_flops
 
@@ -92,6 +94,8 @@ def test_search_respects_a_latency_budget_in_prediction():
 class PoweredCost:
     """A fake device with power: latency as FlopsCost, convolutions at 40 W, the rest at 10 W,
     so energy and power rank architectures differently from latency."""
+
+    method = "FLOPs and watts per kind (test)"
 
     def op_costs(self, ops):
         from collectors.ops import Op, op_flops

@@ -3,7 +3,9 @@ MobileNet/ProxylessNAS-style search space of ``hwnas search`` ("proxyless"), and
 MobileNetV2- and small-transformer-style families with sampled hyperparameters.
 
 Every sampled architecture is a JSON-able config; :func:`build` turns a config back into the
-same torch module and input shape, so a stored measurement can be rebuilt and re-measured.
+same torch module and input shape, so a stored measurement can be rebuilt and re-measured. A
+config of family ``space`` is one fixed architecture of a search space at the search's own input,
+width and depth (``SPACE_SKELETONS``; ``hwnas search --calibrate`` measures these).
 """
 
 from __future__ import annotations
@@ -208,6 +210,21 @@ def transformer_network(layers: int, d_model: int, heads: int, ffn: int, classes
     return Encoder()
 
 
+SPACE_SKELETONS: dict[str, Callable[..., nn.Module]] = {
+    "mobilenet": proxyless_skeleton, "nb201": nb201_skeleton}
+"""Search space name -> skeleton(in_channels, width, depth, classes, choose)."""
+
+
+def space_config(space: str, in_channels: int, resolution: int, width: int, depth: int,
+                 classes: int, arch: dict[str, str]) -> dict:
+    """The config (family ``space``) of one architecture of a search space."""
+    if space not in SPACE_SKELETONS:
+        raise ValueError(f"space: expected {', '.join(SPACE_SKELETONS)}, got {space!r}")
+    return {"family": "space", "space": space, "in_channels": in_channels,
+            "resolution": resolution, "width": width, "depth": depth, "classes": classes,
+            "arch": dict(arch)}
+
+
 def sample_config(family: str, rng: np.random.Generator) -> dict:
     """A random architecture of ``family`` as a JSON-able config."""
     if family == "nb201":
@@ -248,6 +265,12 @@ def build(config: dict, batch: int = 1):
         arch, r = config["arch"], config["resolution"]
         net = proxyless_skeleton(config["in_channels"], config["width"], config["depth"],
                                  config["classes"], lambda label, cands: cands[arch[label]])
+        return net, (batch, config["in_channels"], r, r)
+    if f == "space":
+        arch, r = config["arch"], config["resolution"]
+        net = SPACE_SKELETONS[config["space"]](config["in_channels"], config["width"],
+                                               config["depth"], config["classes"],
+                                               lambda label, cands: cands[arch[label]])
         return net, (batch, config["in_channels"], r, r)
     if f == "resnet":
         r = config.get("resolution", 32)
