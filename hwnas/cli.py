@@ -642,12 +642,13 @@ def search_cmd(db_url, space, width, depth, strategy, epochs, retrain_epochs, la
                                             seed, not no_progress)
                 wait_for_network_model(client, device, space_cfg, version)
             if prediction_method(client, device, space_cfg) == OP_SUM:
+                remedy = ("add --calibrate 20 (measures 20 networks of this space here first)"
+                          if measure_on is not None else "run hwnas collect network and hwnas "
+                          "train --target network on the machine with it")
                 click.echo(f"note: {device} has no network model, so costs are sums of GEMM "
                            "predictions per op: they leave out the framework's cost per layer "
                            "and the memory-bound ops (on a CPU often most of a small network's "
-                           "time). For budgets that hold when measured, add --calibrate 20 "
-                           "(measures 20 networks of this space here first) or see `hwnas "
-                           "train --target network`.", err=True)
+                           f"time). For budgets that hold when measured, {remedy}.", err=True)
             if pareto_fractions:
                 fractions = [float(f) for f in pareto_fractions.split(",") if f.strip()]
                 if not fractions or any(not 0 < f <= 1 for f in fractions):

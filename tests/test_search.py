@@ -194,6 +194,9 @@ def test_search_command_end_to_end_through_the_service(tmp_path, monkeypatch):
     assert r.exit_code == 0, r.output
     doc = json.loads((out / "arch.json").read_text())
     assert doc["device"] == "Test GPU" and doc["measured_latency_ms"] is None
+    # No network model: the costs are op sums, said so, with the remedy for a device elsewhere.
+    assert doc["prediction_method"] == "sum of op predictions"
+    assert "has no network model" in r.output and "hwnas collect network" in r.output
     # Pooling/normalisation are costed at the bandwidth bound with no power claimed, so the
     # network's power is unavailable rather than partly made up.
     assert doc["predicted"]["power_w"] is None and doc["predicted"]["latency_ms"] > 0

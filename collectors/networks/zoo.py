@@ -261,16 +261,11 @@ def build(config: dict, batch: int = 1):
     if f == "nb201":
         r = config.get("resolution", 32)
         return nb201_network(config["arch"]), (batch, 3, r, r)
-    if f == "proxyless":
+    if f in ("proxyless", "space"):  # proxyless: the mobilenet space at a sampled input
         arch, r = config["arch"], config["resolution"]
-        net = proxyless_skeleton(config["in_channels"], config["width"], config["depth"],
-                                 config["classes"], lambda label, cands: cands[arch[label]])
-        return net, (batch, config["in_channels"], r, r)
-    if f == "space":
-        arch, r = config["arch"], config["resolution"]
-        net = SPACE_SKELETONS[config["space"]](config["in_channels"], config["width"],
-                                               config["depth"], config["classes"],
-                                               lambda label, cands: cands[arch[label]])
+        net = SPACE_SKELETONS[config.get("space", "mobilenet")](
+            config["in_channels"], config["width"], config["depth"], config["classes"],
+            lambda label, cands: cands[arch[label]])
         return net, (batch, config["in_channels"], r, r)
     if f == "resnet":
         r = config.get("resolution", 32)
