@@ -579,11 +579,12 @@ def adapt(db_url, device, samples, source_csv, column, min_time, reference) -> N
 @click.option("--random-samples", type=click.IntRange(1, 1000), default=5, show_default=True,
               help="With --pareto: architectures random search trains per budget.")
 @click.option("--calibrate", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Before searching, measure this many random architectures of the space "
-                   "(its input, width and depth) on the target device, here, and fit the "
-                   "device's network model from them and any network data already stored, so "
-                   "costs include the per-layer overhead that sums of GEMM predictions leave "
-                   "out. Architectures an earlier run measured are reused. 0: off.")
+              help="Before searching, measure this many architectures of the space (at its "
+                   "input, width and depth: the fewest- and most-FLOPs ones, then random ones; "
+                   "at least 5) on the target device, here, and fit the device's network "
+                   "model from them and any network data already stored, so costs include the "
+                   "per-layer overhead that sums of GEMM predictions leave out. Architectures "
+                   "an earlier run measured are reused. 0: off.")
 @click.option("--data", "data_spec", default="digits", show_default=True,
               help="digits (scikit-learn's bundled 8x8 digits), or a local folder: CIFAR-10's "
                    "binary release (cifar-10-batches-bin) or one subfolder per class.")
