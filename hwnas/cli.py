@@ -778,6 +778,10 @@ def verify_cmd(arch, device_name, min_time, rounds, no_record) -> None:
     if not v.same_device:
         click.echo(f"note: measured on {v.device_model}, predicted for {v.predicted_for}: "
                    "the comparison is across devices")
+    if v.prediction_method == "sum of op predictions":
+        click.echo("note: the search's costs were sums of GEMM predictions per op (no network "
+                   "model), which leave out per-layer overhead; hwnas search --calibrate N on "
+                   "this machine fits one")
     if not no_record:
         click.echo(f"recorded in {arch_file(arch)} (verifications)")
 

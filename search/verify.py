@@ -32,6 +32,7 @@ class Verification:
     budgets: dict
     budget_met: dict  # metric -> bool, or None where the device could not measure it
     at: str
+    prediction_method: str = ""  # how the search's costs were made (older files: unknown)
 
     @property
     def same_device(self) -> bool:
@@ -90,7 +91,8 @@ def verify(path: str | Path, device_name: str = "cpu", min_time_s: float = 0.1,
            for k, v in budgets.items()}
     result = Verification(label, device.info.model, str(doc.get("device")), measured,
                           dict(doc.get("predicted") or {}), budgets, met,
-                          datetime.now(timezone.utc).isoformat(timespec="seconds"))
+                          datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                          str(doc.get("prediction_method") or ""))
     if record:
         doc.setdefault("verifications", []).append(result.to_dict())
         _write_json(p, doc)

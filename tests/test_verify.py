@@ -50,6 +50,11 @@ def test_verify_command_prints_the_comparison(tmp_path):
     assert "budget latency_ms <= 1e+06: met" in r.output
     assert "the comparison is across devices" in r.output
     assert "verifications" not in json.loads((out / "arch.json").read_text())
+    assert "sums of GEMM predictions" not in r.output  # the file does not say how
+    _arch_json(out, prediction_method="sum of op predictions")
+    r = CliRunner().invoke(main, ["verify", str(out), "--min-time", "0.01", "--rounds", "1",
+                                  "--no-record"])
+    assert r.exit_code == 0 and "sums of GEMM predictions per op" in r.output
 
 
 @pytest.mark.parametrize("setup, needle", [
