@@ -15,7 +15,8 @@ __all__ = ["EDGE_OPS", "network_ops", "parse_cell"]
 
 def _conv(name, cin, cout, k, hw, stride, dtype, batch) -> Op:
     return Op.make("conv2d", {"in_channels": cin, "out_channels": cout, "kernel": k,
-                              "height": hw, "width": hw, "stride": stride}, dtype, batch)
+                              "height": hw, "width": hw, "stride": stride, "padding": k // 2},
+                   dtype, batch)
 
 
 def _act_bn(c: int, hw: int, dtype: str, batch: int) -> list[Op]:
@@ -25,7 +26,10 @@ def _act_bn(c: int, hw: int, dtype: str, batch: int) -> list[Op]:
 
 def network_ops(arch: str, batch: int = 1, dtype: str = "fp32", channels: int = 16,
                 cells: int = 5, resolution: int = 32, classes: int = 10) -> list[tuple[str, Op]]:
-    """(layer name, op) for the whole network."""
+    """(layer name, op) for the whole network: the ops the torch network of
+    ``collectors.networks.zoo.nb201_network`` runs (what network sweeps measure and network
+    models learn from), including a node's sum as Python's ``sum`` runs it (``0 + e0``, then
+    one add per further edge) and a ``none`` edge as its multiply by zero."""
     cell = parse_cell(arch)
     ops: list[tuple[str, Op]] = []
     c, hw = channels, resolution
@@ -53,8 +57,7 @@ def network_ops(arch: str, batch: int = 1, dtype: str = "fp32", channels: int = 
         for i in range(cells):
             prefix = f"stage{stage}.cell{i}"
             for j, edges in enumerate(cell, start=1):
-                live = 0
-                for name, src in edges:
+                for n, (name, src) in enumerate(edges):
                     tag = f"{prefix}.node{j}.from{src}"
                     if name in ("nor_conv_1x1", "nor_conv_3x3"):
                         k = 1 if name.endswith("1x1") else 3
@@ -66,10 +69,13 @@ def network_ops(arch: str, batch: int = 1, dtype: str = "fp32", channels: int = 
                         ops.append((f"{tag}.pool", Op.make(
                             "pool", {"channels": c, "kernel": 3, "height": hw, "width": hw,
                                      "padding": 1}, dtype, batch)))
-                    live += name != "none"
-                if live > 1:
-                    ops.append((f"{prefix}.node{j}.sum", Op.make(
-                        "elementwise", {"elements": c * hw * hw, "inputs": live}, dtype, batch)))
+                    elif name == "none":
+                        ops.append((f"{tag}.zero", Op.make(
+                            "elementwise", {"elements": c * hw * hw}, dtype, batch)))
+                    # The running sum: 0 + the first edge (one input), then pairwise adds.
+                    ops.append((f"{tag}.add", Op.make(
+                        "elementwise", {"elements": c * hw * hw, "inputs": 1 if n == 0 else 2},
+                        dtype, batch)))
     ops += [("head.act", _act_bn(c, hw, dtype, batch)[0]),
             ("head.bn", _act_bn(c, hw, dtype, batch)[1]),
             ("head.pool", Op.make("pool", {"channels": c, "kernel": hw, "height": hw,
