@@ -98,6 +98,23 @@ def _stored_keys(store: Store, device_model: str, keys: list[str]) -> set[str]:
                    Measurement.op_kind == "network", Measurement.config_key.in_(keys))))
 
 
+def measure_missing(store: Store, device: ComputeDevice, plan: list[dict],
+                    policy: TimingPolicy | None = None, progress: bool = True
+                    ) -> tuple[int, int, int]:
+    """Measure the network sweep configs of ``plan`` that the store lacks for this device (by
+    the network sweeps' protocol unless ``policy`` says otherwise: interleaved rounds, the speed
+    probe on a CPU); returns (measured now, stored earlier, failed)."""
+    stored = _stored_keys(store, device.info.model, [config_key(c) for c in plan])
+    todo = [c for c in plan if config_key(c) not in stored]
+    if not todo:
+        return 0, len(plan), 0
+    policy = policy or TimingPolicy(rounds=default_rounds(None, device.info.kind),
+                                    probe=default_probe(None, device.info.kind))
+    sweeper = NetworkSweep(store, device, policy, progress=progress)
+    summary = sweeper.run(sweeper.create(todo, "network"))
+    return summary.done, len(plan) - len(todo), summary.failed
+
+
 def _network_count(store: Store, device_model: str) -> int:
     return len(network.load_networks(store, device_model))
 
@@ -114,24 +131,15 @@ def calibrate(store: Store, device: ComputeDevice, space: SpaceConfig, count: in
         raise ValueError(f"--calibrate: at least {MIN_NETWORKS} networks, got {count}")
     model_name = device.info.model
     plan = calibration_plan(space, count, seed)
-    stored = _stored_keys(store, model_name, [config_key(c) for c in plan])
-    todo = [c for c in plan if config_key(c) not in stored]
-    measured = failed = 0
-    if todo:
-        policy = policy or TimingPolicy(rounds=default_rounds(None, device.info.kind),
-                                        probe=default_probe(None, device.info.kind))
-        sweeper = NetworkSweep(store, device, policy, progress=progress)
-        summary = sweeper.run(sweeper.create(todo, "network"))
-        measured, failed = summary.done, summary.failed
+    measured, earlier, failed = measure_missing(store, device, plan, policy, progress)
     if not measured:
         try:
             row = registry.find(store, model_name, target=network.TARGET)
         except registry.RegistryError:
             row = None
         if row is not None and row.n_samples == _network_count(store, model_name):
-            return Calibration(len(plan), 0, len(plan) - len(todo), failed, row.version, False,
+            return Calibration(len(plan), 0, earlier, failed, row.version, False,
                                row.meta.get("metrics", {}))
     model, metrics = network.evaluate_and_fit(store, model_name)
     row = network.register(store, model_name, model, metrics)
-    return Calibration(len(plan), measured, len(plan) - len(todo), failed, row.version, True,
-                       metrics)
+    return Calibration(len(plan), measured, earlier, failed, row.version, True, metrics)

@@ -313,8 +313,10 @@ def collect_network(db_url, families, count, batches, layer_kinds, seed, device_
 @friendly_errors
 def demo(db_url: str | None) -> None:
     """The main job on embedded defaults: measure a small GEMM sweep on this CPU (fp32, and bf16
-    where it runs), train and register a latency model, start the gRPC service on a free local
-    port, query it through the Python client, print the answers and stop the service."""
+    where it runs), train and register a latency model, measure 8 NAS-Bench-201 networks and
+    fit the network model, start the gRPC service on a free local port, query it through the
+    Python client (GEMMs, and a ninth network also measured here), print the answers and stop
+    the service."""
     from hwnas.demo import run_demo
 
     run_demo(db_url)
