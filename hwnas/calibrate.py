@@ -24,7 +24,7 @@ from collectors.networks.decompose import decompose
 from collectors.networks.sweep import NetworkSweep, config_key
 from collectors.networks.zoo import space_config
 from collectors.ops import op_flops
-from collectors.probe import default_probe
+from collectors.probe import SpeedProbe, default_probe
 from collectors.rounds import default_rounds
 from collectors.store.db import Store
 from collectors.store.models import Device, Measurement
@@ -99,18 +99,18 @@ def _stored_keys(store: Store, device_model: str, keys: list[str]) -> set[str]:
 
 
 def measure_missing(store: Store, device: ComputeDevice, plan: list[dict],
-                    policy: TimingPolicy | None = None, progress: bool = True
-                    ) -> tuple[int, int, int]:
+                    policy: TimingPolicy | None = None, progress: bool = True,
+                    probe: SpeedProbe | None = None) -> tuple[int, int, int]:
     """Measure the network sweep configs of ``plan`` that the store lacks for this device (by
     the network sweeps' protocol unless ``policy`` says otherwise: interleaved rounds, the speed
-    probe on a CPU); returns (measured now, stored earlier, failed)."""
+    probe on a CPU, ``probe`` if given); returns (measured now, stored earlier, failed)."""
     stored = _stored_keys(store, device.info.model, [config_key(c) for c in plan])
     todo = [c for c in plan if config_key(c) not in stored]
     if not todo:
         return 0, len(plan), 0
     policy = policy or TimingPolicy(rounds=default_rounds(None, device.info.kind),
                                     probe=default_probe(None, device.info.kind))
-    sweeper = NetworkSweep(store, device, policy, progress=progress)
+    sweeper = NetworkSweep(store, device, policy, progress=progress, probe=probe)
     summary = sweeper.run(sweeper.create(todo, "network"))
     return summary.done, len(plan) - len(todo), summary.failed
 

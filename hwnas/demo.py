@@ -24,7 +24,9 @@ def fit_network_model(job: GemmJob) -> None:
 
     plan = [c for c in network_plan(["nb201"], DEMO_NETWORKS + 1, 1, seed=0)
             if c["arch"] != DEMO_ARCH][:DEMO_NETWORKS]
-    measured, earlier, failed = measure_missing(job.store, job.device, plan)
+    # The GEMM sweep's speed probe has seen this machine at full speed; a new one has not.
+    measured, earlier, failed = measure_missing(job.store, job.device, plan,
+                                                probe=job.runner.probe())
     model, metrics = network.evaluate_and_fit(job.store, job.device.info.model)
     row = network.register(job.store, job.device.info.model, model, metrics)
     held = metrics["held_out"]
@@ -33,12 +35,14 @@ def fit_network_model(job: GemmJob) -> None:
                f"held-out within ±10% {held['within_10']:.0f}%, RMSPE {held['rmspe']:.1f}%")
 
 
-def measure_demo_network(device) -> float:
-    """DEMO_ARCH's latency (ms) on this CPU, as a search measures its result (not stored)."""
+def measure_demo_network(job: GemmJob) -> float:
+    """DEMO_ARCH's latency (ms) on this CPU, as a search measures its result (not stored),
+    judged calm by the GEMM sweep's speed probe."""
     from collectors.networks.zoo import nb201_network
     from search.run import measure_network
 
-    return measure_network(nb201_network(DEMO_ARCH), (1, 3, 32, 32), device).latency_ms
+    return measure_network(nb201_network(DEMO_ARCH), (1, 3, 32, 32), job.device,
+                           probe=job.runner.probe()).latency_ms
 
 
 def run_demo(db_url: str | None) -> None:
@@ -84,7 +88,7 @@ def run_demo(db_url: str | None) -> None:
             click.echo(f"\npredictions for {answer.device} (model v{answer.model_version}):")
             print_table(["gemm", "dtype", "latency ms", "power W", "energy J"], rows)
             net = client.predict_network(model, nasbench201=DEMO_ARCH)
-            measured = measure_demo_network(job.device)
+            measured = measure_demo_network(job)
             click.echo(f"\nNAS-Bench-201 network {DEMO_ARCH} (not one of the "
                        f"{DEMO_NETWORKS} measured)\n  {len(net.layers)} layers: predicted "
                        f"{net.total.latency_ms:.4g} ms ± {net.total.latency_std_ms:.2g} "

@@ -218,11 +218,11 @@ class Measured:
 
 
 def measure_network(model: torch.nn.Module, shape: tuple[int, ...], device=None,
-                    min_time_s: float = 0.1, rounds: int = 5) -> Measured:
+                    min_time_s: float = 0.1, rounds: int = 5, probe=None) -> Measured:
     """Measure one forward pass on ``device`` (a collectors ComputeDevice; default this CPU) by
-    the collectors' protocol and statistic (with the speed probe on a CPU), so it compares with
-    what the model learned from; energy over a >= 1 s steady-state window from the device's
-    power reader."""
+    the collectors' protocol and statistic (with the speed probe on a CPU: ``probe``, e.g. a
+    sweep's, which has seen full speed, else a new one), so it compares with what the model
+    learned from; energy over a >= 1 s steady-state window from the device's power reader."""
     from collectors.devices import CpuDevice
     from collectors.gemm.backends import backend_for
     from collectors.networks.sweep import forward_pass
@@ -233,8 +233,10 @@ def measure_network(model: torch.nn.Module, shape: tuple[int, ...], device=None,
     fn, timer = forward_pass(model, shape, device)
     policy = TimingPolicy(min_time_s=min_time_s)
     # On a CPU each round waits for the machine to run at full speed, as the sweeps' do.
-    probe = (SpeedProbe.for_backend(backend_for("cpu", "torch"))
-             if default_probe(None, device.info.kind) else None)
+    if not default_probe(None, device.info.kind):
+        probe = None
+    elif probe is None:
+        probe = SpeedProbe.for_backend(backend_for("cpu", "torch"))
     latency = lowest_round_ms(fn, timer, policy, rounds, probe=probe)
     power = energy_window(fn, timer, device.power_reader(), latency, policy.power_window_s)
     energy = None if power.energy_j_per_call is None else power.energy_j_per_call * 1e3

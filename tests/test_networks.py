@@ -209,3 +209,14 @@ def test_collect_network_and_adapt_device_errors(tmp_path):
     assert r.exit_code != 0 and "cuda:0" in r.output and "Traceback" not in r.output
     r = CliRunner().invoke(main, ["adapt", "--db", db, "--device", "newdev"])
     assert r.exit_code == 2 and "--from-csv: required unless --device is cpu or cuda:N" in r.output
+
+
+def test_a_network_sweep_probes_with_the_probe_it_is_given(store):
+    # A GEMM sweep's probe has seen full speed; the demo hands it on. Not used when the policy
+    # does not probe.
+    given = object()
+    on = NetworkSweep(store, CpuDevice(), TimingPolicy(probe=True), progress=False, probe=given)
+    assert on.probe() is given
+    off = NetworkSweep(store, CpuDevice(), TimingPolicy(probe=False), progress=False,
+                       probe=given)
+    assert off.probe() is None

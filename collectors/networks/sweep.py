@@ -156,7 +156,11 @@ class NetworkSweep:
     (``cuda:N``, CUDA events and the NVML energy counter) with a CUDA build of torch."""
 
     def __init__(self, store: Store, device: ComputeDevice, policy: TimingPolicy | None = None,
-                 threads: int | None = None, progress: bool = True):
+                 threads: int | None = None, progress: bool = True,
+                 probe: SpeedProbe | None = None):
+        """``probe``: a speed probe of this CPU to use when the policy probes, e.g. one a GEMM
+        sweep has used, which has already seen the machine at full speed (a new probe takes
+        whatever speed it starts in for full speed until it sees faster)."""
         import torch
 
         if policy is not None and policy.probe and device.info.kind != "cpu":
@@ -175,11 +179,13 @@ class NetworkSweep:
         self.threads = threads
         self.progress = progress
         self.reader = device.power_reader()
-        self._probe: SpeedProbe | None = None
+        self._probe = probe
 
     def probe(self) -> SpeedProbe | None:
         """The speed probe (a torch GEMM on this CPU) when the policy asks for one."""
-        if self._probe is None and default_probe(self.policy.probe, self.device.info.kind):
+        if not default_probe(self.policy.probe, self.device.info.kind):
+            return None
+        if self._probe is None:
             self._probe = SpeedProbe.for_backend(backend_for("cpu", "torch",
                                                              threads=self.threads))
         return self._probe
