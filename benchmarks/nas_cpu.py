@@ -66,8 +66,7 @@ def main() -> None:
         sweeper.run(sweeper.create(layer_grid(list(LAYER_KINDS), [1]), "layers"))
         sweeper.run(sweeper.create(network_plan(list(FAMILIES), args.networks, 1, 0),
                                    "network"))
-        model, metrics = network.evaluate_and_fit(store, device.info.model)
-        network.register(store, device.info.model, model, metrics)
+        _, metrics = network.train_and_register(store, device.info.model)
         print(f"calibration: {metrics['networks']} networks, {metrics['layers']} layers in "
               f"{time.perf_counter() - t0:.0f} s; network model held-out within ±10% "
               f"{metrics['held_out']['within_10']:.0f}%, RMSPE {metrics['held_out']['rmspe']:.1f}%")

@@ -22,7 +22,6 @@ from sqlalchemy import select
 from collectors.devices import ComputeDevice
 from collectors.networks.decompose import decompose
 from collectors.networks.sweep import NetworkSweep, config_key
-from collectors.networks.zoo import space_config
 from collectors.ops import op_flops
 from collectors.probe import SpeedProbe, default_probe
 from collectors.rounds import default_rounds
@@ -86,8 +85,7 @@ def calibration_plan(space: SpaceConfig, count: int, seed: int) -> list[dict]:
             if combo not in seen:
                 seen.add(combo)
                 archs.append(arch)
-    return [{**space_config(space.space, space.in_channels, space.resolution, space.width,
-                            space.depth, space.classes, arch), "batch": 1} for arch in archs]
+    return [{"family": "space", **space.to_dict(), "arch": arch, "batch": 1} for arch in archs]
 
 
 def _stored_keys(store: Store, device_model: str, keys: list[str]) -> set[str]:
@@ -140,6 +138,5 @@ def calibrate(store: Store, device: ComputeDevice, space: SpaceConfig, count: in
         if row is not None and row.n_samples == _network_count(store, model_name):
             return Calibration(len(plan), 0, earlier, failed, row.version, False,
                                row.meta.get("metrics", {}))
-    model, metrics = network.evaluate_and_fit(store, model_name)
-    row = network.register(store, model_name, model, metrics)
+    row, metrics = network.train_and_register(store, model_name)
     return Calibration(len(plan), measured, earlier, failed, row.version, True, metrics)

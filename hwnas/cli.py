@@ -644,7 +644,7 @@ def search_cmd(db_url, space, width, depth, strategy, epochs, retrain_epochs, la
                 version = _calibrate_search(db_url, measure_on, device, space_cfg, calibrate,
                                             seed, not no_progress)
                 wait_for_network_model(client, device, space_cfg, version)
-            if prediction_method(client, device, space_cfg) == OP_SUM:
+            elif prediction_method(client, device, space_cfg) == OP_SUM:
                 remedy = ("add --calibrate 20 (measures 20 networks of this space here first)"
                           if measure_on is not None else "run hwnas collect network and hwnas "
                           "train --target network on the machine with it")
@@ -749,6 +749,7 @@ def verify_cmd(arch, device_name, min_time, rounds, no_record) -> None:
     arch.json's `verifications` unless --no-record. A `--pareto` output folder (or its
     pareto.json): every point is measured, recorded, and the measured front drawn
     (pareto_measured.png)."""
+    from search.job import OP_SUM
     from search.verify import METRICS, arch_file, pareto_file, verify, verify_pareto
 
     front = pareto_file(arch)
@@ -780,7 +781,7 @@ def verify_cmd(arch, device_name, min_time, rounds, no_record) -> None:
     if not v.same_device:
         click.echo(f"note: measured on {v.device_model}, predicted for {v.predicted_for}: "
                    "the comparison is across devices")
-    if v.prediction_method == "sum of op predictions":
+    if v.prediction_method == OP_SUM:
         click.echo("note: the search's costs were sums of GEMM predictions per op (no network "
                    "model), which leave out per-layer overhead; hwnas search --calibrate N on "
                    "this machine fits one")
@@ -958,8 +959,7 @@ def train(db_url, device_spec, folds, trees, target) -> None:
     if target == "network":
         from predictor import network
 
-        net, metrics = network.evaluate_and_fit(store, model, folds)
-        row = network.register(store, model, net, metrics)
+        row, metrics = network.train_and_register(store, model, folds)
         for name in ("held_out", "flops_proxy"):
             m = metrics[name]
             click.echo(f"{name:>11}: within ±10% {m['within_10']:.1f}%, RMSPE "

@@ -27,8 +27,7 @@ def fit_network_model(job: GemmJob) -> None:
     # The GEMM sweep's speed probe has seen this machine at full speed; a new one has not.
     measured, earlier, failed = measure_missing(job.store, job.device, plan,
                                                 probe=job.runner.probe())
-    model, metrics = network.evaluate_and_fit(job.store, job.device.info.model)
-    row = network.register(job.store, job.device.info.model, model, metrics)
+    row, metrics = network.train_and_register(job.store, job.device.info.model)
     held = metrics["held_out"]
     click.echo(f"{measured} networks measured now, {earlier} stored earlier, {failed} failed; "
                f"registered network model v{row.version} ({metrics['networks']} networks): "

@@ -179,6 +179,13 @@ def evaluate_and_fit(store: Store, device_model: str, folds: int = 5
     return NetworkCostModel(kinds).fit(list(nets.ops), y), metrics
 
 
+def train_and_register(store: Store, device_model: str, folds: int = 5):
+    """:func:`evaluate_and_fit` on every network and layer measurement of the device, then
+    :func:`register` the model: returns the registry row and the held-out metrics."""
+    model, metrics = evaluate_and_fit(store, device_model, folds)
+    return register(store, device_model, model, metrics), metrics
+
+
 def register(store: Store, device_model: str, model: NetworkCostModel, metrics: dict):
     from predictor import registry
 

@@ -15,6 +15,7 @@ from predictor.forest import GEMM_COLUMNS, GemmCostForest
 
 FOREST = "gemm-forest"
 ROOFLINE = "bandwidth-roofline"
+SUM_OF_OPS = "sum of op predictions"  # a network's method when no network model answers it
 
 
 @dataclass
@@ -69,10 +70,10 @@ def total(costs: list[OpCost]) -> OpCost:
     lat = sum(c.latency_ms for c in costs)
     lat_std = float(np.sqrt(sum(c.latency_std_ms ** 2 for c in costs)))
     if not costs or any(c.energy_j is None for c in costs):
-        return OpCost(lat, lat_std, None, None, None, None, "sum of op predictions",
+        return OpCost(lat, lat_std, None, None, None, None, SUM_OF_OPS,
                       sum(c.gemm_count for c in costs))
     energy = sum(c.energy_j for c in costs)
     e_std = float(np.sqrt(sum(c.energy_std_j ** 2 for c in costs)))
     power = energy / lat * 1e3
     return OpCost(lat, lat_std, power, power * e_std / energy if energy else 0.0, energy, e_std,
-                  "sum of op predictions", sum(c.gemm_count for c in costs))
+                  SUM_OF_OPS, sum(c.gemm_count for c in costs))

@@ -58,6 +58,15 @@ class ServiceCostSource:
         return costs, answer.total.latency_ms - sum(c.latency_ms for c in costs)
 
 
+def first_arch_ops(cfg: SpaceConfig, batch: int = 1) -> list[dict]:
+    """The op list of the space's first architecture (each decision's first option): the
+    network the per-candidate costs are added to, and a small question that shows how the
+    service costs the space."""
+    first = {label: opts[0] for label, opts in choices(cfg).items()}
+    return [op.to_dict() for _, op in decompose(fixed_network(cfg, first),
+                                                 input_shape(cfg, batch)).ops]
+
+
 class HardwareCost:
     """Per-candidate costs of a supernet and its differentiable expectation."""
 
@@ -71,9 +80,7 @@ class HardwareCost:
             in_shape = (batch,) + tuple(m.input_shape[1:])
             for cand in m.candidates:
                 groups.append([op.to_dict() for _, op in decompose(cand, in_shape).ops])
-        first = {label: opts[0] for label, opts in choices(cfg).items()}
-        groups.append([op.to_dict() for _, op in decompose(fixed_network(cfg, first),
-                                                           shape).ops])
+        groups.append(first_arch_ops(cfg, batch))
         flat = [op for g in groups for op in g]
         answers, constant_ms = source.op_costs(flat)
         self.method = source.method

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from search.cost import HardwareCost, ServiceCostSource
+from search.cost import HardwareCost, ServiceCostSource, first_arch_ops
 from search.data import digits
 from search.run import (
     Data,
@@ -54,22 +54,14 @@ def prediction_client(server: str | None, db_url: str | None, token: str | None 
         yield client
 
 
-OP_SUM = "sum of op predictions"  # the service's method when no network model applies
-
-
-def _first_arch_ops(space: SpaceConfig) -> list[dict]:
-    """The op list of the space's first architecture (each decision's first option)."""
-    from collectors.networks.decompose import decompose
-    from search.spaces import choices
-
-    arch = {label: opts[0] for label, opts in choices(space).items()}
-    return [op.to_dict() for _, op in decompose(fixed_network(space, arch),
-                                                 input_shape(space)).ops]
+# The service's method when no network model applies (predictor.op_costs.SUM_OF_OPS on the
+# far side of the gRPC boundary, which search does not import).
+OP_SUM = "sum of op predictions"
 
 
 def prediction_method(client, device: str, space: SpaceConfig) -> str:
     """How the service costs networks of ``space`` on ``device`` (its ``method`` words)."""
-    return client.predict_network(device, ops=_first_arch_ops(space)).method
+    return client.predict_network(device, ops=first_arch_ops(space)).method
 
 
 def wait_for_network_model(client, device: str, space: SpaceConfig, version: int,
@@ -77,7 +69,7 @@ def wait_for_network_model(client, device: str, space: SpaceConfig, version: int
     """Block until the service answers ``space``'s networks from network model ``version``
     (it re-reads the registry about once a second); ValueError when it does not within
     ``timeout_s``, e.g. because it serves another store than the one the model went to."""
-    ops = _first_arch_ops(space)
+    ops = first_arch_ops(space)
     deadline = time.monotonic() + timeout_s
     while True:
         answer = client.predict_network(device, ops=ops)

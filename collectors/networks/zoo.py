@@ -5,7 +5,8 @@ MobileNetV2- and small-transformer-style families with sampled hyperparameters.
 Every sampled architecture is a JSON-able config; :func:`build` turns a config back into the
 same torch module and input shape, so a stored measurement can be rebuilt and re-measured. A
 config of family ``space`` is one fixed architecture of a search space at the search's own input,
-width and depth (``SPACE_SKELETONS``; ``hwnas search --calibrate`` measures these).
+width and depth: its ``space``, ``in_channels``, ``resolution``, ``width``, ``depth``,
+``classes`` and ``arch`` (``SPACE_SKELETONS``; ``hwnas search --calibrate`` measures these).
 """
 
 from __future__ import annotations
@@ -213,16 +214,6 @@ def transformer_network(layers: int, d_model: int, heads: int, ffn: int, classes
 SPACE_SKELETONS: dict[str, Callable[..., nn.Module]] = {
     "mobilenet": proxyless_skeleton, "nb201": nb201_skeleton}
 """Search space name -> skeleton(in_channels, width, depth, classes, choose)."""
-
-
-def space_config(space: str, in_channels: int, resolution: int, width: int, depth: int,
-                 classes: int, arch: dict[str, str]) -> dict:
-    """The config (family ``space``) of one architecture of a search space."""
-    if space not in SPACE_SKELETONS:
-        raise ValueError(f"space: expected {', '.join(SPACE_SKELETONS)}, got {space!r}")
-    return {"family": "space", "space": space, "in_channels": in_channels,
-            "resolution": resolution, "width": width, "depth": depth, "classes": classes,
-            "arch": dict(arch)}
 
 
 def sample_config(family: str, rng: np.random.Generator) -> dict:
