@@ -168,21 +168,26 @@ def time_kernel(fn: Callable[[], object], timer: Timer, policy: TimingPolicy) ->
     return TimingStats.from_samples(samples, inner, timer.method)
 
 
-def lowest_round_ms(fn: Callable[[], object], timer: Timer, policy: TimingPolicy,
-                    rounds: int = 5, gap_s: float = 0.2, probe=None) -> float:
+def lowest_round(fn: Callable[[], object], timer: Timer, policy: TimingPolicy,
+                 rounds: int = 5, gap_s: float = 0.2, probe=None, wait_s: float | None = None):
     """Latency (ms) of one kernel measured alone, by the sweeps' statistic: the lowest
     fastest decile (p10) of ``rounds`` timed rounds spread over time (``gap_s`` apart), so
     that a slow phase of the machine does not decide the figure (see collectors.rounds);
-    each round through ``probe`` (a collectors.probe.SpeedProbe) when given."""
-    from collectors.probe import measure_when_calm  # it builds on this module
+    each round through ``probe`` (a collectors.probe.SpeedProbe) when given, waiting up to
+    ``wait_s`` (s, default the probe's) for a calm machine. Returns the latency and how calm
+    the machine was in the round that gave it (a collectors.probe.Calmness; None without a
+    probe)."""
+    from collectors.probe import WAIT_S, measure_when_calm  # they build on this module
 
-    fastest = []
+    kept = None
     for r in range(rounds):
         if r:
             time.sleep(gap_s)
-        fastest.append(measure_when_calm(lambda: time_kernel(fn, timer, policy).p10_ms, float,
-                                         probe)[0])
-    return min(fastest)
+        ms, calm = measure_when_calm(lambda: time_kernel(fn, timer, policy).p10_ms, float,
+                                     probe, wait_s=WAIT_S if wait_s is None else wait_s)
+        if kept is None or ms < kept[0]:
+            kept = (ms, calm)
+    return kept
 
 
 def energy_window(fn: Callable[[], object], timer: Timer, reader: PowerReader,

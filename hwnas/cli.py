@@ -623,7 +623,7 @@ def search_cmd(db_url, space, width, depth, strategy, epochs, retrain_epochs, la
         single,
         wait_for_network_model,
     )
-    from search.run import SearchConfig, local_device_for
+    from search.run import SearchConfig, local_device_for, slow_caution
     from search.spaces import SpaceConfig
 
     data = load(data_spec, resolution, seed, limit)
@@ -665,6 +665,7 @@ def search_cmd(db_url, space, width, depth, strategy, epochs, retrain_epochs, la
                     click.echo(f"{o['label']:<24} test acc {o['test_acc'] * 100:5.1f}%  "
                                f"predicted {o['predicted']['latency_ms']:.3f} ms  measured "
                                f"{measured} ms")
+                _echo_slow_cautions(doc["search"] + doc["random"])
                 click.echo(f"plot: {Path(out_dir) / 'pareto.png'}")
                 return
             doc = single(space_cfg, client, device, cfg, budgets, margin, retrain_epochs,
@@ -683,6 +684,10 @@ def search_cmd(db_url, space, width, depth, strategy, epochs, retrain_epochs, la
                   else f" (energy: {doc['measured_power_source']})")
         click.echo(f"measured on {doc['measured_on']}: {doc['measured_latency_ms']:.3f} ms "
                    f"({doc['measured_latency_ms'] / p['latency_ms']:.2f}x predicted)" + energy)
+        caution = slow_caution(doc["measured_calm"], doc["measured_slow_ratio"])
+        if caution:
+            click.echo(f"caution: {caution}; measure it again when the machine is quiet: "
+                       f"hwnas verify {out_dir}", err=True)
     click.echo(f"accuracy after retraining: val {doc['val_accuracy'] * 100:.1f}%, test "
                f"{doc['test_accuracy'] * 100:.1f}%; search {doc['search_seconds']:.0f} s "
                f"({doc['hardware_term_share'] * 100:.1f}% on the hardware term)")
@@ -750,6 +755,7 @@ def verify_cmd(arch, device_name, min_time, rounds, no_record) -> None:
     pareto.json): every point is measured, recorded, and the measured front drawn
     (pareto_measured.png)."""
     from search.job import OP_SUM
+    from search.run import slow_caution
     from search.verify import METRICS, arch_file, pareto_file, verify, verify_pareto
 
     front = pareto_file(arch)
@@ -761,6 +767,7 @@ def verify_cmd(arch, device_name, min_time, rounds, no_record) -> None:
                       f"{r['test_acc'] * 100:.1f}"] for r in rows])
         click.echo(f"measured front: {plot}"
                    + ("" if no_record else f"; recorded in {front} (verifications)"))
+        _echo_slow_cautions(rows)
         return
     v = verify(arch, device_name, min_time, rounds, record=not no_record)
     units = {"latency_ms": "ms", "energy_mj": "mJ", "power_w": "W"}
@@ -785,8 +792,24 @@ def verify_cmd(arch, device_name, min_time, rounds, no_record) -> None:
         click.echo("note: the search's costs were sums of GEMM predictions per op (no network "
                    "model), which leave out per-layer overhead; hwnas search --calibrate N on "
                    "this machine fits one")
+    caution = slow_caution(v.measured["calm"], v.measured["slow_ratio"])
+    if caution:
+        click.echo(f"caution: {caution}; run this again when the machine is quiet", err=True)
     if not no_record:
         click.echo(f"recorded in {arch_file(arch)} (verifications)")
+
+
+def _echo_slow_cautions(points: list[dict]) -> None:
+    """One caution line per point (a dict with ``label`` and, in ``measured`` or itself,
+    ``calm`` and ``slow_ratio``) whose latency was measured while the machine ran slow."""
+    from search.run import slow_caution
+
+    for point in points:
+        m = point.get("measured") or point
+        caution = slow_caution(m.get("calm"), m.get("slow_ratio"))
+        if caution:
+            click.echo(f"caution ({point['label']}): {caution}; measure again when the "
+                       "machine is quiet: hwnas verify on the output folder", err=True)
 
 
 @main.command("experiment", context_settings={"ignore_unknown_options": False})

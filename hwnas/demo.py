@@ -34,14 +34,14 @@ def fit_network_model(job: GemmJob) -> None:
                f"held-out within ±10% {held['within_10']:.0f}%, RMSPE {held['rmspe']:.1f}%")
 
 
-def measure_demo_network(job: GemmJob) -> float:
-    """DEMO_ARCH's latency (ms) on this CPU, as a search measures its result (not stored),
-    judged calm by the GEMM sweep's speed probe."""
+def measure_demo_network(job: GemmJob):
+    """DEMO_ARCH measured on this CPU as a search measures its result (not stored), judged
+    calm by the GEMM sweep's speed probe (a search.run.Measured)."""
     from collectors.networks.zoo import nb201_network
     from search.run import measure_network
 
     return measure_network(nb201_network(DEMO_ARCH), (1, 3, 32, 32), job.device,
-                           probe=job.runner.probe()).latency_ms
+                           probe=job.runner.probe())
 
 
 def run_demo(db_url: str | None) -> None:
@@ -87,12 +87,15 @@ def run_demo(db_url: str | None) -> None:
             click.echo(f"\npredictions for {answer.device} (model v{answer.model_version}):")
             print_table(["gemm", "dtype", "latency ms", "power W", "energy J"], rows)
             net = client.predict_network(model, nasbench201=DEMO_ARCH)
-            measured = measure_demo_network(job)
+            m = measure_demo_network(job)
             click.echo(f"\nNAS-Bench-201 network {DEMO_ARCH} (not one of the "
                        f"{DEMO_NETWORKS} measured)\n  {len(net.layers)} layers: predicted "
                        f"{net.total.latency_ms:.4g} ms ± {net.total.latency_std_ms:.2g} "
-                       f"({net.method}); measured here {measured:.4g} ms "
-                       f"(x{measured / net.total.latency_ms:.2f})")
+                       f"({net.method}); measured here {m.latency_ms:.4g} ms "
+                       f"(x{m.latency_ms / net.total.latency_ms:.2f})")
+            if m.caution():
+                click.echo(f"  caution: {m.caution()}; the comparison holds on a quiet "
+                           "machine")
     finally:
         server.stop(1)
     click.echo("server stopped")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from sqlalchemy import func, select
 
+from collectors.paths import data_dir
 from collectors.store.db import Store
 from collectors.store.models import ModelVersion
 from predictor.features import FEATURE_NAMES
@@ -30,9 +31,7 @@ class ChecksumError(RegistryError):
 def models_dir() -> Path:
     if os.environ.get("HWNAS_MODELS"):
         return Path(os.environ["HWNAS_MODELS"])
-    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local",
-                                                          "share")
-    return Path(base) / "hwnas" / "models"
+    return data_dir() / "models"
 
 
 def sha256_file(path: str | Path) -> str:

@@ -130,6 +130,8 @@ def single(space: SpaceConfig, client, device: str, cfg: SearchConfig, budgets: 
         "measured_energy_mj": outcome.measured.energy_mj if outcome.measured else None,
         "measured_power_w": outcome.measured.power_w if outcome.measured else None,
         "measured_power_source": outcome.measured.power_source if outcome.measured else None,
+        "measured_calm": outcome.measured.calm if outcome.measured else None,
+        "measured_slow_ratio": outcome.measured.slow_ratio if outcome.measured else None,
         "val_accuracy": outcome.val_acc, "test_accuracy": outcome.test_acc,
         "search_seconds": outcome.search_s,
         "hardware_term_share": outcome.hardware_s / max(outcome.search_s, 1e-9)})
@@ -171,9 +173,10 @@ def pareto(space: SpaceConfig, client, device: str, cfg: SearchConfig, fractions
         arch, val, test, n = random_search(space, data, hw, random_samples,
                                            {"latency_ms": budget}, retrain_epochs, cfg.seed)
         m = (measure_network(fixed_network(space, arch), input_shape(space), measure_on)
-             .latency_ms if measure_on else None)
-        rand_points.append(Outcome(f"random {f:.0%} ({n} archs)", arch, hw.of_arch(arch), m,
-                                   val, test, 0.0, 0.0, prediction_method=hw.method))
+             if measure_on else None)
+        rand_points.append(Outcome(f"random {f:.0%} ({n} archs)", arch, hw.of_arch(arch),
+                                   m.latency_ms if m else None, val, test, 0.0, 0.0,
+                                   measured=m, prediction_method=hw.method))
     out_dir.mkdir(parents=True, exist_ok=True)
     doc = {"device": device, "space": space.to_dict(), "seconds": time.perf_counter() - t0,
            "search": [asdict(o) for o in points], "random": [asdict(o) for o in rand_points]}

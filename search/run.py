@@ -208,26 +208,49 @@ def retrain(space: SpaceConfig, arch: dict[str, str], data: Data, epochs: int = 
 @dataclass
 class Measured:
     """A network measured on a local device: latency (ms, lowest p10 of spread rounds) and,
-    where the device's sensors read it, energy per inference (mJ) and power (W)."""
+    where the device's sensors read it, energy per inference (mJ) and power (W). ``calm`` says
+    whether the speed probe found the machine at full speed in the round that gave the latency,
+    and ``slow_ratio`` how slow it was then (probe window over full speed, 1.0 = full speed);
+    both None where no probe ran (a GPU)."""
 
     latency_ms: float
     energy_mj: float | None
     power_w: float | None
     power_source: str
     device: str
+    calm: bool | None = None
+    slow_ratio: float | None = None
+
+    def caution(self) -> str | None:
+        return slow_caution(self.calm, self.slow_ratio)
+
+
+def slow_caution(calm: bool | None, slow_ratio: float | None) -> str | None:
+    """What to tell the user when a latency was measured while the machine ran slow (the
+    caller adds the remedy that fits), else None."""
+    if calm is not False:
+        return None
+    return (f"measured while this machine ran {slow_ratio:.2f}x slower than its full speed "
+            f"(speed probe; it waited up to {ONE_OFF_WAIT_S:g} s per round for a calm spell), "
+            f"so the latency is likely high")
+
+
+ONE_OFF_WAIT_S = 5.0  # s per round a one-off measurement waits for a calm machine
 
 
 def measure_network(model: torch.nn.Module, shape: tuple[int, ...], device=None,
                     min_time_s: float = 0.1, rounds: int = 5, probe=None) -> Measured:
     """Measure one forward pass on ``device`` (a collectors ComputeDevice; default this CPU) by
     the collectors' protocol and statistic (with the speed probe on a CPU: ``probe``, e.g. a
-    sweep's, which has seen full speed, else a new one), so it compares with what the model
-    learned from; energy over a >= 1 s steady-state window from the device's power reader."""
+    sweep's, which has seen full speed, else a new one judged by this machine's recorded full
+    speed), so it compares with what the model learned from; energy over a >= 1 s
+    steady-state window from the device's power reader. One measurement is cheap to wait
+    for, so each round waits up to :data:`ONE_OFF_WAIT_S` for a calm machine."""
     from collectors.devices import CpuDevice
     from collectors.gemm.backends import backend_for
     from collectors.networks.sweep import forward_pass
     from collectors.probe import SpeedProbe, default_probe
-    from collectors.timing import TimingPolicy, energy_window, lowest_round_ms
+    from collectors.timing import TimingPolicy, energy_window, lowest_round
 
     device = device or CpuDevice()
     fn, timer = forward_pass(model, shape, device)
@@ -237,11 +260,14 @@ def measure_network(model: torch.nn.Module, shape: tuple[int, ...], device=None,
         probe = None
     elif probe is None:
         probe = SpeedProbe.for_backend(backend_for("cpu", "torch"))
-    latency = lowest_round_ms(fn, timer, policy, rounds, probe=probe)
+    latency, calm = lowest_round(fn, timer, policy, rounds, probe=probe,
+                                 wait_s=ONE_OFF_WAIT_S)
     power = energy_window(fn, timer, device.power_reader(), latency, policy.power_window_s)
     energy = None if power.energy_j_per_call is None else power.energy_j_per_call * 1e3
     return Measured(latency, energy, power.power_w, power.source,
-                    f"{device.info.model} ({device.info.name})")
+                    f"{device.info.model} ({device.info.name})",
+                    None if calm is None else calm.calm,
+                    None if calm is None else round(calm.ratio, 3))
 
 
 def local_device_for(model_name: str):

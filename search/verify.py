@@ -116,12 +116,14 @@ def _device(device_name: str):
 def _measure(net, space: SpaceConfig, device, min_time_s: float, rounds: int
              ) -> tuple[str, dict]:
     """The device as measured ("model (name)") and the network's latency_ms, energy_mj,
-    power_w (None where unreadable) and power_source, by the search's protocol."""
+    power_w (None where unreadable) and power_source, by the search's protocol, with how calm
+    the machine was (``calm``, ``slow_ratio``: see search.run.Measured)."""
     from search.run import measure_network
 
     m = measure_network(net, input_shape(space), device, min_time_s, rounds)
     return m.device, {"latency_ms": m.latency_ms, "energy_mj": m.energy_mj,
-                      "power_w": m.power_w, "power_source": m.power_source}
+                      "power_w": m.power_w, "power_source": m.power_source,
+                      "calm": m.calm, "slow_ratio": m.slow_ratio}
 
 
 def _write_json(path: Path, doc: dict) -> None:
@@ -144,7 +146,8 @@ def verify_pareto(path: Path, device_name: str = "cpu", min_time_s: float = 0.1,
     """Measure every architecture of a Pareto run (its searches and random picks) on
     ``device_name``; with ``record``, appends each measurement to its point in pareto.json;
     draws the measured front (``pareto_measured.png`` beside it). Returns one row per point
-    (label, predicted and measured latency in ms, test accuracy) and the plot's path."""
+    (label, predicted and measured latency in ms, test accuracy, calm, slow_ratio) and the
+    plot's path."""
     from search.job import Outcome, plot_pareto
 
     try:
@@ -166,7 +169,8 @@ def verify_pareto(path: Path, device_name: str = "cpu", min_time_s: float = 0.1,
             ms = measured["latency_ms"]
             rows.append({"label": point["label"], "group": group,
                          "predicted_ms": point["predicted"]["latency_ms"],
-                         "measured_ms": ms, "test_acc": point["test_acc"]})
+                         "measured_ms": ms, "test_acc": point["test_acc"],
+                         "calm": measured["calm"], "slow_ratio": measured["slow_ratio"]})
             outcomes[group].append(Outcome(point["label"], point["arch"], point["predicted"],
                                            ms, point["val_acc"],
                                            point["test_acc"], 0.0, 0.0))

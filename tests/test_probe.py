@@ -4,6 +4,8 @@ fake whose slowness the test scripts, on a fake clock."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from sqlalchemy import select
 
@@ -252,15 +254,15 @@ def test_a_distributed_sweep_leaves_the_probe_to_each_workers_device_kind(tmp_pa
 
 
 def test_a_kernel_measured_alone_waits_out_a_slow_phase():
-    from collectors.timing import lowest_round_ms
+    from collectors.timing import lowest_round
 
     m = Machine()
     probe = probe_on(m)
     m.phases = [(0.0, 0.3, 1.5)]  # slow for the first 0.3 s of the fake clock
     kernel = ReferenceTimer(m, base_ms=2.0)
-    assert lowest_round_ms(lambda: None, kernel, INSTANT, rounds=3, gap_s=0) == 3.0
-    assert lowest_round_ms(lambda: None, kernel, INSTANT, rounds=3, gap_s=0,
-                           probe=probe) == pytest.approx(2.0)
+    assert lowest_round(lambda: None, kernel, INSTANT, rounds=3, gap_s=0)[0] == 3.0
+    ms, calm = lowest_round(lambda: None, kernel, INSTANT, rounds=3, gap_s=0, probe=probe)
+    assert ms == pytest.approx(2.0) and calm.calm
     assert m.now >= 0.3  # it waited for the phase to end
 
 
@@ -334,3 +336,112 @@ def test_peaks_measured_in_a_slow_phase_are_measured_again_after_the_sweep(tmp_p
         assert calls == [["compute_fp32", "bandwidth"]]
         assert "measuring them again" not in r.output
         assert peaks == {"compute_fp32": pytest.approx(1.0), "bandwidth": pytest.approx(1.0)}
+
+
+class SharedTimer(ReferenceTimer):
+    """The reference kernel on a machine whose cores are shared with other processes while
+    ``machine.shared``: it runs at full speed when it runs, but every third repetition waits
+    out another process's time slice."""
+
+    def __init__(self, machine: Machine, base_ms: float = 0.1):
+        super().__init__(machine, base_ms)
+        self.calls = 0
+
+    def time(self, fn, inner: int) -> float:
+        self.calls += 1
+        shared = getattr(self.machine, "shared", False) and self.calls % 3 == 0
+        return self.base_ms * (6.0 if shared else 1.0)
+
+
+def test_a_window_shared_with_other_processes_is_slow_though_its_fastest_decile_is_not():
+    from collectors.probe import CONTENDED
+
+    m = Machine()
+    m.shared = True  # from the start: a fresh probe has never seen the machine to itself
+    probe = SpeedProbe(lambda: None, SharedTimer(m), window=INSTANT, clock=m.clock,
+                       sleep=m.sleep)
+    for _ in range(5):
+        probe.read()
+    # Full speed is the kernel's own (0.1 ms); the windows' mean says the process got less.
+    assert probe.full_speed_ms == pytest.approx(0.1)
+    assert probe.last_ms > CONTENDED * 0.1
+    measure, _ = config(m)
+    _, calm = measure_when_calm(measure, float, probe, wait_s=0.5)
+    assert not calm.calm and calm.ratio > CONTENDED
+    m.shared = False
+    _, calm = measure_when_calm(measure, float, probe)
+    assert calm.calm and calm.ratio == pytest.approx(1.0)
+
+
+def reference_probe(machine: Machine, book, history: int) -> SpeedProbe:
+    probe = SpeedProbe(lambda: None, ReferenceTimer(machine), window=INSTANT,
+                       clock=machine.clock, sleep=machine.sleep, reference=book, key="here")
+    for _ in range(history):
+        probe.read()
+    return probe
+
+
+def test_a_new_probe_judges_by_the_machines_recorded_full_speed_until_it_has_its_own(tmp_path):
+    from collectors.probe import TRUST_OWN, ReferenceSpeeds
+
+    book = ReferenceSpeeds(tmp_path / "ref.json")
+    m = Machine()
+    reference_probe(m, book, TRUST_OWN)  # an earlier sweep on this machine, at full speed
+    assert book.reference_ms("here") == pytest.approx(0.1)
+    assert book.reference_ms("elsewhere") is None
+
+    m.factor = 1.5  # a one-off measurement that starts in a slow phase
+    probe = reference_probe(m, book, 5)
+    measure, _ = config(m)
+    _, calm = measure_when_calm(measure, float, probe, wait_s=0.5)
+    assert not calm.calm and calm.ratio == pytest.approx(1.5)
+    # Without the record, the same probe took the slow phase for full speed.
+    _, alone = measure_when_calm(measure, float, probe_on(m, history=5))
+    assert alone.calm
+
+    # A machine that stays slower: after TRUST_OWN windows of its own the probe trusts them,
+    # and what it records moves the reference for the probes after it.
+    for _ in range(TRUST_OWN):
+        probe.read()
+    assert probe.full_speed_ms == pytest.approx(0.15)
+    _, calm = measure_when_calm(measure, float, probe)
+    assert calm.calm
+    for _ in range(2):
+        reference_probe(m, book, TRUST_OWN)
+    assert book.reference_ms("here") == pytest.approx(0.15)  # median of 0.1, 0.15 x 3
+
+
+def test_the_reference_file_keeps_the_last_sessions_and_survives_bad_files(tmp_path):
+    from collectors.probe import SESSIONS_KEPT, ReferenceSpeeds
+
+    path = tmp_path / "ref.json"
+    book = ReferenceSpeeds(path)
+    for i in range(SESSIONS_KEPT + 3):
+        book.record("k", f"s{i}", 1.0 + i, 50)
+    book.record("k", f"s{SESSIONS_KEPT + 2}", 100.0, 100)  # a session updates its own entry
+    entries = json.loads(path.read_text())["k"]
+    assert [e["session"] for e in entries] == [f"s{i}" for i in range(3, SESSIONS_KEPT + 3)]
+    assert book.reference_ms("k") == pytest.approx(6.0)  # median of 4, 5, 6, 7, 100
+
+    path.write_text("{half a file")
+    assert book.reference_ms("k") is None
+    book.record("k", "new", 2.0, 50)  # a damaged file is replaced, not a crash
+    assert book.reference_ms("k") == pytest.approx(2.0)
+
+    blocked = ReferenceSpeeds(tmp_path / "a-file" / "ref.json")
+    (tmp_path / "a-file").write_text("not a folder")
+    blocked.record("k", "s", 1.0, 50)  # nowhere to write: the probe works on its own
+    assert blocked.reference_ms("k") is None
+
+
+def test_probes_of_backends_record_and_use_this_machines_reference(tmp_path, monkeypatch):
+    from collectors.probe import TRUST_OWN, ReferenceSpeeds
+
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
+    probe = SpeedProbe.for_backend(NumpyBackend())
+    assert probe.reference_ms is None and probe.reference.path.parent == tmp_path / "hwnas"
+    for _ in range(TRUST_OWN):
+        probe.read()
+    again = SpeedProbe.for_backend(NumpyBackend())
+    assert again.key == probe.key and again.reference_ms == pytest.approx(
+        ReferenceSpeeds().reference_ms(probe.key))

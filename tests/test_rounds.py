@@ -135,14 +135,14 @@ class ScriptedTimer(Timer):
 
 
 def test_a_kernel_measured_alone_takes_the_lowest_round_p10():
-    from collectors.timing import TimingPolicy, lowest_round_ms
+    from collectors.timing import TimingPolicy, lowest_round
 
     policy = TimingPolicy(warmup_s=0, min_warmup_calls=1, min_reps=3, min_time_s=0,
                           max_reps=3)
     timer = ScriptedTimer([[5, 5, 9], [2, 3, 1], [3, 3, 3]])
     # Round p10s 5, 1.2 and 3 (the lowest round median would be 2).
-    assert lowest_round_ms(lambda: None, timer, policy, rounds=3,
-                           gap_s=0) == pytest.approx(1.2)
+    ms, calm = lowest_round(lambda: None, timer, policy, rounds=3, gap_s=0)
+    assert ms == pytest.approx(1.2) and calm is None  # no probe, nothing said of calm
     assert timer.samples == []
 
 

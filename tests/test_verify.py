@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from hwnas.cli import main
-from search.spaces import SpaceConfig, choices
+from search.spaces import SpaceConfig, choices, fixed_network, input_shape
 from search.verify import verify
 
 
@@ -100,3 +100,33 @@ def test_a_pareto_front_is_measured_point_by_point(tmp_path):
     saved = json.loads((out / "pareto.json").read_text())
     for p in saved["search"] + saved["random"]:
         assert p["verifications"][0]["latency_ms"] > 0
+
+
+def test_a_network_measured_while_the_machine_runs_slow_says_so(tmp_path, monkeypatch):
+    from search.run import Measured, measure_network
+    from tests.test_probe import Machine, probe_on
+
+    # The real measurement, with a probe of a fake machine that is slow throughout (a probe
+    # that knows its full speed): the figure is kept, marked, and the caution names a remedy.
+    machine = Machine()
+    probe = probe_on(machine)
+    machine.factor = 1.8
+    cfg = SpaceConfig("nb201", width=8, depth=1)
+    arch = {label: options[0] for label, options in choices(cfg).items()}
+    m = measure_network(fixed_network(cfg, arch), input_shape(cfg), rounds=1, probe=probe)
+    assert m.latency_ms > 0 and m.calm is False and m.slow_ratio == pytest.approx(1.8)
+    assert "1.80x slower" in m.caution()
+    machine.factor = 1.0
+    calm = measure_network(fixed_network(cfg, arch), input_shape(cfg), rounds=1, probe=probe)
+    assert calm.calm is True and calm.caution() is None
+
+    # hwnas verify shows it and records it with the measurement.
+    monkeypatch.setattr("search.run.measure_network", lambda *a, **k: Measured(
+        2.0, None, None, "unavailable", "Some CPU (cpu)", calm=False, slow_ratio=2.1))
+    out = _arch_json(tmp_path / "out")
+    r = CliRunner().invoke(main, ["verify", str(out), "--rounds", "1"])
+    assert r.exit_code == 0, r.output
+    assert "caution: measured while this machine ran 2.10x slower" in r.output
+    assert "run this again when the machine is quiet" in r.output
+    measured = json.loads((out / "arch.json").read_text())["verifications"][0]["measured"]
+    assert measured["calm"] is False and measured["slow_ratio"] == 2.1

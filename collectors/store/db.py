@@ -10,6 +10,8 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from collectors.paths import data_dir
+
 MIGRATIONS = Path(__file__).with_name("migrations")
 
 
@@ -19,9 +21,7 @@ class StoreError(RuntimeError):
 
 def default_db_url() -> str:
     """SQLite file under the XDG data directory (``$XDG_DATA_HOME/hwnas/hwnas.sqlite``)."""
-    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local",
-                                                          "share")
-    return f"sqlite:///{os.path.join(base, 'hwnas', 'hwnas.sqlite')}"
+    return f"sqlite:///{data_dir() / 'hwnas.sqlite'}"
 
 
 def resolve_db_url(url: str | None = None) -> str:
