@@ -236,8 +236,8 @@ def run_sweep(store: Store, sweep_id: int, config: dict, items: list[tuple[str, 
             count_row(summary, row)
 
     def advance() -> None:
+        bar.set_postfix(failed=summary.failed, skipped=summary.skipped, refresh=False)
         bar.update(1)
-        bar.set_postfix(failed=summary.failed, skipped=summary.skipped)
 
     status = "done"
     try:
@@ -296,10 +296,18 @@ def commit_once(store: Store, row: Measurement, extra=None) -> bool:
     return True
 
 
+PIPED_INTERVAL_S = 30.0  # seconds between progress lines when stderr is a file or a pipe
+
+
 def progress_bar(total: int, initial: int, enabled: bool, unit: str = "cfg",
                  desc: str = "gemm sweep"):
-    """A tqdm bar with ETA (on stderr), or a silent one when not ``enabled``."""
+    """A tqdm bar with ETA (on stderr), or a silent one when not ``enabled``. Where stderr is
+    not a terminal (nohup, a CI log, a pipe), it writes a line every :data:`PIPED_INTERVAL_S`
+    instead of redrawing ten times a second, so a night's sweep leaves a readable log."""
+    import sys
+
     from tqdm import tqdm
 
+    piped = not (hasattr(sys.stderr, "isatty") and sys.stderr.isatty())
     return tqdm(total=total, initial=initial, disable=not enabled, unit=unit, desc=desc,
-                dynamic_ncols=True)
+                dynamic_ncols=True, mininterval=PIPED_INTERVAL_S if piped else 0.1)

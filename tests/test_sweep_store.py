@@ -160,3 +160,19 @@ def test_rows_with_a_power_sensor_say_how_busy_the_window_was(store):
         assert r.power_source == "fake_steady" and r.power_w == pytest.approx(50.0)
         # On a CPU a call returns when done: the window is (nearly) all work.
         assert 0.3 < r.params["power_duty"] <= 1.0
+
+
+def test_progress_goes_to_a_log_as_a_line_now_and_then_not_a_redraw_per_config(monkeypatch):
+    import io
+
+    from collectors.sweep import PIPED_INTERVAL_S, progress_bar
+
+    log = io.StringIO()  # nohup, a CI log: not a terminal
+    monkeypatch.setattr("sys.stderr", log)
+    with progress_bar(500, 0, True) as bar:
+        assert bar.mininterval == PIPED_INTERVAL_S
+        for _ in range(500):
+            bar.set_postfix(failed=0, skipped=0, refresh=False)
+            bar.update(1)
+    # The opening line, the closing line and perhaps one timed line: not 1,000 redraws.
+    assert 1 <= log.getvalue().count("\r") <= 4 and "500/500" in log.getvalue()
