@@ -1200,41 +1200,142 @@ def query_gemm(server, token_file, tls_ca, timeout, device, m, n, k, dtype, batc
     click.echo(_cost_line(f"gemm {m}x{n}x{k} {dtype} batch {batch}", a.costs[0]))
 
 
-@query.command("network")
-@server_options
-@click.option("--device", required=True, help="Device model (or a unique part of its name).")
-@click.option("--nasbench201", "arch", default=None, help="A NAS-Bench-201 cell string.")
-@click.option("--ops-json", type=click.Path(exists=True, dir_okay=False), default=None,
-              help='JSON list of ops: [{"kind": "conv2d", "params": {...}, "name": "..."}].')
-@click.option("--batch", type=int, default=1, show_default=True)
-@click.option("--dtype", default="fp32", show_default=True)
-@click.option("--layers", is_flag=True, help="Print every layer too.")
-@friendly_errors
-@_rpc_errors
-def query_network(server, token_file, tls_ca, timeout, device, arch, ops_json, batch, dtype,
-                  layers) -> None:
-    """Whole-network latency, power and energy from the service."""
+def network_options(fn):
+    """The options that name a network for PredictNetwork (query network, predict network)."""
+    for option in reversed([
+        click.option("--nasbench201", "arch", default=None, help="A NAS-Bench-201 cell string."),
+        click.option("--ops-json", type=click.Path(exists=True, dir_okay=False), default=None,
+                     help='JSON list of ops: [{"kind": "conv2d", "params": {...}, '
+                          '"name": "..."}].'),
+        click.option("--module", "module_spec", default=None, metavar="PACKAGE.MODULE:NAME",
+                     help="A torch model to decompose into ops: NAME is an nn.Module, a "
+                          "module class or a function returning one, called without "
+                          "arguments (your own code, imported and run here). Needs "
+                          "--input-shape."),
+        click.option("--input-shape", default=None, metavar="B,C,H,W",
+                     help="With --module: the input's shape, batch first (e.g. 1,3,224,224)."),
+        click.option("--batch", type=click.IntRange(1), default=1, show_default=True,
+                     help="Batch size of a --nasbench201 network (--ops-json ops and "
+                          "--module carry their own)."),
+        click.option("--dtype", default="fp32", show_default=True,
+                     help="dtype of a --nasbench201 network."),
+        click.option("--layers", is_flag=True, help="Print every layer too."),
+    ]):
+        fn = option(fn)
+    return fn
+
+
+def _torch_module(spec: str):
+    """The nn.Module that ``package.module:name`` names (an instance, or a class or function
+    called without arguments)."""
+    import importlib
+
+    import torch
+
+    path, _, name = spec.partition(":")
+    if not path or not name:
+        raise click.UsageError(f"--module {spec!r}: expected PACKAGE.MODULE:NAME")
+    try:
+        obj = getattr(importlib.import_module(path), name)
+    except (ImportError, AttributeError) as exc:
+        raise click.UsageError(f"--module {spec!r}: {type(exc).__name__}: {exc}") from None
+    if not isinstance(obj, torch.nn.Module):
+        if not callable(obj):
+            raise click.UsageError(f"--module {spec!r}: {name} is neither a torch module nor "
+                                   "callable")
+        obj = obj()
+    if not isinstance(obj, torch.nn.Module):
+        raise click.UsageError(f"--module {spec!r}: {name}() returned a "
+                               f"{type(obj).__name__}, not a torch.nn.Module")
+    return obj
+
+
+def _network_spec(arch: str | None, ops_json: str | None, module_spec: str | None,
+                  input_shape: str | None) -> tuple[str | None, list[dict] | None, list[str]]:
+    """The network the options name: (NAS-Bench-201 cell string, or op dicts) and the names of
+    a --module's layers that no op kind covers (not costed)."""
     import json
 
-    if (arch is None) == (ops_json is None):
-        raise click.UsageError("give exactly one of --nasbench201 and --ops-json")
-    ops = None
-    if ops_json:
-        with open(ops_json) as f:
-            try:
-                ops = json.load(f)
-            except json.JSONDecodeError as exc:
-                raise click.UsageError(f"--ops-json: not JSON ({exc})") from None
-        if not isinstance(ops, list) or not all(isinstance(o, dict) and "kind" in o
-                                                for o in ops):
-            raise click.UsageError("--ops-json: expected a list of objects with a 'kind'")
-    with _client(server, token_file, tls_ca, timeout) as c:
-        a = c.predict_network(device, nasbench201=arch, ops=ops, batch=batch, dtype=dtype)
+    if sum(x is not None for x in (arch, ops_json, module_spec)) != 1:
+        raise click.UsageError("give exactly one of --nasbench201, --ops-json and --module")
+    if (input_shape is None) != (module_spec is None):
+        raise click.UsageError("--input-shape goes with --module (and only with it)")
+    if arch is not None:
+        return arch, None, []
+    if module_spec is not None:
+        from collectors.networks.decompose import decompose
+
+        try:
+            shape = [int(x) for x in input_shape.split(",")]
+        except ValueError:
+            shape = []
+        if not shape or min(shape) < 1:
+            raise click.UsageError(f"--input-shape: positive integers, batch first, e.g. "
+                                   f"1,3,224,224; got {input_shape!r}")
+        d = decompose(_torch_module(module_spec), shape)
+        if not d.ops:
+            raise click.UsageError(f"--module {module_spec}: no op of a known kind found "
+                                   f"(not costed: {', '.join(d.unsupported) or 'nothing'})")
+        return None, [{**op.to_dict(), "name": name} for name, op in d.ops], d.unsupported
+    with open(ops_json) as f:
+        try:
+            ops = json.load(f)
+        except json.JSONDecodeError as exc:
+            raise click.UsageError(f"--ops-json: not JSON ({exc})") from None
+    if not isinstance(ops, list) or not all(isinstance(o, dict) and "kind" in o for o in ops):
+        raise click.UsageError("--ops-json: expected a list of objects with a 'kind'")
+    return None, ops, []
+
+
+def _echo_network(a, layers: bool, unsupported: list[str]) -> None:
     click.echo(f"{a.device} (model v{a.model_version}); {len(a.layers)} layers; {a.method}")
     if layers:
         for layer in a.layers:
             click.echo("  " + _cost_line(layer.name, layer))
     click.echo(_cost_line("total", a.total))
+    if unsupported:
+        click.echo(f"not costed (no op kind covers them): {', '.join(unsupported)}", err=True)
+
+
+@query.command("network")
+@server_options
+@click.option("--device", required=True, help="Device model (or a unique part of its name).")
+@network_options
+@friendly_errors
+@_rpc_errors
+def query_network(server, token_file, tls_ca, timeout, device, arch, ops_json, module_spec,
+                  input_shape, batch, dtype, layers) -> None:
+    """Whole-network latency, power and energy from the service."""
+    arch, ops, unsupported = _network_spec(arch, ops_json, module_spec, input_shape)
+    with _client(server, token_file, tls_ca, timeout) as c:
+        a = c.predict_network(device, nasbench201=arch, ops=ops, batch=batch, dtype=dtype)
+    _echo_network(a, layers, unsupported)
+
+
+@predict.command("network")
+@DB_OPTION
+@DEVICE_ARG
+@network_options
+@click.option("--version", type=int, default=0, help="Model version (default: latest).")
+@friendly_errors
+@_rpc_errors
+def predict_network(db_url, device_spec, arch, ops_json, module_spec, input_shape, batch, dtype,
+                    layers, version) -> None:
+    """Whole-network latency (ms), power (W) and energy (J), and per layer with --layers, from
+    the store's registered models: the answer `hwnas serve` would give (a service over --db
+    is started in this process for the question). The network is a NAS-Bench-201 cell, a JSON
+    op list, or your own torch model (--module pkg.mod:make_model --input-shape 1,3,224,224).
+    The device's network model is used where one is registered (`hwnas train --target
+    network`), else the sum of its ops' predictions."""
+    from predictor.data import resolve_device_model
+    from search.job import prediction_client
+
+    arch, ops, unsupported = _network_spec(arch, ops_json, module_spec, input_shape)
+    device_model = resolve_device_model(open_store(db_url), device_spec)
+    with prediction_client(None, db_url) as c:
+        a = c.predict_network(device_model, nasbench201=arch, ops=ops, batch=batch,
+                              dtype=dtype, model_version=version)
+    _echo_network(a, layers, unsupported)
 
 
 if __name__ == "__main__":

@@ -471,3 +471,49 @@ def test_predict_command_says_what_the_training_data_was(tmp_path):
                                   "--m", "64", "--n", "64", "--k", "64", "--dtype", "fp16"])
     assert r.exit_code == 0, r.output
     assert "(model v2)" in r.output and "(training data: 20 rows timed as a loop)" in r.output
+
+
+def test_predict_network_answers_here_for_a_torch_model_as_the_service_does(tmp_path,
+                                                                           monkeypatch):
+    from click.testing import CliRunner
+
+    from collectors.networks.decompose import decompose
+    from hwnas.cli import main
+
+    (tmp_path / "user_net.py").write_text(
+        "import torch.nn as nn\n"
+        "def make():\n"
+        "    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(),\n"
+        "                         nn.Flatten(), nn.Linear(8 * 16 * 16, 10))\n"
+        "NOT_A_MODEL = 3\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    store = make_store(tmp_path)
+    run = CliRunner().invoke
+    args = ["predict", "network", "--db", store.url, "--device", "Test GPU"]
+    r = run(main, [*args, "--module", "user_net:make", "--input-shape", "2,3,16,16",
+                   "--layers"])
+    assert r.exit_code == 0, r.output
+    assert f"{PROFILE.model} (model v1); 3 layers; sum of op predictions" in r.output
+    assert "  0: " in r.output and "  3: " in r.output  # its own layer names (2: Flatten, no op)
+
+    # The same answer as the engine behind `hwnas serve` gives for the decomposed ops.
+    import user_net
+
+    ops = [op for _, op in decompose(user_net.make(), (2, 3, 16, 16)).ops]
+    _, _, total, _ = PredictionEngine(store).predict_network(PROFILE.model, 0, ops)
+    shown = float(r.output.split("total: ")[1].split(" ms")[0])
+    assert shown == pytest.approx(total.latency_ms, rel=1e-4)
+
+    r = run(main, [*args, "--nasbench201", ARCH])
+    assert r.exit_code == 0 and "total: " in r.output
+    for bad, needle in [
+        (["--nasbench201", ARCH, "--module", "user_net:make", "--input-shape", "1,3,8,8"],
+         "exactly one of --nasbench201, --ops-json and --module"),
+        (["--module", "user_net:make"], "--input-shape goes with --module"),
+        (["--module", "user_net:NOT_A_MODEL", "--input-shape", "1,3,8,8"], "neither a torch"),
+        (["--module", "no_such_package:make", "--input-shape", "1,3,8,8"], "ModuleNotFound"),
+        (["--module", "user_net:make", "--input-shape", "1,0"], "--input-shape: positive"),
+        (["--nasbench201", ARCH, "--version", "9"], "NOT_FOUND"),
+    ]:
+        r = run(main, [*args, *bad])
+        assert r.exit_code != 0 and needle in r.output and "Traceback" not in r.output, r.output
