@@ -104,7 +104,7 @@ class Calmness:
 
 class ReferenceSpeeds:
     """Full speeds (ms) of the probe's reference kernel that earlier probes on this machine
-    found, per kind of probe (host, backend, threads), in a JSON file (default
+    found, per kind of probe (host, backend and its version, threads), in a JSON file (default
     ``$XDG_DATA_HOME/hwnas/probe_reference.json``). Each probe (a session) keeps one entry,
     updated as it reads more windows; the last :data:`SESSIONS_KEPT` sessions are kept. A file
     that cannot be read or written is treated as empty: the probe then works on its own."""
@@ -181,7 +181,8 @@ class SpeedProbe:
 
         prepared = backend.prepare(Op.gemm(*REFERENCE, "fp32"))
         key = (f"{socket.gethostname()} {backend.name}{getattr(backend, 'index', '')} "
-               f"{REFERENCE[0]}^3 fp32 {prepared.threads or 'default'} threads")
+               f"{backend.library_version} {REFERENCE[0]}^3 fp32 "
+               f"{prepared.threads or 'default'} threads")
         probe = cls(prepared.fn, prepared.timer, reference=reference or ReferenceSpeeds(),
                     key=key)
         for _ in range(5):  # a first notion of full speed before anything is judged by it

@@ -438,8 +438,11 @@ def test_probes_of_backends_record_and_use_this_machines_reference(tmp_path, mon
     from collectors.probe import TRUST_OWN, ReferenceSpeeds
 
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
+    import numpy
+
     probe = SpeedProbe.for_backend(NumpyBackend())
     assert probe.reference_ms is None and probe.reference.path.parent == tmp_path / "hwnas"
+    assert f"numpy {numpy.__version__} " in probe.key  # another version may run at another speed
     for _ in range(TRUST_OWN):
         probe.read()
     again = SpeedProbe.for_backend(NumpyBackend())

@@ -33,6 +33,17 @@ class PreparedGemm:
 class GemmBackend(ABC):
     name: str
     device_kind: str  # cpu | gpu
+    library: str  # the module that runs the GEMMs
+
+    @property
+    def library_version(self) -> str:
+        """Version of the module that runs the GEMMs: a new one may run them at another speed
+        (the speed probe's recorded full speed is kept per version)."""
+        import importlib
+
+        library = getattr(self, "library", None)
+        module = importlib.import_module(library) if library else None
+        return str(getattr(module, "__version__", "unknown"))
 
     @abstractmethod
     def dtypes(self) -> list[str]:
@@ -62,6 +73,7 @@ def _maybe_t(x, flag: int):
 class NumpyBackend(GemmBackend):
     name = "numpy"
     device_kind = "cpu"
+    library = "numpy"
 
     def __init__(self, threads: int | None = None):
         if threads is not None:
@@ -104,6 +116,7 @@ class NumpyBackend(GemmBackend):
 class TorchCpuBackend(GemmBackend):
     name = "torch"
     device_kind = "cpu"
+    library = "torch"
     _supported: list[str] | None = None
 
     def __init__(self, threads: int | None = None):
@@ -300,6 +313,7 @@ class CupyBackend(GemmBackend):
 
     name = "cupy"
     device_kind = "gpu"
+    library = "cupy"
 
     def __init__(self, index: int = 0):
         try:
