@@ -1243,7 +1243,11 @@ def _torch_module(spec: str):
         if not callable(obj):
             raise click.UsageError(f"--module {spec!r}: {name} is neither a torch module nor "
                                    "callable")
-        obj = obj()
+        try:
+            obj = obj()
+        except Exception as exc:  # the user's own code: say where it failed, no traceback
+            raise click.UsageError(f"--module {spec!r}: {name}() failed: "
+                                   f"{type(exc).__name__}: {exc}") from None
     if not isinstance(obj, torch.nn.Module):
         raise click.UsageError(f"--module {spec!r}: {name}() returned a "
                                f"{type(obj).__name__}, not a torch.nn.Module")
@@ -1272,7 +1276,14 @@ def _network_spec(arch: str | None, ops_json: str | None, module_spec: str | Non
         if not shape or min(shape) < 1:
             raise click.UsageError(f"--input-shape: positive integers, batch first, e.g. "
                                    f"1,3,224,224; got {input_shape!r}")
-        d = decompose(_torch_module(module_spec), shape)
+        model = _torch_module(module_spec)
+        try:
+            d = decompose(model, shape)
+        except Exception as exc:  # the model's forward pass at that shape
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise click.UsageError(f"--module {module_spec} --input-shape {input_shape}: the "
+                                   f"model did not run on that input ({type(exc).__name__}: "
+                                   f"{first})") from None
         if not d.ops:
             raise click.UsageError(f"--module {module_spec}: no op of a known kind found "
                                    f"(not costed: {', '.join(d.unsupported) or 'nothing'})")

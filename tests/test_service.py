@@ -485,7 +485,9 @@ def test_predict_network_answers_here_for_a_torch_model_as_the_service_does(tmp_
         "def make():\n"
         "    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(),\n"
         "                         nn.Flatten(), nn.Linear(8 * 16 * 16, 10))\n"
-        "NOT_A_MODEL = 3\n")
+        "NOT_A_MODEL = 3\n"
+        "def needs_width(width):\n"
+        "    return nn.Linear(width, width)\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     store = make_store(tmp_path)
     run = CliRunner().invoke
@@ -513,6 +515,10 @@ def test_predict_network_answers_here_for_a_torch_model_as_the_service_does(tmp_
         (["--module", "user_net:NOT_A_MODEL", "--input-shape", "1,3,8,8"], "neither a torch"),
         (["--module", "no_such_package:make", "--input-shape", "1,3,8,8"], "ModuleNotFound"),
         (["--module", "user_net:make", "--input-shape", "1,0"], "--input-shape: positive"),
+        (["--module", "user_net:make", "--input-shape", "1,4,16,16"],
+         "did not run on that input (RuntimeError"),
+        (["--module", "user_net:needs_width", "--input-shape", "1,4"],
+         "needs_width() failed: TypeError"),
         (["--nasbench201", ARCH, "--version", "9"], "NOT_FOUND"),
     ]:
         r = run(main, [*args, *bad])

@@ -169,6 +169,10 @@ def decompose(model, input_shape: Sequence[int], dtype=None) -> Decomposition:
     model = model.eval()
     dtype = dtype or next((p.dtype for p in model.parameters()), torch.float32)
     example = torch.zeros(*input_shape, dtype=dtype)
+    with torch.no_grad():
+        # A model that cannot run on this input fails here with its own error; inside fx's
+        # shape propagation it would also print a traceback of its own.
+        model(example)
     try:
         return _decompose_fx(model, example)
     except DecomposeError:
