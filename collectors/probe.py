@@ -33,10 +33,8 @@ import bisect
 import datetime as dt
 import json
 import math
-import os
 import socket
 import statistics
-import tempfile
 import time
 import uuid
 from collections.abc import Callable
@@ -44,7 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from collectors.paths import data_dir
+from collectors.paths import data_dir, write_json
 from collectors.timing import Timer, TimingPolicy, time_kernel
 
 T = TypeVar("T")
@@ -138,11 +136,7 @@ class ReferenceSpeeds:
         data[key] = entries[-SESSIONS_KEPT:]
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            # Written whole and renamed, so a reader never sees half a file.
-            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".probe_reference.")
-            with os.fdopen(fd, "w") as f:
-                json.dump(data, f, indent=1)
-            os.replace(tmp, self.path)
+            write_json(self.path, data)
         except OSError:
             pass  # a read-only home: probes still work, each on its own windows
 
@@ -166,7 +160,6 @@ class SpeedProbe:
         self.reference, self.key, self.session = reference, key, uuid.uuid4().hex[:12]
         self.reference_ms = reference.reference_ms(key) if reference is not None else None
         self.windows: list[float] = []  # every window so far (ms), kept sorted
-        self.own_full_speed_ms = math.inf  # the 10th percentile window (ms)
         self.full_speed_ms = self.reference_ms or math.inf  # what windows are judged against
         self.last_ms = math.inf
         self.last_at = -math.inf
@@ -205,7 +198,6 @@ class SpeedProbe:
         lo = int(at)
         hi = min(lo + 1, n - 1)
         own = self.windows[lo] + (at - lo) * (self.windows[hi] - self.windows[lo])
-        self.own_full_speed_ms = own
         trust_own = self.reference_ms is None or n >= TRUST_OWN
         self.full_speed_ms = own if trust_own else min(own, self.reference_ms)
         if self.reference is not None and n >= self._record_at:

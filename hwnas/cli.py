@@ -623,7 +623,7 @@ def search_cmd(db_url, space, width, depth, strategy, epochs, retrain_epochs, la
         single,
         wait_for_network_model,
     )
-    from search.run import SearchConfig, local_device_for, slow_caution
+    from search.run import SearchConfig, local_device_for
     from search.spaces import SpaceConfig
 
     data = load(data_spec, resolution, seed, limit)
@@ -684,10 +684,8 @@ def search_cmd(db_url, space, width, depth, strategy, epochs, retrain_epochs, la
                   else f" (energy: {doc['measured_power_source']})")
         click.echo(f"measured on {doc['measured_on']}: {doc['measured_latency_ms']:.3f} ms "
                    f"({doc['measured_latency_ms'] / p['latency_ms']:.2f}x predicted)" + energy)
-        caution = slow_caution(doc["measured_calm"], doc["measured_slow_ratio"])
-        if caution:
-            click.echo(f"caution: {caution}; measure it again when the machine is quiet: "
-                       f"hwnas verify {out_dir}", err=True)
+        _echo_caution(doc["measured_calm"], doc["measured_slow_ratio"],
+                      f"measure it again when the machine is quiet: hwnas verify {out_dir}")
     click.echo(f"accuracy after retraining: val {doc['val_accuracy'] * 100:.1f}%, test "
                f"{doc['test_accuracy'] * 100:.1f}%; search {doc['search_seconds']:.0f} s "
                f"({doc['hardware_term_share'] * 100:.1f}% on the hardware term)")
@@ -755,7 +753,6 @@ def verify_cmd(arch, device_name, min_time, rounds, no_record) -> None:
     pareto.json): every point is measured, recorded, and the measured front drawn
     (pareto_measured.png)."""
     from search.job import OP_SUM
-    from search.run import slow_caution
     from search.verify import METRICS, arch_file, pareto_file, verify, verify_pareto
 
     front = pareto_file(arch)
@@ -792,24 +789,30 @@ def verify_cmd(arch, device_name, min_time, rounds, no_record) -> None:
         click.echo("note: the search's costs were sums of GEMM predictions per op (no network "
                    "model), which leave out per-layer overhead; hwnas search --calibrate N on "
                    "this machine fits one")
-    caution = slow_caution(v.measured["calm"], v.measured["slow_ratio"])
-    if caution:
-        click.echo(f"caution: {caution}; run this again when the machine is quiet", err=True)
+    _echo_caution(v.measured["calm"], v.measured["slow_ratio"],
+                  "run this again when the machine is quiet")
     if not no_record:
         click.echo(f"recorded in {arch_file(arch)} (verifications)")
 
 
-def _echo_slow_cautions(points: list[dict]) -> None:
-    """One caution line per point (a dict with ``label`` and, in ``measured`` or itself,
-    ``calm`` and ``slow_ratio``) whose latency was measured while the machine ran slow."""
+def _echo_caution(calm: bool | None, slow_ratio: float | None, remedy: str,
+                  label: str = "") -> None:
+    """A caution line (on stderr) when a latency was measured while the machine ran slow
+    (search.run.slow_caution), with the ``remedy`` that fits where it was measured."""
     from search.run import slow_caution
 
+    caution = slow_caution(calm, slow_ratio)
+    if caution:
+        click.echo(f"caution{f' ({label})' if label else ''}: {caution}; {remedy}", err=True)
+
+
+def _echo_slow_cautions(points: list[dict]) -> None:
+    """:func:`_echo_caution` for each point (a dict with ``label`` and, in ``measured`` or
+    itself, ``calm`` and ``slow_ratio``)."""
     for point in points:
         m = point.get("measured") or point
-        caution = slow_caution(m.get("calm"), m.get("slow_ratio"))
-        if caution:
-            click.echo(f"caution ({point['label']}): {caution}; measure again when the "
-                       "machine is quiet: hwnas verify on the output folder", err=True)
+        _echo_caution(m.get("calm"), m.get("slow_ratio"), "measure again when the machine is "
+                      "quiet: hwnas verify on the output folder", point["label"])
 
 
 @main.command("experiment", context_settings={"ignore_unknown_options": False})
@@ -1200,29 +1203,26 @@ def query_gemm(server, token_file, tls_ca, timeout, device, m, n, k, dtype, batc
     click.echo(_cost_line(f"gemm {m}x{n}x{k} {dtype} batch {batch}", a.costs[0]))
 
 
-def network_options(fn):
-    """The options that name a network for PredictNetwork (query network, predict network)."""
-    for option in reversed([
-        click.option("--nasbench201", "arch", default=None, help="A NAS-Bench-201 cell string."),
-        click.option("--ops-json", type=click.Path(exists=True, dir_okay=False), default=None,
-                     help='JSON list of ops: [{"kind": "conv2d", "params": {...}, '
-                          '"name": "..."}].'),
-        click.option("--module", "module_spec", default=None, metavar="PACKAGE.MODULE:NAME",
-                     help="A torch model to decompose into ops: NAME is an nn.Module, a "
-                          "module class or a function returning one, called without "
-                          "arguments (your own code, imported and run here). Needs "
-                          "--input-shape."),
-        click.option("--input-shape", default=None, metavar="B,C,H,W",
-                     help="With --module: the input's shape, batch first (e.g. 1,3,224,224)."),
-        click.option("--batch", type=click.IntRange(1), default=1, show_default=True,
-                     help="Batch size of a --nasbench201 network (--ops-json ops and "
-                          "--module carry their own)."),
-        click.option("--dtype", default="fp32", show_default=True,
-                     help="dtype of a --nasbench201 network."),
-        click.option("--layers", is_flag=True, help="Print every layer too."),
-    ]):
-        fn = option(fn)
-    return fn
+# The options that name a network for PredictNetwork (query network, predict network).
+network_options = _stack([
+    click.option("--nasbench201", "arch", default=None, help="A NAS-Bench-201 cell string."),
+    click.option("--ops-json", type=click.Path(exists=True, dir_okay=False), default=None,
+                 help='JSON list of ops: [{"kind": "conv2d", "params": {...}, '
+                      '"name": "..."}].'),
+    click.option("--module", "module_spec", default=None, metavar="PACKAGE.MODULE:NAME",
+                 help="A torch model to decompose into ops: NAME is an nn.Module, a "
+                      "module class or a function returning one, called without "
+                      "arguments (your own code, imported and run here). Needs "
+                      "--input-shape."),
+    click.option("--input-shape", default=None, metavar="B,C,H,W",
+                 help="With --module: the input's shape, batch first (e.g. 1,3,224,224)."),
+    click.option("--batch", type=click.IntRange(1), default=1, show_default=True,
+                 help="Batch size of a --nasbench201 network (--ops-json ops and "
+                      "--module carry their own)."),
+    click.option("--dtype", default="fp32", show_default=True,
+                 help="dtype of a --nasbench201 network."),
+    click.option("--layers", is_flag=True, help="Print every layer too."),
+])
 
 
 def _torch_module(spec: str):

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from collectors.paths import write_json
 from search.spaces import SpaceConfig, fixed_network, input_shape
 
 METRICS = ("latency_ms", "energy_mj", "power_w")
@@ -95,7 +96,7 @@ def verify(path: str | Path, device_name: str = "cpu", min_time_s: float = 0.1,
                           str(doc.get("prediction_method") or ""))
     if record:
         doc.setdefault("verifications", []).append(result.to_dict())
-        _write_json(p, doc)
+        write_json(p, doc)
     return result
 
 
@@ -124,12 +125,6 @@ def _measure(net, space: SpaceConfig, device, min_time_s: float, rounds: int
     return m.device, {"latency_ms": m.latency_ms, "energy_mj": m.energy_mj,
                       "power_w": m.power_w, "power_source": m.power_source,
                       "calm": m.calm, "slow_ratio": m.slow_ratio}
-
-
-def _write_json(path: Path, doc: dict) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(doc, indent=2))
-    tmp.replace(path)  # never a half-written file
 
 
 def pareto_file(path: str | Path) -> Path | None:
@@ -175,7 +170,7 @@ def verify_pareto(path: Path, device_name: str = "cpu", min_time_s: float = 0.1,
                                            ms, point["val_acc"],
                                            point["test_acc"], 0.0, 0.0))
     if record:
-        _write_json(path, doc)
+        write_json(path, doc)
     plot = path.with_name("pareto_measured.png")
     plot_pareto(outcomes["search"], outcomes["random"], plot,
                 f"{device.info.model} (predicted for {doc.get('device')})")
