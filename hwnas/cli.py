@@ -958,6 +958,11 @@ def _print_evaluation(ev) -> None:
                     [[r.target, r.dtype, r.n, f"{r.mape:.1f}", f"{r.mdape:.1f}",
                       f"{r.within_10:.1f}", f"{r.r2:.3f}", f"{r.spearman:.3f}"]
                      for r in table.itertuples()])
+    counts = {b: ev.bounds.count(b) for b in sorted(set(ev.bounds))}
+    click.echo("\nbaseline the forest chose from its training shapes (of "
+               f"{len(ev.bounds)} fits): " + ", ".join(f"{b} {n}" for b, n in counts.items())
+               + " (roofline: max(FLOPs/peak, bytes/bandwidth); waves: compute paid in whole "
+               "waves of 128x128 tiles over the SMs)")
     unscored = ev.unscored()
     if unscored:
         click.echo(f"\nnot scored: {unscored} held-out rows whose dtype had no other "
@@ -998,7 +1003,7 @@ def train(db_url, device_spec, folds, trees, target) -> None:
     if row.meta.get("data_note"):
         click.echo(f"\ndata: {row.meta['data_note']}")
     click.echo(f"\nregistered {row.device_model} v{row.version}: {row.path} "
-               f"(sha256 {row.sha256[:16]}...)")
+               f"(sha256 {row.sha256[:16]}..., baseline {row.meta['bound']})")
 
 
 @main.command("eval")

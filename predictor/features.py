@@ -109,9 +109,13 @@ def _work(frame, profile: DeviceProfile):
     return m, n, k, b, dtypes, elem, tc, flops, nbytes, t_compute, t_memory
 
 
-def roofline_ms(frame, profile: DeviceProfile) -> np.ndarray:
-    """max(FLOPs / peak compute, bytes / peak bandwidth) in ms, per row."""
-    return gemm_terms(frame, profile)[1]
+BOUNDS = ("roofline", "waves")
+
+
+def roofline_ms(frame, profile: DeviceProfile, bound: str = "roofline") -> np.ndarray:
+    """max(FLOPs / peak compute, bytes / peak bandwidth) in ms, per row (see :func:`gemm_terms`
+    for ``bound``)."""
+    return gemm_terms(frame, profile, bound)[1]
 
 
 FEATURE_NAMES = [
@@ -127,8 +131,16 @@ def feature_matrix(frame, profile: DeviceProfile) -> np.ndarray:
     return gemm_terms(frame, profile)[0]
 
 
-def gemm_terms(frame, profile: DeviceProfile) -> tuple[np.ndarray, np.ndarray]:
-    """Features (float32) and the roofline bound (ms, float64), from one pass over the rows."""
+def gemm_terms(frame, profile: DeviceProfile,
+               bound: str = "roofline") -> tuple[np.ndarray, np.ndarray]:
+    """Features (float32) and the time bound (ms, float64), from one pass over the rows.
+
+    ``bound="roofline"``: max(FLOPs / peak compute, bytes / peak bandwidth). ``"waves"`` (GPU
+    profiles): the compute term is paid for whole waves of whole 128x128 output tiles over the
+    SMs, as a GEMM kernel with fixed tiles runs (200 tiles on 46 SMs take 5 waves, not 4.35,
+    and a 130-row edge costs two rows of tiles); a
+    library that picks smaller tiles or splits K for small shapes does not follow it, which is
+    why the forest chooses between the two from its training data."""
     m, n, k, b, dtypes, elem, tc, flops, nbytes, t_compute, t_memory = _work(frame, profile)
     tile = 128 if profile.kind == "gpu" else 64
     tiles = np.ceil(m / tile) * np.ceil(n / tile) * b
@@ -144,6 +156,10 @@ def gemm_terms(frame, profile: DeviceProfile) -> tuple[np.ndarray, np.ndarray]:
     ] + [(dtypes == d).astype(float) for d in FEATURE_DTYPES] + [
         block_fill(m), block_fill(n), block_fill(k), _tail(m), _tail(n), _tail(k), _tail(m, 8),
         _tail(n, 8), _tail(k, 8)]
+    if bound == "waves" and profile.kind == "gpu":
+        t_compute = t_compute * (waves * units * tile * tile) / (m * n * b)
+    elif bound not in BOUNDS:
+        raise ValueError(f"bound: {bound!r}; expected one of {', '.join(BOUNDS)}")
     return np.column_stack(cols).astype(np.float32), np.maximum(t_compute, t_memory) * 1e3
 
 

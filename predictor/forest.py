@@ -25,6 +25,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from collectors.ops import Op, OpError
 from predictor.features import (
+    BOUNDS,
     FEATURE_NAMES,
     DeviceProfile,
     feature_matrix,
@@ -84,8 +85,9 @@ class GemmCostForest(RegressorMixin, BaseEstimator):
 
     def __init__(self, profile: dict | None = None, n_estimators: int = 200,
                  max_features: float = 0.7, min_samples_leaf: int = 1,
-                 random_state: int = 0, n_jobs: int | None = None):
+                 random_state: int = 0, n_jobs: int | None = None, bound: str = "auto"):
         self.profile = profile
+        self.bound = bound
         self.n_estimators = n_estimators
         self.max_features = max_features
         self.min_samples_leaf = min_samples_leaf
@@ -111,7 +113,10 @@ class GemmCostForest(RegressorMixin, BaseEstimator):
             raise ValueError("y: latencies must be positive and every target finite")
         self.has_power_ = y2.shape[1] == 2
         self.y_ndim_ = y.ndim
-        feats, roofline = gemm_terms(X, prof)  # one pass over the rows for both
+        if self.bound not in ("auto", *BOUNDS):
+            raise ValueError(f"bound: {self.bound!r}; expected auto or one of {', '.join(BOUNDS)}")
+        self.bound_ = self._choose_bound(X, y2[:, 0]) if self.bound == "auto" else self.bound
+        feats, roofline = gemm_terms(X, prof, self.bound_)  # one pass over the rows for both
         self.feature_names_ = list(FEATURE_NAMES)
         dtypes = np.asarray(X["dtype"])
         self.overhead_ms_ = {str(d): fixed_overhead_ms(y2[dtypes == d, 0], roofline[dtypes == d])
@@ -124,6 +129,36 @@ class GemmCostForest(RegressorMixin, BaseEstimator):
             n_jobs=self.n_jobs).fit(feats, targets)
         self.n_train_ = len(X)
         return self
+
+    def _choose_bound(self, X, latency_ms: np.ndarray) -> str:
+        """The baseline that predicts held-out shapes of the training data better.
+
+        Whole waves of fixed tiles (:func:`predictor.features.gemm_terms`) describe a GEMM
+        library that keeps its tile size; one that adapts tiles or splits K to the shape is
+        closer to the plain roofline. Which one a device's library is shows in its data: a
+        smaller forest is fitted with each baseline on 3 folds of whole shapes, and the one with
+        the lower mean absolute percentage error on the held-out shapes is kept (the plain
+        roofline on a tie, on a CPU, or with under 6 shapes to tell them apart)."""
+        frame = pd.DataFrame(X).reset_index(drop=True)
+        shapes = pd.Series(list(zip(frame.m, frame.n, frame.k, frame.batch, strict=True)))
+        groups = shapes.factorize()[0]
+        if self._profile().kind != "gpu" or groups.max() + 1 < 6:
+            return "roofline"
+        from sklearn.model_selection import GroupKFold
+
+        errors = {}
+        for bound in BOUNDS:
+            ape = []
+            for tr, te in GroupKFold(n_splits=3).split(frame, groups=groups):
+                train, test = frame.iloc[tr], frame.iloc[te]
+                seen = test.dtype.isin(set(train.dtype)).to_numpy()
+                inner = GemmCostForest(**{**self.get_params(), "bound": bound,
+                                          "n_estimators": min(self.n_estimators, 50)})
+                pred = inner.fit(train, latency_ms[tr]).predict(test[seen])
+                ape.append(np.abs(pred / latency_ms[te][seen] - 1))
+            errors[bound] = float(np.mean(np.concatenate(ape)))
+        self.bound_errors_ = errors
+        return min(BOUNDS, key=lambda b: (errors[b], b != "roofline"))
 
     def _overhead(self, X) -> np.ndarray:
         """Each row's fixed per-call cost (ms) by its dtype; 0 for a dtype not trained on."""
@@ -180,7 +215,8 @@ class GemmCostForest(RegressorMixin, BaseEstimator):
         OpError."""
         self._check_features()
         self.check_dtypes(X)
-        features, roofline = gemm_terms(X, self._profile())
+        # Models from before the choice of baseline have no bound_: theirs was the roofline.
+        features, roofline = gemm_terms(X, self._profile(), getattr(self, "bound_", "roofline"))
         bound = roofline + self._overhead(X)
         if getattr(self, "fast_", None) is not None:
             mean, var = self.fast_.moments(features, self.fast_table_)

@@ -75,7 +75,8 @@ def register(store: Store, model: GemmCostForest, device_model: str, meta: dict,
     return _record(store, device_model, "gemm", ".skops", lambda p: sio.dump(model.forest_, p),
                    bool(model.has_power_), model.n_train_,
                    {**meta, "params": model.get_params(), "y_ndim": model.y_ndim_,
-                    "features": model.feature_names_, "overhead_ms": model.overhead_ms_},
+                    "features": model.feature_names_, "overhead_ms": model.overhead_ms_,
+                    "bound": model.bound_},
                    directory)
 
 
@@ -160,6 +161,7 @@ def load(row: ModelVersion) -> GemmCostForest:
                             "feature set (an older hwnas); retrain it with `hwnas train`")
     # Models from before the overhead term have none, which is how they were fitted.
     model.overhead_ms_ = dict(row.meta.get("overhead_ms") or {})
+    model.bound_ = row.meta.get("bound", "roofline")  # the only baseline before the choice
     model.n_train_ = row.n_samples
     return model.compile()
 

@@ -30,6 +30,7 @@ class Evaluation:
     kfold: pd.DataFrame  # out-of-fold predictions (GroupKFold over shapes)
     extrapolation: pd.DataFrame  # predictions on the largest shapes
     targets: list[str]
+    bounds: list[str]  # the baseline each fitted model chose (GemmCostForest.bound_)
 
     def unscored(self) -> int:
         """Held-out rows not scored: their dtype was missing from their fold's training rows."""
@@ -49,12 +50,13 @@ def make_model(profile: DeviceProfile, **params) -> GemmCostForest:
     return GemmCostForest(profile=profile.to_dict(), **params)
 
 
-def _fit_predict(profile: DeviceProfile, has_power: bool, params: dict):
+def _fit_predict(profile: DeviceProfile, has_power: bool, params: dict, bounds: list[str]):
     def fit_predict(train: pd.DataFrame, test: pd.DataFrame) -> dict[str, np.ndarray]:
         """Predictions for the test rows; NaN for a dtype the training rows lack (the model
         refuses those, and they are left out of the scores)."""
         y = train[["latency_ms", "power_w"]].to_numpy() if has_power else train.latency_ms
         model = make_model(profile, **params).fit(train, y)
+        bounds.append(model.bound_)
         seen = test.dtype.isin(set(train.dtype)).to_numpy()
         out = {t: np.full(len(test), np.nan) for t in _targets(has_power)}
         if seen.any():
@@ -73,12 +75,13 @@ def evaluate(frame: pd.DataFrame, profile: DeviceProfile, n_splits: int = 5,
     frame = frame.reset_index(drop=True)
     if has_power:
         frame = frame.assign(energy_j=frame.power_w * frame.latency_ms / 1e3)
-    fp = _fit_predict(profile, has_power, params)
+    bounds: list[str] = []
+    fp = _fit_predict(profile, has_power, params, bounds)
     kfold = out_of_fold(frame, fp, group_kfold_splits(frame, n_splits))
     extra = out_of_fold(frame, fp, extrapolation_split(frame))
     n_shapes = len(set(zip(frame.m, frame.n, frame.k, frame.batch, strict=True)))
     return Evaluation(profile.model, profile, has_power, len(frame), n_shapes, kfold, extra,
-                      _targets(has_power))
+                      _targets(has_power), bounds)
 
 
 def fit_full(frame: pd.DataFrame, profile: DeviceProfile, **params) -> GemmCostForest:

@@ -166,6 +166,57 @@ def test_model_from_an_older_feature_set_is_refused_clearly(registered):
         model.predict(frame)
 
 
+def fixed_tile_device(n_shapes: int = 60, seed: int = 1) -> pd.DataFrame:
+    """A GPU whose GEMM kernel keeps 128x128 output tiles: a call takes whole waves of tiles over
+    the 8 SMs (9 tiles cost as much as 16), each tile's time in proportion to K, unless memory
+    traffic takes longer; plus 3% noise."""
+    rng = np.random.default_rng(seed)
+    mn = np.exp(rng.uniform(np.log(100), np.log(3000), size=(n_shapes, 2))).astype(int)
+    ks = np.exp(rng.uniform(np.log(64), np.log(2048), size=n_shapes)).astype(int)
+    per_sm = PROFILE.compute_tflops("fp32") * 1e12 / PROFILE.sm_count
+    waves = np.ceil(np.ceil(mn[:, 0] / 128) * np.ceil(mn[:, 1] / 128) / PROFILE.sm_count)
+    t_compute = waves * 2.0 * 128 * 128 * ks / (0.8 * per_sm)
+    t_memory = (mn[:, 0] * ks + ks * mn[:, 1] + mn[:, 0] * mn[:, 1]) * 4 / 400e9
+    t = np.maximum(t_compute, t_memory) * 1e3 * rng.normal(1.0, 0.03, n_shapes)
+    return pd.DataFrame({"m": mn[:, 0], "n": mn[:, 1], "k": ks, "batch": 1, "dtype": "fp32",
+                         "trans_a": 0, "trans_b": 0, "latency_ms": t, "power_w": np.nan,
+                         "power_source": "unavailable"})
+
+
+def test_the_baseline_is_chosen_from_the_training_shapes():
+    tiled = fixed_tile_device()
+    model = fit_full(tiled, PROFILE, n_estimators=30)
+    assert model.bound_ == "waves"
+    assert model.bound_errors_["waves"] < 0.5 * model.bound_errors_["roofline"]
+    # It is the better baseline on shapes held out of the whole fit, too.
+    test = fixed_tile_device(40, seed=2)
+    roof = fit_full(tiled, PROFILE, n_estimators=30, bound="roofline")
+    assert np.mean(np.abs(model.predict(test) / test.latency_ms - 1)) < 0.6 * np.mean(
+        np.abs(roof.predict(test) / test.latency_ms - 1))
+    # A library whose efficiency varies smoothly with the shape keeps the plain roofline.
+    assert fit_full(synthetic(), PROFILE, n_estimators=30).bound_ == "roofline"
+    # A CPU, or too few shapes to compare on, take the roofline without comparing.
+    cpu = DeviceProfile("Test CPU", "cpu", 8, PROFILE.peaks)
+    for model in (fit_full(tiled, cpu, n_estimators=5), fit_full(tiled.head(5), PROFILE,
+                                                                   n_estimators=5)):
+        assert model.bound_ == "roofline" and not hasattr(model, "bound_errors_")
+    with pytest.raises(ValueError, match="^bound: 'tiles'"):
+        fit_full(tiled, PROFILE, bound="tiles")
+
+
+def test_registry_keeps_the_chosen_baseline(store, tmp_path):
+    tiled = fixed_tile_device()
+    model = fit_full(tiled, PROFILE, n_estimators=10)
+    row = registry.register(store, model, PROFILE.model, {}, tmp_path)
+    assert row.meta["bound"] == "waves"
+    loaded = registry.load(registry.find(store, PROFILE.model))
+    assert loaded.bound_ == "waves"
+    assert np.allclose(loaded.predict(tiled), model.predict(tiled), rtol=1e-12)
+    # A model registered before the choice existed was fitted on the roofline.
+    row.meta = {k: v for k, v in row.meta.items() if k != "bound"}
+    assert registry.load(row).bound_ == "roofline"
+
+
 def test_fill_and_tail_features_measure_padding_and_remainders():
     from predictor.features import gemm_features
 
