@@ -112,10 +112,9 @@ def _work(frame, profile: DeviceProfile):
 BOUNDS = ("roofline", "waves")
 
 
-def roofline_ms(frame, profile: DeviceProfile, bound: str = "roofline") -> np.ndarray:
-    """max(FLOPs / peak compute, bytes / peak bandwidth) in ms, per row (see :func:`gemm_terms`
-    for ``bound``)."""
-    return gemm_terms(frame, profile, bound)[1]
+def roofline_ms(frame, profile: DeviceProfile) -> np.ndarray:
+    """max(FLOPs / peak compute, bytes / peak bandwidth) in ms, per row."""
+    return gemm_terms(frame, profile)[1]
 
 
 FEATURE_NAMES = [
@@ -138,9 +137,9 @@ def gemm_terms(frame, profile: DeviceProfile,
     ``bound="roofline"``: max(FLOPs / peak compute, bytes / peak bandwidth). ``"waves"`` (GPU
     profiles): the compute term is paid for whole waves of whole 128x128 output tiles over the
     SMs, as a GEMM kernel with fixed tiles runs (200 tiles on 46 SMs take 5 waves, not 4.35,
-    and a 130-row edge costs two rows of tiles); a
-    library that picks smaller tiles or splits K for small shapes does not follow it, which is
-    why the forest chooses between the two from its training data."""
+    and a 130-row edge costs two rows of tiles). A library that picks smaller tiles or splits K
+    for small shapes does not follow it, which is why the forest chooses between the two from
+    its training data (``GemmCostForest(bound="auto")``)."""
     m, n, k, b, dtypes, elem, tc, flops, nbytes, t_compute, t_memory = _work(frame, profile)
     tile = 128 if profile.kind == "gpu" else 64
     tiles = np.ceil(m / tile) * np.ceil(n / tile) * b

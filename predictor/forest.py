@@ -7,7 +7,9 @@ launch, conversions of an emulated dtype), found where the data shows it: when t
 training call of that dtype took over four times its roofline bound, it was mostly fixed cost,
 and half of its time is the overhead (half keeps the baseline below every measurement);
 otherwise (data without tiny shapes) it is zero. With it, tiny dispatch-bound shapes, whose
-roofline bound is nearly zero, sit near a ratio of one instead of spanning decades. Power (W)
+roofline bound is nearly zero, sit near a ratio of one instead of spanning decades. On a GPU
+the bound may instead pay for compute in whole waves of tiles (a fixed-tile kernel), when the
+training shapes say so (``bound="auto"``, see ``_choose_bound``). Power (W)
 is a second output only when every training row has a measured power; energy is always
 ``power x latency``, per tree, so the three figures stay consistent and each has an uncertainty
 (the spread across trees).
