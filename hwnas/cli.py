@@ -1013,12 +1013,16 @@ def train(db_url, device_spec, folds, trees, target) -> None:
 @click.option("--trees", type=click.IntRange(1, 5000), default=200, show_default=True)
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
               help="Write a predicted-vs-measured PNG of the shape-held-out latency.")
+@click.option("--worst", type=click.IntRange(0, 1000), default=5, show_default=True,
+              help="List this many held-out configs whose latency was predicted worst "
+                   "(0: none).")
 @friendly_errors
-def eval_(db_url, device_spec, folds, trees, plot_path) -> None:
+def eval_(db_url, device_spec, folds, trees, plot_path, worst) -> None:
     """Evaluate the GEMM model on whole shapes held out (GroupKFold over M,N,K and the largest
-    shapes held out); per target and dtype: MAPE, median APE, share within ±10%, R^2, Spearman."""
+    shapes held out); per target and dtype: MAPE, median APE, share within ±10%, R^2, Spearman;
+    then the configs predicted worst, to see where the model misses."""
     from predictor.data import load_gemm_frame, resolve_device_model
-    from predictor.evaluate import plot_predicted_vs_measured
+    from predictor.evaluate import plot_predicted_vs_measured, worst_configs
     from predictor.training import evaluate
 
     store = open_store(db_url)
@@ -1026,6 +1030,13 @@ def eval_(db_url, device_spec, folds, trees, plot_path) -> None:
     frame, profile = load_gemm_frame(store, model)
     ev = evaluate(frame, profile, folds, n_estimators=trees)
     _print_evaluation(ev)
+    if worst:
+        click.echo("\nlatency predicted worst, shapes held out (GroupKFold):")
+        print_table(["shape", "dtype", "layout", "measured ms", "predicted ms", "pred/meas",
+                     "APE %", "fold"],
+                    [[r.shape, r.dtype, r.layout, f"{r.measured:.4g}", f"{r.predicted:.4g}",
+                      f"{r.ratio:.2f}", f"{r.ape_pct:.1f}", r.fold]
+                     for r in worst_configs(ev.kfold, "latency_ms", worst).itertuples()])
     if frame.attrs.get("note"):
         click.echo(f"\ndata: {frame.attrs['note']}")
     if plot_path:

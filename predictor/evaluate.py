@@ -75,6 +75,24 @@ def metrics_table(oof: pd.DataFrame, targets: list[str]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def worst_configs(oof: pd.DataFrame, target: str = "latency_ms", count: int = 5) -> pd.DataFrame:
+    """The ``count`` held-out configs predicted worst for ``target`` (by absolute percentage
+    error), one row per config: its shape, dtype and layout, measured and predicted values,
+    predicted / measured, and the fold that held it out."""
+    scored = oof[oof[f"pred_{target}"].notna()]
+    ape = (scored[f"pred_{target}"] - scored[target]).abs() / scored[target].abs()
+    worst = scored.assign(ape_pct=ape * 100).nlargest(count, "ape_pct")
+    layout = np.where(worst.trans_a.astype(bool), "t", "n").astype(object) + np.where(
+        worst.trans_b.astype(bool), "t", "n")
+    return pd.DataFrame({
+        "shape": [f"{m}x{n}x{k}" + (f" x{b}" if b != 1 else "")
+                  for m, n, k, b in zip(worst.m, worst.n, worst.k, worst.batch, strict=True)],
+        "dtype": worst.dtype.to_numpy(), "layout": layout,
+        "measured": worst[target].to_numpy(), "predicted": worst[f"pred_{target}"].to_numpy(),
+        "ratio": (worst[f"pred_{target}"] / worst[target]).to_numpy(),
+        "ape_pct": worst.ape_pct.to_numpy(), "fold": worst.fold.to_numpy()})
+
+
 def plot_predicted_vs_measured(oof: pd.DataFrame, target: str, path: str, title: str) -> None:
     import matplotlib
 

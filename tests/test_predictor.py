@@ -261,8 +261,24 @@ def test_cli_import_train_predict(tmp_path, monkeypatch):
     r = run(main, ["models", "--db", db])
     assert "NVIDIA GeForce RTX 4070" in r.output
     r = run(main, ["eval", "--db", db, "--device", "4070", "--trees", "10", "--folds", "3",
-                   "--plot", str(tmp_path / "p.png")])
+                   "--plot", str(tmp_path / "p.png"), "--worst", "3"])
     assert r.exit_code == 0 and (tmp_path / "p.png").stat().st_size > 1000
+    worst = r.output.split("latency predicted worst, shapes held out (GroupKFold):\n")[1]
+    assert len([line for line in worst.splitlines() if " fp32 " in line]) == 3
+
+
+def test_worst_configs_lists_the_largest_relative_misses():
+    from predictor.evaluate import worst_configs
+
+    oof = pd.DataFrame({"m": [64, 128, 256, 512], "n": 32, "k": 16, "batch": [1, 1, 4, 1],
+                        "dtype": ["fp32", "fp16", "fp32", "fp32"], "trans_a": [0, 1, 0, 0],
+                        "trans_b": [0, 0, 1, 0], "latency_ms": [1.0, 2.0, 4.0, 8.0],
+                        "pred_latency_ms": [1.05, 3.0, 2.0, np.nan], "fold": [0, 1, 2, 3]})
+    w = worst_configs(oof, "latency_ms", 2)
+    assert list(w["shape"]) == ["128x32x16", "256x32x16 x4"]  # 50% over, then 50% under
+    assert list(w.layout) == ["tn", "nt"] and list(w.fold) == [1, 2]
+    assert np.allclose(w.ratio, [1.5, 0.5]) and np.allclose(w.ape_pct, [50.0, 50.0])
+    assert len(worst_configs(oof, "latency_ms", 10)) == 3  # the unscored row is left out
 
 
 def test_fast_inference_equals_sklearn_within_1e6():
