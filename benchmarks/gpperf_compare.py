@@ -54,6 +54,8 @@ def main() -> None:
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--trees", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0, help="random_state of both forests")
+    ap.add_argument("--worst", type=int, default=5,
+                    help="list the shapes where our MAPE is highest (0: none)")
     args = ap.parse_args()
 
     df = read_gpperf(args.csv).reset_index(drop=True)
@@ -89,6 +91,14 @@ def main() -> None:
         print(f"{name:<34}{r['mape']:>8.1f}{r['mdape']:>9.1f}{r['within_10']:>8.1f}"
               f"{r['r2']:>8.3f}{r['spearman']:>10.3f}")
     print(f"baseline (b) chose from each fold's training shapes: {', '.join(bounds)}")
+    if args.worst:
+        ape = pd.DataFrame({"shape": groups, "ours": np.abs(pred_ours / y - 1) * 100,
+                            "theirs": np.abs(pred_theirs / y - 1) * 100})
+        per_shape = ape.groupby("shape").mean().nlargest(args.worst, "ours")
+        share = per_shape.ours.sum() / ape.groupby("shape").ours.mean().sum()
+        print(f"shapes where our MAPE is highest ({share:.0%} of our MAPE):")
+        for shape, r in per_shape.iterrows():
+            print(f"  {shape:<18} ours {r.ours:6.1f}%   theirs {r.theirs:6.1f}%")
     ratio = b["mape"] / a["mape"]
     print(f"MAPE ratio ours/theirs: {ratio:.3f} (target <= 0.333: "
           f"{'met' if ratio <= 1 / 3 else 'NOT met'})")
