@@ -26,6 +26,7 @@ from sklearn.ensemble import RandomForestRegressor
 from sklearn.utils.validation import check_is_fitted
 
 from collectors.ops import Op, OpError
+from predictor.evaluate import group_kfold_splits, shape_groups
 from predictor.features import (
     BOUNDS,
     FEATURE_NAMES,
@@ -142,16 +143,12 @@ class GemmCostForest(RegressorMixin, BaseEstimator):
         the lower mean absolute percentage error on the held-out shapes is kept (the plain
         roofline on a tie, on a CPU, or with under 6 shapes to tell them apart)."""
         frame = pd.DataFrame(X).reset_index(drop=True)
-        shapes = pd.Series(list(zip(frame.m, frame.n, frame.k, frame.batch, strict=True)))
-        groups = shapes.factorize()[0]
-        if self._profile().kind != "gpu" or groups.max() + 1 < 6:
+        if self._profile().kind != "gpu" or len(set(shape_groups(frame))) < 6:
             return "roofline"
-        from sklearn.model_selection import GroupKFold
-
         errors = {}
         for bound in BOUNDS:
             ape = []
-            for tr, te in GroupKFold(n_splits=3).split(frame, groups=groups):
+            for tr, te in group_kfold_splits(frame, 3):
                 train, test = frame.iloc[tr], frame.iloc[te]
                 seen = test.dtype.isin(set(train.dtype)).to_numpy()
                 inner = GemmCostForest(**{**self.get_params(), "bound": bound,
