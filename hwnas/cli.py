@@ -958,11 +958,13 @@ def _print_evaluation(ev) -> None:
                     [[r.target, r.dtype, r.n, f"{r.mape:.1f}", f"{r.mdape:.1f}",
                       f"{r.within_10:.1f}", f"{r.r2:.3f}", f"{r.spearman:.3f}"]
                      for r in table.itertuples()])
+    from predictor.features import GPU_TILE
+
     counts = {b: ev.bounds.count(b) for b in sorted(set(ev.bounds))}
     click.echo("\nbaseline the forest chose from its training shapes (of "
                f"{len(ev.bounds)} fits): " + ", ".join(f"{b} {n}" for b, n in counts.items())
                + " (roofline: max(FLOPs/peak, bytes/bandwidth); waves: compute paid in whole "
-               "waves of 128x128 tiles over the SMs)")
+               f"waves of {GPU_TILE}x{GPU_TILE} tiles over the SMs)")
     unscored = ev.unscored()
     if unscored:
         click.echo(f"\nnot scored: {unscored} held-out rows whose dtype had no other "

@@ -110,6 +110,7 @@ def _work(frame, profile: DeviceProfile):
 
 
 BOUNDS = ("roofline", "waves")
+GPU_TILE = 128  # output tile edge (elements) of the wave features and the "waves" bound
 
 
 def roofline_ms(frame, profile: DeviceProfile) -> np.ndarray:
@@ -141,7 +142,7 @@ def gemm_terms(frame, profile: DeviceProfile,
     for small shapes does not follow it, which is why the forest chooses between the two from
     its training data (``GemmCostForest(bound="auto")``)."""
     m, n, k, b, dtypes, elem, tc, flops, nbytes, t_compute, t_memory = _work(frame, profile)
-    tile = 128 if profile.kind == "gpu" else 64
+    tile = GPU_TILE if profile.kind == "gpu" else 64
     tiles = np.ceil(m / tile) * np.ceil(n / tile) * b
     units = max(profile.sm_count, 1)
     waves = np.ceil(tiles / units)
