@@ -93,9 +93,9 @@ def run_demo(db_url: str | None) -> None:
                        f"{net.total.latency_ms:.4g} ms ± {net.total.latency_std_ms:.2g} "
                        f"({net.method}); measured here {m.latency_ms:.4g} ms "
                        f"(x{m.latency_ms / net.total.latency_ms:.2f})")
-            if m.caution():
-                click.echo(f"  caution: {m.caution()}; the comparison holds on a quiet "
-                           "machine")
+            caution = m.caution()
+            if caution:
+                click.echo(f"  caution: {caution}; the comparison holds on a quiet machine")
     finally:
         server.stop(1)
     click.echo("server stopped")
