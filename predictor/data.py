@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 from sqlalchemy import select
 
@@ -67,7 +68,9 @@ def load_gemm_frame(store: Store, device_model: str) -> tuple[pd.DataFrame, Devi
     frame = pd.DataFrame.from_records([tuple(r) for r in rows], columns=[
         "m", "n", "k", "batch", "dtype", "layout", "latency_ms",
         "power_w", "power_source", "created_at", "params", "backend"])
-    timer = frame.pop("params").map(lambda p: (p or {}).get("timer"))
+    params = frame.pop("params").map(lambda p: p or {})
+    timer = params.map(lambda p: p.get("timer"))
+    frame["power_duty"] = params.map(lambda p: p.get("power_duty", np.nan)).astype(float)
     gpu_alone = (timer == GPU_ALONE).to_numpy()
     looped = ((frame.pop("backend") == "cupy").to_numpy() & ~gpu_alone)  # ours, on a GPU
     note = None
@@ -78,6 +81,12 @@ def load_gemm_frame(store: Store, device_model: str) -> tuple[pd.DataFrame, Devi
     elif looped.any():
         note = (f"{int(looped.sum())} GEMM rows were timed as a plain loop of launches (no "
                 "queue-ahead): a GEMM shorter than its launch is the host's pace there")
+    launch_bound = int((frame.power_duty < POWER_DUTY_MIN).sum())
+    if launch_bound and frame.power_w.notna().any():
+        power_note = (f"power of {launch_bound} rows not trained on or scored: the GPU ran "
+                      f"them under {POWER_DUTY_MIN:.0%} of their energy window (launch-bound), "
+                      "so the reading is not the kernel's")
+        note = f"{note}; {power_note}" if note else power_note
     frame.attrs["note"] = note
     frame["trans_a"] = (frame.layout.str[0] == "t").astype(int)
     frame["trans_b"] = (frame.layout.str[1] == "t").astype(int)
@@ -89,7 +98,23 @@ def load_gemm_frame(store: Store, device_model: str) -> tuple[pd.DataFrame, Devi
     return frame, profile
 
 
+# A power reading is the op's own when the device ran the op for at least this share of the
+# energy window (params.power_duty). Below it, the op ran shorter than the host took to issue
+# it, so the device idled between calls and the reading mixes in idle power: on the H200, rows
+# under 0.5 read a median 137 W, rows over 0.95 420 W. Rows without a duty (CPU, or sweeps from
+# before it was recorded) count as the op's.
+POWER_DUTY_MIN = 0.9
+
+
 def power_is_measured(frame: pd.DataFrame) -> bool:
-    """Power is trainable only when every row has a reading from a real sensor."""
+    """Power is trainable only when every row has a reading from a real sensor, and at least
+    one of them is the op's own (:func:`op_power`)."""
     return bool(len(frame)) and frame.power_w.notna().all() and not (
-        frame.power_source == "unavailable").any()
+        frame.power_source == "unavailable").any() and bool(op_power(frame).notna().any())
+
+
+def op_power(frame: pd.DataFrame) -> pd.Series:
+    """Each row's power (W) where the reading is the op's own, else NaN (a launch-bound row,
+    :data:`POWER_DUTY_MIN`)."""
+    duty = frame["power_duty"] if "power_duty" in frame else pd.Series(np.nan, frame.index)
+    return frame.power_w.where(~(duty < POWER_DUTY_MIN))

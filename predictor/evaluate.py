@@ -64,11 +64,16 @@ def out_of_fold(frame: pd.DataFrame, fit_predict: Callable[[pd.DataFrame, pd.Dat
     return pd.concat(parts)
 
 
+def _scored(oof: pd.DataFrame, target: str) -> pd.DataFrame:
+    return oof[oof[f"pred_{target}"].notna() & oof[target].notna()]
+
+
 def metrics_table(oof: pd.DataFrame, targets: list[str]) -> pd.DataFrame:
-    """Metrics per target, overall and per dtype, over the rows that have a prediction."""
+    """Metrics per target, overall and per dtype, over the rows that have a prediction and a
+    measured value (a launch-bound GPU row has no power of its own to score)."""
     rows = []
     for target in targets:
-        scored = oof[oof[f"pred_{target}"].notna()]
+        scored = _scored(oof, target)
         for dtype, part in [("all", scored)] + sorted(scored.groupby("dtype")):
             rows.append({"target": target, "dtype": dtype,
                          **metrics(part[target], part[f"pred_{target}"])})
@@ -79,7 +84,7 @@ def worst_configs(oof: pd.DataFrame, target: str = "latency_ms", count: int = 5)
     """The ``count`` held-out configs predicted worst for ``target`` (by absolute percentage
     error), one row per config: its shape, dtype and layout, measured and predicted values,
     predicted / measured, and the fold that held it out."""
-    scored = oof[oof[f"pred_{target}"].notna()]
+    scored = _scored(oof, target)
     ape = (scored[f"pred_{target}"] - scored[target]).abs() / scored[target].abs()
     worst = scored.assign(ape_pct=ape * 100).nlargest(count, "ape_pct")
     layout = np.where(worst.trans_a.astype(bool), "t", "n").astype(object) + np.where(

@@ -72,7 +72,9 @@ def register(store: Store, model: GemmCostForest, device_model: str, meta: dict,
     """Write the GEMM model file and add a new version row (1, 2, ... per device model)."""
     import skops.io as sio
 
-    return _record(store, device_model, "gemm", ".skops", lambda p: sio.dump(model.forest_, p),
+    forests = {"latency": model.forest_,
+               **({"power": model.power_forest_} if model.has_power_ else {})}
+    return _record(store, device_model, "gemm", ".skops", lambda p: sio.dump(forests, p),
                    bool(model.has_power_), model.n_train_,
                    {**meta, "params": model.get_params(), "y_ndim": model.y_ndim_,
                     "features": model.feature_names_, "overhead_ms": model.overhead_ms_,
@@ -149,11 +151,18 @@ def find(store: Store, device_model: str, version: int | None = None,
 
 def load(row: ModelVersion) -> GemmCostForest:
     """Rebuild the estimator from a registry row, after checking the file's SHA-256."""
-    forest = load_skops(row)
+    forests = load_skops(row)
+    if not isinstance(forests, dict):  # before latency and power had a forest each
+        if forests.n_outputs_ != 1:
+            raise RegistryError(f"{row.device_model!r} model v{row.version} predicts latency "
+                                "and power with one forest (an older hwnas, less accurate); "
+                                "retrain it with `hwnas train`")
+        forests = {"latency": forests}
     params = dict(row.meta["params"])
     model = GemmCostForest(**params)
-    model.forest_ = forest
-    model.has_power_ = row.has_power
+    model.forest_ = forests["latency"]
+    model.power_forest_ = forests.get("power")
+    model.has_power_ = model.power_forest_ is not None
     model.y_ndim_ = row.meta.get("y_ndim", 1)
     model.feature_names_ = row.meta.get("features")
     if model.feature_names_ != FEATURE_NAMES:

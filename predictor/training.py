@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from collectors.store.db import Store
-from predictor.data import load_gemm_frame, power_is_measured
+from predictor.data import load_gemm_frame, op_power, power_is_measured
 from predictor.evaluate import (
     extrapolation_split,
     group_kfold_splits,
@@ -50,19 +50,27 @@ def make_model(profile: DeviceProfile, **params) -> GemmCostForest:
     return GemmCostForest(profile=profile.to_dict(), **params)
 
 
+def _targets_of(frame: pd.DataFrame, with_power: bool):
+    """What the forest is fitted to: latency, or latency and the op's power (NaN where the
+    reading is not the op's, :func:`predictor.data.op_power`)."""
+    if not with_power:
+        return frame.latency_ms.to_numpy()
+    return np.column_stack([frame.latency_ms.to_numpy(), op_power(frame).to_numpy()])
+
+
 def _fit_predict(profile: DeviceProfile, has_power: bool, params: dict, bounds: list[str]):
     def fit_predict(train: pd.DataFrame, test: pd.DataFrame) -> dict[str, np.ndarray]:
         """Predictions for the test rows; NaN for a dtype the training rows lack (the model
         refuses those, and they are left out of the scores)."""
-        y = train[["latency_ms", "power_w"]].to_numpy() if has_power else train.latency_ms
-        model = make_model(profile, **params).fit(train, y)
+        model = make_model(profile, **params).fit(
+            train, _targets_of(train, has_power and train.power_w.notna().any()))
         bounds.append(model.bound_)
         seen = test.dtype.isin(set(train.dtype)).to_numpy()
         out = {t: np.full(len(test), np.nan) for t in _targets(has_power)}
         if seen.any():
             c = model.predict_costs(test[seen])
             out["latency_ms"][seen] = c.latency_ms
-            if has_power:
+            if model.has_power_:
                 out["power_w"][seen], out["energy_j"][seen] = c.power_w, c.energy_j
         return out
 
@@ -73,7 +81,8 @@ def evaluate(frame: pd.DataFrame, profile: DeviceProfile, n_splits: int = 5,
              **params) -> Evaluation:
     has_power = power_is_measured(frame)
     frame = frame.reset_index(drop=True)
-    if has_power:
+    if has_power:  # scored only where the reading is the op's own
+        frame = frame.assign(power_w=op_power(frame))
         frame = frame.assign(energy_j=frame.power_w * frame.latency_ms / 1e3)
     bounds: list[str] = []
     fp = _fit_predict(profile, has_power, params, bounds)
@@ -85,9 +94,7 @@ def evaluate(frame: pd.DataFrame, profile: DeviceProfile, n_splits: int = 5,
 
 
 def fit_full(frame: pd.DataFrame, profile: DeviceProfile, **params) -> GemmCostForest:
-    has_power = power_is_measured(frame)
-    y = frame[["latency_ms", "power_w"]].to_numpy() if has_power else frame.latency_ms
-    return make_model(profile, **params).fit(frame, y)
+    return make_model(profile, **params).fit(frame, _targets_of(frame, power_is_measured(frame)))
 
 
 def library_versions() -> dict[str, str]:

@@ -7,11 +7,12 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 from sklearn.base import clone
+from sklearn.ensemble import RandomForestRegressor
 
 from collectors.ops import Op, OpError
 from predictor import registry
 from predictor.evaluate import extrapolation_split, group_kfold_splits, metrics, shape_groups
-from predictor.features import DeviceProfile, empirical_peaks
+from predictor.features import DeviceProfile, empirical_peaks, gemm_features
 from predictor.forest import GemmCostForest, gemm_frame
 from predictor.training import evaluate, fit_full
 
@@ -74,6 +75,48 @@ def test_power_is_a_second_output_and_energy_is_consistent():
     c = model.predict_costs(frame.head(5))
     assert np.allclose(c.energy_j, c.power_w * c.latency_ms / 1e3)
     assert np.all(c.power_std_w >= 0) and np.all(c.energy_std_j >= 0)
+
+
+def test_power_has_its_own_forest_and_never_moves_the_latency_model():
+    # In one two-output forest, power in watts (variance ~1e4) would pick the splits and the
+    # log-latency ratio (variance ~1) would follow them.
+    frame = synthetic(power=True)
+    frame["power_w"] = 100 + 400 * np.random.default_rng(3).random(len(frame))  # noise only
+    both = fit_full(frame, PROFILE, n_estimators=20)
+    alone = fit_full(frame.assign(power_w=np.nan, power_source="unavailable"), PROFILE,
+                     n_estimators=20)
+    assert both.has_power_ and not alone.has_power_
+    assert np.array_equal(both.predict_costs(frame).latency_ms,
+                          alone.predict_costs(frame).latency_ms)
+
+
+def test_power_is_fitted_only_where_the_reading_is_the_ops_own():
+    from predictor.data import POWER_DUTY_MIN, op_power, power_is_measured
+
+    frame = synthetic(power=True)
+    duty = np.where(frame.latency_ms < frame.latency_ms.median(), 0.3, 1.0)
+    frame["power_duty"] = duty
+    frame.loc[duty < POWER_DUTY_MIN, "power_w"] = 20.0  # an idle-looking reading
+    assert op_power(frame).isna().sum() == (duty < POWER_DUTY_MIN).sum()
+    assert power_is_measured(frame)
+    model = fit_full(frame, PROFILE, n_estimators=20)
+    assert model.n_power_train_ == (duty >= POWER_DUTY_MIN).sum()
+    assert model.predict_costs(frame).power_w.min() > 100  # never learned the 20 W
+    ev = evaluate(frame, PROFILE, n_splits=3, n_estimators=10)
+    power = ev.tables()["shape-held-out (GroupKFold)"].set_index(["target", "dtype"])
+    assert power.loc[("power_w", "all"), "n"] == (duty >= POWER_DUTY_MIN).sum()
+    assert power.loc[("latency_ms", "all"), "n"] == len(frame)
+    assert not power_is_measured(frame.assign(power_duty=0.1))  # no reading of its own left
+
+
+def test_power_targets_are_checked():
+    frame = synthetic(10, power=True)
+    model = GemmCostForest(profile=PROFILE.to_dict(), n_estimators=5)
+    y = np.column_stack([frame.latency_ms, frame.power_w])
+    for bad, match in ((np.nan, "at least one row"), (np.inf, "power must be finite"),
+                       (-5.0, "power must be positive")):
+        with pytest.raises(ValueError, match=f"^y: .*{match}"):
+            model.fit(frame, np.column_stack([y[:, 0], np.full(len(y), bad)]))
 
 
 def test_no_power_model_when_power_was_unavailable():
@@ -154,6 +197,30 @@ def test_tampered_model_file_is_refused(registered):
         f.write(bytes([byte[0] ^ 0xFF]))
     with pytest.raises(registry.ChecksumError, match="refusing"):
         registry.load(registry.find(store, PROFILE.model))
+
+
+def test_registry_keeps_the_power_forest_and_refuses_one_forest_for_both(store, tmp_path):
+    import skops.io as sio
+
+    frame = synthetic(30, power=True)
+    model = fit_full(frame, PROFILE, n_estimators=10)
+    row = registry.register(store, model, PROFILE.model, {}, tmp_path)
+    loaded = registry.load(registry.find(store, PROFILE.model))
+    assert row.has_power and loaded.has_power_
+    a, b = model.predict_costs(frame), loaded.predict_costs(frame)
+    assert np.allclose(b.power_w, a.power_w, rtol=1e-12)
+    assert np.allclose(b.energy_std_j, a.energy_std_j, rtol=1e-9)
+    # Files of older versions hold one forest: latency alone still loads, both outputs not.
+    for outputs, ok in ((1, True), (2, False)):
+        y = np.log(frame.latency_ms) if outputs == 1 else frame[["latency_ms", "power_w"]]
+        sio.dump(RandomForestRegressor(3, random_state=0).fit(
+            gemm_features(frame, PROFILE), y), row.path)
+        row.sha256 = registry.sha256_file(row.path)
+        if ok:
+            assert not registry.load(row).has_power_
+        else:
+            with pytest.raises(registry.RegistryError, match="one forest.*hwnas train"):
+                registry.load(row)
 
 
 def test_model_from_an_older_feature_set_is_refused_clearly(registered):
@@ -282,20 +349,21 @@ def test_worst_configs_lists_the_largest_relative_misses():
 
 
 def test_fast_inference_equals_sklearn_within_1e6():
-    from predictor.features import gemm_features
-
     frame = synthetic(40, power=True)
     model = fit_full(frame, PROFILE, n_estimators=25)
     slow = model.predict_costs(frame)
     fast = model.compile().predict_costs(frame)
     for a, b in ((slow.latency_ms, fast.latency_ms), (slow.power_w, fast.power_w),
-                 (slow.latency_std_ms, fast.latency_std_ms), (slow.energy_j, fast.energy_j)):
+                 (slow.latency_std_ms, fast.latency_std_ms), (slow.energy_j, fast.energy_j),
+                 (slow.power_std_w, fast.power_std_w), (slow.energy_std_j, fast.energy_std_j)):
         assert np.allclose(b, a, rtol=1e-6, atol=0)
     # Training rows sit exactly on split values: they exercise the threshold rounding.
     features = gemm_features(frame, PROFILE).to_numpy(np.float32)
-    ref = np.stack([t.predict(features) for t in model.forest_.estimators_])
+    ref = np.stack([np.stack([t.predict(features) for t in forest.estimators_])
+                    for forest in (model.forest_, model.power_forest_)], axis=-1)
     raw = model.per_tree(frame)
-    assert np.allclose(raw, ref.reshape(raw.shape), rtol=1e-6, atol=0)
+    assert raw.shape == (25, len(frame), 2)
+    assert np.allclose(raw, ref, rtol=1e-6, atol=0)
 
 
 def test_adaptive_sampler_spends_the_budget_once_each_and_fills_in_uncertain_regions(
@@ -351,7 +419,7 @@ def test_cover_greedily_weighs_uncertainty_by_how_many_configs_a_pick_stands_for
     assert cover_greedily_rows(np.zeros(21), np.array([1]), candidates, 1) == [20]
 
 
-def _gpu_rows(store, timers: list[str | None]) -> None:
+def _gpu_rows(store, timers: list[str | None], duties: list[float] | None = None) -> None:
     from collectors.store.models import Device, Measurement, Sweep
 
     with store.session() as s:
@@ -368,8 +436,11 @@ def _gpu_rows(store, timers: list[str | None]) -> None:
                               op_kind="gemm", m=64 * (i + 1), n=64, k=64, dtype="fp16",
                               layout="nn", backend="cupy", status="ok",
                               latency_ms_median=0.01,
-                              latency_ms_p10=0.009, power_source="unavailable",
-                              params={"timer": timer} if timer else {}))
+                              latency_ms_p10=0.009,
+                              **({"power_w": 300.0, "power_source": "nvml_energy_counter"}
+                                 if duties else {"power_source": "unavailable"}),
+                              params={**({"timer": timer} if timer else {}),
+                                      **({"power_duty": duties[i]} if duties else {})}))
         s.commit()
 
 
@@ -388,6 +459,16 @@ def test_gpu_rows_all_timed_one_way_are_all_kept(store):
     _gpu_rows(store, [None, "cuda_events", None])
     frame, _ = load_gemm_frame(store, "Timed GPU")
     assert len(frame) == 3 and "3 GEMM rows were timed as a plain loop" in frame.attrs["note"]
+
+
+def test_launch_bound_power_readings_are_named_when_loaded(store):
+    from predictor.data import GPU_ALONE, load_gemm_frame, op_power
+
+    _gpu_rows(store, [GPU_ALONE] * 3, duties=[0.3, 0.95, 1.0])
+    frame, _ = load_gemm_frame(store, "Timed GPU")
+    assert list(frame.power_duty) == [0.3, 0.95, 1.0]
+    assert op_power(frame).isna().tolist() == [True, False, False]
+    assert frame.attrs["note"].startswith("power of 1 rows not trained on or scored")
 
 
 def test_a_dtype_the_model_never_saw_is_refused():
