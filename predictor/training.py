@@ -115,7 +115,9 @@ def train_and_register(store: Store, device_model: str, n_splits: int = 5, **par
     tables = {name: t.to_dict("records") for name, t in ev.tables().items()}
     meta = {"profile": profile.to_dict(), "metrics": tables, "n_shapes": ev.n_shapes,
             "dtypes": sorted(frame.dtype.unique()), "libraries": library_versions(),
-            "power": "trained" if ev.has_power else "unavailable: no measured power in the data",
+            "power": (f"trained on the {model.n_power_train_} of {len(frame)} rows whose reading "
+                      "is the op's own" if model.has_power_
+                      else "unavailable: no measured power in the data"),
             "data_from": str(frame.created_at.min()), "data_to": str(frame.created_at.max()),
             **({"data_note": frame.attrs["note"]} if frame.attrs.get("note") else {})}
     return registry.register(store, model, device_model, meta), ev

@@ -435,9 +435,10 @@ def _gpu_rows(store, timers: list[str | None], duties: list[float] | None = None
             s.add(Measurement(sweep_id=sweep.id, device_id=dev.id, config_key=f"c{i}",
                               op_kind="gemm", m=64 * (i + 1), n=64, k=64, dtype="fp16",
                               layout="nn", backend="cupy", status="ok",
-                              latency_ms_median=0.01,
-                              latency_ms_p10=0.009,
-                              **({"power_w": 300.0, "power_source": "nvml_energy_counter"}
+                              latency_ms_median=0.01 * (i + 1),
+                              latency_ms_p10=0.009 * (i + 1),
+                              **({"power_w": 300.0 + 10 * i,
+                                  "power_source": "nvml_energy_counter"}
                                  if duties else {"power_source": "unavailable"}),
                               params={**({"timer": timer} if timer else {}),
                                       **({"power_duty": duties[i]} if duties else {})}))
@@ -469,6 +470,19 @@ def test_launch_bound_power_readings_are_named_when_loaded(store):
     assert list(frame.power_duty) == [0.3, 0.95, 1.0]
     assert op_power(frame).isna().tolist() == [True, False, False]
     assert frame.attrs["note"].startswith("power of 1 rows not trained on or scored")
+
+
+def test_registered_model_says_how_many_power_readings_it_learnt_from(store, tmp_path,
+                                                                    monkeypatch):
+    from predictor.data import GPU_ALONE
+    from predictor.training import train_and_register
+
+    monkeypatch.setenv("HWNAS_MODELS", str(tmp_path))
+    _gpu_rows(store, [GPU_ALONE] * 8, duties=[0.2, 0.5, 1, 1, 1, 1, 1, 1])
+    row, ev = train_and_register(store, "Timed GPU", n_splits=3, n_estimators=5)
+    assert row.has_power and ev.has_power
+    assert row.meta["power"] == "trained on the 6 of 8 rows whose reading is the op's own"
+    assert "power of 2 rows not trained on or scored" in row.meta["data_note"]
 
 
 def test_a_dtype_the_model_never_saw_is_refused():
