@@ -1096,7 +1096,8 @@ def predict_gemm(db_url, device_spec, m, n, k, dtype, batch, layout, version) ->
     store = open_store(db_url)
     device_model = resolve_device_model(store, device_spec)
     row = registry.find(store, device_model, version)
-    c = registry.load(row).predict_costs(gemm_frame([op]))
+    model = registry.load(row)
+    c = model.predict_costs(gemm_frame([op]))
     click.echo(f"{device_model} (model v{row.version}): gemm {op['m']}x{op['n']}x{op['k']} "
                f"{op.dtype} batch {op.batch} {op.layout}")
     click.echo(f"  latency  {c.latency_ms[0]:.6g} ms ± {c.latency_std_ms[0]:.3g}")
@@ -1106,6 +1107,9 @@ def predict_gemm(db_url, device_spec, m, n, k, dtype, batch, layout, version) ->
     else:
         click.echo(f"  power    {c.power_w[0]:.4g} W ± {c.power_std_w[0]:.3g}")
         click.echo(f"  energy   {c.energy_j[0]:.4g} J ± {c.energy_std_j[0]:.3g}")
+        if model.power_extrapolated(c.latency_ms)[0]:
+            click.echo(f"  (power extrapolated: shorter than any op whose power was read on "
+                       f"its own, {model.power_min_latency_ms_:.3g} ms and up)")
     if row.meta.get("data_note"):
         click.echo(f"  (training data: {row.meta['data_note']})")
 

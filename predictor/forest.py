@@ -143,6 +143,8 @@ class GemmCostForest(RegressorMixin, BaseEstimator):
             read = np.isfinite(power)
             self.power_forest_ = self._new_forest().fit(feats[read], power[read])
             self.n_power_train_ = int(read.sum())
+            # Below this, a predicted power is an extrapolation (see power_extrapolated).
+            self.power_min_latency_ms_ = float(latency[read].min())
         self.n_train_ = len(X)
         return self
 
@@ -274,6 +276,16 @@ class GemmCostForest(RegressorMixin, BaseEstimator):
         e_var = p_var * lat_var + p_var * latency ** 2 + lat_var * p_mean ** 2
         return CostPrediction(latency, np.sqrt(lat_var), p_mean, np.sqrt(p_var),
                               p_mean * latency / 1e3, np.sqrt(e_var) / 1e3)
+
+    def power_extrapolated(self, latency_ms: np.ndarray) -> np.ndarray:
+        """Which predictions' power lies outside what the power forest saw: ops shorter than
+        any whose power reading was the op's own (on a GPU, kernels shorter than their launch
+        have none). False everywhere for a model without power, or one from before this was
+        recorded."""
+        floor = getattr(self, "power_min_latency_ms_", None)
+        if not self.has_power_ or floor is None:
+            return np.zeros(len(latency_ms), dtype=bool)
+        return np.asarray(latency_ms) < floor
 
     def predict(self, X: pd.DataFrame) -> np.ndarray:
         c = self.predict_costs(X)

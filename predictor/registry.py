@@ -91,7 +91,9 @@ def register(store: Store, model: GemmCostForest, device_model: str, meta: dict,
                    bool(model.has_power_), model.n_train_,
                    {**meta, "params": model.get_params(), "y_ndim": model.y_ndim_,
                     "features": model.feature_names_, "overhead_ms": model.overhead_ms_,
-                    "bound": model.bound_},
+                    "bound": model.bound_,
+                    **({"power_min_latency_ms": model.power_min_latency_ms_}
+                       if model.has_power_ else {})},
                    directory)
 
 
@@ -184,6 +186,8 @@ def load(row: ModelVersion) -> GemmCostForest:
     # Models from before the overhead term have none, which is how they were fitted.
     model.overhead_ms_ = dict(row.meta.get("overhead_ms") or {})
     model.bound_ = row.meta.get("bound", "roofline")  # the only baseline before the choice
+    if "power_min_latency_ms" in row.meta:
+        model.power_min_latency_ms_ = row.meta["power_min_latency_ms"]
     model.n_train_ = row.n_samples
     return model.compile()
 

@@ -472,8 +472,9 @@ def test_launch_bound_power_readings_are_named_when_loaded(store):
     assert frame.attrs["note"].startswith("power of 1 rows not trained on or scored")
 
 
-def test_registered_model_says_how_many_power_readings_it_learnt_from(store, tmp_path,
-                                                                    monkeypatch):
+def test_registered_model_says_how_many_power_readings_it_learnt_from(store, store_url,
+                                                                    tmp_path, monkeypatch):
+    from hwnas.cli import main
     from predictor.data import GPU_ALONE
     from predictor.training import train_and_register
 
@@ -483,6 +484,17 @@ def test_registered_model_says_how_many_power_readings_it_learnt_from(store, tmp
     assert row.has_power and ev.has_power
     assert row.meta["power"] == "trained on the 6 of 8 rows whose reading is the op's own"
     assert "power of 2 rows not trained on or scored" in row.meta["data_note"]
+    # The two launch-bound rows are the shortest (10 and 20 us): below 30 us power is a guess.
+    assert row.meta["power_min_latency_ms"] == pytest.approx(0.027)
+    model = registry.load(row)
+    assert model.power_extrapolated(np.array([0.02, 0.027, 0.05])).tolist() == [
+        True, False, False]
+    predict = ["predict", "gemm", "--db", store_url, "--device", "Timed GPU", "--n", "64",
+               "--k", "64", "--dtype", "fp16"]
+    short = CliRunner().invoke(main, [*predict, "--m", "64"])
+    assert short.exit_code == 0 and "power extrapolated" in short.output, short.output
+    long = CliRunner().invoke(main, [*predict, "--m", "512"])
+    assert long.exit_code == 0 and "power extrapolated" not in long.output, long.output
 
 
 def test_a_dtype_the_model_never_saw_is_refused():
