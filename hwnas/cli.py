@@ -1107,7 +1107,7 @@ def predict_gemm(db_url, device_spec, m, n, k, dtype, batch, layout, version) ->
     else:
         click.echo(f"  power    {c.power_w[0]:.4g} W ± {c.power_std_w[0]:.3g}")
         click.echo(f"  energy   {c.energy_j[0]:.4g} J ± {c.energy_std_j[0]:.3g}")
-        if model.power_extrapolated(c.latency_ms)[0]:
+        if c.power_extrapolated[0]:
             click.echo(f"  (power extrapolated: shorter than any op whose power was read on "
                        f"its own, {model.power_min_latency_ms_:.3g} ms and up)")
     if row.meta.get("data_note"):
@@ -1199,6 +1199,8 @@ def _rpc_errors(fn):
 def _cost_line(label: str, c) -> str:
     power = (f"{c.power_w:.4g} W ± {c.power_std_w:.2g}, {c.energy_j:.4g} J ± "
              f"{c.energy_std_j:.2g}" if c.power_w is not None else "power unavailable")
+    if c.power_extrapolated:
+        power += " (power extrapolated: shorter than any op whose power was read on its own)"
     return f"{label}: {c.latency_ms:.5g} ms ± {c.latency_std_ms:.2g}; {power}"
 
 

@@ -30,7 +30,8 @@ def default_server() -> str:
 
 @dataclass(frozen=True)
 class Cost:
-    """One prediction. Power and energy are None where the device had no power sensor."""
+    """One prediction. Power and energy are None where the device had no power sensor;
+    ``power_extrapolated``: shorter than any op whose power was read on its own."""
 
     latency_ms: float
     latency_std_ms: float
@@ -39,13 +40,14 @@ class Cost:
     energy_j: float | None
     energy_std_j: float | None
     name: str = ""
+    power_extrapolated: bool = False
 
     @classmethod
     def from_pb(cls, p: pb.Prediction) -> Cost:
         if not p.power_available:
             return cls(p.latency_ms, p.latency_std_ms, None, None, None, None, p.name)
         return cls(p.latency_ms, p.latency_std_ms, p.power_w, p.power_std_w, p.energy_j,
-                   p.energy_std_j, p.name)
+                   p.energy_std_j, p.name, p.power_extrapolated)
 
 
 @dataclass(frozen=True)
@@ -136,7 +138,8 @@ class PredictorClient:
                              timeout_s: float | None = None) -> dict:
         """Many GEMMs as columns (sequences or numpy arrays of M, N, K; dtype and batch one
         value or one per shape). Returns numpy arrays: latency_ms, latency_std_ms and, where
-        the device has measured power, power_w, power_std_w, energy_j, energy_std_j."""
+        the device has measured power, power_w, power_std_w, energy_j, energy_std_j and
+        power_extrapolated (bool: shorter than any GEMM whose power was read on its own)."""
         import numpy as np
 
         cols = pb.GemmColumns(
@@ -153,6 +156,7 @@ class PredictorClient:
         if r.power_available:
             for name in ("power_w", "power_std_w", "energy_j", "energy_std_j"):
                 out[name] = np.array(getattr(r, name))
+            out["power_extrapolated"] = np.array(r.power_extrapolated, dtype=bool)
         return out
 
     def predict_ops(self, device: str, ops: Sequence[Mapping], model_version: int = 0,

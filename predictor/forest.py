@@ -73,7 +73,9 @@ def fixed_overhead_ms(latency_ms: np.ndarray, roofline: np.ndarray) -> float:
 @dataclass
 class CostPrediction:
     """Per-row predictions; ``*_std`` is the spread across trees. Power/energy are None when
-    the model has no power output (power was not measurable on the device)."""
+    the model has no power output (power was not measurable on the device);
+    ``power_extrapolated`` marks the rows shorter than any op whose power was read on its own
+    (:meth:`GemmCostForest.power_extrapolated`)."""
 
     latency_ms: np.ndarray
     latency_std_ms: np.ndarray
@@ -81,6 +83,7 @@ class CostPrediction:
     power_std_w: np.ndarray | None
     energy_j: np.ndarray | None
     energy_std_j: np.ndarray | None
+    power_extrapolated: np.ndarray | None = None
 
 
 class GemmCostForest(RegressorMixin, BaseEstimator):
@@ -275,7 +278,8 @@ class GemmCostForest(RegressorMixin, BaseEstimator):
         # Variance of a product of independent estimates (the two forests).
         e_var = p_var * lat_var + p_var * latency ** 2 + lat_var * p_mean ** 2
         return CostPrediction(latency, np.sqrt(lat_var), p_mean, np.sqrt(p_var),
-                              p_mean * latency / 1e3, np.sqrt(e_var) / 1e3)
+                              p_mean * latency / 1e3, np.sqrt(e_var) / 1e3,
+                              self.power_extrapolated(latency))
 
     def power_extrapolated(self, latency_ms: np.ndarray) -> np.ndarray:
         """Which predictions' power lies outside what the power forest saw: ops shorter than

@@ -28,6 +28,7 @@ class OpCost:
     energy_std_j: float | None
     source: str
     gemm_count: int
+    power_extrapolated: bool = False  # a GEMM of it is shorter than any whose power was read
 
 
 def predict_ops(model: GemmCostForest, ops: list[Op]) -> list[OpCost]:
@@ -61,7 +62,8 @@ def predict_ops(model: GemmCostForest, ops: list[Op]) -> list[OpCost]:
         energy = float(pred.energy_j[sel].sum())
         out.append(OpCost(lat, lat_std, energy / lat * 1e3,
                           float(np.sqrt((pred.power_std_w[sel] ** 2).mean())), energy,
-                          float(np.sqrt((pred.energy_std_j[sel] ** 2).sum())), FOREST, len(sel)))
+                          float(np.sqrt((pred.energy_std_j[sel] ** 2).sum())), FOREST, len(sel),
+                          bool(pred.power_extrapolated[sel].any())))
     return out
 
 
@@ -76,4 +78,5 @@ def total(costs: list[OpCost]) -> OpCost:
     e_std = float(np.sqrt(sum(c.energy_std_j ** 2 for c in costs)))
     power = energy / lat * 1e3
     return OpCost(lat, lat_std, power, power * e_std / energy if energy else 0.0, energy, e_std,
-                  SUM_OF_OPS, sum(c.gemm_count for c in costs))
+                  SUM_OF_OPS, sum(c.gemm_count for c in costs),
+                  any(c.power_extrapolated for c in costs))

@@ -111,6 +111,28 @@ def test_every_rpc_answers_in_order(served):
     assert '"mape"' in meta.metrics_json
 
 
+def test_every_rpc_says_when_a_power_is_extrapolated(served):
+    store, _, client, tmp_path = served
+    model = fit_full(synthetic(30, power=True, seed=2), PROFILE, n_estimators=10)
+    # As if the shortest GEMM whose power was read on its own took 0.05 ms.
+    model.power_min_latency_ms_ = 0.05
+    registry.register(store, model, PROFILE.model, {}, tmp_path / "models")
+    short, long = (16, 16, 16, "fp32"), (2048, 2048, 2048, "fp32")
+    a = client.predict_gemm("Test GPU", [short, long], model_version=2)
+    assert a.costs[0].latency_ms < 0.05 < a.costs[1].latency_ms
+    assert [c.power_extrapolated for c in a.costs] == [True, False]
+    cols = client.predict_gemm_columns("Test GPU", [16, 2048], [16, 2048], [16, 2048],
+                                       model_version=2)
+    assert cols["power_extrapolated"].tolist() == [True, False]
+    gemm = [{"kind": "gemm", "params": {"m": m, "n": n, "k": k}} for m, n, k, _ in (short, long)]
+    ops = client.predict_ops("Test GPU", gemm, model_version=2)
+    assert [c.power_extrapolated for c in ops.costs] == [True, False]
+    net = client.predict_network("Test GPU", ops=gemm, model_version=2)
+    assert net.total.power_extrapolated  # one of its ops is
+    assert not client.predict_network("Test GPU", ops=gemm[1:], model_version=2
+                                      ).total.power_extrapolated
+
+
 def test_columnar_batches_equal_row_wise_answers(served):
     _, _, client, _ = served
     rng = np.random.default_rng(3)

@@ -210,6 +210,7 @@ def to_prediction(c: OpCost, name: str = "") -> pb.Prediction:
     if c.power_w is not None:
         p.power_w, p.power_std_w = c.power_w, c.power_std_w
         p.energy_j, p.energy_std_j = c.energy_j, c.energy_std_j
+        p.power_extrapolated = c.power_extrapolated
     if not all(math.isfinite(v) for v in (p.latency_ms, p.latency_std_ms)):
         raise ServiceError("INTERNAL", "model produced a non-finite prediction")
     return p
@@ -250,10 +251,11 @@ class PredictorService(pb_grpc.PredictorServicer):
             else:
                 for row in zip(c.latency_ms.tolist(), c.latency_std_ms.tolist(),
                                c.power_w.tolist(), c.power_std_w.tolist(),
-                               c.energy_j.tolist(), c.energy_std_j.tolist(), strict=True):
+                               c.energy_j.tolist(), c.energy_std_j.tolist(),
+                               c.power_extrapolated.tolist(), strict=True):
                     add(latency_ms=row[0], latency_std_ms=row[1], power_available=True,
                         power_w=row[2], power_std_w=row[3], energy_j=row[4],
-                        energy_std_j=row[5], gemm_count=1)
+                        energy_std_j=row[5], gemm_count=1, power_extrapolated=row[6])
             return resp
         return self._run(context, go)
 
@@ -271,7 +273,8 @@ class PredictorService(pb_grpc.PredictorServicer):
             resp.latency_ms.extend(c.latency_ms.tolist())
             resp.latency_std_ms.extend(c.latency_std_ms.tolist())
             if c.power_w is not None:
-                for name in ("power_w", "power_std_w", "energy_j", "energy_std_j"):
+                for name in ("power_w", "power_std_w", "energy_j", "energy_std_j",
+                             "power_extrapolated"):
                     getattr(resp, name).extend(getattr(c, name).tolist())
             return resp
         return self._run(context, go)

@@ -63,7 +63,7 @@ class PredictGemmColumnsRequest(_message.Message):
     def __init__(self, device: _Optional[str] = ..., model_version: _Optional[int] = ..., shapes: _Optional[_Union[GemmColumns, _Mapping]] = ...) -> None: ...
 
 class PredictionColumns(_message.Message):
-    __slots__ = ("latency_ms", "latency_std_ms", "power_available", "power_w", "power_std_w", "energy_j", "energy_std_j", "device", "model_version")
+    __slots__ = ("latency_ms", "latency_std_ms", "power_available", "power_w", "power_std_w", "energy_j", "energy_std_j", "device", "model_version", "power_extrapolated")
     LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
     LATENCY_STD_MS_FIELD_NUMBER: _ClassVar[int]
     POWER_AVAILABLE_FIELD_NUMBER: _ClassVar[int]
@@ -73,6 +73,7 @@ class PredictionColumns(_message.Message):
     ENERGY_STD_J_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    POWER_EXTRAPOLATED_FIELD_NUMBER: _ClassVar[int]
     latency_ms: _containers.RepeatedScalarFieldContainer[float]
     latency_std_ms: _containers.RepeatedScalarFieldContainer[float]
     power_available: bool
@@ -82,7 +83,8 @@ class PredictionColumns(_message.Message):
     energy_std_j: _containers.RepeatedScalarFieldContainer[float]
     device: str
     model_version: int
-    def __init__(self, latency_ms: _Optional[_Iterable[float]] = ..., latency_std_ms: _Optional[_Iterable[float]] = ..., power_available: _Optional[bool] = ..., power_w: _Optional[_Iterable[float]] = ..., power_std_w: _Optional[_Iterable[float]] = ..., energy_j: _Optional[_Iterable[float]] = ..., energy_std_j: _Optional[_Iterable[float]] = ..., device: _Optional[str] = ..., model_version: _Optional[int] = ...) -> None: ...
+    power_extrapolated: _containers.RepeatedScalarFieldContainer[bool]
+    def __init__(self, latency_ms: _Optional[_Iterable[float]] = ..., latency_std_ms: _Optional[_Iterable[float]] = ..., power_available: _Optional[bool] = ..., power_w: _Optional[_Iterable[float]] = ..., power_std_w: _Optional[_Iterable[float]] = ..., energy_j: _Optional[_Iterable[float]] = ..., energy_std_j: _Optional[_Iterable[float]] = ..., device: _Optional[str] = ..., model_version: _Optional[int] = ..., power_extrapolated: _Optional[_Iterable[bool]] = ...) -> None: ...
 
 class Op(_message.Message):
     __slots__ = ("kind", "params", "dtype", "batch", "name")
@@ -116,7 +118,7 @@ class PredictOpsRequest(_message.Message):
     def __init__(self, device: _Optional[str] = ..., model_version: _Optional[int] = ..., ops: _Optional[_Iterable[_Union[Op, _Mapping]]] = ...) -> None: ...
 
 class Prediction(_message.Message):
-    __slots__ = ("latency_ms", "latency_std_ms", "power_available", "power_w", "power_std_w", "energy_j", "energy_std_j", "name", "gemm_count")
+    __slots__ = ("latency_ms", "latency_std_ms", "power_available", "power_w", "power_std_w", "energy_j", "energy_std_j", "name", "gemm_count", "power_extrapolated")
     LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
     LATENCY_STD_MS_FIELD_NUMBER: _ClassVar[int]
     POWER_AVAILABLE_FIELD_NUMBER: _ClassVar[int]
@@ -126,6 +128,7 @@ class Prediction(_message.Message):
     ENERGY_STD_J_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     GEMM_COUNT_FIELD_NUMBER: _ClassVar[int]
+    POWER_EXTRAPOLATED_FIELD_NUMBER: _ClassVar[int]
     latency_ms: float
     latency_std_ms: float
     power_available: bool
@@ -135,7 +138,8 @@ class Prediction(_message.Message):
     energy_std_j: float
     name: str
     gemm_count: int
-    def __init__(self, latency_ms: _Optional[float] = ..., latency_std_ms: _Optional[float] = ..., power_available: _Optional[bool] = ..., power_w: _Optional[float] = ..., power_std_w: _Optional[float] = ..., energy_j: _Optional[float] = ..., energy_std_j: _Optional[float] = ..., name: _Optional[str] = ..., gemm_count: _Optional[int] = ...) -> None: ...
+    power_extrapolated: bool
+    def __init__(self, latency_ms: _Optional[float] = ..., latency_std_ms: _Optional[float] = ..., power_available: _Optional[bool] = ..., power_w: _Optional[float] = ..., power_std_w: _Optional[float] = ..., energy_j: _Optional[float] = ..., energy_std_j: _Optional[float] = ..., name: _Optional[str] = ..., gemm_count: _Optional[int] = ..., power_extrapolated: _Optional[bool] = ...) -> None: ...
 
 class PredictResponse(_message.Message):
     __slots__ = ("predictions", "device", "model_version")
