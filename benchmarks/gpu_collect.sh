@@ -14,8 +14,9 @@
 # QUEUE_AHEAD (default 1; 0 times GEMMs as a plain loop of launches, as the data in data/gpu/
 # taken before it was, to compare), NET_TIMEOUT (0: no network sweep), NET_SEED,
 # LAYER_TIMEOUT (0, the default: no layer sweep), VERIFY_TIMEOUT (default 60; 0 skips
-# measuring the searched networks of data/gpu/search_*/ with `hwnas verify`; copies of their
-# arch.json or pareto.json, with the results appended, come back under OUT_DIR/verify/).
+# measuring the searched networks of data/gpu/search_*/ with `hwnas verify`, on the GPU model
+# they were searched for unless VERIFY_ANY=1; copies of their arch.json or pareto.json, with
+# the results appended, come back under OUT_DIR/verify/).
 # Python packages the machine lacks can be put as wheels in .whl/ (data/gpu/README.md names the
 # ones a CUDA image with torch and CuPy lacked). Collecting needs no numba; training, evaluating
 # and serving do (predictor/fast.py), and llvmlite's wheel (~60 MB) does not fit the 64 MiB a
@@ -82,9 +83,16 @@ EOF2
 [ "${LAYER_TIMEOUT:-0}" -gt 0 ] && step layers "$LAYER_TIMEOUT" python3 -m hwnas.cli collect \
     network --device "$device" --family layers --min-time 0.1 --no-progress
 # Networks searched elsewhere against this GPU's model, measured here (arch.json alone).
+# Only where this GPU is the model they were searched for (VERIFY_ANY=1: on any GPU).
 if [ "${VERIFY_TIMEOUT:-60}" -gt 0 ]; then
+    gpu_name=$(nvidia-smi --query-gpu=name --format=csv,noheader -i 0 2>/dev/null | head -1)
     for found in data/gpu/search_*/*/arch.json data/gpu/search_*/*/pareto.json; do
         [ -f "$found" ] || continue
+        searched_for=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1])).get("device", ""))' "$found")
+        if [ -z "${VERIFY_ANY:-}" ] && [ "$searched_for" != "$gpu_name" ]; then
+            echo "=== skip verify of $found: searched for $searched_for, this GPU is $gpu_name"
+            continue
+        fi
         dest="$out/verify/$(basename "$(dirname "$(dirname "$found")")")/$(basename "$(dirname "$found")")"
         mkdir -p "$dest" && cp "$found" "$dest/"
         step "verify $dest" "${VERIFY_TIMEOUT:-60}" python3 -m hwnas.cli verify "$dest" --device "$device"
