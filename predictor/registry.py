@@ -4,7 +4,6 @@ the store. A file whose checksum differs from the registered one is refused on l
 from __future__ import annotations
 
 import hashlib
-import math
 import os
 import re
 from pathlib import Path
@@ -47,18 +46,6 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
-def _json_safe(value):
-    """``value`` with every non-finite float as None: metrics of a tiny split can be NaN (R^2 of
-    one row), and JSON, PostgreSQL's included, has no NaN."""
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 def _record(store: Store, device_model: str, target: str, suffix: str, write, has_power: bool,
             n_samples: int, meta: dict, directory: Path | None) -> ModelVersion:
     """Write a model file with ``write(path)`` and add version N+1 of (device, target)."""
@@ -74,7 +61,7 @@ def _record(store: Store, device_model: str, target: str, suffix: str, write, ha
         os.replace(tmp, path)  # never leave a half-written file under the final name
         row = ModelVersion(device_model=device_model, target=target, version=version,
                            path=str(path), sha256=sha256_file(path), has_power=has_power,
-                           n_samples=n_samples, meta=_json_safe(meta))
+                           n_samples=n_samples, meta=meta)
         s.add(row)
         s.commit()
         return row

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 import os
 from pathlib import Path
 
@@ -40,6 +42,23 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur.close()
 
 
+def _finite(value):
+    """``value`` with every non-finite float as None: JSON, PostgreSQL's included, has no NaN
+    or infinity (a metric of a one-row split is NaN)."""
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _json_serializer(doc) -> str:
+    """How every JSON column is written, on every backend."""
+    return json.dumps(_finite(doc))
+
+
 def make_engine(url: str) -> Engine:
     try:
         parsed = make_url(url)
@@ -50,13 +69,13 @@ def make_engine(url: str) -> Engine:
     if backend == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(parsed)
+        engine = create_engine(parsed, json_serializer=_json_serializer)
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     if backend == "postgresql" and parsed.drivername == "postgresql":
         parsed = parsed.set(drivername="postgresql+psycopg")
     try:
-        return create_engine(parsed, pool_pre_ping=True,
+        return create_engine(parsed, pool_pre_ping=True, json_serializer=_json_serializer,
                              connect_args={"connect_timeout": 5} if backend == "postgresql"
                              else {})
     except Exception as exc:  # unknown dialect or missing driver
