@@ -129,7 +129,6 @@ class GemmCostForest(RegressorMixin, BaseEstimator):
                                  "of the op's power, and at least one row needs one")
             if np.any(power[np.isfinite(power)] <= 0):
                 raise ValueError("y: power must be positive (W)")
-        self.has_power_ = power is not None
         self.y_ndim_ = y.ndim
         if self.bound not in ("auto", *BOUNDS):
             raise ValueError(f"bound: {self.bound!r}; expected auto or one of {', '.join(BOUNDS)}")
@@ -150,6 +149,11 @@ class GemmCostForest(RegressorMixin, BaseEstimator):
             self.power_min_latency_ms_ = float(latency[read].min())
         self.n_train_ = len(X)
         return self
+
+    @property
+    def has_power_(self) -> bool:
+        """Whether the model predicts power: it has a power forest."""
+        return getattr(self, "power_forest_", None) is not None
 
     def _new_forest(self) -> RandomForestRegressor:
         return RandomForestRegressor(
@@ -221,7 +225,7 @@ class GemmCostForest(RegressorMixin, BaseEstimator):
     def _forests(self) -> list[tuple[RandomForestRegressor, object]]:
         """(forest, its compiled form or None): latency's, then power's where there is one."""
         pairs = [(self.forest_, getattr(self, "fast_", None))]
-        if getattr(self, "power_forest_", None) is not None:
+        if self.has_power_:
             pairs.append((self.power_forest_, getattr(self, "power_fast_", None)))
         return pairs
 

@@ -164,7 +164,6 @@ def load(row: ModelVersion) -> GemmCostForest:
     model = GemmCostForest(**params)
     model.forest_ = forests["latency"]
     model.power_forest_ = forests.get("power")
-    model.has_power_ = model.power_forest_ is not None
     model.y_ndim_ = row.meta.get("y_ndim", 1)
     model.feature_names_ = row.meta.get("features")
     if model.feature_names_ != FEATURE_NAMES:
