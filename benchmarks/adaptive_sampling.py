@@ -36,7 +36,7 @@ from collectors.probe import SpeedProbe, measure_when_calm
 from collectors.sweep import progress_bar
 from collectors.timing import TimingPolicy, time_kernel
 from predictor.adaptive import AdaptiveSampler, candidate_pool
-from predictor.evaluate import metrics
+from predictor.evaluate import dtypes_seen, metrics
 from predictor.features import DeviceProfile
 from predictor.forest import GemmCostForest
 
@@ -164,7 +164,7 @@ def main() -> None:
         idx = np.fromiter(measured, dtype=int)
         model = GemmCostForest(profile=profile.to_dict(), n_estimators=args.trees)
         model.fit(pool.iloc[idx], np.array([measured[i] for i in idx]))
-        seen = test.dtype.isin(set(pool.dtype.iloc[idx])).to_numpy()
+        seen = dtypes_seen(test, pool.iloc[idx])
         if seen.all():
             return metrics(test_y, model.predict(test))
         # A dtype not measured yet cannot be predicted (the model refuses it): its test rows

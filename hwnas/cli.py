@@ -1366,8 +1366,9 @@ def predict_network(db_url, device_spec, arch, ops_json, module_spec, input_shap
     from search.job import prediction_client
 
     arch, ops, unsupported = _network_spec(arch, ops_json, module_spec, input_shape)
-    device_model = resolve_device_model(open_store(db_url), device_spec)
-    with prediction_client(None, db_url) as c:
+    store = open_store(db_url)
+    device_model = resolve_device_model(store, device_spec)
+    with prediction_client(None, store) as c:
         a = c.predict_network(device_model, nasbench201=arch, ops=ops, batch=batch,
                               dtype=dtype, model_version=version)
     _echo_network(a, layers, unsupported)

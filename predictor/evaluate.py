@@ -28,6 +28,12 @@ def group_kfold_splits(frame: pd.DataFrame, n_splits: int = 5):
     yield from GroupKFold(n_splits=n_splits).split(frame, groups=groups)
 
 
+def dtypes_seen(test: pd.DataFrame, train: pd.DataFrame) -> np.ndarray:
+    """Which test rows have a dtype the training rows hold: a model refuses the others, so
+    evaluations predict and score only these."""
+    return test.dtype.isin(set(train.dtype)).to_numpy()
+
+
 def extrapolation_split(frame: pd.DataFrame, test_share: float = 0.2):
     """Train on shapes below the FLOPs quantile, test on the largest ``test_share`` of shapes."""
     flops = 2.0 * frame.m * frame.n * frame.k * frame.batch

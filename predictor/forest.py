@@ -31,7 +31,7 @@ from sklearn.ensemble import RandomForestRegressor
 from sklearn.utils.validation import check_is_fitted
 
 from collectors.ops import Op, OpError
-from predictor.evaluate import group_kfold_splits, shape_groups
+from predictor.evaluate import dtypes_seen, group_kfold_splits, shape_groups
 from predictor.features import (
     BOUNDS,
     FEATURE_NAMES,
@@ -178,7 +178,7 @@ class GemmCostForest(RegressorMixin, BaseEstimator):
             ape = []
             for tr, te in group_kfold_splits(frame, 3):
                 train, test = frame.iloc[tr], frame.iloc[te]
-                seen = test.dtype.isin(set(train.dtype)).to_numpy()
+                seen = dtypes_seen(test, train)
                 inner = GemmCostForest(**{**self.get_params(), "bound": bound,
                                           "n_estimators": min(self.n_estimators, 50)})
                 pred = inner.fit(train, latency_ms[tr]).predict(test[seen])

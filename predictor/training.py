@@ -11,6 +11,7 @@ import pandas as pd
 from collectors.store.db import Store
 from predictor.data import load_gemm_frame, op_power, power_is_measured
 from predictor.evaluate import (
+    dtypes_seen,
     extrapolation_split,
     group_kfold_splits,
     metrics_table,
@@ -65,7 +66,7 @@ def _fit_predict(profile: DeviceProfile, has_power: bool, params: dict, bounds: 
         model = make_model(profile, **params).fit(
             train, _targets_of(train, has_power and train.power_w.notna().any()))
         bounds.append(model.bound_)
-        seen = test.dtype.isin(set(train.dtype)).to_numpy()
+        seen = dtypes_seen(test, train)
         out = {t: np.full(len(test), np.nan) for t in _targets(has_power)}
         if seen.any():
             c = model.predict_costs(test[seen])

@@ -26,14 +26,16 @@ from search.spaces import SpaceConfig, fixed_network, input_shape
 
 
 @contextmanager
-def local_service(db_url: str | None):
-    """A prediction service over ``db_url`` on a free loopback port, for as long as the block
-    runs; yields its ``host:port``."""
+def local_service(db):
+    """A prediction service over ``db`` (a store URL, None for the default store, or an open
+    :class:`collectors.store.db.Store`) on a free loopback port, for as long as the block runs;
+    yields its ``host:port``."""
     from collectors.store.db import Store
     from hwnas.service.engine import PredictionEngine
     from hwnas.service.server import Server, ServerConfig
 
-    local = Server(PredictionEngine(Store(db_url)), ServerConfig(port=0)).start()
+    store = db if isinstance(db, Store) else Store(db)
+    local = Server(PredictionEngine(store), ServerConfig(port=0)).start()
     try:
         yield f"127.0.0.1:{local.port}"
     finally:
@@ -41,15 +43,16 @@ def local_service(db_url: str | None):
 
 
 @contextmanager
-def prediction_client(server: str | None, db_url: str | None, token: str | None = None):
-    """A client of ``server``, or of a service started here on a free port over ``db_url``."""
+def prediction_client(server: str | None, db, token: str | None = None):
+    """A client of ``server``, or of a service started here on a free port over ``db`` (a store
+    URL, None for the default store, or an open store)."""
     from hwnas.client import PredictorClient
 
     if server:
         with PredictorClient(server, token=token) as client:
             yield client
         return
-    with local_service(db_url) as address, PredictorClient(address) as client:
+    with local_service(db) as address, PredictorClient(address) as client:
         client.wait_ready(60)
         yield client
 
