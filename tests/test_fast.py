@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.ensemble import RandomForestRegressor
 
-from predictor.fast import FastForest
+from predictor.fast import _BLOCK, FastForest
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +41,14 @@ def test_moments_match_sklearn_and_numpy(forest_and_rows, threads):
     # The means are summed in tree order and divided, as scikit-learn does: equal bits.
     assert np.array_equal(mean[:, :2], forest.predict(x))
     assert np.allclose(var, quantities.var(axis=0), rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_batches_longer_than_a_block_match_sklearn(forest_and_rows, threads):
+    forest, x = forest_and_rows
+    big = np.tile(x, (12, 1))[:2 * _BLOCK + 13]  # two whole blocks and a ragged third
+    mean, _ = FastForest(forest, threads=threads).moments(big, FastForest(forest).values)
+    assert np.array_equal(mean, forest.predict(big))
 
 
 def test_variance_is_exact_when_trees_agree():
