@@ -9,6 +9,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from search.cost import HardwareCost, ServiceCostSource, first_arch_ops
 from search.data import digits
@@ -24,9 +25,12 @@ from search.run import (
 )
 from search.spaces import SpaceConfig, fixed_network, input_shape
 
+if TYPE_CHECKING:
+    from collectors.store.db import Store
+
 
 @contextmanager
-def local_service(db):
+def local_service(db: str | Store | None):
     """A prediction service over ``db`` (a store URL, None for the default store, or an open
     :class:`collectors.store.db.Store`) on a free loopback port, for as long as the block runs;
     yields its ``host:port``."""
@@ -43,7 +47,7 @@ def local_service(db):
 
 
 @contextmanager
-def prediction_client(server: str | None, db, token: str | None = None):
+def prediction_client(server: str | None, db: str | Store | None, token: str | None = None):
     """A client of ``server``, or of a service started here on a free port over ``db`` (a store
     URL, None for the default store, or an open store)."""
     from hwnas.client import PredictorClient
