@@ -236,6 +236,20 @@ class GemmCostForest(RegressorMixin, BaseEstimator):
         out = np.stack([t.predict(features) for t in forest.estimators_])
         return out.reshape(out.shape[0], out.shape[1], -1)
 
+    @classmethod
+    def _across_trees(cls, forest: RandomForestRegressor, fast, features: np.ndarray,
+                      quantities=None, table: np.ndarray | None = None):
+        """(mean, variance) across trees of ``quantities`` of each tree's outputs (the outputs
+        themselves by default), from the compiled walk where there is one (``table``: those
+        quantities per node, made once when compiled; default the leaf outputs), else from
+        scikit-learn's trees."""
+        if fast is not None:
+            return fast.moments(features, fast.values if table is None else table)
+        per_tree = cls._trees(forest, features, None)
+        if quantities is not None:
+            per_tree = quantities(per_tree)
+        return per_tree.mean(axis=0), per_tree.var(axis=0)
+
     def check_dtypes(self, X) -> None:
         """A dtype the model never saw has no data behind its answer: refuse it (OpError,
         naming the field). Models from before the per-dtype overhead term do not record
@@ -263,21 +277,13 @@ class GemmCostForest(RegressorMixin, BaseEstimator):
         features, roofline = gemm_terms(X, self._profile(), getattr(self, "bound_", "roofline"))
         bound = roofline + self._overhead(X)
         (forest, fast), *power = self._forests()
-        if fast is not None:
-            mean, var = fast.moments(features, self.fast_table_)
-        else:
-            per_tree = leaf_quantities(self._trees(forest, features, None))
-            mean, var = per_tree.mean(axis=0), per_tree.var(axis=0)
+        mean, var = self._across_trees(forest, fast, features, leaf_quantities,
+                                       getattr(self, "fast_table_", None))
         latency = bound * np.exp(mean[:, 0])
         lat_var = bound ** 2 * var[:, 1]
         if not power:
             return CostPrediction(latency, np.sqrt(lat_var), None, None, None, None)
-        forest, fast = power[0]
-        if fast is not None:
-            p_mean, p_var = fast.moments(features, fast.values)
-        else:
-            per_tree = self._trees(forest, features, None)
-            p_mean, p_var = per_tree.mean(axis=0), per_tree.var(axis=0)
+        p_mean, p_var = self._across_trees(*power[0], features)
         p_mean, p_var = p_mean[:, 0], p_var[:, 0]
         # Variance of a product of independent estimates (the two forests).
         e_var = p_var * lat_var + p_var * latency ** 2 + lat_var * p_mean ** 2
