@@ -1108,8 +1108,7 @@ def predict_gemm(db_url, device_spec, m, n, k, dtype, batch, layout, version) ->
         click.echo(f"  power    {c.power_w[0]:.4g} W ± {c.power_std_w[0]:.3g}")
         click.echo(f"  energy   {c.energy_j[0]:.4g} J ± {c.energy_std_j[0]:.3g}")
         if c.power_extrapolated[0]:
-            click.echo(f"  (power extrapolated: shorter than any op whose power was read on "
-                       f"its own, {model.power_min_latency_ms_:.3g} ms and up)")
+            click.echo(f"  ({POWER_EXTRAPOLATED}, {model.power_min_latency_ms_:.3g} ms and up)")
     if row.meta.get("data_note"):
         click.echo(f"  (training data: {row.meta['data_note']})")
 
@@ -1196,11 +1195,14 @@ def _rpc_errors(fn):
     return wrapper
 
 
+POWER_EXTRAPOLATED = "power extrapolated: shorter than any op whose power was read on its own"
+
+
 def _cost_line(label: str, c) -> str:
     power = (f"{c.power_w:.4g} W ± {c.power_std_w:.2g}, {c.energy_j:.4g} J ± "
              f"{c.energy_std_j:.2g}" if c.power_w is not None else "power unavailable")
     if c.power_extrapolated:
-        power += " (power extrapolated: shorter than any op whose power was read on its own)"
+        power += f" ({POWER_EXTRAPOLATED})"
     return f"{label}: {c.latency_ms:.5g} ms ± {c.latency_std_ms:.2g}; {power}"
 
 
