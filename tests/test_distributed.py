@@ -161,14 +161,18 @@ def test_claims_skip_leased_items_and_reclaim_expired_ones(store):
     with store.session() as s:
         dev = upsert_device(s, CpuDevice().info)
         s.commit()
-        a = claim(s, "A", dev, lease_s=0.3, limit=2)
-        b = claim(s, "B", dev, lease_s=0.3, limit=2)
+        # Long enough that a slow store (CI under load) cannot let a lease expire between the
+        # claims below; the test waits for it afterwards.
+        lease_s = 3.0
+        a = claim(s, "A", dev, lease_s=lease_s, limit=2)
+        b = claim(s, "B", dev, lease_s=lease_s, limit=2)
         assert len(a) == 2 and len(b) == 2 and not {i.id for i in a} & {i.id for i in b}
         assert all(i.device_type == "cpu" for i in a + b)  # never the GPU's items
-        rest = claim(s, "C", dev, lease_s=0.3, limit=100)
+        last_leased = time.monotonic()
+        rest = claim(s, "C", dev, lease_s=lease_s, limit=100)
         assert len(rest) == len(plan) - 4
-        assert claim(s, "D", dev, lease_s=0.3, limit=100) == []
-        time.sleep(0.5)
+        assert claim(s, "D", dev, lease_s=lease_s, limit=100) == []
+        time.sleep(max(last_leased + lease_s - time.monotonic(), 0.0) + 0.2)  # every lease expired
         again = claim(s, "D", dev, lease_s=10, limit=100)
         assert len(again) == len(plan) and all(i.attempts == 2 for i in again)
         # A claim whose answer was lost leaves items leased to D; D's next claim gets them
