@@ -1,0 +1,101 @@
+"""Naming a network on the command line (a NAS-Bench-201 cell, a JSON op list or a torch
+module) and printing the costs a prediction gives; shared by ``hwnas query`` and ``hwnas
+predict``."""
+
+from __future__ import annotations
+
+import click
+
+POWER_EXTRAPOLATED = "power extrapolated: shorter than any op whose power was read on its own"
+
+
+def cost_line(label: str, c) -> str:
+    """One prediction (a client Cost) on one line: latency, and power and energy or why not."""
+    power = (f"{c.power_w:.4g} W ± {c.power_std_w:.2g}, {c.energy_j:.4g} J ± "
+             f"{c.energy_std_j:.2g}" if c.power_w is not None else "power unavailable")
+    if c.power_extrapolated:
+        power += f" ({POWER_EXTRAPOLATED})"
+    return f"{label}: {c.latency_ms:.5g} ms ± {c.latency_std_ms:.2g}; {power}"
+
+
+def _torch_module(spec: str):
+    """The nn.Module that ``package.module:name`` names (an instance, or a class or function
+    called without arguments)."""
+    import importlib
+
+    import torch
+
+    path, _, name = spec.partition(":")
+    if not path or not name:
+        raise click.UsageError(f"--module {spec!r}: expected PACKAGE.MODULE:NAME")
+    try:
+        obj = getattr(importlib.import_module(path), name)
+    except (ImportError, AttributeError) as exc:
+        raise click.UsageError(f"--module {spec!r}: {type(exc).__name__}: {exc}") from None
+    if not isinstance(obj, torch.nn.Module):
+        if not callable(obj):
+            raise click.UsageError(f"--module {spec!r}: {name} is neither a torch module nor "
+                                   "callable")
+        try:
+            obj = obj()
+        except Exception as exc:  # the user's own code: say where it failed, no traceback
+            raise click.UsageError(f"--module {spec!r}: {name}() failed: "
+                                   f"{type(exc).__name__}: {exc}") from None
+    if not isinstance(obj, torch.nn.Module):
+        raise click.UsageError(f"--module {spec!r}: {name}() returned a "
+                               f"{type(obj).__name__}, not a torch.nn.Module")
+    return obj
+
+
+def network_spec(arch: str | None, ops_json: str | None, module_spec: str | None,
+                  input_shape: str | None) -> tuple[str | None, list[dict] | None, list[str]]:
+    """The network the options name: (NAS-Bench-201 cell string, or op dicts) and the names of
+    a --module's layers that no op kind covers (not costed)."""
+    import json
+
+    if sum(x is not None for x in (arch, ops_json, module_spec)) != 1:
+        raise click.UsageError("give exactly one of --nasbench201, --ops-json and --module")
+    if (input_shape is None) != (module_spec is None):
+        raise click.UsageError("--input-shape goes with --module (and only with it)")
+    if arch is not None:
+        return arch, None, []
+    if module_spec is not None:
+        from collectors.networks.decompose import decompose
+
+        try:
+            shape = [int(x) for x in input_shape.split(",")]
+        except ValueError:
+            shape = []
+        if not shape or min(shape) < 1:
+            raise click.UsageError(f"--input-shape: positive integers, batch first, e.g. "
+                                   f"1,3,224,224; got {input_shape!r}")
+        model = _torch_module(module_spec)
+        try:
+            d = decompose(model, shape)
+        except Exception as exc:  # the model's forward pass at that shape
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise click.UsageError(f"--module {module_spec} --input-shape {input_shape}: the "
+                                   f"model did not run on that input ({type(exc).__name__}: "
+                                   f"{first})") from None
+        if not d.ops:
+            raise click.UsageError(f"--module {module_spec}: no op of a known kind found "
+                                   f"(not costed: {', '.join(d.unsupported) or 'nothing'})")
+        return None, [{**op.to_dict(), "name": name} for name, op in d.ops], d.unsupported
+    with open(ops_json) as f:
+        try:
+            ops = json.load(f)
+        except json.JSONDecodeError as exc:
+            raise click.UsageError(f"--ops-json: not JSON ({exc})") from None
+    if not isinstance(ops, list) or not all(isinstance(o, dict) and "kind" in o for o in ops):
+        raise click.UsageError("--ops-json: expected a list of objects with a 'kind'")
+    return None, ops, []
+
+
+def echo_network(a, layers: bool, unsupported: list[str]) -> None:
+    click.echo(f"{a.device} (model v{a.model_version}); {len(a.layers)} layers; {a.method}")
+    if layers:
+        for layer in a.layers:
+            click.echo("  " + cost_line(layer.name, layer))
+    click.echo(cost_line("total", a.total))
+    if unsupported:
+        click.echo(f"not costed (no op kind covers them): {', '.join(unsupported)}", err=True)

@@ -1,0 +1,251 @@
+"""Models: ``hwnas train``, ``hwnas eval``, ``hwnas models``, ``hwnas predict gemm|network`` and
+``hwnas adapt`` (a few-shot model for a new device)."""
+
+from __future__ import annotations
+
+import click
+
+from hwnas.cli.app import friendly_errors, main, open_store
+from hwnas.cli.costs import POWER_EXTRAPOLATED, echo_network, network_spec
+from hwnas.cli.options import DB_OPTION, DEVICE_ARG, network_options
+from hwnas.cli.service import rpc_errors
+from hwnas.output import print_table
+
+
+def _print_evaluation(ev) -> None:
+    click.echo(f"{ev.device_model}: {ev.n_rows} measurements, {ev.n_shapes} shapes; peaks "
+               f"{ev.profile.peaks_source}; power "
+               f"{'trained' if ev.has_power else 'unavailable (latency-only model)'}")
+    for name, table in ev.tables().items():
+        click.echo(f"\n{name}:")
+        print_table(["target", "dtype", "n", "MAPE %", "median APE %", "within ±10% %", "R^2",
+                     "Spearman"],
+                    [[r.target, r.dtype, r.n, f"{r.mape:.1f}", f"{r.mdape:.1f}",
+                      f"{r.within_10:.1f}", f"{r.r2:.3f}", f"{r.spearman:.3f}"]
+                     for r in table.itertuples()])
+    from predictor.features import GPU_TILE
+
+    counts = {b: ev.bounds.count(b) for b in sorted(set(ev.bounds))}
+    click.echo("\nbaseline the forest chose from its training shapes (of "
+               f"{len(ev.bounds)} fits): " + ", ".join(f"{b} {n}" for b, n in counts.items())
+               + " (roofline: max(FLOPs/peak, bytes/bandwidth); waves: compute paid in whole "
+               f"waves of {GPU_TILE}x{GPU_TILE} tiles over the SMs)")
+    unscored = ev.unscored()
+    if unscored:
+        click.echo(f"\nnot scored: {unscored} held-out rows whose dtype had no other "
+                   "measurements in their fold's training data (the model refuses such dtypes)")
+
+
+@main.command()
+@DB_OPTION
+@DEVICE_ARG
+@click.option("--folds", type=click.IntRange(2, 20), default=5, show_default=True)
+@click.option("--trees", type=click.IntRange(1, 5000), default=200, show_default=True)
+@click.option("--target", type=click.Choice(["gemm", "network"]), default="gemm",
+              show_default=True,
+              help="gemm: GEMM cost forest; network: whole-network model from `hwnas collect "
+                   "network` data (per-op-type forests + additive residual).")
+@friendly_errors
+def train(db_url, device_spec, folds, trees, target) -> None:
+    """Fit a model for a device model, evaluate it on held-out shapes (or architectures) and
+    register it as a new version."""
+    from predictor.data import resolve_device_model
+    from predictor.training import train_and_register
+
+    store = open_store(db_url)
+    model = resolve_device_model(store, device_spec)
+    if target == "network":
+        from predictor import network
+
+        row, metrics = network.train_and_register(store, model, folds)
+        for name in ("held_out", "flops_proxy"):
+            m = metrics[name]
+            click.echo(f"{name:>11}: within ±10% {m['within_10']:.1f}%, RMSPE "
+                       f"{m['rmspe']:.1f}%, Spearman {m['spearman']:.3f}")
+        click.echo(f"registered {model} network v{row.version} from {metrics['networks']} "
+                   f"networks and {metrics['layers']} layers: {row.path}")
+        return
+    row, ev = train_and_register(store, model, folds, n_estimators=trees)
+    _print_evaluation(ev)
+    if row.meta.get("data_note"):
+        click.echo(f"\ndata: {row.meta['data_note']}")
+    click.echo(f"\nregistered {row.device_model} v{row.version}: {row.path} "
+               f"(sha256 {row.sha256[:16]}..., baseline {row.meta['bound']})")
+
+
+@main.command("eval")
+@DB_OPTION
+@DEVICE_ARG
+@click.option("--folds", type=click.IntRange(2, 20), default=5, show_default=True)
+@click.option("--trees", type=click.IntRange(1, 5000), default=200, show_default=True)
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
+              help="Write a predicted-vs-measured PNG of the shape-held-out latency.")
+@click.option("--worst", type=click.IntRange(0, 1000), default=5, show_default=True,
+              help="List this many held-out configs whose latency was predicted worst "
+                   "(0: none).")
+@friendly_errors
+def eval_(db_url, device_spec, folds, trees, plot_path, worst) -> None:
+    """Evaluate the GEMM model on whole shapes held out (GroupKFold over M,N,K and the largest
+    shapes held out); per target and dtype: MAPE, median APE, share within ±10%, R^2, Spearman;
+    then the configs predicted worst, to see where the model misses."""
+    from predictor.data import load_gemm_frame, resolve_device_model
+    from predictor.evaluate import plot_predicted_vs_measured, worst_configs
+    from predictor.training import evaluate
+
+    store = open_store(db_url)
+    model = resolve_device_model(store, device_spec)
+    frame, profile = load_gemm_frame(store, model)
+    ev = evaluate(frame, profile, folds, n_estimators=trees)
+    _print_evaluation(ev)
+    if worst:
+        click.echo("\nlatency predicted worst, shapes held out (GroupKFold):")
+        print_table(["shape", "dtype", "layout", "measured ms", "predicted ms", "pred/meas",
+                     "APE %", "fold"],
+                    [[r.shape, r.dtype, r.layout, f"{r.measured:.4g}", f"{r.predicted:.4g}",
+                      f"{r.ratio:.2f}", f"{r.ape_pct:.1f}", r.fold]
+                     for r in worst_configs(ev.kfold, "latency_ms", worst).itertuples()])
+    if frame.attrs.get("note"):
+        click.echo(f"\ndata: {frame.attrs['note']}")
+    if plot_path:
+        plot_predicted_vs_measured(ev.kfold, "latency_ms", plot_path,
+                                   f"{model}: GEMM latency, shapes held out")
+        click.echo(f"\nplot: {plot_path}")
+
+
+@main.command()
+@DB_OPTION
+@friendly_errors
+def models(db_url) -> None:
+    """List registered models; the highest version per device is the default."""
+    from predictor.registry import list_models
+
+    rows = []
+    for r in list_models(open_store(db_url)):
+        kfold = r.meta.get("metrics", {}).get("shape-held-out (GroupKFold)", [{}])[0]
+        rows.append([r.device_model, r.version, r.target, r.n_samples,
+                     "yes" if r.has_power else "no",
+                     f"{kfold.get('mape', float('nan')):.1f}",
+                     f"{kfold.get('within_10', float('nan')):.1f}",
+                     r.created_at.strftime("%Y-%m-%d %H:%M"), r.sha256[:12]])
+    print_table(["device model", "version", "target", "samples", "power", "MAPE %",
+                 "within ±10% %", "created (UTC)", "sha256"], rows)
+
+
+@main.group()
+def predict() -> None:
+    """Predict costs from a registered model."""
+
+
+@predict.command("gemm")
+@DB_OPTION
+@DEVICE_ARG
+@click.option("--m", "m", required=True, help="Rows of A and C.")
+@click.option("--n", "n", required=True, help="Columns of B and C.")
+@click.option("--k", "k", required=True, help="Inner dimension.")
+@click.option("--dtype", default="fp32", show_default=True)
+@click.option("--batch", default="1", show_default=True)
+@click.option("--layout", default="nn", show_default=True, help="nn, nt, tn or tt.")
+@click.option("--version", type=int, default=None, help="Model version (default: latest).")
+@friendly_errors
+def predict_gemm(db_url, device_spec, m, n, k, dtype, batch, layout, version) -> None:
+    """Latency (ms), power (W) and energy (J) of one GEMM, each ± the spread across trees."""
+    from collectors.ops import Op, OpError
+    from predictor import registry
+    from predictor.data import resolve_device_model
+    from predictor.forest import gemm_frame
+
+    if layout not in ("nn", "nt", "tn", "tt"):
+        raise OpError("--layout", f"expected nn, nt, tn or tt, got {layout!r}")
+    op = Op.gemm(m, n, k, dtype, batch, trans_a=int(layout[0] == "t"),
+                 trans_b=int(layout[1] == "t"))
+    store = open_store(db_url)
+    device_model = resolve_device_model(store, device_spec)
+    row = registry.find(store, device_model, version)
+    model = registry.load(row)
+    c = model.predict_costs(gemm_frame([op]))
+    click.echo(f"{device_model} (model v{row.version}): gemm {op['m']}x{op['n']}x{op['k']} "
+               f"{op.dtype} batch {op.batch} {op.layout}")
+    click.echo(f"  latency  {c.latency_ms[0]:.6g} ms ± {c.latency_std_ms[0]:.3g}")
+    if c.power_w is None:
+        click.echo("  power    unavailable (no measured power for this device)")
+        click.echo("  energy   unavailable")
+    else:
+        click.echo(f"  power    {c.power_w[0]:.4g} W ± {c.power_std_w[0]:.3g}")
+        click.echo(f"  energy   {c.energy_j[0]:.4g} J ± {c.energy_std_j[0]:.3g}")
+        if c.power_extrapolated[0]:
+            click.echo(f"  ({POWER_EXTRAPOLATED}, {model.power_min_latency_ms_:.3g} ms and up)")
+    if row.meta.get("data_note"):
+        click.echo(f"  (training data: {row.meta['data_note']})")
+
+
+@predict.command("network")
+@DB_OPTION
+@DEVICE_ARG
+@network_options
+@click.option("--version", type=int, default=0, help="Model version (default: latest).")
+@friendly_errors
+@rpc_errors
+def predict_network(db_url, device_spec, arch, ops_json, module_spec, input_shape, batch, dtype,
+                    layers, version) -> None:
+    """Whole-network latency (ms), power (W) and energy (J), and per layer with --layers, from
+    the store's registered models: the answer `hwnas serve` would give (a service over --db
+    is started in this process for the question). The network is a NAS-Bench-201 cell, a JSON
+    op list, or your own torch model (--module pkg.mod:make_model --input-shape 1,3,224,224).
+    The device's network model is used where one is registered (`hwnas train --target
+    network`), else the sum of its ops' predictions."""
+    from predictor.data import resolve_device_model
+    from search.job import prediction_client
+
+    arch, ops, unsupported = network_spec(arch, ops_json, module_spec, input_shape)
+    store = open_store(db_url)
+    device_model = resolve_device_model(store, device_spec)
+    with prediction_client(None, store) as c:
+        a = c.predict_network(device_model, nasbench201=arch, ops=ops, batch=batch,
+                              dtype=dtype, model_version=version)
+    echo_network(a, layers, unsupported)
+
+
+@main.command()
+@DB_OPTION
+@click.option("--device", required=True,
+              help="cpu or cuda:N: measure this machine's CPU or GPU; else the name of a device "
+                   "that cannot be reached from here (becomes its model name), read with "
+                   "--from-csv.")
+@click.option("--samples", type=int, default=10, show_default=True,
+              help="Architectures to measure on the new device.")
+@click.option("--from-csv", "source_csv", type=click.Path(exists=True, dir_okay=False),
+              default=None,
+              help="Latencies of the new device: a CSV with arch_str and a column named after "
+                   "the device (or --column), for devices this machine cannot reach.")
+@click.option("--min-time", type=click.FloatRange(min=0), default=0.3, show_default=True,
+              help="With --device cpu/cuda:N: timed seconds per architecture and round.")
+@click.option("--column", default=None, help="Column of --from-csv (default: --device).")
+@click.option("--reference", type=click.Path(dir_okay=False), default=None,
+              help="NAS-Bench-201 latency table of the reference devices (default: the "
+                   "shipped data/external/nasbench201_latency_train_devices.csv).")
+@friendly_errors
+def adapt(db_url, device, samples, source_csv, column, min_time, reference) -> None:
+    """Learn a new device's NAS-Bench-201 latencies from a few measured architectures: choose
+    which to measure, measure them here (--device cpu or cuda:N) or read them (--from-csv),
+    fit and register the model (served by PredictNetwork)."""
+    from predictor.adapt import DEFAULT_REFERENCE, adapt_by_measuring, adapt_from_csv
+
+    local = device.strip().lower()
+    if source_csv is None:
+        if local != "cpu" and not local.startswith("cuda"):
+            raise click.UsageError("--from-csv: required unless --device is cpu or cuda:N "
+                                   "(only this machine's devices can be measured from here)")
+        r = adapt_by_measuring(open_store(db_url), samples, reference or DEFAULT_REFERENCE,
+                               min_time, device_name=local)
+        device = r.row.device_model
+    else:
+        r = adapt_from_csv(open_store(db_url), device, samples, source_csv, column,
+                           reference or DEFAULT_REFERENCE)
+    click.echo(f"selected {len(r.samples)} architectures (k-means over the reference devices' "
+               "latency space):")
+    for row in r.samples.itertuples():
+        click.echo(f"  {row.latency_ms:9.3f} ms  {row.arch_str}")
+    click.echo(f"registered {device} nb201 model v{r.row.version} ({r.row.path})")
+    if r.spearman_all is not None:
+        click.echo(f"Spearman rho over all {15625} architectures in {source_csv}: "
+                   f"{r.spearman_all:.3f}")

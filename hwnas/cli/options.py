@@ -1,0 +1,120 @@
+"""Options that several commands take, defined once so they read and default the same."""
+
+from __future__ import annotations
+
+import click
+
+
+def stack_options(options):
+    """One decorator applying ``options`` (click options) in the order given."""
+    def deco(fn):
+        for opt in reversed(options):
+            fn = opt(fn)
+        return fn
+    return deco
+
+
+DB_OPTION = click.option(
+    "--db", "db_url", envvar="HWNAS_DB", default=None, metavar="URL",
+    help="SQLAlchemy URL of the store (sqlite:///file or postgresql://user@host/db). "
+         "Default: $HWNAS_DB, else a SQLite file under $XDG_DATA_HOME/hwnas.")
+
+
+plan_options = stack_options([
+    click.option("--dtype", "dtypes", default="fp32", show_default=True,
+                 help="Comma-separated dtypes: fp32, tf32, fp16, bf16 (fp64 on CPU)."),
+    click.option("--shapes", "shape_set", type=click.Choice(["grid", "random", "networks"]),
+                 default="grid", show_default=True,
+                 help="grid: log-spaced M,N,K; random: log-uniform draws; networks: conv layers as "
+                      "implicit GEMMs and transformer projections/attention matmuls."),
+    click.option("--min-size", type=int, default=16, show_default=True,
+                 help="Smallest dimension."),
+    click.option("--max-size", type=int, default=1024, show_default=True,
+                 help="Largest dimension."),
+    click.option("--points", type=click.IntRange(1, 1000), default=4, show_default=True,
+                 help="Sizes per dimension for --shapes grid (points^3 shapes)."),
+    click.option("--count", type=click.IntRange(1, 10_000_000), default=50, show_default=True,
+                 help="Number of shapes for --shapes random."),
+    click.option("--seed", type=int, default=0, show_default=True,
+                 help="Seed for --shapes random."),
+    click.option("--layout", "layouts", default="nn", show_default=True,
+                 help="Comma-separated transposes of A and B: nn, nt, tn, tt."),
+])
+timing_options = stack_options([
+    click.option("--warmup", type=click.FloatRange(min=0), default=0.05, show_default=True,
+                 help="Warm-up time per config (s)."),
+    click.option("--min-reps", type=click.IntRange(min=1), default=10, show_default=True,
+                 help="Minimum timed repetitions per config."),
+    click.option("--min-time", type=click.FloatRange(min=0), default=0.2, show_default=True,
+                 help="Minimum timed time per config (s)."),
+    click.option("--power-window", type=click.FloatRange(min=0), default=1.0,
+                 show_default=True,
+                 help="Steady-state window for energy (s); only used where power is readable."),
+    click.option("--l2-flush", is_flag=True, help="GPU: overwrite 256 MiB between repetitions "
+                                                   "(cold-cache timing)."),
+    click.option("--cooldown", type=click.FloatRange(min=0), default=0.0, show_default=True,
+                 help="Pause between configs (s), keeps temperature comparable."),
+])
+
+ROUNDS_OPTION = click.option(
+    "--rounds", type=click.IntRange(1, 100), default=None,
+    help="Passes over all configs, each in a new random order; a config's latency is its "
+         "lowest round p10 (fastest decile), every round is kept with the row. Default: 3 on a "
+         "CPU (shared and virtual CPUs drift in phases of seconds, so one pass repeats only to "
+         "~10%), 1 on a GPU.")
+
+QUEUE_OPTION = click.option(
+    "--queue-ahead/--no-queue-ahead", default=True, show_default=True,
+    help="GPU: queue each repetition's calls behind a spin kernel so the CUDA events time the "
+         "kernels back to back; without it, a GEMM that runs shorter than its launch through "
+         "CuPy takes is timed at the host's launch pace. Rows say how they were timed "
+         "(params.timer). No effect on a CPU.")
+
+PROBE_OPTION = click.option(
+    "--probe/--no-probe", default=None,
+    help="Time a small reference GEMM next to every measurement, and measure a config again "
+         "(up to 3 times, after waiting up to 1 s in all for the reference to run within 10% "
+         "of its full speed) when the machine ran slow around it; rows keep how calm they "
+         "were (params.probe). Default: on for a CPU (+10-40% sweep time on a calm machine, "
+         "up to a few times that while it runs slow), off for a GPU.")
+
+
+DEVICE_ARG = click.option("--device", "device_spec", required=True,
+                          help="cpu, cuda:N, or a device model name (or a unique part of it) "
+                               "as listed by `hwnas models` / `hwnas db info`.")
+
+
+SERVER_OPTIONS = [
+    click.option("--server", envvar="HWNAS_SERVER", default="127.0.0.1:50051",
+                 show_default=True, help="host:port of `hwnas serve` (or $HWNAS_SERVER)."),
+    click.option("--token-file", type=click.Path(exists=True, dir_okay=False), default=None),
+    click.option("--tls-ca", type=click.Path(exists=True, dir_okay=False), default=None,
+                 help="CA certificate to verify a TLS server."),
+    click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=10.0,
+                 show_default=True, help="Deadline per call (s)."),
+]
+
+
+server_options = stack_options(SERVER_OPTIONS)
+
+
+# The options that name a network for PredictNetwork (query network, predict network).
+network_options = stack_options([
+    click.option("--nasbench201", "arch", default=None, help="A NAS-Bench-201 cell string."),
+    click.option("--ops-json", type=click.Path(exists=True, dir_okay=False), default=None,
+                 help='JSON list of ops: [{"kind": "conv2d", "params": {...}, '
+                      '"name": "..."}].'),
+    click.option("--module", "module_spec", default=None, metavar="PACKAGE.MODULE:NAME",
+                 help="A torch model to decompose into ops: NAME is an nn.Module, a "
+                      "module class or a function returning one, called without "
+                      "arguments (your own code, imported and run here). Needs "
+                      "--input-shape."),
+    click.option("--input-shape", default=None, metavar="B,C,H,W",
+                 help="With --module: the input's shape, batch first (e.g. 1,3,224,224)."),
+    click.option("--batch", type=click.IntRange(1), default=1, show_default=True,
+                 help="Batch size of a --nasbench201 network (--ops-json ops and "
+                      "--module carry their own)."),
+    click.option("--dtype", default="fp32", show_default=True,
+                 help="dtype of a --nasbench201 network."),
+    click.option("--layers", is_flag=True, help="Print every layer too."),
+])

@@ -1,0 +1,117 @@
+"""The prediction service and its clients: ``hwnas serve`` and ``hwnas query gemm|network``."""
+
+from __future__ import annotations
+
+import functools
+
+import click
+
+from hwnas.cli.app import friendly_errors, main, open_store
+from hwnas.cli.costs import cost_line, echo_network, network_spec
+from hwnas.cli.options import DB_OPTION, network_options, server_options
+
+
+def read_token(path: str | None) -> str | None:
+    if not path:
+        return None
+    with open(path) as f:
+        token = f.read().strip()
+    if not token:
+        raise click.UsageError(f"--token-file {path}: the file is empty")
+    return token
+
+
+@main.command()
+@DB_OPTION
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to bind; 0.0.0.0 exposes the service to the network.")
+@click.option("--port", type=click.IntRange(0, 65535), default=50051, show_default=True,
+              help="0 picks a free port (printed).")
+@click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False), default=None)
+@click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), default=None)
+@click.option("--token-file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Require 'authorization: Bearer <token>' with the token in this file.")
+@click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
+              help="Expose Prometheus metrics over HTTP on this port.")
+@click.option("--max-batch", type=click.IntRange(1, 10_000_000), default=10_000,
+              show_default=True, help="Most shapes/ops in one request.")
+@click.option("--workers", type=click.IntRange(1, 1024), default=16, show_default=True)
+@friendly_errors
+def serve(db_url, host, port, tls_cert, tls_key, token_file, metrics_port, max_batch,
+          workers) -> None:
+    """Serve predictions over gRPC (hwnas.v1.Predictor, with health and reflection) until
+    SIGTERM/Ctrl-C, then drain in-flight calls and exit 0. New model versions registered by
+    `hwnas train` are picked up without a restart."""
+    import logging
+
+    from hwnas.service.engine import PredictionEngine
+    from hwnas.service.server import Server, ServerConfig
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    config = ServerConfig(host=host, port=port, tls_cert=tls_cert, tls_key=tls_key,
+                          token=read_token(token_file), metrics_port=metrics_port,
+                          max_batch=max_batch, workers=workers)
+    server = Server(PredictionEngine(open_store(db_url)), config).start()
+    click.echo(f"hwnas.v1.Predictor listening on {host}:{server.port} "
+               f"({'TLS' if tls_cert else 'plaintext'}"
+               f"{', token required' if config.token else ''})", err=True)
+    server.serve_forever()
+    click.echo("drained; bye", err=True)
+
+
+def service_client(server, token_file, tls_ca, timeout):
+    from hwnas.client import PredictorClient
+
+    return PredictorClient(server, token=read_token(token_file), tls_ca=tls_ca,
+                           timeout_s=timeout)
+
+
+def rpc_errors(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        import grpc
+
+        try:
+            return fn(*args, **kwargs)
+        except grpc.RpcError as exc:
+            raise click.ClickException(f"{exc.code().name}: {exc.details()}") from None
+
+    return wrapper
+
+
+@main.group()
+def query() -> None:
+    """Ask a running prediction service (see `hwnas serve`)."""
+
+
+@query.command("gemm")
+@server_options
+@click.option("--device", required=True, help="Device model (or a unique part of its name).")
+@click.option("--m", "m", type=int, required=True)
+@click.option("--n", "n", type=int, required=True)
+@click.option("--k", "k", type=int, required=True)
+@click.option("--dtype", default="fp32", show_default=True)
+@click.option("--batch", type=int, default=1, show_default=True)
+@friendly_errors
+@rpc_errors
+def query_gemm(server, token_file, tls_ca, timeout, device, m, n, k, dtype, batch) -> None:
+    """Latency, power and energy of one GEMM from the service."""
+    with service_client(server, token_file, tls_ca, timeout) as c:
+        a = c.predict_gemm(device, [{"m": m, "n": n, "k": k, "dtype": dtype, "batch": batch}])
+    click.echo(f"{a.device} (model v{a.model_version})")
+    click.echo(cost_line(f"gemm {m}x{n}x{k} {dtype} batch {batch}", a.costs[0]))
+
+
+@query.command("network")
+@server_options
+@click.option("--device", required=True, help="Device model (or a unique part of its name).")
+@network_options
+@friendly_errors
+@rpc_errors
+def query_network(server, token_file, tls_ca, timeout, device, arch, ops_json, module_spec,
+                  input_shape, batch, dtype, layers) -> None:
+    """Whole-network latency, power and energy from the service."""
+    arch, ops, unsupported = network_spec(arch, ops_json, module_spec, input_shape)
+    with service_client(server, token_file, tls_ca, timeout) as c:
+        a = c.predict_network(device, nasbench201=arch, ops=ops, batch=batch, dtype=dtype)
+    echo_network(a, layers, unsupported)
