@@ -106,6 +106,21 @@ def test_peaks_are_stored_with_the_device(store):
         assert PEAK_POLICY.min_reps >= 5
 
 
+@pytest.mark.parametrize("name, content, why", [
+    ("m.parquet", b"not parquet", "not readable as Parquet"),
+    ("m.csv", b"a,b\n1,2\n3,4,5,6\n", "not readable as CSV"),
+    ("m.csv", b"a,b\n1,2\n", "not an hwnas export"),
+])
+def test_import_of_a_foreign_file_names_it(tmp_path, name, content, why):
+    path = tmp_path / name
+    path.write_bytes(content)
+    store = Store(f"sqlite:///{tmp_path / 'store.sqlite'}")
+    with pytest.raises(ValueError, match=why) as err:
+        import_measurements(store, str(path))
+    assert str(err.value).startswith(str(path))
+    store.close()
+
+
 def test_export_import_round_trip(store, tmp_path):
     _, sweep_id, _, plan = _sweep(store, NumpyBackend())
     for fmt in ("csv", "parquet"):

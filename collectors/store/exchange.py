@@ -54,10 +54,15 @@ def export_measurements(store: Store, path: str, fmt: str,
 
 
 def read_export(path: str) -> pd.DataFrame:
-    if Path(path).suffix.lower() in (".parquet", ".pq"):
-        df = pd.read_parquet(path)
-    else:
-        df = pd.read_csv(path, keep_default_na=True)
+    """A file ``hwnas db export`` wrote (Parquet by its suffix, else CSV); ValueError naming the
+    file when it is not one."""
+    parquet = Path(path).suffix.lower() in (".parquet", ".pq")
+    try:
+        df = pd.read_parquet(path) if parquet else pd.read_csv(path, keep_default_na=True)
+    except (ValueError, OSError, pd.errors.ParserError) as exc:  # pyarrow's errors are both
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"{path}: not readable as {'Parquet' if parquet else 'CSV'} "
+                         f"({first})") from None
     missing = {"hwnas_format", "uid", "device_fingerprint", "op_kind"} - set(df.columns)
     if missing:
         raise ValueError(f"{path}: not an hwnas export (missing columns: "
