@@ -56,8 +56,10 @@ def prediction_client(server: str | None, db: str | Store | None, token: str | N
         with PredictorClient(server, token=token) as client:
             yield client
         return
+    # No wait for the health check here: it says SERVING once some model has loaded, and a
+    # store without any (a first `hwnas search --calibrate`) would then wait in vain; the port
+    # is bound when local_service yields, and a device without a model gets a clear answer.
     with local_service(db) as address, PredictorClient(address) as client:
-        client.wait_ready(60)
         yield client
 
 

@@ -283,6 +283,25 @@ def test_health_goes_serving_when_a_model_appears(tmp_path):
         server.stop(0)
 
 
+def test_local_service_over_a_store_without_models_answers_at_once(tmp_path):
+    """What `hwnas search --calibrate` and `hwnas predict network` start on a fresh store: the
+    client is usable at once (no wait for SERVING, which needs a model) and a device without a
+    model gets FAILED_PRECONDITION naming the remedy; once one is registered it is served."""
+    from search.job import prediction_client
+
+    store = make_store(tmp_path, with_model=False)
+    t0 = time.monotonic()
+    with prediction_client(None, store) as client:
+        with pytest.raises(grpc.RpcError) as err:
+            client.predict_gemm("Test GPU", [(64, 64, 64)])
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "hwnas train" in err.value.details()
+        assert time.monotonic() - t0 < 20
+        register(store, tmp_path, seed=1)
+        time.sleep(1.1)  # the engine re-reads the registry about once a second
+        assert client.predict_gemm("Test GPU", [(64, 64, 64)]).model_version == 1
+
+
 def test_reflection_lists_the_service(served):
     from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
         ProtoReflectionDescriptorDatabase,
