@@ -18,6 +18,7 @@ from collectors.devices import DeviceInfo
 from collectors.store.db import Store
 from collectors.store.models import Measurement, Sweep, utcnow
 from collectors.store.repo import upsert_device
+from collectors.tables import read_table_file
 
 GPPERF_POWER_NOTE = ("GPPerf power_w was sampled by nvidia-smi at 1 Hz after the kernel "
                      "finished (mostly empty or idle); not a measurement of the kernel")
@@ -25,7 +26,7 @@ GPPERF_COLUMNS = {"M", "N", "K", "kernel", "layout", "runtime_ms", "gpu"}
 
 
 def read_gpperf(path: str) -> pd.DataFrame:
-    df = pd.read_csv(path)
+    df = read_table_file(path)
     missing = GPPERF_COLUMNS - set(df.columns)
     if missing:
         raise ValueError(f"{path}: not a GPPerf SGEMM file (missing {', '.join(sorted(missing))})")

@@ -12,6 +12,7 @@ from scipy.stats import spearmanr
 from collectors.devices import DeviceInfo
 from collectors.store.db import Store
 from collectors.store.repo import upsert_device
+from collectors.tables import read_table_file
 from predictor import registry
 from predictor.fewshot import FewShotModel, read_table, select_samples
 from predictor.registry import sha256_file
@@ -76,7 +77,7 @@ def adapt_from_csv(store: Store, device: str, samples: int, source_csv: str,
     """Select ``samples`` architectures, read their latency on ``device`` from ``source_csv``
     (column ``column`` or ``device``), fit, and register the model as target ``nb201``."""
     column = column or device
-    src = pd.read_csv(source_csv)
+    src = read_table_file(source_csv)
     if "arch_str" not in src.columns or column not in src.columns:
         raise ValueError(f"--from-csv: {source_csv} needs columns 'arch_str' and {column!r}")
     archs, reference, idx = _prepare(reference_csv, column, samples)

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import nnls
 
+from collectors.tables import read_table_file
 from predictor.nasbench201 import EDGE_OPS, parse_cell
 
 ARCH_COLUMN = "arch_str"
@@ -42,7 +43,7 @@ def flops_proxy(archs: list[str] | pd.Series) -> np.ndarray:
 
 def read_table(path: str) -> tuple[pd.Series, pd.DataFrame]:
     """Architectures and per-device latency (ms) columns of a NAS-Bench-201 latency CSV."""
-    df = pd.read_csv(path)
+    df = read_table_file(path)
     if ARCH_COLUMN not in df.columns:
         raise ValueError(f"{path}: no {ARCH_COLUMN!r} column")
     devices = df.drop(columns=[c for c in (ARCH_COLUMN, "arch_idx") if c in df.columns])

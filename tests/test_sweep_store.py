@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from sqlalchemy import func, select
 
@@ -118,6 +120,13 @@ def test_import_of_a_foreign_file_names_it(tmp_path, name, content, why):
     with pytest.raises(ValueError, match=why) as err:
         import_measurements(store, str(path))
     assert str(err.value).startswith(str(path))
+    if why.startswith("not readable"):  # every reader of a user's table file says the same
+        from collectors.importers import import_gpperf
+        from predictor.fewshot import read_table
+
+        for read in (lambda: import_gpperf(store, str(path)), lambda: read_table(str(path))):
+            with pytest.raises(ValueError, match=f"^{re.escape(str(path))}: {why}"):
+                read()
     store.close()
 
 

@@ -15,6 +15,7 @@ from sqlalchemy import select
 from collectors.store.db import Store
 from collectors.store.models import Device, Measurement, Sweep, utcnow
 from collectors.store.repo import Peak, save_peaks
+from collectors.tables import read_table_file
 
 FORMAT_VERSION = 1
 DEVICE_COLUMNS = ["fingerprint", "name", "kind", "vendor", "model", "host", "driver_version",
@@ -56,13 +57,7 @@ def export_measurements(store: Store, path: str, fmt: str,
 def read_export(path: str) -> pd.DataFrame:
     """A file ``hwnas db export`` wrote (Parquet by its suffix, else CSV); ValueError naming the
     file when it is not one."""
-    parquet = Path(path).suffix.lower() in (".parquet", ".pq")
-    try:
-        df = pd.read_parquet(path) if parquet else pd.read_csv(path, keep_default_na=True)
-    except (ValueError, OSError, pd.errors.ParserError) as exc:  # pyarrow's errors are both
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ValueError(f"{path}: not readable as {'Parquet' if parquet else 'CSV'} "
-                         f"({first})") from None
+    df = read_table_file(path, keep_default_na=True)
     missing = {"hwnas_format", "uid", "device_fingerprint", "op_kind"} - set(df.columns)
     if missing:
         raise ValueError(f"{path}: not an hwnas export (missing columns: "
