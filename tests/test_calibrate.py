@@ -116,3 +116,23 @@ def test_calibrating_a_device_that_is_not_here_is_refused(tmp_path, monkeypatch)
     r = CliRunner().invoke(main, ["search", "--db", store.url, "--device", "Test GPU",
                                   "--calibrate", "5", "--epochs", "1", "--no-progress"])
     assert r.exit_code == 2 and "is not on this machine" in r.output
+
+
+def test_search_on_an_empty_store_says_to_calibrate_and_calibrating_it_works(tmp_path,
+                                                                             monkeypatch):
+    """A first search on a fresh store: without --calibrate it names the remedy; with it, the
+    in-process service starts without any model and the search runs on the one it fits."""
+    from click.testing import CliRunner
+
+    from hwnas.cli import main
+
+    monkeypatch.setenv("HWNAS_MODELS", str(tmp_path / "models"))
+    args = ["search", "--db", f"sqlite:///{tmp_path / 'empty.sqlite'}", "--width", "4",
+            "--depth", "1", "--epochs", "1", "--retrain-epochs", "1", "--limit", "200",
+            "--no-progress"]
+    bare = CliRunner().invoke(main, args + ["--out", str(tmp_path / "bare")])
+    assert bare.exit_code == 1 and "add --calibrate 20" in bare.output, bare.output
+    r = CliRunner().invoke(main, args + ["--calibrate", "5", "--out", str(tmp_path / "cal")])
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "cal" / "arch.json").read_text())[
+        "prediction_method"].startswith("network model")

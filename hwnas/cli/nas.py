@@ -133,8 +133,14 @@ def search_cmd(db_url, space, width, depth, strategy, epochs, retrain_epochs, la
             doc = single(space_cfg, client, device, cfg, budgets, margin, retrain_epochs,
                          measure_on, Path(out_dir), not no_progress, data)
     except grpc.RpcError as exc:
+        remedy = ""
+        if (device_spec is None and not calibrate and server is None
+                and exc.code() in (grpc.StatusCode.NOT_FOUND,
+                                   grpc.StatusCode.FAILED_PRECONDITION)):
+            remedy = ("; to search for this CPU, add --calibrate 20: it measures 20 networks of "
+                      "the space here first and fits the model the search needs")
         raise click.ClickException(f"prediction service: {exc.code().name}: "
-                                   f"{exc.details()}") from None
+                                   f"{exc.details()}{remedy}") from None
     click.echo(f"architecture: {json.dumps(doc['arch'])}")
     p = doc["predicted"]
     click.echo(f"predicted on {device}: {p['latency_ms']:.3f} ms"
