@@ -78,6 +78,7 @@ def register(store: Store, model: GemmCostForest, device_model: str, meta: dict,
                    bool(model.has_power_), model.n_train_,
                    {**meta, "params": model.get_params(), "y_ndim": model.y_ndim_,
                     "features": model.feature_names_, "overhead_ms": model.overhead_ms_,
+                    "bound_scale": model.bound_scale_, "baseline_fit": model.baseline_fit_,
                     "bound": model.bound_,
                     **({"power_min_latency_ms": model.power_min_latency_ms_}
                        if model.has_power_ else {})},
@@ -171,6 +172,9 @@ def load(row: ModelVersion) -> GemmCostForest:
                             "feature set (an older hwnas); retrain it with `hwnas train`")
     # Models from before the overhead term have none, which is how they were fitted.
     model.overhead_ms_ = dict(row.meta.get("overhead_ms") or {})
+    # Before the fitted baseline: scale 1 for every dtype, the overhead as the data showed it.
+    model.bound_scale_ = dict(row.meta.get("bound_scale") or {})
+    model.baseline_fit_ = row.meta.get("baseline_fit", "overhead")
     model.bound_ = row.meta.get("bound", "roofline")  # the only baseline before the choice
     if "power_min_latency_ms" in row.meta:
         model.power_min_latency_ms_ = row.meta["power_min_latency_ms"]

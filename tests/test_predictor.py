@@ -57,15 +57,35 @@ def test_fit_predict_round_trip_and_sklearn_conventions():
 def test_fixed_overhead_is_learned_only_where_the_data_shows_it():
     # The synthetic device adds 5 us to every call: its tiny shapes are mostly that overhead.
     frame = synthetic()
-    model = fit_full(frame, PROFILE, n_estimators=10)
+    model = fit_full(frame, PROFILE, n_estimators=10, baseline_fit="overhead")
     for dtype in ("fp32", "fp16"):
         fastest = frame.latency_ms[frame.dtype == dtype].min()
         assert model.overhead_ms_[dtype] == pytest.approx(0.5 * fastest)
         assert 0.002 < model.overhead_ms_[dtype] < 0.005
+        assert model.bound_scale_[dtype] == 1.0
     # Large shapes only: no call is dominated by fixed cost, so none is assumed.
     large = frame[np.minimum(np.minimum(frame.m, frame.n), frame.k) >= 400]
     assert len(large) > 4
-    assert fit_full(large, PROFILE, n_estimators=10).overhead_ms_ == {"fp16": 0.0, "fp32": 0.0}
+    assert fit_full(large, PROFILE, n_estimators=10,
+                    baseline_fit="overhead").overhead_ms_ == {"fp16": 0.0, "fp32": 0.0}
+
+
+def test_a_gpu_baseline_fits_the_fixed_cost_and_the_efficiency():
+    """The synthetic GPU adds 5 us to every call and runs at 30-90% of its peaks: the affine
+    baseline (a GPU's default) finds the 5 us and a scale above 1 (below-peak efficiency)."""
+    frame = synthetic()
+    model = fit_full(frame, PROFILE, n_estimators=10)
+    assert model.baseline_fit_ == "affine"
+    for dtype in ("fp32", "fp16"):
+        assert model.overhead_ms_[dtype] == pytest.approx(0.005, rel=0.15)
+        assert 1.0 < model.bound_scale_[dtype] < 1 / 0.3
+    # A CPU keeps the overhead baseline; too few calls of a dtype fall back to it too.
+    cpu = DeviceProfile("Test CPU", "cpu", 1, PROFILE.peaks)
+    assert fit_full(frame, cpu, n_estimators=10).baseline_fit_ == "overhead"
+    few = fit_full(frame.head(8), PROFILE, n_estimators=10)  # 4 shapes of each dtype
+    assert set(few.bound_scale_.values()) == {1.0}
+    with pytest.raises(ValueError, match="baseline_fit"):
+        fit_full(frame, PROFILE, baseline_fit="linear")
 
 
 def test_power_is_a_second_output_and_energy_is_consistent():
@@ -179,6 +199,13 @@ def test_registry_round_trip_and_metadata(registered, tmp_path):
     assert np.allclose(loaded.predict(frame), model.predict(frame), rtol=1e-12)
     assert row.meta["features"] == model.feature_names_ and row.n_samples == len(frame)
     assert min(model.overhead_ms_.values()) > 0 and loaded.overhead_ms_ == model.overhead_ms_
+    assert loaded.bound_scale_ == model.bound_scale_ and min(model.bound_scale_.values()) > 1
+    # A model registered before the fitted scale has none: scale 1 for every dtype.
+    old = registry.find(store, PROFILE.model)
+    old.meta = {k: v for k, v in old.meta.items() if k not in ("bound_scale", "baseline_fit")}
+    older = registry.load(old)
+    assert older.bound_scale_ == {} and older.baseline_fit_ == "overhead"
+    assert np.all(np.isfinite(older.predict(frame)))
     row2 = registry.register(store, model, PROFILE.model, {}, tmp_path)
     assert row2.version == 2 and registry.find(store, PROFILE.model).version == 2
     assert registry.find(store, PROFILE.model, 1).sha256 == row.sha256
