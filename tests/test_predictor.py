@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -342,6 +344,8 @@ def test_cli_import_train_predict(tmp_path, monkeypatch):
     r = run(main, ["train", "--db", db, "--device", "4070", "--trees", "10", "--folds", "3"])
     assert r.exit_code == 0, r.output
     assert "shape-held-out" in r.output and "registered NVIDIA GeForce RTX 4070 v1" in r.output
+    fitted = r"baseline per dtype \(affine\): fp32 [0-9.]+ us \+ [0-9.]+ x (roofline|waves)"
+    assert re.search(fitted, r.output), r.output
     r = run(main, ["predict", "gemm", "--db", db, "--device", "4070", "--m", "512", "--n", "512",
                    "--k", "512"])
     assert r.exit_code == 0 and "latency" in r.output and "power    unavailable" in r.output

@@ -71,6 +71,10 @@ def train(db_url, device_spec, folds, trees, target) -> None:
         click.echo(f"\ndata: {row.meta['data_note']}")
     click.echo(f"\nregistered {row.device_model} v{row.version}: {row.path} "
                f"(sha256 {row.sha256[:16]}..., baseline {row.meta['bound']})")
+    scale = row.meta.get("bound_scale") or {}
+    click.echo(f"baseline per dtype ({row.meta.get('baseline_fit', 'overhead')}): " + "; ".join(
+        f"{d} {ms * 1e3:.3g} us + {scale.get(d, 1.0):.3g} x {row.meta['bound']}"
+        for d, ms in sorted(row.meta["overhead_ms"].items())))
 
 
 @main.command("eval")
