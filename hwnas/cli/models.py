@@ -29,7 +29,9 @@ def _print_evaluation(ev) -> None:
     click.echo("\nbaseline the forest chose from its training shapes (of "
                f"{len(ev.bounds)} fits): " + ", ".join(f"{b} {n}" for b, n in counts.items())
                + " (roofline: max(FLOPs/peak, bytes/bandwidth); waves: compute paid in whole "
-               f"waves of {GPU_TILE}x{GPU_TILE} tiles over the SMs)")
+               f"waves of {GPU_TILE}x{GPU_TILE} tiles over the SMs)"
+               + ("; each fit's fixed cost and scale of it per dtype were fitted to its "
+                  "training calls (hwnas train prints them)" if ev.profile.kind == "gpu" else ""))
     unscored = ev.unscored()
     if unscored:
         click.echo(f"\nnot scored: {unscored} held-out rows whose dtype had no other "
