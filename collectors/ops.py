@@ -125,7 +125,9 @@ class Op:
         params = dict(params or {})
         unknown = sorted(set(params) - set(required) - set(optional))
         if unknown:
-            raise OpError(unknown[0], f"is not a parameter of {kind_name}")
+            raise OpError(unknown[0], f"is not a parameter of {kind_name} (required: "
+                                      f"{', '.join(required)}; optional: "
+                                      f"{', '.join(optional) or 'none'})")
         clean: dict[str, int] = {}
         for name in required:
             if name not in params or params[name] is None:
