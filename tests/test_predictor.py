@@ -90,6 +90,22 @@ def test_a_gpu_baseline_fits_the_fixed_cost_and_the_efficiency():
         fit_full(frame, PROFILE, baseline_fit="linear")
 
 
+def test_a_fitted_baseline_never_beats_the_peaks():
+    """Calls that are all fixed cost (tiny shapes) say nothing about the slope: the fitted scale
+    stays above 1, so a large shape is not predicted faster than the measured peaks allow."""
+    from predictor.forest import affine_baseline
+
+    rng = np.random.default_rng(0)
+    bound = np.exp(rng.uniform(np.log(1e-6), np.log(1e-4), 40))  # ms, far below 5 us
+    latency = 0.005 * (1.0 - 0.1 * bound / bound.max())  # larger ones a little faster
+    overhead, scale = affine_baseline(latency, bound)
+    assert overhead == pytest.approx(0.005, rel=0.1) and scale > 1.0
+    # On calls that follow a line, the line is found.
+    bound = np.exp(rng.uniform(np.log(1e-4), np.log(10.0), 40))
+    overhead, scale = affine_baseline(0.004 + 2.5 * bound, bound)
+    assert overhead == pytest.approx(0.004, rel=0.01) and scale == pytest.approx(2.5, rel=0.01)
+
+
 def test_power_is_a_second_output_and_energy_is_consistent():
     frame = synthetic(power=True)
     model = fit_full(frame, PROFILE, n_estimators=20)
