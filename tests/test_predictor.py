@@ -379,6 +379,14 @@ def test_cli_import_train_predict(tmp_path, monkeypatch):
     assert r.exit_code == 0 and (tmp_path / "p.png").stat().st_size > 1000
     worst = r.output.split("latency predicted worst, shapes held out (GroupKFold):\n")[1]
     assert len([line for line in worst.splitlines() if " fp32 " in line]) == 3
+    assert "fitted to its training calls" in r.output
+    # The baseline can be chosen: the bound at the peaks plus the fastest call's overhead.
+    r = run(main, ["train", "--db", db, "--device", "4070", "--trees", "10", "--folds", "3",
+                   "--baseline-fit", "overhead"])
+    assert r.exit_code == 0 and "fitted to its training calls" not in r.output, r.output
+    assert re.search(r"baseline per dtype \(overhead\): fp32 [0-9.]+ us \+ 1 x", r.output)
+    r = run(main, ["train", "--db", db, "--device", "4070", "--baseline-fit", "linear"])
+    assert r.exit_code == 2 and "--baseline-fit" in r.output
 
 
 def test_worst_configs_lists_the_largest_relative_misses():

@@ -7,12 +7,12 @@ import click
 
 from hwnas.cli.app import friendly_errors, main, open_store
 from hwnas.cli.costs import POWER_EXTRAPOLATED, echo_network, network_spec
-from hwnas.cli.options import DB_OPTION, DEVICE_ARG, network_options
+from hwnas.cli.options import BASELINE_FIT_OPTION, DB_OPTION, DEVICE_ARG, network_options
 from hwnas.cli.service import rpc_errors
 from hwnas.output import print_table
 
 
-def _print_evaluation(ev) -> None:
+def _print_evaluation(ev, baseline_fit: str) -> None:
     click.echo(f"{ev.device_model}: {ev.n_rows} measurements, {ev.n_shapes} shapes; peaks "
                f"{ev.profile.peaks_source}; power "
                f"{'trained' if ev.has_power else 'unavailable (latency-only model)'}")
@@ -26,12 +26,13 @@ def _print_evaluation(ev) -> None:
     from predictor.features import GPU_TILE
 
     counts = {b: ev.bounds.count(b) for b in sorted(set(ev.bounds))}
+    fitted = baseline_fit == "affine" or (baseline_fit == "auto" and ev.profile.kind == "gpu")
     click.echo("\nbaseline the forest chose from its training shapes (of "
                f"{len(ev.bounds)} fits): " + ", ".join(f"{b} {n}" for b, n in counts.items())
                + " (roofline: max(FLOPs/peak, bytes/bandwidth); waves: compute paid in whole "
                f"waves of {GPU_TILE}x{GPU_TILE} tiles over the SMs)"
                + ("; each fit's fixed cost and scale of it per dtype were fitted to its "
-                  "training calls (hwnas train prints them)" if ev.profile.kind == "gpu" else ""))
+                  "training calls (hwnas train prints them)" if fitted else ""))
     unscored = ev.unscored()
     if unscored:
         click.echo(f"\nnot scored: {unscored} held-out rows whose dtype had no other "
@@ -47,8 +48,9 @@ def _print_evaluation(ev) -> None:
               show_default=True,
               help="gemm: GEMM cost forest; network: whole-network model from `hwnas collect "
                    "network` data (per-op-type forests + additive residual).")
+@BASELINE_FIT_OPTION
 @friendly_errors
-def train(db_url, device_spec, folds, trees, target) -> None:
+def train(db_url, device_spec, folds, trees, target, baseline_fit) -> None:
     """Fit a model for a device model, evaluate it on held-out shapes (or architectures) and
     register it as a new version."""
     from predictor.data import resolve_device_model
@@ -67,8 +69,9 @@ def train(db_url, device_spec, folds, trees, target) -> None:
         click.echo(f"registered {model} network v{row.version} from {metrics['networks']} "
                    f"networks and {metrics['layers']} layers: {row.path}")
         return
-    row, ev = train_and_register(store, model, folds, n_estimators=trees)
-    _print_evaluation(ev)
+    row, ev = train_and_register(store, model, folds, n_estimators=trees,
+                                 baseline_fit=baseline_fit)
+    _print_evaluation(ev, baseline_fit)
     if row.meta.get("data_note"):
         click.echo(f"\ndata: {row.meta['data_note']}")
     click.echo(f"\nregistered {row.device_model} v{row.version}: {row.path} "
@@ -89,8 +92,9 @@ def train(db_url, device_spec, folds, trees, target) -> None:
 @click.option("--worst", type=click.IntRange(0, 1000), default=5, show_default=True,
               help="List this many held-out configs whose latency was predicted worst "
                    "(0: none).")
+@BASELINE_FIT_OPTION
 @friendly_errors
-def eval_(db_url, device_spec, folds, trees, plot_path, worst) -> None:
+def eval_(db_url, device_spec, folds, trees, plot_path, worst, baseline_fit) -> None:
     """Evaluate the GEMM model on whole shapes held out (GroupKFold over M,N,K and the largest
     shapes held out); per target and dtype: MAPE, median APE, share within ±10%, R^2, Spearman;
     then the configs predicted worst, to see where the model misses."""
@@ -101,8 +105,8 @@ def eval_(db_url, device_spec, folds, trees, plot_path, worst) -> None:
     store = open_store(db_url)
     model = resolve_device_model(store, device_spec)
     frame, profile = load_gemm_frame(store, model)
-    ev = evaluate(frame, profile, folds, n_estimators=trees)
-    _print_evaluation(ev)
+    ev = evaluate(frame, profile, folds, n_estimators=trees, baseline_fit=baseline_fit)
+    _print_evaluation(ev, baseline_fit)
     if worst:
         click.echo("\nlatency predicted worst, shapes held out (GroupKFold):")
         print_table(["shape", "dtype", "layout", "measured ms", "predicted ms", "pred/meas",

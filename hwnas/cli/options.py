@@ -79,6 +79,14 @@ PROBE_OPTION = click.option(
          "up to a few times that while it runs slow), off for a GPU.")
 
 
+BASELINE_FIT_OPTION = click.option(
+    "--baseline-fit", type=click.Choice(["auto", "affine", "overhead"]), default="auto",
+    show_default=True,
+    help="GEMM model baseline per dtype: affine fits a fixed cost and a scale of the bound to "
+         "the training calls (carries a GPU's rising efficiency past the largest shapes); "
+         "overhead takes the bound at the measured peaks plus a fixed cost where the fastest "
+         "call shows one; auto: affine on a GPU, overhead on a CPU.")
+
 DEVICE_ARG = click.option("--device", "device_spec", required=True,
                           help="cpu, cuda:N, or a device model name (or a unique part of it) "
                                "as listed by `hwnas models` / `hwnas db info`.")
