@@ -136,6 +136,9 @@ def test_trial_result_from_an_export():
     (["--seed", "0", "--training-service", "remote", "--machine", "u@h"], "needs --server"),
     (["--seed", "0", "--", "--out", "x"], "set by the experiment"),
     (["--seed", "0", "--", "--calibrate", "20"], "calibrate once before the experiment"),
+    # An empty store: every trial would fail for want of a model.
+    (["--seed", "0"], "has no model for it, so every trial would fail"),
+    (["--seed", "0", "--", "--device", "nope"], "nope: the prediction service"),
 ])
 def test_experiment_option_errors_before_anything_starts(args, match, tmp_path):
     r = CliRunner().invoke(main, ["experiment", "--db", f"sqlite:///{tmp_path / 's.db'}",

@@ -283,6 +283,29 @@ def _echo_slow_cautions(points: list[dict]) -> None:
                       "quiet: hwnas verify on the output folder", point["label"])
 
 
+def _check_models_served(address: str, devices: list[str]) -> None:
+    """Refuse to start an experiment whose trials would all fail: a device the prediction
+    service at ``address`` has no model for (UsageError naming it and the remedy)."""
+    import grpc
+
+    from hwnas.client import PredictorClient
+
+    with PredictorClient(address) as client:
+        for device in devices:
+            try:
+                models = client.list_models(device)
+            except grpc.RpcError as exc:
+                if exc.code() != grpc.StatusCode.NOT_FOUND:
+                    raise click.ClickException(f"prediction service at {address}: "
+                                               f"{exc.code().name}: {exc.details()}") from None
+                models = []
+            if not models:
+                raise click.UsageError(
+                    f"{device}: the prediction service at {address} has no model for it, so "
+                    "every trial would fail; first run hwnas search --calibrate 20 with the "
+                    "trials' space options on that device (or hwnas train --device there)")
+
+
 @main.command("experiment", context_settings={"ignore_unknown_options": False})
 @DB_OPTION
 @click.option("--server", default=None,
@@ -335,6 +358,7 @@ def experiment_cmd(db_url, server, latency_list, tradeoff_list, seed_list, strat
     import sys
     from pathlib import Path
 
+    from collectors.devices import CpuDevice
     from search.experiment import (
         ExperimentSpec,
         Machine,
@@ -360,13 +384,18 @@ def experiment_cmd(db_url, server, latency_list, tradeoff_list, seed_list, strat
                               training_service, [Machine.parse(m) for m in machines], ssh_key,
                               python, manager_ip, Path(out_dir))
         # Every trial's command line must parse before any trial starts.
+        devices = set()
         for point in grid_points(spec):
             argv = trial_argv(spec.search_args, point, address, Path(out_dir))
-            if search_cmd.make_context("search", argv[1:]).params["calibrate"]:
+            params = search_cmd.make_context("search", argv[1:]).params
+            if params["calibrate"]:
                 raise click.UsageError(
                     "--calibrate: calibrate once before the experiment (hwnas search "
                     "--calibrate N with the same space options), not in every trial: trials "
                     "running at once would measure side by side")
+            if params["device_spec"] or training_service == "local":
+                devices.add(params["device_spec"] or CpuDevice().info.model)
+        _check_models_served(address, sorted(devices))
         click.echo(f"{spec.trial_count()} trials ({training_service}), costs from {address}")
         try:
             outcomes = run_experiment(spec, port, not no_progress)
