@@ -34,7 +34,9 @@ from hwnas.output import print_table
 @click.option("--margin", type=click.FloatRange(0, 0.9), default=0.1, show_default=True,
               help="Search at budget x (1 - margin), so the measured network meets it.")
 @click.option("--device", "device_spec", default=None,
-              help="Device model whose costs guide the search (default: this CPU).")
+              help="Device whose costs guide the search: cpu or cuda:N (this machine's), or "
+                   "a device model name the service knows, or a unique part of it (default: "
+                   "this CPU).")
 @click.option("--server", default=None,
               help="host:port of a running `hwnas serve`; default: start one here on --db.")
 @click.option("--pareto", "pareto_fractions", default=None,
@@ -100,7 +102,7 @@ def search_cmd(db_url, space, width, depth, strategy, epochs, retrain_epochs, la
     try:
         with prediction_client(server, db_url) as client:
             if device_spec:
-                device = client.predict_gemm(device_spec, [(8, 8, 8)]).device
+                device = _served_device(client, device_spec)
             measure_on = local_device_for(device)
             if calibrate:
                 version = _calibrate_search(db_url, measure_on, device, space_cfg, calibrate,
@@ -134,11 +136,12 @@ def search_cmd(db_url, space, width, depth, strategy, epochs, retrain_epochs, la
                          measure_on, Path(out_dir), not no_progress, data)
     except grpc.RpcError as exc:
         remedy = ""
-        if (device_spec is None and not calibrate and server is None
+        if (not calibrate and server is None and _is_local(device)
                 and exc.code() in (grpc.StatusCode.NOT_FOUND,
                                    grpc.StatusCode.FAILED_PRECONDITION)):
-            remedy = ("; to search for this CPU, add --calibrate 20: it measures 20 networks of "
-                      "the space here first and fits the model the search needs")
+            remedy = ("; to search for a device of this machine, add --calibrate 20: it "
+                      "measures 20 networks of the space here first and fits the model the "
+                      "search needs")
         raise click.ClickException(f"prediction service: {exc.code().name}: "
                                    f"{exc.details()}{remedy}") from None
     click.echo(f"architecture: {json.dumps(doc['arch'])}")
@@ -160,6 +163,30 @@ def search_cmd(db_url, space, width, depth, strategy, epochs, retrain_epochs, la
     if budgets:
         click.echo(f"budgets {budgets}: met {doc['budget_met']}")
     click.echo(f"wrote {out_dir}/arch.json, model.pt2, state_dict.pt, model.onnx")
+
+
+def _is_local(spec: str) -> bool:
+    """Whether ``--device`` names this machine's CPU or GPU (cpu, cuda:N) or its model."""
+    from search.run import local_device_for
+
+    key = spec.strip().lower()
+    return key == "cpu" or key.startswith("cuda") or local_device_for(spec.strip()) is not None
+
+
+def _served_device(client, spec: str) -> str:
+    """The device model ``--device`` names: this machine's for cpu / cuda:N, else the one the
+    service resolves the name to (exactly, or a unique part of it), whether it has a GEMM
+    model, a network model or (before --calibrate) none yet."""
+    key = spec.strip()
+    if key.lower() == "cpu" or key.lower().startswith("cuda"):
+        from collectors.devices import get_device
+
+        return get_device(key).info.model
+    models = client.list_models(key)  # NOT_FOUND or INVALID_ARGUMENT (several) when unresolved
+    if models:
+        return models[0].device
+    names = [d.model for d in client.list_devices()]
+    return key if key in names else next(n for n in names if key.lower() in n.lower())
 
 
 def _calibrate_search(db_url, local_device, device_model: str, space_cfg, count: int,
