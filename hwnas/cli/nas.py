@@ -385,7 +385,7 @@ def experiment_cmd(db_url, server, latency_list, tradeoff_list, seed_list, strat
     import sys
     from pathlib import Path
 
-    from collectors.devices import CpuDevice
+    from collectors.devices import get_device
     from search.experiment import (
         ExperimentSpec,
         Machine,
@@ -420,8 +420,11 @@ def experiment_cmd(db_url, server, latency_list, tradeoff_list, seed_list, strat
                     "--calibrate: calibrate once before the experiment (hwnas search "
                     "--calibrate N with the same space options), not in every trial: trials "
                     "running at once would measure side by side")
-            if params["device_spec"] or training_service == "local":
-                devices.add(params["device_spec"] or CpuDevice().info.model)
+            named = (params["device_spec"] or "cpu").strip()
+            if named.lower() != "cpu" and not named.lower().startswith("cuda"):
+                devices.add(named)
+            elif training_service == "local":  # on remote machines it names theirs
+                devices.add(get_device(named).info.model)
         _check_models_served(address, sorted(devices))
         click.echo(f"{spec.trial_count()} trials ({training_service}), costs from {address}")
         try:
