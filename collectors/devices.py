@@ -241,6 +241,13 @@ def detect_devices() -> list[ComputeDevice]:
     return devices
 
 
+def names_local_device(name: str) -> bool:
+    """Whether ``name`` is how a command names a device of this machine (``cpu``, ``cuda``,
+    ``cuda:N``) rather than a device model from the store (:func:`get_device` resolves it)."""
+    key = name.strip().lower()
+    return key == "cpu" or key.startswith("cuda")
+
+
 def get_device(name: str) -> ComputeDevice:
     """``cpu``, ``cuda`` (= ``cuda:0``) or ``cuda:N``."""
     key = name.strip().lower()
@@ -260,4 +267,4 @@ def get_device(name: str) -> ComputeDevice:
 
 
 __all__ = ["ComputeDevice", "CpuDevice", "DeviceError", "DeviceInfo", "DeviceState",
-           "NvidiaGpu", "NullPowerReader", "detect_devices", "get_device"]
+           "NvidiaGpu", "NullPowerReader", "detect_devices", "get_device", "names_local_device"]

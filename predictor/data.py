@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 from sqlalchemy import select
 
+from collectors.devices import get_device, names_local_device
 from collectors.store.db import Store
 from collectors.store.models import Device, DevicePeak, Measurement
 from predictor.features import DeviceProfile, empirical_peaks
@@ -21,9 +22,7 @@ def resolve_device_model(store: Store, spec: str) -> str:
     with store.session() as s:
         models = sorted(set(s.scalars(select(Device.model))))
     key = spec.strip()
-    if key.lower() == "cpu" or key.lower().startswith("cuda"):
-        from collectors.devices import get_device
-
+    if names_local_device(key):
         return get_device(key).info.model
     if key in models:
         return key

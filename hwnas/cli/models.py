@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import click
 
+from collectors.devices import names_local_device
 from hwnas.cli.app import friendly_errors, main, open_store
 from hwnas.cli.costs import POWER_EXTRAPOLATED, echo_network, network_spec
 from hwnas.cli.options import BASELINE_FIT_OPTION, DB_OPTION, DEVICE_ARG, network_options
@@ -242,7 +243,7 @@ def adapt(db_url, device, samples, source_csv, column, min_time, reference) -> N
 
     local = device.strip().lower()
     if source_csv is None:
-        if local != "cpu" and not local.startswith("cuda"):
+        if not names_local_device(local):
             raise click.UsageError("--from-csv: required unless --device is cpu or cuda:N "
                                    "(only this machine's devices can be measured from here)")
         r = adapt_by_measuring(open_store(db_url), samples, reference or DEFAULT_REFERENCE,

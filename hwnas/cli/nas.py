@@ -7,6 +7,7 @@ import json
 
 import click
 
+from collectors.devices import get_device, names_local_device
 from hwnas.cli.app import friendly_errors, main, open_store
 from hwnas.cli.options import DB_OPTION
 from hwnas.output import print_table
@@ -169,8 +170,7 @@ def _is_local(spec: str) -> bool:
     """Whether ``--device`` names this machine's CPU or GPU (cpu, cuda:N) or its model."""
     from search.run import local_device_for
 
-    key = spec.strip().lower()
-    return key == "cpu" or key.startswith("cuda") or local_device_for(spec.strip()) is not None
+    return names_local_device(spec) or local_device_for(spec.strip()) is not None
 
 
 def _served_device(client, spec: str) -> str:
@@ -178,9 +178,7 @@ def _served_device(client, spec: str) -> str:
     service resolves the name to (exactly, or a unique part of it), whether it has a GEMM
     model, a network model or (before --calibrate) none yet."""
     key = spec.strip()
-    if key.lower() == "cpu" or key.lower().startswith("cuda"):
-        from collectors.devices import get_device
-
+    if names_local_device(key):
         return get_device(key).info.model
     models = client.list_models(key)  # NOT_FOUND or INVALID_ARGUMENT (several) when unresolved
     if models:
@@ -385,7 +383,6 @@ def experiment_cmd(db_url, server, latency_list, tradeoff_list, seed_list, strat
     import sys
     from pathlib import Path
 
-    from collectors.devices import get_device
     from search.experiment import (
         ExperimentSpec,
         Machine,
@@ -421,7 +418,7 @@ def experiment_cmd(db_url, server, latency_list, tradeoff_list, seed_list, strat
                     "--calibrate N with the same space options), not in every trial: trials "
                     "running at once would measure side by side")
             named = (params["device_spec"] or "cpu").strip()
-            if named.lower() != "cpu" and not named.lower().startswith("cuda"):
+            if not names_local_device(named):
                 devices.add(named)
             elif training_service == "local":  # on remote machines it names theirs
                 devices.add(get_device(named).info.model)
