@@ -136,6 +136,9 @@ def test_search_on_an_empty_store_says_to_calibrate_and_calibrating_it_works(tmp
     assert r.exit_code == 0, r.output
     assert json.loads((tmp_path / "cal" / "arch.json").read_text())[
         "prediction_method"].startswith("network model")
+    listed = CliRunner().invoke(main, ["models", "--db", f"sqlite:///{tmp_path / 'empty.sqlite'}"])
+    network_row = next(line for line in listed.output.splitlines() if " network " in line)
+    assert "nan" not in network_row and " - " in network_row  # RMSPE is not a MAPE
     # The store now holds a network model and no GEMM model: --device finds the device by
     # cpu, or by a part of its name, all the same.
     part = CpuDevice().info.model.split()[0].lower()

@@ -130,15 +130,21 @@ def models(db_url) -> None:
     """List registered models; the highest version per device is the default."""
     from predictor.registry import list_models
 
+    def held_out(meta: dict) -> tuple[str, str]:
+        """(MAPE %, within ±10% %) on held-out data as the model's evaluation stored them:
+        shapes for a GEMM model, architectures for a network model (which records RMSPE,
+        not MAPE); '-' where there is none (a few-shot model has a rank correlation)."""
+        metrics = meta.get("metrics") or {}
+        gemm = (metrics.get("shape-held-out (GroupKFold)") or [{}])[0]
+        scores = gemm or metrics.get("held_out") or {}
+        return tuple(f"{scores[k]:.1f}" if k in scores else "-" for k in ("mape", "within_10"))
+
     rows = []
     for r in list_models(open_store(db_url)):
-        kfold = r.meta.get("metrics", {}).get("shape-held-out (GroupKFold)", [{}])[0]
         rows.append([r.device_model, r.version, r.target, r.n_samples,
-                     "yes" if r.has_power else "no",
-                     f"{kfold.get('mape', float('nan')):.1f}",
-                     f"{kfold.get('within_10', float('nan')):.1f}",
+                     "yes" if r.has_power else "no", *held_out(r.meta),
                      r.created_at.strftime("%Y-%m-%d %H:%M"), r.sha256[:12]])
-    print_table(["device model", "version", "target", "samples", "power", "MAPE %",
+    print_table(["device model", "version", "target", "samples", "power", "held-out MAPE %",
                  "within ±10% %", "created (UTC)", "sha256"], rows)
 
 
