@@ -20,7 +20,7 @@ ratio of one instead of spanning decades. Per dtype, two ways to set them (``bas
   largest training shapes, where the forest alone repeats their ratio. On the H100 and
   queued H200 data in data/gpu/, the largest-shapes split went from 39-41% to 28-34% MAPE (3
   seeds); on held-out shapes (GroupKFold) the share within ±10% rose or stayed and MAPE moved
-  -0.8 to +1.7 points; on the CPU pools the largest shapes' share within ±10% fell by up to 8
+  -0.7 to +1.7 points; on the CPU pools the largest shapes' share within ±10% fell by up to 8
   points, hence the CPU default (docs/results.md).
 
 Power (W), where it was measured, has a forest of its own, fitted on the rows whose power
