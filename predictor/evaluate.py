@@ -104,27 +104,34 @@ def worst_configs(oof: pd.DataFrame, target: str = "latency_ms", count: int = 5)
         "ape_pct": worst.ape_pct.to_numpy(), "fold": worst.fold.to_numpy()})
 
 
-def plot_predicted_vs_measured(oof: pd.DataFrame, target: str, path: str, title: str) -> None:
+def plot_predicted_vs_measured(panels: dict[str, pd.DataFrame], target: str, path: str,
+                               title: str) -> None:
+    """Predicted against measured ``target``, one panel per evaluation (name -> its
+    out-of-fold predictions), each point a held-out row coloured by dtype, with the ±10% band;
+    log axes for latencies."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5.5, 5))
-    for dtype, part in sorted(oof.groupby("dtype")):
-        ax.scatter(part[target], part[f"pred_{target}"], s=8, alpha=0.6, label=dtype)
-    lo = min(oof[target].min(), oof[f"pred_{target}"].min())
-    hi = max(oof[target].max(), oof[f"pred_{target}"].max())
-    xs = np.array([lo, hi])
-    ax.plot(xs, xs, "k-", lw=0.8, label="exact")
-    ax.fill_between(xs, xs * 0.9, xs * 1.1, color="grey", alpha=0.2, label="±10%")
-    if target.endswith("_ms"):
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-    ax.set_xlabel(f"measured {target}")
-    ax.set_ylabel(f"predicted {target}")
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=8)
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 5), squeeze=False)
+    for ax, (name, oof) in zip(axes[0], panels.items(), strict=True):
+        scored = oof[oof[f"pred_{target}"].notna()]
+        for dtype, part in sorted(scored.groupby("dtype")):
+            ax.scatter(part[target], part[f"pred_{target}"], s=8, alpha=0.6, label=dtype)
+        lo = min(scored[target].min(), scored[f"pred_{target}"].min())
+        hi = max(scored[target].max(), scored[f"pred_{target}"].max())
+        xs = np.array([lo, hi])
+        ax.plot(xs, xs, "k-", lw=0.8, label="exact")
+        ax.fill_between(xs, xs * 0.9, xs * 1.1, color="grey", alpha=0.2, label="±10%")
+        if target.endswith("_ms"):
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+        ax.set_xlabel(f"measured {target}")
+        ax.set_ylabel(f"predicted {target}")
+        ax.set_title(name, fontsize=9)
+        ax.legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -89,7 +89,8 @@ def train(db_url, device_spec, folds, trees, target, baseline_fit) -> None:
 @click.option("--folds", type=click.IntRange(2, 20), default=5, show_default=True)
 @click.option("--trees", type=click.IntRange(1, 5000), default=200, show_default=True)
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
-              help="Write a predicted-vs-measured PNG of the shape-held-out latency.")
+              help="Write a predicted-vs-measured PNG of the held-out latency: shapes held "
+                   "out, and the largest shapes held out.")
 @click.option("--worst", type=click.IntRange(0, 1000), default=5, show_default=True,
               help="List this many held-out configs whose latency was predicted worst "
                    "(0: none).")
@@ -118,8 +119,9 @@ def eval_(db_url, device_spec, folds, trees, plot_path, worst, baseline_fit) -> 
     if frame.attrs.get("note"):
         click.echo(f"\ndata: {frame.attrs['note']}")
     if plot_path:
-        plot_predicted_vs_measured(ev.kfold, "latency_ms", plot_path,
-                                   f"{model}: GEMM latency, shapes held out")
+        plot_predicted_vs_measured({"shapes held out (GroupKFold)": ev.kfold,
+                                    "largest shapes held out": ev.extrapolation},
+                                   "latency_ms", plot_path, f"{model}: GEMM latency")
         click.echo(f"\nplot: {plot_path}")
 
 
