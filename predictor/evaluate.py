@@ -117,6 +117,10 @@ def plot_predicted_vs_measured(panels: dict[str, pd.DataFrame], target: str, pat
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 5), squeeze=False)
     for ax, (name, oof) in zip(axes[0], panels.items(), strict=True):
         scored = oof[oof[f"pred_{target}"].notna()]
+        ax.set_title(name, fontsize=9)
+        if scored.empty:  # every held-out row's dtype was missing from its training rows
+            ax.text(0.5, 0.5, "no held-out row scored", ha="center", transform=ax.transAxes)
+            continue
         for dtype, part in sorted(scored.groupby("dtype")):
             ax.scatter(part[target], part[f"pred_{target}"], s=8, alpha=0.6, label=dtype)
         lo = min(scored[target].min(), scored[f"pred_{target}"].min())
@@ -129,7 +133,6 @@ def plot_predicted_vs_measured(panels: dict[str, pd.DataFrame], target: str, pat
             ax.set_yscale("log")
         ax.set_xlabel(f"measured {target}")
         ax.set_ylabel(f"predicted {target}")
-        ax.set_title(name, fontsize=9)
         ax.legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()

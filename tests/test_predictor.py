@@ -570,3 +570,15 @@ def test_evaluation_leaves_out_a_dtype_its_fold_never_trained_on():
     table = ev.tables()["shape-held-out (GroupKFold)"]
     assert table.loc[table.dtype == "all", "n"].item() == len(frame)
     assert set(table.dtype) == {"all", "fp16", "fp32"}
+
+
+def test_the_plot_draws_a_panel_per_evaluation_even_one_with_nothing_scored(tmp_path):
+    from predictor.evaluate import plot_predicted_vs_measured
+
+    scored = pd.DataFrame({"dtype": ["fp32", "fp16", "fp32"], "latency_ms": [1.0, 2.0, 3.0],
+                           "pred_latency_ms": [1.1, 2.1, 2.9]})
+    path = tmp_path / "p.png"
+    plot_predicted_vs_measured({"held out": scored,
+                                "largest": scored.assign(pred_latency_ms=np.nan)},
+                               "latency_ms", str(path), "t")
+    assert path.stat().st_size > 1000
