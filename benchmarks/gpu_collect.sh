@@ -12,7 +12,12 @@
 # on the H200, 87% of the random shapes with a dimension under 128 took under 0.03 ms, where
 # CuPy's dispatch sets the time; 44% of the others did),
 # QUEUE_AHEAD (default 1; 0 times GEMMs as a plain loop of launches, as the data in data/gpu/
-# taken before it was, to compare), NET_TIMEOUT (0: no network sweep), NET_SEED,
+# taken before it was, to compare), SQUARE_TIMEOUT (0, the default: none; else a second GEMM
+# sweep over a grid of large shapes, 4096, 8192, 16384 in each dimension (squares among them;
+# 108 configs in 4 dtypes; estimated at 150 s on an H200, not yet run), in a
+# random order, for as long as this allows: random shapes hold almost none, and the models
+# predict large square GEMMs 2-3.8x too slow without them, docs/results.md), NET_TIMEOUT (0: no
+# network sweep), NET_SEED,
 # LAYER_TIMEOUT (0, the default: no layer sweep), VERIFY_TIMEOUT (default 60; 0 skips
 # measuring the searched networks of data/gpu/search_*/ with `hwnas verify`, on the GPU model
 # they were searched for unless VERIFY_ANY=1; copies of their arch.json or pareto.json, with
@@ -76,6 +81,9 @@ rows = sqlite3.connect(db).execute(
 print("GEMM rows by timer:", dict(collections.Counter(
     (json.loads(p or "{}") or {}).get("timer") for (p,) in rows)))
 EOF2
+[ "${SQUARE_TIMEOUT:-0}" -gt 0 ] && step square-gemm "$SQUARE_TIMEOUT" python3 -m hwnas.cli collect gemm \
+    --device "$device" --shapes grid --points 3 --min-size 4096 --max-size 16384 \
+    --dtype fp32,tf32,fp16,bf16 --min-time 0.1 --skip-peaks --no-progress
 [ "${NET_TIMEOUT:-90}" -gt 0 ] && step network "${NET_TIMEOUT:-90}" python3 -m hwnas.cli collect network --device "$device" \
     --family nb201,proxyless,resnet,mobilenet,transformer --count "$net_count" --min-time 0.1 \
     --seed "${NET_SEED:-0}" --no-progress
