@@ -113,6 +113,14 @@ def affine_baseline(latency_ms: np.ndarray, bound_ms: np.ndarray) -> tuple[float
     return float(np.exp(fit.x[0])), float(1.0 + np.exp(fit.x[1]))
 
 
+def training_range(X) -> dict[str, dict[str, float]]:
+    """Per dtype, the largest m, n, k and FLOPs among the training shapes."""
+    frame = pd.DataFrame(X)
+    frame = frame.assign(flops=2.0 * frame["m"] * frame["n"] * frame["k"] * frame["batch"])
+    return {str(d): {c: float(part[c].max()) for c in ("m", "n", "k", "flops")}
+            for d, part in frame.groupby("dtype")}
+
+
 @dataclass
 class CostPrediction:
     """Per-row predictions; ``*_std`` is the spread across trees. Power/energy are None when
@@ -201,6 +209,7 @@ class GemmCostForest(RegressorMixin, BaseEstimator):
             # Below this, a predicted power is an extrapolation (see power_extrapolated).
             self.power_min_latency_ms_ = float(latency[read].min())
         self.n_train_ = len(X)
+        self.train_range_ = training_range(X)
         return self
 
     @property
@@ -357,6 +366,25 @@ class GemmCostForest(RegressorMixin, BaseEstimator):
         if not self.has_power_ or floor is None:
             return np.zeros(len(latency_ms), dtype=bool)
         return np.asarray(latency_ms) < floor
+
+    def outside_training(self, X) -> list[str | None]:
+        """Per row, why it lies beyond the shapes the model was trained on in its dtype (a
+        dimension or the FLOPs above the largest trained on: the forest then repeats what
+        its largest training shapes did), or None. None everywhere for a model from before
+        this was recorded."""
+        known = getattr(self, "train_range_", None) or {}
+        frame = pd.DataFrame(X)
+        flops = 2.0 * frame["m"] * frame["n"] * frame["k"] * frame["batch"]
+        out: list[str | None] = []
+        for (_, row), f in zip(frame.iterrows(), flops, strict=True):
+            top = known.get(str(row["dtype"]))
+            over = [] if top is None else [
+                f"{name} {value:g} > {top[name]:g}" for name, value in
+                (("m", row["m"]), ("n", row["n"]), ("k", row["k"])) if value > top[name]]
+            if top is not None and f > top["flops"]:
+                over.append(f"{f / 1e12:.3g} TFLOP > {top['flops'] / 1e12:.3g}")
+            out.append(", ".join(over) or None)
+        return out
 
     def predict(self, X: pd.DataFrame) -> np.ndarray:
         c = self.predict_costs(X)

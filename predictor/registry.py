@@ -79,6 +79,7 @@ def register(store: Store, model: GemmCostForest, device_model: str, meta: dict,
                    {**meta, "params": model.get_params(), "y_ndim": model.y_ndim_,
                     "features": model.feature_names_, "overhead_ms": model.overhead_ms_,
                     "bound_scale": model.bound_scale_, "baseline_fit": model.baseline_fit_,
+                    "train_range": model.train_range_,
                     "bound": model.bound_,
                     **({"power_min_latency_ms": model.power_min_latency_ms_}
                        if model.has_power_ else {})},
@@ -178,6 +179,7 @@ def load(row: ModelVersion) -> GemmCostForest:
     model.bound_ = row.meta.get("bound", "roofline")  # the only baseline before the choice
     if "power_min_latency_ms" in row.meta:
         model.power_min_latency_ms_ = row.meta["power_min_latency_ms"]
+    model.train_range_ = dict(row.meta.get("train_range") or {})  # none recorded before
     model.n_train_ = row.n_samples
     return model.compile()
 

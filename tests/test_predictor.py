@@ -220,10 +220,17 @@ def test_registry_round_trip_and_metadata(registered, tmp_path):
     assert loaded.bound_scale_ == model.bound_scale_ and min(model.bound_scale_.values()) > 1
     # A model registered before the fitted scale has none: scale 1 for every dtype.
     old = registry.find(store, PROFILE.model)
-    old.meta = {k: v for k, v in old.meta.items() if k not in ("bound_scale", "baseline_fit")}
+    old.meta = {k: v for k, v in old.meta.items()
+                if k not in ("bound_scale", "baseline_fit", "train_range")}
     older = registry.load(old)
     assert older.bound_scale_ == {} and older.baseline_fit_ == "overhead"
     assert np.all(np.isfinite(older.predict(frame)))
+    # Shapes beyond the training range are named (none for a model that did not record it).
+    big = gemm_frame([Op.gemm(16384, 64, 64, "fp32"), Op.gemm(int(frame.m.min()), 64, 64)])
+    assert loaded.train_range_ == model.train_range_
+    why = loaded.outside_training(big)
+    assert why[0].startswith("m 16384 > ") and why[1] is None
+    assert older.outside_training(big) == [None, None]
     row2 = registry.register(store, model, PROFILE.model, {}, tmp_path)
     assert row2.version == 2 and registry.find(store, PROFILE.model).version == 2
     assert registry.find(store, PROFILE.model, 1).sha256 == row.sha256
@@ -365,6 +372,10 @@ def test_cli_import_train_predict(tmp_path, monkeypatch):
     r = run(main, ["predict", "gemm", "--db", db, "--device", "4070", "--m", "512", "--n", "512",
                    "--k", "512"])
     assert r.exit_code == 0 and "latency" in r.output and "power    unavailable" in r.output
+    assert "beyond the" not in r.output
+    r = run(main, ["predict", "gemm", "--db", db, "--device", "4070", "--m", "65536", "--n",
+                   "512", "--k", "512"])
+    assert "beyond the fp32 shapes this model was trained on: m 65536 > " in r.output, r.output
     r = run(main, ["predict", "gemm", "--db", db, "--device", "4070", "--m", "-1", "--n", "5",
                    "--k", "5"])
     assert r.exit_code == 2 and "m: must be a positive integer" in r.output

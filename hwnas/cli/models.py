@@ -193,6 +193,11 @@ def predict_gemm(db_url, device_spec, m, n, k, dtype, batch, layout, version) ->
         click.echo(f"  energy   {c.energy_j[0]:.4g} J ± {c.energy_std_j[0]:.3g}")
         if c.power_extrapolated[0]:
             click.echo(f"  ({POWER_EXTRAPOLATED}, {model.power_min_latency_ms_:.3g} ms and up)")
+    beyond = model.outside_training(gemm_frame([op]))[0]
+    if beyond:
+        click.echo(f"  (beyond the {op.dtype} shapes this model was trained on: {beyond}; "
+                   "the forest repeats what its largest ones did, so measure shapes this "
+                   "large to trust it)")
     if row.meta.get("data_note"):
         click.echo(f"  (training data: {row.meta['data_note']})")
 
