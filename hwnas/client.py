@@ -31,7 +31,8 @@ def default_server() -> str:
 @dataclass(frozen=True)
 class Cost:
     """One prediction. Power and energy are None where the device had no power sensor;
-    ``power_extrapolated``: shorter than any op whose power was read on its own."""
+    ``power_extrapolated``: shorter than any op whose power was read on its own;
+    ``latency_extrapolated``: beyond the shapes the GEMM model was trained on."""
 
     latency_ms: float
     latency_std_ms: float
@@ -41,13 +42,15 @@ class Cost:
     energy_std_j: float | None
     name: str = ""
     power_extrapolated: bool = False
+    latency_extrapolated: bool = False
 
     @classmethod
     def from_pb(cls, p: pb.Prediction) -> Cost:
         if not p.power_available:
-            return cls(p.latency_ms, p.latency_std_ms, None, None, None, None, p.name)
+            return cls(p.latency_ms, p.latency_std_ms, None, None, None, None, p.name,
+                       latency_extrapolated=p.latency_extrapolated)
         return cls(p.latency_ms, p.latency_std_ms, p.power_w, p.power_std_w, p.energy_j,
-                   p.energy_std_j, p.name, p.power_extrapolated)
+                   p.energy_std_j, p.name, p.power_extrapolated, p.latency_extrapolated)
 
 
 @dataclass(frozen=True)
@@ -137,7 +140,8 @@ class PredictorClient:
                              trans_a=None, trans_b=None, model_version: int = 0,
                              timeout_s: float | None = None) -> dict:
         """Many GEMMs as columns (sequences or numpy arrays of M, N, K; dtype and batch one
-        value or one per shape). Returns numpy arrays: latency_ms, latency_std_ms and, where
+        value or one per shape). Returns numpy arrays: latency_ms, latency_std_ms,
+        latency_extrapolated (bool: beyond the model's training shapes) and, where
         the device has measured power, power_w, power_std_w, energy_j, energy_std_j and
         power_extrapolated (bool: shorter than any GEMM whose power was read on its own)."""
         import numpy as np
@@ -152,7 +156,8 @@ class PredictorClient:
         r = self._call("PredictGemmColumns", pb.PredictGemmColumnsRequest(
             device=device, model_version=model_version, shapes=cols), timeout_s)
         out = {"device": r.device, "model_version": r.model_version,
-               "latency_ms": np.array(r.latency_ms), "latency_std_ms": np.array(r.latency_std_ms)}
+               "latency_ms": np.array(r.latency_ms), "latency_std_ms": np.array(r.latency_std_ms),
+               "latency_extrapolated": np.array(r.latency_extrapolated, dtype=bool)}
         if r.power_available:
             for name in ("power_w", "power_std_w", "energy_j", "energy_std_j"):
                 out[name] = np.array(getattr(r, name))

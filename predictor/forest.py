@@ -126,7 +126,8 @@ class CostPrediction:
     """Per-row predictions; ``*_std`` is the spread across trees. Power/energy are None when
     the model has no power output (power was not measurable on the device);
     ``power_extrapolated`` marks the rows shorter than any op whose power was read on its own
-    (:meth:`GemmCostForest.power_extrapolated`)."""
+    (:meth:`GemmCostForest.power_extrapolated`); ``latency_extrapolated`` the rows beyond the
+    training shapes of their dtype (:meth:`GemmCostForest.beyond_training`)."""
 
     latency_ms: np.ndarray
     latency_std_ms: np.ndarray
@@ -135,6 +136,7 @@ class CostPrediction:
     energy_j: np.ndarray | None
     energy_std_j: np.ndarray | None
     power_extrapolated: np.ndarray | None = None
+    latency_extrapolated: np.ndarray | None = None  # beyond the training shapes (dtype's)
 
 
 class GemmCostForest(RegressorMixin, BaseEstimator):
@@ -347,15 +349,17 @@ class GemmCostForest(RegressorMixin, BaseEstimator):
                                        getattr(self, "fast_table_", None))
         latency = bound * np.exp(mean[:, 0])
         lat_var = bound ** 2 * var[:, 1]
+        beyond = self.beyond_training(X)
         if not power:
-            return CostPrediction(latency, np.sqrt(lat_var), None, None, None, None)
+            return CostPrediction(latency, np.sqrt(lat_var), None, None, None, None,
+                                  latency_extrapolated=beyond)
         p_mean, p_var = self._across_trees(*power[0], features)
         p_mean, p_var = p_mean[:, 0], p_var[:, 0]
         # Variance of a product of independent estimates (the two forests).
         e_var = p_var * lat_var + p_var * latency ** 2 + lat_var * p_mean ** 2
         return CostPrediction(latency, np.sqrt(lat_var), p_mean, np.sqrt(p_var),
                               p_mean * latency / 1e3, np.sqrt(e_var) / 1e3,
-                              self.power_extrapolated(latency))
+                              self.power_extrapolated(latency), beyond)
 
     def power_extrapolated(self, latency_ms: np.ndarray) -> np.ndarray:
         """Which predictions' power lies outside what the power forest saw: ops shorter than
@@ -366,6 +370,23 @@ class GemmCostForest(RegressorMixin, BaseEstimator):
         if not self.has_power_ or floor is None:
             return np.zeros(len(latency_ms), dtype=bool)
         return np.asarray(latency_ms) < floor
+
+    def beyond_training(self, X) -> np.ndarray:
+        """Which rows lie beyond the training shapes of their dtype: m, n, k or FLOPs above
+        the largest trained on (see :meth:`outside_training`). False everywhere for a model
+        from before this was recorded."""
+        known = getattr(self, "train_range_", None) or {}
+        dtypes = np.asarray(X["dtype"])
+        out = np.zeros(len(dtypes), dtype=bool)
+        if not known:
+            return out
+        m, n, k = (np.asarray(X[c], dtype=float) for c in ("m", "n", "k"))
+        flops = 2.0 * m * n * k * np.asarray(X["batch"], dtype=float)
+        for d, top in known.items():
+            sel = dtypes == d
+            out[sel] = ((m[sel] > top["m"]) | (n[sel] > top["n"]) | (k[sel] > top["k"])
+                        | (flops[sel] > top["flops"]))
+        return out
 
     def outside_training(self, X) -> list[str | None]:
         """Per row, why it lies beyond the shapes the model was trained on in its dtype (a

@@ -29,6 +29,7 @@ class OpCost:
     source: str
     gemm_count: int
     power_extrapolated: bool = False  # a GEMM of it is shorter than any whose power was read
+    latency_extrapolated: bool = False  # a GEMM of it lies beyond the model's training shapes
 
 
 def predict_ops(model: GemmCostForest, ops: list[Op]) -> list[OpCost]:
@@ -56,14 +57,16 @@ def predict_ops(model: GemmCostForest, ops: list[Op]) -> list[OpCost]:
             continue
         lat = float(pred.latency_ms[sel].sum())
         lat_std = float(np.sqrt((pred.latency_std_ms[sel] ** 2).sum()))
+        beyond = bool(pred.latency_extrapolated[sel].any())
         if pred.power_w is None:
-            out.append(OpCost(lat, lat_std, None, None, None, None, FOREST, len(sel)))
+            out.append(OpCost(lat, lat_std, None, None, None, None, FOREST, len(sel),
+                              latency_extrapolated=beyond))
             continue
         energy = float(pred.energy_j[sel].sum())
         out.append(OpCost(lat, lat_std, energy / lat * 1e3,
                           float(np.sqrt((pred.power_std_w[sel] ** 2).mean())), energy,
                           float(np.sqrt((pred.energy_std_j[sel] ** 2).sum())), FOREST, len(sel),
-                          bool(pred.power_extrapolated[sel].any())))
+                          bool(pred.power_extrapolated[sel].any()), beyond))
     return out
 
 
@@ -71,12 +74,13 @@ def total(costs: list[OpCost]) -> OpCost:
     """Sum of a network's op costs; power is energy over time when every op has it."""
     lat = sum(c.latency_ms for c in costs)
     lat_std = float(np.sqrt(sum(c.latency_std_ms ** 2 for c in costs)))
+    beyond = any(c.latency_extrapolated for c in costs)
     if not costs or any(c.energy_j is None for c in costs):
         return OpCost(lat, lat_std, None, None, None, None, SUM_OF_OPS,
-                      sum(c.gemm_count for c in costs))
+                      sum(c.gemm_count for c in costs), latency_extrapolated=beyond)
     energy = sum(c.energy_j for c in costs)
     e_std = float(np.sqrt(sum(c.energy_std_j ** 2 for c in costs)))
     power = energy / lat * 1e3
     return OpCost(lat, lat_std, power, power * e_std / energy if energy else 0.0, energy, e_std,
                   SUM_OF_OPS, sum(c.gemm_count for c in costs),
-                  any(c.power_extrapolated for c in costs))
+                  any(c.power_extrapolated for c in costs), beyond)

@@ -133,6 +133,48 @@ def test_every_rpc_says_when_a_power_is_extrapolated(served):
                                       ).total.power_extrapolated
 
 
+def test_every_rpc_says_when_a_gemm_lies_beyond_the_training_shapes(served):
+    _, _, client, _ = served
+    inside, beyond = (64, 64, 64, "fp32"), (65536, 64, 64, "fp32")  # trained up to 2048
+    a = client.predict_gemm("Test GPU", [inside, beyond])
+    assert [c.latency_extrapolated for c in a.costs] == [False, True]
+    cols = client.predict_gemm_columns("Test GPU", [64, 65536], [64, 64], [64, 64])
+    assert cols["latency_extrapolated"].tolist() == [False, True]
+    gemm = [{"kind": "gemm", "params": {"m": m, "n": n, "k": k}} for m, n, k, _ in
+            (inside, beyond)]
+    assert [c.latency_extrapolated for c in client.predict_ops("Test GPU", gemm).costs] == [
+        False, True]
+    assert client.predict_network("Test GPU", ops=gemm).total.latency_extrapolated
+    assert not client.predict_network("Test GPU", ops=gemm[:1]).total.latency_extrapolated
+
+
+def test_query_commands_print_the_service_answers(served, tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from hwnas.cli import main
+
+    _, server, _, _ = served
+    at = ["--server", f"127.0.0.1:{server.port}", "--device", "Test GPU"]
+    r = CliRunner().invoke(main, ["query", "gemm", *at, "--m", "64", "--n", "64", "--k", "64"])
+    assert r.exit_code == 0, r.output
+    assert "gemm 64x64x64 fp32 batch 1: " in r.output and " W ± " in r.output
+    assert "beyond the shapes" not in r.output
+    r = CliRunner().invoke(main, ["query", "gemm", *at, "--m", "65536", "--n", "64", "--k", "64"])
+    assert r.exit_code == 0 and "(beyond the shapes the model was trained on)" in r.output
+    ops = tmp_path / "ops.json"
+    ops.write_text(json.dumps([{"kind": "linear", "name": "fc",
+                                "params": {"in_features": 256, "out_features": 64,
+                                           "tokens": 8}}]))
+    r = CliRunner().invoke(main, ["query", "network", *at, "--ops-json", str(ops), "--layers"])
+    assert r.exit_code == 0, r.output
+    assert "  fc: " in r.output and "total: " in r.output
+    r = CliRunner().invoke(main, ["query", "gemm", *at[:2], "--device", "nope", "--m", "8",
+                                  "--n", "8", "--k", "8"])
+    assert r.exit_code == 1 and "NOT_FOUND" in r.output and "Traceback" not in r.output
+
+
 def test_columnar_batches_equal_row_wise_answers(served):
     _, _, client, _ = served
     rng = np.random.default_rng(3)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import click
 
 POWER_EXTRAPOLATED = "power extrapolated: shorter than any op whose power was read on its own"
+LATENCY_EXTRAPOLATED = "beyond the shapes the model was trained on"
 
 
 def cost_line(label: str, c) -> str:
@@ -15,7 +16,8 @@ def cost_line(label: str, c) -> str:
              f"{c.energy_std_j:.2g}" if c.power_w is not None else "power unavailable")
     if c.power_extrapolated:
         power += f" ({POWER_EXTRAPOLATED})"
-    return f"{label}: {c.latency_ms:.5g} ms ± {c.latency_std_ms:.2g}; {power}"
+    beyond = f" ({LATENCY_EXTRAPOLATED})" if c.latency_extrapolated else ""
+    return f"{label}: {c.latency_ms:.5g} ms ± {c.latency_std_ms:.2g}{beyond}; {power}"
 
 
 def _torch_module(spec: str):

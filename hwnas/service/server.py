@@ -206,7 +206,8 @@ def generic_op(op: pb.Op, field: str) -> Op:
 
 def to_prediction(c: OpCost, name: str = "") -> pb.Prediction:
     p = pb.Prediction(latency_ms=c.latency_ms, latency_std_ms=c.latency_std_ms, name=name,
-                      gemm_count=c.gemm_count, power_available=c.power_w is not None)
+                      gemm_count=c.gemm_count, power_available=c.power_w is not None,
+                      latency_extrapolated=c.latency_extrapolated)
     if c.power_w is not None:
         p.power_w, p.power_std_w = c.power_w, c.power_std_w
         p.energy_j, p.energy_std_j = c.energy_j, c.energy_std_j
@@ -245,17 +246,21 @@ class PredictorService(pb_grpc.PredictorServicer):
             if not (np.all(np.isfinite(c.latency_ms)) and np.all(np.isfinite(c.latency_std_ms))):
                 raise ServiceError("INTERNAL", "model produced a non-finite prediction")
             add = resp.predictions.add
+            beyond = c.latency_extrapolated.tolist()
             if c.power_w is None:
-                for lat, sd in zip(c.latency_ms.tolist(), c.latency_std_ms.tolist(), strict=True):
-                    add(latency_ms=lat, latency_std_ms=sd, gemm_count=1)
+                for lat, sd, out in zip(c.latency_ms.tolist(), c.latency_std_ms.tolist(),
+                                        beyond, strict=True):
+                    add(latency_ms=lat, latency_std_ms=sd, gemm_count=1,
+                        latency_extrapolated=out)
             else:
                 for row in zip(c.latency_ms.tolist(), c.latency_std_ms.tolist(),
                                c.power_w.tolist(), c.power_std_w.tolist(),
                                c.energy_j.tolist(), c.energy_std_j.tolist(),
-                               c.power_extrapolated.tolist(), strict=True):
+                               c.power_extrapolated.tolist(), beyond, strict=True):
                     add(latency_ms=row[0], latency_std_ms=row[1], power_available=True,
                         power_w=row[2], power_std_w=row[3], energy_j=row[4],
-                        energy_std_j=row[5], gemm_count=1, power_extrapolated=row[6])
+                        energy_std_j=row[5], gemm_count=1, power_extrapolated=row[6],
+                        latency_extrapolated=row[7])
             return resp
         return self._run(context, go)
 
@@ -272,6 +277,7 @@ class PredictorService(pb_grpc.PredictorServicer):
                                         power_available=c.power_w is not None)
             resp.latency_ms.extend(c.latency_ms.tolist())
             resp.latency_std_ms.extend(c.latency_std_ms.tolist())
+            resp.latency_extrapolated.extend(c.latency_extrapolated.tolist())
             if c.power_w is not None:
                 for name in ("power_w", "power_std_w", "energy_j", "energy_std_j",
                              "power_extrapolated"):

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1chwnas/rpc/v1/predictor.proto\x12\x08hwnas.v1\"l\n\tGemmShape\x12\t\n\x01m\x18\x01 \x01(\x03\x12\t\n\x01n\x18\x02 \x01(\x03\x12\t\n\x01k\x18\x03 \x01(\x03\x12\r\n\x05\x64type\x18\x04 \x01(\t\x12\x0f\n\x07trans_a\x18\x05 \x01(\x08\x12\x0f\n\x07trans_b\x18\x06 \x01(\x08\x12\r\n\x05\x62\x61tch\x18\x07 \x01(\x03\"`\n\x12PredictGemmRequest\x12\x0e\n\x06\x64\x65vice\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\x05\x12#\n\x06shapes\x18\x03 \x03(\x0b\x32\x13.hwnas.v1.GemmShape\"n\n\x0bGemmColumns\x12\t\n\x01m\x18\x01 \x03(\x03\x12\t\n\x01n\x18\x02 \x03(\x03\x12\t\n\x01k\x18\x03 \x03(\x03\x12\r\n\x05\x64type\x18\x04 \x03(\t\x12\r\n\x05\x62\x61tch\x18\x05 \x03(\x03\x12\x0f\n\x07trans_a\x18\x06 \x03(\x08\x12\x0f\n\x07trans_b\x18\x07 \x03(\x08\"i\n\x19PredictGemmColumnsRequest\x12\x0e\n\x06\x64\x65vice\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\x05\x12%\n\x06shapes\x18\x03 \x01(\x0b\x32\x15.hwnas.v1.GemmColumns\"\xe9\x01\n\x11PredictionColumns\x12\x12\n\nlatency_ms\x18\x01 \x03(\x01\x12\x16\n\x0elatency_std_ms\x18\x02 \x03(\x01\x12\x17\n\x0fpower_available\x18\x03 \x01(\x08\x12\x0f\n\x07power_w\x18\x04 \x03(\x01\x12\x13\n\x0bpower_std_w\x18\x05 \x03(\x01\x12\x10\n\x08\x65nergy_j\x18\x06 \x03(\x01\x12\x14\n\x0c\x65nergy_std_j\x18\x07 \x03(\x01\x12\x0e\n\x06\x64\x65vice\x18\x08 \x01(\t\x12\x15\n\rmodel_version\x18\t \x01(\x05\x12\x1a\n\x12power_extrapolated\x18\n \x03(\x08\"\x97\x01\n\x02Op\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12(\n\x06params\x18\x02 \x03(\x0b\x32\x18.hwnas.v1.Op.ParamsEntry\x12\r\n\x05\x64type\x18\x03 \x01(\t\x12\r\n\x05\x62\x61tch\x18\x04 \x01(\x03\x12\x0c\n\x04name\x18\x05 \x01(\t\x1a-\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"U\n\x11PredictOpsRequest\x12\x0e\n\x06\x64\x65vice\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\x05\x12\x19\n\x03ops\x18\x03 \x03(\x0b\x32\x0c.hwnas.v1.Op\"\xdd\x01\n\nPrediction\x12\x12\n\nlatency_ms\x18\x01 \x01(\x01\x12\x16\n\x0elatency_std_ms\x18\x02 \x01(\x01\x12\x17\n\x0fpower_available\x18\x03 \x01(\x08\x12\x0f\n\x07power_w\x18\x04 \x01(\x01\x12\x13\n\x0bpower_std_w\x18\x05 \x01(\x01\x12\x10\n\x08\x65nergy_j\x18\x06 \x01(\x01\x12\x14\n\x0c\x65nergy_std_j\x18\x07 \x01(\x01\x12\x0c\n\x04name\x18\x08 \x01(\t\x12\x12\n\ngemm_count\x18\t \x01(\x05\x12\x1a\n\x12power_extrapolated\x18\n \x01(\x08\"c\n\x0fPredictResponse\x12)\n\x0bpredictions\x18\x01 \x03(\x0b\x32\x14.hwnas.v1.Prediction\x12\x0e\n\x06\x64\x65vice\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\x05\"\x9f\x01\n\x15PredictNetworkRequest\x12\x0e\n\x06\x64\x65vice\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\x05\x12\r\n\x05\x62\x61tch\x18\x03 \x01(\x03\x12\r\n\x05\x64type\x18\x04 \x01(\t\x12\x1f\n\x03ops\x18\x05 \x01(\x0b\x32\x10.hwnas.v1.OpListH\x00\x12\x15\n\x0bnasbench201\x18\x06 \x01(\tH\x00\x42\t\n\x07network\"#\n\x06OpList\x12\x19\n\x03ops\x18\x01 \x03(\x0b\x32\x0c.hwnas.v1.Op\"\x9a\x01\n\x16PredictNetworkResponse\x12#\n\x05total\x18\x01 \x01(\x0b\x32\x14.hwnas.v1.Prediction\x12$\n\x06layers\x18\x02 \x03(\x0b\x32\x14.hwnas.v1.Prediction\x12\x0e\n\x06\x64\x65vice\x18\x03 \x01(\t\x12\x15\n\rmodel_version\x18\x04 \x01(\x05\x12\x0e\n\x06method\x18\x05 \x01(\t\"\x14\n\x12ListDevicesRequest\"v\n\x06\x44\x65vice\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x10\n\x08sm_count\x18\x03 \x01(\x03\x12\x14\n\x0cmemory_bytes\x18\x04 \x01(\x03\x12\x14\n\x0cmeasurements\x18\x05 \x01(\x03\x12\x11\n\thas_model\x18\x06 \x01(\x08\"8\n\x13ListDevicesResponse\x12!\n\x07\x64\x65vices\x18\x01 \x03(\x0b\x32\x10.hwnas.v1.Device\"#\n\x11ListModelsRequest\x12\x0e\n\x06\x64\x65vice\x18\x01 \x01(\t\"\xb8\x01\n\rModelMetadata\x12\x0e\n\x06\x64\x65vice\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\x12\x0e\n\x06target\x18\x03 \x01(\t\x12\x18\n\x10training_samples\x18\x04 \x01(\x03\x12\x11\n\thas_power\x18\x05 \x01(\x08\x12\x13\n\x0b\x63reated_utc\x18\x06 \x01(\t\x12\x0e\n\x06sha256\x18\x07 \x01(\t\x12\x14\n\x0cmetrics_json\x18\x08 \x01(\t\x12\x0e\n\x06latest\x18\t \x01(\x08\"=\n\x12ListModelsResponse\x12\'\n\x06models\x18\x01 \x03(\x0b\x32\x17.hwnas.v1.ModelMetadata\":\n\x17GetModelMetadataRequest\x12\x0e\n\x06\x64\x65vice\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\x32\xab\x04\n\tPredictor\x12\x46\n\x0bPredictGemm\x12\x1c.hwnas.v1.PredictGemmRequest\x1a\x19.hwnas.v1.PredictResponse\x12\x44\n\nPredictOps\x12\x1b.hwnas.v1.PredictOpsRequest\x1a\x19.hwnas.v1.PredictResponse\x12V\n\x12PredictGemmColumns\x12#.hwnas.v1.PredictGemmColumnsRequest\x1a\x1b.hwnas.v1.PredictionColumns\x12S\n\x0ePredictNetwork\x12\x1f.hwnas.v1.PredictNetworkRequest\x1a .hwnas.v1.PredictNetworkResponse\x12J\n\x0bListDevices\x12\x1c.hwnas.v1.ListDevicesRequest\x1a\x1d.hwnas.v1.ListDevicesResponse\x12G\n\nListModels\x12\x1b.hwnas.v1.ListModelsRequest\x1a\x1c.hwnas.v1.ListModelsResponse\x12N\n\x10GetModelMetadata\x12!.hwnas.v1.GetModelMetadataRequest\x1a\x17.hwnas.v1.ModelMetadatab\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1chwnas/rpc/v1/predictor.proto\x12\x08hwnas.v1\"l\n\tGemmShape\x12\t\n\x01m\x18\x01 \x01(\x03\x12\t\n\x01n\x18\x02 \x01(\x03\x12\t\n\x01k\x18\x03 \x01(\x03\x12\r\n\x05\x64type\x18\x04 \x01(\t\x12\x0f\n\x07trans_a\x18\x05 \x01(\x08\x12\x0f\n\x07trans_b\x18\x06 \x01(\x08\x12\r\n\x05\x62\x61tch\x18\x07 \x01(\x03\"`\n\x12PredictGemmRequest\x12\x0e\n\x06\x64\x65vice\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\x05\x12#\n\x06shapes\x18\x03 \x03(\x0b\x32\x13.hwnas.v1.GemmShape\"n\n\x0bGemmColumns\x12\t\n\x01m\x18\x01 \x03(\x03\x12\t\n\x01n\x18\x02 \x03(\x03\x12\t\n\x01k\x18\x03 \x03(\x03\x12\r\n\x05\x64type\x18\x04 \x03(\t\x12\r\n\x05\x62\x61tch\x18\x05 \x03(\x03\x12\x0f\n\x07trans_a\x18\x06 \x03(\x08\x12\x0f\n\x07trans_b\x18\x07 \x03(\x08\"i\n\x19PredictGemmColumnsRequest\x12\x0e\n\x06\x64\x65vice\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\x05\x12%\n\x06shapes\x18\x03 \x01(\x0b\x32\x15.hwnas.v1.GemmColumns\"\x87\x02\n\x11PredictionColumns\x12\x12\n\nlatency_ms\x18\x01 \x03(\x01\x12\x16\n\x0elatency_std_ms\x18\x02 \x03(\x01\x12\x17\n\x0fpower_available\x18\x03 \x01(\x08\x12\x0f\n\x07power_w\x18\x04 \x03(\x01\x12\x13\n\x0bpower_std_w\x18\x05 \x03(\x01\x12\x10\n\x08\x65nergy_j\x18\x06 \x03(\x01\x12\x14\n\x0c\x65nergy_std_j\x18\x07 \x03(\x01\x12\x0e\n\x06\x64\x65vice\x18\x08 \x01(\t\x12\x15\n\rmodel_version\x18\t \x01(\x05\x12\x1a\n\x12power_extrapolated\x18\n \x03(\x08\x12\x1c\n\x14latency_extrapolated\x18\x0b \x03(\x08\"\x97\x01\n\x02Op\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12(\n\x06params\x18\x02 \x03(\x0b\x32\x18.hwnas.v1.Op.ParamsEntry\x12\r\n\x05\x64type\x18\x03 \x01(\t\x12\r\n\x05\x62\x61tch\x18\x04 \x01(\x03\x12\x0c\n\x04name\x18\x05 \x01(\t\x1a-\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"U\n\x11PredictOpsRequest\x12\x0e\n\x06\x64\x65vice\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\x05\x12\x19\n\x03ops\x18\x03 \x03(\x0b\x32\x0c.hwnas.v1.Op\"\xfb\x01\n\nPrediction\x12\x12\n\nlatency_ms\x18\x01 \x01(\x01\x12\x16\n\x0elatency_std_ms\x18\x02 \x01(\x01\x12\x17\n\x0fpower_available\x18\x03 \x01(\x08\x12\x0f\n\x07power_w\x18\x04 \x01(\x01\x12\x13\n\x0bpower_std_w\x18\x05 \x01(\x01\x12\x10\n\x08\x65nergy_j\x18\x06 \x01(\x01\x12\x14\n\x0c\x65nergy_std_j\x18\x07 \x01(\x01\x12\x0c\n\x04name\x18\x08 \x01(\t\x12\x12\n\ngemm_count\x18\t \x01(\x05\x12\x1a\n\x12power_extrapolated\x18\n \x01(\x08\x12\x1c\n\x14latency_extrapolated\x18\x0b \x01(\x08\"c\n\x0fPredictResponse\x12)\n\x0bpredictions\x18\x01 \x03(\x0b\x32\x14.hwnas.v1.Prediction\x12\x0e\n\x06\x64\x65vice\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\x05\"\x9f\x01\n\x15PredictNetworkRequest\x12\x0e\n\x06\x64\x65vice\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\x05\x12\r\n\x05\x62\x61tch\x18\x03 \x01(\x03\x12\r\n\x05\x64type\x18\x04 \x01(\t\x12\x1f\n\x03ops\x18\x05 \x01(\x0b\x32\x10.hwnas.v1.OpListH\x00\x12\x15\n\x0bnasbench201\x18\x06 \x01(\tH\x00\x42\t\n\x07network\"#\n\x06OpList\x12\x19\n\x03ops\x18\x01 \x03(\x0b\x32\x0c.hwnas.v1.Op\"\x9a\x01\n\x16PredictNetworkResponse\x12#\n\x05total\x18\x01 \x01(\x0b\x32\x14.hwnas.v1.Prediction\x12$\n\x06layers\x18\x02 \x03(\x0b\x32\x14.hwnas.v1.Prediction\x12\x0e\n\x06\x64\x65vice\x18\x03 \x01(\t\x12\x15\n\rmodel_version\x18\x04 \x01(\x05\x12\x0e\n\x06method\x18\x05 \x01(\t\"\x14\n\x12ListDevicesRequest\"v\n\x06\x44\x65vice\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x10\n\x08sm_count\x18\x03 \x01(\x03\x12\x14\n\x0cmemory_bytes\x18\x04 \x01(\x03\x12\x14\n\x0cmeasurements\x18\x05 \x01(\x03\x12\x11\n\thas_model\x18\x06 \x01(\x08\"8\n\x13ListDevicesResponse\x12!\n\x07\x64\x65vices\x18\x01 \x03(\x0b\x32\x10.hwnas.v1.Device\"#\n\x11ListModelsRequest\x12\x0e\n\x06\x64\x65vice\x18\x01 \x01(\t\"\xb8\x01\n\rModelMetadata\x12\x0e\n\x06\x64\x65vice\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\x12\x0e\n\x06target\x18\x03 \x01(\t\x12\x18\n\x10training_samples\x18\x04 \x01(\x03\x12\x11\n\thas_power\x18\x05 \x01(\x08\x12\x13\n\x0b\x63reated_utc\x18\x06 \x01(\t\x12\x0e\n\x06sha256\x18\x07 \x01(\t\x12\x14\n\x0cmetrics_json\x18\x08 \x01(\t\x12\x0e\n\x06latest\x18\t \x01(\x08\"=\n\x12ListModelsResponse\x12\'\n\x06models\x18\x01 \x03(\x0b\x32\x17.hwnas.v1.ModelMetadata\":\n\x17GetModelMetadataRequest\x12\x0e\n\x06\x64\x65vice\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\x32\xab\x04\n\tPredictor\x12\x46\n\x0bPredictGemm\x12\x1c.hwnas.v1.PredictGemmRequest\x1a\x19.hwnas.v1.PredictResponse\x12\x44\n\nPredictOps\x12\x1b.hwnas.v1.PredictOpsRequest\x1a\x19.hwnas.v1.PredictResponse\x12V\n\x12PredictGemmColumns\x12#.hwnas.v1.PredictGemmColumnsRequest\x1a\x1b.hwnas.v1.PredictionColumns\x12S\n\x0ePredictNetwork\x12\x1f.hwnas.v1.PredictNetworkRequest\x1a .hwnas.v1.PredictNetworkResponse\x12J\n\x0bListDevices\x12\x1c.hwnas.v1.ListDevicesRequest\x1a\x1d.hwnas.v1.ListDevicesResponse\x12G\n\nListModels\x12\x1b.hwnas.v1.ListModelsRequest\x1a\x1c.hwnas.v1.ListModelsResponse\x12N\n\x10GetModelMetadata\x12!.hwnas.v1.GetModelMetadataRequest\x1a\x17.hwnas.v1.ModelMetadatab\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,37 +42,37 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PREDICTGEMMCOLUMNSREQUEST']._serialized_start=362
   _globals['_PREDICTGEMMCOLUMNSREQUEST']._serialized_end=467
   _globals['_PREDICTIONCOLUMNS']._serialized_start=470
-  _globals['_PREDICTIONCOLUMNS']._serialized_end=703
-  _globals['_OP']._serialized_start=706
-  _globals['_OP']._serialized_end=857
-  _globals['_OP_PARAMSENTRY']._serialized_start=812
-  _globals['_OP_PARAMSENTRY']._serialized_end=857
-  _globals['_PREDICTOPSREQUEST']._serialized_start=859
-  _globals['_PREDICTOPSREQUEST']._serialized_end=944
-  _globals['_PREDICTION']._serialized_start=947
-  _globals['_PREDICTION']._serialized_end=1168
-  _globals['_PREDICTRESPONSE']._serialized_start=1170
-  _globals['_PREDICTRESPONSE']._serialized_end=1269
-  _globals['_PREDICTNETWORKREQUEST']._serialized_start=1272
-  _globals['_PREDICTNETWORKREQUEST']._serialized_end=1431
-  _globals['_OPLIST']._serialized_start=1433
-  _globals['_OPLIST']._serialized_end=1468
-  _globals['_PREDICTNETWORKRESPONSE']._serialized_start=1471
-  _globals['_PREDICTNETWORKRESPONSE']._serialized_end=1625
-  _globals['_LISTDEVICESREQUEST']._serialized_start=1627
-  _globals['_LISTDEVICESREQUEST']._serialized_end=1647
-  _globals['_DEVICE']._serialized_start=1649
-  _globals['_DEVICE']._serialized_end=1767
-  _globals['_LISTDEVICESRESPONSE']._serialized_start=1769
-  _globals['_LISTDEVICESRESPONSE']._serialized_end=1825
-  _globals['_LISTMODELSREQUEST']._serialized_start=1827
-  _globals['_LISTMODELSREQUEST']._serialized_end=1862
-  _globals['_MODELMETADATA']._serialized_start=1865
-  _globals['_MODELMETADATA']._serialized_end=2049
-  _globals['_LISTMODELSRESPONSE']._serialized_start=2051
-  _globals['_LISTMODELSRESPONSE']._serialized_end=2112
-  _globals['_GETMODELMETADATAREQUEST']._serialized_start=2114
-  _globals['_GETMODELMETADATAREQUEST']._serialized_end=2172
-  _globals['_PREDICTOR']._serialized_start=2175
-  _globals['_PREDICTOR']._serialized_end=2730
+  _globals['_PREDICTIONCOLUMNS']._serialized_end=733
+  _globals['_OP']._serialized_start=736
+  _globals['_OP']._serialized_end=887
+  _globals['_OP_PARAMSENTRY']._serialized_start=842
+  _globals['_OP_PARAMSENTRY']._serialized_end=887
+  _globals['_PREDICTOPSREQUEST']._serialized_start=889
+  _globals['_PREDICTOPSREQUEST']._serialized_end=974
+  _globals['_PREDICTION']._serialized_start=977
+  _globals['_PREDICTION']._serialized_end=1228
+  _globals['_PREDICTRESPONSE']._serialized_start=1230
+  _globals['_PREDICTRESPONSE']._serialized_end=1329
+  _globals['_PREDICTNETWORKREQUEST']._serialized_start=1332
+  _globals['_PREDICTNETWORKREQUEST']._serialized_end=1491
+  _globals['_OPLIST']._serialized_start=1493
+  _globals['_OPLIST']._serialized_end=1528
+  _globals['_PREDICTNETWORKRESPONSE']._serialized_start=1531
+  _globals['_PREDICTNETWORKRESPONSE']._serialized_end=1685
+  _globals['_LISTDEVICESREQUEST']._serialized_start=1687
+  _globals['_LISTDEVICESREQUEST']._serialized_end=1707
+  _globals['_DEVICE']._serialized_start=1709
+  _globals['_DEVICE']._serialized_end=1827
+  _globals['_LISTDEVICESRESPONSE']._serialized_start=1829
+  _globals['_LISTDEVICESRESPONSE']._serialized_end=1885
+  _globals['_LISTMODELSREQUEST']._serialized_start=1887
+  _globals['_LISTMODELSREQUEST']._serialized_end=1922
+  _globals['_MODELMETADATA']._serialized_start=1925
+  _globals['_MODELMETADATA']._serialized_end=2109
+  _globals['_LISTMODELSRESPONSE']._serialized_start=2111
+  _globals['_LISTMODELSRESPONSE']._serialized_end=2172
+  _globals['_GETMODELMETADATAREQUEST']._serialized_start=2174
+  _globals['_GETMODELMETADATAREQUEST']._serialized_end=2232
+  _globals['_PREDICTOR']._serialized_start=2235
+  _globals['_PREDICTOR']._serialized_end=2790
 # @@protoc_insertion_point(module_scope)

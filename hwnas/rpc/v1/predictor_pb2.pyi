@@ -63,7 +63,7 @@ class PredictGemmColumnsRequest(_message.Message):
     def __init__(self, device: _Optional[str] = ..., model_version: _Optional[int] = ..., shapes: _Optional[_Union[GemmColumns, _Mapping]] = ...) -> None: ...
 
 class PredictionColumns(_message.Message):
-    __slots__ = ("latency_ms", "latency_std_ms", "power_available", "power_w", "power_std_w", "energy_j", "energy_std_j", "device", "model_version", "power_extrapolated")
+    __slots__ = ("latency_ms", "latency_std_ms", "power_available", "power_w", "power_std_w", "energy_j", "energy_std_j", "device", "model_version", "power_extrapolated", "latency_extrapolated")
     LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
     LATENCY_STD_MS_FIELD_NUMBER: _ClassVar[int]
     POWER_AVAILABLE_FIELD_NUMBER: _ClassVar[int]
@@ -74,6 +74,7 @@ class PredictionColumns(_message.Message):
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     POWER_EXTRAPOLATED_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_EXTRAPOLATED_FIELD_NUMBER: _ClassVar[int]
     latency_ms: _containers.RepeatedScalarFieldContainer[float]
     latency_std_ms: _containers.RepeatedScalarFieldContainer[float]
     power_available: bool
@@ -84,7 +85,8 @@ class PredictionColumns(_message.Message):
     device: str
     model_version: int
     power_extrapolated: _containers.RepeatedScalarFieldContainer[bool]
-    def __init__(self, latency_ms: _Optional[_Iterable[float]] = ..., latency_std_ms: _Optional[_Iterable[float]] = ..., power_available: _Optional[bool] = ..., power_w: _Optional[_Iterable[float]] = ..., power_std_w: _Optional[_Iterable[float]] = ..., energy_j: _Optional[_Iterable[float]] = ..., energy_std_j: _Optional[_Iterable[float]] = ..., device: _Optional[str] = ..., model_version: _Optional[int] = ..., power_extrapolated: _Optional[_Iterable[bool]] = ...) -> None: ...
+    latency_extrapolated: _containers.RepeatedScalarFieldContainer[bool]
+    def __init__(self, latency_ms: _Optional[_Iterable[float]] = ..., latency_std_ms: _Optional[_Iterable[float]] = ..., power_available: _Optional[bool] = ..., power_w: _Optional[_Iterable[float]] = ..., power_std_w: _Optional[_Iterable[float]] = ..., energy_j: _Optional[_Iterable[float]] = ..., energy_std_j: _Optional[_Iterable[float]] = ..., device: _Optional[str] = ..., model_version: _Optional[int] = ..., power_extrapolated: _Optional[_Iterable[bool]] = ..., latency_extrapolated: _Optional[_Iterable[bool]] = ...) -> None: ...
 
 class Op(_message.Message):
     __slots__ = ("kind", "params", "dtype", "batch", "name")
@@ -118,7 +120,7 @@ class PredictOpsRequest(_message.Message):
     def __init__(self, device: _Optional[str] = ..., model_version: _Optional[int] = ..., ops: _Optional[_Iterable[_Union[Op, _Mapping]]] = ...) -> None: ...
 
 class Prediction(_message.Message):
-    __slots__ = ("latency_ms", "latency_std_ms", "power_available", "power_w", "power_std_w", "energy_j", "energy_std_j", "name", "gemm_count", "power_extrapolated")
+    __slots__ = ("latency_ms", "latency_std_ms", "power_available", "power_w", "power_std_w", "energy_j", "energy_std_j", "name", "gemm_count", "power_extrapolated", "latency_extrapolated")
     LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
     LATENCY_STD_MS_FIELD_NUMBER: _ClassVar[int]
     POWER_AVAILABLE_FIELD_NUMBER: _ClassVar[int]
@@ -129,6 +131,7 @@ class Prediction(_message.Message):
     NAME_FIELD_NUMBER: _ClassVar[int]
     GEMM_COUNT_FIELD_NUMBER: _ClassVar[int]
     POWER_EXTRAPOLATED_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_EXTRAPOLATED_FIELD_NUMBER: _ClassVar[int]
     latency_ms: float
     latency_std_ms: float
     power_available: bool
@@ -139,7 +142,8 @@ class Prediction(_message.Message):
     name: str
     gemm_count: int
     power_extrapolated: bool
-    def __init__(self, latency_ms: _Optional[float] = ..., latency_std_ms: _Optional[float] = ..., power_available: _Optional[bool] = ..., power_w: _Optional[float] = ..., power_std_w: _Optional[float] = ..., energy_j: _Optional[float] = ..., energy_std_j: _Optional[float] = ..., name: _Optional[str] = ..., gemm_count: _Optional[int] = ..., power_extrapolated: _Optional[bool] = ...) -> None: ...
+    latency_extrapolated: bool
+    def __init__(self, latency_ms: _Optional[float] = ..., latency_std_ms: _Optional[float] = ..., power_available: _Optional[bool] = ..., power_w: _Optional[float] = ..., power_std_w: _Optional[float] = ..., energy_j: _Optional[float] = ..., energy_std_j: _Optional[float] = ..., name: _Optional[str] = ..., gemm_count: _Optional[int] = ..., power_extrapolated: _Optional[bool] = ..., latency_extrapolated: _Optional[bool] = ...) -> None: ...
 
 class PredictResponse(_message.Message):
     __slots__ = ("predictions", "device", "model_version")
