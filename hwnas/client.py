@@ -157,7 +157,9 @@ class PredictorClient:
             device=device, model_version=model_version, shapes=cols), timeout_s)
         out = {"device": r.device, "model_version": r.model_version,
                "latency_ms": np.array(r.latency_ms), "latency_std_ms": np.array(r.latency_std_ms),
-               "latency_extrapolated": np.array(r.latency_extrapolated, dtype=bool)}
+               "latency_extrapolated": (np.array(r.latency_extrapolated, dtype=bool)
+                                        if len(r.latency_extrapolated)
+                                        else np.zeros(len(r.latency_ms), dtype=bool))}
         if r.power_available:
             for name in ("power_w", "power_std_w", "energy_j", "energy_std_j"):
                 out[name] = np.array(getattr(r, name))

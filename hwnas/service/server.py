@@ -277,7 +277,8 @@ class PredictorService(pb_grpc.PredictorServicer):
                                         power_available=c.power_w is not None)
             resp.latency_ms.extend(c.latency_ms.tolist())
             resp.latency_std_ms.extend(c.latency_std_ms.tolist())
-            resp.latency_extrapolated.extend(c.latency_extrapolated.tolist())
+            if c.latency_extrapolated.any():  # empty means none: the usual answer costs nothing
+                resp.latency_extrapolated.extend(c.latency_extrapolated.tolist())
             if c.power_w is not None:
                 for name in ("power_w", "power_std_w", "energy_j", "energy_std_j",
                              "power_extrapolated"):
