@@ -113,12 +113,20 @@ def affine_baseline(latency_ms: np.ndarray, bound_ms: np.ndarray) -> tuple[float
     return float(np.exp(fit.x[0])), float(1.0 + np.exp(fit.x[1]))
 
 
+EXTENT = ("m", "n", "k", "flops")  # what "beyond the training shapes" is judged on
+
+
+def gemm_extent(X) -> dict[str, np.ndarray]:
+    """Each row's m, n, k and FLOPs (a GEMM frame or a mapping of column arrays)."""
+    m, n, k, batch = (np.asarray(X[c], dtype=float) for c in ("m", "n", "k", "batch"))
+    return {"m": m, "n": n, "k": k, "flops": 2.0 * m * n * k * batch}
+
+
 def training_range(X) -> dict[str, dict[str, float]]:
     """Per dtype, the largest m, n, k and FLOPs among the training shapes."""
-    frame = pd.DataFrame(X)
-    frame = frame.assign(flops=2.0 * frame["m"] * frame["n"] * frame["k"] * frame["batch"])
-    return {str(d): {c: float(part[c].max()) for c in ("m", "n", "k", "flops")}
-            for d, part in frame.groupby("dtype")}
+    extent, dtypes = gemm_extent(X), np.asarray(X["dtype"]).astype(str)
+    return {str(d): {c: float(extent[c][dtypes == d].max()) for c in EXTENT}
+            for d in np.unique(dtypes)}
 
 
 @dataclass
@@ -371,40 +379,37 @@ class GemmCostForest(RegressorMixin, BaseEstimator):
             return np.zeros(len(latency_ms), dtype=bool)
         return np.asarray(latency_ms) < floor
 
-    def beyond_training(self, X) -> np.ndarray:
-        """Which rows lie beyond the training shapes of their dtype: m, n, k or FLOPs above
-        the largest trained on (see :meth:`outside_training`). False everywhere for a model
-        from before this was recorded."""
+    def _above_training(self, X) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray],
+                                          np.ndarray]:
+        """(each row's extent, per EXTENT name which rows are above the largest their dtype
+        was trained on, the rows' dtypes). Nothing is above for a model from before the
+        range was recorded."""
         known = getattr(self, "train_range_", None) or {}
-        dtypes = np.asarray(X["dtype"])
-        out = np.zeros(len(dtypes), dtype=bool)
-        if not known:
-            return out
-        m, n, k = (np.asarray(X[c], dtype=float) for c in ("m", "n", "k"))
-        flops = 2.0 * m * n * k * np.asarray(X["batch"], dtype=float)
+        extent, dtypes = gemm_extent(X), np.asarray(X["dtype"]).astype(str)
+        above = {c: np.zeros(len(dtypes), dtype=bool) for c in EXTENT}
         for d, top in known.items():
             sel = dtypes == d
-            out[sel] = ((m[sel] > top["m"]) | (n[sel] > top["n"]) | (k[sel] > top["k"])
-                        | (flops[sel] > top["flops"]))
-        return out
+            for c in EXTENT:
+                above[c][sel] = extent[c][sel] > top[c]
+        return extent, above, dtypes
+
+    def beyond_training(self, X) -> np.ndarray:
+        """Which rows lie beyond the training shapes of their dtype: m, n, k or FLOPs above
+        the largest trained on (the forest then repeats what its largest shapes did)."""
+        return np.logical_or.reduce(list(self._above_training(X)[1].values()))
 
     def outside_training(self, X) -> list[str | None]:
-        """Per row, why it lies beyond the shapes the model was trained on in its dtype (a
-        dimension or the FLOPs above the largest trained on: the forest then repeats what
-        its largest training shapes did), or None. None everywhere for a model from before
-        this was recorded."""
-        known = getattr(self, "train_range_", None) or {}
-        frame = pd.DataFrame(X)
-        flops = 2.0 * frame["m"] * frame["n"] * frame["k"] * frame["batch"]
+        """Per row, why it lies beyond the training shapes of its dtype (each dimension or
+        the FLOPs above the largest trained on), or None (:meth:`beyond_training`)."""
+        extent, above, dtypes = self._above_training(X)
         out: list[str | None] = []
-        for (_, row), f in zip(frame.iterrows(), flops, strict=True):
-            top = known.get(str(row["dtype"]))
-            over = [] if top is None else [
-                f"{name} {value:g} > {top[name]:g}" for name, value in
-                (("m", row["m"]), ("n", row["n"]), ("k", row["k"])) if value > top[name]]
-            if top is not None and f > top["flops"]:
-                over.append(f"{f / 1e12:.3g} TFLOP > {top['flops'] / 1e12:.3g}")
-            out.append(", ".join(over) or None)
+        for i, d in enumerate(dtypes):  # a row is above only where its dtype has a range
+            why = [f"{c} {extent[c][i]:g} > {self.train_range_[d][c]:g}"
+                   for c in ("m", "n", "k") if above[c][i]]
+            if above["flops"][i]:
+                why.append(f"{extent['flops'][i] / 1e12:.3g} TFLOP > "
+                           f"{self.train_range_[d]['flops'] / 1e12:.3g}")
+            out.append(", ".join(why) or None)
         return out
 
     def predict(self, X: pd.DataFrame) -> np.ndarray:
