@@ -77,6 +77,14 @@ BASELINE_FITS = ("affine", "overhead")
 AFFINE_MIN_SHAPES = 5  # fewer calls of a dtype cannot tell a fixed cost from a slope
 
 
+def resolve_baseline_fit(baseline_fit: str, device_kind: str) -> str:
+    """The baseline fit ``baseline_fit`` means on a device of ``device_kind``: ``auto`` is
+    affine on a GPU and overhead elsewhere (module docstring)."""
+    if baseline_fit != "auto":
+        return baseline_fit
+    return "affine" if device_kind == "gpu" else "overhead"
+
+
 def fixed_overhead_ms(latency_ms: np.ndarray, roofline: np.ndarray) -> float:
     """The fixed per-call cost (ms) the data shows: half the fastest call's time when that call
     took over four times its roofline bound (it was mostly overhead), else 0."""
@@ -201,13 +209,12 @@ class GemmCostForest(RegressorMixin, BaseEstimator):
         self.bound_ = self._choose_bound(X, latency) if self.bound == "auto" else self.bound
         feats, roofline = gemm_terms(X, prof, self.bound_)  # one pass over the rows for both
         self.feature_names_ = list(FEATURE_NAMES)
-        self.baseline_fit_ = (("affine" if prof.kind == "gpu" else "overhead")
-                              if self.baseline_fit == "auto" else self.baseline_fit)
+        self.baseline_fit_ = resolve_baseline_fit(self.baseline_fit, prof.kind)
+        fit = affine_baseline if self.baseline_fit_ == "affine" else overhead_baseline
         dtypes = np.asarray(X["dtype"])
         self.overhead_ms_, self.bound_scale_ = {}, {}
         for d in np.unique(dtypes):
             mine = dtypes == d
-            fit = affine_baseline if self.baseline_fit_ == "affine" else overhead_baseline
             self.overhead_ms_[str(d)], self.bound_scale_[str(d)] = fit(latency[mine],
                                                                        roofline[mine])
         self.forest_ = self._new_forest().fit(feats, np.log(latency / self._baseline(X, roofline)))

@@ -25,9 +25,10 @@ def _print_evaluation(ev, baseline_fit: str) -> None:
                       f"{r.within_10:.1f}", f"{r.r2:.3f}", f"{r.spearman:.3f}"]
                      for r in table.itertuples()])
     from predictor.features import GPU_TILE
+    from predictor.forest import resolve_baseline_fit
 
     counts = {b: ev.bounds.count(b) for b in sorted(set(ev.bounds))}
-    fitted = baseline_fit == "affine" or (baseline_fit == "auto" and ev.profile.kind == "gpu")
+    fitted = resolve_baseline_fit(baseline_fit, ev.profile.kind) == "affine"
     click.echo("\nbaseline the forest chose from its training shapes (of "
                f"{len(ev.bounds)} fits): " + ", ".join(f"{b} {n}" for b, n in counts.items())
                + " (roofline: max(FLOPs/peak, bytes/bandwidth); waves: compute paid in whole "
