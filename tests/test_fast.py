@@ -89,3 +89,57 @@ def test_compiles_without_a_cache_where_numba_finds_no_place_for_one(monkeypatch
     with pytest.raises(RuntimeError, match="locator"):
         numba.njit(cache=True)(add_one)
     assert compiled()(add_one)(41) == 42
+
+
+def test_order_keys_sort_as_the_floats_do():
+    from predictor.fast import order_keys
+
+    rng = np.random.default_rng(0)
+    spread = rng.standard_normal(500) * 10.0 ** rng.integers(-40, 38, 500)
+    x = np.concatenate([spread.astype(np.float32),
+                        np.array([0.0, -0.0, np.inf, -np.inf, 1e-45, -1e-45,
+                                  np.finfo(np.float32).max, -np.finfo(np.float32).max],
+                                 dtype=np.float32)]).astype(np.float32)
+    keys = order_keys(x).astype(np.int64)
+    less = x[:, None] < x[None, :]
+    assert np.array_equal(keys[:, None] < keys[None, :], less)
+    assert order_keys(np.float32(-0.0)) == order_keys(np.float32(0.0))
+
+
+def test_signs_zeros_and_rows_on_thresholds_follow_sklearn():
+    rng = np.random.default_rng(5)
+    x = (rng.integers(-4, 5, size=(400, 3)) / 2).astype(np.float32)  # many rows on thresholds
+    x[::7, 0] = -0.0
+    y = x[:, 0] * 2 - x[:, 1] + np.where(x[:, 2] > 0, 1.0, -1.0)
+    forest = RandomForestRegressor(25, random_state=0).fit(x, y)
+    query = np.concatenate([x, -x, rng.normal(size=(300, 3)).astype(np.float32)])
+    fast = FastForest(forest)
+    assert np.array_equal(fast.per_tree(query)[:, :, 0], reference(forest, query))
+    assert np.array_equal(fast.moments(query, fast.values)[0][:, 0], forest.predict(query))
+
+
+def test_rows_come_back_in_the_callers_order_sorted_or_not(forest_and_rows):
+    from predictor.fast import _SORT_MIN_ROWS
+
+    forest, x = forest_and_rows
+    fast = FastForest(forest)
+    table = np.column_stack([fast.values, np.exp(fast.values[:, 0])])
+    mean, var = fast.moments(x, table)  # sorted internally
+    order = np.random.default_rng(1).permutation(len(x))
+    mean_p, var_p = fast.moments(x[order], table)
+    assert np.array_equal(mean_p, mean[order]) and np.array_equal(var_p, var[order])
+    few = x[:_SORT_MIN_ROWS - 1]  # walked unsorted
+    assert np.array_equal(fast.moments(few, table)[0], mean[:len(few)])
+
+
+def test_forests_of_lone_leaves_and_of_too_many_features():
+    x = np.random.default_rng(2).random((50, 4)).astype(np.float32)
+    constant = RandomForestRegressor(5, random_state=0).fit(x, np.full(50, 3.5))
+    fast = FastForest(constant)
+    assert np.array_equal(fast.moments(x, fast.values)[0][:, 0], np.full(50, 3.5))
+    wide = np.random.default_rng(3).random((3000, 600)).astype(np.float32)
+    many = RandomForestRegressor(4, max_features=1, random_state=0).fit(
+        wide, np.random.default_rng(4).random(3000))
+    with pytest.raises(ValueError, match="forest: splits on .* features; the compiled form "
+                                         "holds at most 256"):
+        FastForest(many)
