@@ -8,9 +8,9 @@ Two forests:
           (~5,000 nodes and depth ~19 per tree).
 
 For each: one-row latency and 10k-row throughput. scikit-learn returns the mean across trees;
-hwnas returns the mean *and* the spread across trees of the quantities it serves from a latency
-forest (log ratio and ratio; a device with power has a second forest, walked the same way), so
-it does more work per row. Timed with 1 thread on both sides,
+hwnas returns what a latency prediction takes from a latency forest: the means of the log ratio
+and of the ratio, and the ratio's spread across trees (a device with power has a second forest,
+walked the same way), so it does more work per row. Timed with 1 thread on both sides,
 and with every core on both sides (sklearn ``n_jobs=-1``). The largest relative difference
 between the two means must be <= 1e-6. Last, a network query's cost per op kind: the network
 model's per-kind forest (100 trees) predicting a 20-layer network's ops.
@@ -31,7 +31,7 @@ from sklearn.ensemble import RandomForestRegressor
 from collectors.importers import read_gpperf
 from predictor.fast import FastForest
 from predictor.features import DeviceProfile, empirical_peaks, feature_matrix
-from predictor.forest import GemmCostForest, leaf_quantities
+from predictor.forest import LATENCY_SPREAD, GemmCostForest, leaf_quantities
 
 GPPERF = "data/external/gpperf_rtx4070_sgemm.csv"
 
@@ -80,18 +80,18 @@ def report(forest: RandomForestRegressor, x: np.ndarray, title: str, repeats: in
     fast1 = FastForest(forest, threads=1)
     fastn = FastForest(forest, threads=cores)
     table = leaf_quantities(fast1.values)
-    mean, _ = fast1.moments(x, table)  # also compiles
-    fastn.moments(x, table)
+    mean, _ = fast1.moments(x, table, LATENCY_SPREAD)  # also compiles
+    fastn.moments(x, table, LATENCY_SPREAD)
     sk_mean = forest.predict(x).reshape(len(x), -1)
     diff = np.max(np.abs(mean[:, :1] - sk_mean) / np.maximum(np.abs(sk_mean), 1e-300))
     one = x[:1]
     sk_one = best_of(lambda: forest.predict(one), 20)
-    ours_one = best_of(lambda: fast1.moments(one, table), 200)
+    ours_one = best_of(lambda: fast1.moments(one, table, LATENCY_SPREAD), 200)
     rows = {}
     for threads, fast in ((1, fast1), (cores, fastn)):
         forest.set_params(n_jobs=None if threads == 1 else -1)
         sk = best_of(lambda: forest.predict(x), repeats)
-        ours = best_of(lambda f=fast: f.moments(x, table), repeats)
+        ours = best_of(lambda f=fast: f.moments(x, table, LATENCY_SPREAD), repeats)
         rows[threads] = (sk, ours)
     forest.set_params(n_jobs=None)
     print(f"{'':<34}{'1 row (ms)':>11}{'rows/s, 1 thread':>18}{f'rows/s, {cores} threads':>19}")

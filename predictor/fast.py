@@ -21,7 +21,8 @@ branch per node and then builds per-tree output arrays):
   1,024 rows a 1M-node forest ran 2.5x slower, the deep levels of each tree missing the cache
   for most rows; a forest that fits in cache runs at the same speed either way.
 - Nothing per tree is materialised: each leaf's quantities (a per-node table the caller chooses)
-  are summed into per-row mean and variance accumulators, column by column over the block.
+  are summed into per-row accumulators, column by column over the block: a sum for every
+  column's mean, and three more sums only for the columns whose spread the caller wants.
 
 Exactness: scikit-learn sends a row left when ``float32(x) <= threshold`` (a float64); here the
 comparison is against each threshold rounded *down* to the largest float32 not above it, which
@@ -34,6 +35,7 @@ scikit-learn does, so they are its numbers; variances use sums shifted by the fi
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 
 import numba
 import numpy as np
@@ -230,51 +232,56 @@ def _sort_keys(xk, nodes, roots, depths):
 
 
 @compiled(nogil=True)
-def _moments_rows(xk, rows, nodes, roots, depths, table, lo, hi, mean, var):
-    """Mean and variance across trees of ``table[leaf]`` for rows lo..hi of xk, written to
-    the output rows ``rows[lo..hi]``."""
+def _moments_rows(xk, rows, nodes, roots, depths, table, spread, lo, hi, mean, var):
+    """Mean across trees of ``table[leaf]``, and variance of its columns ``spread``, for rows
+    lo..hi of xk, written to the output rows ``rows[lo..hi]``."""
     n_trees = len(roots)
-    m = table.shape[1]
+    m, s = table.shape[1], len(spread)
     for start in range(lo, hi, _BLOCK):
         stop = min(start + _BLOCK, hi)
         size = stop - start
         leaves = np.empty(size, dtype=np.uint64)
         total = np.empty((m, size))
-        shift = np.empty((m, size))
-        dsum = np.zeros((m, size))
-        dsq = np.zeros((m, size))
+        shift = np.empty((s, size))
+        dsum = np.zeros((s, size))
+        dsq = np.zeros((s, size))
         for t in range(n_trees):
             _walk_rows(nodes, xk, start, stop, roots[t], depths[t], leaves)
             for j in range(m):
                 if t == 0:
                     for i in range(size):
-                        v = table[leaves[i], j]
-                        total[j, i] = v
-                        shift[j, i] = v
+                        total[j, i] = table[leaves[i], j]
                 else:
                     for i in range(size):
-                        v = table[leaves[i], j]
-                        total[j, i] += v
-                        d = v - shift[j, i]
-                        dsum[j, i] += d
-                        dsq[j, i] += d * d
+                        total[j, i] += table[leaves[i], j]
+            for c in range(s):
+                j = spread[c]
+                if t == 0:
+                    for i in range(size):
+                        shift[c, i] = table[leaves[i], j]
+                else:
+                    for i in range(size):
+                        d = table[leaves[i], j] - shift[c, i]
+                        dsum[c, i] += d
+                        dsq[c, i] += d * d
         for i in range(size):
             out = rows[start + i]
             for j in range(m):
                 mean[out, j] = total[j, i] / n_trees
-                v = (dsq[j, i] - dsum[j, i] * dsum[j, i] / n_trees) / n_trees
-                var[out, j] = max(v, 0.0)
+            for c in range(s):
+                v = (dsq[c, i] - dsum[c, i] * dsum[c, i] / n_trees) / n_trees
+                var[out, c] = max(v, 0.0)
 
 
 @compiled(parallel=True, nogil=True)
-def _moments_parallel(xk, rows, nodes, roots, depths, table, mean, var, chunks):
+def _moments_parallel(xk, rows, nodes, roots, depths, table, spread, mean, var, chunks):
     """The rows in ``chunks`` contiguous parts, one per thread, each walked in blocks."""
     size = (len(xk) + chunks - 1) // chunks
     for c in numba.prange(chunks):
         lo = c * size
         hi = min(lo + size, len(xk))
         if lo < hi:
-            _moments_rows(xk, rows, nodes, roots, depths, table, lo, hi, mean, var)
+            _moments_rows(xk, rows, nodes, roots, depths, table, spread, lo, hi, mean, var)
 
 
 @compiled(nogil=True)
@@ -315,14 +322,20 @@ class FastForest:
             raise ValueError("features: every value must be finite")
         return self.flat.keys(x)
 
-    def moments(self, features: np.ndarray, table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(mean, variance) across trees, each (rows, table columns) float64; population
-        variance, as ``numpy.var``."""
+    def moments(self, features: np.ndarray, table: np.ndarray,
+                spread: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(mean, variance) across trees: the mean of every table column, (rows, columns), and
+        the population variance (as ``numpy.var``) of the columns ``spread`` (default all),
+        (rows, len(spread)); both float64."""
         xk = self._keys(features)
         table = np.ascontiguousarray(table, dtype=np.float64)
         if table.ndim != 2 or len(table) != len(self.flat.nodes):
             raise ValueError(f"table: expected ({len(self.flat.nodes)}, columns), "
                              f"got {table.shape}")
+        columns = np.arange(table.shape[1]) if spread is None else np.asarray(spread, np.int64)
+        if columns.ndim != 1 or ((columns < 0) | (columns >= table.shape[1])).any():
+            raise ValueError(f"spread: column indices of the table's {table.shape[1]} columns "
+                             f"expected, got {spread!r}")
         f = self.flat
         if len(xk) >= _SORT_MIN_ROWS:
             rows = np.argsort(_sort_keys(xk, f.nodes, f.roots, f.depths), kind="stable")
@@ -330,16 +343,16 @@ class FastForest:
         else:
             rows = np.arange(len(xk))
         mean = np.empty((len(xk), table.shape[1]))
-        var = np.empty_like(mean)
+        var = np.empty((len(xk), len(columns)))
         if self.threads > 1 and len(xk) >= _PARALLEL_MIN_ROWS:
             threads = min(self.threads, numba.config.NUMBA_NUM_THREADS)
             with _launch_lock:
                 numba.set_num_threads(threads)
-                _moments_parallel(xk, rows, f.nodes, f.roots, f.depths, table, mean, var,
-                                  threads)
+                _moments_parallel(xk, rows, f.nodes, f.roots, f.depths, table, columns, mean,
+                                  var, threads)
         else:
-            _moments_rows(xk, rows, f.nodes, f.roots, f.depths, table, 0, len(xk), mean,
-                          var)
+            _moments_rows(xk, rows, f.nodes, f.roots, f.depths, table, columns, 0, len(xk),
+                          mean, var)
         return mean, var
 
     def per_tree(self, features: np.ndarray) -> np.ndarray:

@@ -73,6 +73,10 @@ def leaf_quantities(outputs: np.ndarray) -> np.ndarray:
     return np.stack([outputs[..., 0], np.exp(outputs[..., 0])], axis=-1)
 
 
+# Of those quantities a prediction takes the log ratio's mean and the ratio's spread.
+LATENCY_SPREAD = (1,)
+
+
 BASELINE_FITS = ("affine", "overhead")
 AFFINE_MIN_SHAPES = 5  # fewer calls of a dtype cannot tell a fixed cost from a slope
 
@@ -321,17 +325,20 @@ class GemmCostForest(RegressorMixin, BaseEstimator):
 
     @classmethod
     def _across_trees(cls, forest: RandomForestRegressor, fast, features: np.ndarray,
-                      quantities=None, table: np.ndarray | None = None):
+                      quantities=None, table: np.ndarray | None = None,
+                      spread: tuple[int, ...] | None = None):
         """(mean, variance) across trees of ``quantities`` of each tree's outputs (the outputs
-        themselves by default), from the compiled walk where there is one (``table``: those
-        quantities per node, made once when compiled; default the leaf outputs), else from
+        themselves by default): every quantity's mean, the variance of those ``spread``
+        (default all). From the compiled walk where there is one (``table``: those quantities
+        per node, made once when compiled; default the leaf outputs), else from
         scikit-learn's trees."""
         if fast is not None:
-            return fast.moments(features, fast.values if table is None else table)
+            return fast.moments(features, fast.values if table is None else table, spread)
         per_tree = cls._trees(forest, features, None)
         if quantities is not None:
             per_tree = quantities(per_tree)
-        return per_tree.mean(axis=0), per_tree.var(axis=0)
+        var = per_tree.var(axis=0)
+        return per_tree.mean(axis=0), var if spread is None else var[:, list(spread)]
 
     def check_dtypes(self, X) -> None:
         """A dtype the model never saw has no data behind its answer: refuse it (OpError,
@@ -361,9 +368,9 @@ class GemmCostForest(RegressorMixin, BaseEstimator):
         bound = self._baseline(X, roofline)
         (forest, fast), *power = self._forests()
         mean, var = self._across_trees(forest, fast, features, leaf_quantities,
-                                       getattr(self, "fast_table_", None))
+                                       getattr(self, "fast_table_", None), LATENCY_SPREAD)
         latency = bound * np.exp(mean[:, 0])
-        lat_var = bound ** 2 * var[:, 1]
+        lat_var = bound ** 2 * var[:, 0]
         beyond = self.beyond_training(X)
         if not power:
             return CostPrediction(latency, np.sqrt(lat_var), None, None, None, None,

@@ -67,7 +67,7 @@ class OpKindForests:
         for kind, idx in by_kind.items():
             x = np.stack([op_features(ops[i]) for i in idx])
             fast = self.fast.get(kind)
-            log_ms = (fast.moments(x, fast.values)[0][:, 0] if fast is not None
+            log_ms = (fast.moments(x, fast.values, spread=())[0][:, 0] if fast is not None
                       else self.models[kind].predict(x))
             out[idx] = np.exp(log_ms)
         return out

@@ -143,3 +143,16 @@ def test_forests_of_lone_leaves_and_of_too_many_features():
     with pytest.raises(ValueError, match="forest: splits on .* features; the compiled form "
                                          "holds at most 256"):
         FastForest(many)
+
+
+def test_spread_picks_the_columns_whose_variance_is_summed(forest_and_rows):
+    forest, x = forest_and_rows
+    fast = FastForest(forest)
+    table = np.column_stack([fast.values, np.exp(fast.values[:, 0])])
+    mean, var = fast.moments(x, table)
+    mean_1, var_1 = fast.moments(x, table, spread=[2, 0])
+    assert np.array_equal(mean_1, mean) and np.array_equal(var_1, var[:, [2, 0]])
+    mean_0, var_0 = fast.moments(x, table, spread=())
+    assert np.array_equal(mean_0, mean) and var_0.shape == (len(x), 0)
+    with pytest.raises(ValueError, match="spread: column indices of the table's 3 columns"):
+        fast.moments(x, table, spread=[3])
