@@ -8,7 +8,10 @@
 #   GEMM_COUNT random shapes (x 4 dtypes), NET_COUNT architectures per family.
 #   A GEMM_COUNT of 0 skips the GEMM sweep.
 # Environment: DEVICE (default cuda:0), SKIP_TESTS=1, GEMM_TIMEOUT, GEMM_SEED (default 0: the
-# random shapes; another seed gives a machine new shapes), GEMM_MIN_SIZE (default 16;
+# random shapes; another seed gives a machine new shapes), GEMM_ALIGNED (default 0.5: the
+# share of random shapes whose dimensions are multiples of 8..128, as real layers are; the data
+# in data/gpu/ has almost none, and there tensor-core GEMMs ran 3-4x slower unaligned),
+# GEMM_MIN_SIZE (default 16;
 # on the H200, 87% of the random shapes with a dimension under 128 took under 0.03 ms, where
 # CuPy's dispatch sets the time; 44% of the others did),
 # QUEUE_AHEAD (default 1; 0 times GEMMs as a plain loop of launches, as the data in data/gpu/
@@ -68,7 +71,8 @@ cat "$out/software.txt"
 [ -n "${SKIP_TESTS:-}" ] || step gpu-tests 150 python3 -m pytest -q -rs -p no:cacheprovider tests/test_gpu.py
 step devices 30 python3 -m hwnas.cli devices
 [ "$gemm_count" -gt 0 ] && step gemm "${GEMM_TIMEOUT:-330}" python3 -m hwnas.cli collect gemm --device "$device" --shapes random \
-    --count "$gemm_count" --seed "${GEMM_SEED:-0}" --dtype fp32,tf32,fp16,bf16 \
+    --count "$gemm_count" --seed "${GEMM_SEED:-0}" --aligned "${GEMM_ALIGNED:-0.5}" \
+    --dtype fp32,tf32,fp16,bf16 \
     --min-size "${GEMM_MIN_SIZE:-16}" \
     --max-size 8192 --min-time 0.1 \
     "$([ "${QUEUE_AHEAD:-1}" = 0 ] && echo --no-queue-ahead || echo --queue-ahead)" --no-progress

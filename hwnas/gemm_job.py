@@ -28,12 +28,12 @@ def split_list(text: str, option: str) -> list[str]:
 
 
 def build_plan(shape_set: str, min_size: int, max_size: int, points: int, count: int, seed: int,
-               layouts: str, dtypes: list[str]) -> tuple[list, dict]:
+               layouts: str, dtypes: list[str], aligned: float = 0.0) -> tuple[list, dict]:
     """The (op, origin) list of a GEMM sweep and the options that made it."""
     if shape_set == "grid":
         shapes = log_grid(min_size, max_size, points)
     elif shape_set == "random":
-        shapes = random_shapes(count, min_size, max_size, seed)
+        shapes = random_shapes(count, min_size, max_size, seed, aligned)
     else:
         if max_size <= 0:
             raise ValueError(f"--max-size: must be a positive integer, got {max_size}")
@@ -41,7 +41,7 @@ def build_plan(shape_set: str, min_size: int, max_size: int, points: int, count:
     layout_list = split_list(layouts, "--layout")
     options = {"shapes": shape_set, "min_size": min_size, "max_size": max_size,
                "points": points, "count": count, "seed": seed, "dtypes": dtypes,
-               "layouts": layout_list}
+               "layouts": layout_list, **({"aligned": aligned} if shape_set == "random" else {})}
     return plan_gemm(shapes, dtypes, layout_list), options
 
 
@@ -69,9 +69,9 @@ class GemmJob:
     def from_options(cls, *, db_url=None, device_name="cpu", backend=None, threads=None,
                      dtypes="fp32",
                      shape_set="grid", min_size=16, max_size=1024, points=4, count=50, seed=0,
-                     layouts="nn", warmup=0.05, min_reps=10, min_time=0.2, power_window=1.0,
-                     l2_flush=False, queue_ahead=True, cooldown=0.0, rounds=None, probe=None,
-                     resume_id=None,
+                     aligned=0.0, layouts="nn", warmup=0.05, min_reps=10, min_time=0.2,
+                     power_window=1.0, l2_flush=False, queue_ahead=True, cooldown=0.0,
+                     rounds=None, probe=None, resume_id=None,
                      progress=True,
                      skip_unsupported_dtypes=False, adaptive=False, budget=100, pool=2000,
                      round_size=10) -> GemmJob:
@@ -93,7 +93,7 @@ class GemmJob:
                                  "round_size": round_size}
         elif resume_id is None:
             plan, options = build_plan(shape_set, min_size, max_size, points, count, seed,
-                                       layouts, dtype_list)
+                                       layouts, dtype_list, aligned)
         device = get_device(device_name)
         policy = dataclasses.replace(policy, rounds=default_rounds(rounds, device.info.kind),
                                      probe=default_probe(probe, device.info.kind))

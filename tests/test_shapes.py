@@ -18,6 +18,30 @@ def test_random_shapes_are_reproducible_and_in_range():
     assert random_shapes(30, 8, 512, seed=4) != a
 
 
+def test_an_aligned_share_of_random_shapes_takes_multiples_of_powers_of_two():
+    plain = random_shapes(400, 16, 8192, seed=5)
+    mixed = random_shapes(400, 16, 8192, seed=5, aligned=0.5)
+    moved = [s.origin != "random" for s in mixed]
+    assert 150 < sum(moved) < 250
+    for p, s, was_moved in zip(plain, mixed, moved, strict=True):
+        dims, before = (s.m, s.n, s.k), (p.m, p.n, p.k)
+        assert all(16 <= d <= 8192 for d in dims)
+        if not was_moved:
+            assert dims == before  # the unaligned draws are the plain ones
+            continue
+        largest = int(s.origin.removeprefix("random, aligned to "))
+        assert largest in (8, 16, 32, 64, 128)
+        for d, b in zip(dims, before, strict=True):
+            step = min(largest, 1 << (b.bit_length() - 1))  # a small size: its power of two
+            assert d % step == 0 and abs(d - b) <= step  # the nearest multiple
+    assert sum(s.m % 8 == s.n % 8 == s.k % 8 == 0 for s in plain) < 5  # almost never by chance
+    # In a narrow range, a multiple with no room (32 or more within 100..120) keeps the draw.
+    narrow = random_shapes(50, 100, 120, seed=1, aligned=1.0)
+    aligned = [s for s in narrow if s.origin != "random"]
+    assert 10 < len(aligned) < 50
+    assert all(100 <= d <= 120 and d % 8 == 0 for s in aligned for d in (s.m, s.n, s.k))
+
+
 def test_network_shapes_include_convs_and_attention():
     # ResNet-50 3x3 conv at 56x56, 64 channels, batch 1: M = 56*56, N = 64, K = 64*9
     assert conv_as_gemm(1, 64, 64, 3, 56, 56) == (3136, 64, 576)
@@ -33,6 +57,7 @@ def test_network_shapes_include_convs_and_attention():
     (lambda: log_grid(0, 10, 3), "--min-size"),
     (lambda: log_grid(100, 10, 3), "--max-size"),
     (lambda: random_shapes(0), "--count"),
+    (lambda: random_shapes(5, aligned=1.5), "--aligned"),
     (lambda: plan_gemm(log_grid(8, 8, 1), ["fp32"], ["nx"]), "--layout"),
 ])
 def test_bad_ranges_are_clear(call, msg):

@@ -33,16 +33,44 @@ def log_grid(min_size: int = 16, max_size: int = 4096, points: int = 6) -> list[
 
 
 def random_shapes(count: int = 100, min_size: int = 16, max_size: int = 4096,
-                  seed: int = 0) -> list[Shape]:
-    """``count`` shapes with M, N, K drawn log-uniformly (so small sizes are as common as large)."""
+                  seed: int = 0, aligned: float = 0.0) -> list[Shape]:
+    """``count`` shapes with M, N, K drawn log-uniformly (so small sizes are as common as large).
+
+    A share ``aligned`` of them, chosen at random, has every dimension moved to the nearest
+    multiple (within the range) of one power of two from 8 to 128 drawn per shape (or of the
+    largest power of two not above a smaller dimension), as the layers of real networks are.
+    A log-uniform draw is almost never a multiple of 8, and on a GPU such shapes miss the
+    fastest tensor-core kernels: on the H200 data, unaligned fp16/bf16 GEMMs among the largest
+    ran at 14-16% of the measured peak, the one aligned one at 53-56%. The unaligned shapes
+    are the same as with ``aligned=0`` and the same seed."""
     _check_range(min_size, max_size)
     if count < 1:
         raise ValueError(f"--count: must be a positive integer, got {count}")
+    if not 0.0 <= aligned <= 1.0:
+        raise ValueError(f"--aligned: a share between 0 and 1, got {aligned}")
     rng = np.random.default_rng(seed)
     lo, hi = np.log(min_size), np.log(max_size)
     dims = np.exp(rng.uniform(lo, hi, size=(count, 3)))
     dims = np.clip(np.round(dims).astype(int), min_size, max_size)
-    return [Shape(int(m), int(n), int(k), 1, "random") for m, n, k in dims]
+    origins = np.full(count, "random", dtype=object)
+    if aligned > 0:
+        chosen = rng.random(count) < aligned
+        largest = 2 ** rng.integers(3, 8, size=(count, 1))
+        # A dimension below the drawn multiple takes the largest power of two under it, so a
+        # small size stays small (29 becomes 32, not 128).
+        step = np.minimum(largest, 2 ** np.floor(np.log2(dims)).astype(int))
+        below = dims // step * step
+        above = below + step
+        nearer, other = (np.where(dims - below <= above - dims, below, above),
+                         np.where(dims - below <= above - dims, above, below))
+        fits = (nearer >= min_size) & (nearer <= max_size)
+        fits_other = (other >= min_size) & (other <= max_size)
+        moved = np.where(fits, nearer, np.where(fits_other, other, dims))
+        whole = chosen & (fits | fits_other).all(axis=1)  # a range too narrow keeps the draw
+        dims = np.where(whole[:, None], moved, dims)
+        origins[whole] = [f"random, aligned to {s}" for s in largest[whole, 0]]
+    return [Shape(int(m), int(n), int(k), 1, str(o))
+            for (m, n, k), o in zip(dims, origins, strict=True)]
 
 
 def conv_as_gemm(batch: int, c_in: int, c_out: int, kernel: int, h: int, w: int,
