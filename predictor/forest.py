@@ -134,10 +134,27 @@ def gemm_extent(X) -> dict[str, np.ndarray]:
     return {"m": m, "n": n, "k": k, "flops": 2.0 * m * n * k * batch}
 
 
+# A GEMM whose m, n and k are all multiples of this is "aligned": on a GPU, tensor-core dtypes
+# run such shapes several times faster (docs/results.md), and real layers mostly are.
+ALIGNMENT = 8
+# A dtype trained on fewer aligned shapes than this has its aligned queries flagged.
+ALIGNED_MIN_SHAPES = 5
+
+
+def is_aligned(X) -> np.ndarray:
+    """Which rows have m, n and k all multiples of :data:`ALIGNMENT`."""
+    m, n, k = (np.asarray(X[c], dtype=np.int64) for c in ("m", "n", "k"))
+    return (m % ALIGNMENT == 0) & (n % ALIGNMENT == 0) & (k % ALIGNMENT == 0)
+
+
 def training_range(X) -> dict[str, dict[str, float]]:
-    """Per dtype, the largest m, n, k and FLOPs among the training shapes."""
+    """Per dtype, the largest m, n, k and FLOPs among the training shapes, and how many
+    distinct aligned shapes (:func:`is_aligned`) they hold."""
     extent, dtypes = gemm_extent(X), np.asarray(X["dtype"]).astype(str)
-    return {str(d): {c: float(extent[c][dtypes == d].max()) for c in EXTENT}
+    shapes = pd.DataFrame({c: np.asarray(X[c]) for c in ("m", "n", "k", "batch")})
+    aligned = shapes[is_aligned(X)].assign(dtype=dtypes[is_aligned(X)]).drop_duplicates()
+    return {str(d): {**{c: float(extent[c][dtypes == d].max()) for c in EXTENT},
+                     "aligned": float((aligned.dtype == d).sum())}
             for d in np.unique(dtypes)}
 
 
@@ -407,15 +424,28 @@ class GemmCostForest(RegressorMixin, BaseEstimator):
                 above[c][sel] = extent[c][sel] > top[c]
         return extent, above, dtypes
 
+    def _aligned_unseen(self, X, dtypes: np.ndarray) -> np.ndarray:
+        """Which rows are aligned while their dtype was trained on fewer than
+        :data:`ALIGNED_MIN_SHAPES` aligned shapes (none for a model from before the count was
+        recorded)."""
+        known = getattr(self, "train_range_", None) or {}
+        few = np.array([known.get(d, {}).get("aligned", ALIGNED_MIN_SHAPES) < ALIGNED_MIN_SHAPES
+                        for d in dtypes], dtype=bool)
+        return few & is_aligned(X)
+
     def beyond_training(self, X) -> np.ndarray:
         """Which rows lie beyond the training shapes of their dtype: m, n, k or FLOPs above
-        the largest trained on (the forest then repeats what its largest shapes did)."""
-        return np.logical_or.reduce(list(self._above_training(X)[1].values()))
+        the largest trained on (the forest then repeats what its largest shapes did), or
+        aligned where almost none of them was (:meth:`_aligned_unseen`)."""
+        extent, above, dtypes = self._above_training(X)
+        return np.logical_or.reduce([*above.values(), self._aligned_unseen(X, dtypes)])
 
     def outside_training(self, X) -> list[str | None]:
         """Per row, why it lies beyond the training shapes of its dtype (each dimension or
-        the FLOPs above the largest trained on), or None (:meth:`beyond_training`)."""
+        the FLOPs above the largest trained on, or its alignment), or None
+        (:meth:`beyond_training`)."""
         extent, above, dtypes = self._above_training(X)
+        unseen = self._aligned_unseen(X, dtypes)
         out: list[str | None] = []
         for i, d in enumerate(dtypes):  # a row is above only where its dtype has a range
             why = [f"{c} {extent[c][i]:g} > {self.train_range_[d][c]:g}"
@@ -423,6 +453,11 @@ class GemmCostForest(RegressorMixin, BaseEstimator):
             if above["flops"][i]:
                 why.append(f"{extent['flops'][i] / 1e12:.3g} TFLOP > "
                            f"{self.train_range_[d]['flops'] / 1e12:.3g}")
+            if unseen[i]:
+                count = int(self.train_range_[d]["aligned"])
+                why.append(f"m, n and k multiples of {ALIGNMENT}, as "
+                           f"{f'only {count}' if count else 'none'} of the {d} training shapes "
+                           f"{'was' if count == 1 else 'were'}")
             out.append(", ".join(why) or None)
         return out
 

@@ -350,6 +350,31 @@ def test_fill_and_tail_features_measure_padding_and_remainders():
     assert np.allclose(f.tail8_k, [0, 1, 4 / 100])
 
 
+def test_aligned_queries_are_flagged_where_a_dtype_saw_almost_no_aligned_shape():
+    from predictor.forest import ALIGNED_MIN_SHAPES, training_range
+
+    frame = synthetic(40)
+    frame = frame[(frame.m % 8 != 0) | (frame.n % 8 != 0) | (frame.k % 8 != 0)]
+    # fp16 gets aligned shapes (twice each: distinct shapes count), fp32 one.
+    aligned = pd.concat([frame[frame.dtype == "fp16"].head(ALIGNED_MIN_SHAPES)] * 2).assign(
+        m=lambda f: f.m // 8 * 8 + 8, n=64, k=128)
+    one = frame[frame.dtype == "fp32"].head(1).assign(m=256, n=256, k=256)
+    model = fit_full(pd.concat([frame, aligned, one], ignore_index=True), PROFILE,
+                     n_estimators=5)
+    assert model.train_range_["fp16"]["aligned"] == ALIGNED_MIN_SHAPES
+    assert model.train_range_["fp32"]["aligned"] == 1
+    queries = gemm_frame([Op.gemm(512, 512, 512, "fp32"), Op.gemm(512, 512, 512, "fp16"),
+                          Op.gemm(500, 512, 512, "fp32")])
+    assert model.beyond_training(queries).tolist() == [True, False, False]
+    assert model.outside_training(queries) == [
+        "m, n and k multiples of 8, as only 1 of the fp32 training shapes was", None, None]
+    # A model from before the count was recorded says nothing about alignment.
+    model.train_range_ = {d: {c: v for c, v in r.items() if c != "aligned"}
+                          for d, r in model.train_range_.items()}
+    assert model.outside_training(queries) == [None, None, None]
+    assert training_range(queries)["fp32"]["aligned"] == 1
+
+
 def test_cli_import_train_predict(tmp_path, monkeypatch):
     from hwnas.cli import main
 
@@ -369,10 +394,15 @@ def test_cli_import_train_predict(tmp_path, monkeypatch):
     assert "shape-held-out" in r.output and "registered NVIDIA GeForce RTX 4070 v1" in r.output
     fitted = r"baseline per dtype \(affine\): fp32 [0-9.]+ us \+ [0-9.]+ x (roofline|waves)"
     assert re.search(fitted, r.output), r.output
-    r = run(main, ["predict", "gemm", "--db", db, "--device", "4070", "--m", "512", "--n", "512",
-                   "--k", "512"])
+    r = run(main, ["predict", "gemm", "--db", db, "--device", "4070", "--m", "500", "--n", "500",
+                   "--k", "500"])
     assert r.exit_code == 0 and "latency" in r.output and "power    unavailable" in r.output
     assert "beyond the" not in r.output
+    # The random training shapes hold no aligned one: an aligned query says so.
+    r = run(main, ["predict", "gemm", "--db", db, "--device", "4070", "--m", "512", "--n", "512",
+                   "--k", "512"])
+    assert ("beyond the fp32 shapes this model was trained on: m, n and k multiples of 8, as "
+            "none of the fp32 training shapes were;") in r.output, r.output
     r = run(main, ["predict", "gemm", "--db", db, "--device", "4070", "--m", "65536", "--n",
                    "512", "--k", "512"])
     assert "beyond the fp32 shapes this model was trained on: m 65536 > " in r.output, r.output

@@ -197,8 +197,8 @@ def predict_gemm(db_url, device_spec, m, n, k, dtype, batch, layout, version) ->
     beyond = model.outside_training(gemm_frame([op]))[0]
     if beyond:
         click.echo(f"  (beyond the {op.dtype} shapes this model was trained on: {beyond}; "
-                   "the forest repeats what its largest ones did, so measure shapes this "
-                   "large to trust it)")
+                   "the forest repeats what the nearest of them did, so measure shapes like "
+                   "this one to trust it)")
     if row.meta.get("data_note"):
         click.echo(f"  (training data: {row.meta['data_note']})")
 
