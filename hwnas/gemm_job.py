@@ -88,7 +88,8 @@ class GemmJob:
             # The adaptive sampler plans its sweep round by round; what it needs to carry on
             # after an interruption is stored with the sweep.
             plan, options = [], {"shapes": "adaptive", "min_size": min_size,
-                                 "max_size": max_size, "seed": seed, "dtypes": dtype_list,
+                                 "max_size": max_size, "seed": seed, "aligned": aligned,
+                                 "dtypes": dtype_list,
                                  "layouts": ["nn"], "budget": budget, "pool": pool,
                                  "round_size": round_size}
         elif resume_id is None:
@@ -193,8 +194,9 @@ class GemmJob:
             s.commit()
         i = self.device.info
         profile = DeviceProfile(i.model, i.kind, int(i.sm_count or 1), peaks)
+        # Sweeps stored before the aligned share had none: resumed, they keep their pool.
         frame = candidate_pool(opts["pool"], opts["min_size"], opts["max_size"],
-                               opts["dtypes"], opts["seed"])
+                               opts["dtypes"], opts["seed"], opts.get("aligned", 0.0))
         ops = [Op.gemm(int(r.m), int(r.n), int(r.k), r.dtype) for r in frame.itertuples()]
         row_of = {op.key(): idx for idx, op in enumerate(ops)}
         sampler = AdaptiveSampler(profile, frame, seed=opts["seed"])

@@ -34,10 +34,12 @@ MAX_CANDIDATES = 4000  # unmeasured configs considered each round (random subset
 
 
 def candidate_pool(count: int, min_size: int, max_size: int, dtypes: list[str],
-                   seed: int = 0) -> pd.DataFrame:
-    """``count`` log-uniform shapes, each in every dtype, as a GEMM frame."""
+                   seed: int = 0, aligned: float = 0.0) -> pd.DataFrame:
+    """``count`` log-uniform shapes (a share ``aligned`` of them aligned, as
+    :func:`collectors.gemm.shapes.random_shapes` does), each in every dtype, as a GEMM
+    frame."""
     rows = [{"m": s.m, "n": s.n, "k": s.k, "batch": 1, "dtype": d, "trans_a": 0, "trans_b": 0}
-            for s in random_shapes(count, min_size, max_size, seed) for d in dtypes]
+            for s in random_shapes(count, min_size, max_size, seed, aligned) for d in dtypes]
     return pd.DataFrame(rows, columns=GEMM_COLUMNS).drop_duplicates(ignore_index=True)
 
 

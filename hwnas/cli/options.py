@@ -38,9 +38,10 @@ plan_options = stack_options([
     click.option("--seed", type=int, default=0, show_default=True,
                  help="Seed for --shapes random."),
     click.option("--aligned", type=click.FloatRange(0, 1), default=0.5, show_default=True,
-                 help="Share of --shapes random whose dimensions are multiples of a power of two "
-                      "from 8 to 128, as real layers are (a log-uniform draw almost never is, "
-                      "and on GPUs such shapes miss the fastest tensor-core kernels)."),
+                 help="Share of --shapes random (and of an --adaptive sweep's candidates) whose "
+                      "dimensions are multiples of a power of two from 8 to 128, as real layers "
+                      "are (a log-uniform draw almost never is, and on GPUs such shapes miss "
+                      "the fastest tensor-core kernels)."),
     click.option("--layout", "layouts", default="nn", show_default=True,
                  help="Comma-separated transposes of A and B: nn, nt, tn, tt."),
 ])
