@@ -152,7 +152,8 @@ def training_range(X) -> dict[str, dict[str, float]]:
     distinct aligned shapes (:func:`is_aligned`) they hold."""
     extent, dtypes = gemm_extent(X), np.asarray(X["dtype"]).astype(str)
     shapes = pd.DataFrame({c: np.asarray(X[c]) for c in ("m", "n", "k", "batch")})
-    aligned = shapes[is_aligned(X)].assign(dtype=dtypes[is_aligned(X)]).drop_duplicates()
+    aligned = is_aligned(X)
+    aligned = shapes[aligned].assign(dtype=dtypes[aligned]).drop_duplicates()
     return {str(d): {**{c: float(extent[c][dtypes == d].max()) for c in EXTENT},
                      "aligned": float((aligned.dtype == d).sum())}
             for d in np.unique(dtypes)}
