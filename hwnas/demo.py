@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import click
 
+from hwnas.cli.costs import LATENCY_EXTRAPOLATED
 from hwnas.gemm_job import GemmJob
 from hwnas.output import print_table
 
 DEMO_ARCH = ("|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+"
              "|skip_connect~0|nor_conv_3x3~1|skip_connect~2|")
 DEMO_NETWORKS = 8  # NAS-Bench-201 networks measured for the network model
+DEMO_MAX_SIZE = 512  # the sweep's largest dimension
 DEMO_SHAPES = [(64, 64, 64, "fp32"), (256, 256, 256, "fp32"), (384, 128, 768, "fp32"),
                (1024, 1024, 1024, "fp32"), (256, 256, 256, "bf16")]
 
@@ -52,7 +54,7 @@ def run_demo(db_url: str | None) -> None:
 
     click.echo("1/5 measure: a small GEMM sweep on this CPU", err=True)
     job = GemmJob.from_options(db_url=db_url, device_name="cpu", dtypes="fp32,bf16",
-                               shape_set="grid", min_size=32, max_size=512, points=3,
+                               shape_set="grid", min_size=32, max_size=DEMO_MAX_SIZE, points=3,
                                min_time=0.1, power_window=1.0, progress=True,
                                skip_unsupported_dtypes=True)
     job.describe_device()
@@ -80,12 +82,16 @@ def run_demo(db_url: str | None) -> None:
             # Only the dtypes this CPU measured (bf16 where it runs it): the model refuses others.
             shapes = [s for s in DEMO_SHAPES if s[3] in row.meta["dtypes"]]
             answer = client.predict_gemm(model, shapes)
-            rows = [[f"{m}x{n}x{k}", dtype, f"{c.latency_ms:.4g} ± {c.latency_std_ms:.2g}",
+            rows = [[f"{m}x{n}x{k}", dtype, f"{c.latency_ms:.4g} ± {c.latency_std_ms:.2g}"
+                     + (" *" if c.latency_extrapolated else ""),
                      "unavailable" if c.power_w is None else f"{c.power_w:.3g}",
                      "unavailable" if c.energy_j is None else f"{c.energy_j:.3g}"]
                     for (m, n, k, dtype), c in zip(shapes, answer.costs, strict=True)]
             click.echo(f"\npredictions for {answer.device} (model v{answer.model_version}):")
             print_table(["gemm", "dtype", "latency ms", "power W", "energy J"], rows)
+            if any(c.latency_extrapolated for c in answer.costs):
+                click.echo(f"* {LATENCY_EXTRAPOLATED} (the demo's sweep stops at "
+                           f"{DEMO_MAX_SIZE}): measure such shapes before trusting these")
             net = client.predict_network(model, nasbench201=DEMO_ARCH)
             m = measure_demo_network(job)
             click.echo(f"\nNAS-Bench-201 network {DEMO_ARCH} (not one of the "
