@@ -392,6 +392,7 @@ def test_cli_import_train_predict(tmp_path, monkeypatch):
     r = run(main, ["train", "--db", db, "--device", "4070", "--trees", "10", "--folds", "3"])
     assert r.exit_code == 0, r.output
     assert "shape-held-out" in r.output and "registered NVIDIA GeForce RTX 4070 v1" in r.output
+    assert "few aligned shapes (m, n and k multiples of 8): fp32 0." in r.output, r.output
     fitted = r"baseline per dtype \(affine\): fp32 [0-9.]+ us \+ [0-9.]+ x (roofline|waves)"
     assert re.search(fitted, r.output), r.output
     r = run(main, ["predict", "gemm", "--db", db, "--device", "4070", "--m", "500", "--n", "500",
@@ -428,6 +429,17 @@ def test_cli_import_train_predict(tmp_path, monkeypatch):
     assert re.search(r"baseline per dtype \(overhead\): fp32 [0-9.]+ us \+ 1 x", r.output)
     r = run(main, ["train", "--db", db, "--device", "4070", "--baseline-fit", "linear"])
     assert r.exit_code == 2 and "--baseline-fit" in r.output
+
+
+def test_evaluation_output_names_dtypes_with_few_aligned_shapes(capsys):
+    from hwnas.cli.models import _print_evaluation
+
+    frame = synthetic(24)
+    aligned = frame.assign(m=frame.m // 8 * 8 + 8, n=frame.n // 8 * 8 + 8, k=frame.k // 8 * 8 + 8)
+    for data, expected in ((frame, True), (pd.concat([frame, aligned]), False)):
+        _print_evaluation(evaluate(data, PROFILE, 3, n_estimators=5), "auto")
+        out = capsys.readouterr().out
+        assert ("few aligned shapes (m, n and k multiples of 8): fp16 " in out) == expected, out
 
 
 def test_worst_configs_lists_the_largest_relative_misses():

@@ -35,6 +35,16 @@ def _print_evaluation(ev, baseline_fit: str) -> None:
                f"waves of {GPU_TILE}x{GPU_TILE} tiles over the SMs)"
                + ("; each fit's fixed cost and scale of it per dtype were fitted to its "
                   "training calls (hwnas train prints them)" if fitted else ""))
+    from predictor.forest import ALIGNED_MIN_SHAPES, training_range
+
+    aligned = {d: int(r["aligned"]) for d, r in training_range(ev.kfold).items()}
+    few = {d: n for d, n in sorted(aligned.items()) if n < ALIGNED_MIN_SHAPES}
+    if few:
+        click.echo("\nfew aligned shapes (m, n and k multiples of 8): "
+                   + ", ".join(f"{d} {n}" for d, n in few.items())
+                   + ". Most real layers are aligned, and on a GPU they run on faster kernels; "
+                   "predictions for them are flagged as beyond the training shapes. Sweep "
+                   "`--shapes random` (half aligned by default) or `--shapes grid` to cover them.")
     unscored = ev.unscored()
     if unscored:
         click.echo(f"\nnot scored: {unscored} held-out rows whose dtype had no other "
