@@ -430,8 +430,10 @@ class GemmCostForest(RegressorMixin, BaseEstimator):
         :data:`ALIGNED_MIN_SHAPES` aligned shapes (none for a model from before the count was
         recorded)."""
         known = getattr(self, "train_range_", None) or {}
-        few = np.array([known.get(d, {}).get("aligned", ALIGNED_MIN_SHAPES) < ALIGNED_MIN_SHAPES
-                        for d in dtypes], dtype=bool)
+        few = np.zeros(len(dtypes), dtype=bool)
+        for d, top in known.items():
+            if top.get("aligned", ALIGNED_MIN_SHAPES) < ALIGNED_MIN_SHAPES:
+                few |= dtypes == d
         return few & is_aligned(X)
 
     def beyond_training(self, X) -> np.ndarray:
