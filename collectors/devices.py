@@ -11,6 +11,7 @@ import os
 import platform
 import socket
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -246,6 +247,17 @@ def names_local_device(name: str) -> bool:
     ``cuda:N``) rather than a device model from the store (:func:`get_device` resolves it)."""
     key = name.strip().lower()
     return key == "cpu" or key.startswith("cuda")
+
+
+def matching_models(spec: str, models: Iterable[str]) -> list[str]:
+    """The device models ``spec`` names: itself where it is one of ``models``, else every one
+    that contains it, ignoring case. One is a match; none or several are not, and each caller
+    says so in its own terms."""
+    key = spec.strip()
+    models = list(models)
+    if key in models:
+        return [key]
+    return [m for m in models if key.lower() in m.lower()]
 
 
 def get_device(name: str) -> ComputeDevice:

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 from sqlalchemy import select
 
-from collectors.devices import get_device, names_local_device
+from collectors.devices import get_device, matching_models, names_local_device
 from collectors.store.db import Store
 from collectors.store.models import Device, DevicePeak, Measurement
 from predictor.features import DeviceProfile, empirical_peaks
@@ -24,9 +24,7 @@ def resolve_device_model(store: Store, spec: str) -> str:
     key = spec.strip()
     if names_local_device(key):
         return get_device(key).info.model
-    if key in models:
-        return key
-    hits = [m for m in models if key.lower() in m.lower()]
+    hits = matching_models(key, models)
     if len(hits) == 1:
         return hits[0]
     known = "; ".join(models) or "none: run a sweep or an import first"

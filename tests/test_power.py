@@ -146,3 +146,15 @@ def test_energy_window_respects_the_sensors_shortest_window():
     result = energy_window(lambda: time.sleep(1e-4), PerfCounterTimer(), _ConstantPower(),
                            per_call_ms=0.1, window_s=0.0)
     assert result.window_s >= 0.2
+
+
+def test_a_device_model_is_named_exactly_or_by_a_unique_part():
+    from collectors.devices import matching_models
+
+    models = ["NVIDIA H100 80GB HBM3", "NVIDIA H200", "AMD EPYC"]
+    assert matching_models("NVIDIA H200", models) == ["NVIDIA H200"]
+    assert matching_models(" h100 ", models) == ["NVIDIA H100 80GB HBM3"]
+    assert matching_models("nvidia", models) == ["NVIDIA H100 80GB HBM3", "NVIDIA H200"]
+    assert matching_models("TPU", models) == []
+    # An exact name wins over the longer names that contain it.
+    assert matching_models("H200", ["H200", "H200 NVL"]) == ["H200"]

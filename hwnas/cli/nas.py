@@ -7,7 +7,7 @@ import json
 
 import click
 
-from collectors.devices import get_device, names_local_device
+from collectors.devices import get_device, matching_models, names_local_device
 from hwnas.cli.app import friendly_errors, main, open_store
 from hwnas.cli.options import DB_OPTION
 from hwnas.output import print_table
@@ -183,8 +183,7 @@ def _served_device(client, spec: str) -> str:
     models = client.list_models(key)  # NOT_FOUND or INVALID_ARGUMENT (several) when unresolved
     if models:
         return models[0].device
-    names = [d.model for d in client.list_devices()]
-    return key if key in names else next(n for n in names if key.lower() in n.lower())
+    return matching_models(key, [d.model for d in client.list_devices()])[0]
 
 
 def _calibrate_search(db_url, local_device, device_model: str, space_cfg, count: int,

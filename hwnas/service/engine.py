@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import pandas as pd
 from sqlalchemy import func, select
 
+from collectors.devices import matching_models
 from collectors.ops import Op
 from collectors.store.db import Store
 from collectors.store.models import Device, Measurement, ModelVersion
@@ -78,10 +79,7 @@ class PredictionEngine:
         if not key:
             raise ServiceError("INVALID_ARGUMENT", "device: is required (a device model name)")
         for refresh in (False, True):
-            models = self.device_models(refresh)
-            if key in models:
-                return key
-            hits = [m for m in models if key.lower() in m.lower()]
+            hits = matching_models(key, self.device_models(refresh))
             if len(hits) == 1:
                 return hits[0]
             if len(hits) > 1:
