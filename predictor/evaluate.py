@@ -14,6 +14,8 @@ from scipy.stats import spearmanr
 from sklearn.metrics import r2_score
 from sklearn.model_selection import GroupKFold
 
+from predictor.features import is_aligned
+
 
 def shape_groups(frame: pd.DataFrame) -> np.ndarray:
     return (frame.m.astype(str) + "x" + frame.n.astype(str) + "x" + frame.k.astype(str) + "b"
@@ -76,11 +78,17 @@ def _scored(oof: pd.DataFrame, target: str) -> pd.DataFrame:
 
 def metrics_table(oof: pd.DataFrame, targets: list[str]) -> pd.DataFrame:
     """Metrics per target, overall and per dtype, over the rows that have a prediction and a
-    measured value (a launch-bound GPU row has no power of its own to score)."""
+    measured value (a launch-bound GPU row has no power of its own to score); where the rows
+    hold both, then over the aligned shapes and the others (features.is_aligned: on a GPU
+    they run on different kernels)."""
     rows = []
     for target in targets:
         scored = _scored(oof, target)
-        for dtype, part in [("all", scored)] + sorted(scored.groupby("dtype")):
+        parts = [("all", scored)] + sorted(scored.groupby("dtype"))
+        aligned = is_aligned(scored)
+        if aligned.any() and not aligned.all():
+            parts += [("all, aligned", scored[aligned]), ("all, unaligned", scored[~aligned])]
+        for dtype, part in parts:
             rows.append({"target": target, "dtype": dtype,
                          **metrics(part[target], part[f"pred_{target}"])})
     return pd.DataFrame(rows)

@@ -64,6 +64,18 @@ def _pow2_align(x: np.ndarray, cap: int = 64) -> np.ndarray:
     return np.minimum(x & -x, cap).astype(float)
 
 
+# A GEMM whose m, n and k are all multiples of this is "aligned": on a GPU, tensor-core dtypes
+# run such shapes several times faster (docs/results.md), and real layers mostly are.
+ALIGNMENT = 8
+
+
+def is_aligned(frame) -> np.ndarray:
+    """Which rows (of a GEMM frame or mapping of arrays) have m, n and k all multiples of
+    :data:`ALIGNMENT`."""
+    m, n, k = (np.asarray(frame[c], dtype=np.int64) for c in ("m", "n", "k"))
+    return (m % ALIGNMENT == 0) & (n % ALIGNMENT == 0) & (k % ALIGNMENT == 0)
+
+
 FILL_BLOCK = 16  # elements: an AVX-512 vector of fp32, a tensor-core fragment's edge
 
 

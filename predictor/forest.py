@@ -45,11 +45,13 @@ from sklearn.utils.validation import check_is_fitted
 from collectors.ops import Op, OpError
 from predictor.evaluate import dtypes_seen, group_kfold_splits, shape_groups
 from predictor.features import (
+    ALIGNMENT,
     BOUNDS,
     FEATURE_NAMES,
     DeviceProfile,
     feature_matrix,
     gemm_terms,
+    is_aligned,
 )
 
 GEMM_COLUMNS = ["m", "n", "k", "batch", "dtype", "trans_a", "trans_b"]
@@ -134,17 +136,9 @@ def gemm_extent(X) -> dict[str, np.ndarray]:
     return {"m": m, "n": n, "k": k, "flops": 2.0 * m * n * k * batch}
 
 
-# A GEMM whose m, n and k are all multiples of this is "aligned": on a GPU, tensor-core dtypes
-# run such shapes several times faster (docs/results.md), and real layers mostly are.
-ALIGNMENT = 8
-# A dtype trained on fewer aligned shapes than this has its aligned queries flagged.
+# A dtype trained on fewer aligned shapes (features.is_aligned) than this has its aligned
+# queries flagged.
 ALIGNED_MIN_SHAPES = 5
-
-
-def is_aligned(X) -> np.ndarray:
-    """Which rows have m, n and k all multiples of :data:`ALIGNMENT`."""
-    m, n, k = (np.asarray(X[c], dtype=np.int64) for c in ("m", "n", "k"))
-    return (m % ALIGNMENT == 0) & (n % ALIGNMENT == 0) & (k % ALIGNMENT == 0)
 
 
 def training_range(X) -> dict[str, dict[str, float]]:

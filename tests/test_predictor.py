@@ -442,6 +442,21 @@ def test_evaluation_output_names_dtypes_with_few_aligned_shapes(capsys):
         assert ("few aligned shapes (m, n and k multiples of 8): fp16 " in out) == expected, out
 
 
+def test_metrics_are_split_by_alignment_where_both_kinds_were_held_out():
+    from predictor.evaluate import metrics_table
+
+    oof = pd.DataFrame({"m": [64, 64, 63, 65], "n": [8, 16, 8, 8], "k": [8, 8, 8, 7],
+                        "dtype": ["fp16"] * 4, "latency_ms": [1.0, 2.0, 3.0, 4.0],
+                        "pred_latency_ms": [1.0, 2.0, 3.6, 4.0]})
+    table = metrics_table(oof, ["latency_ms"]).set_index("dtype")
+    assert list(table.index) == ["all", "fp16", "all, aligned", "all, unaligned"]
+    assert table.loc["all, aligned", "n"] == 2 and table.loc["all, aligned", "mape"] == 0
+    assert table.loc["all, unaligned", "n"] == 2 and table.loc["all, unaligned", "mape"] == (
+        pytest.approx(10.0))
+    unaligned_only = metrics_table(oof.iloc[2:], ["latency_ms"])
+    assert list(unaligned_only.dtype) == ["all", "fp16"]
+
+
 def test_worst_configs_lists_the_largest_relative_misses():
     from predictor.evaluate import worst_configs
 
