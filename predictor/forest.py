@@ -153,6 +153,14 @@ def training_range(X) -> dict[str, dict[str, float]]:
             for d in np.unique(dtypes)}
 
 
+def few_aligned(train_range: dict[str, dict[str, float]]) -> dict[str, int]:
+    """The dtypes of a :func:`training_range` trained on fewer than
+    :data:`ALIGNED_MIN_SHAPES` aligned shapes, with their count (none from a range recorded
+    before the count was)."""
+    return {d: int(r["aligned"]) for d, r in train_range.items()
+            if r.get("aligned", ALIGNED_MIN_SHAPES) < ALIGNED_MIN_SHAPES}
+
+
 @dataclass
 class CostPrediction:
     """Per-row predictions; ``*_std`` is the spread across trees. Power/energy are None when
@@ -423,11 +431,9 @@ class GemmCostForest(RegressorMixin, BaseEstimator):
         """Which rows are aligned while their dtype was trained on fewer than
         :data:`ALIGNED_MIN_SHAPES` aligned shapes (none for a model from before the count was
         recorded)."""
-        known = getattr(self, "train_range_", None) or {}
         few = np.zeros(len(dtypes), dtype=bool)
-        for d, top in known.items():
-            if top.get("aligned", ALIGNED_MIN_SHAPES) < ALIGNED_MIN_SHAPES:
-                few |= dtypes == d
+        for d in few_aligned(getattr(self, "train_range_", None) or {}):
+            few |= dtypes == d
         return few & is_aligned(X)
 
     def beyond_training(self, X) -> np.ndarray:

@@ -61,8 +61,8 @@ def random_shapes(count: int = 100, min_size: int = 16, max_size: int = 4096,
         step = np.minimum(largest, 2 ** np.floor(np.log2(dims)).astype(int))
         below = dims // step * step
         above = below + step
-        nearer, other = (np.where(dims - below <= above - dims, below, above),
-                         np.where(dims - below <= above - dims, above, below))
+        down = dims - below <= above - dims  # the multiple below is the nearer one
+        nearer, other = np.where(down, below, above), np.where(down, above, below)
         fits = (nearer >= min_size) & (nearer <= max_size)
         fits_other = (other >= min_size) & (other <= max_size)
         moved = np.where(fits, nearer, np.where(fits_other, other, dims))

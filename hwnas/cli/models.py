@@ -24,8 +24,8 @@ def _print_evaluation(ev, baseline_fit: str) -> None:
                     [[r.target, r.dtype, r.n, f"{r.mape:.1f}", f"{r.mdape:.1f}",
                       f"{r.within_10:.1f}", f"{r.r2:.3f}", f"{r.spearman:.3f}"]
                      for r in table.itertuples()])
-    from predictor.features import GPU_TILE
-    from predictor.forest import resolve_baseline_fit
+    from predictor.features import ALIGNMENT, GPU_TILE
+    from predictor.forest import few_aligned, resolve_baseline_fit, training_range
 
     counts = {b: ev.bounds.count(b) for b in sorted(set(ev.bounds))}
     fitted = resolve_baseline_fit(baseline_fit, ev.profile.kind) == "affine"
@@ -35,13 +35,10 @@ def _print_evaluation(ev, baseline_fit: str) -> None:
                f"waves of {GPU_TILE}x{GPU_TILE} tiles over the SMs)"
                + ("; each fit's fixed cost and scale of it per dtype were fitted to its "
                   "training calls (hwnas train prints them)" if fitted else ""))
-    from predictor.forest import ALIGNED_MIN_SHAPES, training_range
-
-    aligned = {d: int(r["aligned"]) for d, r in training_range(ev.kfold).items()}
-    few = {d: n for d, n in sorted(aligned.items()) if n < ALIGNED_MIN_SHAPES}
+    few = few_aligned(training_range(ev.kfold))
     if few:
-        click.echo("\nfew aligned shapes (m, n and k multiples of 8): "
-                   + ", ".join(f"{d} {n}" for d, n in few.items())
+        click.echo(f"\nfew aligned shapes (m, n and k multiples of {ALIGNMENT}): "
+                   + ", ".join(f"{d} {n}" for d, n in sorted(few.items()))
                    + ". Most real layers are aligned, and on a GPU they run on faster kernels; "
                    "predictions for them are flagged as beyond the training shapes. Sweep "
                    "`--shapes random` (half aligned by default) or `--shapes grid` to cover them.")
