@@ -313,7 +313,7 @@ class FastForest:
         """Leaf outputs per flat node, (nodes, outputs) float64."""
         return self.flat.values
 
-    def _keys(self, features: np.ndarray) -> np.ndarray:
+    def _checked_keys(self, features: np.ndarray) -> np.ndarray:
         x = np.asarray(features, dtype=np.float32)
         if x.ndim != 2 or x.shape[1] != self.flat.n_features:
             raise ValueError(f"features: expected (rows, {self.flat.n_features}), "
@@ -327,7 +327,7 @@ class FastForest:
         """(mean, variance) across trees: the mean of every table column, (rows, columns), and
         the population variance (as ``numpy.var``) of the columns ``spread`` (default all),
         (rows, len(spread)); both float64."""
-        xk = self._keys(features)
+        xk = self._checked_keys(features)
         table = np.ascontiguousarray(table, dtype=np.float64)
         if table.ndim != 2 or len(table) != len(self.flat.nodes):
             raise ValueError(f"table: expected ({len(self.flat.nodes)}, columns), "
@@ -357,7 +357,7 @@ class FastForest:
 
     def per_tree(self, features: np.ndarray) -> np.ndarray:
         """(trees, rows, outputs) float64: each tree's prediction for each row."""
-        xk = self._keys(features)
+        xk = self._checked_keys(features)
         f = self.flat
         leaves = np.empty((self.n_trees, len(xk)), dtype=np.uint64)
         _leaves(xk, f.nodes, f.roots, f.depths, leaves)
