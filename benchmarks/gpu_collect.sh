@@ -7,7 +7,8 @@
 # Usage: bash benchmarks/gpu_collect.sh OUT_DIR [GEMM_COUNT] [NET_COUNT]
 #   GEMM_COUNT random shapes (x 4 dtypes), NET_COUNT architectures per family.
 #   A GEMM_COUNT of 0 skips the GEMM sweep.
-# Environment: DEVICE (default cuda:0), SKIP_TESTS=1, GEMM_TIMEOUT, GEMM_SEED (default 0: the
+# Environment: DEVICE (default cuda:0), DTYPES (default fp32,tf32,fp16,bf16; a dry run on a
+# CPU needs one without tf32), SKIP_TESTS=1, GEMM_TIMEOUT, GEMM_SEED (default 0: the
 # random shapes; another seed gives a machine new shapes), GEMM_ALIGNED (default 0.5: the
 # share of random shapes whose dimensions are multiples of 8..128, as real layers are; the data
 # in data/gpu/ has almost none, and there tensor-core GEMMs ran 3-4x slower unaligned),
@@ -34,6 +35,7 @@ out=${1:?usage: gpu_collect.sh OUT_DIR [GEMM_COUNT] [NET_COUNT]}
 gemm_count=${2:-50}
 net_count=${3:-6}
 device=${DEVICE:-cuda:0}
+dtypes=${DTYPES:-fp32,tf32,fp16,bf16}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 
@@ -72,7 +74,7 @@ cat "$out/software.txt"
 step devices 30 python3 -m hwnas.cli devices
 [ "$gemm_count" -gt 0 ] && step gemm "${GEMM_TIMEOUT:-330}" python3 -m hwnas.cli collect gemm --device "$device" --shapes random \
     --count "$gemm_count" --seed "${GEMM_SEED:-0}" --aligned "${GEMM_ALIGNED:-0.5}" \
-    --dtype fp32,tf32,fp16,bf16 \
+    --dtype "$dtypes" \
     --min-size "${GEMM_MIN_SIZE:-16}" \
     --max-size 8192 --min-time 0.1 \
     "$([ "${QUEUE_AHEAD:-1}" = 0 ] && echo --no-queue-ahead || echo --queue-ahead)" --no-progress
@@ -87,7 +89,7 @@ print("GEMM rows by timer:", dict(collections.Counter(
 EOF2
 [ "${SQUARE_TIMEOUT:-0}" -gt 0 ] && step square-gemm "$SQUARE_TIMEOUT" python3 -m hwnas.cli collect gemm \
     --device "$device" --shapes grid --points 3 --min-size 4096 --max-size 16384 \
-    --dtype fp32,tf32,fp16,bf16 --min-time 0.1 --skip-peaks --no-progress
+    --dtype "$dtypes" --min-time 0.1 --skip-peaks --no-progress
 [ "${NET_TIMEOUT:-90}" -gt 0 ] && step network "${NET_TIMEOUT:-90}" python3 -m hwnas.cli collect network --device "$device" \
     --family nb201,proxyless,resnet,mobilenet,transformer --count "$net_count" --min-time 0.1 \
     --seed "${NET_SEED:-0}" --no-progress
