@@ -23,7 +23,7 @@ from collectors.ops import DTYPES, Op, gemm_bytes, gemm_flops
 from collectors.probe import SpeedProbe, default_probe, measure_when_calm
 from collectors.rounds import rounds_done, rounds_progress, run_rounds, sweep_rounds
 from collectors.store.db import Store
-from collectors.store.models import Measurement, Sweep, utcnow
+from collectors.store.models import Device, Measurement, Sweep, utcnow
 from collectors.store.repo import get_sweep, upsert_device
 from collectors.timing import KernelResult, TimingPolicy, measure_kernel
 
@@ -123,10 +123,9 @@ class SweepRunner:
             return sweep, plan
 
     def run(self, sweep_id: int) -> SweepSummary:
+        check_resumed_on(sweep_origin(self.store, sweep_id, ("gemm",), "GEMM"), sweep_id,
+                         self.device)
         sweep, plan = self.load_plan(self.store, sweep_id)
-        if sweep.config.get("device_fingerprint") != self.device.info.fingerprint:
-            raise DeviceError(f"--resume {sweep_id}: the sweep was made on "
-                              f"{sweep.config.get('device')} of another machine; run it there")
         # A sweep is measured by the policy it was created with, resumed or not.
         self.policy = stored_policy(sweep.config, self.policy)
         items = [(op.key(), (op, origin)) for op, origin in plan]
@@ -186,6 +185,44 @@ def measure_probed(measure: Callable[[], KernelResult], probe: SpeedProbe | None
 # Policy fields added after sweeps were first stored, with how those older sweeps measured, so
 # that a resumed sweep goes on measuring as it began.
 _BEFORE_FIELD = {"queue_ahead": False}
+
+
+@dataclass(frozen=True)
+class SweepOrigin:
+    """The device a stored sweep was created on: its store id, its name there (cpu, cuda:0),
+    its model and fingerprint; and the sweep's own config."""
+
+    device_id: int
+    name: str
+    model: str
+    fingerprint: str
+    config: dict
+
+
+def sweep_origin(store: Store, sweep_id: int, kinds: tuple[str, ...], what: str) -> SweepOrigin:
+    """Where sweep ``sweep_id`` (of one of ``kinds``) was made; a clear error if the store has
+    no such sweep."""
+    with store.session() as s:
+        sweep = get_sweep(s, sweep_id)
+        if sweep is None or sweep.kind not in kinds:
+            raise ValueError(f"--resume {sweep_id}: no {what} sweep with that id in the store")
+        dev = s.get(Device, sweep.device_id)
+        return SweepOrigin(dev.id, dev.name, dev.model,
+                           sweep.config.get("device_fingerprint", dev.fingerprint),
+                           dict(sweep.config))
+
+
+def check_resumed_on(origin: SweepOrigin, sweep_id: int, device: ComputeDevice) -> None:
+    """A sweep resumes only on the device it was created on: its rows are stored under that
+    device, so measuring them anywhere else would mislabel them."""
+    here = device.info
+    if here.fingerprint != origin.fingerprint:
+        raise DeviceError(
+            f"--resume {sweep_id}: the sweep was made on {origin.model} ({origin.name}, "
+            f"fingerprint {origin.fingerprint[:12]}); {here.name} here is {here.model} "
+            f"(fingerprint {here.fingerprint[:12]}): resume it on the device it started on"
+            + (f" (--device {origin.name}, the default when resuming)"
+               if here.name != origin.name else ""))
 
 
 def stored_policy(config: dict, default: TimingPolicy) -> TimingPolicy:

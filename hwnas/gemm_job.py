@@ -15,7 +15,13 @@ from collectors.ops import check_dtype
 from collectors.probe import TOLERANCE, default_probe
 from collectors.rounds import default_rounds, not_calm_count
 from collectors.store.db import Store
-from collectors.sweep import SweepRunner, SweepSummary, plan_gemm
+from collectors.sweep import (
+    SweepRunner,
+    SweepSummary,
+    check_resumed_on,
+    plan_gemm,
+    sweep_origin,
+)
 from collectors.timing import TimingPolicy
 from hwnas.output import print_table
 
@@ -66,7 +72,7 @@ class GemmJob:
     peak_calmness: dict = dataclasses.field(default_factory=dict)
 
     @classmethod
-    def from_options(cls, *, db_url=None, device_name="cpu", backend=None, threads=None,
+    def from_options(cls, *, db_url=None, device_name=None, backend=None, threads=None,
                      dtypes="fp32",
                      shape_set="grid", min_size=16, max_size=1024, points=4, count=50, seed=0,
                      aligned=0.0, layouts="nn", warmup=0.05, min_reps=10, min_time=0.2,
@@ -95,7 +101,18 @@ class GemmJob:
         elif resume_id is None:
             plan, options = build_plan(shape_set, min_size, max_size, points, count, seed,
                                        layouts, dtype_list, aligned)
-        device = get_device(device_name)
+        store = Store(db_url)
+        origin = None
+        if resume_id is not None:
+            # A resumed sweep measures on its own device, with its own backend and dtypes,
+            # unless told otherwise (and then only on that same device).
+            origin = sweep_origin(store, resume_id, ("gemm",), "GEMM")
+            device_name = device_name or origin.name
+            backend = backend or origin.config.get("backend")
+            dtype_list = origin.config.get("options", {}).get("dtypes") or dtype_list
+        device = get_device(device_name or "cpu")
+        if origin is not None:
+            check_resumed_on(origin, resume_id, device)
         policy = dataclasses.replace(policy, rounds=default_rounds(rounds, device.info.kind),
                                      probe=default_probe(probe, device.info.kind))
         backend_impl = backend_for(device.info.kind, backend, getattr(device, "index", 0),
@@ -104,7 +121,6 @@ class GemmJob:
             dtype_list = [d for d in dtype_list if d in backend_impl.dtypes()]
         for d in dtype_list:
             backend_impl.check(d)
-        store = Store(db_url)
         runner = SweepRunner(store, device, backend_impl, policy, progress=progress)
         if resume_id is not None:
             SweepRunner.load_plan(store, resume_id)  # raises a clear error if unknown

@@ -22,9 +22,18 @@ from collectors.probe import SpeedProbe, default_probe
 from collectors.store.db import Store
 from collectors.store.models import Measurement, Sweep
 from collectors.store.repo import upsert_device
-from collectors.sweep import SweepSummary, fill_result, measure_probed, run_sweep, stored_policy
+from collectors.sweep import (
+    SweepSummary,
+    check_resumed_on,
+    fill_result,
+    measure_probed,
+    run_sweep,
+    stored_policy,
+    sweep_origin,
+)
 from collectors.timing import PerfCounterTimer, Timer, TimingPolicy, measure_kernel
 
+NETWORK_SWEEP_KINDS = ("network", "layers")  # Sweep.kind of whole networks, of single layers
 LAYER_KINDS = ("conv2d", "depthwise_conv2d", "linear", "attention")
 
 
@@ -202,11 +211,9 @@ class NetworkSweep:
             return sweep.id
 
     def run(self, sweep_id: int) -> SweepSummary:
-        with self.store.session() as s:
-            sweep = s.get(Sweep, sweep_id)
-            if sweep is None or sweep.kind not in ("network", "layers"):
-                raise ValueError(f"--resume {sweep_id}: no network sweep with that id")
-            config, device_id = sweep.config, sweep.device_id
+        origin = sweep_origin(self.store, sweep_id, NETWORK_SWEEP_KINDS, "network")
+        check_resumed_on(origin, sweep_id, self.device)
+        config, device_id = origin.config, origin.device_id
         self.policy = stored_policy(config, self.policy)
         items = [(config_key(c), c) for c in config["configs"]]
         return run_sweep(self.store, sweep_id, config, items,

@@ -74,8 +74,9 @@ def collect() -> None:
 
 @collect.command("gemm")
 @DB_OPTION
-@click.option("--device", "device_name", default="cpu", show_default=True,
-              help="cpu, or cuda:N for an NVIDIA GPU.")
+@click.option("--device", "device_name", default=None,
+              help="cpu (the default), or cuda:N for an NVIDIA GPU. With --resume: the "
+                   "sweep's own device.")
 @click.option("--backend", default=None,
               help="torch or numpy on a CPU (default torch); cupy on a GPU.")
 @click.option("--threads", type=int, default=None,
@@ -146,9 +147,9 @@ def collect_gemm(db_url, device_name, backend, threads, dtypes, shape_set, min_s
 @click.option("--layer-kinds", default=",".join(("conv2d", "depthwise_conv2d", "linear",
                                                  "attention")), show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--device", "device_name", default="cpu", show_default=True,
-              help="cpu, or cuda:N for an NVIDIA GPU (CUDA events, NVML energy; needs a CUDA "
-                   "build of torch).")
+@click.option("--device", "device_name", default=None,
+              help="cpu (the default), or cuda:N for an NVIDIA GPU (CUDA events, NVML energy; "
+                   "needs a CUDA build of torch). With --resume: the sweep's own device.")
 @click.option("--threads", type=int, default=None, help="CPU threads (default: all cores).")
 @click.option("--resume", "resume_id", type=int, default=None, metavar="SWEEP")
 @click.option("--no-progress", is_flag=True)
@@ -162,13 +163,23 @@ def collect_network(db_url, families, count, batches, layer_kinds, seed, device_
     """Measure whole sampled networks (or single layers) on this CPU or a GPU; each decomposed
     into its ops (stored with the row) so network predictors can learn from them."""
     from collectors.devices import get_device
-    from collectors.networks.sweep import LAYER_KINDS, NetworkSweep, layer_grid, network_plan
+    from collectors.networks.sweep import (
+        LAYER_KINDS,
+        NETWORK_SWEEP_KINDS,
+        NetworkSweep,
+        layer_grid,
+        network_plan,
+    )
     from collectors.probe import default_probe
     from collectors.rounds import default_rounds
+    from collectors.sweep import sweep_origin
     from collectors.timing import TimingPolicy
     from hwnas.gemm_job import echo_slow_configs, split_list
 
-    device = get_device(device_name)
+    store = open_store(db_url)
+    if resume_id is not None and device_name is None:
+        device_name = sweep_origin(store, resume_id, NETWORK_SWEEP_KINDS, "network").name
+    device = get_device(device_name or "cpu")
     policy = TimingPolicy(warmup_s=warmup, min_reps=min_reps, min_time_s=min_time,
                           power_window_s=power_window, l2_flush=l2_flush, cooldown_s=cooldown,
                           rounds=default_rounds(rounds, device.info.kind),
@@ -176,7 +187,7 @@ def collect_network(db_url, families, count, batches, layer_kinds, seed, device_
     batch_list = [int(b) for b in split_list(batches, "--batch")]
     if any(b < 1 for b in batch_list):
         raise click.UsageError("--batch: must be positive integers")
-    sweeper = NetworkSweep(open_store(db_url), device, policy, threads,
+    sweeper = NetworkSweep(store, device, policy, threads,
                            progress=not no_progress)
     if resume_id is None:
         fams = split_list(families, "--family")
