@@ -11,16 +11,17 @@
 # CPU needs one without tf32), SKIP_TESTS=1, GEMM_TIMEOUT, GEMM_SEED (default 0: the
 # random shapes; another seed gives a machine new shapes), GEMM_ALIGNED (default 0.5: the
 # share of random shapes whose dimensions are multiples of 8..128, as real layers are; the data
-# in data/gpu/ has almost none, and there tensor-core GEMMs ran 3-4x slower unaligned),
+# in data/gpu/ before h200_aligned_* has almost none, and there tensor-core GEMMs ran 3-4x slower
+# unaligned),
 # GEMM_MIN_SIZE (default 16;
 # on the H200, 87% of the random shapes with a dimension under 128 took under 0.03 ms, where
 # CuPy's dispatch sets the time; 44% of the others did),
 # QUEUE_AHEAD (default 1; 0 times GEMMs as a plain loop of launches, as the data in data/gpu/
 # taken before it was, to compare), SQUARE_TIMEOUT (0, the default: none; else a second GEMM
 # sweep over a grid of large shapes, 4096, 8192, 16384 in each dimension (squares among them;
-# 108 configs in 4 dtypes; estimated at 150 s on an H200, not yet run), in a
-# random order, for as long as this allows: random shapes hold almost none, and the models
-# predict large square GEMMs 2-3.8x too slow without them, docs/results.md), NET_TIMEOUT (0: no
+# 108 configs in 4 dtypes; 146 s on an H200, data/gpu/h200_aligned_square.parquet), in a
+# random order, for as long as this allows: random shapes hold almost none, and models trained
+# on unaligned shapes alone predict large square GEMMs 2-3.8x too slow, docs/results.md), NET_TIMEOUT (0: no
 # network sweep), NET_SEED,
 # LAYER_TIMEOUT (0, the default: no layer sweep), VERIFY_TIMEOUT (default 60; 0 skips
 # measuring the searched networks of data/gpu/search_*/ with `hwnas verify`, on the GPU model

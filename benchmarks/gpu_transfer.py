@@ -1,0 +1,90 @@
+"""GEMM latency models trained on some measurement files and tested on others: how far a model
+carries to shapes of a kind its training data lacked (aligned shapes, large squares), or to
+another GPU of the same model.
+
+Every file is an `hwnas db export` (CSV or Parquet); the training files and the test files are
+each loaded into a temporary SQLite store, so the model is fitted exactly as `hwnas train`
+fits it (GPU-alone rows where both timings exist, the peaks of the newest device). Latency
+only: the test files' power is their own GPU's.
+
+    python benchmarks/gpu_transfer.py \\
+        --train data/gpu/h200_queued_run1.parquet,data/gpu/h200_queued_run2.parquet \\
+        --test data/gpu/h200_aligned_random.parquet
+    python benchmarks/gpu_transfer.py \\
+        --train data/gpu/h200_queued_run1.parquet,data/gpu/h200_queued_run2.parquet,\\
+data/gpu/h200_aligned_random.parquet --test data/gpu/h200_aligned_square.parquet --plot P.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from collectors.store.db import Store
+from collectors.store.exchange import import_measurements
+from predictor.data import load_gemm_frame, resolve_device_model
+from predictor.evaluate import metrics_table, plot_predicted_vs_measured
+from predictor.features import DeviceProfile, is_aligned
+from predictor.forest import BASELINE_FITS, GemmCostForest
+
+
+def load(paths: list[str], device: str, folder: str, name: str
+         ) -> tuple[pd.DataFrame, DeviceProfile]:
+    store = Store(f"sqlite:///{Path(folder) / name}.sqlite")
+    for path in paths:
+        import_measurements(store, path)
+    return load_gemm_frame(store, resolve_device_model(store, device))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--train", required=True, help="comma-separated export files to fit on")
+    ap.add_argument("--test", required=True, help="comma-separated export files to predict")
+    ap.add_argument("--device", default="H200",
+                    help="device model (or a unique part of its name) in both sets")
+    ap.add_argument("--baseline-fit", default=",".join(BASELINE_FITS),
+                    help=f"comma-separated, of {', '.join(BASELINE_FITS)}")
+    ap.add_argument("--trees", type=int, default=200)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--plot", help="PNG of predicted against measured, a panel per baseline")
+    args = ap.parse_args()
+
+    with tempfile.TemporaryDirectory() as folder:
+        train, profile = load(args.train.split(","), args.device, folder, "train")
+        test, _ = load(args.test.split(","), args.device, folder, "test")
+    train_shapes = set(zip(train.m, train.n, train.k, strict=True))
+    seen = np.array([s in train_shapes for s in zip(test.m, test.n, test.k, strict=True)])
+    print(f"{profile.model}: trained on {len(train)} configs, testing {len(test)} "
+          f"({seen.sum()} of their shapes were in training too)")
+    panels = {}
+    for fit in args.baseline_fit.split(","):
+        model = GemmCostForest(profile.to_dict(), n_estimators=args.trees,
+                               random_state=args.seed, baseline_fit=fit, n_jobs=-1)
+        model.fit(train, train.latency_ms.to_numpy())
+        scored = test.assign(pred_latency_ms=model.predict(test))
+        table = metrics_table(scored, ["latency_ms"]).drop(columns="target")
+        ratio = scored.pred_latency_ms / scored.latency_ms
+        aligned = is_aligned(scored)
+        medians = {"all": ratio.median(), **ratio.groupby(scored.dtype).median(),
+                   "all, aligned": ratio[aligned].median(),
+                   "all, unaligned": ratio[~aligned].median()}
+        table["median pred/meas"] = table.dtype.map(medians)
+        print(f"\n{fit} baseline:")
+        print(table.round(3).to_string(index=False))
+        panels[f"{fit} baseline"] = scored
+    if args.plot:
+        def names(paths: str) -> str:
+            return " + ".join(Path(p).stem for p in paths.split(","))
+
+        plot_predicted_vs_measured(panels, "latency_ms", args.plot,
+                                   f"{profile.model}: trained on {names(args.train)};\n"
+                                   f"tested on {names(args.test)}")
+        print(f"plot: {args.plot}")
+
+
+if __name__ == "__main__":
+    main()
