@@ -206,6 +206,9 @@ def sweep_origin(store: Store, sweep_id: int, kinds: tuple[str, ...], what: str)
         sweep = get_sweep(s, sweep_id)
         if sweep is None or sweep.kind not in kinds:
             raise ValueError(f"--resume {sweep_id}: no {what} sweep with that id in the store")
+        if sweep.device_id is None:  # its rows belong to whichever devices take its items
+            raise ValueError(f"--resume {sweep_id}: a distributed sweep; workers on the devices "
+                             "it names carry it on (`hwnas worker`, `hwnas sweep status`)")
         dev = s.get(Device, sweep.device_id)
         return SweepOrigin(dev.id, dev.name, dev.model,
                            sweep.config.get("device_fingerprint", dev.fingerprint),

@@ -87,3 +87,13 @@ def test_a_network_sweep_does_not_resume_on_another_device(tmp_path):
     assert counts(db)[0] == 0
     wrong = run(["collect", "network", "--db", db, "--resume", "7", "--no-progress"])
     assert wrong.exit_code == 2 and "--resume 7: no network sweep" in wrong.output
+
+
+def test_a_distributed_sweep_is_not_resumed_by_collect(tmp_path):
+    db = f"sqlite:///{tmp_path / 'd.sqlite'}"
+    made = run(["sweep", "create", "--db", db, "--max-size", "32", "--points", "2"])
+    assert made.exit_code == 0, made.output
+    r = run(["collect", "gemm", "--db", db, "--resume", "1", "--no-progress"])
+    assert r.exit_code == 2, r.output
+    assert "--resume 1: a distributed sweep; workers" in r.output
+    assert "Traceback" not in r.output and counts(db)[0] == 0
