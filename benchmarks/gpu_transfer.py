@@ -4,8 +4,9 @@ another GPU of the same model.
 
 Every file is an `hwnas db export` (CSV or Parquet); the training files and the test files are
 each loaded into a temporary SQLite store, so the model is fitted exactly as `hwnas train`
-fits it (GPU-alone rows where both timings exist, the peaks of the newest device). Latency
-only: the test files' power is their own GPU's.
+fits it (GPU-alone rows where both timings exist, the peaks of the newest device). Latency,
+and power and energy where both sets have readings of the ops' own power (the test files'
+power is their own GPU's: another physical GPU of the same model draws its own).
 
     python benchmarks/gpu_transfer.py \\
         --train data/gpu/h200_queued_run1.parquet,data/gpu/h200_queued_run2.parquet \\
@@ -26,10 +27,11 @@ import pandas as pd
 
 from collectors.store.db import Store
 from collectors.store.exchange import import_measurements
-from predictor.data import load_gemm_frame, resolve_device_model
+from predictor.data import load_gemm_frame, op_power, power_is_measured, resolve_device_model
 from predictor.evaluate import metrics_table, plot_predicted_vs_measured
 from predictor.features import DeviceProfile, is_aligned
-from predictor.forest import BASELINE_FITS, GemmCostForest
+from predictor.forest import BASELINE_FITS
+from predictor.training import fit_full
 
 
 def load(paths: list[str], device: str, folder: str, name: str
@@ -38,6 +40,17 @@ def load(paths: list[str], device: str, folder: str, name: str
     for path in paths:
         import_measurements(store, path)
     return load_gemm_frame(store, resolve_device_model(store, device))
+
+
+def median_ratio(scored: pd.DataFrame, target: str, part: str) -> float:
+    """Median predicted / measured ``target`` over one row of metrics_table: all rows, one
+    dtype, or the aligned or unaligned ones."""
+    rows = scored[scored[f"pred_{target}"].notna() & scored[target].notna()]
+    aligned = is_aligned(rows)
+    pick = {"all": np.ones(len(rows), bool), "all, aligned": aligned,
+            "all, unaligned": ~aligned}.get(part)
+    rows = rows[pick] if pick is not None else rows[rows.dtype == part]
+    return float((rows[f"pred_{target}"] / rows[target]).median())
 
 
 def main() -> None:
@@ -60,19 +73,23 @@ def main() -> None:
     seen = np.array([s in train_shapes for s in zip(test.m, test.n, test.k, strict=True)])
     print(f"{profile.model}: trained on {len(train)} configs, testing {len(test)} "
           f"({seen.sum()} of their shapes were in training too)")
+    test_power = power_is_measured(test)
+    if test_power:  # scored where the reading is the op's own, as hwnas eval does
+        test = test.assign(power_w=op_power(test))
+        test = test.assign(energy_j=test.power_w * test.latency_ms / 1e3)
     panels = {}
     for fit in args.baseline_fit.split(","):
-        model = GemmCostForest(profile.to_dict(), n_estimators=args.trees,
-                               random_state=args.seed, baseline_fit=fit, n_jobs=-1)
-        model.fit(train, train.latency_ms.to_numpy())
-        scored = test.assign(pred_latency_ms=model.predict(test))
-        table = metrics_table(scored, ["latency_ms"]).drop(columns="target")
-        ratio = scored.pred_latency_ms / scored.latency_ms
-        aligned = is_aligned(scored)
-        medians = {"all": ratio.median(), **ratio.groupby(scored.dtype).median(),
-                   "all, aligned": ratio[aligned].median(),
-                   "all, unaligned": ratio[~aligned].median()}
-        table["median pred/meas"] = table.dtype.map(medians)
+        model = fit_full(train, profile, n_estimators=args.trees, random_state=args.seed,
+                         baseline_fit=fit, n_jobs=-1)
+        costs = model.predict_costs(test)
+        scored = test.assign(pred_latency_ms=costs.latency_ms)
+        targets = ["latency_ms"]
+        if model.has_power_ and test_power:
+            scored = scored.assign(pred_power_w=costs.power_w, pred_energy_j=costs.energy_j)
+            targets += ["power_w", "energy_j"]
+        table = metrics_table(scored, targets)
+        table["median pred/meas"] = [median_ratio(scored, row.target, row.dtype)
+                                     for row in table.itertuples()]
         print(f"\n{fit} baseline:")
         print(table.round(3).to_string(index=False))
         panels[f"{fit} baseline"] = scored
