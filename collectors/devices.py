@@ -249,6 +249,13 @@ def names_local_device(name: str) -> bool:
     return key == "cpu" or key.startswith("cuda")
 
 
+def local_model(name: str) -> str | None:
+    """The model of the device of this machine that ``name`` names (cpu, cuda:N), or None
+    where ``name`` is not such a name (a device model from the store, say). A name of a
+    device this machine lacks is get_device's clear error."""
+    return get_device(name.strip()).info.model if names_local_device(name) else None
+
+
 def matching_models(spec: str, models: Iterable[str]) -> list[str]:
     """The device models ``spec`` names: itself where it is one of ``models``, else every one
     that contains it, ignoring case. One is a match; none or several are not, and each caller
@@ -279,4 +286,5 @@ def get_device(name: str) -> ComputeDevice:
 
 
 __all__ = ["ComputeDevice", "CpuDevice", "DeviceError", "DeviceInfo", "DeviceState",
-           "NvidiaGpu", "NullPowerReader", "detect_devices", "get_device", "names_local_device"]
+           "NvidiaGpu", "NullPowerReader", "detect_devices", "get_device", "local_model",
+           "names_local_device"]

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 from sqlalchemy import select
 
-from collectors.devices import get_device, matching_models, names_local_device
+from collectors.devices import local_model, matching_models
 from collectors.store.db import Store
 from collectors.store.models import Device, DevicePeak, Measurement
 from predictor.features import DeviceProfile, empirical_peaks
@@ -22,8 +22,9 @@ def resolve_device_model(store: Store, spec: str) -> str:
     with store.session() as s:
         models = sorted(set(s.scalars(select(Device.model))))
     key = spec.strip()
-    if names_local_device(key):
-        return get_device(key).info.model
+    local = local_model(key)
+    if local is not None:
+        return local
     hits = matching_models(key, models)
     if len(hits) == 1:
         return hits[0]

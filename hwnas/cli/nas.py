@@ -7,7 +7,7 @@ import json
 
 import click
 
-from collectors.devices import get_device, matching_models, names_local_device
+from collectors.devices import local_model, matching_models, names_local_device
 from hwnas.cli.app import friendly_errors, main, open_store
 from hwnas.cli.options import DB_OPTION
 from hwnas.output import print_table
@@ -178,8 +178,9 @@ def _served_device(client, spec: str) -> str:
     service resolves the name to (exactly, or a unique part of it), whether it has a GEMM
     model, a network model or (before --calibrate) none yet."""
     key = spec.strip()
-    if names_local_device(key):
-        return get_device(key).info.model
+    local = local_model(key)
+    if local is not None:
+        return local
     models = client.list_models(key)  # NOT_FOUND or INVALID_ARGUMENT (several) when unresolved
     if models:
         return models[0].device
@@ -420,7 +421,7 @@ def experiment_cmd(db_url, server, latency_list, tradeoff_list, seed_list, strat
             if not names_local_device(named):
                 devices.add(named)
             elif training_service == "local":  # on remote machines it names theirs
-                devices.add(get_device(named).info.model)
+                devices.add(local_model(named))
         _check_models_served(address, sorted(devices))
         click.echo(f"{spec.trial_count()} trials ({training_service}), costs from {address}")
         try:
