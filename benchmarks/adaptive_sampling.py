@@ -16,6 +16,10 @@ sampler's final share (target: at most half).
                                            [--rounds 3] [--repeats 5] [--threads 1] [--csv F]
                                            [--latencies FILE] [--pool-seed 1] [--test-seed 2]
                                            [--plot F.png]
+
+With ``--exports F1,F2`` it replays on measurements taken elsewhere (a GPU's GEMMs, from
+`hwnas db export`): a random ``--test-share`` of their shapes is the test set, the rest the
+pool, and each sampler reads the latencies of the configs it asks for.
 """
 
 from __future__ import annotations
@@ -36,9 +40,12 @@ from collectors.probe import SpeedProbe, measure_when_calm
 from collectors.sweep import progress_bar
 from collectors.timing import TimingPolicy, time_kernel
 from predictor.adaptive import AdaptiveSampler, candidate_pool
+from predictor.data import frame_from_exports
 from predictor.evaluate import dtypes_seen, metrics
 from predictor.features import DeviceProfile
-from predictor.forest import GemmCostForest
+from predictor.forest import GEMM_COLUMNS, GemmCostForest
+
+CONFIG_KEY = ["m", "n", "k", "dtype"]  # a config's key in the latency cache
 
 
 def plot_curves(curves: dict[str, list[tuple[int, dict]]], final: float, path: str,
@@ -89,9 +96,43 @@ def main() -> None:
                          "(no measuring), else written after measuring, so samplers can be "
                          "compared on one data set; a stopped measurement resumes from "
                          "FILE.partial")
+    ap.add_argument("--exports", default=None,
+                    help="comma-separated `hwnas db export` files (a GPU's GEMMs, say): replay "
+                         "on their measurements instead of measuring here; a random "
+                         "--test-share of their shapes is the test set, the rest the pool "
+                         "(--pool, --dtypes, the sizes and the measuring options do not apply)")
+    ap.add_argument("--device", default=None,
+                    help="with --exports: the device model, where the files hold several")
+    ap.add_argument("--test-share", type=float, default=0.25,
+                    help="with --exports: share of the shapes held out as the test set")
     args = ap.parse_args()
-    dtypes = args.dtypes.split(",")
+    made = from_exports(args) if args.exports else measure_here(args)
+    run_and_report(args, *made)
 
+
+def from_exports(args) -> tuple[DeviceProfile, pd.DataFrame, pd.DataFrame, dict, str]:
+    """Pool, test set and latencies from measured export files: whole shapes held out."""
+    frame, profile = frame_from_exports(args.exports.split(","), args.device)
+    # One latency per config (a config measured twice, on two GPUs of one model: the median).
+    frame = frame.groupby(GEMM_COLUMNS, as_index=False).latency_ms.median()
+    shapes = frame[["m", "n", "k"]].drop_duplicates().to_numpy()
+    rng = np.random.default_rng(args.test_seed)
+    held = shapes[rng.permutation(len(shapes))[:round(args.test_share * len(shapes))]]
+    is_test = pd.MultiIndex.from_frame(frame[["m", "n", "k"]]).isin(
+        pd.MultiIndex.from_arrays(held.T))
+    cache = {(int(r.m), int(r.n), int(r.k), r.dtype): float(r.latency_ms)
+             for r in frame.itertuples()}
+    pool = frame.loc[~is_test, GEMM_COLUMNS].reset_index(drop=True)
+    test = frame.loc[is_test, GEMM_COLUMNS].reset_index(drop=True)
+    source = (f"{profile.model} ({profile.kind}), replayed from {args.exports}; dtypes "
+              f"{','.join(sorted(frame.dtype.unique()))}; {len(held)} of {len(shapes)} shapes "
+              f"held out (seed {args.test_seed})")
+    return profile, pool, test, cache, source
+
+
+def measure_here(args):
+    """Pool and test set of random shapes, measured on this CPU (or read from --latencies)."""
+    dtypes = args.dtypes.split(",")
     device, backend = CpuDevice(), backend_for("cpu", "torch", threads=args.threads)
     policy = TimingPolicy(min_time_s=args.min_time)
     replay = bool(args.latencies) and os.path.exists(args.latencies)
@@ -110,7 +151,7 @@ def main() -> None:
     pool = candidate_pool(args.pool, args.min_size, args.max_size, dtypes, seed=args.pool_seed)
     test = candidate_pool(args.test, args.min_size, args.max_size, dtypes,
                           seed=args.test_seed)
-    cols = ["m", "n", "k", "dtype"]
+    cols = CONFIG_KEY
     keys = sorted(set(pool[cols].itertuples(index=False, name=None))
                   | set(test[cols].itertuples(index=False, name=None)))
     cache = {key: np.inf for key in keys}
@@ -157,7 +198,16 @@ def main() -> None:
                          columns=[*cols, "latency_ms"]).to_csv(args.latencies, index=False)
             os.remove(partial)
     measured_s = time.perf_counter() - t0
+    source = (f"{device.info.model}, {backend.name}, dtypes {args.dtypes}; {len(cache)} "
+              f"distinct configs measured in {args.rounds} interleaved rounds in "
+              f"{measured_s:.0f} s")
+    return profile, pool, test, cache, source
 
+
+def run_and_report(args, profile: DeviceProfile, pool: pd.DataFrame, test: pd.DataFrame,
+                   cache: dict, source: str) -> None:
+    """Both samplers over the pool, scored on the test set; prints and writes the curves."""
+    cols = CONFIG_KEY
     test_y = np.array([cache[key] for key in test[cols].itertuples(index=False, name=None)])
 
     def score(measured: dict[int, float]) -> dict[str, float]:
@@ -199,9 +249,8 @@ def main() -> None:
     curves = {name: [(n, summary(ms)) for n, ms in sorted(per_n.items())]
               for name, per_n in runs.items()}
 
-    print(f"{device.info.model}, {backend.name}, dtypes {args.dtypes}; pool {len(pool)} configs, "
-          f"test {len(test)} configs; {len(cache)} distinct configs measured in {args.rounds} "
-          f"interleaved rounds in {measured_s:.0f} s; curves: mean of {args.repeats} seeds")
+    print(f"{source}; pool {len(pool)} configs, test {len(test)} configs; curves: mean of "
+          f"{args.repeats} seeds")
     print(f"{'measured':>9}  {'adaptive ±10%':>13} {'MAPE':>6}   {'uniform ±10%':>12} {'MAPE':>6}")
     ada, uni = dict(curves["adaptive"]), dict(curves["uniform"])
 
@@ -222,8 +271,8 @@ def main() -> None:
               f"{'met' if reach <= final_n / 2 else 'NOT met'})")
     if args.plot:
         plot_curves(curves, final["within_10"], args.plot,
-                    f"{args.dtypes} on {device.info.model}: pool {len(pool)}, test {len(test)}, "
-                    f"mean of {args.repeats} seeds")
+                    f"{','.join(sorted(pool.dtype.unique()))} on {profile.model}: pool "
+                    f"{len(pool)}, test {len(test)}, mean of {args.repeats} seeds")
         print(f"plot written to {args.plot}")
     if args.csv:
         pd.DataFrame([{"sampler": k, "measured": n, **m} for k, v in curves.items()

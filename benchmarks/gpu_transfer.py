@@ -3,10 +3,11 @@ carries to shapes of a kind its training data lacked (aligned shapes, large squa
 another GPU of the same model.
 
 Every file is an `hwnas db export` (CSV or Parquet); the training files and the test files are
-each loaded into a temporary SQLite store, so the model is fitted exactly as `hwnas train`
-fits it (GPU-alone rows where both timings exist, the peaks of the newest device). Latency,
-and power and energy where both sets have readings of the ops' own power (the test files'
-power is their own GPU's: another physical GPU of the same model draws its own).
+each read through a temporary SQLite store (predictor.data.frame_from_exports), so the model
+is fitted exactly as `hwnas train` fits it (GPU-alone rows where both timings exist, the peaks
+of the newest device). Latency, and power and energy where both sets have readings of the
+ops' own power (the test files' power is their own GPU's: another physical GPU of the same
+model draws its own).
 
     python benchmarks/gpu_transfer.py \\
         --train data/gpu/h200_queued_run1.parquet,data/gpu/h200_queued_run2.parquet \\
@@ -19,27 +20,16 @@ data/gpu/h200_aligned_random.parquet --test data/gpu/h200_aligned_square.parquet
 from __future__ import annotations
 
 import argparse
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from collectors.store.db import Store
-from collectors.store.exchange import import_measurements
-from predictor.data import load_gemm_frame, op_power, power_is_measured, resolve_device_model
+from predictor.data import frame_from_exports, op_power, power_is_measured
 from predictor.evaluate import metrics_table, plot_predicted_vs_measured
-from predictor.features import DeviceProfile, is_aligned
+from predictor.features import is_aligned
 from predictor.forest import BASELINE_FITS
 from predictor.training import fit_full
-
-
-def load(paths: list[str], device: str, folder: str, name: str
-         ) -> tuple[pd.DataFrame, DeviceProfile]:
-    store = Store(f"sqlite:///{Path(folder) / name}.sqlite")
-    for path in paths:
-        import_measurements(store, path)
-    return load_gemm_frame(store, resolve_device_model(store, device))
 
 
 def median_ratio(scored: pd.DataFrame, target: str, part: str) -> float:
@@ -57,8 +47,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--train", required=True, help="comma-separated export files to fit on")
     ap.add_argument("--test", required=True, help="comma-separated export files to predict")
-    ap.add_argument("--device", default="H200",
-                    help="device model (or a unique part of its name) in both sets")
+    ap.add_argument("--device", default=None,
+                    help="device model (or a unique part of its name), where a set holds several")
     ap.add_argument("--baseline-fit", default=",".join(BASELINE_FITS),
                     help=f"comma-separated, of {', '.join(BASELINE_FITS)}")
     ap.add_argument("--trees", type=int, default=200)
@@ -66,9 +56,8 @@ def main() -> None:
     ap.add_argument("--plot", help="PNG of predicted against measured, a panel per baseline")
     args = ap.parse_args()
 
-    with tempfile.TemporaryDirectory() as folder:
-        train, profile = load(args.train.split(","), args.device, folder, "train")
-        test, _ = load(args.test.split(","), args.device, folder, "test")
+    train, profile = frame_from_exports(args.train.split(","), args.device)
+    test, _ = frame_from_exports(args.test.split(","), args.device)
     train_shapes = set(zip(train.m, train.n, train.k, strict=True))
     seen = np.array([s in train_shapes for s in zip(test.m, test.n, test.k, strict=True)])
     print(f"{profile.model}: trained on {len(train)} configs, testing {len(test)} "

@@ -96,6 +96,31 @@ def load_gemm_frame(store: Store, device_model: str) -> tuple[pd.DataFrame, Devi
     return frame, profile
 
 
+def frame_from_exports(paths: list[str], device: str | None = None
+                       ) -> tuple[pd.DataFrame, DeviceProfile]:
+    """:func:`load_gemm_frame` of `hwnas db export` files (CSV or Parquet), read through a
+    temporary SQLite store so they are filtered exactly as a store's rows are. ``device``: the
+    device model (or a unique part of its name); needed only where the files hold several."""
+    import tempfile
+
+    from collectors.store.exchange import import_measurements
+
+    with tempfile.TemporaryDirectory() as folder:
+        store = Store(f"sqlite:///{folder}/exports.sqlite")
+        for path in paths:
+            import_measurements(store, path)
+        if device is None:
+            with store.session() as s:
+                models = sorted(set(s.scalars(select(Device.model))))
+            if len(models) != 1:
+                raise DataError(f"--device: the files hold {len(models)} device models "
+                                f"({'; '.join(models)}); name one")
+            device = models[0]
+        loaded = load_gemm_frame(store, resolve_device_model(store, device))
+        store.engine.dispose()
+        return loaded
+
+
 # A power reading is the op's own when the device ran the op for at least this share of the
 # energy window (params.power_duty). Below it, the op ran shorter than the host took to issue
 # it, so the device idled between calls and the reading mixes in idle power: on the H200, rows

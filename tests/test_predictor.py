@@ -650,3 +650,21 @@ def test_the_plot_draws_a_panel_per_evaluation_even_one_with_nothing_scored(tmp_
                                 "largest": scored.assign(pred_latency_ms=np.nan)},
                                "latency_ms", str(path), "t")
     assert path.stat().st_size > 1000
+
+
+def test_frame_from_exports_reads_files_as_a_store_would():
+    from pathlib import Path
+
+    from predictor.data import DataError, frame_from_exports
+
+    data = Path(__file__).resolve().parent.parent / "data"
+    squares = str(data / "gpu" / "h200_aligned_square.parquet")
+    cpu = str(data / "cpu" / "cpu_aligned_s13.parquet")
+    frame, profile = frame_from_exports([squares])
+    assert len(frame) == 108 and profile.model == "NVIDIA H200" and profile.kind == "gpu"
+    assert set(frame.dtype) == {"fp32", "tf32", "fp16", "bf16"}
+    assert profile.peaks["compute_bf16"] == pytest.approx(707.19, rel=1e-4)  # the GPU's own
+    with pytest.raises(DataError, match="--device: the files hold 2 device models"):
+        frame_from_exports([squares, cpu])
+    both, _ = frame_from_exports([squares, cpu], device="H200")
+    assert len(both) == 108
