@@ -101,11 +101,11 @@ class GemmJob:
         elif resume_id is None:
             plan, options = build_plan(shape_set, min_size, max_size, points, count, seed,
                                        layouts, dtype_list, aligned)
-        store = Store(db_url)
         origin = None
         if resume_id is not None:
             # A resumed sweep measures on its own device, with its own backend and dtypes,
             # unless told otherwise (and then only on that same device).
+            store = Store(db_url)
             origin = sweep_origin(store, resume_id, ("gemm",), "GEMM")
             device_name = device_name or origin.name
             backend = backend or origin.config.get("backend")
@@ -121,9 +121,10 @@ class GemmJob:
             dtype_list = [d for d in dtype_list if d in backend_impl.dtypes()]
         for d in dtype_list:
             backend_impl.check(d)
+        if origin is None:  # opened only once every option is known to be good
+            store = Store(db_url)
         runner = SweepRunner(store, device, backend_impl, policy, progress=progress)
         if resume_id is not None:
-            SweepRunner.load_plan(store, resume_id)  # raises a clear error if unknown
             return cls(store, device, backend_impl, runner, resume_id, True)
         return cls(store, device, backend_impl, runner, runner.create(plan, options), False)
 

@@ -81,6 +81,8 @@ def test_bad_options_give_clear_errors(tmp_path, args, code, needle):
     assert r.exit_code == code, r.output
     assert needle in r.output
     assert "Traceback" not in r.output
+    if code == 2 and "--resume" not in args:  # options are checked before the store is made
+        assert not (tmp_path / "e.sqlite").exists()
 
 
 def test_errors_in_a_real_process_have_no_traceback(tmp_path):

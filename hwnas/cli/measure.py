@@ -176,6 +176,9 @@ def collect_network(db_url, families, count, batches, layer_kinds, seed, device_
     from collectors.timing import TimingPolicy
     from hwnas.gemm_job import echo_slow_configs, split_list
 
+    batch_list = [int(b) for b in split_list(batches, "--batch")]
+    if any(b < 1 for b in batch_list):
+        raise click.UsageError("--batch: must be positive integers")
     store = open_store(db_url)
     if resume_id is not None and device_name is None:
         device_name = sweep_origin(store, resume_id, NETWORK_SWEEP_KINDS, "network").name
@@ -184,9 +187,6 @@ def collect_network(db_url, families, count, batches, layer_kinds, seed, device_
                           power_window_s=power_window, l2_flush=l2_flush, cooldown_s=cooldown,
                           rounds=default_rounds(rounds, device.info.kind),
                           probe=default_probe(probe, device.info.kind))
-    batch_list = [int(b) for b in split_list(batches, "--batch")]
-    if any(b < 1 for b in batch_list):
-        raise click.UsageError("--batch: must be positive integers")
     sweeper = NetworkSweep(store, device, policy, threads,
                            progress=not no_progress)
     if resume_id is None:
