@@ -62,6 +62,11 @@ def main() -> None:
     seen = np.array([s in train_shapes for s in zip(test.m, test.n, test.k, strict=True)])
     print(f"{profile.model}: trained on {len(train)} configs, testing {len(test)} "
           f"({seen.sum()} of their shapes were in training too)")
+    unseen = ~test.dtype.isin(set(train.dtype))
+    if unseen.any():  # the model refuses a dtype it was not trained on
+        print(f"left out {unseen.sum()} test configs of dtypes not in training: "
+              f"{', '.join(sorted(set(test.dtype[unseen])))}")
+        test = test[~unseen].reset_index(drop=True)
     test_power = power_is_measured(test)
     if test_power:  # scored where the reading is the op's own, as hwnas eval does
         test = test.assign(power_w=op_power(test))
