@@ -356,8 +356,9 @@ def test_aligned_queries_are_flagged_where_a_dtype_saw_almost_no_aligned_shape()
     frame = synthetic(40)
     frame = frame[(frame.m % 8 != 0) | (frame.n % 8 != 0) | (frame.k % 8 != 0)]
     # fp16 gets aligned shapes (twice each: distinct shapes count), fp32 one.
-    aligned = pd.concat([frame[frame.dtype == "fp16"].head(ALIGNED_MIN_SHAPES)] * 2).assign(
-        m=lambda f: f.m // 8 * 8 + 8, n=64, k=128)
+    distinct = frame[frame.dtype == "fp16"].head(ALIGNED_MIN_SHAPES).assign(
+        m=8 * np.arange(1, ALIGNED_MIN_SHAPES + 1), n=64, k=128)
+    aligned = pd.concat([distinct] * 2)
     one = frame[frame.dtype == "fp32"].head(1).assign(m=256, n=256, k=256)
     model = fit_full(pd.concat([frame, aligned, one], ignore_index=True), PROFILE,
                      n_estimators=5)
