@@ -23,24 +23,11 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from predictor.data import frame_from_exports, op_power, power_is_measured
 from predictor.evaluate import metrics_table, plot_predicted_vs_measured
-from predictor.features import is_aligned
 from predictor.forest import BASELINE_FITS
 from predictor.training import fit_full
-
-
-def median_ratio(scored: pd.DataFrame, target: str, part: str) -> float:
-    """Median predicted / measured ``target`` over one row of metrics_table: all rows, one
-    dtype, or the aligned or unaligned ones."""
-    rows = scored[scored[f"pred_{target}"].notna() & scored[target].notna()]
-    aligned = is_aligned(rows)
-    pick = {"all": np.ones(len(rows), bool), "all, aligned": aligned,
-            "all, unaligned": ~aligned}.get(part)
-    rows = rows[pick] if pick is not None else rows[rows.dtype == part]
-    return float((rows[f"pred_{target}"] / rows[target]).median())
 
 
 def main() -> None:
@@ -82,8 +69,6 @@ def main() -> None:
             scored = scored.assign(pred_power_w=costs.power_w, pred_energy_j=costs.energy_j)
             targets += ["power_w", "energy_j"]
         table = metrics_table(scored, targets)
-        table["median pred/meas"] = [median_ratio(scored, row.target, row.dtype)
-                                     for row in table.itertuples()]
         print(f"\n{fit} baseline:")
         print(table.round(3).to_string(index=False))
         panels[f"{fit} baseline"] = scored

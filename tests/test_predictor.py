@@ -188,6 +188,7 @@ def test_metrics_values():
     assert m["mape"] == pytest.approx((5 + 25 + 0) / 3)
     assert m["within_10"] == pytest.approx(200 / 3)
     assert m["spearman"] == pytest.approx(1.0)
+    assert m["median_ratio"] == pytest.approx(1.05)  # of 1.05, 1.25 and 1.0
 
 
 def test_empirical_peaks_are_the_best_achieved():

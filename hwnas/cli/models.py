@@ -20,9 +20,10 @@ def _print_evaluation(ev, baseline_fit: str) -> None:
     for name, table in ev.tables().items():
         click.echo(f"\n{name}:")
         print_table(["target", "dtype", "n", "MAPE %", "median APE %", "within ±10% %", "R^2",
-                     "Spearman"],
+                     "Spearman", "median pred/meas"],
                     [[r.target, r.dtype, r.n, f"{r.mape:.1f}", f"{r.mdape:.1f}",
-                      f"{r.within_10:.1f}", f"{r.r2:.3f}", f"{r.spearman:.3f}"]
+                      f"{r.within_10:.1f}", f"{r.r2:.3f}", f"{r.spearman:.3f}",
+                      f"{r.median_ratio:.2f}"]
                      for r in table.itertuples()])
     from predictor.features import ALIGNMENT, GPU_TILE
     from predictor.forest import few_aligned, resolve_baseline_fit, training_range
@@ -106,8 +107,9 @@ def train(db_url, device_spec, folds, trees, target, baseline_fit) -> None:
 @friendly_errors
 def eval_(db_url, device_spec, folds, trees, plot_path, worst, baseline_fit) -> None:
     """Evaluate the GEMM model on whole shapes held out (GroupKFold over M,N,K and the largest
-    shapes held out); per target and dtype: MAPE, median APE, share within ±10%, R^2, Spearman;
-    then the configs predicted worst, to see where the model misses."""
+    shapes held out); per target and dtype: MAPE, median APE, share within ±10%, R^2, Spearman
+    and the median of predicted / measured (above 1: predicted too slow); then the configs
+    predicted worst, to see where the model misses."""
     from predictor.data import load_gemm_frame, resolve_device_model
     from predictor.evaluate import plot_predicted_vs_measured, worst_configs
     from predictor.training import evaluate
