@@ -108,8 +108,8 @@ def train(db_url, device_spec, folds, trees, target, baseline_fit) -> None:
 def eval_(db_url, device_spec, folds, trees, plot_path, worst, baseline_fit) -> None:
     """Evaluate the GEMM model on whole shapes held out (GroupKFold over M,N,K and the largest
     shapes held out); per target and dtype: MAPE, median APE, share within ±10%, R^2, Spearman
-    and the median of predicted / measured (above 1: predicted too slow); then the configs
-    predicted worst, to see where the model misses."""
+    and the median of predicted / measured (above 1: predicted too high; too slow, for latency);
+    then the configs predicted worst, to see where the model misses."""
     from predictor.data import load_gemm_frame, resolve_device_model
     from predictor.evaluate import plot_predicted_vs_measured, worst_configs
     from predictor.training import evaluate
