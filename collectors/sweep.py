@@ -60,9 +60,15 @@ class SweepSummary:
     seconds: float = 0.0
     tflops: list[float] = field(default_factory=list)
     power_sources: set[str] = field(default_factory=set)
+    # Configs not yet through every round, as the store says when the run ends (None before):
+    # with rounds, a resumed run also finishes the later rounds of configs stored earlier,
+    # which the counts above do not see.
+    unfinished: int | None = None
 
     @property
     def remaining(self) -> int:
+        if self.unfinished is not None:
+            return self.unfinished
         return self.planned - self.already_done - self.done - self.failed - self.skipped
 
 
@@ -293,6 +299,9 @@ def run_sweep(store: Store, sweep_id: int, config: dict, items: list[tuple[str, 
             sw.status = status
             sw.finished_at = utcnow()
             s.commit()
+        finished_now, _ = rounds_progress(rounds_done(store, sweep_id, rounds),
+                                          [k for k, _ in items], rounds)
+        summary.unfinished = len(items) - finished_now
     return summary
 
 

@@ -97,3 +97,27 @@ def test_a_distributed_sweep_is_not_resumed_by_collect(tmp_path):
     assert r.exit_code == 2, r.output
     assert "--resume 1: a distributed sweep; workers" in r.output
     assert "Traceback" not in r.output and counts(db)[0] == 0
+
+
+def test_a_resumed_sweep_with_rounds_reports_what_is_left(tmp_path, monkeypatch):
+    from collectors.sweep import SweepRunner
+
+    db = f"sqlite:///{tmp_path / 'r.sqlite'}"
+    args = ["collect", "gemm", "--db", db, "--skip-peaks", *SMALL[:-2], "--rounds", "3"]
+    real, calls = SweepRunner.measure, []
+
+    def stopped_by_ctrl_c(self, op, origin, sweep_id, device_id):
+        calls.append(op.key())
+        if len(calls) == 5:  # in the first round: 4 configs have one round, 4 none
+            raise KeyboardInterrupt
+        return real(self, op, origin, sweep_id, device_id)
+
+    monkeypatch.setattr(SweepRunner, "measure", stopped_by_ctrl_c)
+    first = run(args)
+    assert first.exit_code == 130 and "8 remaining" in first.output, first.output
+    monkeypatch.setattr(SweepRunner, "measure", real)
+    again = run(["collect", "gemm", "--db", db, "--resume", "1", "--skip-peaks", "--no-progress"])
+    assert again.exit_code == 0, again.output
+    # The four new configs, and the later rounds of the four stored earlier: nothing is left.
+    assert "sweep 1 finished" in again.output and "0 remaining" in again.output, again.output
+    assert "resume with" not in again.output
