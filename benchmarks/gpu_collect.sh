@@ -13,7 +13,10 @@
 # share of random shapes whose dimensions are multiples of 8..128, as real layers are; the data
 # in data/gpu/ before h200_aligned_* has almost none, and there tensor-core GEMMs ran 3-4x slower
 # unaligned),
-# GEMM_MIN_SIZE (default 16;
+# STORE_FROM (a SQLite store to start from instead of an empty one, e.g. an earlier call's
+# gpu.sqlite brought back and carried to the machine again: its unfinished GEMM sweeps are
+# resumed first, each for up to RESUME_TIMEOUT seconds, default 120; a sweep of another GPU
+# is refused by --resume, and the script goes on), GEMM_MIN_SIZE (default 16;
 # on the H200, 87% of the random shapes with a dimension under 128 took under 0.03 ms, where
 # CuPy's dispatch sets the time; 44% of the others did),
 # QUEUE_AHEAD (default 1; 0 times GEMMs as a plain loop of launches, as the data in data/gpu/
@@ -48,6 +51,9 @@ else
     export PYTHONPATH=$PWD
 fi
 export HWNAS_DB="sqlite:///$out/gpu.sqlite"
+if [ -n "${STORE_FROM:-}" ]; then
+    cp "$STORE_FROM" "$out/gpu.sqlite" || exit 1
+fi
 
 step() {  # step NAME SECONDS COMMAND...
     local name=$1 limit=$2; shift 2
@@ -73,6 +79,20 @@ cat "$out/software.txt"
 
 [ -n "${SKIP_TESTS:-}" ] || step gpu-tests 150 python3 -m pytest -q -rs -p no:cacheprovider tests/test_gpu.py
 step devices 30 python3 -m hwnas.cli devices
+if [ -n "${STORE_FROM:-}" ]; then
+    unfinished=$(python3 - <<'EOF3'
+import os, sqlite3
+db = os.environ["HWNAS_DB"].removeprefix("sqlite:///")
+print(" ".join(str(i) for (i,) in sqlite3.connect(db).execute(
+    "select id from sweep where kind = 'gemm' and status != 'done' and device_id is not null"
+    " order by id")))
+EOF3
+)
+    for id in $unfinished; do
+        step "resume gemm sweep $id" "${RESUME_TIMEOUT:-120}" python3 -m hwnas.cli collect gemm \
+            --resume "$id" --no-progress
+    done
+fi
 [ "$gemm_count" -gt 0 ] && step gemm "${GEMM_TIMEOUT:-330}" python3 -m hwnas.cli collect gemm --device "$device" --shapes random \
     --count "$gemm_count" --seed "${GEMM_SEED:-0}" --aligned "${GEMM_ALIGNED:-0.5}" \
     --dtype "$dtypes" \
