@@ -5,35 +5,39 @@
 # short device lease always brings back what was measured (each row is committed as it ends).
 #
 # Usage: bash benchmarks/gpu_collect.sh OUT_DIR [GEMM_COUNT] [NET_COUNT]
-#   GEMM_COUNT random shapes (x 4 dtypes), NET_COUNT architectures per family.
-#   A GEMM_COUNT of 0 skips the GEMM sweep.
-# Environment: DEVICE (default cuda:0), DTYPES (default fp32,tf32,fp16,bf16; a dry run on a
-# CPU needs one without tf32), SKIP_TESTS=1, GEMM_TIMEOUT, GEMM_SEED (default 0: the
-# random shapes; another seed gives a machine new shapes), GEMM_ALIGNED (default 0.5: the
-# share of random shapes whose dimensions are multiples of 8..128, as real layers are; the data
-# in data/gpu/ before h200_aligned_* has almost none, and there tensor-core GEMMs ran 3-4x slower
-# unaligned),
-# STORE_FROM (a SQLite store to start from instead of an empty one, e.g. an earlier call's
-# gpu.sqlite brought back and carried to the machine again: its unfinished GEMM sweeps are
-# resumed first, each for up to RESUME_TIMEOUT seconds, default 120; a sweep of another GPU
-# is refused by --resume, and the script goes on), GEMM_MIN_SIZE (default 16;
-# on the H200, 87% of the random shapes with a dimension under 128 took under 0.03 ms, where
-# CuPy's dispatch sets the time; 44% of the others did),
-# QUEUE_AHEAD (default 1; 0 times GEMMs as a plain loop of launches, as the data in data/gpu/
-# taken before it was, to compare), SQUARE_TIMEOUT (0, the default: none; else a second GEMM
-# sweep over a grid of large shapes, 4096, 8192, 16384 in each dimension (squares among them;
-# 108 configs in 4 dtypes; 146 s on an H200, data/gpu/h200_aligned_square.parquet), in a
-# random order, for as long as this allows: random shapes hold almost none, and models trained
-# on unaligned shapes alone predict large square GEMMs 2-3.8x too slow, docs/results.md), NET_TIMEOUT (0: no
-# network sweep), NET_SEED,
-# LAYER_TIMEOUT (0, the default: no layer sweep), VERIFY_TIMEOUT (default 60; 0 skips
-# measuring the searched networks of data/gpu/search_*/ with `hwnas verify`, on the GPU model
-# they were searched for unless VERIFY_ANY=1; copies of their arch.json or pareto.json, with
-# the results appended, come back under OUT_DIR/verify/).
+#   GEMM_COUNT random shapes (x 4 dtypes; 0 skips the GEMM sweep), NET_COUNT architectures per
+#   family.
+#
+# Environment (all optional):
+#   DEVICE          default cuda:0
+#   DTYPES          default fp32,tf32,fp16,bf16 (a dry run on a CPU needs one without tf32)
+#   SKIP_TESTS=1    skip tests/test_gpu.py
+#   STORE_FROM      a SQLite store to start from instead of an empty one (an earlier call's
+#                   gpu.sqlite, brought back and carried to the machine again): its unfinished
+#                   GEMM sweeps are resumed first, each for up to RESUME_TIMEOUT s (default
+#                   120); --resume refuses a sweep of another GPU, and the script goes on
+#   GEMM_TIMEOUT    default 330 s
+#   GEMM_SEED       default 0 (another seed gives a machine new random shapes)
+#   GEMM_ALIGNED    default 0.5: the share of random shapes whose dimensions are multiples of
+#                   8..128, as real layers are (the data in data/gpu/ before h200_aligned_* has
+#                   almost none, and there tensor-core GEMMs ran 3-4x slower unaligned)
+#   GEMM_MIN_SIZE   default 16 (on the H200, 87% of the random shapes with a dimension under 128
+#                   took under 0.03 ms, where CuPy's dispatch sets the time; 44% of the others)
+#   QUEUE_AHEAD     default 1; 0 times GEMMs as a plain loop of launches, as the data in
+#                   data/gpu/ taken before it was, to compare
+#   SQUARE_TIMEOUT  default 0 (none); else a second GEMM sweep, in a random order and for as
+#                   long as this allows, over the grid of 4096, 8192, 16384 in each dimension
+#                   (108 configs in 4 dtypes; 146 s on an H200: data/gpu/h200_aligned_square.*;
+#                   models trained on unaligned shapes alone predict these 2-3.8x too slow)
+#   NET_TIMEOUT     default 90 s; 0 skips the network sweep. NET_SEED: its architectures
+#   LAYER_TIMEOUT   default 0 (no layer sweep)
+#   VERIFY_TIMEOUT  default 60; 0 skips measuring the searched networks of data/gpu/search_*/
+#                   with `hwnas verify`, on the GPU model they were searched for unless
+#                   VERIFY_ANY=1; copies of their arch.json or pareto.json, with the results
+#                   appended, come back under OUT_DIR/verify/
+#
 # Python packages the machine lacks can be put as wheels in .whl/ (data/gpu/README.md names the
-# ones a CUDA image with torch and CuPy lacked). Collecting needs no numba; training, evaluating
-# and serving do (predictor/fast.py), and llvmlite's wheel (~60 MB) does not fit the 64 MiB a
-# device call can carry beside the others: fit and evaluate on the fetched data instead.
+# ones a CUDA image with torch and CuPy lacked).
 set -u
 out=${1:?usage: gpu_collect.sh OUT_DIR [GEMM_COUNT] [NET_COUNT]}
 gemm_count=${2:-50}
