@@ -200,3 +200,27 @@ def test_progress_goes_to_a_log_as_a_line_now_and_then_not_a_redraw_per_config(m
             bar.update(1)
     # The opening line, the closing line and perhaps one timed line: not 1,000 redraws.
     assert 1 <= log.getvalue().count("\r") <= 4 and "500/500" in log.getvalue()
+
+
+def test_imported_devices_are_seen_when_they_measured_not_when_imported(tmp_path):
+    """Which of a model's devices is the newest (its peaks serve a model of several) does not
+    depend on the order the files are imported in."""
+    from pathlib import Path
+
+    from predictor.data import load_gemm_frame
+
+    gpu = Path(__file__).resolve().parent.parent / "data" / "gpu"
+    old, new = str(gpu / "h200_queued_run1.parquet"), str(gpu / "h200_aligned_square.parquet")
+    profiles = []
+    for name, order in (("a", [old, new]), ("b", [new, old])):
+        store = Store(f"sqlite:///{tmp_path / name}.sqlite")
+        for path in order:
+            import_measurements(store, path)
+        with store.session() as s:
+            seen = {d.name + d.fingerprint: (d.first_seen, d.last_seen)
+                    for d in s.scalars(select(Device))}
+        profiles.append((seen, load_gemm_frame(store, "NVIDIA H200")[1].peaks))
+    assert profiles[0] == profiles[1]
+    assert profiles[0][1]["compute_bf16"] == pytest.approx(707.19, rel=1e-4)  # the newer GPU's
+    first, last = min(profiles[0][0].values())
+    assert first.year == 2026 and first < last

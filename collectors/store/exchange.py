@@ -6,7 +6,9 @@ self-contained. Each measurement keeps its ``uid``: importing a file twice adds 
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+from collections import defaultdict
 from pathlib import Path
 
 import pandas as pd
@@ -70,6 +72,14 @@ def _clean(value):
     return value.item() if hasattr(value, "item") else value
 
 
+def _naive_utc(value) -> dt.datetime:
+    """A file's timestamp as the store keeps them: UTC, without a zone."""
+    stamp = pd.Timestamp(value)
+    if stamp.tzinfo is not None:
+        stamp = stamp.tz_convert("UTC").tz_localize(None)
+    return stamp.to_pydatetime()
+
+
 def import_measurements(store: Store, path: str) -> tuple[int, int]:
     """Add the file's measurements; returns (added, already present)."""
     df = read_export(path)
@@ -78,6 +88,8 @@ def import_measurements(store: Store, path: str) -> tuple[int, int]:
         existing = set(s.scalars(select(Measurement.uid).where(
             Measurement.uid.in_(df["uid"].tolist()))))
         devices: dict[str, Device] = {}
+        new_devices: set[str] = set()
+        seen: dict[str, tuple] = defaultdict(lambda: (dt.datetime.max, dt.datetime.min))
         sweeps: dict[tuple[str, object], Sweep] = {}
         for rec in df.to_dict("records"):
             if rec["uid"] in existing:
@@ -86,6 +98,7 @@ def import_measurements(store: Store, path: str) -> tuple[int, int]:
             fp = rec["device_fingerprint"]
             dev = devices.get(fp) or s.scalar(select(Device).where(Device.fingerprint == fp))
             if dev is None:
+                new_devices.add(fp)
                 facts = {c: _clean(rec[f"device_{c}"]) for c in DEVICE_COLUMNS}
                 facts["extra"] = json.loads(facts["extra"] or "{}")
                 dev = Device(**facts)
@@ -104,13 +117,23 @@ def import_measurements(store: Store, path: str) -> tuple[int, int]:
                 s.flush()
             row = {c: _clean(rec[c]) for c in MEASUREMENT_COLUMNS if c in rec}
             row["params"] = json.loads(row.get("params") or "{}")
-            row["created_at"] = pd.Timestamp(row["created_at"]).to_pydatetime() if row.get(
-                "created_at") else utcnow()
+            row["created_at"] = _naive_utc(row["created_at"]) if row.get("created_at") else utcnow()
             for flag in ("tensor_core", "l2_flushed"):
                 if row.get(flag) is not None:
                     row[flag] = bool(row[flag])
             s.add(Measurement(sweep_id=sweeps[key].id, device_id=dev.id, **row))
             sweeps[key].n_planned += 1
             added += 1
+            seen[fp] = (min(seen[fp][0], row["created_at"]), max(seen[fp][1], row["created_at"]))
+        for fp, (first, last) in seen.items():
+            # A device is seen when it measures, not when a file is read: which of a model's
+            # devices is the newest (whose peaks a model of several takes) must not depend on
+            # the order the files were imported in.
+            dev = devices[fp]
+            if fp in new_devices:
+                dev.first_seen = first
+                dev.last_seen = last
+            else:
+                dev.last_seen = max(dev.last_seen, last)
         s.commit()
     return added, skipped
