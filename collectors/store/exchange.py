@@ -131,9 +131,9 @@ def import_measurements(store: Store, path: str) -> tuple[int, int]:
             # the order the files were imported in.
             dev = devices[fp]
             if fp in new_devices:
-                dev.first_seen = first
-                dev.last_seen = last
+                dev.first_seen, dev.last_seen = first, last
             else:
+                dev.first_seen = min(dev.first_seen, first)
                 dev.last_seen = max(dev.last_seen, last)
         s.commit()
     return added, skipped
