@@ -670,3 +670,16 @@ def test_frame_from_exports_reads_files_as_a_store_would():
         frame_from_exports([squares, cpu])
     both, _ = frame_from_exports([squares, cpu], device="H200")
     assert len(both) == 108
+
+
+def test_evaluation_says_how_often_the_spread_holds_the_held_out_latency(capsys):
+    from hwnas.cli.models import _print_evaluation
+
+    ev = evaluate(synthetic(40), PROFILE, 3, n_estimators=20)
+    one, two = ev.spread_coverage()
+    scored = ev.kfold[ev.kfold.pred_latency_ms.notna()]
+    z = (scored.latency_ms - scored.pred_latency_ms).abs() / scored.pred_latency_std_ms
+    assert 0 < one <= two <= 100 and one == pytest.approx((z <= 1).mean() * 100)
+    assert (scored.pred_latency_std_ms > 0).all()
+    _print_evaluation(ev, "auto")
+    assert f"held {one:.0f}% of the held-out latencies within one spread" in capsys.readouterr().out

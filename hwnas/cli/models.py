@@ -25,6 +25,10 @@ def _print_evaluation(ev, baseline_fit: str) -> None:
                       f"{r.within_10:.1f}", f"{r.r2:.3f}", f"{r.spearman:.3f}",
                       f"{r.median_ratio:.2f}"]
                      for r in table.itertuples()])
+    one, two = ev.spread_coverage()
+    click.echo(f"\nthe ± of a latency prediction (its spread across trees) held {one:.0f}% of "
+               f"the held-out latencies within one spread, {two:.0f}% within two (a normal "
+               "error: 68%, 95%)")
     from predictor.features import ALIGNMENT, GPU_TILE
     from predictor.forest import few_aligned, resolve_baseline_fit, training_range
 
