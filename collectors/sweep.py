@@ -221,6 +221,23 @@ def sweep_origin(store: Store, sweep_id: int, kinds: tuple[str, ...], what: str)
                            dict(sweep.config))
 
 
+def resume_device(origin: SweepOrigin, sweep_id: int, asked: str | None) -> ComputeDevice:
+    """The device to resume a sweep on: ``asked`` (--device), else the one it was made on;
+    either way it must be that very device (:func:`check_resumed_on`)."""
+    from collectors.devices import get_device
+
+    try:
+        device = get_device(asked or origin.name)
+    except DeviceError as exc:
+        if asked:
+            raise
+        raise DeviceError(f"--resume {sweep_id}: the sweep was made on {origin.model} "
+                          f"({origin.name}), which this machine cannot open ({exc}); resume "
+                          "it where it started") from None
+    check_resumed_on(origin, sweep_id, device)
+    return device
+
+
 def check_resumed_on(origin: SweepOrigin, sweep_id: int, device: ComputeDevice) -> None:
     """A sweep resumes only on the device it was created on: its rows are stored under that
     device, so measuring them anywhere else would mislabel them."""

@@ -18,8 +18,8 @@ from collectors.store.db import Store
 from collectors.sweep import (
     SweepRunner,
     SweepSummary,
-    check_resumed_on,
     plan_gemm,
+    resume_device,
     sweep_origin,
 )
 from collectors.timing import TimingPolicy
@@ -107,12 +107,11 @@ class GemmJob:
             # unless told otherwise (and then only on that same device).
             store = Store(db_url)
             origin = sweep_origin(store, resume_id, ("gemm",), "GEMM")
-            device_name = device_name or origin.name
+            device = resume_device(origin, resume_id, device_name)
             backend = backend or origin.config.get("backend")
             dtype_list = origin.config.get("options", {}).get("dtypes") or dtype_list
-        device = get_device(device_name or "cpu")
-        if origin is not None:
-            check_resumed_on(origin, resume_id, device)
+        else:
+            device = get_device(device_name or "cpu")
         policy = dataclasses.replace(policy, rounds=default_rounds(rounds, device.info.kind),
                                      probe=default_probe(probe, device.info.kind))
         backend_impl = backend_for(device.info.kind, backend, getattr(device, "index", 0),

@@ -172,7 +172,7 @@ def collect_network(db_url, families, count, batches, layer_kinds, seed, device_
     )
     from collectors.probe import default_probe
     from collectors.rounds import default_rounds
-    from collectors.sweep import sweep_origin
+    from collectors.sweep import resume_device, sweep_origin
     from collectors.timing import TimingPolicy
     from hwnas.gemm_job import echo_slow_configs, split_list
 
@@ -180,9 +180,11 @@ def collect_network(db_url, families, count, batches, layer_kinds, seed, device_
     if any(b < 1 for b in batch_list):
         raise click.UsageError("--batch: must be positive integers")
     store = open_store(db_url)
-    if resume_id is not None and device_name is None:
-        device_name = sweep_origin(store, resume_id, NETWORK_SWEEP_KINDS, "network").name
-    device = get_device(device_name or "cpu")
+    if resume_id is not None:
+        device = resume_device(sweep_origin(store, resume_id, NETWORK_SWEEP_KINDS, "network"),
+                               resume_id, device_name)
+    else:
+        device = get_device(device_name or "cpu")
     policy = TimingPolicy(warmup_s=warmup, min_reps=min_reps, min_time_s=min_time,
                           power_window_s=power_window, l2_flush=l2_flush, cooldown_s=cooldown,
                           rounds=default_rounds(rounds, device.info.kind),
