@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.exc import IntegrityError
 
-from collectors.devices import ComputeDevice, DeviceError
+from collectors.devices import ComputeDevice, DeviceError, get_device
 from collectors.gemm.backends import GemmBackend
 from collectors.gemm.shapes import Shape
 from collectors.ops import DTYPES, Op, gemm_bytes, gemm_flops
@@ -224,8 +224,6 @@ def sweep_origin(store: Store, sweep_id: int, kinds: tuple[str, ...], what: str)
 def resume_device(origin: SweepOrigin, sweep_id: int, asked: str | None) -> ComputeDevice:
     """The device to resume a sweep on: ``asked`` (--device), else the one it was made on;
     either way it must be that very device (:func:`check_resumed_on`)."""
-    from collectors.devices import get_device
-
     try:
         device = get_device(asked or origin.name)
     except DeviceError as exc:
