@@ -1,9 +1,11 @@
 """Forest inference speed: scikit-learn's RandomForestRegressor.predict against the compiled
 form hwnas serves from (predictor.fast), measured in the same run on the same fitted forests.
 
-Two forests:
+Three forests:
   served  the GEMM cost model as ``hwnas train`` builds it (200 trees), fitted on the shipped
           GPPerf RTX 4070 data; the batch is random GEMM shapes through hwnas's own features.
+  H200    the same, fitted on the shipped H200 data timed on the GPU alone (937 configs in 4
+          dtypes): a larger forest, as a model of a real sweep is.
   stress  a deliberately larger forest: 200 trees grown to purity on 4,000 rows of 24 features
           (~5,000 nodes and depth ~19 per tree).
 
@@ -34,6 +36,8 @@ from predictor.features import DeviceProfile, empirical_peaks, feature_matrix
 from predictor.forest import LATENCY_SPREAD, GemmCostForest, leaf_quantities
 
 GPPERF = "data/external/gpperf_rtx4070_sgemm.csv"
+H200_FILES = ("h200_queued_run1", "h200_queued_run2", "h200_aligned_random",
+              "h200_aligned_square")
 
 
 def best_of(fn, repeats: int) -> float:
@@ -62,6 +66,22 @@ def served_forest(rows: int, rng: np.random.Generator):
                             "dtype": "fp32", "trans_a": 0, "trans_b": 0})
     features = feature_matrix(queries, profile).astype(np.float32)
     return model.forest_, features, f"served: GEMM model, {len(frame)} training configs"
+
+
+def h200_forest(rows: int, rng: np.random.Generator):
+    """The latency forest of the H200 GEMM model as ``hwnas train`` builds it from the shipped
+    GPU-alone H200 files, and features of ``rows`` random GEMMs in its four dtypes."""
+    from predictor.data import frame_from_exports
+    from predictor.training import fit_full
+
+    frame, profile = frame_from_exports([f"data/gpu/{name}.parquet" for name in H200_FILES])
+    model = fit_full(frame, profile)
+    dims = np.exp(rng.uniform(np.log(16), np.log(16384), size=(rows, 3))).astype(int)
+    queries = pd.DataFrame({"m": dims[:, 0], "n": dims[:, 1], "k": dims[:, 2], "batch": 1,
+                            "dtype": rng.choice(["fp32", "tf32", "fp16", "bf16"], rows),
+                            "trans_a": 0, "trans_b": 0})
+    features = feature_matrix(queries, profile).astype(np.float32)
+    return model.forest_, features, f"H200: GEMM model, {len(frame)} training configs"
 
 
 def stress_forest(rows: int, rng: np.random.Generator):
@@ -136,7 +156,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args()
     rng = np.random.default_rng(0)
-    for make in (served_forest, stress_forest):
+    for make in (served_forest, h200_forest, stress_forest):
         report(*make(args.rows, rng), args.repeats)
     network_query(args.repeats)
 
