@@ -138,3 +138,32 @@ def test_network_sweep_on_the_gpu_with_cuda_events_and_energy(tmp_path):
         rows = s.scalars(select(Measurement)).all()
     assert {r.backend for r in rows} == {"torch-cuda"}
     assert all(r.latency_ms_median > 0 and r.power_source.startswith("nvml") for r in rows)
+
+
+def test_a_gpu_sweep_resumes_on_its_gpu_without_naming_it(tmp_path):
+    """`--resume` alone carries on a cuda:0 sweep on cuda:0 with CuPy (its own device and
+    backend), not on the CPU the option would otherwise default to."""
+    from click.testing import CliRunner
+    from sqlalchemy import delete
+
+    from collectors.store.db import Store
+    from collectors.store.models import Measurement
+    from hwnas.cli import main
+
+    db = f"sqlite:///{tmp_path / 'g.sqlite'}"
+    first = CliRunner().invoke(main, [
+        "collect", "gemm", "--db", db, "--device", "cuda:0", "--dtype", "fp16,tf32",
+        "--max-size", "256", "--points", "2", "--min-time", "0.01", "--power-window", "0",
+        "--skip-peaks", "--no-progress", "--no-probe"])
+    assert first.exit_code == 0, first.output
+    with Store(db).session() as s:
+        s.execute(delete(Measurement).where(Measurement.id > 10))
+        s.commit()
+    again = CliRunner().invoke(main, ["collect", "gemm", "--db", db, "--resume", "1",
+                                      "--skip-peaks", "--no-progress"])
+    assert again.exit_code == 0, again.output
+    assert "6 done" in again.output and "0 remaining" in again.output, again.output
+    with Store(db).session() as s:
+        rows = s.scalars(select(Measurement)).all()
+    assert len(rows) == 16 and {r.backend for r in rows} == {"cupy"}
+    assert len({r.device_id for r in rows}) == 1
