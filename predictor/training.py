@@ -38,11 +38,13 @@ class Evaluation:
         return int(self.kfold.pred_latency_ms.isna().sum()
                    + self.extrapolation.pred_latency_ms.isna().sum())
 
-    def spread_coverage(self) -> tuple[float, float]:
-        """Shares (%) of the held-out latencies (GroupKFold) within one and within two of
-        their predictions' spreads across trees (a normal error would give 68.3 and 95.4)."""
-        scored = self.kfold[self.kfold.pred_latency_ms.notna()]
-        z = (scored.latency_ms - scored.pred_latency_ms).abs() / scored.pred_latency_std_ms
+    def spread_coverage(self, target: str = "latency_ms") -> tuple[float, float]:
+        """Shares (%) of the held-out values of ``target`` (GroupKFold; latency_ms or
+        power_w) within one and within two of their predictions' spreads across trees (a
+        normal error would give 68.3 and 95.4)."""
+        spread = {"latency_ms": "pred_latency_std_ms", "power_w": "pred_power_std_w"}[target]
+        scored = self.kfold[self.kfold[f"pred_{target}"].notna() & self.kfold[target].notna()]
+        z = (scored[target] - scored[f"pred_{target}"]).abs() / scored[spread]
         return float((z <= 1).mean() * 100), float((z <= 2).mean() * 100)
 
     def tables(self) -> dict[str, pd.DataFrame]:
@@ -74,13 +76,15 @@ def _fit_predict(profile: DeviceProfile, has_power: bool, params: dict, bounds: 
             train, _targets_of(train, has_power and train.power_w.notna().any()))
         bounds.append(model.bound_)
         seen = dtypes_seen(test, train)
-        out = {t: np.full(len(test), np.nan) for t in [*_targets(has_power), "latency_std_ms"]}
+        spreads = ["latency_std_ms", "power_std_w"] if has_power else ["latency_std_ms"]
+        out = {t: np.full(len(test), np.nan) for t in [*_targets(has_power), *spreads]}
         if seen.any():
             c = model.predict_costs(test[seen])
             out["latency_ms"][seen] = c.latency_ms
             out["latency_std_ms"][seen] = c.latency_std_ms
             if model.has_power_:
                 out["power_w"][seen], out["energy_j"][seen] = c.power_w, c.energy_j
+                out["power_std_w"][seen] = c.power_std_w
         return out
 
     return fit_predict

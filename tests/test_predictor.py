@@ -682,4 +682,12 @@ def test_evaluation_says_how_often_the_spread_holds_the_held_out_latency(capsys)
     assert 0 < one <= two <= 100 and one == pytest.approx((z <= 1).mean() * 100)
     assert (scored.pred_latency_std_ms > 0).all()
     _print_evaluation(ev, "auto")
-    assert f"held {one:.0f}% of the held-out latencies within one spread" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"held {one:.0f}% of the held-out latencies within one spread" in out
+    assert "power prediction" not in out  # a latency-only model
+    with_power = evaluate(synthetic(40, power=True), PROFILE, 3, n_estimators=20)
+    p_one, p_two = with_power.spread_coverage("power_w")
+    assert 0 < p_one <= p_two <= 100
+    _print_evaluation(with_power, "auto")
+    assert (f"the ± of a power prediction held {p_one:.0f}% of the held-out powers"
+            in capsys.readouterr().out)

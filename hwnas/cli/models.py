@@ -29,6 +29,10 @@ def _print_evaluation(ev, baseline_fit: str) -> None:
     click.echo(f"\nthe ± of a latency prediction (its spread across trees) held {one:.0f}% of "
                f"the held-out latencies within one spread, {two:.0f}% within two (a normal "
                "error: 68%, 95%)")
+    if ev.has_power:
+        one, two = ev.spread_coverage("power_w")
+        click.echo(f"the ± of a power prediction held {one:.0f}% of the held-out powers within "
+                   f"one spread, {two:.0f}% within two")
     from predictor.features import ALIGNMENT, GPU_TILE
     from predictor.forest import few_aligned, resolve_baseline_fit, training_range
 
