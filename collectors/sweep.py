@@ -120,23 +120,20 @@ class SweepRunner:
             return len(new)
 
     @staticmethod
-    def load_plan(store: Store, sweep_id: int) -> tuple[Sweep, list[tuple[Op, str]]]:
-        with store.session() as s:
-            sweep = get_sweep(s, sweep_id)
-            if sweep is None or sweep.kind != "gemm":
-                raise ValueError(f"--resume {sweep_id}: no GEMM sweep with that id in the store")
-            plan = [(Op.from_dict(c), c.get("origin", "")) for c in sweep.config["configs"]]
-            return sweep, plan
+    def load_plan(store: Store, sweep_id: int) -> tuple[SweepOrigin, list[tuple[Op, str]]]:
+        """Where a stored GEMM sweep was made, and its (op, origin) plan."""
+        origin = sweep_origin(store, sweep_id, ("gemm",), "GEMM")
+        return origin, [(Op.from_dict(c), c.get("origin", "")) for c in origin.config["configs"]]
 
     def run(self, sweep_id: int) -> SweepSummary:
-        check_resumed_on(sweep_origin(self.store, sweep_id, ("gemm",), "GEMM"), sweep_id,
-                         self.device)
-        sweep, plan = self.load_plan(self.store, sweep_id)
+        origin, plan = self.load_plan(self.store, sweep_id)
+        check_resumed_on(origin, sweep_id, self.device)
         # A sweep is measured by the policy it was created with, resumed or not.
-        self.policy = stored_policy(sweep.config, self.policy)
-        items = [(op.key(), (op, origin)) for op, origin in plan]
-        return run_sweep(self.store, sweep_id, sweep.config, items,
-                         lambda item: self.measure(item[0], item[1], sweep_id, sweep.device_id),
+        self.policy = stored_policy(origin.config, self.policy)
+        items = [(op.key(), (op, label)) for op, label in plan]
+        return run_sweep(self.store, sweep_id, origin.config, items,
+                         lambda item: self.measure(item[0], item[1], sweep_id,
+                                                   origin.device_id),
                          self.progress, "gemm sweep")
 
     def measure(self, op: Op, origin: str, sweep_id: int, device_id: int) -> Measurement:
