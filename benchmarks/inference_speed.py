@@ -50,6 +50,17 @@ def best_of(fn, repeats: int) -> float:
     return best
 
 
+def query_features(rows: int, rng: np.random.Generator, profile: DeviceProfile,
+                   dtypes: list[str]) -> np.ndarray:
+    """Features of ``rows`` GEMMs with m, n, k log-uniform in 16..16384, in ``dtypes`` (drawn
+    per row where there are several)."""
+    dims = np.exp(rng.uniform(np.log(16), np.log(16384), size=(rows, 3))).astype(int)
+    queries = pd.DataFrame({"m": dims[:, 0], "n": dims[:, 1], "k": dims[:, 2], "batch": 1,
+                            "dtype": rng.choice(dtypes, rows) if len(dtypes) > 1 else dtypes[0],
+                            "trans_a": 0, "trans_b": 0})
+    return feature_matrix(queries, profile).astype(np.float32)
+
+
 def served_forest(rows: int, rng: np.random.Generator):
     """The GEMM cost model fitted on GPPerf, and features of ``rows`` random GEMMs."""
     df = read_gpperf(GPPERF)
@@ -61,11 +72,8 @@ def served_forest(rows: int, rng: np.random.Generator):
     profile = DeviceProfile("NVIDIA GeForce RTX 4070", "gpu", 46, empirical_peaks(frame),
                             "empirical")
     model = GemmCostForest(profile=profile.to_dict()).fit(frame, frame.latency_ms)
-    dims = np.exp(rng.uniform(np.log(16), np.log(16384), size=(rows, 3))).astype(int)
-    queries = pd.DataFrame({"m": dims[:, 0], "n": dims[:, 1], "k": dims[:, 2], "batch": 1,
-                            "dtype": "fp32", "trans_a": 0, "trans_b": 0})
-    features = feature_matrix(queries, profile).astype(np.float32)
-    return model.forest_, features, f"served: GEMM model, {len(frame)} training configs"
+    return (model.forest_, query_features(rows, rng, profile, ["fp32"]),
+            f"served: GEMM model, {len(frame)} training configs")
 
 
 def h200_forest(rows: int, rng: np.random.Generator):
@@ -76,12 +84,8 @@ def h200_forest(rows: int, rng: np.random.Generator):
 
     frame, profile = frame_from_exports([f"data/gpu/{name}.parquet" for name in H200_FILES])
     model = fit_full(frame, profile)
-    dims = np.exp(rng.uniform(np.log(16), np.log(16384), size=(rows, 3))).astype(int)
-    queries = pd.DataFrame({"m": dims[:, 0], "n": dims[:, 1], "k": dims[:, 2], "batch": 1,
-                            "dtype": rng.choice(["fp32", "tf32", "fp16", "bf16"], rows),
-                            "trans_a": 0, "trans_b": 0})
-    features = feature_matrix(queries, profile).astype(np.float32)
-    return model.forest_, features, f"H200: GEMM model, {len(frame)} training configs"
+    return (model.forest_, query_features(rows, rng, profile, ["fp32", "tf32", "fp16", "bf16"]),
+            f"H200: GEMM model, {len(frame)} training configs")
 
 
 def stress_forest(rows: int, rng: np.random.Generator):
