@@ -38,6 +38,9 @@ def main() -> None:
                     help="device model (or a unique part of its name), where a set holds several")
     ap.add_argument("--baseline-fit", default=",".join(BASELINE_FITS),
                     help=f"comma-separated, of {', '.join(BASELINE_FITS)}")
+    ap.add_argument("--unseen-shapes", action="store_true",
+                    help="drop from training every shape (m, n, k) the test files hold, so the "
+                         "test is of shapes the model never saw, on whichever GPU")
     ap.add_argument("--trees", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--plot", help="PNG of predicted against measured, a panel per baseline")
@@ -45,6 +48,11 @@ def main() -> None:
 
     train, profile = frame_from_exports(args.train.split(","), args.device)
     test, _ = frame_from_exports(args.test.split(","), args.device)
+    if args.unseen_shapes:
+        test_shapes = set(zip(test.m, test.n, test.k, strict=True))
+        known = np.array([s in test_shapes for s in zip(train.m, train.n, train.k, strict=True)])
+        print(f"left out of training {known.sum()} configs whose shapes are tested")
+        train = train[~known].reset_index(drop=True)
     train_shapes = set(zip(train.m, train.n, train.k, strict=True))
     seen = np.array([s in train_shapes for s in zip(test.m, test.n, test.k, strict=True)])
     print(f"{profile.model}: trained on {len(train)} configs, testing {len(test)} "
