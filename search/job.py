@@ -194,6 +194,22 @@ def pareto(space: SpaceConfig, client, device: str, cfg: SearchConfig, fractions
     return doc
 
 
+def label_offsets(x: list[float], y: list[float], step: int = 9) -> list[int]:
+    """Vertical offsets (points) for the labels of points (x, y), so that labels of points that
+    lie close together are stacked below each other instead of printed over each other (two
+    budgets that chose one architecture land within a few percent of each other)."""
+    def span(v: list[float]) -> float:
+        return (max(v) - min(v)) or 1.0
+
+    sx, sy = span(x), span(y)
+    offsets = []
+    for i in range(len(x)):
+        near = sum(abs(x[i] - x[j]) < 0.08 * sx and abs(y[i] - y[j]) < 0.04 * sy
+                   for j in range(i))
+        offsets.append(3 - step * near)
+    return offsets
+
+
 def plot_pareto(points: list[Outcome], rand: list[Outcome], path: Path, device: str) -> None:
     import matplotlib
 
@@ -209,8 +225,8 @@ def plot_pareto(points: list[Outcome], rand: list[Outcome], path: Path, device: 
                     else p.predicted["latency_ms"])
     x, y = xy(points)
     ax.plot(x, y, "o-", label="hardware-aware search")
-    for p, xi, yi in zip(points, x, y, strict=True):
-        ax.annotate(p.label, (xi, yi), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    for p, xi, yi, dy in zip(points, x, y, label_offsets(x, y), strict=True):
+        ax.annotate(p.label, (xi, yi), fontsize=7, xytext=(3, dy), textcoords="offset points")
     if rand:
         xr, yr = xy(rand)
         ax.plot(xr, yr, "s", label="random search, same budgets")

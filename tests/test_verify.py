@@ -130,3 +130,14 @@ def test_a_network_measured_while_the_machine_runs_slow_says_so(tmp_path, monkey
     assert "run this again when the machine is quiet" in r.output
     measured = json.loads((out / "arch.json").read_text())["verifications"][0]["measured"]
     assert measured["calm"] is False and measured["slow_ratio"] == 2.1
+
+
+def test_labels_of_points_close_together_are_stacked_not_overprinted():
+    from search.job import label_offsets
+
+    # The H100 Pareto run: two budgets chose one architecture, measured 0.258 and 0.266 ms.
+    x, y = [0.258, 0.266, 0.421, 0.756], [99.44, 99.44, 99.44, 98.89]
+    offsets = label_offsets(x, y)
+    assert offsets[0] != offsets[1]
+    assert offsets[2] == offsets[3] == offsets[0]
+    assert label_offsets([1.0], [2.0]) == [3]
