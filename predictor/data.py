@@ -41,7 +41,8 @@ GPU_ALONE = "cuda_events_queued"
 
 
 def load_gemm_frame(store: Store, device_model: str) -> tuple[pd.DataFrame, DeviceProfile]:
-    """One row per ok GEMM measurement, and the device profile (peaks) of that model.
+    """One row per ok GEMM measurement, and the device profile (peaks) of that model. Column
+    ``device`` is the fingerprint of the physical device that measured the row.
 
     Where some of a GPU's rows time the GPU alone and others a plain loop of launches, only
     the first are kept (the two disagree on every launch-bound shape), and ``frame.attrs
@@ -51,7 +52,7 @@ def load_gemm_frame(store: Store, device_model: str) -> tuple[pd.DataFrame, Devi
             select(Measurement.m, Measurement.n, Measurement.k, Measurement.batch,
                    Measurement.dtype, Measurement.layout, Measurement.latency_ms,
                    Measurement.power_w, Measurement.power_source, Measurement.created_at,
-                   Measurement.params, Measurement.backend)
+                   Measurement.params, Measurement.backend, Device.fingerprint)
             .join(Device, Measurement.device_id == Device.id)
             .where(Device.model == device_model, Measurement.status == "ok",
                    Measurement.op_kind == "gemm")).all()
@@ -65,7 +66,7 @@ def load_gemm_frame(store: Store, device_model: str) -> tuple[pd.DataFrame, Devi
         raise DataError(f"no successful GEMM measurements of {device_model!r} in the store")
     frame = pd.DataFrame.from_records([tuple(r) for r in rows], columns=[
         "m", "n", "k", "batch", "dtype", "layout", "latency_ms",
-        "power_w", "power_source", "created_at", "params", "backend"])
+        "power_w", "power_source", "created_at", "params", "backend", "device"])
     params = frame.pop("params").map(lambda p: p or {})
     timer = params.map(lambda p: p.get("timer"))
     frame["power_duty"] = params.map(lambda p: p.get("power_duty", np.nan)).astype(float)

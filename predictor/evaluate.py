@@ -2,6 +2,8 @@
 
 Two splits: GroupKFold over (M, N, K, batch), so every dtype and layout of a test shape is unseen;
 and an extrapolation split that trains on the smaller shapes and tests on the largest by FLOPs.
+Where a device model's rows come from several physical devices, a third holds out each device
+in turn with its shapes: a model used on another GPU of the same model, on shapes it never saw.
 """
 
 from __future__ import annotations
@@ -45,6 +47,22 @@ def extrapolation_split(frame: pd.DataFrame, test_share: float = 0.2):
     big = set(per_shape[per_shape > cut].index)
     test = np.array([g in big for g in groups])
     yield np.flatnonzero(~test), np.flatnonzero(test)
+
+
+def device_split(frame: pd.DataFrame):
+    """One fold per physical device (column ``device``): its rows are the test set, and the
+    training set is the other devices' rows of shapes that device did not measure (the same
+    shape timed on a sibling GPU would tell the model the answer). Nothing where the rows come
+    from a single device."""
+    if "device" not in frame or frame.device.nunique() < 2:
+        return
+    groups = shape_groups(frame)
+    devices = frame.device.to_numpy()
+    for device in sorted(set(devices)):
+        test = devices == device
+        train = ~test & ~np.isin(groups, groups[test])
+        if train.any():
+            yield np.flatnonzero(train), np.flatnonzero(test)
 
 
 def metrics(measured: np.ndarray, predicted: np.ndarray) -> dict[str, float]:

@@ -11,14 +11,18 @@ import pandas as pd
 from collectors.store.db import Store
 from predictor.data import load_gemm_frame, op_power, power_is_measured
 from predictor.evaluate import (
+    device_split,
     dtypes_seen,
     extrapolation_split,
     group_kfold_splits,
+    metrics,
     metrics_table,
     out_of_fold,
 )
 from predictor.features import DeviceProfile
 from predictor.forest import GemmCostForest
+
+DEVICES_HELD_OUT = "each physical device held out, with its shapes"
 
 
 @dataclass
@@ -32,11 +36,15 @@ class Evaluation:
     extrapolation: pd.DataFrame  # predictions on the largest shapes
     targets: list[str]
     bounds: list[str]  # the baseline each fitted model chose (GemmCostForest.bound_)
+    # Predictions for each physical device held out with its shapes (None: one device only).
+    devices: pd.DataFrame | None = None
 
     def unscored(self) -> int:
         """Held-out rows not scored: their dtype was missing from their fold's training rows."""
-        return int(self.kfold.pred_latency_ms.isna().sum()
-                   + self.extrapolation.pred_latency_ms.isna().sum())
+        held_out = [self.kfold, self.extrapolation]
+        if self.devices is not None:
+            held_out.append(self.devices)
+        return int(sum(part.pred_latency_ms.isna().sum() for part in held_out))
 
     def spread_coverage(self, target: str = "latency_ms") -> tuple[float, float]:
         """Shares (%) of the held-out values of ``target`` (GroupKFold; latency_ms or
@@ -47,9 +55,21 @@ class Evaluation:
         z = (scored[target] - scored[f"pred_{target}"]).abs() / scored[spread]
         return float((z <= 1).mean() * 100), float((z <= 2).mean() * 100)
 
+    def per_device(self) -> pd.DataFrame:
+        """Latency metrics (:func:`predictor.evaluate.metrics`) of each physical device held
+        out, one row per device fingerprint; empty where the rows came from one device."""
+        if self.devices is None:
+            return pd.DataFrame(columns=["device", "n", "mape", "within_10", "median_ratio"])
+        scored = self.devices[self.devices.pred_latency_ms.notna()]
+        return pd.DataFrame([{"device": device, **metrics(part.latency_ms, part.pred_latency_ms)}
+                             for device, part in scored.groupby("device")])
+
     def tables(self) -> dict[str, pd.DataFrame]:
-        return {"shape-held-out (GroupKFold)": metrics_table(self.kfold, self.targets),
-                "largest shapes held out": metrics_table(self.extrapolation, self.targets)}
+        tables = {"shape-held-out (GroupKFold)": metrics_table(self.kfold, self.targets),
+                  "largest shapes held out": metrics_table(self.extrapolation, self.targets)}
+        if self.devices is not None:
+            tables[DEVICES_HELD_OUT] = metrics_table(self.devices, self.targets)
+        return tables
 
 
 def _targets(has_power: bool) -> list[str]:
@@ -101,9 +121,11 @@ def evaluate(frame: pd.DataFrame, profile: DeviceProfile, n_splits: int = 5,
     fp = _fit_predict(profile, has_power, params, bounds)
     kfold = out_of_fold(frame, fp, group_kfold_splits(frame, n_splits))
     extra = out_of_fold(frame, fp, extrapolation_split(frame))
+    by_device = list(device_split(frame))
+    devices = out_of_fold(frame, fp, by_device) if by_device else None
     n_shapes = len(set(zip(frame.m, frame.n, frame.k, frame.batch, strict=True)))
     return Evaluation(profile.model, profile, has_power, len(frame), n_shapes, kfold, extra,
-                      _targets(has_power), bounds)
+                      _targets(has_power), bounds, devices)
 
 
 def fit_full(frame: pd.DataFrame, profile: DeviceProfile, **params) -> GemmCostForest:

@@ -13,7 +13,13 @@ from sklearn.ensemble import RandomForestRegressor
 
 from collectors.ops import Op, OpError
 from predictor import registry
-from predictor.evaluate import extrapolation_split, group_kfold_splits, metrics, shape_groups
+from predictor.evaluate import (
+    device_split,
+    extrapolation_split,
+    group_kfold_splits,
+    metrics,
+    shape_groups,
+)
 from predictor.features import DeviceProfile, empirical_peaks, gemm_features
 from predictor.forest import GemmCostForest, gemm_frame
 from predictor.training import evaluate, fit_full
@@ -173,6 +179,30 @@ def test_splits_never_share_a_shape():
     (tr, te), = extrapolation_split(frame)
     flops = 2.0 * frame.m * frame.n * frame.k
     assert flops.iloc[te].min() > flops.iloc[tr].max()
+
+
+def test_each_physical_device_is_held_out_with_its_shapes():
+    one, other = synthetic(30, seed=3), synthetic(30, seed=4)
+    frame = pd.concat([one.assign(device="gpu-a"), other.assign(device="gpu-b"),
+                       one.head(10).assign(device="gpu-b")],  # shapes both GPUs measured
+                      ignore_index=True)
+    groups, devices = shape_groups(frame), frame.device.to_numpy()
+    folds = list(device_split(frame))
+    assert len(folds) == 2
+    for tr, te in folds:
+        assert len(set(devices[te])) == 1 and devices[te][0] not in set(devices[tr])
+        assert not set(groups[tr]) & set(groups[te])  # the sibling's copy of a shape is out too
+    assert list(device_split(synthetic(30).assign(device="gpu-a"))) == []
+    assert list(device_split(synthetic(30))) == []  # frames without the column: no split
+
+    ev = evaluate(frame, PROFILE, 3, n_estimators=30)
+    assert "each physical device held out, with its shapes" in ev.tables()
+    per = ev.per_device()
+    assert list(per.device) == ["gpu-a", "gpu-b"] and list(per.n) == [60, 70]
+    assert (per.within_10 > 50).all()  # two GPUs of the same behaviour predict each other
+    single = evaluate(synthetic(30).assign(device="gpu-a"), PROFILE, 3, n_estimators=10)
+    assert single.devices is None and single.per_device().empty
+    assert len(single.tables()) == 2
 
 
 def test_held_out_evaluation_is_accurate_on_a_learnable_device():

@@ -25,6 +25,12 @@ def _print_evaluation(ev, baseline_fit: str) -> None:
                       f"{r.within_10:.1f}", f"{r.r2:.3f}", f"{r.spearman:.3f}",
                       f"{r.median_ratio:.2f}"]
                      for r in table.itertuples()])
+    if ev.devices is not None:
+        click.echo("\nheld out one at a time (trained on the others' rows of shapes it did not "
+                   "measure):")
+        print_table(["device", "rows", "latency MAPE %", "within ±10% %", "median pred/meas"],
+                    [[r.device[:12], r.n, f"{r.mape:.1f}", f"{r.within_10:.1f}",
+                      f"{r.median_ratio:.2f}"] for r in ev.per_device().itertuples()])
     one, two = ev.spread_coverage()
     click.echo(f"\nthe ± of a latency prediction (its spread across trees) held {one:.0f}% of "
                f"the held-out latencies within one spread, {two:.0f}% within two (a normal "
@@ -107,7 +113,8 @@ def train(db_url, device_spec, folds, trees, target, baseline_fit) -> None:
 @click.option("--trees", type=click.IntRange(1, 5000), default=200, show_default=True)
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
               help="Write a predicted-vs-measured PNG of the held-out latency: shapes held "
-                   "out, and the largest shapes held out.")
+                   "out, the largest shapes held out, and devices held out where there are "
+                   "several.")
 @click.option("--worst", type=click.IntRange(0, 1000), default=5, show_default=True,
               help="List this many held-out configs whose latency was predicted worst "
                    "(0: none).")
@@ -115,7 +122,8 @@ def train(db_url, device_spec, folds, trees, target, baseline_fit) -> None:
 @friendly_errors
 def eval_(db_url, device_spec, folds, trees, plot_path, worst, baseline_fit) -> None:
     """Evaluate the GEMM model on whole shapes held out (GroupKFold over M,N,K and the largest
-    shapes held out); per target and dtype: MAPE, median APE, share within ±10%, R^2, Spearman
+    shapes held out; where the model's rows come from several physical GPUs, each held out in
+    turn with its shapes); per target and dtype: MAPE, median APE, share within ±10%, R^2, Spearman
     and the median of predicted / measured (above 1: predicted too high; too slow, for latency);
     then the configs predicted worst, to see where the model misses."""
     from predictor.data import load_gemm_frame, resolve_device_model
@@ -137,9 +145,11 @@ def eval_(db_url, device_spec, folds, trees, plot_path, worst, baseline_fit) -> 
     if frame.attrs.get("note"):
         click.echo(f"\ndata: {frame.attrs['note']}")
     if plot_path:
-        plot_predicted_vs_measured({"shapes held out (GroupKFold)": ev.kfold,
-                                    "largest shapes held out": ev.extrapolation},
-                                   "latency_ms", plot_path, f"{model}: GEMM latency")
+        panels = {"shapes held out (GroupKFold)": ev.kfold,
+                  "largest shapes held out": ev.extrapolation}
+        if ev.devices is not None:
+            panels["devices held out"] = ev.devices
+        plot_predicted_vs_measured(panels, "latency_ms", plot_path, f"{model}: GEMM latency")
         click.echo(f"\nplot: {plot_path}")
 
 
