@@ -58,11 +58,13 @@ class Evaluation:
     def per_device(self) -> pd.DataFrame:
         """Latency metrics (:func:`predictor.evaluate.metrics`) of each physical device held
         out, one row per device fingerprint; empty where the rows came from one device."""
+        columns = ["device", "n", "mape", "mdape", "within_10", "r2", "spearman",
+                   "median_ratio"]
         if self.devices is None:
-            return pd.DataFrame(columns=["device", "n", "mape", "within_10", "median_ratio"])
+            return pd.DataFrame(columns=columns)
         scored = self.devices[self.devices.pred_latency_ms.notna()]
         return pd.DataFrame([{"device": device, **metrics(part.latency_ms, part.pred_latency_ms)}
-                             for device, part in scored.groupby("device")])
+                             for device, part in scored.groupby("device")], columns=columns)
 
     def tables(self) -> dict[str, pd.DataFrame]:
         tables = {"shape-held-out (GroupKFold)": metrics_table(self.kfold, self.targets),
@@ -123,6 +125,8 @@ def evaluate(frame: pd.DataFrame, profile: DeviceProfile, n_splits: int = 5,
     extra = out_of_fold(frame, fp, extrapolation_split(frame))
     by_device = list(device_split(frame))
     devices = out_of_fold(frame, fp, by_device) if by_device else None
+    if devices is not None and devices.pred_latency_ms.isna().all():
+        devices = None  # no device shares a dtype with another: nothing to score
     n_shapes = len(set(zip(frame.m, frame.n, frame.k, frame.batch, strict=True)))
     return Evaluation(profile.model, profile, has_power, len(frame), n_shapes, kfold, extra,
                       _targets(has_power), bounds, devices)

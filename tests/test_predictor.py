@@ -203,6 +203,10 @@ def test_each_physical_device_is_held_out_with_its_shapes():
     single = evaluate(synthetic(30).assign(device="gpu-a"), PROFILE, 3, n_estimators=10)
     assert single.devices is None and single.per_device().empty
     assert len(single.tables()) == 2
+    # Two devices that measured no dtype in common: no device can be predicted from the other.
+    apart = pd.concat([one[one.dtype == "fp32"].assign(device="gpu-a"),
+                       other[other.dtype == "fp16"].assign(device="gpu-b")], ignore_index=True)
+    assert evaluate(apart, PROFILE, 3, n_estimators=10).devices is None
 
 
 def test_held_out_evaluation_is_accurate_on_a_learnable_device():
