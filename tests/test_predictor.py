@@ -725,3 +725,24 @@ def test_evaluation_says_how_often_the_spread_holds_the_held_out_latency(capsys)
     _print_evaluation(with_power, "auto")
     assert (f"the ± of a power prediction held {p_one:.0f}% of the held-out powers"
             in capsys.readouterr().out)
+
+
+def test_cli_eval_holds_out_each_physical_gpu_of_a_model(tmp_path):
+    """Two physical H200s of the shipped data: `hwnas eval` predicts each from the other."""
+    from pathlib import Path
+
+    from hwnas.cli import main
+
+    db = f"sqlite:///{tmp_path / 'h200.sqlite'}"
+    run = CliRunner().invoke
+    for name in ("h200_queued_run1", "h200_aligned_random"):
+        path = Path(__file__).resolve().parent.parent / "data" / "gpu" / f"{name}.parquet"
+        r = run(main, ["db", "import", "--db", db, str(path)])
+        assert r.exit_code == 0, r.output
+    r = run(main, ["eval", "--db", db, "--device", "H200", "--trees", "10", "--folds", "2",
+                   "--worst", "0", "--plot", str(tmp_path / "e.png")])
+    assert r.exit_code == 0, r.output
+    assert f"\n{DEVICES_HELD_OUT}:" in r.output
+    per_device = r.output.split("held out one at a time")[1].split("\n\n")[0]
+    assert "435dc7f048ab  358 " in per_device and "a8907c602d3d  240 " in per_device
+    assert (tmp_path / "e.png").stat().st_size > 1000
