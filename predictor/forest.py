@@ -21,7 +21,13 @@ ratio of one instead of spanning decades. Per dtype, two ways to set them (``bas
   queued H200 data in data/gpu/, the largest-shapes split went from 39-41% to 28-34% MAPE (3
   seeds); on held-out shapes (GroupKFold) the share within ±10% rose or stayed and MAPE moved
   -0.7 to +1.7 points; on the CPU pools the largest shapes' share within ±10% fell by up to 8
-  points, hence the CPU default (docs/results.md).
+  points, hence the CPU default (docs/results.md). Where a dtype has at least
+  ``ALIGNED_BASELINE_MIN`` aligned calls (m, n, k multiples of 8) and as many others, each kind
+  gets a line of its own: on a GPU they run on different kernels (unaligned fp16/bf16 at a
+  quarter of the aligned speed on the H100), and one line through both leaves the forest to
+  carry a 4x step past the largest shapes. On the H100/H200 data that took the largest-shapes
+  split from 25-58% to 14-28% MAPE in five stores, and the H200's square grid, 2x past the
+  training shapes, from 17% to 8% (the H100's: 11% either way; docs/results.md).
 
 Power (W), where it was measured, has a forest of its own, fitted on the rows whose power
 reading is the op's (a row may have none: NaN). One forest with both outputs would choose its
@@ -81,6 +87,10 @@ LATENCY_SPREAD = (1,)
 
 BASELINE_FITS = ("affine", "overhead")
 AFFINE_MIN_SHAPES = 5  # fewer calls of a dtype cannot tell a fixed cost from a slope
+# An affine baseline is fitted apart for a dtype's aligned calls (features.is_aligned) and the
+# others when each side has this many: on a GPU they run on different kernels (tensor-core
+# dtypes 3-4x apart), and one line through both fits neither.
+ALIGNED_BASELINE_MIN = 10
 
 
 def resolve_baseline_fit(baseline_fit: str, device_kind: str) -> str:
@@ -237,12 +247,18 @@ class GemmCostForest(RegressorMixin, BaseEstimator):
         self.feature_names_ = list(FEATURE_NAMES)
         self.baseline_fit_ = resolve_baseline_fit(self.baseline_fit, prof.kind)
         fit = affine_baseline if self.baseline_fit_ == "affine" else overhead_baseline
-        dtypes = np.asarray(X["dtype"])
-        self.overhead_ms_, self.bound_scale_ = {}, {}
+        dtypes, aligned = np.asarray(X["dtype"]), is_aligned(X)
+        self.overhead_ms_, self.bound_scale_, self.aligned_baseline_ = {}, {}, {}
         for d in np.unique(dtypes):
             mine = dtypes == d
-            self.overhead_ms_[str(d)], self.bound_scale_[str(d)] = fit(latency[mine],
-                                                                       roofline[mine])
+            apart = self.baseline_fit_ == "affine" and min(
+                (mine & aligned).sum(), (mine & ~aligned).sum()) >= ALIGNED_BASELINE_MIN
+            rest = mine & ~aligned if apart else mine
+            self.overhead_ms_[str(d)], self.bound_scale_[str(d)] = fit(latency[rest],
+                                                                       roofline[rest])
+            if apart:
+                self.aligned_baseline_[str(d)] = fit(latency[mine & aligned],
+                                                     roofline[mine & aligned])
         self.forest_ = self._new_forest().fit(feats, np.log(latency / self._baseline(X, roofline)))
         self.power_forest_ = None
         if power is not None:
@@ -295,7 +311,8 @@ class GemmCostForest(RegressorMixin, BaseEstimator):
         return min(BOUNDS, key=lambda b: (errors[b], b != "roofline"))
 
     def _baseline(self, X, bound_ms: np.ndarray) -> np.ndarray:
-        """Each row's baseline (ms): its dtype's overhead + scale x ``bound_ms``. Models from
+        """Each row's baseline (ms): its dtype's overhead + scale x ``bound_ms``, those of the
+        dtype's aligned calls for an aligned row where they were fitted apart. Models from
         before the fitted scale have none (a scale of 1); a dtype not trained on gets
         overhead 0 and scale 1 (the model refuses it before predicting)."""
         dtypes = np.asarray(X["dtype"])
@@ -304,6 +321,11 @@ class GemmCostForest(RegressorMixin, BaseEstimator):
             overhead[dtypes == d] = v
         for d, v in (getattr(self, "bound_scale_", None) or {}).items():
             scale[dtypes == d] = v
+        apart = getattr(self, "aligned_baseline_", None) or {}
+        if apart:
+            aligned = is_aligned(X)
+            for d, (o, s) in apart.items():
+                overhead[aligned & (dtypes == d)], scale[aligned & (dtypes == d)] = o, s
         return overhead + scale * bound_ms
 
     def compile(self, threads: int = 1) -> GemmCostForest:

@@ -79,6 +79,7 @@ def register(store: Store, model: GemmCostForest, device_model: str, meta: dict,
                    {**meta, "params": model.get_params(), "y_ndim": model.y_ndim_,
                     "features": model.feature_names_, "overhead_ms": model.overhead_ms_,
                     "bound_scale": model.bound_scale_, "baseline_fit": model.baseline_fit_,
+                    "aligned_baseline": model.aligned_baseline_,
                     "train_range": model.train_range_,
                     "bound": model.bound_,
                     **({"power_min_latency_ms": model.power_min_latency_ms_}
@@ -176,6 +177,9 @@ def load(row: ModelVersion) -> GemmCostForest:
     # Before the fitted baseline: scale 1 for every dtype, the overhead as the data showed it.
     model.bound_scale_ = dict(row.meta.get("bound_scale") or {})
     model.baseline_fit_ = row.meta.get("baseline_fit", "overhead")
+    # Before aligned calls had a baseline of their own, every call of a dtype shared one.
+    model.aligned_baseline_ = {d: tuple(v) for d, v in
+                               (row.meta.get("aligned_baseline") or {}).items()}
     model.bound_ = row.meta.get("bound", "roofline")  # the only baseline before the choice
     if "power_min_latency_ms" in row.meta:
         model.power_min_latency_ms_ = row.meta["power_min_latency_ms"]

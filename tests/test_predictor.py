@@ -20,7 +20,7 @@ from predictor.evaluate import (
     metrics,
     shape_groups,
 )
-from predictor.features import DeviceProfile, empirical_peaks, gemm_features
+from predictor.features import DeviceProfile, empirical_peaks, gemm_features, is_aligned
 from predictor.forest import GemmCostForest, gemm_frame
 from predictor.training import DEVICES_HELD_OUT, evaluate, fit_full
 
@@ -746,3 +746,45 @@ def test_cli_eval_holds_out_each_physical_gpu_of_a_model(tmp_path):
     per_device = r.output.split("held out one at a time")[1].split("\n\n")[0]
     assert "435dc7f048ab  358 " in per_device and "a8907c602d3d  240 " in per_device
     assert (tmp_path / "e.png").stat().st_size > 1000
+
+
+def tensor_core_device(n_shapes: int = 80, seed: int = 5) -> pd.DataFrame:
+    """fp16 GEMMs on a GPU whose aligned shapes (multiples of 8) run at 80% of the peak and the
+    others at 20%, as tensor-core and fallback kernels do, plus a 5 us launch and 3% noise."""
+    rng = np.random.default_rng(seed)
+    dims = np.exp(rng.uniform(np.log(64), np.log(2048), size=(n_shapes, 3))).astype(int)
+    dims[: n_shapes // 2] = np.maximum(dims[: n_shapes // 2] // 8 * 8, 8)
+    peak = PROFILE.compute_tflops("fp16") * 1e12
+    rows = []
+    for m, n, k in dims:
+        eff = 0.8 if m % 8 == n % 8 == k % 8 == 0 else 0.2
+        t = (2.0 * m * n * k / (peak * eff) * 1e3 + 0.005) * rng.normal(1.0, 0.03)
+        rows.append({"m": m, "n": n, "k": k, "batch": 1, "dtype": "fp16", "trans_a": 0,
+                     "trans_b": 0, "latency_ms": t, "power_w": np.nan,
+                     "power_source": "unavailable", "created_at": pd.Timestamp("2026-11-27")})
+    return pd.DataFrame(rows)
+
+
+def test_aligned_calls_get_a_baseline_of_their_own(store, tmp_path):
+    frame = tensor_core_device()
+    model = fit_full(frame, PROFILE, n_estimators=30, bound="roofline")
+    overhead, scale = model.aligned_baseline_["fp16"]
+    # Each line fits its own kernels: scale ~1/0.8 for the aligned calls, ~1/0.2 the others.
+    assert 1.0 < scale < 1.6 and 3.5 < model.bound_scale_["fp16"] < 6.0
+    assert 0.003 < overhead < 0.008
+    # Past the largest training shapes the forest repeats the ratio to the baseline, so each
+    # kind of call extrapolates along its own line: 8192^3 aligned and unaligned.
+    big = gemm_frame([Op.gemm(8192, 8192, 8192, "fp16"), Op.gemm(8191, 8191, 8191, "fp16")])
+    aligned_ms, unaligned_ms = model.predict(big)
+    bound = 2.0 * 8192 ** 3 / (PROFILE.compute_tflops("fp16") * 1e12) * 1e3
+    assert aligned_ms == pytest.approx(bound / 0.8, rel=0.15)
+    assert unaligned_ms == pytest.approx(bound / 0.2 * (8191 / 8192) ** 3, rel=0.15)
+    # Kept by the registry; one line per dtype where a side has too few calls, and on a CPU.
+    row = registry.register(store, model, PROFILE.model, {"metrics": {}}, tmp_path)
+    loaded = registry.load(row)
+    assert loaded.aligned_baseline_ == model.aligned_baseline_
+    assert np.allclose(loaded.predict(big), model.predict(big), rtol=1e-12)
+    few = pd.concat([frame[~is_aligned(frame)], frame[is_aligned(frame)].head(9)])
+    assert fit_full(few, PROFILE, n_estimators=5, bound="roofline").aligned_baseline_ == {}
+    overhead_fit = fit_full(frame, PROFILE, n_estimators=5, baseline_fit="overhead")
+    assert overhead_fit.aligned_baseline_ == {}

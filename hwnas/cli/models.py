@@ -101,8 +101,14 @@ def train(db_url, device_spec, folds, trees, target, baseline_fit) -> None:
     click.echo(f"\nregistered {row.device_model} v{row.version}: {row.path} "
                f"(sha256 {row.sha256[:16]}..., baseline {row.meta['bound']})")
     scale = row.meta.get("bound_scale") or {}
+    apart = row.meta.get("aligned_baseline") or {}
+
+    def line(ms: float, k: float) -> str:
+        return f"{ms * 1e3:.3g} us + {k:.3g} x {row.meta['bound']}"
+
     click.echo(f"baseline per dtype ({row.meta.get('baseline_fit', 'overhead')}): " + "; ".join(
-        f"{d} {ms * 1e3:.3g} us + {scale.get(d, 1.0):.3g} x {row.meta['bound']}"
+        (f"{d} {line(ms, scale.get(d, 1.0))}" if d not in apart else
+         f"{d} {line(*apart[d])} aligned, {line(ms, scale.get(d, 1.0))} others")
         for d, ms in sorted(row.meta["overhead_ms"].items())))
 
 
