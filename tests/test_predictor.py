@@ -788,3 +788,22 @@ def test_aligned_calls_get_a_baseline_of_their_own(store, tmp_path):
     assert fit_full(few, PROFILE, n_estimators=5, bound="roofline").aligned_baseline_ == {}
     overhead_fit = fit_full(frame, PROFILE, n_estimators=5, baseline_fit="overhead")
     assert overhead_fit.aligned_baseline_ == {}
+
+
+def test_cli_train_prints_both_baseline_lines(tmp_path, monkeypatch):
+    from hwnas.cli import main
+
+    monkeypatch.setenv("HWNAS_MODELS", str(tmp_path / "models"))
+    db = f"sqlite:///{tmp_path / 'p.sqlite'}"
+    frame = tensor_core_device()  # imported as the fp32 SGEMMs of a GPPerf file
+    pd.DataFrame({"M": frame.m, "N": frame.n, "K": frame.k,
+                  "kernel": "cutlass_simt_sgemm_128x128_8x2_nn_align1", "layout": "nn",
+                  "runtime_ms": frame.latency_ms, "power_w": 70.0,
+                  "gpu": "NVIDIA GeForce RTX 4070"}).to_csv(tmp_path / "gp.csv", index=False)
+    run = CliRunner().invoke
+    assert run(main, ["import", "gpperf", "--db", db, str(tmp_path / "gp.csv")]).exit_code == 0
+    r = run(main, ["train", "--db", db, "--device", "4070", "--trees", "10", "--folds", "3"])
+    assert r.exit_code == 0, r.output
+    both = (r"baseline per dtype \(affine\): fp32 [0-9.]+ us \+ [0-9.]+ x \w+ aligned, "
+            r"[0-9.]+ us \+ [0-9.]+ x \w+ others")
+    assert re.search(both, r.output), r.output
