@@ -149,7 +149,8 @@ def gemm_extent(X) -> dict[str, np.ndarray]:
 # A dtype trained on fewer aligned shapes (features.is_aligned) than this has its aligned
 # queries flagged. On the H200 (docs/results.md), 20 aligned shapes held out and the old
 # unaligned data plus N aligned shapes per dtype in training: MAPE on the aligned ones 36.8%
-# with none, 33.9% with 5, 25.6% with 20, 20.5% with 40 (fp16/bf16 48% at 5, 30% at 20).
+# with none, 33.9% with 5, 25.6% with 20, 20.5% with 40 (fp16/bf16 48% at 5, 30% at 20); with
+# a baseline line of their own (ALIGNED_BASELINE_MIN) 29.7% with 10, 15.4% with 20, 14.7% with 40.
 ALIGNED_MIN_SHAPES = 20
 
 
