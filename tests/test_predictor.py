@@ -784,7 +784,7 @@ def test_aligned_calls_get_a_baseline_of_their_own(store, tmp_path):
     loaded = registry.load(row)
     assert loaded.aligned_baseline_ == model.aligned_baseline_
     assert np.allclose(loaded.predict(big), model.predict(big), rtol=1e-12)
-    few = pd.concat([frame[~is_aligned(frame)], frame[is_aligned(frame)].head(9)])
+    few = pd.concat([frame[~is_aligned(frame)], frame[is_aligned(frame)].head(6)])
     assert fit_full(few, PROFILE, n_estimators=5, bound="roofline").aligned_baseline_ == {}
     overhead_fit = fit_full(frame, PROFILE, n_estimators=5, baseline_fit="overhead")
     assert overhead_fit.aligned_baseline_ == {}
