@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from predictor.data import frame_from_exports, op_power, power_is_measured
-from predictor.evaluate import metrics_table, plot_predicted_vs_measured
+from predictor.evaluate import metrics_table, plot_predicted_vs_measured, shape_groups
 from predictor.forest import BASELINE_FITS
 from predictor.training import fit_full
 
@@ -49,12 +49,10 @@ def main() -> None:
     train, profile = frame_from_exports(args.train.split(","), args.device)
     test, _ = frame_from_exports(args.test.split(","), args.device)
     if args.unseen_shapes:
-        test_shapes = set(zip(test.m, test.n, test.k, strict=True))
-        known = np.array([s in test_shapes for s in zip(train.m, train.n, train.k, strict=True)])
+        known = np.isin(shape_groups(train), shape_groups(test))
         print(f"left out of training {known.sum()} configs whose shapes are tested")
         train = train[~known].reset_index(drop=True)
-    train_shapes = set(zip(train.m, train.n, train.k, strict=True))
-    seen = np.array([s in train_shapes for s in zip(test.m, test.n, test.k, strict=True)])
+    seen = np.isin(shape_groups(test), shape_groups(train))
     print(f"{profile.model}: trained on {len(train)} configs, testing {len(test)} "
           f"({seen.sum()} of their shapes were in training too)")
     unseen = ~test.dtype.isin(set(train.dtype))

@@ -283,7 +283,8 @@ def run_sweep(store: Store, sweep_id: int, config: dict, items: list[tuple[str, 
         s.commit()
     rounds = sweep_rounds(config)
     done = rounds_done(store, sweep_id, rounds)
-    finished, measured = rounds_progress(done, [k for k, _ in items], rounds)
+    keys = [k for k, _ in items]
+    finished, measured = rounds_progress(done, keys, rounds)
     summary = SweepSummary(sweep_id, len(items), already_done=finished)
     t0 = time.perf_counter()
     bar = progress_bar(len(items) * rounds, measured, progress,
@@ -311,8 +312,7 @@ def run_sweep(store: Store, sweep_id: int, config: dict, items: list[tuple[str, 
             sw.status = status
             sw.finished_at = utcnow()
             s.commit()
-        finished_now, _ = rounds_progress(rounds_done(store, sweep_id, rounds),
-                                          [k for k, _ in items], rounds)
+        finished_now, _ = rounds_progress(rounds_done(store, sweep_id, rounds), keys, rounds)
         summary.unfinished = len(items) - finished_now
     return summary
 

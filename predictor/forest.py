@@ -329,7 +329,8 @@ class GemmCostForest(RegressorMixin, BaseEstimator):
         if apart:
             aligned = is_aligned(X)
             for d, (o, s) in apart.items():
-                overhead[aligned & (dtypes == d)], scale[aligned & (dtypes == d)] = o, s
+                rows = aligned & (dtypes == d)
+                overhead[rows], scale[rows] = o, s
         return overhead + scale * bound_ms
 
     def compile(self, threads: int = 1) -> GemmCostForest:
