@@ -1,21 +1,22 @@
-"""Learning curve of adaptive against uniform random sampling, on this CPU, in one run.
+"""Learning curve of adaptive against uniform random sampling, on this machine, in one run.
 
 Both samplers draw from the same pool of random GEMM shapes. Every config of the pool and the
-test set is measured up front with the sweeps' protocol (``--rounds`` interleaved rounds, each
-over all configs in a new random order; a config's latency is its lowest round p10; each
-measurement through the speed probe of collectors.probe unless ``--no-probe``), and both
-samplers read those figures (same device, same moment); the adaptive sampler only sees what it
-asked for. After each round a forest is fitted on what each sampler has measured and scored on
-a separate test set of random shapes. Both samplers run ``--repeats`` times with different
-seeds (the uniform draw order, the adaptive seed set and forests) and the curves are averaged,
-so one lucky draw does not decide. Prints the mean share within ±10% and MAPE against the number
-of measurements, and how many measurements the adaptive sampler needed to reach the uniform
-sampler's final share (target: at most half).
+test set is measured up front, on this CPU or ``--on cuda:N``, with the sweeps' protocol
+(``--rounds`` interleaved rounds, each over all configs in a new random order; a config's
+latency is its lowest round p10; on a CPU each measurement goes through the speed probe of
+collectors.probe unless ``--no-probe``; a GPU is timed with CUDA events, its calls queued back
+to back as in the sweeps), and both samplers read those figures (same device, same moment); the
+adaptive sampler only sees what it asked for. After each round a forest is fitted on what each
+sampler has measured and scored on a separate test set of random shapes. Both samplers run
+``--repeats`` times with different seeds (the uniform draw order, the adaptive seed set and
+forests) and the curves are averaged, so one lucky draw does not decide. Prints the mean share
+within ±10% and MAPE against the number of measurements, and how many measurements the adaptive
+sampler needed to reach the uniform sampler's final share (target: at most half).
 
     python benchmarks/adaptive_sampling.py [--budget 200] [--round 10] [--pool 600] [--test 150]
                                            [--rounds 3] [--repeats 5] [--threads 1] [--csv F]
                                            [--latencies FILE] [--pool-seed 1] [--test-seed 2]
-                                           [--plot F.png]
+                                           [--plot F.png] [--on cuda:0] [--aligned 0.5]
 
 With ``--exports F1,F2`` it replays on measurements taken elsewhere (a GPU's GEMMs, from
 `hwnas db export`): a random ``--test-share`` of their shapes is the test set, the rest the
@@ -32,7 +33,7 @@ import time
 import numpy as np
 import pandas as pd
 
-from collectors.devices import CpuDevice
+from collectors.devices import DeviceError, get_device
 from collectors.gemm.backends import backend_for
 from collectors.ops import Op
 from collectors.peaks import measure_peaks
@@ -81,14 +82,21 @@ def main() -> None:
     ap.add_argument("--dtypes", default="fp32")
     ap.add_argument("--min-size", type=int, default=16)
     ap.add_argument("--max-size", type=int, default=1024)
-    ap.add_argument("--min-time", type=float, default=0.1)
+    ap.add_argument("--min-time", type=float, default=0.1,
+                    help="s of timed repetitions per config and round")
+    ap.add_argument("--aligned", type=float, default=0.0,
+                    help="share of the random shapes with dimensions multiples of 8..128 "
+                         "(as in the GPU sweeps' GEMM_ALIGNED)")
+    ap.add_argument("--on", default="cpu",
+                    help="where to measure: cpu or cuda:N (N: a GPU of this machine)")
     ap.add_argument("--rounds", type=int, default=3,
                     help="interleaved rounds over all configs; latency = lowest round p10")
     ap.add_argument("--no-probe", action="store_true",
                     help="measure without the speed probe (collectors.probe)")
     ap.add_argument("--trees", type=int, default=100)
     ap.add_argument("--repeats", type=int, default=5, help="sampler seeds to average over")
-    ap.add_argument("--threads", type=int, default=None, help="CPU threads (default: all)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="CPU threads (default: all); with --on cpu")
     ap.add_argument("--csv", default=None, help="also write the curves to this CSV file")
     ap.add_argument("--plot", default=None, help="also draw the curves into this PNG file")
     ap.add_argument("--latencies", default=None,
@@ -131,26 +139,46 @@ def from_exports(args) -> tuple[DeviceProfile, pd.DataFrame, pd.DataFrame, dict,
 
 
 def measure_here(args):
-    """Pool and test set of random shapes, measured on this CPU (or read from --latencies)."""
+    """Pool and test set of random shapes, measured on this CPU or ``--on cuda:N`` (or read
+    from --latencies)."""
     dtypes = args.dtypes.split(",")
-    device, backend = CpuDevice(), backend_for("cpu", "torch", threads=args.threads)
-    policy = TimingPolicy(min_time_s=args.min_time)
     replay = bool(args.latencies) and os.path.exists(args.latencies)
-    probe = None if replay or args.no_probe else SpeedProbe.for_backend(backend)
-    peaks_file = f"{args.latencies}.peaks.json" if args.latencies else None
-    if peaks_file and os.path.exists(peaks_file):
-        with open(peaks_file) as f:
-            peaks = json.load(f)
+    profile_file = f"{args.latencies}.profile.json" if args.latencies else None
+    if replay and os.path.exists(profile_file):
+        # The measuring device's profile (a GPU's, say), whatever machine replays it.
+        with open(profile_file) as f:
+            profile = DeviceProfile.from_dict(json.load(f))
+        device, backend, probe = None, None, None
     else:
-        peaks = {p.metric: p.value
-                 for p in measure_peaks(device, backend, dtypes, probe=probe)}
-        if peaks_file:
-            with open(peaks_file, "w") as f:
-                json.dump(peaks, f)
-    profile = DeviceProfile(device.info.model, "cpu", device.info.sm_count or 1, peaks)
-    pool = candidate_pool(args.pool, args.min_size, args.max_size, dtypes, seed=args.pool_seed)
+        try:
+            device = get_device(args.on)
+        except DeviceError as exc:
+            raise SystemExit(str(exc).replace("--device", "--on")) from None
+        kind = device.info.kind
+        backend = (backend_for(kind, index=getattr(device, "index", 0)) if kind == "gpu"
+                   else backend_for("cpu", "torch", threads=args.threads))
+        # The probe judges a CPU's phases of slowness; GPU clocks are steady (collectors.probe).
+        probe = (None if replay or args.no_probe or kind == "gpu"
+                 else SpeedProbe.for_backend(backend))
+        peaks_file = f"{args.latencies}.peaks.json" if args.latencies else None
+        if peaks_file and os.path.exists(peaks_file):  # also CPU files from before profiles
+            with open(peaks_file) as f:
+                peaks = json.load(f)
+        else:
+            peaks = {p.metric: p.value
+                     for p in measure_peaks(device, backend, dtypes, probe=probe)}
+            if peaks_file:
+                with open(peaks_file, "w") as f:
+                    json.dump(peaks, f)
+        profile = DeviceProfile(device.info.model, kind, device.info.sm_count or 1, peaks)
+        if profile_file and not replay:
+            with open(profile_file, "w") as f:
+                json.dump(profile.to_dict(), f)
+    policy = TimingPolicy(min_time_s=args.min_time)
+    pool = candidate_pool(args.pool, args.min_size, args.max_size, dtypes, seed=args.pool_seed,
+                          aligned=args.aligned)
     test = candidate_pool(args.test, args.min_size, args.max_size, dtypes,
-                          seed=args.test_seed)
+                          seed=args.test_seed, aligned=args.aligned)
     cols = CONFIG_KEY
     keys = sorted(set(pool[cols].itertuples(index=False, name=None))
                   | set(test[cols].itertuples(index=False, name=None)))
@@ -198,9 +226,12 @@ def measure_here(args):
                          columns=[*cols, "latency_ms"]).to_csv(args.latencies, index=False)
             os.remove(partial)
     measured_s = time.perf_counter() - t0
-    source = (f"{device.info.model}, {backend.name}, dtypes {args.dtypes}; {len(cache)} "
-              f"distinct configs measured in {args.rounds} interleaved rounds in "
-              f"{measured_s:.0f} s")
+    if replay:  # how it was measured is in the file's notes, not in these arguments
+        source = f"{profile.model}, replayed from {args.latencies}, dtypes {args.dtypes}"
+    else:
+        source = (f"{profile.model}, {backend.name}, dtypes {args.dtypes}; {len(cache)} "
+                  f"distinct configs measured in {args.rounds} interleaved rounds in "
+                  f"{measured_s:.0f} s")
     return profile, pool, test, cache, source
 
 

@@ -29,6 +29,10 @@
 #                   long as this allows, over the grid of 4096, 8192, 16384 in each dimension
 #                   (108 configs in 4 dtypes; 146 s on an H200: data/gpu/h200_aligned_square.*;
 #                   models trained on unaligned shapes alone predict these 2-3.8x too slow)
+#   ADAPTIVE_TIMEOUT default 0 (none); else benchmarks/adaptive_sampling.py measures its pool
+#                   and test set on DEVICE into OUT_DIR/adaptive.csv (a run cut short resumes
+#                   from OUT_DIR/adaptive.csv.partial, carried back), then prints both samplers'
+#                   learning curves; ADAPTIVE_ARGS replaces its default arguments (below)
 #   NET_TIMEOUT     default 90 s; 0 skips the network sweep. NET_SEED: its architectures
 #   LAYER_TIMEOUT   default 0 (no layer sweep)
 #   VERIFY_TIMEOUT  default 60; 0 skips measuring the searched networks of data/gpu/search_*/
@@ -83,6 +87,13 @@ cat "$out/software.txt"
 
 [ -n "${SKIP_TESTS:-}" ] || step gpu-tests 150 python3 -m pytest -q -rs -p no:cacheprovider tests/test_gpu.py
 step devices 30 python3 -m hwnas.cli devices
+# GPU sizes: up to 1024, an H200's GEMMs are nearly all launch-bound (data/gpu/README.md).
+adaptive_args=${ADAPTIVE_ARGS:---dtypes fp32,bf16 --pool 500 --test 125 --min-size 32 \
+--max-size 8192 --aligned 0.5 --rounds 2 --min-time 0.03 --repeats 5}
+# shellcheck disable=SC2086 # the arguments are split on purpose
+[ "${ADAPTIVE_TIMEOUT:-0}" -gt 0 ] && step adaptive "$ADAPTIVE_TIMEOUT" python3 \
+    benchmarks/adaptive_sampling.py --on "$device" --latencies "$out/adaptive.csv" \
+    --plot "$out/adaptive.png" --csv "$out/adaptive_curves.csv" $adaptive_args
 if [ -n "${STORE_FROM:-}" ]; then
     unfinished=$(python3 - <<'EOF3'
 import os, sqlite3
