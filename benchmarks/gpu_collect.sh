@@ -33,6 +33,12 @@
 #                   and test set on DEVICE into OUT_DIR/adaptive.csv (a run cut short resumes
 #                   from OUT_DIR/adaptive.csv.partial, carried back), then prints both samplers'
 #                   learning curves; ADAPTIVE_ARGS replaces its default arguments (below)
+#   NETGEMM_TIMEOUT default 0 (none); else a GEMM sweep over the shapes real networks run
+#                   (`--shapes networks`: ResNet-50 / MobileNetV2 convs as implicit GEMMs,
+#                   transformer projections and attention, batch 1 and 8), in DTYPES: the
+#                   model's check on real layers, and the only data with m odd (7x7 feature
+#                   maps: m = 49) beside n and k aligned, which the split baseline treats as
+#                   unaligned without GPU data on such shapes
 #   NET_TIMEOUT     default 90 s; 0 skips the network sweep. NET_SEED: its architectures
 #   LAYER_TIMEOUT   default 0 (no layer sweep)
 #   VERIFY_TIMEOUT  default 60; 0 skips measuring the searched networks of data/gpu/search_*/
@@ -126,6 +132,9 @@ EOF2
 [ "${SQUARE_TIMEOUT:-0}" -gt 0 ] && step square-gemm "$SQUARE_TIMEOUT" python3 -m hwnas.cli collect gemm \
     --device "$device" --shapes grid --points 3 --min-size 4096 --max-size 16384 \
     --dtype "$dtypes" --min-time 0.1 --skip-peaks --no-progress
+[ "${NETGEMM_TIMEOUT:-0}" -gt 0 ] && step network-gemm "$NETGEMM_TIMEOUT" python3 -m hwnas.cli \
+    collect gemm --device "$device" --shapes networks --max-size 16384 --dtype "$dtypes" \
+    --min-time 0.1 --no-progress
 [ "${NET_TIMEOUT:-90}" -gt 0 ] && step network "${NET_TIMEOUT:-90}" python3 -m hwnas.cli collect network --device "$device" \
     --family nb201,proxyless,resnet,mobilenet,transformer --count "$net_count" --min-time 0.1 \
     --seed "${NET_SEED:-0}" --no-progress
