@@ -1,4 +1,4 @@
-"""How many aligned GEMM shapes (m, n, k multiples of 8) a model needs before its aligned
+"""How many aligned GEMM shapes (features.is_aligned) a model needs before its aligned
 predictions can be trusted: the base files (data with few aligned shapes) plus N aligned shapes
 drawn from other files, scored on aligned shapes of those files held out, for several N and
 several draws. The threshold behind the `latency_extrapolated` flag

@@ -64,16 +64,28 @@ def _pow2_align(x: np.ndarray, cap: int = 64) -> np.ndarray:
     return np.minimum(x & -x, cap).astype(float)
 
 
-# A GEMM whose m, n and k are all multiples of this is "aligned": on a GPU, tensor-core dtypes
-# run such shapes several times faster (docs/results.md), and real layers mostly are.
+# A GEMM is "aligned" when each operand's rows, as stored row-major, hold a multiple of this many
+# elements: cuBLAS then loads them in whole 16-byte vectors, and on a GPU tensor-core dtypes run
+# several times faster (docs/results.md). Which dimensions those are depends on the layout:
+# for C = A.B untransposed, k (A's rows) and n (B's and C's), never m. Real layers mostly are
+# aligned, odd token or pixel counts (m = 49 for a 7x7 map) included.
 ALIGNMENT = 8
+ALIGNED_MEANING = f"k and n multiples of {ALIGNMENT} (the rows of A, B and C untransposed)"
+
+
+def leading_dims(frame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Elements per stored row of A, B and C for row-major C = op(A).op(B) (a GEMM frame or
+    mapping of arrays): k (m when A is transposed), n (k when B is), and n."""
+    m, n, k = (np.asarray(frame[c], dtype=np.int64) for c in ("m", "n", "k"))
+    trans_a = _col(frame, "trans_a", 0).astype(bool)
+    trans_b = _col(frame, "trans_b", 0).astype(bool)
+    return np.where(trans_a, m, k), np.where(trans_b, k, n), n
 
 
 def is_aligned(frame) -> np.ndarray:
-    """Which rows (of a GEMM frame or mapping of arrays) have m, n and k all multiples of
-    :data:`ALIGNMENT`."""
-    m, n, k = (np.asarray(frame[c], dtype=np.int64) for c in ("m", "n", "k"))
-    return (m % ALIGNMENT == 0) & (n % ALIGNMENT == 0) & (k % ALIGNMENT == 0)
+    """Which rows have every operand's stored rows a multiple of :data:`ALIGNMENT` elements
+    (:func:`leading_dims`)."""
+    return np.logical_and.reduce([d % ALIGNMENT == 0 for d in leading_dims(frame)])
 
 
 FILL_BLOCK = 16  # elements: an AVX-512 vector of fp32, a tensor-core fragment's edge

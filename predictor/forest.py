@@ -22,7 +22,7 @@ ratio of one instead of spanning decades. Per dtype, two ways to set them (``bas
   seeds); on held-out shapes (GroupKFold) the share within ±10% rose or stayed and MAPE moved
   -0.7 to +1.7 points; on the CPU pools the largest shapes' share within ±10% fell by up to 8
   points, hence the CPU default (docs/results.md). Where a dtype has at least
-  ``ALIGNED_BASELINE_MIN`` aligned calls (m, n, k multiples of 8) and as many others, each kind
+  ``ALIGNED_BASELINE_MIN`` aligned calls (features.is_aligned) and as many others, each kind
   gets a line of its own: on a GPU they run on different kernels (unaligned fp16/bf16 at a
   quarter of the aligned speed on the H100), and one line through both leaves the forest to
   carry a 4x step past the largest shapes. On the H100/H200 data that took the largest-shapes
@@ -51,7 +51,7 @@ from sklearn.utils.validation import check_is_fitted
 from collectors.ops import Op, OpError
 from predictor.evaluate import dtypes_seen, group_kfold_splits, shape_groups
 from predictor.features import (
-    ALIGNMENT,
+    ALIGNED_MEANING,
     BOUNDS,
     FEATURE_NAMES,
     DeviceProfile,
@@ -487,7 +487,7 @@ class GemmCostForest(RegressorMixin, BaseEstimator):
                            f"{self.train_range_[d]['flops'] / 1e12:.3g}")
             if unseen[i]:
                 count = int(self.train_range_[d]["aligned"])
-                why.append(f"m, n and k multiples of {ALIGNMENT}, as "
+                why.append(f"{ALIGNED_MEANING}, as "
                            f"{f'only {count}' if count else 'none'} of the {d} training shapes "
                            f"{'was' if count == 1 else 'were'}")
             out.append(", ".join(why) or None)

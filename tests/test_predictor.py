@@ -20,7 +20,13 @@ from predictor.evaluate import (
     metrics,
     shape_groups,
 )
-from predictor.features import DeviceProfile, empirical_peaks, gemm_features, is_aligned
+from predictor.features import (
+    ALIGNED_MEANING,
+    DeviceProfile,
+    empirical_peaks,
+    gemm_features,
+    is_aligned,
+)
 from predictor.forest import GemmCostForest, gemm_frame
 from predictor.training import DEVICES_HELD_OUT, evaluate, fit_full
 
@@ -214,7 +220,8 @@ def test_held_out_evaluation_is_accurate_on_a_learnable_device():
     table = ev.tables()["shape-held-out (GroupKFold)"]
     overall = table[(table.target == "latency_ms") & (table.dtype == "all")].iloc[0]
     assert overall.within_10 > 70 and overall.spearman > 0.95
-    assert set(table.dtype) == {"all", "fp16", "fp32"}
+    # (plus the aligned and unaligned rows, where the random shapes hold both kinds)
+    assert set(table.dtype) - {"all, aligned", "all, unaligned"} == {"all", "fp16", "fp32"}
 
 
 def test_metrics_values():
@@ -261,7 +268,7 @@ def test_registry_round_trip_and_metadata(registered, tmp_path):
     assert older.bound_scale_ == {} and older.baseline_fit_ == "overhead"
     assert np.all(np.isfinite(older.predict(frame)))
     # Shapes beyond the training range are named (none for a model that did not record it).
-    big = gemm_frame([Op.gemm(16384, 64, 64, "fp32"), Op.gemm(int(frame.m.min()), 64, 64)])
+    big = gemm_frame([Op.gemm(16384, 64, 64, "fp32"), Op.gemm(int(frame.m.min()), 60, 60)])
     assert loaded.train_range_ == model.train_range_
     why = loaded.outside_training(big)
     assert why[0].startswith("m 16384 > ") and why[1] is None
@@ -389,7 +396,7 @@ def test_aligned_queries_are_flagged_where_a_dtype_saw_almost_no_aligned_shape()
     from predictor.forest import ALIGNED_MIN_SHAPES, training_range
 
     frame = synthetic(40)
-    frame = frame[(frame.m % 8 != 0) | (frame.n % 8 != 0) | (frame.k % 8 != 0)]
+    frame = frame[~is_aligned(frame)]
     # fp16 gets aligned shapes (twice each: distinct shapes count), fp32 one.
     distinct = frame[frame.dtype == "fp16"].head(ALIGNED_MIN_SHAPES).assign(
         m=8 * np.arange(1, ALIGNED_MIN_SHAPES + 1), n=64, k=128)
@@ -399,16 +406,18 @@ def test_aligned_queries_are_flagged_where_a_dtype_saw_almost_no_aligned_shape()
                      n_estimators=5)
     assert model.train_range_["fp16"]["aligned"] == ALIGNED_MIN_SHAPES
     assert model.train_range_["fp32"]["aligned"] == 1
+    # Aligned means the operands' stored rows (k and n here), whatever m is: 500 x 512 x 512
+    # is aligned, 512 x 500 x 512 is not.
     queries = gemm_frame([Op.gemm(512, 512, 512, "fp32"), Op.gemm(512, 512, 512, "fp16"),
-                          Op.gemm(500, 512, 512, "fp32")])
-    assert model.beyond_training(queries).tolist() == [True, False, False]
-    assert model.outside_training(queries) == [
-        "m, n and k multiples of 8, as only 1 of the fp32 training shapes was", None, None]
+                          Op.gemm(512, 500, 512, "fp32"), Op.gemm(500, 512, 512, "fp32")])
+    assert model.beyond_training(queries).tolist() == [True, False, False, True]
+    why = f"{ALIGNED_MEANING}, as only 1 of the fp32 training shapes was"
+    assert model.outside_training(queries) == [why, None, None, why]
     # A model from before the count was recorded says nothing about alignment.
     model.train_range_ = {d: {c: v for c, v in r.items() if c != "aligned"}
                           for d, r in model.train_range_.items()}
-    assert model.outside_training(queries) == [None, None, None]
-    assert training_range(queries)["fp32"]["aligned"] == 1
+    assert model.outside_training(queries) == [None, None, None, None]
+    assert training_range(queries)["fp32"]["aligned"] == 2
 
 
 def test_cli_import_train_predict(tmp_path, monkeypatch):
@@ -428,7 +437,7 @@ def test_cli_import_train_predict(tmp_path, monkeypatch):
     r = run(main, ["train", "--db", db, "--device", "4070", "--trees", "10", "--folds", "3"])
     assert r.exit_code == 0, r.output
     assert "shape-held-out" in r.output and "registered NVIDIA GeForce RTX 4070 v1" in r.output
-    assert "few aligned shapes (m, n and k multiples of 8): fp32 0." in r.output, r.output
+    assert f"few aligned shapes ({ALIGNED_MEANING}): fp32 0." in r.output, r.output
     fitted = r"baseline per dtype \(affine\): fp32 [0-9.]+ us \+ [0-9.]+ x (roofline|waves)"
     assert re.search(fitted, r.output), r.output
     r = run(main, ["predict", "gemm", "--db", db, "--device", "4070", "--m", "500", "--n", "500",
@@ -438,7 +447,7 @@ def test_cli_import_train_predict(tmp_path, monkeypatch):
     # The random training shapes hold no aligned one: an aligned query says so.
     r = run(main, ["predict", "gemm", "--db", db, "--device", "4070", "--m", "512", "--n", "512",
                    "--k", "512"])
-    assert ("beyond the fp32 shapes this model was trained on: m, n and k multiples of 8, as "
+    assert (f"beyond the fp32 shapes this model was trained on: {ALIGNED_MEANING}, as "
             "none of the fp32 training shapes were;") in r.output, r.output
     r = run(main, ["predict", "gemm", "--db", db, "--device", "4070", "--m", "65536", "--n",
                    "512", "--k", "512"])
@@ -475,13 +484,13 @@ def test_evaluation_output_names_dtypes_with_few_aligned_shapes(capsys):
     for data, expected in ((frame, True), (pd.concat([frame, aligned]), False)):
         _print_evaluation(evaluate(data, PROFILE, 3, n_estimators=5), "auto")
         out = capsys.readouterr().out
-        assert ("few aligned shapes (m, n and k multiples of 8): fp16 " in out) == expected, out
+        assert (f"few aligned shapes ({ALIGNED_MEANING}): fp16 " in out) == expected, out
 
 
 def test_metrics_are_split_by_alignment_where_both_kinds_were_held_out():
     from predictor.evaluate import metrics_table
 
-    oof = pd.DataFrame({"m": [64, 64, 63, 65], "n": [8, 16, 8, 8], "k": [8, 8, 8, 7],
+    oof = pd.DataFrame({"m": [64, 64, 63, 65], "n": [8, 16, 9, 8], "k": [8, 8, 8, 7],
                         "dtype": ["fp16"] * 4, "latency_ms": [1.0, 2.0, 3.0, 4.0],
                         "pred_latency_ms": [1.0, 2.0, 3.6, 4.0]})
     table = metrics_table(oof, ["latency_ms"]).set_index("dtype")
@@ -673,7 +682,8 @@ def test_evaluation_leaves_out_a_dtype_its_fold_never_trained_on():
     assert ev.unscored() >= 1  # held out with its shape: nothing to learn bf16 from
     table = ev.tables()["shape-held-out (GroupKFold)"]
     assert table.loc[table.dtype == "all", "n"].item() == len(frame)
-    assert set(table.dtype) == {"all", "fp16", "fp32"}
+    # (plus the aligned and unaligned rows, where the random shapes hold both kinds)
+    assert set(table.dtype) - {"all, aligned", "all, unaligned"} == {"all", "fp16", "fp32"}
 
 
 def test_the_plot_draws_a_panel_per_evaluation_even_one_with_nothing_scored(tmp_path):
@@ -749,15 +759,18 @@ def test_cli_eval_holds_out_each_physical_gpu_of_a_model(tmp_path):
 
 
 def tensor_core_device(n_shapes: int = 80, seed: int = 5) -> pd.DataFrame:
-    """fp16 GEMMs on a GPU whose aligned shapes (multiples of 8) run at 80% of the peak and the
-    others at 20%, as tensor-core and fallback kernels do, plus a 5 us launch and 3% noise."""
+    """fp16 GEMMs on a GPU that runs aligned shapes (n and k multiples of 8: every row of A, B
+    and C in whole 16-byte vectors, as on the H200) at 80% of the peak and the others at 20%,
+    as tensor-core and fallback kernels do, plus a 5 us launch and 3% noise. Half the shapes
+    have n and k aligned, and half of those m too."""
     rng = np.random.default_rng(seed)
     dims = np.exp(rng.uniform(np.log(64), np.log(2048), size=(n_shapes, 3))).astype(int)
-    dims[: n_shapes // 2] = np.maximum(dims[: n_shapes // 2] // 8 * 8, 8)
+    dims[: n_shapes // 2, 1:] = np.maximum(dims[: n_shapes // 2, 1:] // 8 * 8, 8)
+    dims[: n_shapes // 4, 0] = np.maximum(dims[: n_shapes // 4, 0] // 8 * 8, 8)
     peak = PROFILE.compute_tflops("fp16") * 1e12
     rows = []
     for m, n, k in dims:
-        eff = 0.8 if m % 8 == n % 8 == k % 8 == 0 else 0.2
+        eff = 0.8 if n % 8 == k % 8 == 0 else 0.2
         t = (2.0 * m * n * k / (peak * eff) * 1e3 + 0.005) * rng.normal(1.0, 0.03)
         rows.append({"m": m, "n": n, "k": k, "batch": 1, "dtype": "fp16", "trans_a": 0,
                      "trans_b": 0, "latency_ms": t, "power_w": np.nan,
@@ -774,11 +787,14 @@ def test_aligned_calls_get_a_baseline_of_their_own(store, tmp_path):
     assert 0.003 < overhead < 0.008
     # Past the largest training shapes the forest repeats the ratio to the baseline, so each
     # kind of call extrapolates along its own line: 8192^3 aligned and unaligned.
-    big = gemm_frame([Op.gemm(8192, 8192, 8192, "fp16"), Op.gemm(8191, 8191, 8191, "fp16")])
-    aligned_ms, unaligned_ms = model.predict(big)
+    # An odd m (49 rows of a 7x7 map, say) keeps the aligned kernels: only k and n decide.
+    big = gemm_frame([Op.gemm(8192, 8192, 8192, "fp16"), Op.gemm(8191, 8191, 8191, "fp16"),
+                      Op.gemm(8191, 8192, 8192, "fp16")])
+    aligned_ms, unaligned_ms, odd_m_ms = model.predict(big)
     bound = 2.0 * 8192 ** 3 / (PROFILE.compute_tflops("fp16") * 1e12) * 1e3
     assert aligned_ms == pytest.approx(bound / 0.8, rel=0.15)
     assert unaligned_ms == pytest.approx(bound / 0.2 * (8191 / 8192) ** 3, rel=0.15)
+    assert odd_m_ms == pytest.approx(bound / 0.8 * 8191 / 8192, rel=0.15)
     # Kept by the registry; one line per dtype where a side has too few calls, and on a CPU.
     row = registry.register(store, model, PROFILE.model, {"metrics": {}}, tmp_path)
     loaded = registry.load(row)

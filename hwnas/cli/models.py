@@ -39,7 +39,7 @@ def _print_evaluation(ev, baseline_fit: str) -> None:
         one, two = ev.spread_coverage("power_w")
         click.echo(f"the ± of a power prediction held {one:.0f}% of the held-out powers within "
                    f"one spread, {two:.0f}% within two")
-    from predictor.features import ALIGNMENT, GPU_TILE
+    from predictor.features import ALIGNED_MEANING, GPU_TILE
     from predictor.forest import few_aligned, resolve_baseline_fit, training_range
 
     counts = {b: ev.bounds.count(b) for b in sorted(set(ev.bounds))}
@@ -52,7 +52,7 @@ def _print_evaluation(ev, baseline_fit: str) -> None:
                   "training calls (hwnas train prints them)" if fitted else ""))
     few = few_aligned(training_range(ev.kfold))
     if few:
-        click.echo(f"\nfew aligned shapes (m, n and k multiples of {ALIGNMENT}): "
+        click.echo(f"\nfew aligned shapes ({ALIGNED_MEANING}): "
                    + ", ".join(f"{d} {n}" for d, n in sorted(few.items()))
                    + ". Most real layers are aligned, and on a GPU they run on faster kernels; "
                    "predictions for them are flagged as beyond the training shapes. Sweep "
