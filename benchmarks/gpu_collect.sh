@@ -30,15 +30,16 @@
 #                   (108 configs in 4 dtypes; 146 s on an H200: data/gpu/h200_aligned_square.*;
 #                   models trained on unaligned shapes alone predict these 2-3.8x too slow)
 #   ADAPTIVE_TIMEOUT default 0 (none); else benchmarks/adaptive_sampling.py measures its pool
-#                   and test set on DEVICE into OUT_DIR/adaptive.csv (a run cut short resumes
-#                   from OUT_DIR/adaptive.csv.partial, carried back), then prints both samplers'
-#                   learning curves; ADAPTIVE_ARGS replaces its default arguments (below)
+#                   and test set on DEVICE into OUT_DIR/adaptive.csv (each measurement goes to
+#                   OUT_DIR/adaptive.csv.partial as it is taken: a run cut short brings back
+#                   what it measured, and resumes from that file put there again), then prints
+#                   both samplers' learning curves; ADAPTIVE_ARGS replaces its default arguments
 #   NETGEMM_TIMEOUT default 0 (none); else a GEMM sweep over the shapes real networks run
 #                   (`--shapes networks`: ResNet-50 / MobileNetV2 convs as implicit GEMMs,
 #                   transformer projections and attention, batch 1 and 8), in DTYPES: the
-#                   model's check on real layers, and the only data with m odd (7x7 feature
-#                   maps: m = 49) beside n and k aligned, which the split baseline treats as
-#                   unaligned without GPU data on such shapes
+#                   model's check on real layers, with m odd beside k and n aligned (7x7
+#                   feature maps: m = 49), which count as aligned (predictor.features.is_aligned)
+#                   on the evidence of 24 such configs in data/gpu/
 #   NET_TIMEOUT     default 90 s; 0 skips the network sweep. NET_SEED: its architectures
 #   LAYER_TIMEOUT   default 0 (no layer sweep)
 #   VERIFY_TIMEOUT  default 60; 0 skips measuring the searched networks of data/gpu/search_*/
