@@ -100,10 +100,11 @@ def main() -> None:
     ap.add_argument("--csv", default=None, help="also write the curves to this CSV file")
     ap.add_argument("--plot", default=None, help="also draw the curves into this PNG file")
     ap.add_argument("--latencies", default=None,
-                    help="CSV of measured latencies (and FILE.peaks.json): read if it exists "
-                         "(no measuring), else written after measuring, so samplers can be "
-                         "compared on one data set; a stopped measurement resumes from "
-                         "FILE.partial")
+                    help="CSV of measured latencies (and FILE.peaks.json, FILE.profile.json): "
+                         "read if it exists (no measuring), else written after measuring, so "
+                         "samplers can be compared on one data set; a stopped measurement "
+                         "resumes from FILE.partial; each round's figures end in "
+                         "FILE.rounds.csv")
     ap.add_argument("--exports", default=None,
                     help="comma-separated `hwnas db export` files (a GPU's GEMMs, say): replay "
                          "on their measurements instead of measuring here; a random "
@@ -224,7 +225,9 @@ def measure_here(args):
         if args.latencies:
             pd.DataFrame([(*k, v) for k, v in cache.items()],
                          columns=[*cols, "latency_ms"]).to_csv(args.latencies, index=False)
-            os.remove(partial)
+            # Every round's figure stays beside the kept lowest: how much rounds differ is
+            # the measurement's dispersion.
+            os.replace(partial, f"{args.latencies}.rounds.csv")
     measured_s = time.perf_counter() - t0
     if replay:  # how it was measured is in the file's notes, not in these arguments
         source = f"{profile.model}, replayed from {args.latencies}, dtypes {args.dtypes}"
