@@ -82,6 +82,18 @@ def leading_dims(frame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return np.where(trans_a, m, k), np.where(trans_b, k, n), n
 
 
+VECTOR_BYTES = 16  # the widest load cuBLAS uses along a row (and an SSE vector on a CPU)
+
+
+def row_alignment_bytes(frame, elem: np.ndarray) -> np.ndarray:
+    """Bytes (1..16, powers of two) to which every operand's stored rows are aligned: the least,
+    over A, B and C (:func:`leading_dims`), of the largest power of two dividing the row's
+    length in bytes. Kernels load rows in vectors of this width at most, so bf16 rows of an
+    even length (4 bytes) run faster than odd ones (2 bytes), though neither is aligned."""
+    return np.minimum.reduce([np.minimum(_pow2_align(d, VECTOR_BYTES) * elem, VECTOR_BYTES)
+                              for d in leading_dims(frame)])
+
+
 def is_aligned(frame) -> np.ndarray:
     """Which rows have every operand's stored rows a multiple of :data:`ALIGNMENT` elements
     (:func:`leading_dims`)."""
@@ -149,7 +161,8 @@ FEATURE_NAMES = [
     "log2_roofline_ms", "compute_bound", "log2_waves", "wave_efficiency", "align_m", "align_n",
     "align_k", "min_dim_log2", "bytes_per_element", "tensor_core", "trans_a", "trans_b",
 ] + [f"is_{d}" for d in FEATURE_DTYPES] + [
-    "fill_m", "fill_n", "fill_k", "tail_m", "tail_n", "tail_k", "tail8_m", "tail8_n", "tail8_k"]
+    "fill_m", "fill_n", "fill_k", "tail_m", "tail_n", "tail_k", "tail8_m", "tail8_n", "tail8_k",
+    "row_align_bytes"]
 
 
 def feature_matrix(frame, profile: DeviceProfile) -> np.ndarray:
@@ -181,7 +194,7 @@ def gemm_terms(frame, profile: DeviceProfile,
         _col(frame, "trans_a", 0).astype(float), _col(frame, "trans_b", 0).astype(float),
     ] + [(dtypes == d).astype(float) for d in FEATURE_DTYPES] + [
         block_fill(m), block_fill(n), block_fill(k), _tail(m), _tail(n), _tail(k), _tail(m, 8),
-        _tail(n, 8), _tail(k, 8)]
+        _tail(n, 8), _tail(k, 8), row_alignment_bytes(frame, elem)]
     if bound == "waves" and profile.kind == "gpu":
         t_compute = t_compute * (waves * units * tile * tile) / (m * n * b)
     elif bound not in BOUNDS:

@@ -392,6 +392,23 @@ def test_fill_and_tail_features_measure_padding_and_remainders():
     assert np.allclose(f.tail8_k, [0, 1, 4 / 100])
 
 
+def test_row_alignment_is_the_least_aligned_stored_row_in_bytes():
+    from predictor.features import gemm_features
+
+    # Rows are k (A), n (B, C) long untransposed; m (A) and k (B) take their place transposed.
+    frame = pd.DataFrame({"m": [49, 49, 8, 6, 6, 1024],
+                          "n": [512, 512, 10, 8, 8, 1024],
+                          "k": [512, 512, 12, 8, 8, 1024],
+                          "batch": 1, "dtype": ["bf16", "fp32", "bf16", "bf16", "bf16", "fp16"],
+                          "trans_a": [0, 0, 0, 0, 1, 0], "trans_b": 0})
+    f = gemm_features(frame, PROFILE)
+    # An odd m is no row; n = 10 bf16 is 20 bytes (4-aligned); a transposed A's rows are m = 6
+    # long (12 bytes, 4-aligned); 16 bytes is the widest vector counted.
+    assert f.row_align_bytes.tolist() == [16, 16, 4, 16, 4, 16]
+    odd = frame.assign(n=[511, 511, 9, 7, 7, 1023])
+    assert gemm_features(odd, PROFILE).row_align_bytes.tolist() == [2, 4, 2, 2, 2, 2]
+
+
 def test_aligned_queries_are_flagged_where_a_dtype_saw_almost_no_aligned_shape():
     from predictor.forest import ALIGNED_MIN_SHAPES, training_range
 
