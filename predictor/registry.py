@@ -154,6 +154,12 @@ def find(store: Store, device_model: str, version: int | None = None,
         return row
 
 
+def outdated(row: ModelVersion) -> bool:
+    """A GEMM model fitted on another feature set than this hwnas computes (an older hwnas): it
+    cannot predict until it is retrained."""
+    return row.target == "gemm" and row.meta.get("features") != FEATURE_NAMES
+
+
 def load(row: ModelVersion) -> GemmCostForest:
     """Rebuild the estimator from a registry row, after checking the file's SHA-256."""
     forests = load_skops(row)
@@ -169,7 +175,7 @@ def load(row: ModelVersion) -> GemmCostForest:
     model.power_forest_ = forests.get("power")
     model.y_ndim_ = row.meta.get("y_ndim", 1)
     model.feature_names_ = row.meta.get("features")
-    if model.feature_names_ != FEATURE_NAMES:
+    if outdated(row):
         raise RegistryError(f"{row.device_model!r} model v{row.version} was trained on another "
                             "feature set (an older hwnas); retrain it with `hwnas train`")
     # Models from before the overhead term have none, which is how they were fitted.

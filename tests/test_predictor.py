@@ -10,6 +10,7 @@ import pytest
 from click.testing import CliRunner
 from sklearn.base import clone
 from sklearn.ensemble import RandomForestRegressor
+from sqlalchemy import select
 
 from collectors.ops import Op, OpError
 from predictor import registry
@@ -484,6 +485,21 @@ def test_cli_import_train_predict(tmp_path, monkeypatch):
     worst = r.output.split("latency predicted worst, shapes held out (GroupKFold):\n")[1]
     assert len([line for line in worst.splitlines() if " fp32 " in line]) == 3
     assert "fitted to its training calls" in r.output
+    # A model fitted on an older feature set: listed with the remedy, refused with it.
+    from collectors.store.db import Store
+    from collectors.store.models import ModelVersion
+
+    with Store(db).session() as s:
+        row = s.scalars(select(ModelVersion)).one()
+        row.meta = {**row.meta, "features": row.meta["features"][:-1]}
+        s.commit()
+    r = run(main, ["models", "--db", db])
+    assert r.exit_code == 0 and ("NVIDIA GeForce RTX 4070 v1 was fitted on the GEMM features of "
+                                 "an older hwnas") in r.output, r.output
+    r = run(main, ["predict", "gemm", "--db", db, "--device", "4070", "--m", "5", "--n", "5",
+                   "--k", "5"])
+    assert r.exit_code != 0 and "retrain it with `hwnas train`" in r.output, r.output
+    assert "Traceback" not in r.output
     # The baseline can be chosen: the bound at the peaks plus the fastest call's overhead.
     r = run(main, ["train", "--db", db, "--device", "4070", "--trees", "10", "--folds", "3",
                    "--baseline-fit", "overhead"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import filecmp
+import logging
 import os
 import signal
 import subprocess
@@ -17,6 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from collectors.devices import DeviceInfo
 from collectors.store.db import Store
+from collectors.store.models import ModelVersion
 from collectors.store.repo import Peak, save_peaks, upsert_device
 from hwnas.client import PredictorClient
 from hwnas.rpc.v1 import predictor_pb2 as pb
@@ -324,6 +326,23 @@ def test_health_goes_serving_when_a_model_appears(tmp_path):
         assert health.Check(req, timeout=5).status == health_pb2.HealthCheckResponse.SERVING
     finally:
         server.stop(0)
+
+
+def test_a_model_that_cannot_be_loaded_is_logged_once_not_at_every_retry(tmp_path, caplog):
+    store = make_store(tmp_path)
+    row = registry.find(store, PROFILE.model)
+    with store.session() as s:  # as a model registered by an older hwnas reads
+        stored = s.get(ModelVersion, row.id)
+        stored.meta = {**stored.meta, "features": ["log2_m"]}
+        s.commit()
+    engine = PredictionEngine(store)
+    with caplog.at_level(logging.ERROR, logger="hwnas.service"):
+        assert engine.warm_up() == 0
+        assert engine.warm_up() == 0
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1 and "another feature set" in errors[0], errors
+    register(store, tmp_path, seed=1)  # a new version loads
+    assert engine.warm_up() == 1
 
 
 def test_local_service_over_a_store_without_models_answers_at_once(tmp_path):

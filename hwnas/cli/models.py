@@ -164,7 +164,7 @@ def eval_(db_url, device_spec, folds, trees, plot_path, worst, baseline_fit) -> 
 @friendly_errors
 def models(db_url) -> None:
     """List registered models; the highest version per device is the default."""
-    from predictor.registry import list_models
+    from predictor.registry import list_models, outdated
 
     def held_out(meta: dict) -> tuple[str, str]:
         """(MAPE %, within ±10% %) on held-out data as the model's evaluation stored them:
@@ -175,13 +175,19 @@ def models(db_url) -> None:
         scores = gemm or metrics.get("held_out") or {}
         return tuple(f"{scores[k]:.1f}" if k in scores else "-" for k in ("mape", "within_10"))
 
-    rows = []
+    rows, latest = [], {}
     for r in list_models(open_store(db_url)):
         rows.append([r.device_model, r.version, r.target, r.n_samples,
                      "yes" if r.has_power else "no", *held_out(r.meta),
                      r.created_at.strftime("%Y-%m-%d %H:%M"), r.sha256[:12]])
+        latest[(r.device_model, r.target)] = r  # listed by version: the last is the default
     print_table(["device model", "version", "target", "samples", "power", "held-out MAPE %",
                  "within ±10% %", "created (UTC)", "sha256"], rows)
+    for r in latest.values():
+        if outdated(r):
+            click.echo(f"{r.device_model} v{r.version} was fitted on the GEMM features of an "
+                       f"older hwnas and cannot predict: `hwnas train --device "
+                       f"'{r.device_model}'` fits a current one", err=True)
 
 
 @main.group()

@@ -48,6 +48,7 @@ def serve(db_url, host, port, tls_cert, tls_key, token_file, metrics_port, max_b
     from hwnas.service.server import Server, ServerConfig
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # the store's schema check, per start
     config = ServerConfig(host=host, port=port, tls_cert=tls_cert, tls_key=tls_key,
                           token=read_token(token_file), metrics_port=metrics_port,
                           max_batch=max_batch, workers=workers)

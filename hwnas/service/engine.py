@@ -58,6 +58,9 @@ class PredictionEngine:
         self._networks: dict[tuple[str, int], tuple] = {}
         self._rows: dict[tuple[str, str, int], tuple[float, object]] = {}
         self._references: dict[str, pd.DataFrame] = {}
+        # The model versions warm_up could not load, with why: each is logged once, not at
+        # every retry of the health watcher (a stale model stays stale until retrained).
+        self._unloadable: dict[tuple[str, str, int], str] = {}
 
     # -- devices -------------------------------------------------------------------------
     def device_models(self, refresh: bool = False) -> list[str]:
@@ -99,8 +102,11 @@ class PredictionEngine:
                 elif row.target == "network" and self.network_model(row.device_model, 0):
                     loaded += 1
             except ServiceError as exc:
-                log.error("could not load %s model for %s: %s", row.target, row.device_model,
-                          exc)
+                key = (row.target, row.device_model, row.version)
+                if self._unloadable.get(key) != str(exc):
+                    self._unloadable[key] = str(exc)
+                    log.error("could not load %s model for %s: %s", row.target,
+                              row.device_model, exc)
         return loaded
 
     def model_for(self, device: str, version: int = 0) -> LoadedModel:
