@@ -18,6 +18,7 @@ from predictor.evaluate import (
     metrics,
     metrics_table,
     out_of_fold,
+    shape_groups,
 )
 from predictor.features import DeviceProfile
 from predictor.forest import GemmCostForest
@@ -127,7 +128,7 @@ def evaluate(frame: pd.DataFrame, profile: DeviceProfile, n_splits: int = 5,
     devices = out_of_fold(frame, fp, by_device) if by_device else None
     if devices is not None and devices.pred_latency_ms.isna().all():
         devices = None  # no device shares a dtype with another: nothing to score
-    n_shapes = len(set(zip(frame.m, frame.n, frame.k, frame.batch, strict=True)))
+    n_shapes = len(set(shape_groups(frame)))
     return Evaluation(profile.model, profile, has_power, len(frame), n_shapes, kfold, extra,
                       _targets(has_power), bounds, devices)
 
