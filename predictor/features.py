@@ -82,6 +82,17 @@ def leading_dims(frame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return np.where(trans_a, m, k), np.where(trans_b, k, n), n
 
 
+def padded_to_alignment(m: int, n: int, k: int, trans_a: int = 0,
+                        trans_b: int = 0) -> tuple[int, int, int]:
+    """(m, n, k) with every dimension that is some operand's row length (:func:`leading_dims`)
+    rounded up to a multiple of :data:`ALIGNMENT`: the shape a caller would pad to for the
+    aligned kernels (the extra rows and columns hold zeros)."""
+    rows = {"n"} | {"m" if trans_a else "k"} | {"k" if trans_b else "n"}
+    def up(name: str, x: int) -> int:
+        return -(-x // ALIGNMENT) * ALIGNMENT if name in rows else x
+    return up("m", m), up("n", n), up("k", k)
+
+
 VECTOR_BYTES = 16  # the widest load cuBLAS uses along a row (and an SSE vector on a CPU)
 
 

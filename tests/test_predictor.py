@@ -410,6 +410,16 @@ def test_row_alignment_is_the_least_aligned_stored_row_in_bytes():
     assert gemm_features(odd, PROFILE).row_align_bytes.tolist() == [2, 4, 2, 2, 2, 2]
 
 
+def test_padding_to_alignment_rounds_up_the_row_lengths_only():
+    from predictor.features import padded_to_alignment
+
+    assert padded_to_alignment(49, 1001, 1003) == (49, 1008, 1008)
+    assert padded_to_alignment(49, 1001, 1003, trans_a=1) == (56, 1008, 1003)
+    assert padded_to_alignment(49, 1001, 1003, trans_b=1) == (49, 1008, 1008)
+    assert padded_to_alignment(49, 1000, 1003, trans_a=1, trans_b=1) == (56, 1000, 1008)
+    assert padded_to_alignment(64, 64, 64) == (64, 64, 64)
+
+
 def test_aligned_queries_are_flagged_where_a_dtype_saw_almost_no_aligned_shape():
     from predictor.forest import ALIGNED_MIN_SHAPES, training_range
 
@@ -855,3 +865,15 @@ def test_cli_train_prints_both_baseline_lines(tmp_path, monkeypatch):
     both = (r"baseline per dtype \(affine\): fp32 [0-9.]+ us \+ [0-9.]+ x \w+ aligned, "
             r"[0-9.]+ us \+ [0-9.]+ x \w+ others")
     assert re.search(both, r.output), r.output
+    # An unaligned call is told what padding its rows to whole vectors would gain; an aligned
+    # one, or one whose padded shape the model never saw, is not.
+    predict = ["predict", "gemm", "--db", db, "--device", "4070", "--dtype", "fp32"]
+    r = run(main, predict + ["--m", "1000", "--n", "1001", "--k", "1003"])
+    hint = re.search(r"n = 1001 and k = 1003 are row lengths not multiples of 8: padded with "
+                     r"zeros to 1000x1008x1008 it is predicted at [0-9.]+ ms, x([0-9.]+) faster",
+                     r.output)
+    assert r.exit_code == 0 and hint and 2.5 < float(hint.group(1)) < 6, r.output
+    r = run(main, predict + ["--m", "1001", "--n", "1000", "--k", "1000"])
+    assert r.exit_code == 0 and "padded" not in r.output, r.output
+    r = run(main, predict + ["--m", "1000", "--n", "2047", "--k", "1000"])
+    assert r.exit_code == 0 and "padded" not in r.output, r.output  # 2048 > every training n

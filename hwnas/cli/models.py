@@ -195,6 +195,33 @@ def predict() -> None:
     """Predict costs from a registered model."""
 
 
+PADDING_GAIN = 1.2  # how much faster a padded shape must be predicted for the hint
+
+
+def faster_padded(model, op, latency_ms: float) -> str | None:
+    """A hint when padding the GEMM's operand rows to whole aligned vectors is predicted at
+    least :data:`PADDING_GAIN` times faster (on a GPU, the tensor-core kernels), and that
+    padded shape lies within the model's training shapes; else None."""
+    from collectors.ops import Op
+    from predictor.features import ALIGNMENT, padded_to_alignment
+    from predictor.forest import gemm_frame
+
+    dims = padded_to_alignment(op["m"], op["n"], op["k"], op["trans_a"], op["trans_b"])
+    if dims == (op["m"], op["n"], op["k"]):
+        return None
+    padded = gemm_frame([Op.gemm(*dims, op.dtype, op.batch, trans_a=op["trans_a"],
+                                 trans_b=op["trans_b"])])
+    if model.outside_training(padded)[0]:
+        return None
+    ms = float(model.predict_costs(padded).latency_ms[0])
+    if ms * PADDING_GAIN > latency_ms:
+        return None
+    odd = [f"{name} = {op[name]}" for name, d in zip("mnk", dims, strict=True) if d != op[name]]
+    verb = "is a row length not a multiple" if len(odd) == 1 else "are row lengths not multiples"
+    return (f"{' and '.join(odd)} {verb} of {ALIGNMENT}: padded with zeros to {dims[0]}x"
+            f"{dims[1]}x{dims[2]} it is predicted at {ms:.6g} ms, x{latency_ms / ms:.1f} faster")
+
+
 @predict.command("gemm")
 @DB_OPTION
 @DEVICE_ARG
@@ -238,6 +265,9 @@ def predict_gemm(db_url, device_spec, m, n, k, dtype, batch, layout, version) ->
         click.echo(f"  (beyond the {op.dtype} shapes this model was trained on: {beyond}; "
                    "the forest repeats what the nearest of them did, so measure shapes like "
                    "this one to trust it)")
+    padding = faster_padded(model, op, c.latency_ms[0])
+    if padding:
+        click.echo(f"  ({padding})")
     if row.meta.get("data_note"):
         click.echo(f"  (training data: {row.meta['data_note']})")
 
