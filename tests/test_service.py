@@ -164,6 +164,7 @@ def test_query_commands_print_the_service_answers(served, tmp_path):
     assert r.exit_code == 0, r.output
     assert "gemm 60x60x60 fp32 batch 1: " in r.output and " W ± " in r.output
     assert "beyond the shapes" not in r.output
+    assert "padded" not in r.output  # 60x64x64 is no faster on a device without aligned kernels
     r = CliRunner().invoke(main, ["query", "gemm", *at, "--m", "65536", "--n", "60", "--k", "60"])
     assert r.exit_code == 0 and "(beyond the shapes the model was trained on)" in r.output
     ops = tmp_path / "ops.json"
@@ -324,6 +325,30 @@ def test_health_goes_serving_when_a_model_appears(tmp_path):
         register(store, tmp_path, seed=1)
         PredictorClient(f"127.0.0.1:{server.port}").wait_ready(20)
         assert health.Check(req, timeout=5).status == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        server.stop(0)
+
+
+def test_query_gemm_says_what_padding_unaligned_rows_would_gain(tmp_path):
+    from click.testing import CliRunner
+
+    from hwnas.cli import main
+    from tests.test_predictor import tensor_core_device
+
+    store = make_store(tmp_path, with_model=False)
+    registry.register(store, fit_full(tensor_core_device(), PROFILE, n_estimators=20),
+                      PROFILE.model, {"metrics": {}}, tmp_path / "models")
+    server = Server(PredictionEngine(store), ServerConfig(port=0)).start()
+    try:
+        at = ["--server", f"127.0.0.1:{server.port}", "--device", "Test GPU", "--dtype", "fp16"]
+        r = CliRunner().invoke(main, ["query", "gemm", *at, "--m", "1000", "--n", "1001",
+                                      "--k", "1003"])
+        assert r.exit_code == 0, r.output
+        assert ("n = 1001 and k = 1003 are row lengths not multiples of 8: padded with zeros to "
+                "1000x1008x1008 it is predicted at ") in r.output, r.output
+        r = CliRunner().invoke(main, ["query", "gemm", *at, "--m", "1001", "--n", "1000",
+                                      "--k", "1000"])
+        assert r.exit_code == 0 and "padded" not in r.output, r.output
     finally:
         server.stop(0)
 

@@ -20,6 +20,26 @@ def cost_line(label: str, c) -> str:
     return f"{label}: {c.latency_ms:.5g} ms ± {c.latency_std_ms:.2g}{beyond}; {power}"
 
 
+PADDING_GAIN = 1.2  # how much faster a padded shape must be predicted for the hint
+
+
+def padding_hint(dims: tuple[int, int, int], padded: tuple[int, int, int], latency_ms: float,
+                 padded_ms: float, padded_beyond: bool) -> str | None:
+    """What padding a GEMM's operand rows to whole aligned vectors would gain
+    (:func:`predictor.features.padded_to_alignment` gives ``padded``), where the padded shape
+    is predicted at least :data:`PADDING_GAIN` times faster (on a GPU, the tensor-core kernels)
+    and lies within the model's training shapes; else None."""
+    from predictor.features import ALIGNMENT
+
+    if padded == dims or padded_beyond or padded_ms * PADDING_GAIN > latency_ms:
+        return None
+    odd = [f"{name} = {d}" for name, d, p in zip("mnk", dims, padded, strict=True) if p != d]
+    verb = "is a row length not a multiple" if len(odd) == 1 else "are row lengths not multiples"
+    return (f"{' and '.join(odd)} {verb} of {ALIGNMENT}: padded with zeros to "
+            f"{'x'.join(map(str, padded))} it is predicted at {padded_ms:.6g} ms, "
+            f"x{latency_ms / padded_ms:.1f} faster")
+
+
 def _torch_module(spec: str):
     """The nn.Module that ``package.module:name`` names (an instance, or a class or function
     called without arguments)."""

@@ -7,7 +7,7 @@ import click
 
 from collectors.devices import names_local_device
 from hwnas.cli.app import friendly_errors, main, open_store
-from hwnas.cli.costs import POWER_EXTRAPOLATED, echo_network, network_spec
+from hwnas.cli.costs import POWER_EXTRAPOLATED, echo_network, network_spec, padding_hint
 from hwnas.cli.options import BASELINE_FIT_OPTION, DB_OPTION, DEVICE_ARG, network_options
 from hwnas.cli.service import rpc_errors
 from hwnas.output import print_table
@@ -195,33 +195,6 @@ def predict() -> None:
     """Predict costs from a registered model."""
 
 
-PADDING_GAIN = 1.2  # how much faster a padded shape must be predicted for the hint
-
-
-def faster_padded(model, op, latency_ms: float) -> str | None:
-    """A hint when padding the GEMM's operand rows to whole aligned vectors is predicted at
-    least :data:`PADDING_GAIN` times faster (on a GPU, the tensor-core kernels), and that
-    padded shape lies within the model's training shapes; else None."""
-    from collectors.ops import Op
-    from predictor.features import ALIGNMENT, padded_to_alignment
-    from predictor.forest import gemm_frame
-
-    dims = padded_to_alignment(op["m"], op["n"], op["k"], op["trans_a"], op["trans_b"])
-    if dims == (op["m"], op["n"], op["k"]):
-        return None
-    padded = gemm_frame([Op.gemm(*dims, op.dtype, op.batch, trans_a=op["trans_a"],
-                                 trans_b=op["trans_b"])])
-    if model.outside_training(padded)[0]:
-        return None
-    ms = float(model.predict_costs(padded).latency_ms[0])
-    if ms * PADDING_GAIN > latency_ms:
-        return None
-    odd = [f"{name} = {op[name]}" for name, d in zip("mnk", dims, strict=True) if d != op[name]]
-    verb = "is a row length not a multiple" if len(odd) == 1 else "are row lengths not multiples"
-    return (f"{' and '.join(odd)} {verb} of {ALIGNMENT}: padded with zeros to {dims[0]}x"
-            f"{dims[1]}x{dims[2]} it is predicted at {ms:.6g} ms, x{latency_ms / ms:.1f} faster")
-
-
 @predict.command("gemm")
 @DB_OPTION
 @DEVICE_ARG
@@ -238,6 +211,7 @@ def predict_gemm(db_url, device_spec, m, n, k, dtype, batch, layout, version) ->
     from collectors.ops import Op, OpError
     from predictor import registry
     from predictor.data import resolve_device_model
+    from predictor.features import padded_to_alignment
     from predictor.forest import gemm_frame
 
     if layout not in ("nn", "nt", "tn", "tt"):
@@ -265,9 +239,16 @@ def predict_gemm(db_url, device_spec, m, n, k, dtype, batch, layout, version) ->
         click.echo(f"  (beyond the {op.dtype} shapes this model was trained on: {beyond}; "
                    "the forest repeats what the nearest of them did, so measure shapes like "
                    "this one to trust it)")
-    padding = faster_padded(model, op, c.latency_ms[0])
-    if padding:
-        click.echo(f"  ({padding})")
+    dims = (op["m"], op["n"], op["k"])
+    padded = padded_to_alignment(*dims, op["trans_a"], op["trans_b"])
+    if padded != dims:
+        frame = gemm_frame([Op.gemm(*padded, op.dtype, op.batch, trans_a=op["trans_a"],
+                                    trans_b=op["trans_b"])])
+        hint = padding_hint(dims, padded, c.latency_ms[0],
+                            float(model.predict_costs(frame).latency_ms[0]),
+                            bool(model.outside_training(frame)[0]))
+        if hint:
+            click.echo(f"  ({hint})")
     if row.meta.get("data_note"):
         click.echo(f"  (training data: {row.meta['data_note']})")
 
