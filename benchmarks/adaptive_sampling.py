@@ -75,13 +75,14 @@ def plot_curves(curves: dict[str, list[tuple[int, dict]]], final: float, whole: 
     plt.close(fig)
 
 
-def mean_curve(curves: list[dict[int, float]]) -> dict[int, float]:
-    """The mean share at each number of measurements, over the curves that reached it."""
+def mean_curve(curves: list[dict[int, dict]]) -> dict[int, float]:
+    """The mean share within ±10% at each number of measurements, over the curves (one per
+    seed: scores by configs measured) that reached it."""
     sizes = sorted(set().union(*curves))
-    return {n: float(np.mean([c[n] for c in curves if n in c])) for n in sizes}
+    return {n: float(np.mean([c[n]["within_10"] for c in curves if n in c])) for n in sizes}
 
 
-def reach_fraction(adaptive: list[dict[int, float]], uniform: list[dict[int, float]]) -> float:
+def reach_fraction(adaptive: list[dict[int, dict]], uniform: list[dict[int, dict]]) -> float:
     """Measurements at which the mean adaptive curve first reaches the mean uniform curve's
     final share, as a fraction of uniform's last size (inf: never)."""
     ada, uni = mean_curve(adaptive), mean_curve(uniform)
@@ -276,10 +277,10 @@ def run_and_report(args, profile: DeviceProfile, pool: pd.DataFrame, test: pd.Da
         return {**{k: float("nan") for k in m}, "n": len(test_y),
                 "within_10": m["within_10"] * seen.mean()}
 
-    runs: dict[str, dict[int, list[dict]]] = {"adaptive": {}, "uniform": {}}
-    seed_curves: dict[str, list[dict[int, float]]] = {name: [] for name in runs}  # per seed
+    # Per sampler, per seed: the scores after each round, by the number of configs measured.
+    seed_curves: dict[str, list[dict[int, dict]]] = {"adaptive": [], "uniform": []}
     for rep in range(args.repeats):
-        for name, per_n in runs.items():
+        for name, seeds in seed_curves.items():
             sampler = AdaptiveSampler(profile, pool, seed=rep,
                                       seed_share=0.1 if name == "adaptive" else 1.0,
                                       trees=args.trees)
@@ -287,14 +288,12 @@ def run_and_report(args, profile: DeviceProfile, pool: pd.DataFrame, test: pd.Da
             def measure(indices, pool=pool):
                 return {i: cache[tuple(pool.loc[i, cols])] for i in indices}
 
-            own: dict[int, float] = {}
-            seed_curves[name].append(own)
+            own: dict[int, dict] = {}
+            seeds.append(own)
 
-            def record(measured, per_n=per_n, own=own):
+            def record(measured, own=own):
                 if len(measured) >= 10:
-                    m = score(measured)
-                    per_n.setdefault(len(measured), []).append(m)
-                    own[len(measured)] = m["within_10"]
+                    own[len(measured)] = score(measured)
 
             sampler.run(measure, args.budget, args.round, on_round=record)
     def summary(ms: list[dict]) -> dict[str, float]:
@@ -305,8 +304,9 @@ def run_and_report(args, profile: DeviceProfile, pool: pd.DataFrame, test: pd.Da
                                      if len(shares) > 1 else np.nan)
         return out
 
-    curves = {name: [(n, summary(ms)) for n, ms in sorted(per_n.items())]
-              for name, per_n in runs.items()}
+    curves = {name: [(n, summary([c[n] for c in seeds if n in c]))
+                     for n in sorted(set().union(*seeds))]
+              for name, seeds in seed_curves.items()}
 
     print(f"{source}; pool {len(pool)} configs, test {len(test)} configs; curves: mean of "
           f"{args.repeats} seeds")
