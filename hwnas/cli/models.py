@@ -222,11 +222,12 @@ def predict_gemm(db_url, device_spec, m, n, k, dtype, batch, layout, version) ->
     device_model = resolve_device_model(store, device_spec)
     row = registry.find(store, device_model, version)
     model = registry.load(row)
-    # The shape padded to aligned rows rides along as a second row: one pass for both.
+    # The shape padded to aligned rows, where it differs, rides along as a second row: one
+    # pass for both (the last row is the padded shape either way).
     dims = (op["m"], op["n"], op["k"])
     padded = padded_to_alignment(*dims, op["trans_a"], op["trans_b"])
-    frame = gemm_frame([op, Op.gemm(*padded, op.dtype, op.batch, trans_a=op["trans_a"],
-                                    trans_b=op["trans_b"])])
+    frame = gemm_frame([Op.gemm(*d, op.dtype, op.batch, trans_a=op["trans_a"],
+                                trans_b=op["trans_b"]) for d in dict.fromkeys([dims, padded])])
     c = model.predict_costs(frame)
     beyond = model.outside_training(frame)
     click.echo(f"{device_model} (model v{row.version}): gemm {op['m']}x{op['n']}x{op['k']} "
@@ -244,7 +245,7 @@ def predict_gemm(db_url, device_spec, m, n, k, dtype, batch, layout, version) ->
         click.echo(f"  (beyond the {op.dtype} shapes this model was trained on: {beyond[0]}; "
                    "the forest repeats what the nearest of them did, so measure shapes like "
                    "this one to trust it)")
-    hint = padding_hint(dims, padded, c.latency_ms[0], c.latency_ms[1], bool(beyond[1]))
+    hint = padding_hint(dims, padded, c.latency_ms[0], c.latency_ms[-1], bool(beyond[-1]))
     if hint:
         click.echo(f"  ({hint})")
     if row.meta.get("data_note"):
