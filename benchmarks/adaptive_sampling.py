@@ -134,6 +134,10 @@ def main() -> None:
                     help="with --exports: the device model, where the files hold several")
     ap.add_argument("--test-share", type=float, default=0.25,
                     help="with --exports: share of the shapes held out as the test set")
+    ap.add_argument("--oracle", action="store_true",
+                    help="also run the adaptive sampler given the forest's true squared error "
+                         "on every pool config (it reads the pool's labels) instead of its "
+                         "variance across trees: what a perfect uncertainty estimate would gain")
     args = ap.parse_args()
     made = from_exports(args) if args.exports else measure_here(args)
     run_and_report(args, *made)
@@ -277,13 +281,21 @@ def run_and_report(args, profile: DeviceProfile, pool: pd.DataFrame, test: pd.Da
         return {**{k: float("nan") for k in m}, "n": len(test_y),
                 "within_10": m["within_10"] * seen.mean()}
 
+    def true_error(model: GemmCostForest, frame: pd.DataFrame) -> np.ndarray:
+        """The oracle's covering weights: the forest's squared log error on ``frame``."""
+        y = np.array([cache[key] for key in frame[cols].itertuples(index=False, name=None)])
+        return np.log(model.predict(frame) / y) ** 2
+
     # Per sampler, per seed: the scores after each round, by the number of configs measured.
     seed_curves: dict[str, list[dict[int, dict]]] = {"adaptive": [], "uniform": []}
+    if args.oracle:
+        seed_curves["oracle"] = []
     for rep in range(args.repeats):
         for name, seeds in seed_curves.items():
             sampler = AdaptiveSampler(profile, pool, seed=rep,
-                                      seed_share=0.1 if name == "adaptive" else 1.0,
-                                      trees=args.trees)
+                                      seed_share=1.0 if name == "uniform" else 0.1,
+                                      trees=args.trees,
+                                      **({"weights": true_error} if name == "oracle" else {}))
 
             def measure(indices, pool=pool):
                 return {i: cache[tuple(pool.loc[i, cols])] for i in indices}
@@ -310,14 +322,17 @@ def run_and_report(args, profile: DeviceProfile, pool: pd.DataFrame, test: pd.Da
 
     print(f"{source}; pool {len(pool)} configs, test {len(test)} configs; curves: mean of "
           f"{args.repeats} seeds")
-    print(f"{'measured':>9}  {'adaptive ±10%':>13} {'MAPE':>6}   {'uniform ±10%':>12} {'MAPE':>6}")
+    oracle = dict(curves.get("oracle", []))
+    print(f"{'measured':>9}  {'adaptive ±10%':>13} {'MAPE':>6}   {'uniform ±10%':>12} {'MAPE':>6}"
+          + (f"   {'oracle ±10%':>12} {'MAPE':>6}" if oracle else ""))
     ada, uni = dict(curves["adaptive"]), dict(curves["uniform"])
 
     def cell(m: dict | None, width: int) -> str:
         return f"{m['within_10']:>{width}.1f}% {m['mape']:>5.1f}%" if m else " " * (width + 8)
 
     for n in sorted(set(ada) | set(uni)):
-        print(f"{n:>9}  {cell(ada.get(n), 12)}   {cell(uni.get(n), 11)}")
+        print(f"{n:>9}  {cell(ada.get(n), 12)}   {cell(uni.get(n), 11)}"
+              + (f"   {cell(oracle.get(n), 11)}" if oracle else ""))
     final_n, final = curves["uniform"][-1]
     ratio = reach_fraction(seed_curves["adaptive"], seed_curves["uniform"])
     print(f"standard error over seeds of the share within ±10% at {final_n}: adaptive "
@@ -342,6 +357,10 @@ def run_and_report(args, profile: DeviceProfile, pool: pd.DataFrame, test: pd.Da
     print(f"the same on seeds resampled with replacement (1,000 draws): median {fraction(mid)}, "
           f"10th-90th percentile {fraction(low)}-{fraction(high)}, at most half in "
           f"{100 * np.mean(draws <= 0.5):.0f}% of draws")
+    if oracle:
+        print("the oracle (covering weighted by the forest's true squared error) reaches it with "
+              f"{fraction(reach_fraction(seed_curves['oracle'], seed_curves['uniform']))} of "
+              "the measurements")
     # Where the curves head as the budget grows to the whole pool: how much room uniform's
     # final share leaves for a sampler to get there sooner.
     whole = score({i: cache[tuple(pool.loc[i, cols])] for i in range(len(pool))})

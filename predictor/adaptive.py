@@ -89,13 +89,24 @@ def cover_greedily(points: np.ndarray, weights: np.ndarray, measured: np.ndarray
     return picks
 
 
+def variance_weights(model: GemmCostForest, frame: pd.DataFrame) -> np.ndarray:
+    """The covering weights: the forest's variance across trees (:func:`uncertainty` squared)."""
+    return uncertainty(model, frame) ** 2
+
+
 class AdaptiveSampler:
-    """Chooses which rows of ``pool`` to measure next."""
+    """Chooses which rows of ``pool`` to measure next.
+
+    ``weights(model, frame)`` gives how much each row of ``frame`` (pool configs) counts in the
+    covering (:func:`cover_greedily`), from the forest fitted on what was measured; by default
+    its variance across trees. A benchmark may pass the forest's true squared error there, to
+    learn what a perfect uncertainty estimate would gain."""
 
     def __init__(self, profile: DeviceProfile, pool: pd.DataFrame, seed_share: float = 0.1,
-                 trees: int = 100, seed: int = 0):
+                 trees: int = 100, seed: int = 0,
+                 weights: Callable[[GemmCostForest, pd.DataFrame], np.ndarray] = variance_weights):
         self.profile, self.pool = profile, pool.reset_index(drop=True)
-        self.seed_share, self.trees = seed_share, trees
+        self.seed_share, self.trees, self.weights = seed_share, trees, weights
         self.rng = np.random.default_rng(seed)
         self.order = self.rng.permutation(len(self.pool))  # uniform order for the seed set
         self.coords = design_coordinates(self.pool)
@@ -117,7 +128,7 @@ class AdaptiveSampler:
         model.fit(self.pool.iloc[idx], np.array([measured[i] for i in idx]))
         points = self._subset(np.arange(len(self.pool)), MAX_POINTS)
         cand = self._subset(np.array(todo), MAX_CANDIDATES)
-        weights = uncertainty(model, self.pool.iloc[points]) ** 2
+        weights = self.weights(model, self.pool.iloc[points])
         chosen = cover_greedily(self.coords[points], weights, self.coords[idx],
                                 self.coords[cand], batch)
         return [int(cand[j]) for j in chosen]

@@ -577,8 +577,9 @@ def test_fast_inference_equals_sklearn_within_1e6():
     assert np.allclose(raw, ref, rtol=1e-6, atol=0)
 
 
+@pytest.mark.parametrize("given", ["uncertainty", "weights"])
 def test_adaptive_sampler_spends_the_budget_once_each_and_fills_in_uncertain_regions(
-        monkeypatch):
+        monkeypatch, given):
     from predictor import adaptive
 
     pool = adaptive.candidate_pool(120, 16, 2048, ["fp32", "fp16"], seed=5)
@@ -593,10 +594,17 @@ def test_adaptive_sampler_spends_the_budget_once_each_and_fills_in_uncertain_reg
         calls.append(list(indices))
         return {i: law(i) for i in indices if i % 17}  # some configs "fail"
 
-    # A known uncertainty: the forest is "sure" wherever M <= 256, unsure beyond.
-    monkeypatch.setattr(adaptive, "uncertainty",
-                        lambda model, frame: (frame.m.to_numpy() > 256).astype(float))
-    sampler = adaptive.AdaptiveSampler(PROFILE, pool, seed_share=0.2, trees=5)
+    # A known uncertainty: the forest is "sure" wherever M <= 256, unsure beyond; either as
+    # the forest's spread (the default weights) or as the covering weights themselves.
+    def unsure(model, frame):
+        return (frame.m.to_numpy() > 256).astype(float)
+
+    if given == "uncertainty":
+        monkeypatch.setattr(adaptive, "uncertainty", unsure)
+        sampler = adaptive.AdaptiveSampler(PROFILE, pool, seed_share=0.2, trees=5)
+    else:
+        sampler = adaptive.AdaptiveSampler(PROFILE, pool, seed_share=0.2, trees=5,
+                                           weights=unsure)
     measured = sampler.run(measure, budget=60, batch=10)
     flat = [i for c in calls for i in c]
     assert len(flat) == 60 and len(set(flat)) == 60  # budget spent, nothing twice
