@@ -358,7 +358,8 @@ def run_and_report(args, profile: DeviceProfile, pool: pd.DataFrame, test: pd.Da
           f"10th-90th percentile {fraction(low)}-{fraction(high)}, at most half in "
           f"{100 * np.mean(draws <= 0.5):.0f}% of draws")
     if oracle:
-        print("the oracle (covering weighted by the forest's true squared error) reaches it with "
+        print("the oracle (covering weighted by the forest's true squared error) reaches "
+              "uniform's final share with "
               f"{fraction(reach_fraction(seed_curves['oracle'], seed_curves['uniform']))} of "
               "the measurements")
     # Where the curves head as the budget grows to the whole pool: how much room uniform's
