@@ -9,7 +9,7 @@ kernel, when the training shapes say so: ``bound="auto"``, see ``_choose_bound``
 an emulated dtype); with it, tiny dispatch-bound shapes, whose bound is nearly zero, sit near a
 ratio of one instead of spanning decades. Per dtype, two ways to set them (``baseline_fit``):
 
-- ``"overhead"`` (a CPU's default): scale 1, and the overhead where the data shows it: when the
+- ``"overhead"``: scale 1, and the overhead where the data shows it: when the
   fastest training call of that dtype took over four times its bound, it was mostly fixed cost,
   and half of its time is the overhead (half keeps the baseline below every measurement);
   otherwise (data without tiny shapes) it is zero.
@@ -20,8 +20,10 @@ ratio of one instead of spanning decades. Per dtype, two ways to set them (``bas
   largest training shapes, where the forest alone repeats their ratio. On the H100 and
   queued H200 data in data/gpu/, the largest-shapes split went from 39-41% to 28-34% MAPE (3
   seeds); on held-out shapes (GroupKFold) the share within ±10% rose or stayed and MAPE moved
-  -0.7 to +1.7 points; on the CPU pools the largest shapes' share within ±10% fell by up to 8
-  points, hence the CPU default (docs/results.md). Where a dtype has at least
+  -0.7 to +1.7 points. On a CPU neither wins on every data set (docs/results.md: on fourteen
+  sets the held-out share moved by -2.5 to +6 points, the largest shapes' by -47 to +18), so
+  ``"auto"`` there takes the one whose smaller forest predicts held-out shapes of the training
+  data better (``_choose_baseline_fit``). Where a dtype has at least
   ``ALIGNED_BASELINE_MIN`` aligned calls (features.is_aligned) and as many others, each kind
   gets a line of its own: on a GPU they run on different kernels (unaligned fp16/bf16 at a
   quarter of the aligned speed on the H100), and one line through both leaves the forest to
@@ -94,14 +96,6 @@ AFFINE_MIN_SHAPES = 5  # fewer calls of a dtype cannot tell a fixed cost from a 
 # 10): 33.9 / 17.8% with 7, 36.1 / 17.8% with 6, 33.9 / 21.4% with 9, 33.9 / 29.7% with 10,
 # and with 3, 59.9% at N = 2 (one line: 35.6%).
 ALIGNED_BASELINE_MIN = 7
-
-
-def resolve_baseline_fit(baseline_fit: str, device_kind: str) -> str:
-    """The baseline fit ``baseline_fit`` means on a device of ``device_kind``: ``auto`` is
-    affine on a GPU and overhead elsewhere (module docstring)."""
-    if baseline_fit != "auto":
-        return baseline_fit
-    return "affine" if device_kind == "gpu" else "overhead"
 
 
 def fixed_overhead_ms(latency_ms: np.ndarray, roofline: np.ndarray) -> float:
@@ -249,7 +243,8 @@ class GemmCostForest(RegressorMixin, BaseEstimator):
         self.bound_ = self._choose_bound(X, latency) if self.bound == "auto" else self.bound
         feats, roofline = gemm_terms(X, prof, self.bound_)  # one pass over the rows for both
         self.feature_names_ = list(FEATURE_NAMES)
-        self.baseline_fit_ = resolve_baseline_fit(self.baseline_fit, prof.kind)
+        self.baseline_fit_ = (self._choose_baseline_fit(X, latency) if self.baseline_fit == "auto"
+                              else self.baseline_fit)
         fit = affine_baseline if self.baseline_fit_ == "affine" else overhead_baseline
         dtypes, aligned = np.asarray(X["dtype"]), is_aligned(X)
         self.overhead_ms_, self.bound_scale_, self.aligned_baseline_ = {}, {}, {}
@@ -286,33 +281,50 @@ class GemmCostForest(RegressorMixin, BaseEstimator):
             min_samples_leaf=self.min_samples_leaf, random_state=self.random_state,
             n_jobs=self.n_jobs)
 
+    def _held_out_mape(self, frame: pd.DataFrame, latency_ms: np.ndarray, **params) -> float:
+        """Mean absolute percentage error on held-out shapes of the training data (3 folds of
+        whole shapes) of a smaller forest fitted with ``params`` changed; inf where no held-out
+        row could be scored (every shape was measured in a dtype of its own)."""
+        ape = []
+        for tr, te in group_kfold_splits(frame, 3):
+            train, test = frame.iloc[tr], frame.iloc[te]
+            seen = dtypes_seen(test, train)
+            inner = GemmCostForest(**{**self.get_params(), **params,
+                                      "n_estimators": min(self.n_estimators, 50)})
+            pred = inner.fit(train, latency_ms[tr]).predict(test[seen])
+            ape.append(np.abs(pred / latency_ms[te][seen] - 1))
+        scored = np.concatenate(ape)
+        return float(np.mean(scored)) if len(scored) else np.inf
+
     def _choose_bound(self, X, latency_ms: np.ndarray) -> str:
         """The baseline that predicts held-out shapes of the training data better.
 
         Whole waves of fixed tiles (:func:`predictor.features.gemm_terms`) describe a GEMM
         library that keeps its tile size; one that adapts tiles or splits K to the shape is
-        closer to the plain roofline. Which one a device's library is shows in its data: a
-        smaller forest is fitted with each baseline on 3 folds of whole shapes, and the one with
-        the lower mean absolute percentage error on the held-out shapes is kept (the plain
-        roofline on a tie, on a CPU, or with under 6 shapes to tell them apart)."""
+        closer to the plain roofline. Which one a device's library is shows in its data: the
+        one with the lower :meth:`_held_out_mape` is kept (the plain roofline on a tie, on a
+        CPU, or with under 6 shapes to tell them apart)."""
         frame = pd.DataFrame(X).reset_index(drop=True)
         if self._profile().kind != "gpu" or len(set(shape_groups(frame))) < 6:
             return "roofline"
-        errors = {}
-        for bound in BOUNDS:
-            ape = []
-            for tr, te in group_kfold_splits(frame, 3):
-                train, test = frame.iloc[tr], frame.iloc[te]
-                seen = dtypes_seen(test, train)
-                inner = GemmCostForest(**{**self.get_params(), "bound": bound,
-                                          "n_estimators": min(self.n_estimators, 50)})
-                pred = inner.fit(train, latency_ms[tr]).predict(test[seen])
-                ape.append(np.abs(pred / latency_ms[te][seen] - 1))
-            scored = np.concatenate(ape)
-            # No held-out row scored: every shape was measured in a dtype of its own.
-            errors[bound] = float(np.mean(scored)) if len(scored) else np.inf
+        errors = {bound: self._held_out_mape(frame, latency_ms, bound=bound) for bound in BOUNDS}
         self.bound_errors_ = errors
         return min(BOUNDS, key=lambda b: (errors[b], b != "roofline"))
+
+    def _choose_baseline_fit(self, X, latency_ms: np.ndarray) -> str:
+        """How the baseline's overhead and scale are set (module docstring), for
+        ``baseline_fit="auto"``: affine on a GPU; on a CPU the one with the lower
+        :meth:`_held_out_mape` (overhead on a tie or with under 6 shapes), since neither wins
+        on every CPU data set (docs/results.md)."""
+        frame = pd.DataFrame(X).reset_index(drop=True)
+        if self._profile().kind == "gpu":
+            return "affine"
+        if len(set(shape_groups(frame))) < 6:
+            return "overhead"
+        errors = {fit: self._held_out_mape(frame, latency_ms, bound=self.bound_, baseline_fit=fit)
+                  for fit in BASELINE_FITS}
+        self.baseline_fit_errors_ = errors
+        return min(BASELINE_FITS, key=lambda f: (errors[f], f != "overhead"))
 
     def _baseline(self, X, bound_ms: np.ndarray) -> np.ndarray:
         """Each row's baseline (ms): its dtype's overhead + scale x ``bound_ms``, those of the

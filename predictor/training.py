@@ -37,6 +37,7 @@ class Evaluation:
     extrapolation: pd.DataFrame  # predictions on the largest shapes
     targets: list[str]
     bounds: list[str]  # the baseline each fitted model chose (GemmCostForest.bound_)
+    baseline_fits: list[str]  # and how it set the baseline (GemmCostForest.baseline_fit_)
     # Predictions for each physical device held out with its shapes (None: one device only).
     devices: pd.DataFrame | None = None
 
@@ -91,13 +92,15 @@ def _targets_of(frame: pd.DataFrame, with_power: bool):
     return np.column_stack([frame.latency_ms.to_numpy(), op_power(frame).to_numpy()])
 
 
-def _fit_predict(profile: DeviceProfile, has_power: bool, params: dict, bounds: list[str]):
+def _fit_predict(profile: DeviceProfile, has_power: bool, params: dict, bounds: list[str],
+                 baseline_fits: list[str]):
     def fit_predict(train: pd.DataFrame, test: pd.DataFrame) -> dict[str, np.ndarray]:
         """Predictions for the test rows; NaN for a dtype the training rows lack (the model
         refuses those, and they are left out of the scores)."""
         model = make_model(profile, **params).fit(
             train, _targets_of(train, has_power and train.power_w.notna().any()))
         bounds.append(model.bound_)
+        baseline_fits.append(model.baseline_fit_)
         seen = dtypes_seen(test, train)
         spreads = ["latency_std_ms", "power_std_w"] if has_power else ["latency_std_ms"]
         out = {t: np.full(len(test), np.nan) for t in [*_targets(has_power), *spreads]}
@@ -121,7 +124,8 @@ def evaluate(frame: pd.DataFrame, profile: DeviceProfile, n_splits: int = 5,
         frame = frame.assign(power_w=op_power(frame))
         frame = frame.assign(energy_j=frame.power_w * frame.latency_ms / 1e3)
     bounds: list[str] = []
-    fp = _fit_predict(profile, has_power, params, bounds)
+    baseline_fits: list[str] = []
+    fp = _fit_predict(profile, has_power, params, bounds, baseline_fits)
     kfold = out_of_fold(frame, fp, group_kfold_splits(frame, n_splits))
     extra = out_of_fold(frame, fp, extrapolation_split(frame))
     by_device = list(device_split(frame))
@@ -130,7 +134,7 @@ def evaluate(frame: pd.DataFrame, profile: DeviceProfile, n_splits: int = 5,
         devices = None  # no device shares a dtype with another: nothing to score
     n_shapes = len(set(shape_groups(frame)))
     return Evaluation(profile.model, profile, has_power, len(frame), n_shapes, kfold, extra,
-                      _targets(has_power), bounds, devices)
+                      _targets(has_power), bounds, baseline_fits, devices)
 
 
 def fit_full(frame: pd.DataFrame, profile: DeviceProfile, **params) -> GemmCostForest:

@@ -13,7 +13,7 @@ from hwnas.cli.service import rpc_errors
 from hwnas.output import print_table
 
 
-def _print_evaluation(ev, baseline_fit: str) -> None:
+def _print_evaluation(ev) -> None:
     click.echo(f"{ev.device_model}: {ev.n_rows} measurements, {ev.n_shapes} shapes; peaks "
                f"{ev.profile.peaks_source}; power "
                f"{'trained' if ev.has_power else 'unavailable (latency-only model)'}")
@@ -40,16 +40,17 @@ def _print_evaluation(ev, baseline_fit: str) -> None:
         click.echo(f"the ± of a power prediction held {one:.0f}% of the held-out powers within "
                    f"one spread, {two:.0f}% within two")
     from predictor.features import ALIGNED_MEANING, GPU_TILE
-    from predictor.forest import few_aligned, resolve_baseline_fit, training_range
+    from predictor.forest import few_aligned, training_range
 
-    counts = {b: ev.bounds.count(b) for b in sorted(set(ev.bounds))}
-    fitted = resolve_baseline_fit(baseline_fit, ev.profile.kind) == "affine"
+    def counted(names: list[str]) -> str:
+        return ", ".join(f"{b} {names.count(b)}" for b in sorted(set(names)))
+
     click.echo("\nbaseline the forest chose from its training shapes (of "
-               f"{len(ev.bounds)} fits): " + ", ".join(f"{b} {n}" for b, n in counts.items())
-               + " (roofline: max(FLOPs/peak, bytes/bandwidth); waves: compute paid in whole "
-               f"waves of {GPU_TILE}x{GPU_TILE} tiles over the SMs)"
-               + ("; each fit's fixed cost and scale of it per dtype were fitted to its "
-                  "training calls (hwnas train prints them)" if fitted else ""))
+               f"{len(ev.bounds)} fits): {counted(ev.bounds)} (roofline: max(FLOPs/peak, "
+               f"bytes/bandwidth); waves: compute paid in whole waves of {GPU_TILE}x{GPU_TILE} "
+               f"tiles over the SMs); its fixed cost and scale per dtype: "
+               f"{counted(ev.baseline_fits)} (affine: both fitted to the training calls; "
+               "overhead: the fastest call's fixed cost, scale 1; hwnas train prints them)")
     few = few_aligned(training_range(ev.kfold))
     if few:
         click.echo(f"\nfew aligned shapes ({ALIGNED_MEANING}): "
@@ -95,7 +96,7 @@ def train(db_url, device_spec, folds, trees, target, baseline_fit) -> None:
         return
     row, ev = train_and_register(store, model, folds, n_estimators=trees,
                                  baseline_fit=baseline_fit)
-    _print_evaluation(ev, baseline_fit)
+    _print_evaluation(ev)
     if row.meta.get("data_note"):
         click.echo(f"\ndata: {row.meta['data_note']}")
     click.echo(f"\nregistered {row.device_model} v{row.version}: {row.path} "
@@ -140,7 +141,7 @@ def eval_(db_url, device_spec, folds, trees, plot_path, worst, baseline_fit) -> 
     model = resolve_device_model(store, device_spec)
     frame, profile = load_gemm_frame(store, model)
     ev = evaluate(frame, profile, folds, n_estimators=trees, baseline_fit=baseline_fit)
-    _print_evaluation(ev, baseline_fit)
+    _print_evaluation(ev)
     if worst:
         click.echo("\nlatency predicted worst, shapes held out (GroupKFold):")
         print_table(["shape", "dtype", "layout", "measured ms", "predicted ms", "pred/meas",

@@ -90,7 +90,8 @@ BASELINE_FIT_OPTION = click.option(
     help="GEMM model baseline per dtype: affine fits a fixed cost and a scale of the bound to "
          "the training calls (carries a GPU's rising efficiency past the largest shapes); "
          "overhead takes the bound at the measured peaks plus a fixed cost where the fastest "
-         "call shows one; auto: affine on a GPU, overhead on a CPU.")
+         "call shows one; auto: affine on a GPU; on a CPU, whichever predicts held-out shapes "
+         "of the training data better.")
 
 DEVICE_ARG = click.option("--device", "device_spec", required=True,
                           help="cpu, cuda:N, or a device model name (or a unique part of it) "
