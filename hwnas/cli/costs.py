@@ -23,6 +23,18 @@ def cost_line(label: str, c) -> str:
 PADDING_GAIN = 1.2  # how much faster a padded shape must be predicted for the hint
 
 
+def shapes_with_padding(dims: tuple[int, int, int], trans_a: int = 0, trans_b: int = 0
+                        ) -> tuple[tuple[int, int, int], list[tuple[int, int, int]]]:
+    """The shape with its operand rows padded to alignment
+    (:func:`predictor.features.padded_to_alignment`), and the shapes to predict in one pass for
+    :func:`padding_hint`: the query, then the padded shape where it differs, so the last is the
+    padded shape either way."""
+    from predictor.features import padded_to_alignment
+
+    padded = padded_to_alignment(*dims, trans_a, trans_b)
+    return padded, list(dict.fromkeys([dims, padded]))
+
+
 def padding_hint(dims: tuple[int, int, int], padded: tuple[int, int, int], latency_ms: float,
                  padded_ms: float, padded_beyond: bool) -> str | None:
     """What padding a GEMM's operand rows to whole aligned vectors would gain

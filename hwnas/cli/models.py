@@ -7,7 +7,13 @@ import click
 
 from collectors.devices import names_local_device
 from hwnas.cli.app import friendly_errors, main, open_store
-from hwnas.cli.costs import POWER_EXTRAPOLATED, echo_network, network_spec, padding_hint
+from hwnas.cli.costs import (
+    POWER_EXTRAPOLATED,
+    echo_network,
+    network_spec,
+    padding_hint,
+    shapes_with_padding,
+)
 from hwnas.cli.options import BASELINE_FIT_OPTION, DB_OPTION, DEVICE_ARG, network_options
 from hwnas.cli.service import rpc_errors
 from hwnas.output import print_table
@@ -212,7 +218,6 @@ def predict_gemm(db_url, device_spec, m, n, k, dtype, batch, layout, version) ->
     from collectors.ops import Op, OpError
     from predictor import registry
     from predictor.data import resolve_device_model
-    from predictor.features import padded_to_alignment
     from predictor.forest import gemm_frame
 
     if layout not in ("nn", "nt", "tn", "tt"):
@@ -223,12 +228,10 @@ def predict_gemm(db_url, device_spec, m, n, k, dtype, batch, layout, version) ->
     device_model = resolve_device_model(store, device_spec)
     row = registry.find(store, device_model, version)
     model = registry.load(row)
-    # The shape padded to aligned rows, where it differs, rides along as a second row: one
-    # pass for both (the last row is the padded shape either way).
     dims = (op["m"], op["n"], op["k"])
-    padded = padded_to_alignment(*dims, op["trans_a"], op["trans_b"])
+    padded, shapes = shapes_with_padding(dims, op["trans_a"], op["trans_b"])
     frame = gemm_frame([Op.gemm(*d, op.dtype, op.batch, trans_a=op["trans_a"],
-                                trans_b=op["trans_b"]) for d in dict.fromkeys([dims, padded])])
+                                trans_b=op["trans_b"]) for d in shapes])
     c = model.predict_costs(frame)
     beyond = model.outside_training(frame)
     click.echo(f"{device_model} (model v{row.version}): gemm {op['m']}x{op['n']}x{op['k']} "

@@ -7,7 +7,7 @@ import functools
 import click
 
 from hwnas.cli.app import friendly_errors, main, open_store
-from hwnas.cli.costs import cost_line, echo_network, network_spec, padding_hint
+from hwnas.cli.costs import cost_line, echo_network, network_spec, padding_hint, shapes_with_padding
 from hwnas.cli.options import DB_OPTION, network_options, server_options
 
 
@@ -98,11 +98,8 @@ def query() -> None:
 def query_gemm(server, token_file, tls_ca, timeout, device, m, n, k, dtype, batch) -> None:
     """Latency, power and energy of one GEMM from the service (and, for operand rows that are
     not multiples of 8, what padding them would gain, where it would)."""
-    from predictor.features import padded_to_alignment
-
-    padded = padded_to_alignment(m, n, k)
-    shapes = [{"m": d[0], "n": d[1], "k": d[2], "dtype": dtype, "batch": batch}
-              for d in dict.fromkeys([(m, n, k), padded])]
+    padded, dims = shapes_with_padding((m, n, k))
+    shapes = [{"m": d[0], "n": d[1], "k": d[2], "dtype": dtype, "batch": batch} for d in dims]
     with service_client(server, token_file, tls_ca, timeout) as c:
         a = c.predict_gemm(device, shapes)
     click.echo(f"{a.device} (model v{a.model_version})")
