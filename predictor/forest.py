@@ -150,6 +150,11 @@ def gemm_extent(X) -> dict[str, np.ndarray]:
 # a baseline line of their own (ALIGNED_BASELINE_MIN) 17.8% with 10, 15.4% with 20, 14.7% with 40.
 ALIGNED_MIN_SHAPES = 20
 
+# Fewer whole shapes than this leave a 3-fold held-out comparison (GemmCostForest's
+# _held_out_mape) one shape a fold: too few to choose a bound or a baseline fit from, so the
+# default of each is kept.
+CHOICE_MIN_SHAPES = 6
+
 
 def training_range(X) -> dict[str, dict[str, float]]:
     """Per dtype, the largest m, n, k and FLOPs among the training shapes, and how many
@@ -303,9 +308,9 @@ class GemmCostForest(RegressorMixin, BaseEstimator):
         library that keeps its tile size; one that adapts tiles or splits K to the shape is
         closer to the plain roofline. Which one a device's library is shows in its data: the
         one with the lower :meth:`_held_out_mape` is kept (the plain roofline on a tie, on a
-        CPU, or with under 6 shapes to tell them apart)."""
+        CPU, or with under :data:`CHOICE_MIN_SHAPES` shapes to tell them apart)."""
         frame = pd.DataFrame(X).reset_index(drop=True)
-        if self._profile().kind != "gpu" or len(set(shape_groups(frame))) < 6:
+        if self._profile().kind != "gpu" or len(set(shape_groups(frame))) < CHOICE_MIN_SHAPES:
             return "roofline"
         errors = {bound: self._held_out_mape(frame, latency_ms, bound=bound) for bound in BOUNDS}
         self.bound_errors_ = errors
@@ -314,12 +319,12 @@ class GemmCostForest(RegressorMixin, BaseEstimator):
     def _choose_baseline_fit(self, X, latency_ms: np.ndarray) -> str:
         """How the baseline's overhead and scale are set (module docstring), for
         ``baseline_fit="auto"``: affine on a GPU; on a CPU the one with the lower
-        :meth:`_held_out_mape` (overhead on a tie or with under 6 shapes), since neither wins
-        on every CPU data set (docs/results.md)."""
+        :meth:`_held_out_mape` (overhead on a tie or with under :data:`CHOICE_MIN_SHAPES` shapes),
+        since neither wins on every CPU data set (docs/results.md)."""
         frame = pd.DataFrame(X).reset_index(drop=True)
         if self._profile().kind == "gpu":
             return "affine"
-        if len(set(shape_groups(frame))) < 6:
+        if len(set(shape_groups(frame))) < CHOICE_MIN_SHAPES:
             return "overhead"
         errors = {fit: self._held_out_mape(frame, latency_ms, bound=self.bound_, baseline_fit=fit)
                   for fit in BASELINE_FITS}
