@@ -124,6 +124,16 @@ def read_json(row: ModelVersion) -> str:
     return Path(row.path).read_text()
 
 
+def file_problem(row: ModelVersion) -> str | None:
+    """Why the row's file would be refused on load (missing, or changed since it was
+    registered), or None where it is the file that was registered."""
+    try:
+        _verify(row)
+    except RegistryError as exc:
+        return str(exc)
+    return None
+
+
 def _verify(row: ModelVersion) -> None:
     if not os.path.exists(row.path):
         raise RegistryError(f"model file {row.path} of {row.device_model} v{row.version} "
@@ -194,7 +204,11 @@ def load(row: ModelVersion) -> GemmCostForest:
     return model.compile()
 
 
-def list_models(store: Store) -> list[ModelVersion]:
+def list_models(store: Store, device_model: str | None = None) -> list[ModelVersion]:
+    """Registered models by device model and version; only ``device_model``'s where given."""
+    q = select(ModelVersion).order_by(ModelVersion.device_model, ModelVersion.target,
+                                      ModelVersion.version)
+    if device_model is not None:
+        q = q.where(ModelVersion.device_model == device_model)
     with store.session() as s:
-        return list(s.scalars(select(ModelVersion).order_by(ModelVersion.device_model,
-                                                           ModelVersion.version)))
+        return list(s.scalars(q))

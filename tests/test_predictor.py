@@ -456,17 +456,24 @@ def test_aligned_queries_are_flagged_where_a_dtype_saw_almost_no_aligned_shape()
     assert training_range(queries)["fp32"]["aligned"] == 2
 
 
-def test_cli_import_train_predict(tmp_path, monkeypatch):
-    from hwnas.cli import main
-
-    monkeypatch.setenv("HWNAS_MODELS", str(tmp_path / "models"))
-    db = f"sqlite:///{tmp_path / 'p.sqlite'}"
+def gpperf_csv(tmp_path) -> str:
+    """A GPPerf-style CSV of the synthetic device's fp32 rows, as `hwnas import gpperf` reads
+    it (its power column is not a measurement of the kernel)."""
     src = tmp_path / "gp.csv"
     frame = synthetic(20)
     pd.DataFrame({"M": frame.m, "N": frame.n, "K": frame.k,
                   "kernel": "cutlass_simt_sgemm_128x128_8x2_nn_align1", "layout": "nn",
                   "runtime_ms": frame.latency_ms, "power_w": 70.0,
                   "gpu": "NVIDIA GeForce RTX 4070"}).to_csv(src, index=False)
+    return str(src)
+
+
+def test_cli_import_train_predict(tmp_path, monkeypatch):
+    from hwnas.cli import main
+
+    monkeypatch.setenv("HWNAS_MODELS", str(tmp_path / "models"))
+    db = f"sqlite:///{tmp_path / 'p.sqlite'}"
+    src = gpperf_csv(tmp_path)
     run = CliRunner().invoke
     r = run(main, ["import", "gpperf", "--db", db, str(src)])
     assert r.exit_code == 0 and "power: unavailable" in r.output, r.output
@@ -526,6 +533,66 @@ def test_cli_import_train_predict(tmp_path, monkeypatch):
     assert re.search(r"baseline per dtype \(overhead\): fp32 [0-9.]+ us \+ 1 x", r.output)
     r = run(main, ["train", "--db", db, "--device", "4070", "--baseline-fit", "linear"])
     assert r.exit_code == 2 and "--baseline-fit" in r.output
+
+
+def test_models_describes_one_model_and_checks_its_file(tmp_path, monkeypatch):
+    import json
+
+    from collectors.store.db import Store
+    from collectors.store.models import ModelVersion
+    from hwnas.cli import main
+
+    monkeypatch.setenv("HWNAS_MODELS", str(tmp_path / "models"))
+    db = f"sqlite:///{tmp_path / 'm.sqlite'}"
+    run = CliRunner().invoke
+    r = run(main, ["models", "--db", db, "--device", "4070"])
+    assert r.exit_code == 1 and "registered: none: run hwnas train first" in r.output, r.output
+    assert run(main, ["import", "gpperf", "--db", db, gpperf_csv(tmp_path)]).exit_code == 0
+    for _ in range(2):
+        r = run(main, ["train", "--db", db, "--device", "4070", "--trees", "5", "--folds", "3"])
+        assert r.exit_code == 0, r.output
+    r = run(main, ["models", "--db", db, "--device", "4070"])
+    assert r.exit_code == 0, r.output
+    assert "gemm model v2 (the default: its latest version)" in r.output, r.output
+    assert len(re.findall(r"^NVIDIA GeForce RTX 4070 +[12] +gemm", r.output, re.M)) == 2
+    assert "file check     matches its registered SHA-256" in r.output
+    assert "libraries      python " in r.output and "installed now" not in r.output
+    assert re.search(r"training data  stored 20\d\d-\d\d-\d\d \d\d:\d\d:\d\d \.\. ", r.output)
+    assert "shape-held-out (GroupKFold) (its evaluation when it was trained):" in r.output
+    # One version as JSON: everything the registry holds, the stored evaluation included.
+    r = run(main, ["models", "--db", db, "--device", "4070", "--version", "1", "--json"])
+    rec = json.loads(r.output)
+    assert rec["version"] == 1 and rec["default"] is False and rec["target"] == "gemm"
+    held_out = rec["meta"]["metrics"]["shape-held-out (GroupKFold)"][0]
+    assert held_out["dtype"] == "all" and held_out["n"] == rec["samples"] == 20
+    assert rec["meta"]["features"] and rec["file"] == "matches its registered SHA-256"
+    # A changed file and older libraries are named, not loaded.
+    with open(rec["path"], "r+b") as f:
+        f.seek(64)
+        byte = f.read(1)
+        f.seek(64)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    with Store(db).session() as s:
+        row = s.scalars(select(ModelVersion).where(ModelVersion.version == 1)).one()
+        row.meta = {**row.meta, "libraries": {**row.meta["libraries"], "scikit-learn": "0.1"}}
+        s.commit()
+    r = run(main, ["models", "--db", db, "--device", "4070", "--version", "1"])
+    assert r.exit_code == 0 and "refusing to load a changed file" in r.output, r.output
+    assert "scikit-learn 0.1 (installed now: " in r.output
+    # Another kind of model: its own record's fields are listed as they were stored.
+    registry.register_json(Store(db), "Phone X", "nb201", "{}", 10,
+                           {"method": "nnls", "metrics": {"spearman_all": 0.9}}, tmp_path)
+    r = run(main, ["models", "--db", db, "--device", "phone"])
+    assert r.exit_code == 0 and "Phone X: nb201 model v1" in r.output, r.output
+    assert 'metrics: {"spearman_all": 0.9}' in r.output and 'method: "nnls"' in r.output
+    # Bad requests name the option.
+    for args, code, says in [(["--version", "1"], 2, "--version describes one model"),
+                             (["--device", "H100"], 1, "no registered model for such a device"),
+                             (["--device", "4070", "--version", "9"], 1, "has gemm versions 1, 2"),
+                             (["--device", "4070", "--target", "network"], 1,
+                              "--target network: NVIDIA GeForce RTX 4070 has models of gemm")]:
+        r = run(main, ["models", "--db", db, *args])
+        assert r.exit_code == code and says in r.output and "Traceback" not in r.output, r.output
 
 
 def test_evaluation_output_names_dtypes_with_few_aligned_shapes(capsys):
