@@ -8,9 +8,11 @@ size. Everything that crosses a boundary (CLI options, CSV rows, gRPC messages) 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 
 class OpError(ValueError):
@@ -103,6 +105,21 @@ def check_dtype(value: Any, field_name: str = "dtype") -> DType:
     if name not in DTYPES:
         raise OpError(field_name, f"unknown dtype {value!r}; choose from {', '.join(DTYPES)}")
     return DTYPES[name]
+
+
+def check_gemm_columns(cols: Mapping[str, np.ndarray], name: Callable[[str, int], str]) -> None:
+    """Validate many GEMMs held as columns of one length (``m``, ``n``, ``k``, ``batch`` as
+    integers, ``dtype`` as lower-case names) in bulk, as :func:`check_dim` and
+    :func:`check_dtype` do one value; the first bad entry is named ``name(column, row)``."""
+    for c in ("m", "n", "k", "batch"):
+        bad = np.flatnonzero((cols[c] <= 0) | (cols[c] > MAX_DIM))
+        if len(bad):
+            i = int(bad[0])
+            check_dim(name(c, i), int(cols[c][i]))  # raises with the usual message
+    unknown = np.flatnonzero(~np.isin(cols["dtype"], list(DTYPES)))
+    if len(unknown):
+        i = int(unknown[0])
+        check_dtype(cols["dtype"][i], name("dtype", i))
 
 
 @dataclass(frozen=True)

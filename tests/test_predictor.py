@@ -595,6 +595,44 @@ def test_models_describes_one_model_and_checks_its_file(tmp_path, monkeypatch):
         assert r.exit_code == code and says in r.output and "Traceback" not in r.output, r.output
 
 
+@pytest.mark.parametrize("text, says", [
+    ("m,n,k\n8,8,8\n10,x,3\n", "row 2, column n: must be a positive integer, got 'x'"),
+    ("m,n,k\n8,8,0\n", "row 1, column k: must be a positive integer, got '0'"),
+    ("m,n,k\n8,8,2.5\n", "row 1, column k: must be a positive integer, got '2.5'"),
+    ("m,n,k\n8,,8\n", "row 1, column n: must be a positive integer, got ''"),
+    ("m,n,k\n99999999999,8,8\n", "row 1, column m: must be at most 16777216, got '99999999999'"),
+    ("m,n,k,dtype\n8,8,8,fp8\n", "row 1, column dtype: unknown dtype 'fp8'"),
+    ("m,n,k,batch\n8,8,8,-2\n", "row 1, column batch: must be a positive integer, got '-2'"),
+    ("m,n,k,layout\n8,8,8,nx\n", "row 1, column layout: expected one of nn, nt, tn, tt"),
+    ("m,n\n8,8\n", "needs columns m, n and k (and may have dtype, batch, layout); it has no k"),
+    ("m,n,k\n", "holds no GEMMs"),
+    ("", "cannot read"),
+])
+def test_a_bad_shapes_csv_names_the_row_and_column(tmp_path, text, says):
+    from hwnas.cli import main
+
+    src = tmp_path / "s.csv"
+    src.write_text(text)
+    r = CliRunner().invoke(main, ["predict", "gemm", "--db", f"sqlite:///{tmp_path / 'x.db'}",
+                                  "--device", "cpu", "--shapes-csv", str(src)])
+    assert r.exit_code == 2 and says in r.output and "Traceback" not in r.output, r.output
+    assert str(src) in r.output
+
+
+def test_predict_gemm_takes_one_gemm_or_a_csv_not_both(tmp_path):
+    from hwnas.cli import main
+
+    src = tmp_path / "s.csv"
+    src.write_text("m,n,k\n8,8,8\n")
+    db = ["--db", f"sqlite:///{tmp_path / 'x.db'}", "--device", "cpu"]
+    for args, says in [(["--shapes-csv", str(src), "--m", "4"], "--m: the shapes come from"),
+                       (["--m", "4", "--n", "4"], "--k: give the GEMM's dimensions"),
+                       (["--m", "4", "--n", "4", "--k", "4", "--out", "x.csv"],
+                        "--out writes the predictions of --shapes-csv")]:
+        r = CliRunner().invoke(main, ["predict", "gemm", *db, *args])
+        assert r.exit_code == 2 and says in r.output, r.output
+
+
 def test_evaluation_output_names_dtypes_with_few_aligned_shapes(capsys):
     from hwnas.cli.models import _print_evaluation
 

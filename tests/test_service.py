@@ -13,6 +13,7 @@ import time
 
 import grpc
 import numpy as np
+import pandas as pd
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -177,6 +178,49 @@ def test_query_commands_print_the_service_answers(served, tmp_path):
     r = CliRunner().invoke(main, ["query", "gemm", *at[:2], "--device", "nope", "--m", "8",
                                   "--n", "8", "--k", "8"])
     assert r.exit_code == 1 and "NOT_FOUND" in r.output and "Traceback" not in r.output
+
+
+def test_many_gemms_from_a_csv_here_and_from_the_service_agree(served):
+    from click.testing import CliRunner
+
+    from hwnas.cli import main
+
+    store, server, client, tmp_path = served
+    rng = np.random.default_rng(3)
+    count = 2500  # three requests of --chunk 1000: the answers must come back in order
+    src, here, there = tmp_path / "shapes.csv", tmp_path / "here.csv", tmp_path / "there.csv"
+    pd.DataFrame({"m": rng.integers(16, 2048, count), "n": rng.integers(16, 2048, count),
+                  "k": rng.integers(16, 2048, count),
+                  "dtype": rng.choice(["fp32", " FP16", ""], count),  # blank: --dtype
+                  "batch": rng.choice(["", "2"], count),  # blank: --batch
+                  "layout": rng.choice(["nn", "nt", "tn", "tt"], count)}).to_csv(src, index=False)
+    r = CliRunner().invoke(main, ["query", "gemm", "--server", f"127.0.0.1:{server.port}",
+                                  "--device", "Test GPU", "--shapes-csv", str(src), "--out",
+                                  str(there), "--chunk", "1000"])
+    assert r.exit_code == 0, r.output
+    assert f"Test GPU (model v1): {count} GEMMs predicted -> {there}" in r.output
+    r = CliRunner().invoke(main, ["predict", "gemm", "--db", store.url, "--device", "test gpu",
+                                  "--shapes-csv", str(src), "--out", str(here)])
+    assert r.exit_code == 0, r.output
+    a, b = pd.read_csv(here), pd.read_csv(there)
+    assert len(a) == len(b) == count and set(a.dtype) == {"fp32", "fp16"}
+    assert set(a.batch) == {1, 2} and set(a.layout) == {"nn", "nt", "tn", "tt"}
+    shape = ["m", "n", "k", "batch", "dtype", "layout"]
+    assert a[shape].equals(b[shape])
+    for c in ("latency_ms", "latency_std_ms", "power_w", "energy_j", "energy_std_j"):
+        np.testing.assert_allclose(a[c], b[c], rtol=1e-5)  # the CSV keeps 6 digits
+    np.testing.assert_allclose(a.energy_j, a.power_w * a.latency_ms / 1e3, rtol=1e-4)
+    assert a.latency_extrapolated.equals(b.latency_extrapolated)
+    assert (a.beyond_training.notna() == a.latency_extrapolated).all()
+    # Each row is the answer to that GEMM alone.
+    for i in (0, 1234, count - 1):
+        row = a.iloc[i]
+        one = client.predict_gemm("Test GPU", [{
+            "m": int(row.m), "n": int(row.n), "k": int(row.k), "dtype": row["dtype"],
+            "batch": int(row.batch), "trans_a": row.layout[0] == "t",
+            "trans_b": row.layout[1] == "t"}]).costs[0]
+        assert one.latency_ms == pytest.approx(row.latency_ms, rel=1e-5)
+        assert one.power_w == pytest.approx(row.power_w, rel=1e-5)
 
 
 def test_columnar_batches_equal_row_wise_answers(served):

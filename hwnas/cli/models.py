@@ -14,7 +14,14 @@ from hwnas.cli.costs import (
     padding_hint,
     shapes_with_padding,
 )
-from hwnas.cli.options import BASELINE_FIT_OPTION, DB_OPTION, DEVICE_ARG, network_options
+from hwnas.cli.options import (
+    BASELINE_FIT_OPTION,
+    DB_OPTION,
+    DEVICE_ARG,
+    OUT_OPTION,
+    SHAPES_CSV_OPTION,
+    network_options,
+)
 from hwnas.cli.service import rpc_errors
 from hwnas.output import print_table
 
@@ -353,29 +360,51 @@ def predict() -> None:
 @predict.command("gemm")
 @DB_OPTION
 @DEVICE_ARG
-@click.option("--m", "m", required=True, help="Rows of A and C.")
-@click.option("--n", "n", required=True, help="Columns of B and C.")
-@click.option("--k", "k", required=True, help="Inner dimension.")
-@click.option("--dtype", default="fp32", show_default=True)
+@click.option("--m", "m", help="Rows of A and C.")
+@click.option("--n", "n", help="Columns of B and C.")
+@click.option("--k", "k", help="Inner dimension.")
+@click.option("--dtype", default="fp32", show_default=True,
+              help="The GEMM's dtype (with --shapes-csv: of rows that name none).")
 @click.option("--batch", default="1", show_default=True)
 @click.option("--layout", default="nn", show_default=True, help="nn, nt, tn or tt.")
 @click.option("--version", type=int, default=None, help="Model version (default: latest).")
+@SHAPES_CSV_OPTION
+@OUT_OPTION
 @friendly_errors
-def predict_gemm(db_url, device_spec, m, n, k, dtype, batch, layout, version) -> None:
-    """Latency (ms), power (W) and energy (J) of one GEMM, each ± the spread across trees."""
+def predict_gemm(db_url, device_spec, m, n, k, dtype, batch, layout, version, shapes_csv,
+                 out) -> None:
+    """Latency (ms), power (W) and energy (J) of one GEMM, each ± the spread across trees;
+    of many in one pass with --shapes-csv (a CSV out)."""
     from collectors.ops import Op, OpError
+    from hwnas.cli.gemm_csv import (
+        LAYOUTS,
+        cost_columns,
+        echo_batch_summary,
+        shapes_from_options,
+        write_costs_csv,
+    )
     from predictor import registry
     from predictor.data import resolve_device_model
     from predictor.forest import gemm_frame
 
-    if layout not in ("nn", "nt", "tn", "tt"):
+    if layout not in LAYOUTS:
         raise OpError("--layout", f"expected nn, nt, tn or tt, got {layout!r}")
-    op = Op.gemm(m, n, k, dtype, batch, trans_a=int(layout[0] == "t"),
-                 trans_b=int(layout[1] == "t"))
+    shapes = shapes_from_options(shapes_csv, m, n, k, out, dtype, layout, batch)
+    op = None if shapes is not None else Op.gemm(m, n, k, dtype, batch,
+                                                 trans_a=int(layout[0] == "t"),
+                                                 trans_b=int(layout[1] == "t"))
     store = open_store(db_url)
     device_model = resolve_device_model(store, device_spec)
     row = registry.find(store, device_model, version)
     model = registry.load(row)
+    if shapes is not None:
+        c = model.predict_costs(shapes)
+        beyond = model.outside_training(shapes)
+        write_costs_csv(shapes, {**cost_columns(vars(c)),
+                                 "beyond_training": [why or "" for why in beyond]}, out)
+        echo_batch_summary(f"{device_model} (model v{row.version})", len(shapes),
+                           sum(why is not None for why in beyond), c.power_w is not None, out)
+        return
     dims = (op["m"], op["n"], op["k"])
     padded, shapes = shapes_with_padding(dims, op["trans_a"], op["trans_b"])
     frame = gemm_frame([Op.gemm(*d, op.dtype, op.batch, trans_a=op["trans_a"],

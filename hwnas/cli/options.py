@@ -93,6 +93,16 @@ BASELINE_FIT_OPTION = click.option(
          "call shows one; auto: affine on a GPU; on a CPU, whichever predicts held-out shapes "
          "of the training data better.")
 
+SHAPES_CSV_OPTION = click.option(
+    "--shapes-csv", type=click.Path(exists=True, dir_okay=False), default=None,
+    help="Predict every GEMM of this CSV in one pass instead of one GEMM: columns m, n, k, and "
+         "optionally dtype, batch, layout (else --dtype, --batch, --layout). Writes the "
+         "shapes with their predictions as CSV (--out).")
+OUT_OPTION = click.option(
+    "--out", type=click.Path(dir_okay=False, writable=True), default=None,
+    help="With --shapes-csv: the CSV to write (default: standard output; the summary goes to "
+         "standard error).")
+
 DEVICE_ARG = click.option("--device", "device_spec", required=True,
                           help="cpu, cuda:N, or a device model name (or a unique part of it) "
                                "as listed by `hwnas models` / `hwnas db info`.")

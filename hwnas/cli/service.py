@@ -8,7 +8,13 @@ import click
 
 from hwnas.cli.app import friendly_errors, main, open_store
 from hwnas.cli.costs import cost_line, echo_network, network_spec, padding_hint, shapes_with_padding
-from hwnas.cli.options import DB_OPTION, network_options, server_options
+from hwnas.cli.options import (
+    DB_OPTION,
+    OUT_OPTION,
+    SHAPES_CSV_OPTION,
+    network_options,
+    server_options,
+)
 
 
 def read_token(path: str | None) -> str | None:
@@ -88,16 +94,30 @@ def query() -> None:
 @query.command("gemm")
 @server_options
 @click.option("--device", required=True, help="Device model (or a unique part of its name).")
-@click.option("--m", "m", type=int, required=True)
-@click.option("--n", "n", type=int, required=True)
-@click.option("--k", "k", type=int, required=True)
-@click.option("--dtype", default="fp32", show_default=True)
+@click.option("--m", "m", type=int, default=None)
+@click.option("--n", "n", type=int, default=None)
+@click.option("--k", "k", type=int, default=None)
+@click.option("--dtype", default="fp32", show_default=True,
+              help="The GEMM's dtype (with --shapes-csv: of rows that name none).")
 @click.option("--batch", type=int, default=1, show_default=True)
+@SHAPES_CSV_OPTION
+@OUT_OPTION
+@click.option("--chunk", type=click.IntRange(min=1), default=10_000, show_default=True,
+              help="With --shapes-csv: GEMMs per request, at most the service's --max-batch.")
 @friendly_errors
 @rpc_errors
-def query_gemm(server, token_file, tls_ca, timeout, device, m, n, k, dtype, batch) -> None:
+def query_gemm(server, token_file, tls_ca, timeout, device, m, n, k, dtype, batch, shapes_csv,
+               out, chunk) -> None:
     """Latency, power and energy of one GEMM from the service (and, for operand rows that are
-    not multiples of 8, what padding them would gain, where it would)."""
+    not multiples of 8, what padding them would gain, where it would); of many with
+    --shapes-csv, sent as columns --chunk at a time (a CSV out)."""
+    from hwnas.cli.gemm_csv import shapes_from_options
+
+    shapes = shapes_from_options(shapes_csv, m, n, k, out, dtype, "nn", batch)
+    if shapes is not None:
+        _query_many(service_client(server, token_file, tls_ca, timeout), device, shapes, out,
+                    chunk)
+        return
     padded, dims = shapes_with_padding((m, n, k))
     shapes = [{"m": d[0], "n": d[1], "k": d[2], "dtype": dtype, "batch": batch} for d in dims]
     with service_client(server, token_file, tls_ca, timeout) as c:
@@ -109,6 +129,30 @@ def query_gemm(server, token_file, tls_ca, timeout, device, m, n, k, dtype, batc
                         pad.latency_extrapolated)
     if hint:
         click.echo(f"  ({hint})")
+
+
+def _query_many(client, device: str, shapes, out: str | None, chunk: int) -> None:
+    """Every GEMM of ``shapes`` from the service, all from the model version that answered
+    the first request, written as CSV."""
+    import numpy as np
+
+    from hwnas.cli.gemm_csv import cost_columns, echo_batch_summary, write_costs_csv
+
+    parts: list[dict] = []
+    with client:
+        for start in range(0, len(shapes), chunk):
+            part = shapes.iloc[start:start + chunk]
+            parts.append(client.predict_gemm_columns(
+                device, part.m.to_numpy(), part.n.to_numpy(), part.k.to_numpy(),
+                dtype=part.dtype.tolist(), batch=part.batch.to_numpy(),
+                trans_a=part.trans_a.to_numpy(), trans_b=part.trans_b.to_numpy(),
+                model_version=parts[0]["model_version"] if parts else 0))
+    costs = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]
+             if isinstance(parts[0][name], np.ndarray)}
+    write_costs_csv(shapes, cost_columns(costs), out)
+    echo_batch_summary(f"{parts[0]['device']} (model v{parts[0]['model_version']})",
+                       len(shapes), int(costs["latency_extrapolated"].sum()),
+                       "power_w" in costs, out)
 
 
 @query.command("network")

@@ -22,7 +22,7 @@ import numpy as np
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from collectors.ops import DTYPES, MAX_DIM, Op, OpError, check_dim, check_dtype
+from collectors.ops import Op, OpError, check_gemm_columns
 from hwnas.rpc.v1 import predictor_pb2 as pb
 from hwnas.rpc.v1 import predictor_pb2_grpc as pb_grpc
 from hwnas.service.engine import PredictionEngine, ServiceError
@@ -143,17 +143,8 @@ def gemm_arrays(shapes) -> dict[str, np.ndarray]:
     cols = {c: np.fromiter((getattr(s, c) for s in shapes), np.int64, n)
             for c in ("m", "n", "k", "batch")}
     cols["batch"][cols["batch"] == 0] = 1
-    for c in ("m", "n", "k", "batch"):
-        bad = np.flatnonzero((cols[c] <= 0) | (cols[c] > MAX_DIM))
-        if len(bad):
-            i = int(bad[0])
-            check_dim(f"shapes[{i}].{c}", int(cols[c][i]))  # raises with the usual message
-    dtypes = np.array([(s.dtype or "fp32").strip().lower() for s in shapes])
-    unknown = np.flatnonzero(~np.isin(dtypes, list(DTYPES)))
-    if len(unknown):
-        i = int(unknown[0])
-        check_dtype(shapes[i].dtype, f"shapes[{i}].dtype")
-    cols["dtype"] = dtypes
+    cols["dtype"] = np.array([(s.dtype or "fp32").strip().lower() for s in shapes])
+    check_gemm_columns(cols, lambda c, i: f"shapes[{i}].{c}")
     cols["trans_a"] = np.fromiter((s.trans_a for s in shapes), np.int64, n)
     cols["trans_b"] = np.fromiter((s.trans_b for s in shapes), np.int64, n)
     return cols
@@ -179,16 +170,9 @@ def column_arrays(cols: pb.GemmColumns) -> dict[str, np.ndarray]:
 
     out["batch"] = per_row("batch", cols.batch, 1).astype(np.int64)
     out["batch"][out["batch"] == 0] = 1
-    for c in ("m", "n", "k", "batch"):
-        bad = np.flatnonzero((out[c] <= 0) | (out[c] > MAX_DIM))
-        if len(bad):
-            i = int(bad[0])
-            check_dim(f"shapes.{c}[{i}]", int(out[c][i]))
-    dtypes = per_row("dtype", [d.strip().lower() or "fp32" for d in cols.dtype], "fp32")
-    unknown = np.flatnonzero(~np.isin(dtypes, list(DTYPES)))
-    if len(unknown):
-        check_dtype(dtypes[int(unknown[0])], f"shapes.dtype[{int(unknown[0])}]")
-    out["dtype"] = dtypes.astype(str)
+    out["dtype"] = per_row("dtype", [d.strip().lower() or "fp32" for d in cols.dtype],
+                           "fp32").astype(str)
+    check_gemm_columns(out, lambda c, i: f"shapes.{c}[{i}]")
     for c in ("trans_a", "trans_b"):
         values = getattr(cols, c)
         if len(values) not in (0, n):

@@ -1,0 +1,125 @@
+"""Many GEMMs from a CSV file, and their predicted costs back to CSV: the batch form of
+``hwnas predict gemm`` and ``hwnas query gemm`` (``--shapes-csv``, ``--out``)."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+import numpy as np
+import pandas as pd
+
+from collectors.ops import MAX_DIM, OpError, check_gemm_columns
+
+LAYOUTS = ("nn", "nt", "tn", "tt")
+OPTIONAL = ("dtype", "batch", "layout")  # columns that fall back to the command's options
+
+
+def read_gemm_csv(path: str, dtype: str, layout: str, batch: str = "1") -> pd.DataFrame:
+    """The GEMMs of a CSV file with columns m, n, k and optionally dtype, batch and layout
+    (``nn`` .. ``tt``; the arguments where a column is absent or a cell empty), as a
+    validated frame of int64 m, n, k, batch, trans_a, trans_b and lower-case dtype. A bad
+    cell raises :class:`OpError` naming the file, its row (the first below the header is 1)
+    and the column."""
+    try:
+        raw = pd.read_csv(path, dtype=str, skipinitialspace=True)
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise OpError("--shapes-csv", f"cannot read {path}: {exc}") from None
+    raw.columns = [str(c).strip().lower() for c in raw.columns]
+    missing = [c for c in ("m", "n", "k") if c not in raw.columns]
+    if missing:
+        raise OpError("--shapes-csv", f"{path} needs columns m, n and k (and may have "
+                      f"{', '.join(OPTIONAL)}); it has no {', '.join(missing)} (columns: "
+                      f"{', '.join(raw.columns) or 'none'})")
+    if raw.empty:
+        raise OpError("--shapes-csv", f"{path} holds no GEMMs")
+
+    def name(column: str, row: int) -> str:  # rows as a spreadsheet numbers them below the header
+        return f"{path} row {row + 1}, column {column}"
+
+    def text(column: str, default: str) -> np.ndarray:
+        if column not in raw.columns:
+            return np.full(len(raw), default)
+        return raw[column].fillna(default).str.strip().str.lower().replace("", default).to_numpy()
+
+    cols = {}
+    for c in ("m", "n", "k", "batch"):
+        values = text(c, str(batch).strip() if c == "batch" else "")
+        number = pd.to_numeric(pd.Series(values), errors="coerce").to_numpy(float)
+        bad = np.flatnonzero(~np.isfinite(number) | (number != np.round(number))
+                             | (number <= 0))
+        if len(bad):
+            i = int(bad[0])
+            raise OpError(name(c, i), f"must be a positive integer, got {values[i]!r}")
+        big = np.flatnonzero(number > MAX_DIM)
+        if len(big):
+            i = int(big[0])
+            raise OpError(name(c, i), f"must be at most {MAX_DIM}, got {values[i]!r}")
+        cols[c] = number.astype(np.int64)
+    cols["dtype"] = text("dtype", dtype.strip().lower())
+    check_gemm_columns(cols, name)
+    layouts = text("layout", layout)
+    unknown = np.flatnonzero(~np.isin(layouts, LAYOUTS))
+    if len(unknown):
+        i = int(unknown[0])
+        raise OpError(name("layout", i), f"expected one of {', '.join(LAYOUTS)}, got "
+                      f"{layouts[i]!r}")
+    layouts = layouts.astype(str)
+    cols["trans_a"] = np.char.startswith(layouts, "t").astype(np.int64)
+    cols["trans_b"] = np.char.endswith(layouts, "t").astype(np.int64)
+    return pd.DataFrame(cols)
+
+
+def write_costs_csv(shapes: pd.DataFrame, costs: dict[str, np.ndarray | None],
+                    out: str | None) -> None:
+    """The shapes with their predicted costs (columns whose value is None are left out: no
+    power model) to ``out``, or to standard output where ``out`` is None or ``-``."""
+    frame = shapes.assign(layout=np.where(shapes.trans_a == 1, "t", "n").astype(object)
+                          + np.where(shapes.trans_b == 1, "t", "n"))
+    frame = frame[["m", "n", "k", "batch", "dtype", "layout"]]
+    for column, values in costs.items():
+        if values is not None:
+            frame[column] = values
+    frame.to_csv(sys.stdout if out in (None, "-") else out, index=False, float_format="%.6g")
+
+
+def shapes_from_options(shapes_csv: str | None, m, n, k, out: str | None, dtype: str,
+                        layout: str, batch) -> pd.DataFrame | None:
+    """The GEMMs of ``--shapes-csv`` (:func:`read_gemm_csv`), or None where the command asks
+    for the one GEMM of --m, --n and --k; the two ways are not mixed, and ``--out`` belongs to
+    the first."""
+    given = [flag for flag, v in (("--m", m), ("--n", n), ("--k", k)) if v is not None]
+    if shapes_csv is None:
+        missing = [f for f in ("--m", "--n", "--k") if f not in given]
+        if missing:
+            raise click.UsageError(f"{', '.join(missing)}: give the GEMM's dimensions "
+                                   "(or many GEMMs with --shapes-csv FILE)")
+        if out is not None:
+            raise click.UsageError("--out writes the predictions of --shapes-csv")
+        return None
+    if given:
+        raise click.UsageError(f"{', '.join(given)}: the shapes come from --shapes-csv; "
+                               "give one or the other")
+    return read_gemm_csv(shapes_csv, dtype, layout, batch)
+
+
+COST_COLUMNS = ("latency_ms", "latency_std_ms", "latency_extrapolated", "power_w",
+                "power_std_w", "energy_j", "energy_std_j", "power_extrapolated")
+
+
+def cost_columns(costs: dict) -> dict:
+    """The predicted columns of a batch answer (local or from the service) in one order;
+    the power columns are None where the device has no power model."""
+    power = costs.get("power_w") is not None
+    return {c: costs.get(c) if power or not c.startswith(("power", "energy")) else None
+            for c in COST_COLUMNS}
+
+
+def echo_batch_summary(source: str, count: int, beyond: int, power: bool,
+                       out: str | None) -> None:
+    """What a batch prediction wrote, on standard error (standard output may be the CSV)."""
+    where = out if out not in (None, "-") else "stdout"
+    click.echo(f"{source}: {count} GEMMs predicted -> {where}; {beyond} beyond the shapes "
+               "the model was trained on"
+               + ("" if power else "; power unavailable (no measured power for this device)"),
+               err=True)
