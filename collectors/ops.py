@@ -122,6 +122,13 @@ def check_gemm_columns(cols: Mapping[str, np.ndarray], name: Callable[[str, int]
         check_dtype(cols["dtype"][i], name("dtype", i))
 
 
+def layouts(trans_a, trans_b) -> np.ndarray:
+    """Per GEMM, its BLAS-style layout (``nn``, ``nt``, ``tn`` or ``tt``; :attr:`Op.layout`)
+    from arrays of its transposes."""
+    return (np.where(np.asarray(trans_a, dtype=bool), "t", "n").astype(object)
+            + np.where(np.asarray(trans_b, dtype=bool), "t", "n"))
+
+
 @dataclass(frozen=True)
 class Op:
     """One op: ``kind`` + integer ``params`` + ``dtype`` + ``batch``."""

@@ -16,6 +16,7 @@ from scipy.stats import spearmanr
 from sklearn.metrics import r2_score
 from sklearn.model_selection import GroupKFold
 
+from collectors.ops import layouts
 from predictor.features import is_aligned
 
 
@@ -120,8 +121,7 @@ def worst_configs(oof: pd.DataFrame, target: str = "latency_ms", count: int = 5)
     scored = _scored(oof, target)
     ape = (scored[f"pred_{target}"] - scored[target]).abs() / scored[target].abs()
     worst = scored.assign(ape_pct=ape * 100).nlargest(count, "ape_pct")
-    layout = np.where(worst.trans_a.astype(bool), "t", "n").astype(object) + np.where(
-        worst.trans_b.astype(bool), "t", "n")
+    layout = layouts(worst.trans_a, worst.trans_b)
     return pd.DataFrame({
         "shape": [f"{m}x{n}x{k}" + (f" x{b}" if b != 1 else "")
                   for m, n, k, b in zip(worst.m, worst.n, worst.k, worst.batch, strict=True)],
@@ -129,6 +129,33 @@ def worst_configs(oof: pd.DataFrame, target: str = "latency_ms", count: int = 5)
         "measured": worst[target].to_numpy(), "predicted": worst[f"pred_{target}"].to_numpy(),
         "ratio": (worst[f"pred_{target}"] / worst[target]).to_numpy(),
         "ape_pct": worst.ape_pct.to_numpy(), "fold": worst.fold.to_numpy()})
+
+
+def held_out_rows(panels: dict[str, pd.DataFrame], targets: list[str]) -> pd.DataFrame:
+    """Every held-out prediction of every evaluation (name -> its out-of-fold rows) as one
+    table: which split and fold held the row out, the config and the physical device that
+    measured it, and per target the measured value, the prediction (empty where the fold's
+    training rows lacked the row's dtype), its spread across trees where there is one, and
+    the absolute percentage error."""
+    parts = []
+    for name, oof in panels.items():
+        part = oof[["m", "n", "k", "batch", "dtype"]].copy()
+        part["layout"] = layouts(oof.trans_a, oof.trans_b)
+        if "device" in oof:  # the physical device's fingerprint, where the rows say
+            part["device"] = oof.device
+        part.insert(0, "split", name)
+        part.insert(1, "fold", oof.fold.to_numpy())
+        for target in targets:
+            part[target] = oof[target]
+            part[f"pred_{target}"] = oof[f"pred_{target}"]
+            unit = target.rsplit("_", 1)[-1]  # latency_ms -> latency_std_ms, power_w -> ...
+            spread = f"pred_{target[:-len(unit)]}std_{unit}"
+            if spread in oof:
+                part[spread] = oof[spread]
+            part[f"ape_{target}_pct"] = ((oof[f"pred_{target}"] - oof[target]).abs()
+                                         / oof[target].abs() * 100)
+        parts.append(part)
+    return pd.concat(parts, ignore_index=True)
 
 
 def plot_predicted_vs_measured(panels: dict[str, pd.DataFrame], target: str, path: str,

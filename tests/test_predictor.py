@@ -136,6 +136,20 @@ def test_power_is_a_second_output_and_energy_is_consistent():
     assert np.all(c.power_std_w >= 0) and np.all(c.energy_std_j >= 0)
 
 
+def test_held_out_rows_carry_every_target_with_its_spread():
+    from predictor.evaluate import held_out_rows
+
+    ev = evaluate(synthetic(24, power=True), PROFILE, n_splits=3, n_estimators=10)
+    rows = held_out_rows({"k": ev.kfold, "x": ev.extrapolation}, ev.targets)
+    assert len(rows) == len(ev.kfold) + len(ev.extrapolation)
+    for target, spread in [("latency_ms", "pred_latency_std_ms"), ("power_w", "pred_power_std_w"),
+                           ("energy_j", None)]:
+        assert {target, f"pred_{target}", f"ape_{target}_pct"} <= set(rows.columns)
+        assert spread is None or (rows[spread] > 0).all()
+    ape = (rows.pred_power_w - rows.power_w).abs() / rows.power_w * 100
+    np.testing.assert_allclose(rows.ape_power_w_pct, ape)
+
+
 def test_power_has_its_own_forest_and_never_moves_the_latency_model():
     # In one two-output forest, power in watts (variance ~1e4) would pick the splits and the
     # log-latency ratio (variance ~1) would follow them.
@@ -505,8 +519,18 @@ def test_cli_import_train_predict(tmp_path, monkeypatch):
     r = run(main, ["models", "--db", db])
     assert "NVIDIA GeForce RTX 4070" in r.output
     r = run(main, ["eval", "--db", db, "--device", "4070", "--trees", "10", "--folds", "3",
-                   "--plot", str(tmp_path / "p.png"), "--worst", "3"])
+                   "--plot", str(tmp_path / "p.png"), "--worst", "3", "--predictions",
+                   str(tmp_path / "held_out.csv")])
     assert r.exit_code == 0 and (tmp_path / "p.png").stat().st_size > 1000
+    # Every held-out prediction, once per split, scoring as the printed table does.
+    rows = pd.read_csv(tmp_path / "held_out.csv")
+    kfold = rows[rows.split == "shapes held out (GroupKFold)"]
+    assert len(kfold) == 20 and kfold.groupby(["m", "n", "k"]).fold.nunique().max() == 1
+    assert set(rows.split) == {"shapes held out (GroupKFold)", "largest shapes held out"}
+    within = (kfold.ape_latency_ms_pct <= 10).mean() * 100
+    table = r.output.split("shape-held-out (GroupKFold):")[1].splitlines()
+    assert f"{within:.1f}" in next(line for line in table if line.startswith("latency_ms  all"))
+    assert (kfold.pred_latency_std_ms > 0).all() and "power_w" not in rows
     worst = r.output.split("latency predicted worst, shapes held out (GroupKFold):\n")[1]
     assert len([line for line in worst.splitlines() if " fp32 " in line]) == 3
     assert re.search(r"its fixed cost and scale per dtype: affine \d+ \(", r.output), r.output

@@ -9,7 +9,7 @@ import click
 import numpy as np
 import pandas as pd
 
-from collectors.ops import MAX_DIM, OpError, check_gemm_columns
+from collectors.ops import MAX_DIM, OpError, check_gemm_columns, layouts
 
 LAYOUTS = ("nn", "nt", "tn", "tt")
 OPTIONAL = ("dtype", "batch", "layout")  # columns that fall back to the command's options
@@ -58,15 +58,15 @@ def read_gemm_csv(path: str, dtype: str, layout: str, batch: str = "1") -> pd.Da
         cols[c] = number.astype(np.int64)
     cols["dtype"] = text("dtype", dtype.strip().lower())
     check_gemm_columns(cols, name)
-    layouts = text("layout", layout)
-    unknown = np.flatnonzero(~np.isin(layouts, LAYOUTS))
+    given = text("layout", layout)
+    unknown = np.flatnonzero(~np.isin(given, LAYOUTS))
     if len(unknown):
         i = int(unknown[0])
         raise OpError(name("layout", i), f"expected one of {', '.join(LAYOUTS)}, got "
-                      f"{layouts[i]!r}")
-    layouts = layouts.astype(str)
-    cols["trans_a"] = np.char.startswith(layouts, "t").astype(np.int64)
-    cols["trans_b"] = np.char.endswith(layouts, "t").astype(np.int64)
+                      f"{given[i]!r}")
+    given = given.astype(str)
+    cols["trans_a"] = np.char.startswith(given, "t").astype(np.int64)
+    cols["trans_b"] = np.char.endswith(given, "t").astype(np.int64)
     return pd.DataFrame(cols)
 
 
@@ -74,8 +74,7 @@ def write_costs_csv(shapes: pd.DataFrame, costs: dict[str, np.ndarray | None],
                     out: str | None) -> None:
     """The shapes with their predicted costs (columns whose value is None are left out: no
     power model) to ``out``, or to standard output where ``out`` is None or ``-``."""
-    frame = shapes.assign(layout=np.where(shapes.trans_a == 1, "t", "n").astype(object)
-                          + np.where(shapes.trans_b == 1, "t", "n"))
+    frame = shapes.assign(layout=layouts(shapes.trans_a, shapes.trans_b))
     frame = frame[["m", "n", "k", "batch", "dtype", "layout"]]
     for column, values in costs.items():
         if values is not None:

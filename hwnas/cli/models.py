@@ -149,16 +149,21 @@ def train(db_url, device_spec, folds, trees, target, baseline_fit) -> None:
 @click.option("--worst", type=click.IntRange(0, 1000), default=5, show_default=True,
               help="List this many held-out configs whose latency was predicted worst "
                    "(0: none).")
+@click.option("--predictions", "predictions_path", type=click.Path(dir_okay=False),
+              default=None,
+              help="Write every held-out prediction as CSV (split, fold, config, device, "
+                   "measured, predicted, spread across trees, APE %), for your own analysis.")
 @BASELINE_FIT_OPTION
 @friendly_errors
-def eval_(db_url, device_spec, folds, trees, plot_path, worst, baseline_fit) -> None:
+def eval_(db_url, device_spec, folds, trees, plot_path, worst, predictions_path,
+          baseline_fit) -> None:
     """Evaluate the GEMM model on whole shapes held out (GroupKFold over M,N,K and the largest
     shapes held out; where the model's rows come from several physical GPUs, each held out in
     turn with its shapes); per target and dtype: MAPE, median APE, share within ±10%, R^2, Spearman
     and the median of predicted / measured (above 1: predicted too high; too slow, for latency);
     then the configs predicted worst, to see where the model misses."""
     from predictor.data import load_gemm_frame, resolve_device_model
-    from predictor.evaluate import plot_predicted_vs_measured, worst_configs
+    from predictor.evaluate import held_out_rows, plot_predicted_vs_measured, worst_configs
     from predictor.training import evaluate
 
     store = open_store(db_url)
@@ -175,13 +180,17 @@ def eval_(db_url, device_spec, folds, trees, plot_path, worst, baseline_fit) -> 
                      for r in worst_configs(ev.kfold, "latency_ms", worst).itertuples()])
     if frame.attrs.get("note"):
         click.echo(f"\ndata: {frame.attrs['note']}")
+    panels = {"shapes held out (GroupKFold)": ev.kfold,
+              "largest shapes held out": ev.extrapolation}
+    if ev.devices is not None:
+        panels["devices held out"] = ev.devices
     if plot_path:
-        panels = {"shapes held out (GroupKFold)": ev.kfold,
-                  "largest shapes held out": ev.extrapolation}
-        if ev.devices is not None:
-            panels["devices held out"] = ev.devices
         plot_predicted_vs_measured(panels, "latency_ms", plot_path, f"{model}: GEMM latency")
         click.echo(f"\nplot: {plot_path}")
+    if predictions_path:
+        rows = held_out_rows(panels, ev.targets)
+        rows.to_csv(predictions_path, index=False, float_format="%.6g")
+        click.echo(f"held-out predictions ({len(rows)} rows): {predictions_path}")
 
 
 def _held_out(meta: dict) -> tuple[str, str]:
