@@ -313,9 +313,10 @@ def _echo_record(rec: dict) -> None:
                    "unique part of one), followed by the whole record of one of its models: "
                    "file and checksum check, training data, features, library versions, the "
                    "held-out evaluation.")
-@click.option("--target", type=click.Choice(["gemm", "network", "nb201"]), default=None,
-              help="With --device: which of its models to describe (default: gemm where it "
-                   "has one, else its only kind).")
+@click.option("--target", default=None,
+              help="With --device: which of its models to describe, by the target column "
+                   "(gemm, network, nb201; default: gemm where it has one, else its only "
+                   "kind).")
 @click.option("--version", type=click.IntRange(min=1), default=None,
               help="With --device: describe this version instead of the latest.")
 @click.option("--json", "as_json", is_flag=True,
