@@ -609,6 +609,12 @@ def test_models_describes_one_model_and_checks_its_file(tmp_path, monkeypatch):
     r = run(main, ["models", "--db", db, "--device", "phone"])
     assert r.exit_code == 0 and "Phone X: nb201 model v1" in r.output, r.output
     assert 'metrics: {"spearman_all": 0.9}' in r.output and 'method: "nnls"' in r.output
+    registry.register_json(Store(db), "Phone X", "network", "{}", 8, {"metrics": {
+        "families": ["nb201"], "held_out": {"within_10": 100.0}}}, tmp_path)
+    r = run(main, ["models", "--db", db, "--device", "phone"])  # two kinds, neither gemm
+    assert r.exit_code == 1 and "has models of nb201, network; name one" in r.output, r.output
+    r = run(main, ["models", "--db", db, "--device", "phone", "--target", "network"])
+    assert r.exit_code == 0 and '"families": ["nb201"]' in r.output, r.output
     # Bad requests name the option.
     for args, code, says in [(["--version", "1"], 2, "--version describes one model"),
                              (["--device", "H100"], 1, "no registered model for such a device"),

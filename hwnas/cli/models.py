@@ -290,7 +290,8 @@ def _echo_record(rec: dict) -> None:
     for key, value in facts:
         click.echo(f"  {key:<{width}}  {value}")
     metrics = meta.pop("metrics", None) or {}
-    tables = {k: v for k, v in metrics.items() if isinstance(v, list)}
+    tables = {k: v for k, v in metrics.items()  # GEMM metrics: one record per target, dtype
+              if isinstance(v, list) and v and all(isinstance(r, dict) for r in v)}
     if tables:
         for name, records in tables.items():
             click.echo(f"\n{name} (its evaluation when it was trained):")
