@@ -100,12 +100,12 @@ def load_skops(row: ModelVersion):
     """The objects of a skops model file, after its checksum and its types are checked."""
     import skops.io as sio
 
-    _verify(row)
-    untrusted = sio.get_untrusted_types(file=row.path)
+    path = _verified(row)
+    untrusted = sio.get_untrusted_types(file=path)
     unexpected = sorted(set(untrusted) - set(TRUSTED_TYPES))
     if unexpected:
-        raise RegistryError(f"model file {row.path} holds unexpected types {unexpected}")
-    return sio.load(row.path, trusted=untrusted)
+        raise RegistryError(f"model file {path} holds unexpected types {unexpected}")
+    return sio.load(path, trusted=untrusted)
 
 
 def register_json(store: Store, device_model: str, target: str, text: str, n_samples: int,
@@ -120,28 +120,44 @@ def register_json(store: Store, device_model: str, target: str, text: str, n_sam
 
 def read_json(row: ModelVersion) -> str:
     """The text of a JSON model, after checking its SHA-256."""
-    _verify(row)
-    return Path(row.path).read_text()
+    return _verified(row).read_text()
 
 
 def file_problem(row: ModelVersion) -> str | None:
     """Why the row's file would be refused on load (missing, or changed since it was
     registered), or None where it is the file that was registered."""
     try:
-        _verify(row)
+        _verified(row)
     except RegistryError as exc:
         return str(exc)
     return None
 
 
-def _verify(row: ModelVersion) -> None:
-    if not os.path.exists(row.path):
-        raise RegistryError(f"model file {row.path} of {row.device_model} v{row.version} "
-                            "is missing")
-    actual = sha256_file(row.path)
+def model_file(row: ModelVersion) -> Path:
+    """Where the row's file is on this machine: the path it was registered at, else a file of
+    the same name in this machine's :func:`models_dir` (a store shared by several machines
+    records the path on the one that trained; the others may mount or sync the folder
+    elsewhere). Its checksum is checked on load either way."""
+    registered = Path(row.path)
+    if registered.exists():
+        return registered
+    here = models_dir() / registered.name
+    if here.exists():
+        return here
+    raise RegistryError(f"model file of {row.device_model} {row.target} v{row.version} is "
+                        f"missing: neither {registered} (where it was registered) nor {here} "
+                        "(this machine's $HWNAS_MODELS) exists")
+
+
+def _verified(row: ModelVersion) -> Path:
+    """The row's file (:func:`model_file`), after checking its SHA-256 against the
+    registered one."""
+    path = model_file(row)
+    actual = sha256_file(path)
     if actual != row.sha256:
-        raise ChecksumError(f"model file {row.path} has SHA-256 {actual[:12]}..., registered "
+        raise ChecksumError(f"model file {path} has SHA-256 {actual[:12]}..., registered "
                             f"{row.sha256[:12]}...: refusing to load a changed file")
+    return path
 
 
 def find(store: Store, device_model: str, version: int | None = None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 
 import numpy as np
@@ -312,6 +313,27 @@ def test_tampered_model_file_is_refused(registered):
         byte = f.read(1)
         f.seek(100)
         f.write(bytes([byte[0] ^ 0xFF]))
+    with pytest.raises(registry.ChecksumError, match="refusing"):
+        registry.load(registry.find(store, PROFILE.model))
+
+
+def test_a_model_file_synced_to_another_folder_loads_from_this_machines_models(
+        registered, tmp_path, monkeypatch):
+    import shutil
+
+    store, model, row, frame = registered
+    elsewhere = tmp_path / "mounted" / "models"  # another machine's view of the shared folder
+    elsewhere.mkdir(parents=True)
+    shutil.move(row.path, elsewhere)
+    monkeypatch.setenv("HWNAS_MODELS", str(tmp_path / "nowhere"))
+    with pytest.raises(registry.RegistryError, match=r"missing: neither .* nor .*nowhere"):
+        registry.load(registry.find(store, PROFILE.model))
+    monkeypatch.setenv("HWNAS_MODELS", str(elsewhere))
+    loaded = registry.load(registry.find(store, PROFILE.model))
+    assert np.array_equal(loaded.predict(frame), model.predict(frame))
+    assert registry.model_file(row) == elsewhere / os.path.basename(row.path)
+    with open(elsewhere / os.path.basename(row.path), "ab") as f:
+        f.write(b"!")
     with pytest.raises(registry.ChecksumError, match="refusing"):
         registry.load(registry.find(store, PROFILE.model))
 

@@ -246,11 +246,15 @@ def _chosen(rows, target: str | None, version: int | None):
 
 def _record(row, latest: bool) -> dict:
     """Everything the registry holds of one model, and whether its file still matches."""
-    from predictor.registry import file_problem
+    from predictor.registry import file_problem, model_file
 
+    problem = file_problem(row)
+    if problem is None:
+        where = model_file(row)
+        problem = "matches its registered SHA-256" + (
+            "" if str(where) == row.path else f" (found at {where}, this machine's models)")
     return {"device_model": row.device_model, "target": row.target, "version": row.version,
-            "default": latest, "path": row.path, "sha256": row.sha256,
-            "file": file_problem(row) or "matches its registered SHA-256",
+            "default": latest, "path": row.path, "sha256": row.sha256, "file": problem,
             "created_utc": row.created_at.isoformat(timespec="seconds"),
             "samples": row.n_samples, "power": row.has_power, "meta": row.meta}
 
