@@ -178,6 +178,12 @@ def test_query_commands_print_the_service_answers(served, tmp_path):
     r = CliRunner().invoke(main, ["query", "gemm", *at[:2], "--device", "nope", "--m", "8",
                                   "--n", "8", "--k", "8"])
     assert r.exit_code == 1 and "NOT_FOUND" in r.output and "Traceback" not in r.output
+    r = CliRunner().invoke(main, ["query", "models", *at])
+    assert r.exit_code == 0, r.output
+    row = next(line for line in r.output.splitlines() if line.startswith("Test GPU"))
+    assert row.split()[2:5] == ["1", "gemm", str(30 * 2)] and row.split()[-1] == "yes", row
+    r = CliRunner().invoke(main, ["query", "models", *at[:2], "--device", "nope"])
+    assert r.exit_code == 1 and "NOT_FOUND" in r.output, r.output
 
 
 def test_many_gemms_from_a_csv_here_and_from_the_service_agree(served):

@@ -26,7 +26,7 @@ def print_metrics(records: list[dict]) -> None:
                   *(cell(r, key, fmt) for _, key, fmt in _METRIC_COLUMNS)] for r in records])
 
 
-def _held_out(meta: dict) -> tuple[str, str]:
+def held_out_scores(meta: dict) -> tuple[str, str]:
     """(MAPE %, within ±10% %) on held-out data as the model's evaluation stored them: shapes
     for a GEMM model, architectures for a network model (which records RMSPE, not MAPE); '-'
     where there is none (a few-shot model has a rank correlation)."""
@@ -188,7 +188,7 @@ def models(db_url, device_spec, target, version, as_json) -> None:
     print_table(["device model", "version", "target", "samples", "power", "held-out MAPE %",
                  "within ±10% %", "created (UTC)", "sha256"],
                 [[r.device_model, r.version, r.target, r.n_samples,
-                  "yes" if r.has_power else "no", *_held_out(r.meta),
+                  "yes" if r.has_power else "no", *held_out_scores(r.meta),
                   r.created_at.strftime("%Y-%m-%d %H:%M"), r.sha256[:12]] for r in rows])
     for r in latest.values():
         if outdated(r):

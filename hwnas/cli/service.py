@@ -155,6 +155,31 @@ def _query_many(client, device: str, shapes, out: str | None, chunk: int) -> Non
                        "power_w" in costs, out)
 
 
+@query.command("models")
+@server_options
+@click.option("--device", default="", help="Only this device model's (or a unique part of its "
+              "name); default: every device the service has a model for.")
+@friendly_errors
+@rpc_errors
+def query_models(server, token_file, tls_ca, timeout, device) -> None:
+    """The models a running service answers from, as `hwnas models` lists a store's: the
+    default (latest) version of each device and kind is marked."""
+    import json
+
+    from hwnas.cli.registered import held_out_scores
+    from hwnas.output import print_table
+
+    with service_client(server, token_file, tls_ca, timeout) as c:
+        models = c.list_models(device)
+    print_table(["device model", "version", "target", "samples", "power", "held-out MAPE %",
+                 "within ±10% %", "created (UTC)", "sha256", "default"],
+                [[m.device, m.version, m.target, m.training_samples,
+                  "yes" if m.has_power else "no",
+                  *held_out_scores({"metrics": json.loads(m.metrics_json or "{}")}),
+                  m.created_utc[:16].replace("T", " "), m.sha256[:12],
+                  "yes" if m.latest else ""] for m in models])
+
+
 @query.command("network")
 @server_options
 @click.option("--device", required=True, help="Device model (or a unique part of its name).")
