@@ -27,8 +27,9 @@ from hwnas.rpc.v1 import predictor_pb2_grpc as pb_grpc
 from hwnas.service.engine import PredictionEngine
 from hwnas.service.server import Server, ServerConfig
 from predictor import registry
+from predictor.features import FEATURE_NAMES
 from predictor.forest import gemm_frame
-from predictor.training import fit_full
+from predictor.training import fit_full, library_versions
 from search.experiment import free_port
 from tests.test_predictor import PROFILE, synthetic
 
@@ -57,8 +58,10 @@ def make_store_at(url: str, tmp_path, with_model: bool = True) -> Store:
 def register(store, tmp_path, seed: int, trees: int = 15):
     frame = synthetic(30, power=True, seed=seed)
     model = fit_full(frame, PROFILE, n_estimators=trees)
-    return registry.register(store, model, PROFILE.model, {"metrics": {"k": [{"mape": 1}]}},
-                             tmp_path / "models"), model
+    meta = {"metrics": {"k": [{"mape": 1}]}, "libraries": library_versions(),
+            "data_from": str(frame.created_at.min()), "data_to": str(frame.created_at.max()),
+            "dtypes": sorted(frame.dtype.unique())}  # as hwnas train records them
+    return registry.register(store, model, PROFILE.model, meta, tmp_path / "models"), model
 
 
 @pytest.fixture
@@ -112,6 +115,9 @@ def test_every_rpc_answers_in_order(served):
     meta = client.model_metadata("Test GPU")
     assert meta.training_samples == 60 and meta.has_power and len(meta.sha256) == 64
     assert '"mape"' in meta.metrics_json
+    assert meta.data_from_utc == meta.data_to_utc == "2026-11-25T00:00:00Z"
+    assert meta.libraries["scikit-learn"] and list(meta.dtypes) == ["fp16", "fp32"]
+    assert list(meta.features) == FEATURE_NAMES
 
 
 def test_every_rpc_says_when_a_power_is_extrapolated(served):

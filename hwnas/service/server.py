@@ -320,11 +320,20 @@ class PredictorService(pb_grpc.PredictorServicer):
                                                for d in self.engine.device_table()])
 
     def _metadata(self, row, latest: bool) -> pb.ModelMetadata:
+        meta = row.meta
+
+        def utc(key: str) -> str:  # stored as str(timestamp): "2026-11-27 17:34:40.172650"
+            return str(meta[key]).split(".")[0].replace(" ", "T") + "Z" if meta.get(key) else ""
+
         return pb.ModelMetadata(
             device=row.device_model, version=row.version, target=row.target,
             training_samples=row.n_samples, has_power=row.has_power,
             created_utc=row.created_at.isoformat() + "Z", sha256=row.sha256,
-            metrics_json=json.dumps(row.meta.get("metrics", {})), latest=latest)
+            metrics_json=json.dumps(meta.get("metrics", {})), latest=latest,
+            data_from_utc=utc("data_from"), data_to_utc=utc("data_to"),
+            libraries={k: str(v) for k, v in (meta.get("libraries") or {}).items()},
+            features=list(meta.get("features") or []),
+            dtypes=[str(d) for d in meta.get("dtypes") or []])
 
     def ListModels(self, request, context):
         from predictor import registry

@@ -224,7 +224,14 @@ class ListModelsRequest(_message.Message):
     def __init__(self, device: _Optional[str] = ...) -> None: ...
 
 class ModelMetadata(_message.Message):
-    __slots__ = ("device", "version", "target", "training_samples", "has_power", "created_utc", "sha256", "metrics_json", "latest")
+    __slots__ = ("device", "version", "target", "training_samples", "has_power", "created_utc", "sha256", "metrics_json", "latest", "data_from_utc", "data_to_utc", "libraries", "features", "dtypes")
+    class LibrariesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     TARGET_FIELD_NUMBER: _ClassVar[int]
@@ -234,6 +241,11 @@ class ModelMetadata(_message.Message):
     SHA256_FIELD_NUMBER: _ClassVar[int]
     METRICS_JSON_FIELD_NUMBER: _ClassVar[int]
     LATEST_FIELD_NUMBER: _ClassVar[int]
+    DATA_FROM_UTC_FIELD_NUMBER: _ClassVar[int]
+    DATA_TO_UTC_FIELD_NUMBER: _ClassVar[int]
+    LIBRARIES_FIELD_NUMBER: _ClassVar[int]
+    FEATURES_FIELD_NUMBER: _ClassVar[int]
+    DTYPES_FIELD_NUMBER: _ClassVar[int]
     device: str
     version: int
     target: str
@@ -243,7 +255,12 @@ class ModelMetadata(_message.Message):
     sha256: str
     metrics_json: str
     latest: bool
-    def __init__(self, device: _Optional[str] = ..., version: _Optional[int] = ..., target: _Optional[str] = ..., training_samples: _Optional[int] = ..., has_power: _Optional[bool] = ..., created_utc: _Optional[str] = ..., sha256: _Optional[str] = ..., metrics_json: _Optional[str] = ..., latest: _Optional[bool] = ...) -> None: ...
+    data_from_utc: str
+    data_to_utc: str
+    libraries: _containers.ScalarMap[str, str]
+    features: _containers.RepeatedScalarFieldContainer[str]
+    dtypes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, device: _Optional[str] = ..., version: _Optional[int] = ..., target: _Optional[str] = ..., training_samples: _Optional[int] = ..., has_power: _Optional[bool] = ..., created_utc: _Optional[str] = ..., sha256: _Optional[str] = ..., metrics_json: _Optional[str] = ..., latest: _Optional[bool] = ..., data_from_utc: _Optional[str] = ..., data_to_utc: _Optional[str] = ..., libraries: _Optional[_Mapping[str, str]] = ..., features: _Optional[_Iterable[str]] = ..., dtypes: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ListModelsResponse(_message.Message):
     __slots__ = ("models",)
