@@ -42,6 +42,7 @@ being independent).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -406,10 +407,10 @@ class GemmCostForest(RegressorMixin, BaseEstimator):
         var = per_tree.var(axis=0)
         return per_tree.mean(axis=0), var if spread is None else var[:, list(spread)]
 
-    def check_dtypes(self, X) -> None:
+    def check_dtypes(self, X, row_field: Callable[[int], str] | None = None) -> None:
         """A dtype the model never saw has no data behind its answer: refuse it (OpError,
-        naming the field). Models from before the per-dtype overhead term do not record
-        their dtypes and are not checked."""
+        naming the field: ``dtype``, or ``row_field(i)`` of the first such row). Models from
+        before the per-dtype overhead term do not record their dtypes and are not checked."""
         trained = getattr(self, "overhead_ms_", None)
         if not trained:
             return
@@ -419,7 +420,8 @@ class GemmCostForest(RegressorMixin, BaseEstimator):
             known |= dtypes == d
         if not known.all():
             unseen = sorted(set(map(str, np.unique(dtypes[~known]))))
-            raise OpError("dtype", f"{', '.join(unseen)}: this model was trained on "
+            field = "dtype" if row_field is None else row_field(int(np.argmin(known)))
+            raise OpError(field, f"{', '.join(unseen)}: this model was trained on "
                                    f"{', '.join(sorted(trained))} only; measure "
                                    f"{unseen[0]} on the device and train again")
 

@@ -233,6 +233,12 @@ def test_many_gemms_from_a_csv_here_and_from_the_service_agree(served):
             "trans_b": row.layout[1] == "t"}]).costs[0]
         assert one.latency_ms == pytest.approx(row.latency_ms, rel=1e-5)
         assert one.power_w == pytest.approx(row.power_w, rel=1e-5)
+    # A dtype the model never saw is named at its first row.
+    src.write_text("m,n,k,dtype\n8,8,8,fp32\n8,8,8,fp16\n8,8,8,bf16\n")
+    r = CliRunner().invoke(main, ["predict", "gemm", "--db", store.url, "--device", "test gpu",
+                                  "--shapes-csv", str(src)])
+    assert r.exit_code == 2 and f"{src} row 3, column dtype: bf16: this model was trained on " \
+        "fp16, fp32 only" in r.output, r.output
 
 
 def test_columnar_batches_equal_row_wise_answers(served):

@@ -15,6 +15,12 @@ LAYOUTS = ("nn", "nt", "tn", "tt")
 OPTIONAL = ("dtype", "batch", "layout")  # columns that fall back to the command's options
 
 
+def cell(path: str, column: str, row: int) -> str:
+    """A cell of a shapes file as errors name it: rows numbered as a spreadsheet numbers them
+    below the header (the first is 1)."""
+    return f"{path} row {row + 1}, column {column}"
+
+
 def read_gemm_csv(path: str, dtype: str, layout: str, batch: str = "1") -> pd.DataFrame:
     """The GEMMs of a CSV file with columns m, n, k and optionally dtype, batch and layout
     (``nn`` .. ``tt``; the arguments where a column is absent or a cell empty), as a
@@ -34,8 +40,8 @@ def read_gemm_csv(path: str, dtype: str, layout: str, batch: str = "1") -> pd.Da
     if raw.empty:
         raise OpError("--shapes-csv", f"{path} holds no GEMMs")
 
-    def name(column: str, row: int) -> str:  # rows as a spreadsheet numbers them below the header
-        return f"{path} row {row + 1}, column {column}"
+    def name(column: str, row: int) -> str:
+        return cell(path, column, row)
 
     def text(column: str, default: str) -> np.ndarray:
         if column not in raw.columns:

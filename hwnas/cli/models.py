@@ -204,6 +204,7 @@ def predict_gemm(db_url, device_spec, m, n, k, dtype, batch, layout, version, sh
     from collectors.ops import Op, OpError
     from hwnas.cli.gemm_csv import (
         LAYOUTS,
+        cell,
         cost_columns,
         echo_batch_summary,
         shapes_from_options,
@@ -224,6 +225,7 @@ def predict_gemm(db_url, device_spec, m, n, k, dtype, batch, layout, version, sh
     row = registry.find(store, device_model, version)
     model = registry.load(row)
     if shapes is not None:
+        model.check_dtypes(shapes, lambda row: cell(shapes_csv, "dtype", row))
         c = model.predict_costs(shapes)
         beyond = model.outside_training(shapes)
         write_costs_csv(shapes, {**cost_columns(vars(c)),
