@@ -220,11 +220,8 @@ def load(row: ModelVersion) -> GemmCostForest:
     return model.compile()
 
 
-def list_models(store: Store, device_model: str | None = None) -> list[ModelVersion]:
-    """Registered models by device model and version; only ``device_model``'s where given."""
-    q = select(ModelVersion).order_by(ModelVersion.device_model, ModelVersion.target,
-                                      ModelVersion.version)
-    if device_model is not None:
-        q = q.where(ModelVersion.device_model == device_model)
+def list_models(store: Store) -> list[ModelVersion]:
+    """Registered models by device model, kind (target) and version."""
     with store.session() as s:
-        return list(s.scalars(q))
+        return list(s.scalars(select(ModelVersion).order_by(
+            ModelVersion.device_model, ModelVersion.target, ModelVersion.version)))
