@@ -116,10 +116,16 @@ def check_gemm_columns(cols: Mapping[str, np.ndarray], name: Callable[[str, int]
         if len(bad):
             i = int(bad[0])
             check_dim(name(c, i), int(cols[c][i]))  # raises with the usual message
-    unknown = np.flatnonzero(~np.isin(cols["dtype"], list(DTYPES)))
+    check_dtype_column(cols["dtype"], lambda i: name("dtype", i))
+
+
+def check_dtype_column(dtypes: np.ndarray, name: Callable[[int], str]) -> None:
+    """Validate many lower-case dtype names in bulk, as :func:`check_dtype` does one; the
+    first unknown one is named ``name(row)``."""
+    unknown = np.flatnonzero(~np.isin(dtypes, list(DTYPES)))
     if len(unknown):
         i = int(unknown[0])
-        check_dtype(cols["dtype"][i], name("dtype", i))
+        check_dtype(dtypes[i], name(i))
 
 
 def layouts(trans_a, trans_b) -> np.ndarray:

@@ -9,7 +9,7 @@ import click
 import numpy as np
 import pandas as pd
 
-from collectors.ops import MAX_DIM, OpError, check_gemm_columns, layouts
+from collectors.ops import MAX_DIM, OpError, check_dtype_column, layouts
 
 LAYOUTS = ("nn", "nt", "tn", "tt")
 OPTIONAL = ("dtype", "batch", "layout")  # columns that fall back to the command's options
@@ -63,7 +63,7 @@ def read_gemm_csv(path: str, dtype: str, layout: str, batch: str = "1") -> pd.Da
             raise OpError(name(c, i), f"must be at most {MAX_DIM}, got {values[i]!r}")
         cols[c] = number.astype(np.int64)
     cols["dtype"] = text("dtype", dtype.strip().lower())
-    check_gemm_columns(cols, name)
+    check_dtype_column(cols["dtype"], lambda row: name("dtype", row))  # dimensions: above
     given = text("layout", layout)
     unknown = np.flatnonzero(~np.isin(given, LAYOUTS))
     if len(unknown):
