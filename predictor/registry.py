@@ -100,12 +100,29 @@ def load_skops(row: ModelVersion):
     """The objects of a skops model file, after its checksum and its types are checked."""
     import skops.io as sio
 
-    path = _verified(row)
+    path = verified_file(row)
+    return sio.load(path, trusted=checked_skops_types(path))
+
+
+def checked_skops_types(path: Path) -> list[str]:
+    """The types of a skops file beyond skops' trusted defaults, once they are known to be
+    those a registered model may hold; any other type is a RegistryError that names it (the
+    file is never loaded then)."""
+    import skops.io as sio
+
     untrusted = sio.get_untrusted_types(file=path)
     unexpected = sorted(set(untrusted) - set(TRUSTED_TYPES))
     if unexpected:
         raise RegistryError(f"model file {path} holds unexpected types {unexpected}")
-    return sio.load(path, trusted=untrusted)
+    return untrusted
+
+
+def register_file(store: Store, device_model: str, target: str, data: bytes, suffix: str,
+                  has_power: bool, n_samples: int, meta: dict,
+                  directory: Path | None = None) -> ModelVersion:
+    """Register a model file's bytes as they are (a model brought from another store)."""
+    return _record(store, device_model, target, suffix, lambda p: p.write_bytes(data),
+                   has_power, n_samples, meta, directory)
 
 
 def register_json(store: Store, device_model: str, target: str, text: str, n_samples: int,
@@ -120,14 +137,14 @@ def register_json(store: Store, device_model: str, target: str, text: str, n_sam
 
 def read_json(row: ModelVersion) -> str:
     """The text of a JSON model, after checking its SHA-256."""
-    return _verified(row).read_text()
+    return verified_file(row).read_text()
 
 
 def file_problem(row: ModelVersion) -> str | None:
     """Why the row's file would be refused on load (missing, or changed since it was
     registered), or None where it is the file that was registered."""
     try:
-        _verified(row)
+        verified_file(row)
     except RegistryError as exc:
         return str(exc)
     return None
@@ -149,7 +166,7 @@ def model_file(row: ModelVersion) -> Path:
                         "(this machine's $HWNAS_MODELS) exists")
 
 
-def _verified(row: ModelVersion) -> Path:
+def verified_file(row: ModelVersion) -> Path:
     """The row's file (:func:`model_file`), after checking its SHA-256 against the
     registered one."""
     path = model_file(row)

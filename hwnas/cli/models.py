@@ -191,7 +191,9 @@ def predict() -> None:
 @click.option("--k", "k", help="Inner dimension.")
 @click.option("--dtype", default="fp32", show_default=True,
               help="The GEMM's dtype (with --shapes-csv: of rows that name none).")
-@click.option("--batch", default="1", show_default=True)
+@click.option("--batch", default="1", show_default=True,
+              help="GEMMs of this shape in one batched call (strided batched GEMM; with "
+                   "--shapes-csv: of rows that name none).")
 @click.option("--layout", default="nn", show_default=True, help="nn, nt, tn or tt.")
 @click.option("--version", type=int, default=None, help="Model version (default: latest).")
 @SHAPES_CSV_OPTION

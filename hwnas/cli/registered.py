@@ -115,6 +115,13 @@ def _echo_record(rec: dict) -> None:
         facts.append(("power", str(meta.pop("power"))))
     if "data_note" in meta:
         facts.append(("data note", meta.pop("data_note")))
+    if isinstance(meta.get("imported"), dict):  # brought from another store as a bundle
+        got = {k: str(v).replace("T", " ") if k.endswith("_utc") else v
+               for k, v in meta.pop("imported").items()}
+        facts.append(("imported", f"{got.get('imported_utc')} UTC from {got.get('bundle')}: "
+                      f"v{got.get('version')} where it was trained ({got.get('created_utc')} "
+                      f"UTC), exported {got.get('exported_utc')} UTC by hwnas "
+                      f"{got.get('hwnas')}"))
     if "features" in meta:
         features = meta.pop("features") or []
         facts.append(("features", f"{len(features)}: {', '.join(features)}"))
@@ -158,19 +165,29 @@ def _echo_record(rec: dict) -> None:
               help="With --device: describe this version instead of the latest.")
 @click.option("--json", "as_json", is_flag=True,
               help="With --device: print that one model's record as JSON, nothing else.")
+@click.option("--export", "export_to", type=click.Path(dir_okay=False), default=None,
+              metavar="FILE.zip",
+              help="With --device: write that one model (its file, checked against its "
+                   "SHA-256 first, and its record) to a bundle that `hwnas import model` "
+                   "registers in another store, e.g. to serve there a model trained where the "
+                   "GPU is. GEMM and network models.")
 @friendly_errors
-def models(db_url, device_spec, target, version, as_json) -> None:
+def models(db_url, device_spec, target, version, as_json, export_to) -> None:
     """List registered models; the highest version per device is the default.
 
-    With --device, list that device's versions and describe one of its models in full."""
+    With --device, list that device's versions and describe one of its models in full (or
+    write it to a bundle with --export)."""
     import json
 
     from predictor.registry import list_models, outdated
 
     if device_spec is None:
-        for flag, given in (("--target", target), ("--version", version), ("--json", as_json)):
+        for flag, given in (("--target", target), ("--version", version), ("--json", as_json),
+                            ("--export", export_to)):
             if given:
                 raise click.UsageError(f"{flag} describes one model: name it with --device")
+    if as_json and export_to:
+        raise click.UsageError("--json and --export: give one of them")
     store = open_store(db_url)
     rows = list_models(store)
     if device_spec is not None:
@@ -181,6 +198,14 @@ def models(db_url, device_spec, target, version, as_json) -> None:
         latest[(r.device_model, r.target)] = r  # listed by version: the last is the default
     if device_spec is not None:
         row = _chosen(rows, target, version)
+        if export_to:
+            from predictor.bundle import export_bundle
+
+            export_bundle(row, export_to)
+            click.echo(f"wrote {row.device_model} {row.target} model v{row.version} (sha256 "
+                       f"{row.sha256[:12]}) to {export_to}; `hwnas import model {export_to}` "
+                       "registers it in another store")
+            return
         rec = _record(row, latest[(row.device_model, row.target)] is row)
         if as_json:
             click.echo(json.dumps(rec, indent=2, default=str))

@@ -99,7 +99,9 @@ def query() -> None:
 @click.option("--k", "k", type=int, default=None)
 @click.option("--dtype", default="fp32", show_default=True,
               help="The GEMM's dtype (with --shapes-csv: of rows that name none).")
-@click.option("--batch", type=int, default=1, show_default=True)
+@click.option("--batch", type=int, default=1, show_default=True,
+              help="GEMMs of this shape in one batched call (strided batched GEMM; with "
+                   "--shapes-csv: of rows that name none).")
 @SHAPES_CSV_OPTION
 @OUT_OPTION
 @click.option("--chunk", type=click.IntRange(min=1), default=10_000, show_default=True,

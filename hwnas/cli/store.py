@@ -69,7 +69,7 @@ def db_import(db_url, path) -> None:
 
 @main.group("import")
 def import_() -> None:
-    """Load public measurements made elsewhere into the store."""
+    """Load what was made elsewhere into the store: public measurements, or a model bundle."""
 
 
 @import_.command("gpperf")
@@ -83,3 +83,25 @@ def import_gpperf(db_url, path) -> None:
 
     added, rows = run_import(open_store(db_url), path)
     click.echo(f"imported {added} GEMMs ({rows} replicate rows) from {path}; power: unavailable")
+
+
+@import_.command("model")
+@DB_OPTION
+@click.argument("path", type=click.Path(exists=True, dir_okay=False))
+@friendly_errors
+def import_model(db_url, path) -> None:
+    """Register a model bundle written by `hwnas models --device D --export FILE` as the next
+    version of its device's models here. The bundle is checked before anything is registered:
+    its manifest, its file's SHA-256, the types the file holds, and a trial load here. A file
+    already registered for the device is not added twice."""
+    from predictor.bundle import import_bundle
+
+    got = import_bundle(open_store(db_url), path)
+    r, m = got.row, got.manifest
+    if not got.added:
+        click.echo(f"{path}: already registered as {r.device_model} {r.target} model "
+                   f"v{r.version} (same SHA-256 {r.sha256[:12]}); nothing added")
+        return
+    click.echo(f"registered {r.device_model} {r.target} model v{r.version} from {path} (v"
+               f"{m['version']} where it was trained, {m.get('created_utc', '?')} UTC; sha256 "
+               f"{r.sha256[:12]}; file {r.path})")
