@@ -179,6 +179,8 @@ def verified_file(row: ModelVersion) -> Path:
 
 def find(store: Store, device_model: str, version: int | None = None,
          target: str = "gemm") -> ModelVersion:
+    """Version ``version`` of the device's ``target`` model (a retired one too, when named),
+    else its default: the highest version not retired."""
     with store.session() as s:
         q = select(ModelVersion).where(ModelVersion.device_model == device_model,
                                        ModelVersion.target == target)
@@ -188,13 +190,54 @@ def find(store: Store, device_model: str, version: int | None = None,
                 raise RegistryError(f"--version {version}: no such model version for "
                                     f"{device_model!r}")
             return row
-        row = s.scalar(q.order_by(ModelVersion.version.desc()))
-        if row is None:
-            how = {"gemm": "hwnas train", "network": "hwnas train --target network"}.get(
-                target, "hwnas adapt")
-            raise RegistryError(f"no trained {target} model for {device_model!r}; run {how} "
-                                "first")
-        return row
+        rows = list(s.scalars(q.order_by(ModelVersion.version.desc())))
+    how = {"gemm": "hwnas train", "network": "hwnas train --target network"}.get(
+        target, "hwnas adapt")
+    if not rows:
+        raise RegistryError(f"no trained {target} model for {device_model!r}; run {how} first")
+    for row in rows:
+        if not retired(row):
+            return row
+    raise RegistryError(f"every {target} model of {device_model!r} is retired (versions "
+                        f"{', '.join(str(r.version) for r in reversed(rows))}): name one with "
+                        f"--version, restore one with `hwnas models --device '{device_model}' "
+                        f"--version V --restore`, or run {how}")
+
+
+def retired(row: ModelVersion) -> bool:
+    """A version taken out of default use by `hwnas models --retire` (still loadable by its
+    number)."""
+    return bool((row.meta or {}).get("retired"))
+
+
+def defaults(rows: list[ModelVersion]) -> dict[tuple[str, str], ModelVersion]:
+    """The default row of each (device model, target) among ``rows``: the highest version not
+    retired (none for a pair whose every version is)."""
+    best: dict[tuple[str, str], ModelVersion] = {}
+    for r in rows:
+        key = (r.device_model, r.target)
+        if not retired(r) and (key not in best or r.version > best[key].version):
+            best[key] = r
+    return best
+
+
+def set_retired(store: Store, row: ModelVersion, retire: bool, reason: str = "") -> ModelVersion:
+    """Retire a version (the default falls back to the highest version left) or restore it;
+    its file and record stay, and it can still be asked for by its number."""
+    import datetime as dt
+
+    with store.session() as s:
+        current = s.get(ModelVersion, row.id)
+        meta = dict(current.meta or {})
+        if retire:
+            now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+            meta["retired"] = {"at_utc": now.isoformat(timespec="seconds"),
+                               **({"reason": reason} if reason else {})}
+        else:
+            meta.pop("retired", None)
+        current.meta = meta  # a new dict, so the JSON column is written
+        s.commit()
+        return current
 
 
 def outdated(row: ModelVersion) -> bool:

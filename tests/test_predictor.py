@@ -599,7 +599,7 @@ def test_models_describes_one_model_and_checks_its_file(tmp_path, monkeypatch):
         assert r.exit_code == 0, r.output
     r = run(main, ["models", "--db", db, "--device", "4070"])
     assert r.exit_code == 0, r.output
-    assert "gemm model v2 (the default: its latest version)" in r.output, r.output
+    assert "gemm model v2 (the default: its latest version not retired)" in r.output, r.output
     assert len(re.findall(r"^NVIDIA GeForce RTX 4070 +[12] +gemm", r.output, re.M)) == 2
     assert "file check     matches its registered SHA-256" in r.output
     assert "libraries      python " in r.output and "installed now" not in r.output
@@ -1051,3 +1051,49 @@ def test_cli_train_prints_both_baseline_lines(tmp_path, monkeypatch):
     assert r.exit_code == 0 and "padded" not in r.output, r.output
     r = run(main, predict + ["--m", "1000", "--n", "2047", "--k", "1000"])
     assert r.exit_code == 0 and "padded" not in r.output, r.output  # 2048 > every training n
+
+
+def test_retiring_a_version_rolls_the_default_back_until_it_is_restored(tmp_path,
+                                                                       monkeypatch):
+    from collectors.devices import DeviceInfo
+    from collectors.store.db import Store
+    from collectors.store.repo import upsert_device
+    from hwnas.cli import main
+
+    monkeypatch.setenv("HWNAS_MODELS", str(tmp_path / "models"))
+    db = f"sqlite:///{tmp_path / 'r.sqlite'}"
+    store = Store(db)
+    with store.session() as s:
+        upsert_device(s, DeviceInfo(name="cuda:0", kind="gpu", model=PROFILE.model, host="h"))
+        s.commit()
+    model = fit_full(synthetic(20), PROFILE, n_estimators=5)
+    for _ in range(3):
+        registry.register(store, model, PROFILE.model, {})
+    run = CliRunner().invoke
+    r = run(main, ["models", "--db", db, "--device", "test gpu", "--version", "3", "--retire"])
+    assert r.exit_code == 0 and "retired Test GPU gemm model v3; the default is v2" in r.output
+    assert registry.find(store, PROFILE.model).version == 2
+    assert registry.find(store, PROFILE.model, 3).version == 3  # still there by number
+    r = run(main, ["models", "--db", db])
+    assert re.search(r"Test GPU +2 .* yes$", r.output, re.M), r.output
+    assert re.search(r"Test GPU +3 .* retired$", r.output, re.M), r.output
+    r = run(main, ["models", "--db", db, "--device", "test gpu", "--version", "3"])
+    assert "gemm model v3 (retired " in r.output and "answers when asked for by number" in \
+        r.output, r.output
+    for v in (2, 1):
+        registry.set_retired(store, registry.find(store, PROFILE.model, v), True)
+    with pytest.raises(registry.RegistryError, match=r"every gemm model of 'Test GPU' is "
+                       r"retired \(versions 1, 2, 3\).*--restore"):
+        registry.find(store, PROFILE.model)
+    r = run(main, ["predict", "gemm", "--db", db, "--device", "test gpu", "--m", "8", "--n", "8",
+                   "--k", "8"])
+    assert r.exit_code == 1 and "every gemm model of 'Test GPU' is retired" in r.output
+    r = run(main, ["models", "--db", db, "--device", "test gpu", "--version", "1", "--restore"])
+    assert r.exit_code == 0 and "restored Test GPU gemm model v1; the default is v1" in r.output
+    assert registry.find(store, PROFILE.model).version == 1
+    for args, says in [(["--retire"], "--retire describes one model"),
+                       (["--device", "test gpu", "--retire"], "--retire: name the version"),
+                       (["--device", "test gpu", "--version", "1", "--retire", "--restore"],
+                        "--retire and --restore: give one of them")]:
+        r = run(main, ["models", "--db", db, *args])
+        assert r.exit_code == 2 and says in r.output, r.output

@@ -713,3 +713,26 @@ def test_predict_network_answers_here_for_a_torch_model_as_the_service_does(tmp_
     ]:
         r = run(main, [*args, *bad])
         assert r.exit_code != 0 and needle in r.output and "Traceback" not in r.output, r.output
+
+
+def test_a_retired_version_stops_being_the_default_and_answers_when_named(served):
+    """Rolling back a retrained model: the service falls back to the version left, lists the
+    retired one as such, and still answers a client that pins it."""
+    store, _, client, tmp_path = served
+    row, _ = register(store, tmp_path, seed=4)
+    deadline = time.time() + 20
+    while time.time() < deadline and client.predict_gemm("Test GPU", [(64, 64, 64)]
+                                                         ).model_version != 2:
+        time.sleep(0.1)
+    registry.set_retired(store, row, True)
+    while time.time() < deadline and client.predict_gemm("Test GPU", [(64, 64, 64)]
+                                                         ).model_version != 1:
+        time.sleep(0.1)
+    assert client.predict_gemm("Test GPU", [(64, 64, 64)]).model_version == 1
+    assert client.predict_gemm("Test GPU", [(64, 64, 64)], model_version=2).model_version == 2
+    listed = {m.version: (m.latest, m.retired) for m in client.list_models("Test GPU")}
+    assert listed == {1: (True, False), 2: (False, True)}
+    assert client.model_metadata("Test GPU").version == 1
+    assert client.model_metadata("Test GPU", 2).retired
+    registry.set_retired(store, row, False)
+    assert {m.version: m.latest for m in client.list_models("Test GPU")} == {1: False, 2: True}

@@ -324,7 +324,7 @@ def _check_models_served(address: str, devices: list[str]) -> None:
                     raise click.ClickException(f"prediction service at {address}: "
                                                f"{exc.code().name}: {exc.details()}") from None
                 models = []
-            if not models:
+            if not any(m.latest for m in models):  # none, or every version retired
                 raise click.UsageError(
                     f"{device}: the prediction service at {address} has no model for it, so "
                     "every trial would fail; first run hwnas search --calibrate 20 with the "

@@ -68,8 +68,10 @@ def _chosen(rows, target: str | None, version: int | None):
     if not of_target:
         raise DataError(f"--target {target}: {rows[0].device_model} has models of "
                         f"{', '.join(targets)} only")
-    if version is None:
-        return of_target[-1]
+    if version is None:  # the default, else (every version retired) the newest
+        from predictor.registry import defaults
+
+        return defaults(of_target).get((of_target[0].device_model, target), of_target[-1])
     for r in of_target:
         if r.version == version:
             return r
@@ -99,8 +101,12 @@ def _echo_record(rec: dict) -> None:
     from predictor.training import library_versions
 
     meta = dict(rec["meta"])
+    retired = meta.pop("retired", None)
     click.echo(f"\n{rec['device_model']}: {rec['target']} model v{rec['version']}"
-               + (" (the default: its latest version)" if rec["default"] else ""))
+               + (" (the default: its latest version not retired)" if rec["default"] else "")
+               + (f" (retired {str(retired.get('at_utc', '')).replace('T', ' ')} UTC: not the "
+                  "default; answers when asked for by number)"
+                  if isinstance(retired, dict) else ""))
     facts = [("file", rec["path"]), ("sha256", rec["sha256"]), ("file check", rec["file"]),
              ("created (UTC)", rec["created_utc"].replace("T", " ")),
              ("samples", str(rec["samples"]))]
@@ -171,33 +177,53 @@ def _echo_record(rec: dict) -> None:
                    "SHA-256 first, and its record) to a bundle that `hwnas import model` "
                    "registers in another store, e.g. to serve there a model trained where the "
                    "GPU is. GEMM and network models.")
+@click.option("--retire", is_flag=True,
+              help="With --device and --version: take that version out of default use (the "
+                   "default becomes the highest version left, here and in a running service "
+                   "within its refresh interval), e.g. to roll back a worse retrained model. "
+                   "Its file and record stay; it still answers when asked for by number.")
+@click.option("--restore", is_flag=True,
+              help="With --device and --version: undo --retire.")
 @friendly_errors
-def models(db_url, device_spec, target, version, as_json, export_to) -> None:
-    """List registered models; the highest version per device is the default.
+def models(db_url, device_spec, target, version, as_json, export_to, retire, restore) -> None:
+    """List registered models; the highest version per device and kind that is not retired is
+    the default.
 
     With --device, list that device's versions and describe one of its models in full (or
-    write it to a bundle with --export)."""
+    write it to a bundle with --export, or retire or restore it)."""
     import json
 
-    from predictor.registry import list_models, outdated
+    from predictor.registry import defaults, list_models, outdated, set_retired
 
     if device_spec is None:
         for flag, given in (("--target", target), ("--version", version), ("--json", as_json),
-                            ("--export", export_to)):
+                            ("--export", export_to), ("--retire", retire),
+                            ("--restore", restore)):
             if given:
                 raise click.UsageError(f"{flag} describes one model: name it with --device")
-    if as_json and export_to:
-        raise click.UsageError("--json and --export: give one of them")
+    actions = [f for f, given in (("--json", as_json), ("--export", export_to),
+                                  ("--retire", retire), ("--restore", restore)) if given]
+    if len(actions) > 1:
+        raise click.UsageError(f"{' and '.join(actions)}: give one of them")
+    if (retire or restore) and version is None:
+        raise click.UsageError(f"{actions[0]}: name the version with --version")
     store = open_store(db_url)
     rows = list_models(store)
     if device_spec is not None:
         device_model = _registered_device(rows, device_spec)
         rows = [r for r in rows if r.device_model == device_model]
-    latest = {}
-    for r in rows:
-        latest[(r.device_model, r.target)] = r  # listed by version: the last is the default
     if device_spec is not None:
         row = _chosen(rows, target, version)
+        if retire or restore:
+            set_retired(store, row, retire)
+            rows = list_models(store)
+            now = defaults(rows).get((row.device_model, row.target))
+            click.echo(f"{'retired' if retire else 'restored'} {row.device_model} {row.target} "
+                       f"model v{row.version}; "
+                       + (f"the default is v{now.version}" if now else
+                          f"no {row.target} version is left to be the default (ask for one by "
+                          "number, restore one, or train)"))
+            return
         if export_to:
             from predictor.bundle import export_bundle
 
@@ -206,16 +232,25 @@ def models(db_url, device_spec, target, version, as_json, export_to) -> None:
                        f"{row.sha256[:12]}) to {export_to}; `hwnas import model {export_to}` "
                        "registers it in another store")
             return
-        rec = _record(row, latest[(row.device_model, row.target)] is row)
+    default = defaults(rows)
+    if device_spec is not None:
+        rec = _record(row, default.get((row.device_model, row.target)) is row)
         if as_json:
             click.echo(json.dumps(rec, indent=2, default=str))
             return
+
+    def status(r) -> str:
+        if default.get((r.device_model, r.target)) is r:
+            return "yes"
+        return "retired" if "retired" in (r.meta or {}) else ""
+
     print_table(["device model", "version", "target", "samples", "power", "held-out MAPE %",
-                 "within ±10% %", "created (UTC)", "sha256"],
+                 "within ±10% %", "created (UTC)", "sha256", "default"],
                 [[r.device_model, r.version, r.target, r.n_samples,
                   "yes" if r.has_power else "no", *held_out_scores(r.meta),
-                  r.created_at.strftime("%Y-%m-%d %H:%M"), r.sha256[:12]] for r in rows])
-    for r in latest.values():
+                  r.created_at.strftime("%Y-%m-%d %H:%M"), r.sha256[:12], status(r)]
+                 for r in rows])
+    for r in default.values():
         if outdated(r):
             click.echo(f"{r.device_model} v{r.version} was fitted on the GEMM features of an "
                        f"older hwnas and cannot predict: `hwnas train --device "

@@ -165,7 +165,8 @@ def _query_many(client, device: str, shapes, out: str | None, chunk: int) -> Non
 @rpc_errors
 def query_models(server, token_file, tls_ca, timeout, device) -> None:
     """The models a running service answers from, as `hwnas models` lists a store's: the
-    default (latest) version of each device and kind is marked."""
+    default version of each device and kind (its highest not retired) is marked, and so are
+    retired ones."""
     import json
 
     from hwnas.cli.registered import held_out_scores
@@ -179,7 +180,7 @@ def query_models(server, token_file, tls_ca, timeout, device) -> None:
                   "yes" if m.has_power else "no",
                   *held_out_scores({"metrics": json.loads(m.metrics_json or "{}")}),
                   m.created_utc[:16].replace("T", " "), m.sha256[:12],
-                  "yes" if m.latest else ""] for m in models])
+                  "yes" if m.latest else "retired" if m.retired else ""] for m in models])
 
 
 @query.command("network")

@@ -26,6 +26,7 @@ from collectors.ops import Op, OpError, check_gemm_columns
 from hwnas.rpc.v1 import predictor_pb2 as pb
 from hwnas.rpc.v1 import predictor_pb2_grpc as pb_grpc
 from hwnas.service.engine import PredictionEngine, ServiceError
+from predictor import registry
 from predictor.nasbench201 import network_ops
 from predictor.op_costs import OpCost
 
@@ -333,28 +334,22 @@ class PredictorService(pb_grpc.PredictorServicer):
             data_from_utc=utc("data_from"), data_to_utc=utc("data_to"),
             libraries={k: str(v) for k, v in (meta.get("libraries") or {}).items()},
             features=list(meta.get("features") or []),
-            dtypes=[str(d) for d in meta.get("dtypes") or []])
+            dtypes=[str(d) for d in meta.get("dtypes") or []],
+            retired=registry.retired(row))
 
     def ListModels(self, request, context):
-        from predictor import registry
-
         def go():
             rows = registry.list_models(self.engine.store)
             if request.device:
                 device = self.engine.resolve_device(request.device)
                 rows = [r for r in rows if r.device_model == device]
-            newest: dict[tuple[str, str], int] = {}
-            for r in rows:
-                key = (r.device_model, r.target)
-                newest[key] = max(newest.get(key, 0), r.version)
+            default = registry.defaults(rows)
             return pb.ListModelsResponse(models=[
-                self._metadata(r, r.version == newest[(r.device_model, r.target)])
+                self._metadata(r, default.get((r.device_model, r.target)) is r)
                 for r in rows])
         return self._run(context, go)
 
     def GetModelMetadata(self, request, context):
-        from predictor import registry
-
         def go():
             device = self.engine.resolve_device(request.device)
             if request.version < 0:
@@ -364,8 +359,9 @@ class PredictorService(pb_grpc.PredictorServicer):
             except registry.RegistryError as exc:
                 code = "NOT_FOUND" if request.version else "FAILED_PRECONDITION"
                 raise ServiceError(code, str(exc)) from None
-            latest = registry.find(self.engine.store, device).version == row.version
-            return self._metadata(row, latest)
+            default = registry.defaults([r for r in registry.list_models(self.engine.store)
+                                         if r.device_model == device]).get((device, "gemm"))
+            return self._metadata(row, default is not None and default.version == row.version)
         return self._run(context, go)
 
 
