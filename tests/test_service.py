@@ -312,7 +312,7 @@ MALFORMED = [
     ("PredictGemm", {"device": "H100", "shapes": [gemm()]}, NF, "device"),
     ("PredictGemm", {"device": "Test GPU", "shapes": [gemm()], "model_version": 9}, NF,
      "model_version"),
-    ("PredictGemm", {"device": "Other CPU", "shapes": [gemm()]}, FP, "no trained model"),
+    ("PredictGemm", {"device": "Other CPU", "shapes": [gemm()]}, FP, "no trained gemm model"),
     ("PredictGemm", {"device": "e", "shapes": [gemm()]}, IA, "matches several"),
     ("PredictOps", {"device": "Test GPU", "ops": [op("conv3d", kernel=3)]}, IA, "ops[0].kind"),
     ("PredictOps", {"device": "Test GPU", "ops": [op("")]}, IA, "kind"),
@@ -736,3 +736,13 @@ def test_a_retired_version_stops_being_the_default_and_answers_when_named(served
     assert client.model_metadata("Test GPU", 2).retired
     registry.set_retired(store, row, False)
     assert {m.version: m.latest for m in client.list_models("Test GPU")} == {1: False, 2: True}
+    # With every version retired there is no default: the service says so, and still answers
+    # a client that names a version.
+    for version in (1, 2):
+        registry.set_retired(store, registry.find(store, PROFILE.model, version), True)
+    time.sleep(0.3)
+    with pytest.raises(grpc.RpcError) as err:
+        client.predict_gemm("Test GPU", [(64, 64, 64)])
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "every gemm model of 'Test GPU' is retired" in err.value.details()
+    assert client.predict_gemm("Test GPU", [(64, 64, 64)], model_version=1).model_version == 1

@@ -132,12 +132,11 @@ class PredictionEngine:
             self._checked[device] = now
             try:
                 row = registry.find(self.store, device)
-            except registry.RegistryError:
-                if current is not None:
-                    return current
-                raise ServiceError("FAILED_PRECONDITION",
-                                   f"device: {device!r} has no trained model "
-                                   "(run hwnas train --device ...)") from None
+            except registry.RegistryError as exc:
+                # No default version any more (every one retired, or removed from the store):
+                # stop answering by default rather than serve what the registry withdrew.
+                self._latest.pop(device, None)
+                raise ServiceError("FAILED_PRECONDITION", f"device: {exc}") from None
             if current is not None and current.version == row.version:
                 return current
             try:
