@@ -154,7 +154,9 @@ def import_bundle(store: Store, path: str | Path, directory: Path | None = None)
             ModelVersion.sha256 == manifest["sha256"]))
     if same is not None:
         return Imported(same, False, manifest)
-    meta = {**manifest["meta"], "imported": {
+    # Retirement is a store's choice of default, not part of the model: an exported retired
+    # version arrives as an ordinary one.
+    meta = {**{k: v for k, v in manifest["meta"].items() if k != "retired"}, "imported": {
         "bundle": Path(path).name, "version": manifest["version"],
         "created_utc": manifest.get("created_utc"), "exported_utc": manifest.get("exported_utc"),
         "hwnas": manifest.get("hwnas"), "imported_utc": _now()}}

@@ -158,10 +158,12 @@ def test_a_network_model_moves_with_its_per_kind_forests(tmp_path, monkeypatch):
     model = network.NetworkCostModel(kinds).fit(nets, np.array([0.02 * len(n) + 0.05
                                                                 for n in nets]))
     row = network.register(a, "Phone X", model, {"networks": 20, "held_out": {"rmspe": 5.0}})
+    row = registry.set_retired(a, row, True)  # retired there: an ordinary version here
     bundle.export_bundle(row, tmp_path / "net.zip")
     monkeypatch.setenv("HWNAS_MODELS", str(tmp_path / "models_b"))
     got = bundle.import_bundle(b, tmp_path / "net.zip")
     assert got.added and got.row.target == "network" and got.row.sha256 == row.sha256
+    assert registry.find(b, "Phone X", target="network").version == 1
     query = [[linear_op(128, 8)] * 3]
     assert network.load(got.row).predict(query)[0] == model.predict(query)[0]
     # Its device is known to store B now, so the service resolves it by a part of its name.
