@@ -24,6 +24,14 @@ class RegistryError(LookupError):
     """No such model, or a model that cannot be loaded."""
 
 
+class NoDefaultError(RegistryError):
+    """Every version of a device's model of one kind is retired: none answers by default."""
+
+    def __init__(self, message: str, device_model: str, target: str, versions: list[int]):
+        super().__init__(message)
+        self.device_model, self.target, self.versions = device_model, target, versions
+
+
 class ChecksumError(RegistryError):
     """The model file does not match the checksum recorded when it was registered."""
 
@@ -198,10 +206,11 @@ def find(store: Store, device_model: str, version: int | None = None,
     for row in rows:
         if not retired(row):
             return row
-    raise RegistryError(f"every {target} model of {device_model!r} is retired (versions "
-                        f"{', '.join(str(r.version) for r in reversed(rows))}): name one with "
-                        f"--version, restore one with `hwnas models --device '{device_model}' "
-                        f"--version V --restore`, or run {how}")
+    versions = [r.version for r in reversed(rows)]
+    raise NoDefaultError(f"every {target} model of {device_model!r} is retired (versions "
+                         f"{', '.join(map(str, versions))}): name one with --version, restore "
+                         f"one with `hwnas models --device '{device_model}' --version V "
+                         f"--restore`, or run {how}", device_model, target, versions)
 
 
 def retired(row: ModelVersion) -> bool:

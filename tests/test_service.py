@@ -190,6 +190,12 @@ def test_query_commands_print_the_service_answers(served, tmp_path):
     assert row.split()[2:5] == ["1", "gemm", str(30 * 2)] and row.split()[-1] == "yes", row
     r = CliRunner().invoke(main, ["query", "models", *at[:2], "--device", "nope"])
     assert r.exit_code == 1 and "NOT_FOUND" in r.output, r.output
+    # A version by number: the one asked for answers, one that does not exist is named.
+    for cmd in (["gemm", "--m", "8", "--n", "8", "--k", "8"], ["network", "--ops-json", str(ops)]):
+        r = CliRunner().invoke(main, ["query", *cmd, *at, "--version", "1"])
+        assert r.exit_code == 0 and "model v1" in r.output, r.output
+        r = CliRunner().invoke(main, ["query", *cmd, *at, "--version", "7"])
+        assert r.exit_code == 1 and "NOT_FOUND" in r.output and "7" in r.output, r.output
 
 
 def test_many_gemms_from_a_csv_here_and_from_the_service_agree(served):
@@ -744,5 +750,7 @@ def test_a_retired_version_stops_being_the_default_and_answers_when_named(served
     with pytest.raises(grpc.RpcError) as err:
         client.predict_gemm("Test GPU", [(64, 64, 64)])
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert "every gemm model of 'Test GPU' is retired" in err.value.details()
+    assert err.value.details() == ("device: every gemm model of 'Test GPU' is retired "
+                                   "(versions 1, 2): ask for one by model_version, or have one "
+                                   "restored or trained")
     assert client.predict_gemm("Test GPU", [(64, 64, 64)], model_version=1).model_version == 1

@@ -106,10 +106,12 @@ def query() -> None:
 @OUT_OPTION
 @click.option("--chunk", type=click.IntRange(min=1), default=10_000, show_default=True,
               help="With --shapes-csv: GEMMs per request, at most the service's --max-batch.")
+@click.option("--version", type=click.IntRange(min=0), default=0,
+              help="Model version to answer from (default 0: the device's default version).")
 @friendly_errors
 @rpc_errors
 def query_gemm(server, token_file, tls_ca, timeout, device, m, n, k, dtype, batch, shapes_csv,
-               out, chunk) -> None:
+               out, chunk, version) -> None:
     """Latency, power and energy of one GEMM from the service (and, for operand rows that are
     not multiples of 8, what padding them would gain, where it would); of many with
     --shapes-csv, sent as columns --chunk at a time (a CSV out)."""
@@ -118,12 +120,12 @@ def query_gemm(server, token_file, tls_ca, timeout, device, m, n, k, dtype, batc
     shapes = shapes_from_options(shapes_csv, m, n, k, out, dtype, "nn", batch)
     if shapes is not None:
         _query_many(service_client(server, token_file, tls_ca, timeout), device, shapes, out,
-                    chunk)
+                    chunk, version)
         return
     padded, dims = shapes_with_padding((m, n, k))
     shapes = [{"m": d[0], "n": d[1], "k": d[2], "dtype": dtype, "batch": batch} for d in dims]
     with service_client(server, token_file, tls_ca, timeout) as c:
-        a = c.predict_gemm(device, shapes)
+        a = c.predict_gemm(device, shapes, model_version=version)
     click.echo(f"{a.device} (model v{a.model_version})")
     click.echo(cost_line(f"gemm {m}x{n}x{k} {dtype} batch {batch}", a.costs[0]))
     pad = a.costs[-1]
@@ -133,9 +135,10 @@ def query_gemm(server, token_file, tls_ca, timeout, device, m, n, k, dtype, batc
         click.echo(f"  ({hint})")
 
 
-def _query_many(client, device: str, shapes, out: str | None, chunk: int) -> None:
-    """Every GEMM of ``shapes`` from the service, all from the model version that answered
-    the first request, written as CSV."""
+def _query_many(client, device: str, shapes, out: str | None, chunk: int,
+                version: int = 0) -> None:
+    """Every GEMM of ``shapes`` from the service, all from model ``version`` (0: the version
+    that answered the first request), written as CSV."""
     import numpy as np
 
     from hwnas.cli.gemm_csv import cost_columns, echo_batch_summary, write_costs_csv
@@ -148,7 +151,7 @@ def _query_many(client, device: str, shapes, out: str | None, chunk: int) -> Non
                 device, part.m.to_numpy(), part.n.to_numpy(), part.k.to_numpy(),
                 dtype=part.dtype.tolist(), batch=part.batch.to_numpy(),
                 trans_a=part.trans_a.to_numpy(), trans_b=part.trans_b.to_numpy(),
-                model_version=parts[0]["model_version"] if parts else 0))
+                model_version=parts[0]["model_version"] if parts else version))
     costs = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]
              if isinstance(parts[0][name], np.ndarray)}
     write_costs_csv(shapes, cost_columns(costs), out)
@@ -187,12 +190,16 @@ def query_models(server, token_file, tls_ca, timeout, device) -> None:
 @server_options
 @click.option("--device", required=True, help="Device model (or a unique part of its name).")
 @network_options
+@click.option("--version", type=click.IntRange(min=0), default=0,
+              help="Model version to answer from, as `hwnas predict network --version` "
+                   "(default 0: the device's default version).")
 @friendly_errors
 @rpc_errors
 def query_network(server, token_file, tls_ca, timeout, device, arch, ops_json, module_spec,
-                  input_shape, batch, dtype, layers) -> None:
+                  input_shape, batch, dtype, layers, version) -> None:
     """Whole-network latency, power and energy from the service."""
     arch, ops, unsupported = network_spec(arch, ops_json, module_spec, input_shape)
     with service_client(server, token_file, tls_ca, timeout) as c:
-        a = c.predict_network(device, nasbench201=arch, ops=ops, batch=batch, dtype=dtype)
+        a = c.predict_network(device, nasbench201=arch, ops=ops, batch=batch, dtype=dtype,
+                              model_version=version)
     echo_network(a, layers, unsupported)

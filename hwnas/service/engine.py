@@ -41,6 +41,16 @@ class LoadedModel:
     model: GemmCostForest
 
 
+def no_default_reason(exc: registry.RegistryError) -> str:
+    """Why a device has no default model, in the request's terms (model_version, not the
+    command line's --version)."""
+    if isinstance(exc, registry.NoDefaultError):
+        return (f"device: every {exc.target} model of {exc.device_model!r} is retired "
+                f"(versions {', '.join(map(str, exc.versions))}): ask for one by "
+                "model_version, or have one restored or trained")
+    return f"device: {exc}"
+
+
 class PredictionEngine:
     """Thread-safe: many RPC threads share it. ``refresh_s`` bounds how often the registry is
     asked whether a newer version exists."""
@@ -136,7 +146,7 @@ class PredictionEngine:
                 # No default version any more (every one retired, or removed from the store):
                 # stop answering by default rather than serve what the registry withdrew.
                 self._latest.pop(device, None)
-                raise ServiceError("FAILED_PRECONDITION", f"device: {exc}") from None
+                raise ServiceError("FAILED_PRECONDITION", no_default_reason(exc)) from None
             if current is not None and current.version == row.version:
                 return current
             try:

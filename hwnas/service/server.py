@@ -25,7 +25,7 @@ from grpc_reflection.v1alpha import reflection
 from collectors.ops import Op, OpError, check_gemm_columns
 from hwnas.rpc.v1 import predictor_pb2 as pb
 from hwnas.rpc.v1 import predictor_pb2_grpc as pb_grpc
-from hwnas.service.engine import PredictionEngine, ServiceError
+from hwnas.service.engine import PredictionEngine, ServiceError, no_default_reason
 from predictor import registry
 from predictor.nasbench201 import network_ops
 from predictor.op_costs import OpCost
@@ -357,8 +357,9 @@ class PredictorService(pb_grpc.PredictorServicer):
             try:
                 row = registry.find(self.engine.store, device, request.version or None)
             except registry.RegistryError as exc:
-                code = "NOT_FOUND" if request.version else "FAILED_PRECONDITION"
-                raise ServiceError(code, str(exc)) from None
+                if request.version:
+                    raise ServiceError("NOT_FOUND", str(exc)) from None
+                raise ServiceError("FAILED_PRECONDITION", no_default_reason(exc)) from None
             default = registry.defaults([r for r in registry.list_models(self.engine.store)
                                          if r.device_model == device]).get((device, "gemm"))
             return self._metadata(row, default is not None and default.version == row.version)
