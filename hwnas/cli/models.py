@@ -139,20 +139,32 @@ def train(db_url, device_spec, folds, trees, target, baseline_fit) -> None:
               help="Write every held-out prediction as CSV (split, fold, config, device, "
                    "measured, predicted, spread across trees, APE %), for your own analysis.")
 @BASELINE_FIT_OPTION
+@click.option("--registered", is_flag=True,
+              help="Instead of cross-validating a new forest, score the registered model (the "
+                   "default version, or --version) on the measurements stored after its "
+                   "training data: shapes new to it, and shapes it was trained on measured "
+                   "again (a change of the device shows there). --folds, --trees and "
+                   "--baseline-fit do not apply.")
+@click.option("--version", type=click.IntRange(min=1), default=None,
+              help="With --registered: this model version.")
 @friendly_errors
 def eval_(db_url, device_spec, folds, trees, plot_path, worst, predictions_path,
-          baseline_fit) -> None:
+          baseline_fit, registered, version) -> None:
     """Evaluate the GEMM model on whole shapes held out (GroupKFold over M,N,K and the largest
     shapes held out; where the model's rows come from several physical GPUs, each held out in
     turn with its shapes); per target and dtype: MAPE, median APE, share within ±10%, R^2, Spearman
     and the median of predicted / measured (above 1: predicted too high; too slow, for latency);
-    then the configs predicted worst, to see where the model misses."""
+    then the configs predicted worst, to see where the model misses. With --registered, score
+    the registered model on what was measured since it was trained."""
     from predictor.data import load_gemm_frame, resolve_device_model
     from predictor.evaluate import held_out_rows, plot_predicted_vs_measured, worst_configs
     from predictor.training import evaluate
 
     store = open_store(db_url)
     model = resolve_device_model(store, device_spec)
+    if registered or version is not None:
+        _eval_registered(store, model, version, plot_path, worst, predictions_path)
+        return
     frame, profile = load_gemm_frame(store, model)
     ev = evaluate(frame, profile, folds, n_estimators=trees, baseline_fit=baseline_fit)
     _print_evaluation(ev)
@@ -176,6 +188,38 @@ def eval_(db_url, device_spec, folds, trees, plot_path, worst, predictions_path,
         rows = held_out_rows(panels, ev.targets)
         rows.to_csv(predictions_path, index=False, float_format="%.6g")
         click.echo(f"held-out predictions ({len(rows)} rows): {predictions_path}")
+
+
+def _eval_registered(store, device_model: str, version: int | None, plot_path,
+                     worst: int, predictions_path) -> None:
+    """``hwnas eval --registered``: the registered model on what was measured since."""
+    from click.core import ParameterSource
+
+    from hwnas.cli.drift import echo_since_training
+    from predictor import registry
+    from predictor.drift import score_since_training
+    from predictor.evaluate import held_out_rows, plot_predicted_vs_measured
+
+    ctx = click.get_current_context()
+    for name in ("folds", "trees", "baseline_fit"):
+        if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE:
+            raise click.UsageError(f"--{name.replace('_', '-')}: does not apply to "
+                                   "--registered (the registered model is scored as it is)")
+    if not ctx.params["registered"]:
+        raise click.UsageError("--version: names a registered model to score; add --registered")
+    row = registry.find(store, device_model, version)
+    result = score_since_training(store, row)
+    default = registry.defaults(registry.list_models(store)).get((device_model, "gemm"))
+    echo_since_training(result, default is not None and default.id == row.id, worst)
+    panels = {name: rows for name, rows in result.panels.items() if len(rows)}
+    if plot_path:
+        plot_predicted_vs_measured(panels, "latency_ms", plot_path,
+                                   f"{device_model} v{row.version}: GEMM latency since training")
+        click.echo(f"\nplot: {plot_path}")
+    if predictions_path:
+        rows = held_out_rows(panels, result.targets)
+        rows.to_csv(predictions_path, index=False, float_format="%.6g")
+        click.echo(f"predictions ({len(rows)} rows): {predictions_path}")
 
 
 @main.group()

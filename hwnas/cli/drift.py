@@ -1,0 +1,79 @@
+"""``hwnas eval --registered``: a registered GEMM model scored on what was measured after it was
+trained (:mod:`predictor.drift`)."""
+
+from __future__ import annotations
+
+import click
+
+from hwnas.cli.registered import print_metrics
+from hwnas.output import print_table
+
+# Re-measured shapes whose median predicted / measured latency is further from 1 than this
+# are called a change of the device (repeat measurements agree within a few per cent).
+DRIFT = 0.05
+
+
+def echo_since_training(result, default: bool, worst: int) -> None:
+    """The scores of each group, what they say, and the configs predicted worst."""
+    from predictor.drift import MEASURED_AGAIN, NEW_SHAPES
+    from predictor.evaluate import worst_configs
+
+    row = result.row
+    panels = result.panels
+    click.echo(f"{row.device_model} gemm model v{row.version}"
+               + (" (the default)" if default else "")
+               + f": trained on measurements up to {result.cutoff:%Y-%m-%d %H:%M:%S} UTC; "
+               f"scored on the {sum(len(p) for p in panels.values())} measured since: "
+               f"{len(panels[NEW_SHAPES])} of {NEW_SHAPES}, {len(panels[MEASURED_AGAIN])} of "
+               f"{MEASURED_AGAIN}")
+    tables = result.tables()
+    for name, table in tables.items():
+        click.echo(f"\n{name}:")
+        print_metrics(table.to_dict("records"))
+    if NEW_SHAPES in tables:
+        now = _latency_all(tables[NEW_SHAPES])
+        then = (row.meta.get("metrics") or {}).get("shape-held-out (GroupKFold)") or []
+        then = next((r for r in then if r.get("target") == "latency_ms" and
+                     r.get("dtype") == "all"), None)
+        click.echo(f"\nnew shapes: {now['within_10']:.1f}% within ±10%"
+                   + (f" (its held-out evaluation when it was trained: "
+                      f"{then['within_10']:.1f}%)" if then else ""))
+        new = panels[NEW_SHAPES]
+        flagged = new.beyond_training.to_numpy(bool)
+        if flagged.any():
+            within = (abs(new.pred_latency_ms / new.latency_ms - 1) <= 0.1).to_numpy()
+            click.echo(f"  {flagged.sum()} of them were answered as beyond its training shapes "
+                       f"(latency_extrapolated): {within[flagged].mean() * 100:.1f}% of those "
+                       f"within ±10%"
+                       + (f", {within[~flagged].mean() * 100:.1f}% of the other "
+                          f"{(~flagged).sum()}" if (~flagged).any() else ""))
+    if MEASURED_AGAIN in tables:
+        ratio = _latency_all(tables[MEASURED_AGAIN])["median_ratio"]
+        if abs(ratio - 1) > DRIFT:
+            change = 1 / ratio - 1  # measured over predicted, less one: the time it now takes
+            click.echo(f"shapes measured again: median predicted / measured {ratio:.2f}: the "
+                       f"device now takes {abs(change) * 100:.0f}% "
+                       f"{'longer' if change > 0 else 'less time'} on them than the model "
+                       "learnt; if that holds (driver, clocks, cooling, another machine), "
+                       "retrain: hwnas train")
+        else:
+            click.echo(f"shapes measured again: median predicted / measured {ratio:.2f}, within "
+                       f"{DRIFT:.0%} of what the model learnt")
+    if result.not_scored:
+        click.echo("not scored, a dtype the model was not trained on: " + ", ".join(
+            f"{d} {n} rows" for d, n in sorted(result.not_scored.items())))
+    if result.older_not_trained:
+        click.echo(f"{result.older_not_trained} rows measured before its training data ended "
+                   "were not part of it (imported later?); they are left out")
+    new = panels[NEW_SHAPES]
+    if worst and len(new):
+        click.echo(f"\nlatency predicted worst, {NEW_SHAPES}:")
+        print_table(["shape", "dtype", "layout", "measured ms", "predicted ms", "pred/meas",
+                     "APE %"],
+                    [[r.shape, r.dtype, r.layout, f"{r.measured:.4g}", f"{r.predicted:.4g}",
+                      f"{r.ratio:.2f}", f"{r.ape_pct:.1f}"]
+                     for r in worst_configs(new, "latency_ms", worst).itertuples()])
+
+
+def _latency_all(table) -> dict:
+    return table[(table.target == "latency_ms") & (table.dtype == "all")].iloc[0].to_dict()

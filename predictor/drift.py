@@ -1,0 +1,88 @@
+"""A registered GEMM model scored on what was measured after it was trained: is the model
+still right for the device?
+
+Measurements stored since the newest of its training rows fall in two groups, scored apart:
+shapes the model never saw (its accuracy on new work, as a held-out evaluation measures it)
+and shapes it was trained on, measured again (where the device itself may have changed: a
+driver, clocks, a cooling fault; their median predicted / measured moves away from 1)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from collectors.store.db import Store
+from collectors.store.models import ModelVersion
+from predictor.data import DataError, load_gemm_frame, op_power
+from predictor.evaluate import metrics_table
+
+NEW_SHAPES = "shapes new to the model"
+MEASURED_AGAIN = "shapes it was trained on, measured again"
+_KEY = ["m", "n", "k", "batch", "dtype", "trans_a", "trans_b"]
+
+
+@dataclass
+class SinceTraining:
+    row: ModelVersion
+    cutoff: pd.Timestamp  # the newest training row's timestamp
+    panels: dict[str, pd.DataFrame]  # group -> its rows with pred_<target> columns
+    targets: list[str]
+    not_scored: dict[str, int]  # dtype the model was not trained on -> rows
+    older_not_trained: int  # rows from before the cutoff the model was not fitted on
+
+    def tables(self) -> dict[str, pd.DataFrame]:
+        return {name: metrics_table(rows, self.targets)
+                for name, rows in self.panels.items() if len(rows)}
+
+
+def score_since_training(store: Store, row: ModelVersion) -> SinceTraining:
+    """Score the registered GEMM model ``row`` on the device's measurements stored after its
+    training data (``meta['data_to']``); DataError where there are none, or where the model
+    recorded no training time range."""
+    from predictor import registry
+
+    if not row.meta.get("data_to"):
+        raise DataError(f"{row.device_model} v{row.version} recorded no training time range "
+                        "(an older hwnas): retrain it to score it on later measurements")
+    cutoff = pd.Timestamp(row.meta["data_to"])
+    frame, _ = load_gemm_frame(store, row.device_model)
+    stamps = pd.to_datetime(frame.created_at)
+    trained, after = frame[stamps <= cutoff], frame[stamps > cutoff].copy()
+    if after.empty:
+        raise DataError(f"no GEMM measurements of {row.device_model} were stored after "
+                        f"v{row.version}'s training data (up to {cutoff:%Y-%m-%d %H:%M:%S} UTC);"
+                        " measure some first (hwnas collect gemm)")
+    model = registry.load(row)
+    targets = ["latency_ms"]
+    if model.has_power_ and after.power_w.notna().any():
+        after["power_w"] = op_power(after)  # scored only where the reading is the op's own
+        after["energy_j"] = after.power_w * after.latency_ms / 1e3
+        targets += ["power_w", "energy_j"]
+    # The dtypes predict_costs answers for (check_dtypes); an older model records none.
+    known = set(getattr(model, "overhead_ms_", None) or after.dtype)
+    not_scored = after[~after.dtype.isin(known)].dtype.value_counts().to_dict()
+    after = after[after.dtype.isin(known)].reset_index(drop=True)
+    _predict_into(model, after, targets)
+    seen = after[_KEY].apply(tuple, axis=1).isin(set(trained[_KEY].apply(tuple, axis=1)))
+    after["fold"] = 0  # one model, one split: what the held-out tables call a fold
+    panels = {NEW_SHAPES: after[~seen.to_numpy()], MEASURED_AGAIN: after[seen.to_numpy()]}
+    return SinceTraining(row, cutoff, panels, targets, not_scored,
+                         max(0, len(trained) - row.n_samples))
+
+
+def _predict_into(model, rows: pd.DataFrame, targets: list[str]) -> None:
+    """Add ``pred_<target>`` columns (and the latency and power spreads) to ``rows``."""
+    if rows.empty:
+        for target in targets:
+            rows[f"pred_{target}"] = np.array([], dtype=float)
+        rows["beyond_training"] = np.array([], dtype=bool)
+        return
+    c = model.predict_costs(rows)
+    # Whether each answer said it lay beyond the training shapes (latency_extrapolated).
+    rows["beyond_training"] = [why is not None for why in model.outside_training(rows)]
+    rows["pred_latency_ms"], rows["pred_latency_std_ms"] = c.latency_ms, c.latency_std_ms
+    if "power_w" in targets:
+        rows["pred_power_w"], rows["pred_power_std_w"] = c.power_w, c.power_std_w
+        rows["pred_energy_j"] = c.energy_j
