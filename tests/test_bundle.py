@@ -16,7 +16,7 @@ from hwnas.service.engine import PredictionEngine
 from predictor import bundle, network, registry
 from predictor.forest import gemm_frame
 from tests.test_predictor import gpperf_csv
-from tests.test_service import linear_op
+from tests.test_service import linear_network_model, linear_op
 
 GPU = "NVIDIA GeForce RTX 4070"
 
@@ -149,14 +149,7 @@ def test_not_a_bundle_and_unwritable_targets_are_named(trained, tmp_path):
 def test_a_network_model_moves_with_its_per_kind_forests(tmp_path, monkeypatch):
     monkeypatch.setenv("HWNAS_MODELS", str(tmp_path / "models_a"))
     a, b = Store(f"sqlite:///{tmp_path / 'a.sqlite'}"), Store(f"sqlite:///{tmp_path / 'b.sqlite'}")
-    rng = np.random.default_rng(0)
-    layer_ops = [linear_op(int(rng.choice([64, 128, 256])), int(rng.choice([1, 16, 64])))
-                 for _ in range(30)]
-    layer_ms = np.array([1e-4 * op["in_features"] * op["tokens"] + 0.01 for op in layer_ops])
-    kinds = network.OpKindForests(n_estimators=5).fit(layer_ops, layer_ms)
-    nets = [[linear_op(64 * (i % 3 + 1), 8)] * (i % 4 + 1) for i in range(20)]
-    model = network.NetworkCostModel(kinds).fit(nets, np.array([0.02 * len(n) + 0.05
-                                                                for n in nets]))
+    model = linear_network_model(trees=5)
     row = network.register(a, "Phone X", model, {"networks": 20, "held_out": {"rmspe": 5.0}})
     row = registry.set_retired(a, row, True)  # retired there: an ordinary version here
     bundle.export_bundle(row, tmp_path / "net.zip")

@@ -10,12 +10,12 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from collectors.store.models import Device, Measurement, Sweep
+from collectors.store.models import Measurement
 from hwnas.cli import main
 from predictor.data import DataError
 from predictor.drift import MEASURED_AGAIN, NEW_SHAPES, score_since_training
 from predictor.training import train_and_register
-from tests.test_predictor import synthetic
+from tests.test_predictor import gemm_sweep, synthetic
 
 CPU = "Drift CPU"
 
@@ -24,16 +24,8 @@ def _store_rows(store, frame: pd.DataFrame, when: dt.datetime, slower: float = 1
     """``frame``'s GEMMs as one sweep of measurements of the drift CPU, stored at ``when``,
     their latencies ``slower`` times the frame's."""
     with store.session() as s:
-        dev = s.query(Device).filter_by(model=CPU).one_or_none()
-        if dev is None:
-            dev = Device(name="cpu", kind="cpu", model=CPU, fingerprint="drift-cpu",
-                         sm_count=2)
-            s.add(dev)
-            s.flush()
-        sweep = Sweep(kind="gemm", device_id=dev.id, host="h", n_planned=len(frame),
-                      status="done", config={})
-        s.add(sweep)
-        s.flush()
+        dev, sweep = gemm_sweep(s, len(frame), name="cpu", kind="cpu", model=CPU,
+                                fingerprint="drift-cpu", sm_count=2)
         for i, r in enumerate(frame.itertuples()):
             s.add(Measurement(sweep_id=sweep.id, device_id=dev.id, config_key=f"c{i}",
                               op_kind="gemm", m=int(r.m), n=int(r.n), k=int(r.k),

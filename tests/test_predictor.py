@@ -804,18 +804,29 @@ def test_cover_greedily_weighs_uncertainty_by_how_many_configs_a_pick_stands_for
     assert cover_greedily_rows(np.zeros(21), np.array([1]), candidates, 1) == [20]
 
 
-def _gpu_rows(store, timers: list[str | None], duties: list[float] | None = None) -> None:
-    from collectors.store.models import Device, Measurement, Sweep
+def gemm_sweep(s, n_planned: int, **device):
+    """A finished GEMM sweep of the device with these fields (added to session ``s`` unless
+    one of its fingerprint is there): (device, sweep)."""
+    from collectors.store.models import Device, Sweep
 
-    with store.session() as s:
-        dev = Device(name="gpu0", kind="gpu", vendor="NVIDIA", model="Timed GPU",
-                     fingerprint="timed-gpu")
+    dev = s.query(Device).filter_by(fingerprint=device["fingerprint"]).one_or_none()
+    if dev is None:
+        dev = Device(**device)
         s.add(dev)
         s.flush()
-        sweep = Sweep(kind="gemm", device_id=dev.id, host="h", n_planned=len(timers),
-                      status="done", config={})
-        s.add(sweep)
-        s.flush()
+    sweep = Sweep(kind="gemm", device_id=dev.id, host="h", n_planned=n_planned,
+                  status="done", config={})
+    s.add(sweep)
+    s.flush()
+    return dev, sweep
+
+
+def _gpu_rows(store, timers: list[str | None], duties: list[float] | None = None) -> None:
+    from collectors.store.models import Measurement
+
+    with store.session() as s:
+        dev, sweep = gemm_sweep(s, len(timers), name="gpu0", kind="gpu", vendor="NVIDIA",
+                                model="Timed GPU", fingerprint="timed-gpu")
         for i, timer in enumerate(timers):
             s.add(Measurement(sweep_id=sweep.id, device_id=dev.id, config_key=f"c{i}",
                               op_kind="gemm", m=64 * (i + 1), n=64, k=64, dtype="fp16",

@@ -600,18 +600,25 @@ def test_generated_code_is_in_sync_with_the_proto(tmp_path):
                            shallow=False), f"{name} is stale: run python -m hwnas.rpc.codegen"
 
 
-def test_network_model_answers_predict_network_with_additive_layers(served):
+def linear_network_model(trees: int = 10):
+    """A network model of linear layers whose latency is known: 30 layers, 20 networks."""
     from predictor import network
 
-    store, _, client, _ = served
     rng = np.random.default_rng(0)
     layer_ops = [linear_op(int(rng.choice([64, 128, 256])), int(rng.choice([1, 16, 64])))
                  for _ in range(30)]
     layer_ms = np.array([1e-4 * op["in_features"] * op["tokens"] + 0.01 for op in layer_ops])
-    kinds = network.OpKindForests(n_estimators=10).fit(layer_ops, layer_ms)
+    kinds = network.OpKindForests(n_estimators=trees).fit(layer_ops, layer_ms)
     nets = [[linear_op(64 * (i % 3 + 1), 8)] * (i % 4 + 1) for i in range(20)]
-    y = np.array([0.02 * len(n) + 0.05 for n in nets])
-    model = network.NetworkCostModel(kinds).fit(nets, y)
+    return network.NetworkCostModel(kinds).fit(nets, np.array([0.02 * len(n) + 0.05
+                                                               for n in nets]))
+
+
+def test_network_model_answers_predict_network_with_additive_layers(served):
+    from predictor import network
+
+    store, _, client, _ = served
+    model = linear_network_model()
     metrics = {"networks": 20, "layers": 30, "held_out": {"rmspe": 5.0}}
     network.register(store, PROFILE.model, model, metrics)
     ops = [{"kind": "linear", "params": {"in_features": 128, "out_features": 64, "tokens": 8},
