@@ -34,6 +34,7 @@ TARGETS = ("gemm", "network")
 # A model file larger than this is refused rather than read into memory (a zip can claim any
 # size); the largest forests here are tens of MB.
 MAX_MODEL_BYTES = 1 << 30
+MAX_MANIFEST_BYTES = 16 << 20  # a record with its evaluation tables takes tens of kB
 
 
 class BundleError(DataError):
@@ -104,9 +105,14 @@ def read_bundle(path: str | Path) -> tuple[dict, bytes]:
 
 def _manifest(z: zipfile.ZipFile, name: str) -> dict:
     try:
-        manifest = json.loads(z.read(MANIFEST))
+        info = z.getinfo(MANIFEST)
     except KeyError:
         raise BundleError(f"{name}: not a model bundle (no {MANIFEST})") from None
+    if info.file_size > MAX_MANIFEST_BYTES:
+        raise BundleError(f"{name}: {MANIFEST} is {info.file_size} bytes, more than a "
+                          f"manifest may be ({MAX_MANIFEST_BYTES})")
+    try:
+        manifest = json.loads(z.read(info))
     except ValueError as exc:
         raise BundleError(f"{name}: {MANIFEST} is not valid JSON ({exc})") from None
     if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:

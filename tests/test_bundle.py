@@ -122,9 +122,15 @@ def test_a_model_file_with_untrusted_types_is_never_loaded(trained, tmp_path):
     assert registry.list_models(Store(b)) == []
 
 
-def test_not_a_bundle_and_unwritable_targets_are_named(trained, tmp_path):
+def test_not_a_bundle_and_unwritable_targets_are_named(trained, tmp_path, monkeypatch):
     a, b, out = trained
     run = CliRunner().invoke
+    for limit, says in [("MAX_MANIFEST_BYTES", "manifest.json is "),
+                        ("MAX_MODEL_BYTES", ".skops is ")]:  # sizes a zip claims are checked
+        with monkeypatch.context() as m:
+            m.setattr(bundle, limit, 100)
+            with pytest.raises(bundle.BundleError, match=f"{says}[0-9]+ bytes, more than"):
+                bundle.read_bundle(out)
     (tmp_path / "x.zip").write_text("hello")
     r = run(main, ["import", "model", "--db", b, str(tmp_path / "x.zip")])
     assert r.exit_code == 1 and "x.zip: not a model bundle (not a zip file" in r.output
