@@ -103,6 +103,7 @@ def train(db_url, device_spec, folds, trees, target, baseline_fit) -> None:
         click.echo(f"registered {model} network v{row.version} from {metrics['networks']} "
                    f"networks and {metrics['layers']} layers: {row.path}")
         return
+    previous = _default_version(store, model)
     row, ev = train_and_register(store, model, folds, n_estimators=trees,
                                  baseline_fit=baseline_fit)
     _print_evaluation(ev)
@@ -110,6 +111,8 @@ def train(db_url, device_spec, folds, trees, target, baseline_fit) -> None:
         click.echo(f"\ndata: {row.meta['data_note']}")
     click.echo(f"\nregistered {row.device_model} v{row.version}: {row.path} "
                f"(sha256 {row.sha256[:16]}..., baseline {row.meta['bound']})")
+    if previous is not None:
+        _compare_with(previous, row)
     scale = row.meta.get("bound_scale") or {}
     apart = row.meta.get("aligned_baseline") or {}
 
@@ -120,6 +123,33 @@ def train(db_url, device_spec, folds, trees, target, baseline_fit) -> None:
         (f"{d} {line(ms, scale.get(d, 1.0))}" if d not in apart else
          f"{d} {line(*apart[d])} aligned, {line(ms, scale.get(d, 1.0))} others")
         for d, ms in sorted(row.meta["overhead_ms"].items())))
+
+
+def _default_version(store, device_model: str):
+    """The device's default GEMM model row, or None."""
+    from predictor import registry
+
+    try:
+        return registry.find(store, device_model)
+    except registry.RegistryError:
+        return None
+
+
+def _compare_with(previous, row) -> None:
+    """The new version's held-out share within ±10% beside the version it replaces as the
+    default, and how to roll back where it is lower."""
+    from hwnas.cli.registered import held_out_scores
+
+    new, old = (held_out_scores(r.meta)[1] for r in (row, previous))
+    if "-" in (new, old):
+        return
+    click.echo(f"held-out within ±10%: v{row.version} {new}% ({row.n_samples} measurements), "
+               f"v{previous.version} {old}% ({previous.n_samples}) when it was trained; each "
+               "is scored on its own data")
+    if float(new) < float(old) - 2:
+        click.echo(f"v{row.version} is the default now; if it serves worse, `hwnas models "
+                   f"--device '{row.device_model}' --version {row.version} --retire` makes "
+                   f"v{previous.version} the default again")
 
 
 @main.command("eval")
