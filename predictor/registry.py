@@ -230,6 +230,15 @@ def defaults(rows: list[ModelVersion]) -> dict[tuple[str, str], ModelVersion]:
     return best
 
 
+def default_row(store: Store, device_model: str, target: str = "gemm") -> ModelVersion | None:
+    """The device's default ``target`` model (:func:`find` without a version), or None where
+    it has none: no version, or every one retired."""
+    try:
+        return find(store, device_model, target=target)
+    except RegistryError:
+        return None
+
+
 def set_retired(store: Store, row: ModelVersion, retire: bool, reason: str = "") -> ModelVersion:
     """Retire a version (the default falls back to the highest version left) or restore it;
     its file and record stay, and it can still be asked for by its number."""

@@ -88,6 +88,7 @@ def train(db_url, device_spec, folds, trees, target, baseline_fit) -> None:
     """Fit a model for a device model, evaluate it on held-out shapes (or architectures) and
     register it as a new version."""
     from predictor.data import resolve_device_model
+    from predictor.registry import default_row
     from predictor.training import train_and_register
 
     store = open_store(db_url)
@@ -103,7 +104,7 @@ def train(db_url, device_spec, folds, trees, target, baseline_fit) -> None:
         click.echo(f"registered {model} network v{row.version} from {metrics['networks']} "
                    f"networks and {metrics['layers']} layers: {row.path}")
         return
-    previous = _default_version(store, model)
+    previous = default_row(store, model)
     row, ev = train_and_register(store, model, folds, n_estimators=trees,
                                  baseline_fit=baseline_fit)
     _print_evaluation(ev)
@@ -123,16 +124,6 @@ def train(db_url, device_spec, folds, trees, target, baseline_fit) -> None:
         (f"{d} {line(ms, scale.get(d, 1.0))}" if d not in apart else
          f"{d} {line(*apart[d])} aligned, {line(ms, scale.get(d, 1.0))} others")
         for d, ms in sorted(row.meta["overhead_ms"].items())))
-
-
-def _default_version(store, device_model: str):
-    """The device's default GEMM model row, or None."""
-    from predictor import registry
-
-    try:
-        return registry.find(store, device_model)
-    except registry.RegistryError:
-        return None
 
 
 def _compare_with(previous, row) -> None:
@@ -239,7 +230,7 @@ def _eval_registered(store, device_model: str, version: int | None, plot_path,
         raise click.UsageError("--version: names a registered model to score; add --registered")
     row = registry.find(store, device_model, version)
     result = score_since_training(store, row)
-    default = registry.defaults(registry.list_models(store)).get((device_model, "gemm"))
+    default = registry.default_row(store, device_model)
     echo_since_training(result, default is not None and default.id == row.id, worst)
     panels = {name: rows for name, rows in result.panels.items() if len(rows)}
     if plot_path:

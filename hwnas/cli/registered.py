@@ -193,7 +193,7 @@ def models(db_url, device_spec, target, version, as_json, export_to, retire, res
     write it to a bundle with --export, or retire or restore it)."""
     import json
 
-    from predictor.registry import defaults, list_models, outdated, set_retired
+    from predictor.registry import defaults, list_models, outdated, retired, set_retired
 
     if device_spec is None:
         for flag, given in (("--target", target), ("--version", version), ("--json", as_json),
@@ -242,7 +242,7 @@ def models(db_url, device_spec, target, version, as_json, export_to, retire, res
     def status(r) -> str:
         if default.get((r.device_model, r.target)) is r:
             return "yes"
-        return "retired" if "retired" in (r.meta or {}) else ""
+        return "retired" if retired(r) else ""
 
     print_table(["device model", "version", "target", "samples", "power", "held-out MAPE %",
                  "within ±10% %", "created (UTC)", "sha256", "default"],

@@ -360,9 +360,8 @@ class PredictorService(pb_grpc.PredictorServicer):
                 if request.version:
                     raise ServiceError("NOT_FOUND", str(exc)) from None
                 raise ServiceError("FAILED_PRECONDITION", no_default_reason(exc)) from None
-            default = registry.defaults([r for r in registry.list_models(self.engine.store)
-                                         if r.device_model == device]).get((device, "gemm"))
-            return self._metadata(row, default is not None and default.version == row.version)
+            default = registry.default_row(self.engine.store, device)
+            return self._metadata(row, default is not None and default.id == row.id)
         return self._run(context, go)
 
 
