@@ -761,3 +761,51 @@ def test_a_retired_version_stops_being_the_default_and_answers_when_named(served
                                    "(versions 1, 2): ask for one by model_version, or have one "
                                    "restored or trained")
     assert client.predict_gemm("Test GPU", [(64, 64, 64)], model_version=1).model_version == 1
+
+
+def test_metrics_endpoint_counts_calls_and_shows_the_versions_served(tmp_path):
+    """Prometheus text at --metrics-port: calls by method and code, predictions, and the
+    version each device answers with by default, which follows a new version and a rollback."""
+    import urllib.request
+
+    store = make_store(tmp_path)
+    port = free_port()
+    server = Server(PredictionEngine(store, refresh_s=0.1),
+                    ServerConfig(port=0, metrics_port=port, refresh_s=0.1)).start()
+    client = PredictorClient(f"127.0.0.1:{server.port}", timeout_s=20)
+
+    def scrape() -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+            return r.read().decode()
+
+    try:
+        client.wait_ready(30)
+        client.predict_gemm("Test GPU", [(64, 64, 64), (128, 128, 128)])
+        with pytest.raises(grpc.RpcError):
+            client.predict_gemm("nope", [(8, 8, 8)])
+        text = scrape()
+        assert 'hwnas_rpc_requests_total{code="OK",method="PredictGemm"} 1.0' in text, text
+        assert 'hwnas_rpc_requests_total{code="NOT_FOUND",method="PredictGemm"} 1.0' in text
+        assert "hwnas_predictions_total 2.0" in text
+        assert 'hwnas_model_version{device="Test GPU",target="gemm"} 1.0' in text
+        row, _ = register(store, tmp_path, seed=5)
+        deadline = time.time() + 20
+        while time.time() < deadline and client.predict_gemm(
+                "Test GPU", [(64, 64, 64)]).model_version != 2:
+            time.sleep(0.1)
+        assert 'hwnas_model_version{device="Test GPU",target="gemm"} 2.0' in scrape()
+        registry.set_retired(store, row, True)
+        while time.time() < deadline and client.predict_gemm(
+                "Test GPU", [(64, 64, 64)]).model_version != 1:
+            time.sleep(0.1)
+        assert 'hwnas_model_version{device="Test GPU",target="gemm"} 1.0' in scrape()
+        from predictor import network
+
+        network.register(store, PROFILE.model, linear_network_model(trees=3),
+                         {"networks": 20, "held_out": {"rmspe": 5.0}})
+        client.predict_network("Test GPU", ops=[{"kind": "linear", "params": {
+            "in_features": 64, "out_features": 64, "tokens": 8}}])
+        assert 'hwnas_model_version{device="Test GPU",target="network"} 1.0' in scrape()
+    finally:
+        client.close()
+        server.stop(0)

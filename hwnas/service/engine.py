@@ -169,6 +169,14 @@ class PredictionEngine:
             raise ServiceError("FAILED_PRECONDITION", f"model {row.device_model} "
                                f"v{row.version} cannot be loaded: {exc}") from None
 
+    def serving(self) -> list[tuple[str, str, int]]:
+        """(device model, target, version) of each model loaded so far that answers requests
+        naming no version: GEMM models, and the network models found since the last refresh."""
+        gemm = [(d, "gemm", lm.version) for d, lm in list(self._latest.items())]
+        nets = [(d, target, hit[1].version) for (d, target, v), hit in list(self._rows.items())
+                if target == "network" and v == 0 and hit[1] is not None]
+        return sorted(gemm + nets)
+
     def loaded(self) -> list:
         return list(self._latest.values()) + list(self._networks.values())
 

@@ -63,10 +63,32 @@ class Metrics:
         self.predictions = Counter("hwnas_predictions", "Shapes/ops predicted",
                                    registry=self.registry)
 
+    def watch(self, engine: PredictionEngine) -> None:
+        """Export, at every scrape, the version of each device's model that answers by
+        default (``hwnas_model_version``): a hot reload or a rollback shows there."""
+        self.registry.register(_ServedModels(engine))
+
     def serve(self, port: int, host: str) -> None:
         from prometheus_client import start_http_server
 
         start_http_server(port, addr=host, registry=self.registry)
+
+
+class _ServedModels:
+    """A Prometheus collector reading the engine's default models when scraped."""
+
+    def __init__(self, engine: PredictionEngine):
+        self.engine = engine
+
+    def collect(self):
+        from prometheus_client.core import GaugeMetricFamily
+
+        gauge = GaugeMetricFamily("hwnas_model_version", "Version of each device's model that "
+                                  "answers requests naming none (models loaded so far)",
+                                  labels=["device", "target"])
+        for device, target, version in self.engine.serving():
+            gauge.add_metric([device, target], version)
+        yield gauge
 
 
 class Interceptor(grpc.ServerInterceptor):
@@ -371,6 +393,7 @@ class Server:
     def __init__(self, engine: PredictionEngine, config: ServerConfig):
         self.engine, self.config = engine, config
         self.metrics = Metrics()
+        self.metrics.watch(engine)
         opts = [("grpc.max_receive_message_length", config.max_message_bytes),
                 ("grpc.max_send_message_length", config.max_message_bytes),
                 ("grpc.so_reuseport", 0)]
