@@ -168,7 +168,8 @@ def _echo_record(rec: dict) -> None:
                    "(gemm, network, nb201; default: gemm where it has one, else its only "
                    "kind).")
 @click.option("--version", type=click.IntRange(min=1), default=None,
-              help="With --device: describe this version instead of the latest.")
+              help="With --device: this version instead of the default (to describe, export, "
+                   "retire or restore).")
 @click.option("--json", "as_json", is_flag=True,
               help="With --device: print that one model's record as JSON, nothing else.")
 @click.option("--export", "export_to", type=click.Path(dir_okay=False), default=None,
