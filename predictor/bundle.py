@@ -9,7 +9,6 @@ registered byte for byte, so its SHA-256 stays the one it was trained with."""
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import json
 import os
@@ -22,7 +21,7 @@ from pathlib import Path
 from sqlalchemy import select
 
 from collectors.store.db import Store
-from collectors.store.models import Device, ModelVersion
+from collectors.store.models import Device, ModelVersion, utcnow
 from predictor.data import DataError
 
 BUNDLE_FORMAT = "hwnas-model-bundle"
@@ -219,4 +218,4 @@ def _device_info(device_model: str, meta: dict):
 
 
 def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None).isoformat(timespec="seconds")
+    return utcnow().isoformat(timespec="seconds")

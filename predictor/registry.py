@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 
 from collectors.paths import data_dir
 from collectors.store.db import Store
-from collectors.store.models import ModelVersion
+from collectors.store.models import ModelVersion, utcnow
 from predictor.features import FEATURE_NAMES
 from predictor.forest import GemmCostForest
 
@@ -239,18 +239,14 @@ def default_row(store: Store, device_model: str, target: str = "gemm") -> ModelV
         return None
 
 
-def set_retired(store: Store, row: ModelVersion, retire: bool, reason: str = "") -> ModelVersion:
+def set_retired(store: Store, row: ModelVersion, retire: bool) -> ModelVersion:
     """Retire a version (the default falls back to the highest version left) or restore it;
     its file and record stay, and it can still be asked for by its number."""
-    import datetime as dt
-
     with store.session() as s:
         current = s.get(ModelVersion, row.id)
         meta = dict(current.meta or {})
         if retire:
-            now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
-            meta["retired"] = {"at_utc": now.isoformat(timespec="seconds"),
-                               **({"reason": reason} if reason else {})}
+            meta["retired"] = {"at_utc": utcnow().isoformat(timespec="seconds")}
         else:
             meta.pop("retired", None)
         current.meta = meta  # a new dict, so the JSON column is written

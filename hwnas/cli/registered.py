@@ -194,7 +194,14 @@ def models(db_url, device_spec, target, version, as_json, export_to, retire, res
     write it to a bundle with --export, or retire or restore it)."""
     import json
 
-    from predictor.registry import defaults, list_models, outdated, retired, set_retired
+    from predictor.registry import (
+        default_row,
+        defaults,
+        list_models,
+        outdated,
+        retired,
+        set_retired,
+    )
 
     if device_spec is None:
         for flag, given in (("--target", target), ("--version", version), ("--json", as_json),
@@ -217,8 +224,7 @@ def models(db_url, device_spec, target, version, as_json, export_to, retire, res
         row = _chosen(rows, target, version)
         if retire or restore:
             set_retired(store, row, retire)
-            rows = list_models(store)
-            now = defaults(rows).get((row.device_model, row.target))
+            now = default_row(store, row.device_model, row.target)
             click.echo(f"{'retired' if retire else 'restored'} {row.device_model} {row.target} "
                        f"model v{row.version}; "
                        + (f"the default is v{now.version}" if now else
