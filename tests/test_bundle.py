@@ -67,17 +67,18 @@ def test_a_gemm_model_moves_to_another_store_and_predicts_the_same(trained, tmp_
         "was trained" in r.output, r.output
 
 
-def _rewrite(src, dst, manifest=None, data=None, extra=None):
-    """A copy of bundle ``src`` with its manifest or model bytes replaced."""
+def _contents(src) -> tuple[dict, bytes]:
+    """The manifest and model bytes of bundle ``src``."""
     with zipfile.ZipFile(src) as z:
-        old = json.loads(z.read(bundle.MANIFEST))
-        old_data = z.read(old["file"])
+        manifest = json.loads(z.read(bundle.MANIFEST))
+        return manifest, z.read(manifest["file"])
+
+
+def _rewrite(dst, manifest: dict, data: bytes, name: str) -> None:
+    """A bundle at ``dst`` holding ``manifest`` and ``data`` as the file ``name``."""
     with zipfile.ZipFile(dst, "w") as z:
-        z.writestr(bundle.MANIFEST, json.dumps(manifest if manifest is not None else old))
-        z.writestr(old["file"], data if data is not None else old_data)
-        for name, payload in (extra or {}).items():
-            z.writestr(name, payload)
-    return old, old_data
+        z.writestr(bundle.MANIFEST, json.dumps(manifest))
+        z.writestr(name, data)
 
 
 @pytest.mark.parametrize("change, says", [
@@ -92,12 +93,11 @@ def _rewrite(src, dst, manifest=None, data=None, extra=None):
 ])
 def test_a_bad_bundle_is_refused_by_name_and_registers_nothing(trained, tmp_path, change, says):
     _, b, out = trained
-    with zipfile.ZipFile(out) as z:
-        manifest = json.loads(z.read(bundle.MANIFEST))
-        data = z.read(manifest["file"])
+    manifest, data = _contents(out)
+    name = manifest["file"]
     manifest, data = change(manifest, data)
     bad = tmp_path / "bad.zip"
-    _rewrite(out, bad, manifest, data)
+    _rewrite(bad, manifest, data, name)
     r = CliRunner().invoke(main, ["import", "model", "--db", b, str(bad)])
     assert r.exit_code == 1 and says in r.output and "Traceback" not in r.output, r.output
     assert registry.list_models(Store(b)) == []
@@ -112,11 +112,9 @@ def test_a_model_file_with_untrusted_types_is_never_loaded(trained, tmp_path):
     _, b, out = trained
     evil = tmp_path / "evil.skops"
     sio.dump({"latency": FunctionTransformer(func=os.system)}, evil)
-    data = evil.read_bytes()
-    with zipfile.ZipFile(out) as z:
-        manifest = json.loads(z.read(bundle.MANIFEST))
+    manifest, _ = _contents(out)
     manifest["sha256"] = registry.sha256_file(evil)
-    _rewrite(out, tmp_path / "evil.zip", manifest, data)
+    _rewrite(tmp_path / "evil.zip", manifest, evil.read_bytes(), manifest["file"])
     with pytest.raises(bundle.BundleError, match=r"unexpected types \['posix.system'\]"):
         bundle.import_bundle(Store(b), tmp_path / "evil.zip")
     assert registry.list_models(Store(b)) == []
