@@ -37,23 +37,32 @@ class SinceTraining:
                 for name, rows in self.panels.items() if len(rows)}
 
 
+def _split_at_training(row: ModelVersion, frame: pd.DataFrame, what: str, how: str
+                       ) -> tuple[pd.Timestamp, pd.DataFrame, pd.DataFrame]:
+    """(the newest training row's time, the rows stored until then, those stored after);
+    DataError where none came after, or where the model recorded no training time range."""
+    if not row.meta.get("data_to"):
+        raise DataError(f"{row.device_model} {row.target} v{row.version} recorded no training "
+                        "time range (an older hwnas): retrain it to score it on later "
+                        "measurements")
+    cutoff = pd.Timestamp(row.meta["data_to"])
+    stamps = pd.to_datetime(frame.created_at)
+    after = frame[stamps > cutoff].copy()
+    if after.empty:
+        raise DataError(f"no {what} measurements of {row.device_model} were stored after "
+                        f"{row.target} v{row.version}'s training data (up to "
+                        f"{cutoff:%Y-%m-%d %H:%M:%S} UTC); measure some first ({how})")
+    return cutoff, frame[stamps <= cutoff], after
+
+
 def score_since_training(store: Store, row: ModelVersion) -> SinceTraining:
     """Score the registered GEMM model ``row`` on the device's measurements stored after its
     training data (``meta['data_to']``); DataError where there are none, or where the model
     recorded no training time range."""
     from predictor import registry
 
-    if not row.meta.get("data_to"):
-        raise DataError(f"{row.device_model} v{row.version} recorded no training time range "
-                        "(an older hwnas): retrain it to score it on later measurements")
-    cutoff = pd.Timestamp(row.meta["data_to"])
     frame, _ = load_gemm_frame(store, row.device_model)
-    stamps = pd.to_datetime(frame.created_at)
-    trained, after = frame[stamps <= cutoff], frame[stamps > cutoff].copy()
-    if after.empty:
-        raise DataError(f"no GEMM measurements of {row.device_model} were stored after "
-                        f"v{row.version}'s training data (up to {cutoff:%Y-%m-%d %H:%M:%S} UTC);"
-                        " measure some first (hwnas collect gemm)")
+    cutoff, trained, after = _split_at_training(row, frame, "GEMM", "hwnas collect gemm")
     model = registry.load(row)
     targets = ["latency_ms"]
     if model.has_power_ and after.power_w.notna().any():
@@ -86,3 +95,53 @@ def _predict_into(model, rows: pd.DataFrame, targets: list[str]) -> None:
     if "power_w" in targets:
         rows["pred_power_w"], rows["pred_power_std_w"] = c.power_w, c.power_std_w
         rows["pred_energy_j"] = c.energy_j
+
+
+NEW_ARCHS = "architectures new to the model"
+ARCHS_AGAIN = "architectures it was trained on, measured again"
+
+
+@dataclass
+class NetworksSinceTraining:
+    row: ModelVersion
+    cutoff: pd.Timestamp
+    scored: pd.DataFrame  # group, family, key, latency_ms, pred_latency_ms
+    not_scored: int  # networks with ops of a dtype the model was not trained on
+
+    def table(self) -> pd.DataFrame:
+        """Latency metrics (:func:`predictor.evaluate.metrics`) per group, then per group and
+        family where a group holds several families."""
+        from predictor.evaluate import metrics
+
+        rows = []
+        for group in (NEW_ARCHS, ARCHS_AGAIN):
+            part = self.scored[self.scored.group == group]
+            if part.empty:
+                continue
+            rows.append({"group": group, "family": "all",
+                         **metrics(part.latency_ms, part.pred_latency_ms)})
+            if part.family.nunique() > 1:
+                rows += [{"group": group, "family": family,
+                          **metrics(f.latency_ms, f.pred_latency_ms)}
+                         for family, f in part.groupby("family")]
+        return pd.DataFrame(rows)
+
+
+def score_networks_since_training(store: Store, row: ModelVersion) -> NetworksSinceTraining:
+    """Score the registered network model ``row`` on the whole networks measured after its
+    training data: architectures new to it, and those it was trained on measured again."""
+    from predictor import network
+
+    nets = network.load_networks(store, row.device_model)
+    cutoff, trained, after = _split_at_training(row, nets, "whole-network",
+                                                "hwnas collect network")
+    model = network.load(row)
+    known = model.dtypes_
+    fits = after.ops.map(lambda ops: known is None or {op.dtype for op in ops} <= known)
+    after = after[fits.to_numpy(bool)]
+    again = after.key.isin(set(trained.key)).to_numpy()
+    scored = pd.DataFrame({
+        "group": np.where(again, ARCHS_AGAIN, NEW_ARCHS), "family": after.family.to_numpy(),
+        "key": after.key.to_numpy(), "latency_ms": after.latency_ms.to_numpy(),
+        "pred_latency_ms": model.predict(list(after.ops)) if len(after) else np.array([])})
+    return NetworksSinceTraining(row, cutoff, scored, int((~fits).sum()))

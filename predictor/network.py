@@ -20,6 +20,8 @@ from predictor.data import DataError
 from predictor.fast import FastForest
 
 KIND_ORDER = list(OP_KINDS)
+# The op kinds of single-layer sweeps (``hwnas collect network --family layers``).
+LAYER_KINDS = ("conv2d", "depthwise_conv2d", "linear", "attention")
 
 
 def op_features(op: Op) -> np.ndarray:
@@ -176,7 +178,22 @@ def evaluate_and_fit(store: Store, device_model: str, folds: int = 5
     metrics = {"networks": len(y), "layers": len(layer_ops),
                "families": sorted(set(nets.family)), "held_out": score(ours),
                "flops_proxy": score(proxy)}
-    return NetworkCostModel(kinds).fit(list(nets.ops), y), metrics
+    model = NetworkCostModel(kinds).fit(list(nets.ops), y)
+    model.data_span_ = _stored_span(store, device_model)
+    return model, metrics
+
+
+def _stored_span(store: Store, device_model: str) -> tuple[str, str]:
+    """When the oldest and the newest network and layer rows of the device were stored."""
+    from sqlalchemy import func
+
+    with store.session() as s:
+        first, last = s.execute(
+            select(func.min(Measurement.created_at), func.max(Measurement.created_at))
+            .join(Device, Measurement.device_id == Device.id)
+            .where(Device.model == device_model, Measurement.status == "ok",
+                   Measurement.op_kind.in_(("network", *LAYER_KINDS)))).one()
+    return str(first), str(last)
 
 
 def train_and_register(store: Store, device_model: str, folds: int = 5):
@@ -192,6 +209,8 @@ def register(store: Store, device_model: str, model: NetworkCostModel, metrics: 
     forests = model.kind_model.models if model.kind_model is not None else {}
     meta = {"metrics": metrics, "coef": model.coef_.tolist(), "scale": model.scale_.tolist(),
             "kinds": sorted(forests), "dtypes": sorted(model.dtypes_ or ())}
+    if getattr(model, "data_span_", None):  # when its training rows were stored
+        meta["data_from"], meta["data_to"] = model.data_span_
     return registry.register_skops(store, device_model, TARGET, dict(forests),
                                    metrics["networks"], meta)
 
@@ -217,7 +236,7 @@ def load_networks(store: Store, device_model: str) -> pd.DataFrame:
     """Whole-network measurements: family, config key, op list, FLOPs and latency (ms)."""
     with store.session() as s:
         rows = s.execute(select(Measurement.config_key, Measurement.params,
-                                Measurement.latency_ms)
+                                Measurement.latency_ms, Measurement.created_at)
                          .join(Device, Measurement.device_id == Device.id)
                          .where(Device.model == device_model, Measurement.status == "ok",
                                 Measurement.op_kind == "network")).all()
@@ -228,7 +247,8 @@ def load_networks(store: Store, device_model: str) -> pd.DataFrame:
                          "family": [r[1]["config"]["family"] for r in rows],
                          "ops": [_ops(r[1]) for r in rows],
                          "flops": [float(r[1]["flops"]) for r in rows],
-                         "latency_ms": [float(r[2]) for r in rows]})
+                         "latency_ms": [float(r[2]) for r in rows],
+                         "created_at": [r[3] for r in rows]})
 
 
 def load_layers(store: Store, device_model: str) -> tuple[list[Op], np.ndarray]:
@@ -237,7 +257,6 @@ def load_layers(store: Store, device_model: str) -> tuple[list[Op], np.ndarray]:
         rows = s.execute(select(Measurement.params, Measurement.latency_ms)
                          .join(Device, Measurement.device_id == Device.id)
                          .where(Device.model == device_model, Measurement.status == "ok",
-                                Measurement.op_kind.in_(("conv2d", "depthwise_conv2d",
-                                                         "linear", "attention")))).all()
+                                Measurement.op_kind.in_(LAYER_KINDS))).all()
     ops = [Op.from_dict(r[0]["ops"][0][1]) for r in rows]
     return ops, np.array([float(r[1]) for r in rows])

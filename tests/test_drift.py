@@ -43,7 +43,7 @@ def test_a_registered_model_is_scored_on_new_shapes_and_on_shapes_measured_again
     _store_rows(store, trained, dt.datetime(2026, 11, 20))
     row, _ = train_and_register(store, CPU, n_splits=3, n_estimators=20)
     with pytest.raises(DataError, match="no GEMM measurements of Drift CPU were stored after "
-                       "v1's training data"):
+                       "gemm v1's training data"):
         score_since_training(store, row)
     # A week later: ten of its shapes again, 30% slower (the device changed), 20 new shapes,
     # and a dtype it never learnt.
@@ -82,3 +82,72 @@ def test_a_registered_model_is_scored_on_new_shapes_and_on_shapes_measured_again
             (["--registered", "--version", "4"], 1, "--version 4: no such model version")]:
         r = run(main, ["eval", "--db", store_url, "--device", "drift", *args])
         assert r.exit_code == code and says in r.output, r.output
+
+
+def _store_networks(store, nets: list[tuple[str, list]], when: dt.datetime,
+                    slower: float = 1.0) -> None:
+    """Whole networks (key, linear ops) of the drift CPU stored at ``when``, their latency an
+    additive law of their FLOPs, ``slower`` times it."""
+    from collectors.ops import op_flops
+
+    with store.session() as s:
+        dev, sweep = gemm_sweep(s, len(nets), name="cpu", kind="cpu", model=CPU,
+                                fingerprint="drift-cpu", sm_count=2)
+        sweep.kind = "network"
+        for key, ops in nets:
+            flops = sum(op_flops(o) for o in ops)
+            s.add(Measurement(sweep_id=sweep.id, device_id=dev.id, config_key=key,
+                              op_kind="network", dtype="fp32", backend="torch", status="ok",
+                              latency_ms_p10=(0.02 + 0.01 * len(ops) + 2e-8 * flops) * slower,
+                              power_source="unavailable", created_at=when,
+                              params={"config": {"family": key.split("-")[0]}, "flops": flops,
+                                      "ops": [[f"fc{i}", o.to_dict()] for i, o in
+                                              enumerate(ops)]}))
+        s.commit()
+
+
+def _mlp(i: int) -> list:
+    from collectors.ops import Op
+
+    return [Op.make("linear", {"in_features": 64 * (i % 4 + 1), "out_features": 64,
+                               "tokens": 8 * (i % 5 + 1)})] * (i % 3 + 1)
+
+
+def test_a_network_model_is_scored_on_the_networks_measured_since(store, store_url, tmp_path,
+                                                                  monkeypatch):
+    from predictor import network
+    from predictor.drift import ARCHS_AGAIN, NEW_ARCHS, score_networks_since_training
+
+    monkeypatch.setenv("HWNAS_MODELS", str(tmp_path / "models"))
+    first = [(f"mlp-{i}", _mlp(i)) for i in range(15)]
+    _store_networks(store, first, dt.datetime(2026, 11, 20))
+    row, _ = network.train_and_register(store, CPU, folds=3)
+    assert row.meta["data_to"].startswith("2026-11-20")
+    _store_networks(store, first[:4], dt.datetime(2026, 11, 27), slower=1.3)
+    _store_networks(store, [(f"wide-{i}", _mlp(i)) for i in range(15, 21)],
+                    dt.datetime(2026, 11, 27, 1))
+    result = score_networks_since_training(store, row)
+    assert result.scored.group.value_counts().to_dict() == {NEW_ARCHS: 6, ARCHS_AGAIN: 4}
+    table = result.table()
+    again = table[(table.group == ARCHS_AGAIN) & (table.family == "all")]
+    assert again.median_ratio.iloc[0] == pytest.approx(1 / 1.3, rel=0.05)
+    run = CliRunner().invoke
+    r = run(main, ["eval", "--db", store_url, "--device", "drift", "--registered", "--target",
+                   "network", "--predictions", str(tmp_path / "nets.csv")])
+    assert r.exit_code == 0, r.output
+    assert ("Drift CPU network model v1 (the default): trained on measurements up to "
+            "2026-11-20 00:00:00 UTC; scored on the 10 networks measured since: 6 "
+            "architectures new to the model, 4 architectures it was trained on, measured "
+            "again") in r.output, r.output
+    assert re.search(r"architectures measured again: median predicted / measured 0\.7\d: the "
+                     r"device now takes (2[5-9]|3[0-5])% longer on them than the model learnt"
+                     r".*retrain: hwnas train --target network", r.output), r.output
+    assert "new architectures: " in r.output and "(its held-out evaluation when it was " \
+        "trained: " in r.output
+    assert len(pd.read_csv(tmp_path / "nets.csv")) == 10
+    for args, says in [(["--target", "network"], "--target network: names a registered model "
+                                                  "to score; add --registered"),
+                       (["--target", "network", "--registered", "--plot", "p.png"],
+                        "--plot: does not apply to --registered --target network")]:
+        r = run(main, ["eval", "--db", store_url, "--device", "drift", *args])
+        assert r.exit_code == 2 and says in r.output, r.output

@@ -48,17 +48,8 @@ def echo_since_training(result, default: bool, worst: int) -> None:
                        + (f", {within[~flagged].mean() * 100:.1f}% of the other "
                           f"{(~flagged).sum()}" if (~flagged).any() else ""))
     if MEASURED_AGAIN in tables:
-        ratio = _latency_all(tables[MEASURED_AGAIN])["median_ratio"]
-        if abs(ratio - 1) > DRIFT:
-            change = 1 / ratio - 1  # measured over predicted, less one: the time it now takes
-            click.echo(f"shapes measured again: median predicted / measured {ratio:.2f}: the "
-                       f"device now takes {abs(change) * 100:.0f}% "
-                       f"{'longer' if change > 0 else 'less time'} on them than the model "
-                       "learnt; if that holds (driver, clocks, cooling, another machine), "
-                       "retrain: hwnas train")
-        else:
-            click.echo(f"shapes measured again: median predicted / measured {ratio:.2f}, within "
-                       f"{DRIFT:.0%} of what the model learnt")
+        _echo_measured_again(_latency_all(tables[MEASURED_AGAIN])["median_ratio"], "shapes",
+                             "hwnas train")
     if result.not_scored:
         click.echo("not scored, a dtype the model was not trained on: " + ", ".join(
             f"{d} {n} rows" for d, n in sorted(result.not_scored.items())))
@@ -77,3 +68,58 @@ def echo_since_training(result, default: bool, worst: int) -> None:
 
 def _latency_all(table) -> dict:
     return table[(table.target == "latency_ms") & (table.dtype == "all")].iloc[0].to_dict()
+
+
+def _echo_measured_again(ratio: float, what: str, retrain: str) -> None:
+    """What the median predicted / measured latency of re-measured work says of the device."""
+    if abs(ratio - 1) > DRIFT:
+        change = 1 / ratio - 1  # measured over predicted, less one: the time it now takes
+        click.echo(f"{what} measured again: median predicted / measured {ratio:.2f}: the "
+                   f"device now takes {abs(change) * 100:.0f}% "
+                   f"{'longer' if change > 0 else 'less time'} on them than the model "
+                   "learnt; if that holds (driver, clocks, cooling, another machine), "
+                   f"retrain: {retrain}")
+    else:
+        click.echo(f"{what} measured again: median predicted / measured {ratio:.2f}, within "
+                   f"{DRIFT:.0%} of what the model learnt")
+
+
+def echo_networks_since_training(result, default: bool, worst: int) -> None:
+    """A network model's scores on the networks measured since it was trained."""
+    from predictor.drift import ARCHS_AGAIN, NEW_ARCHS
+
+    row, scored = result.row, result.scored
+    groups = scored.group.value_counts()
+    click.echo(f"{row.device_model} network model v{row.version}"
+               + (" (the default)" if default else "")
+               + f": trained on measurements up to {result.cutoff:%Y-%m-%d %H:%M:%S} UTC; "
+               f"scored on the {len(scored)} networks measured since: "
+               f"{groups.get(NEW_ARCHS, 0)} {NEW_ARCHS}, {groups.get(ARCHS_AGAIN, 0)} "
+               f"{ARCHS_AGAIN}")
+    table = result.table()
+    if len(table):
+        print_table(["networks", "family", "n", "MAPE %", "median APE %", "within ±10% %",
+                     "Spearman", "median pred/meas"],
+                    [[r.group, r.family, r.n, f"{r.mape:.1f}", f"{r.mdape:.1f}",
+                      f"{r.within_10:.1f}", f"{r.spearman:.3f}", f"{r.median_ratio:.2f}"]
+                     for r in table.itertuples()])
+    held = ((row.meta.get("metrics") or {}).get("held_out") or {}).get("within_10")
+    new = table[(table.group == NEW_ARCHS) & (table.family == "all")]
+    if len(new) and held is not None:
+        click.echo(f"\nnew architectures: {new.within_10.iloc[0]:.1f}% within ±10% (its "
+                   f"held-out evaluation when it was trained: {held:.1f}%)")
+    again = table[(table.group == ARCHS_AGAIN) & (table.family == "all")]
+    if len(again):
+        _echo_measured_again(float(again.median_ratio.iloc[0]), "architectures",
+                             "hwnas train --target network")
+    if result.not_scored:
+        click.echo(f"not scored: {result.not_scored} networks with ops of a dtype the model "
+                   "was not trained on")
+    if worst and len(scored):
+        ape = (scored.pred_latency_ms / scored.latency_ms - 1).abs() * 100
+        click.echo("\nlatency predicted worst:")
+        print_table(["network", "family", "measured ms", "predicted ms", "pred/meas", "APE %"],
+                    [[r.key[:60], r.family, f"{r.latency_ms:.4g}", f"{r.pred_latency_ms:.4g}",
+                      f"{r.pred_latency_ms / r.latency_ms:.2f}", f"{a:.1f}"]
+                     for r, a in zip(scored.loc[ape.nlargest(worst).index].itertuples(),
+                                     ape.nlargest(worst), strict=True)])

@@ -168,9 +168,14 @@ def _compare_with(previous, row) -> None:
                    "--baseline-fit do not apply.")
 @click.option("--version", type=click.IntRange(min=1), default=None,
               help="With --registered: this model version.")
+@click.option("--target", type=click.Choice(["gemm", "network"]), default="gemm",
+              show_default=True,
+              help="With --registered: the device's GEMM model, or its whole-network model "
+                   "scored on the networks measured since (architectures new to it, and "
+                   "those it was trained on measured again).")
 @friendly_errors
 def eval_(db_url, device_spec, folds, trees, plot_path, worst, predictions_path,
-          baseline_fit, registered, version) -> None:
+          baseline_fit, registered, version, target) -> None:
     """Evaluate the GEMM model on whole shapes held out (GroupKFold over M,N,K and the largest
     shapes held out; where the model's rows come from several physical GPUs, each held out in
     turn with its shapes); per target and dtype: MAPE, median APE, share within ±10%, R^2, Spearman
@@ -183,8 +188,8 @@ def eval_(db_url, device_spec, folds, trees, plot_path, worst, predictions_path,
 
     store = open_store(db_url)
     model = resolve_device_model(store, device_spec)
-    if registered or version is not None:
-        _eval_registered(store, model, version, plot_path, worst, predictions_path)
+    if registered or version is not None or target != "gemm":
+        _eval_registered(store, model, version, target, plot_path, worst, predictions_path)
         return
     frame, profile = load_gemm_frame(store, model)
     ev = evaluate(frame, profile, folds, n_estimators=trees, baseline_fit=baseline_fit)
@@ -211,24 +216,39 @@ def eval_(db_url, device_spec, folds, trees, plot_path, worst, predictions_path,
         click.echo(f"held-out predictions ({len(rows)} rows): {predictions_path}")
 
 
-def _eval_registered(store, device_model: str, version: int | None, plot_path,
+def _eval_registered(store, device_model: str, version: int | None, target: str, plot_path,
                      worst: int, predictions_path) -> None:
     """``hwnas eval --registered``: the registered model on what was measured since."""
     from click.core import ParameterSource
 
-    from hwnas.cli.drift import echo_since_training
+    from hwnas.cli.drift import echo_networks_since_training, echo_since_training
     from predictor import registry
-    from predictor.drift import score_since_training
+    from predictor.drift import score_networks_since_training, score_since_training
     from predictor.evaluate import held_out_rows, plot_predicted_vs_measured
 
     ctx = click.get_current_context()
-    for name in ("folds", "trees", "baseline_fit"):
-        if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE:
-            raise click.UsageError(f"--{name.replace('_', '-')}: does not apply to "
-                                   "--registered (the registered model is scored as it is)")
     if not ctx.params["registered"]:
-        raise click.UsageError("--version: names a registered model to score; add --registered")
-    row = registry.find(store, device_model, version)
+        flag = "--version" if version is not None else f"--target {target}"
+        raise click.UsageError(f"{flag}: names a registered model to score; add --registered"
+                               + (" (hwnas train --target network evaluates a new network "
+                                  "model on held-out architectures)" if target != "gemm" else ""))
+    unused = ("folds", "trees", "baseline_fit") + (("plot_path",) if target != "gemm" else ())
+    for name in unused:
+        if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE:
+            flag = "--plot" if name == "plot_path" else f"--{name.replace('_', '-')}"
+            raise click.UsageError(f"{flag}: does not apply to --registered"
+                                   + (f" --target {target}" if name == "plot_path" else
+                                      " (the registered model is scored as it is)"))
+    row = registry.find(store, device_model, version, target=target)
+    if target == "network":
+        result = score_networks_since_training(store, row)
+        default = registry.default_row(store, device_model, target)
+        echo_networks_since_training(result, default is not None and default.id == row.id,
+                                     worst)
+        if predictions_path:
+            result.scored.to_csv(predictions_path, index=False, float_format="%.6g")
+            click.echo(f"predictions ({len(result.scored)} networks): {predictions_path}")
+        return
     result = score_since_training(store, row)
     default = registry.default_row(store, device_model)
     echo_since_training(result, default is not None and default.id == row.id, worst)
