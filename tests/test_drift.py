@@ -66,8 +66,8 @@ def test_a_registered_model_is_scored_on_new_shapes_and_on_shapes_measured_again
                    "--predictions", str(out), "--plot", str(tmp_path / "since.png")])
     assert r.exit_code == 0, r.output
     assert "Drift CPU gemm model v1 (the default): trained on measurements up to 2026-11-20 " \
-        "00:00:00 UTC; scored on the 30 measured since: 20 of shapes new to the model, 10 " \
-        "of shapes it was trained on, measured again" in r.output, r.output
+        "00:00:00 UTC; scored on the 30 configs measured since: 20 shapes new to the model, " \
+        "10 shapes it was trained on, measured again" in r.output, r.output
     assert re.search(r"the device now takes (2[5-9]|3[0-5])% longer on them than the model "
                      "learnt", r.output), r.output
     assert "not scored, a dtype the model was not trained on: bf16 1 rows" in r.output

@@ -13,6 +13,16 @@ from hwnas.output import print_table
 DRIFT = 0.05
 
 
+def _echo_header(result, default: bool, what: str, groups: dict[str, int]) -> None:
+    """Which model, up to when it was trained, and how many of what it is scored on."""
+    row = result.row
+    click.echo(f"{row.device_model} {row.target} model v{row.version}"
+               + (" (the default)" if default else "")
+               + f": trained on measurements up to {result.cutoff:%Y-%m-%d %H:%M:%S} UTC; "
+               f"scored on the {sum(groups.values())} {what} measured since: "
+               + ", ".join(f"{n} {name}" for name, n in groups.items()))
+
+
 def echo_since_training(result, default: bool, worst: int) -> None:
     """The scores of each group, what they say, and the configs predicted worst."""
     from predictor.drift import MEASURED_AGAIN, NEW_SHAPES
@@ -20,12 +30,7 @@ def echo_since_training(result, default: bool, worst: int) -> None:
 
     row = result.row
     panels = result.panels
-    click.echo(f"{row.device_model} gemm model v{row.version}"
-               + (" (the default)" if default else "")
-               + f": trained on measurements up to {result.cutoff:%Y-%m-%d %H:%M:%S} UTC; "
-               f"scored on the {sum(len(p) for p in panels.values())} measured since: "
-               f"{len(panels[NEW_SHAPES])} of {NEW_SHAPES}, {len(panels[MEASURED_AGAIN])} of "
-               f"{MEASURED_AGAIN}")
+    _echo_header(result, default, "configs", {name: len(p) for name, p in panels.items()})
     tables = result.tables()
     for name, table in tables.items():
         click.echo(f"\n{name}:")
@@ -89,13 +94,9 @@ def echo_networks_since_training(result, default: bool, worst: int) -> None:
     from predictor.drift import ARCHS_AGAIN, NEW_ARCHS
 
     row, scored = result.row, result.scored
-    groups = scored.group.value_counts()
-    click.echo(f"{row.device_model} network model v{row.version}"
-               + (" (the default)" if default else "")
-               + f": trained on measurements up to {result.cutoff:%Y-%m-%d %H:%M:%S} UTC; "
-               f"scored on the {len(scored)} networks measured since: "
-               f"{groups.get(NEW_ARCHS, 0)} {NEW_ARCHS}, {groups.get(ARCHS_AGAIN, 0)} "
-               f"{ARCHS_AGAIN}")
+    counts = scored.group.value_counts()
+    _echo_header(result, default, "networks",
+                 {name: int(counts.get(name, 0)) for name in (NEW_ARCHS, ARCHS_AGAIN)})
     table = result.table()
     if len(table):
         print_table(["networks", "family", "n", "MAPE %", "median APE %", "within ±10% %",
