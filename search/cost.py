@@ -32,9 +32,11 @@ class OpCost:
 class CostSource(Protocol):
     """Where predictions come from: one call with many ops; per-op costs in order, plus a
     constant (ms) the model adds once per network (e.g. framework start-up). ``method`` says
-    how the last answer was made (the service's words, e.g. "sum of op predictions")."""
+    how the last answer was made (the service's words, e.g. "sum of op predictions"), and
+    ``model_version`` which version of the device's model made it (0 where none says)."""
 
     method: str
+    model_version: int
 
     def op_costs(self, ops: list[dict]) -> tuple[list[OpCost], float]: ...
 
@@ -48,12 +50,13 @@ class ServiceCostSource:
     def __init__(self, client, device: str):
         self.client, self.device = client, device
         self.method = ""
+        self.model_version = 0
 
     def op_costs(self, ops: list[dict]) -> tuple[list[OpCost], float]:
         if not ops:
             return [], 0.0
         answer = self.client.predict_network(self.device, ops=ops)
-        self.method = answer.method
+        self.method, self.model_version = answer.method, answer.model_version
         costs = [OpCost(c.latency_ms, c.energy_j) for c in answer.layers]
         return costs, answer.total.latency_ms - sum(c.latency_ms for c in costs)
 
@@ -84,6 +87,7 @@ class HardwareCost:
         flat = [op for g in groups for op in g]
         answers, constant_ms = source.op_costs(flat)
         self.method = source.method
+        self.model_version = source.model_version
         sums, i = [], 0
         for g in groups:
             part = answers[i:i + len(g)]

@@ -104,6 +104,7 @@ class Outcome:
     repaired: dict[str, str] = field(default_factory=dict)  # see search.run.export_within
     measured: Measured | None = None
     prediction_method: str = ""  # how the service made the costs (see ServiceCostSource)
+    prediction_model_version: int = 0  # the device's model version that made them
 
 
 def run_one(space: SpaceConfig, data, client, device: str, cfg: SearchConfig,
@@ -116,7 +117,7 @@ def run_one(space: SpaceConfig, data, client, device: str, cfg: SearchConfig,
     m = measure_network(model, input_shape(space), measure_on) if measure_on else None
     return Outcome(label, res.arch, res.predicted, m.latency_ms if m else None, val, test,
                    res.search_seconds, res.hardware_seconds, res.repaired, m,
-                   src.method), model
+                   src.method, src.model_version), model
 
 
 def single(space: SpaceConfig, client, device: str, cfg: SearchConfig, budgets: dict,
@@ -134,6 +135,7 @@ def single(space: SpaceConfig, client, device: str, cfg: SearchConfig, budgets: 
         "budget_met": met,
         "moved_to_meet_budgets": outcome.repaired,
         "predicted": outcome.predicted, "prediction_method": outcome.prediction_method,
+        "prediction_model_version": outcome.prediction_model_version,
         "measured_latency_ms": outcome.measured_ms,
         "measured_on": outcome.measured.device if outcome.measured else None,
         "measured_energy_mj": outcome.measured.energy_mj if outcome.measured else None,
@@ -185,7 +187,8 @@ def pareto(space: SpaceConfig, client, device: str, cfg: SearchConfig, fractions
              if measure_on else None)
         rand_points.append(Outcome(f"random {f:.0%} ({n} archs)", arch, hw.of_arch(arch),
                                    m.latency_ms if m else None, val, test, 0.0, 0.0,
-                                   measured=m, prediction_method=hw.method))
+                                   measured=m, prediction_method=hw.method,
+                                   prediction_model_version=hw.model_version))
     out_dir.mkdir(parents=True, exist_ok=True)
     doc = {"device": device, "space": space.to_dict(), "seconds": time.perf_counter() - t0,
            "search": [asdict(o) for o in points], "random": [asdict(o) for o in rand_points]}

@@ -22,6 +22,7 @@ class FlopsCost:
     """A fake cost source: latency proportional to an op's FLOPs; no power (as on a CPU)."""
 
     method = "FLOPs (test)"
+    model_version = 0
 
     def op_costs(self, ops):
         from collectors.ops import Op, op_flops
@@ -96,6 +97,7 @@ class PoweredCost:
     so energy and power rank architectures differently from latency."""
 
     method = "FLOPs and watts per kind (test)"
+    model_version = 0
 
     def op_costs(self, ops):
         from collectors.ops import Op, op_flops
@@ -196,6 +198,9 @@ def test_search_command_end_to_end_through_the_service(tmp_path, monkeypatch):
     assert doc["device"] == "Test GPU" and doc["measured_latency_ms"] is None
     # No network model: the costs are op sums, said so, with the remedy for a device elsewhere.
     assert doc["prediction_method"] == "sum of op predictions"
+    # The GEMM model that made them, by version, so a search can be traced to its model.
+    assert doc["prediction_model_version"] == 1
+    assert "from the sum of op predictions (model v1)" in r.output, r.output
     assert "has no network model" in r.output and "hwnas collect network" in r.output
     # Pooling/normalisation are costed at the bandwidth bound with no power claimed, so the
     # network's power is unavailable rather than partly made up.

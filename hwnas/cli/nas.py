@@ -149,7 +149,9 @@ def search_cmd(db_url, space, width, depth, strategy, epochs, retrain_epochs, la
     p = doc["predicted"]
     click.echo(f"predicted on {device}: {p['latency_ms']:.3f} ms"
                + (f", {p['power_w']:.3g} W, {p['energy_mj']:.3g} mJ" if p.get("power_w")
-                  else " (power unavailable)") + f"; from the {doc['prediction_method']}")
+                  else " (power unavailable)") + f"; from the {doc['prediction_method']}"
+               + (f" (model v{doc['prediction_model_version']})"
+                  if doc.get("prediction_model_version") else ""))
     if doc["measured_latency_ms"] is not None:
         energy = (f", {doc['measured_energy_mj']:.3g} mJ at {doc['measured_power_w']:.3g} W"
                   if doc["measured_energy_mj"] is not None
