@@ -239,6 +239,19 @@ def test_many_gemms_from_a_csv_here_and_from_the_service_agree(served):
             "trans_b": row.layout[1] == "t"}]).costs[0]
         assert one.latency_ms == pytest.approx(row.latency_ms, rel=1e-5)
         assert one.power_w == pytest.approx(row.power_w, rel=1e-5)
+    # Pinned to a version by number: every chunk from that version, here a newer default's
+    # predecessor (the answers are v1's, as above).
+    register(store, tmp_path, seed=6)
+    deadline = time.time() + 20
+    while time.time() < deadline and client.predict_gemm("Test GPU", [(64, 64, 64)]
+                                                         ).model_version != 2:
+        time.sleep(0.1)
+    pinned = tmp_path / "pinned.csv"
+    r = CliRunner().invoke(main, ["query", "gemm", "--server", f"127.0.0.1:{server.port}",
+                                  "--device", "Test GPU", "--shapes-csv", str(src), "--out",
+                                  str(pinned), "--chunk", "1000", "--version", "1"])
+    assert r.exit_code == 0 and "(model v1)" in r.output, r.output
+    np.testing.assert_allclose(pd.read_csv(pinned).latency_ms, b.latency_ms, rtol=1e-6)
     # A dtype the model never saw is named at its first row.
     src.write_text("m,n,k,dtype\n8,8,8,fp32\n8,8,8,fp16\n8,8,8,bf16\n")
     r = CliRunner().invoke(main, ["predict", "gemm", "--db", store.url, "--device", "test gpu",
