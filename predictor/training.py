@@ -36,10 +36,19 @@ class Evaluation:
     kfold: pd.DataFrame  # out-of-fold predictions (GroupKFold over shapes)
     extrapolation: pd.DataFrame  # predictions on the largest shapes
     targets: list[str]
-    bounds: list[str]  # the baseline each fitted model chose (GemmCostForest.bound_)
-    baseline_fits: list[str]  # and how it set the baseline (GemmCostForest.baseline_fit_)
+    # Per fitted model: the baseline it chose (GemmCostForest.bound_) and how it set it
+    # (GemmCostForest.baseline_fit_).
+    choices: list[tuple[str, str]]
     # Predictions for each physical device held out with its shapes (None: one device only).
     devices: pd.DataFrame | None = None
+
+    @property
+    def bounds(self) -> list[str]:
+        return [bound for bound, _ in self.choices]
+
+    @property
+    def baseline_fits(self) -> list[str]:
+        return [fit for _, fit in self.choices]
 
     def unscored(self) -> int:
         """Held-out rows not scored: their dtype was missing from their fold's training rows."""
@@ -92,15 +101,14 @@ def _targets_of(frame: pd.DataFrame, with_power: bool):
     return np.column_stack([frame.latency_ms.to_numpy(), op_power(frame).to_numpy()])
 
 
-def _fit_predict(profile: DeviceProfile, has_power: bool, params: dict, bounds: list[str],
-                 baseline_fits: list[str]):
+def _fit_predict(profile: DeviceProfile, has_power: bool, params: dict,
+                 choices: list[tuple[str, str]]):
     def fit_predict(train: pd.DataFrame, test: pd.DataFrame) -> dict[str, np.ndarray]:
         """Predictions for the test rows; NaN for a dtype the training rows lack (the model
         refuses those, and they are left out of the scores)."""
         model = make_model(profile, **params).fit(
             train, _targets_of(train, has_power and train.power_w.notna().any()))
-        bounds.append(model.bound_)
-        baseline_fits.append(model.baseline_fit_)
+        choices.append((model.bound_, model.baseline_fit_))
         seen = dtypes_seen(test, train)
         spreads = ["latency_std_ms", "power_std_w"] if has_power else ["latency_std_ms"]
         out = {t: np.full(len(test), np.nan) for t in [*_targets(has_power), *spreads]}
@@ -123,9 +131,8 @@ def evaluate(frame: pd.DataFrame, profile: DeviceProfile, n_splits: int = 5,
     if has_power:  # scored only where the reading is the op's own
         frame = frame.assign(power_w=op_power(frame))
         frame = frame.assign(energy_j=frame.power_w * frame.latency_ms / 1e3)
-    bounds: list[str] = []
-    baseline_fits: list[str] = []
-    fp = _fit_predict(profile, has_power, params, bounds, baseline_fits)
+    choices: list[tuple[str, str]] = []
+    fp = _fit_predict(profile, has_power, params, choices)
     kfold = out_of_fold(frame, fp, group_kfold_splits(frame, n_splits))
     extra = out_of_fold(frame, fp, extrapolation_split(frame))
     by_device = list(device_split(frame))
@@ -134,7 +141,7 @@ def evaluate(frame: pd.DataFrame, profile: DeviceProfile, n_splits: int = 5,
         devices = None  # no device shares a dtype with another: nothing to score
     n_shapes = len(set(shape_groups(frame)))
     return Evaluation(profile.model, profile, has_power, len(frame), n_shapes, kfold, extra,
-                      _targets(has_power), bounds, baseline_fits, devices)
+                      _targets(has_power), choices, devices)
 
 
 def fit_full(frame: pd.DataFrame, profile: DeviceProfile, **params) -> GemmCostForest:
