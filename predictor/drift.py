@@ -1,10 +1,11 @@
-"""A registered GEMM model scored on what was measured after it was trained: is the model
-still right for the device?
+"""A registered GEMM or whole-network model scored on what was measured after it was trained:
+is the model still right for the device?
 
 Measurements stored since the newest of its training rows fall in two groups, scored apart:
-shapes the model never saw (its accuracy on new work, as a held-out evaluation measures it)
-and shapes it was trained on, measured again (where the device itself may have changed: a
-driver, clocks, a cooling fault; their median predicted / measured moves away from 1)."""
+shapes (architectures) the model never saw (its accuracy on new work, as a held-out
+evaluation measures it) and those it was trained on, measured again (where the device itself
+may have changed: a driver, clocks, a cooling fault; their median predicted / measured moves
+away from 1)."""
 
 from __future__ import annotations
 

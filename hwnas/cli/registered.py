@@ -220,7 +220,6 @@ def models(db_url, device_spec, target, version, as_json, export_to, retire, res
     if device_spec is not None:
         device_model = _registered_device(rows, device_spec)
         rows = [r for r in rows if r.device_model == device_model]
-    if device_spec is not None:
         row = _chosen(rows, target, version)
         if retire or restore:
             set_retired(store, row, retire)
