@@ -492,6 +492,26 @@ def test_aligned_queries_are_flagged_where_a_dtype_saw_almost_no_aligned_shape()
     assert training_range(queries)["fp32"]["aligned"] == 2
 
 
+def test_batched_queries_are_flagged_where_training_held_one_matrix_a_call():
+    frame = synthetic(30)
+    frame = frame[~is_aligned(frame)]
+    model = fit_full(frame, PROFILE, n_estimators=5)
+    assert model.train_range_["fp32"]["batch"] == 1
+    # The same small matrix, alone and over 12 heads (FLOPs still far inside the range).
+    one, heads = (Op.gemm(60, 60, 60, "fp32", batch=b) for b in (1, 12))
+    queries = gemm_frame([one, heads])
+    assert model.beyond_training(queries).tolist() == [False, True]
+    assert model.outside_training(queries) == [None, "batch 12 > 1"]
+    # Trained on batched calls too, the same query is inside.
+    batched = frame.assign(batch=16, latency_ms=frame.latency_ms * 16)
+    wider = fit_full(pd.concat([frame, batched], ignore_index=True), PROFILE, n_estimators=5)
+    assert wider.outside_training(queries) == [None, None]
+    # A model registered before the batch was recorded judges by m, n, k and FLOPs alone.
+    model.train_range_ = {d: {c: v for c, v in r.items() if c != "batch"}
+                          for d, r in model.train_range_.items()}
+    assert model.outside_training(queries) == [None, None]
+
+
 def gpperf_csv(tmp_path) -> str:
     """A GPPerf-style CSV of the synthetic device's fp32 rows, as `hwnas import gpperf` reads
     it (its power column is not a measurement of the kernel)."""
