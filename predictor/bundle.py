@@ -154,11 +154,11 @@ def import_bundle(store: Store, path: str | Path, directory: Path | None = None)
     manifest, data = read_bundle(path)
     device_model, target = manifest["device_model"].strip(), manifest["target"]
     with store.session() as s:
-        same = s.scalar(select(ModelVersion).where(
+        same = [r for r in s.scalars(select(ModelVersion).where(
             ModelVersion.device_model == device_model, ModelVersion.target == target,
-            ModelVersion.sha256 == manifest["sha256"]))
-    if same is not None:
-        return Imported(same, False, manifest)
+            ModelVersion.sha256 == manifest["sha256"])) if not registry.deleted(r)]
+    if same:  # a deleted version's file is gone: the bundle brings it back as a new version
+        return Imported(same[0], False, manifest)
     # Retirement is a store's choice of default, not part of the model: an exported retired
     # version arrives as an ordinary one.
     meta = {**{k: v for k, v in manifest["meta"].items() if k != "retired"}, "imported": {

@@ -163,6 +163,10 @@ def model_file(row: ModelVersion) -> Path:
     the same name in this machine's :func:`models_dir` (a store shared by several machines
     records the path on the one that trained; the others may mount or sync the folder
     elsewhere). Its checksum is checked on load either way."""
+    if deleted(row):
+        raise RegistryError(f"{row.device_model} {row.target} model v{row.version} was "
+                            f"deleted {_when(row, 'deleted')} UTC (`hwnas models --delete`): "
+                            "its file is gone")
     registered = Path(row.path)
     if registered.exists():
         return registered
@@ -197,6 +201,9 @@ def find(store: Store, device_model: str, version: int | None = None,
             if row is None:
                 raise RegistryError(f"--version {version}: no such model version for "
                                     f"{device_model!r}")
+            if deleted(row):
+                raise RegistryError(f"--version {version}: {device_model!r} {target} v{version} "
+                                    f"was deleted {_when(row, 'deleted')} UTC")
             return row
         rows = list(s.scalars(q.order_by(ModelVersion.version.desc())))
     how = {"gemm": "hwnas train", "network": "hwnas train --target network"}.get(
@@ -217,6 +224,18 @@ def retired(row: ModelVersion) -> bool:
     """A version taken out of default use by `hwnas models --retire` (still loadable by its
     number)."""
     return bool((row.meta or {}).get("retired"))
+
+
+def deleted(row: ModelVersion) -> bool:
+    """A retired version whose file `hwnas models --delete` removed. Its record stays, so that
+    its number is never given to another model (clients and search outputs name versions by
+    number), but it cannot answer."""
+    return bool((row.meta or {}).get("deleted"))
+
+
+def _when(row: ModelVersion, event: str) -> str:
+    """When the row was retired or deleted (``event``), as recorded: 'YYYY-MM-DD HH:MM:SS'."""
+    return str(((row.meta or {}).get(event) or {}).get("at_utc", "?")).replace("T", " ")
 
 
 def defaults(rows: list[ModelVersion]) -> dict[tuple[str, str], ModelVersion]:
@@ -241,17 +260,51 @@ def default_row(store: Store, device_model: str, target: str = "gemm") -> ModelV
 
 def set_retired(store: Store, row: ModelVersion, retire: bool) -> ModelVersion:
     """Retire a version (the default falls back to the highest version left) or restore it;
-    its file and record stay, and it can still be asked for by its number."""
+    its file and record stay, and it can still be asked for by its number. A deleted version
+    cannot be restored."""
+    if deleted(row):
+        raise RegistryError(f"--{'retire' if retire else 'restore'}: {row.device_model} "
+                            f"{row.target} v{row.version} was deleted {_when(row, 'deleted')} "
+                            "UTC; its file is gone (train, or import its bundle again, for a "
+                            "new version)")
+    return _mark(store, row, "retired", retire)
+
+
+def _mark(store: Store, row: ModelVersion, event: str, on: bool) -> ModelVersion:
+    """Record (``on``) or clear an event of the row's life in its metadata, with the time."""
     with store.session() as s:
         current = s.get(ModelVersion, row.id)
         meta = dict(current.meta or {})
-        if retire:
-            meta["retired"] = {"at_utc": utcnow().isoformat(timespec="seconds")}
+        if on:
+            meta[event] = {"at_utc": utcnow().isoformat(timespec="seconds")}
         else:
-            meta.pop("retired", None)
+            meta.pop(event, None)
         current.meta = meta  # a new dict, so the JSON column is written
         s.commit()
         return current
+
+
+def delete(store: Store, row: ModelVersion) -> tuple[ModelVersion, Path | None]:
+    """Remove a retired version's file and mark its record deleted: (the record, the file
+    removed, None where it was already missing). Only a retired version, so that no request
+    naming no version ever moves to or from it here; a running service stops answering
+    requests that name it within its refresh interval."""
+    if deleted(row):
+        raise RegistryError(f"--delete: {row.device_model} {row.target} v{row.version} was "
+                            f"already deleted {_when(row, 'deleted')} UTC")
+    if not retired(row):
+        raise RegistryError(f"--delete: {row.device_model} {row.target} v{row.version} is not "
+                            "retired; retire it first (--retire), then delete it")
+    try:
+        path: Path | None = model_file(row)
+    except RegistryError:
+        path = None
+    # The record first: a crash in between leaves a stray file, never a record that offers
+    # a model whose file is gone.
+    marked = _mark(store, row, "deleted", True)
+    if path is not None:
+        path.unlink(missing_ok=True)
+    return marked, path
 
 
 def outdated(row: ModelVersion) -> bool:

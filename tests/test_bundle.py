@@ -65,6 +65,11 @@ def test_a_gemm_model_moves_to_another_store_and_predicts_the_same(trained, tmp_
     r = run(main, ["models", "--db", b, "--device", "4070"])
     assert r.exit_code == 0 and "imported       " in r.output and "from m.zip: v1 where it " \
         "was trained" in r.output, r.output
+    # Deleted there, the same bundle brings the model back, as a new version.
+    registry.delete(Store(b), registry.set_retired(Store(b), row, True))
+    r = run(main, ["import", "model", "--db", b, str(out)])
+    assert r.exit_code == 0 and f"registered {GPU} gemm model v2 from" in r.output, r.output
+    assert registry.find(Store(b), GPU).version == 2
 
 
 def _contents(src) -> tuple[dict, bytes]:

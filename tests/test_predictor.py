@@ -1142,3 +1142,45 @@ def test_retiring_a_version_rolls_the_default_back_until_it_is_restored(tmp_path
                         "--retire and --restore: give one of them")]:
         r = run(main, ["models", "--db", db, *args])
         assert r.exit_code == 2 and says in r.output, r.output
+
+
+def test_deleting_a_retired_version_frees_its_file_and_keeps_its_number(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from collectors.devices import DeviceInfo
+    from collectors.store.db import Store
+    from collectors.store.repo import upsert_device
+    from hwnas.cli import main
+
+    monkeypatch.setenv("HWNAS_MODELS", str(tmp_path / "models"))
+    db = f"sqlite:///{tmp_path / 'd.sqlite'}"
+    store = Store(db)
+    with store.session() as s:
+        upsert_device(s, DeviceInfo(name="cuda:0", kind="gpu", model=PROFILE.model, host="h"))
+        s.commit()
+    model = fit_full(synthetic(20), PROFILE, n_estimators=5)
+    first, _ = (registry.register(store, model, PROFILE.model, {}) for _ in range(2))
+    run = CliRunner().invoke
+    models = ["models", "--db", db, "--device", "test gpu"]
+    r = run(main, models + ["--version", "1", "--delete"])  # the default must be retired first
+    assert r.exit_code == 1 and "v1 is not retired; retire it first (--retire)" in r.output
+    assert Path(first.path).exists()
+    r = run(main, models + ["--version", "1", "--retire"])
+    r = run(main, models + ["--version", "1", "--delete"])
+    assert r.exit_code == 0 and f"deleted Test GPU gemm model v1: removed {first.path}" in \
+        r.output, r.output
+    assert not Path(first.path).exists() and registry.find(store, PROFILE.model).version == 2
+    r = run(main, ["models", "--db", db])
+    assert re.search(r"Test GPU +1 .* deleted$", r.output, re.M), r.output
+    r = run(main, models + ["--version", "1"])
+    assert r.exit_code == 0 and "its file is gone, and it no longer answers" in r.output
+    for action, says in [(["--restore"], "--restore: Test GPU gemm v1 was deleted"),
+                         (["--delete"], "--delete: Test GPU gemm v1 was already deleted"),
+                         (["--export", str(tmp_path / "b.zip")], "v1 was deleted")]:
+        r = run(main, models + ["--version", "1", *action])
+        assert r.exit_code == 1 and says in r.output, (action, r.output)
+    r = run(main, ["predict", "gemm", "--db", db, "--device", "test gpu", "--m", "8", "--n",
+                   "8", "--k", "8", "--version", "1"])
+    assert r.exit_code == 1 and "--version 1: 'Test GPU' gemm v1 was deleted" in r.output
+    # The number is not given to the next model.
+    assert registry.register(store, model, PROFILE.model, {}).version == 3

@@ -776,6 +776,29 @@ def test_a_retired_version_stops_being_the_default_and_answers_when_named(served
     assert client.predict_gemm("Test GPU", [(64, 64, 64)], model_version=1).model_version == 1
 
 
+def test_a_deleted_version_stops_answering_even_where_a_client_pinned_it(served):
+    store, _, client, tmp_path = served
+    row, _ = register(store, tmp_path, seed=4)
+    assert client.predict_gemm("Test GPU", [(64, 64, 64)], model_version=2).model_version == 2
+    registry.delete(store, registry.set_retired(store, row, True))
+    deadline = time.time() + 20
+    while time.time() < deadline:
+        try:
+            client.predict_gemm("Test GPU", [(64, 64, 64)], model_version=2)
+        except grpc.RpcError as err:
+            assert err.code() == grpc.StatusCode.NOT_FOUND
+            assert "model_version: --version 2: 'Test GPU' gemm v2 was deleted" in err.details()
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail("the deleted version still answered after 20 s")
+    assert [m.version for m in client.list_models("Test GPU")] == [1]
+    assert client.predict_gemm("Test GPU", [(64, 64, 64)]).model_version == 1
+    with pytest.raises(grpc.RpcError) as err:
+        client.model_metadata("Test GPU", 2)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
 def test_metrics_endpoint_counts_calls_and_shows_the_versions_served(tmp_path):
     """Prometheus text at --metrics-port: calls by method and code, predictions, and the
     version each device answers with by default, which follows a new version and a rollback."""

@@ -101,12 +101,17 @@ def _echo_record(rec: dict) -> None:
     from predictor.training import library_versions
 
     meta = dict(rec["meta"])
-    retired = meta.pop("retired", None)
+    retired, deleted = meta.pop("retired", None), meta.pop("deleted", None)
+
+    def when(event: dict) -> str:
+        return str(event.get("at_utc", "")).replace("T", " ")
+
     click.echo(f"\n{rec['device_model']}: {rec['target']} model v{rec['version']}"
                + (" (the default: its latest version not retired)" if rec["default"] else "")
-               + (f" (retired {str(retired.get('at_utc', '')).replace('T', ' ')} UTC: not the "
-                  "default; answers when asked for by number)"
-                  if isinstance(retired, dict) else ""))
+               + (f" (retired {when(retired)} UTC, deleted {when(deleted)} UTC: its file is "
+                  "gone, and it no longer answers)" if isinstance(deleted, dict) else
+                  f" (retired {when(retired)} UTC: not the default; answers when asked for "
+                  "by number)" if isinstance(retired, dict) else ""))
     facts = [("file", rec["path"]), ("sha256", rec["sha256"]), ("file check", rec["file"]),
              ("created (UTC)", rec["created_utc"].replace("T", " ")),
              ("samples", str(rec["samples"]))]
@@ -185,35 +190,45 @@ def _echo_record(rec: dict) -> None:
                    "Its file and record stay; it still answers when asked for by number.")
 @click.option("--restore", is_flag=True,
               help="With --device and --version: undo --retire.")
+@click.option("--delete", is_flag=True,
+              help="With --device and --version: remove a retired version's file, to free the "
+                   "space a store that retrains often fills. Its record stays, marked "
+                   "deleted, so its number is never reused; it no longer answers, here or in "
+                   "a running service within its refresh interval. Export it first to keep a "
+                   "copy.")
 @friendly_errors
-def models(db_url, device_spec, target, version, as_json, export_to, retire, restore) -> None:
+def models(db_url, device_spec, target, version, as_json, export_to, retire, restore,
+           delete) -> None:
     """List registered models; the highest version per device and kind that is not retired is
     the default.
 
     With --device, list that device's versions and describe one of its models in full (or
-    write it to a bundle with --export, or retire or restore it)."""
+    write it to a bundle with --export, retire or restore it, or delete a retired one)."""
     import json
 
     from predictor.registry import (
         default_row,
         defaults,
+        deleted,
         list_models,
         outdated,
         retired,
         set_retired,
     )
+    from predictor.registry import delete as delete_version
 
     if device_spec is None:
         for flag, given in (("--target", target), ("--version", version), ("--json", as_json),
                             ("--export", export_to), ("--retire", retire),
-                            ("--restore", restore)):
+                            ("--restore", restore), ("--delete", delete)):
             if given:
                 raise click.UsageError(f"{flag} describes one model: name it with --device")
     actions = [f for f, given in (("--json", as_json), ("--export", export_to),
-                                  ("--retire", retire), ("--restore", restore)) if given]
+                                  ("--retire", retire), ("--restore", restore),
+                                  ("--delete", delete)) if given]
     if len(actions) > 1:
         raise click.UsageError(f"{' and '.join(actions)}: give one of them")
-    if (retire or restore) and version is None:
+    if (retire or restore or delete) and version is None:
         raise click.UsageError(f"{actions[0]}: name the version with --version")
     store = open_store(db_url)
     rows = list_models(store)
@@ -221,6 +236,13 @@ def models(db_url, device_spec, target, version, as_json, export_to, retire, res
         device_model = _registered_device(rows, device_spec)
         rows = [r for r in rows if r.device_model == device_model]
         row = _chosen(rows, target, version)
+        if delete:
+            row, path = delete_version(store, row)
+            click.echo(f"deleted {row.device_model} {row.target} model v{row.version}: "
+                       + (f"removed {path}" if path else "its file was already missing")
+                       + "; its record stays, marked deleted, so v"
+                       f"{row.version} will not name another model")
+            return
         if retire or restore:
             set_retired(store, row, retire)
             now = default_row(store, row.device_model, row.target)
@@ -248,7 +270,7 @@ def models(db_url, device_spec, target, version, as_json, export_to, retire, res
     def status(r) -> str:
         if default.get((r.device_model, r.target)) is r:
             return "yes"
-        return "retired" if retired(r) else ""
+        return "deleted" if deleted(r) else "retired" if retired(r) else ""
 
     print_table(["device model", "version", "target", "samples", "power", "held-out MAPE %",
                  "within ±10% %", "created (UTC)", "sha256", "default"],

@@ -62,6 +62,7 @@ class PredictionEngine:
         self._latest: dict[str, LoadedModel] = {}
         self._checked: dict[str, float] = {}
         self._pinned: dict[tuple[str, int], LoadedModel] = {}
+        self._pinned_checked: dict[tuple[str, int], float] = {}
         self._devices: list[str] = []
         self._resolved: dict[str, str] = {}
         self._nb201: dict[tuple[str, int], tuple] = {}
@@ -122,16 +123,22 @@ class PredictionEngine:
     def model_for(self, device: str, version: int = 0) -> LoadedModel:
         if version < 0:
             raise ServiceError("INVALID_ARGUMENT", f"model_version: must be >= 0, got {version}")
+        now = time.monotonic()
         if version:
             key = (device, version)
-            if key not in self._pinned:
+            # Re-asked every refresh_s, as the default is: a version deleted since
+            # (`hwnas models --delete`) stops answering.
+            if key not in self._pinned or now - self._pinned_checked.get(key, 0) >= \
+                    self.refresh_s:
                 try:
                     row = registry.find(self.store, device, version)
                 except registry.RegistryError as exc:
+                    self._pinned.pop(key, None)
                     raise ServiceError("NOT_FOUND", f"model_version: {exc}") from None
-                self._pinned[key] = self._load(row)
+                if key not in self._pinned:
+                    self._pinned[key] = self._load(row)
+                self._pinned_checked[key] = now
             return self._pinned[key]
-        now = time.monotonic()
         current = self._latest.get(device)
         if current is not None and now - self._checked.get(device, 0) < self.refresh_s:
             return current
@@ -264,13 +271,13 @@ class PredictionEngine:
                                            "nb201 few-shot model (architecture level)", 0)
 
     def _find(self, device: str, target: str, version: int):
-        """The registry row of (device, target, version; 0 = latest), or None. Latest lookups
-        are re-asked at most every ``refresh_s`` (new versions still arrive without a restart),
-        so per-request calls do not each query the store."""
+        """The registry row of (device, target, version; 0 = latest), or None. Lookups are
+        re-asked at most every ``refresh_s`` (new versions arrive, and deleted ones go, without
+        a restart), so per-request calls do not each query the store."""
         key = (device, target, version)
         now = time.monotonic()
         hit = self._rows.get(key)
-        if hit is not None and (version or now - hit[0] < self.refresh_s):
+        if hit is not None and now - hit[0] < self.refresh_s:
             return hit[1]
         try:
             row = registry.find(self.store, device, version or None, target=target)

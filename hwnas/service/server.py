@@ -361,7 +361,8 @@ class PredictorService(pb_grpc.PredictorServicer):
 
     def ListModels(self, request, context):
         def go():
-            rows = registry.list_models(self.engine.store)
+            # A deleted version's record keeps its number taken; it is no model to offer.
+            rows = [r for r in registry.list_models(self.engine.store) if not registry.deleted(r)]
             if request.device:
                 device = self.engine.resolve_device(request.device)
                 rows = [r for r in rows if r.device_model == device]
