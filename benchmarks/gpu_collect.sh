@@ -21,6 +21,8 @@
 #   GEMM_ALIGNED    default 0.5: the share of random shapes whose dimensions are multiples of
 #                   8..128, as real layers are (the data in data/gpu/ before h200_aligned_* has
 #                   almost none, and there tensor-core GEMMs ran 3-4x slower unaligned)
+#   GEMM_BATCHED    default 0.25: the share of random shapes run as a batch of 2..64 matrices
+#                   (--batched; before h200_network_shapes every GPU GEMM here had batch 1)
 #   GEMM_MIN_SIZE   default 16 (on the H200, 87% of the random shapes with a dimension under 128
 #                   took under 0.03 ms, where CuPy's dispatch sets the time; 44% of the others)
 #   QUEUE_AHEAD     default 1; 0 times GEMMs as a plain loop of launches, as the data in
@@ -117,6 +119,7 @@ EOF3
 fi
 [ "$gemm_count" -gt 0 ] && step gemm "${GEMM_TIMEOUT:-330}" python3 -m hwnas.cli collect gemm --device "$device" --shapes random \
     --count "$gemm_count" --seed "${GEMM_SEED:-0}" --aligned "${GEMM_ALIGNED:-0.5}" \
+    --batched "${GEMM_BATCHED:-0.25}" \
     --dtype "$dtypes" \
     --min-size "${GEMM_MIN_SIZE:-16}" \
     --max-size 8192 --min-time 0.1 \

@@ -34,12 +34,13 @@ def split_list(text: str, option: str) -> list[str]:
 
 
 def build_plan(shape_set: str, min_size: int, max_size: int, points: int, count: int, seed: int,
-               layouts: str, dtypes: list[str], aligned: float = 0.0) -> tuple[list, dict]:
+               layouts: str, dtypes: list[str], aligned: float = 0.0, batched: float = 0.0,
+               max_batch: int = 64) -> tuple[list, dict]:
     """The (op, origin) list of a GEMM sweep and the options that made it."""
     if shape_set == "grid":
         shapes = log_grid(min_size, max_size, points)
     elif shape_set == "random":
-        shapes = random_shapes(count, min_size, max_size, seed, aligned)
+        shapes = random_shapes(count, min_size, max_size, seed, aligned, batched, max_batch)
     else:
         if max_size <= 0:
             raise ValueError(f"--max-size: must be a positive integer, got {max_size}")
@@ -47,7 +48,9 @@ def build_plan(shape_set: str, min_size: int, max_size: int, points: int, count:
     layout_list = split_list(layouts, "--layout")
     options = {"shapes": shape_set, "min_size": min_size, "max_size": max_size,
                "points": points, "count": count, "seed": seed, "dtypes": dtypes,
-               "layouts": layout_list, **({"aligned": aligned} if shape_set == "random" else {})}
+               "layouts": layout_list,
+               **({"aligned": aligned, "batched": batched, "max_batch": max_batch}
+                  if shape_set == "random" else {})}
     return plan_gemm(shapes, dtypes, layout_list), options
 
 
@@ -75,7 +78,8 @@ class GemmJob:
     def from_options(cls, *, db_url=None, device_name=None, backend=None, threads=None,
                      dtypes="fp32",
                      shape_set="grid", min_size=16, max_size=1024, points=4, count=50, seed=0,
-                     aligned=0.0, layouts="nn", warmup=0.05, min_reps=10, min_time=0.2,
+                     aligned=0.0, batched=0.0, max_batch=64, layouts="nn", warmup=0.05,
+                     min_reps=10, min_time=0.2,
                      power_window=1.0, l2_flush=False, queue_ahead=True, cooldown=0.0,
                      rounds=None, probe=None, resume_id=None,
                      progress=True,
@@ -100,7 +104,7 @@ class GemmJob:
                                  "round_size": round_size}
         elif resume_id is None:
             plan, options = build_plan(shape_set, min_size, max_size, points, count, seed,
-                                       layouts, dtype_list, aligned)
+                                       layouts, dtype_list, aligned, batched, max_batch)
         origin = None
         if resume_id is not None:
             # A resumed sweep measures on its own device, with its own backend and dtypes,

@@ -52,6 +52,24 @@ def test_collect_small_sweep_and_info(tmp_path):
     assert devs.exit_code == 0 and "cpu" in devs.output
 
 
+def test_collect_random_batched_gemms(tmp_path):
+    from sqlalchemy import select
+
+    from collectors.store.db import Store
+    from collectors.store.models import Measurement, Sweep
+
+    db = f"sqlite:///{tmp_path / 'b.sqlite'}"
+    r = run(["collect", "gemm", "--db", db, "--shapes", "random", "--count", "3", "--batched",
+             "1", "--max-batch", "4", "--max-size", "32", "--min-time", "0.01", "--rounds", "1",
+             "--skip-peaks", "--no-progress", "--no-probe", "--dtype", "fp32"])
+    assert r.exit_code == 0 and "3 done, 0 failed" in r.output, r.output
+    with Store(db).session() as s:
+        rows = s.scalars(select(Measurement)).all()
+        options = s.scalar(select(Sweep)).config["options"]
+    assert options["batched"] == 1.0 and options["max_batch"] == 4
+    assert all(2 <= row.batch <= 4 and row.latency_ms_median > 0 for row in rows)
+
+
 @pytest.mark.parametrize("args, code, needle", [
     (["--min-size", "0"], 2, "--min-size: must be a positive integer"),
     (["--min-size", "-5"], 2, "--min-size"),
@@ -69,6 +87,7 @@ def test_collect_small_sweep_and_info(tmp_path):
     (["--backend", "jax"], 2, "--backend jax"),
     (["--threads", "0"], 2, "--threads: must be at least 1"),
     (["--adaptive", "--budget", "2"], 2, "--budget: must be at least 4, got 2"),
+    (["--batched", "2"], 2, "'--batched': 2.0 is not in the range"),
     (["--resume", "99"], 2, "--resume 99: no GEMM sweep"),
     (["--db", "postgresql://nobody@127.0.0.1:1/none"], 1, "cannot connect"),
     (["--db", "notaurl"], 1, "--db: cannot parse database URL"),

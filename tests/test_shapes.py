@@ -42,6 +42,23 @@ def test_an_aligned_share_of_random_shapes_takes_multiples_of_powers_of_two():
     assert all(100 <= d <= 120 and d % 8 == 0 for s in aligned for d in (s.m, s.n, s.k))
 
 
+def test_a_batched_share_of_random_shapes_does_the_work_of_one_gemm():
+    plain = random_shapes(400, 16, 8192, seed=6, aligned=0.5)
+    assert random_shapes(400, 16, 8192, seed=6, aligned=0.5, batched=0.0) == plain
+    mixed = random_shapes(400, 16, 8192, seed=6, batched=0.3, max_batch=32)
+    unbatched = random_shapes(400, 16, 8192, seed=6)
+    batched = [(s, u) for s, u in zip(mixed, unbatched, strict=True) if s.batch > 1]
+    assert 80 < len(batched) < 160
+    assert all(s.origin == f"random, batch {s.batch}" and 2 <= s.batch <= 32 for s, _ in batched)
+    assert {s for s in mixed if s.batch == 1} <= set(unbatched)  # the others are the plain ones
+    for s, u in batched:  # each dimension shrunk by the batch's cube root, down to min_size
+        for d, was in zip((s.m, s.n, s.k), (u.m, u.n, u.k), strict=True):
+            assert d == max(16, round(was / s.batch ** (1 / 3)))
+    # Aligned and batched together: the batched dimensions are the ones aligned.
+    both = random_shapes(200, 16, 8192, seed=7, aligned=1.0, batched=1.0)
+    assert all(s.batch > 1 and ", aligned to " in s.origin for s in both[:20])
+
+
 def test_network_shapes_include_convs_and_attention():
     # ResNet-50 3x3 conv at 56x56, 64 channels, batch 1: M = 56*56, N = 64, K = 64*9
     assert conv_as_gemm(1, 64, 64, 3, 56, 56) == (3136, 64, 576)
@@ -58,6 +75,8 @@ def test_network_shapes_include_convs_and_attention():
     (lambda: log_grid(100, 10, 3), "--max-size"),
     (lambda: random_shapes(0), "--count"),
     (lambda: random_shapes(5, aligned=1.5), "--aligned"),
+    (lambda: random_shapes(5, batched=-0.1), "--batched"),
+    (lambda: random_shapes(5, batched=0.5, max_batch=1), "--max-batch"),
     (lambda: plan_gemm(log_grid(8, 8, 1), ["fp32"], ["nx"]), "--layout"),
 ])
 def test_bad_ranges_are_clear(call, msg):

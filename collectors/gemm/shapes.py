@@ -33,7 +33,8 @@ def log_grid(min_size: int = 16, max_size: int = 4096, points: int = 6) -> list[
 
 
 def random_shapes(count: int = 100, min_size: int = 16, max_size: int = 4096,
-                  seed: int = 0, aligned: float = 0.0) -> list[Shape]:
+                  seed: int = 0, aligned: float = 0.0, batched: float = 0.0,
+                  max_batch: int = 64) -> list[Shape]:
     """``count`` shapes with M, N, K drawn log-uniformly (so small sizes are as common as large).
 
     A share ``aligned`` of them, chosen at random, has every dimension moved to the nearest
@@ -42,17 +43,35 @@ def random_shapes(count: int = 100, min_size: int = 16, max_size: int = 4096,
     A log-uniform draw is almost never a multiple of 8, and on a GPU such shapes miss the
     fastest tensor-core kernels: on the H200 data, unaligned fp16/bf16 GEMMs among the largest
     ran at 14-16% of the measured peak, the one aligned one at 53-56%. The unaligned shapes
-    are the same as with ``aligned=0`` and the same seed."""
+    are the same as with ``aligned=0`` and the same seed.
+
+    A share ``batched`` runs as a batch of matrices (attention over heads, grouped and
+    depthwise convolutions): a batch drawn log-uniformly from 2 to ``max_batch``, each
+    dimension divided by the cube root of the batch (at least ``min_size``), so a batched
+    GEMM does about the work of an unbatched one and a sweep's time stays what it was. The
+    shapes are those of ``batched=0`` and the same seed where both are 0."""
     _check_range(min_size, max_size)
     if count < 1:
         raise ValueError(f"--count: must be a positive integer, got {count}")
     if not 0.0 <= aligned <= 1.0:
         raise ValueError(f"--aligned: a share between 0 and 1, got {aligned}")
+    if not 0.0 <= batched <= 1.0:
+        raise ValueError(f"--batched: a share between 0 and 1, got {batched}")
+    if max_batch < 2:
+        raise ValueError(f"--max-batch: at least 2, got {max_batch}")
     rng = np.random.default_rng(seed)
     lo, hi = np.log(min_size), np.log(max_size)
     dims = np.exp(rng.uniform(lo, hi, size=(count, 3)))
     dims = np.clip(np.round(dims).astype(int), min_size, max_size)
     origins = np.full(count, "random", dtype=object)
+    batch = np.ones(count, dtype=int)
+    if batched > 0:
+        chosen = rng.random(count) < batched
+        drawn = np.round(np.exp(rng.uniform(np.log(2), np.log(max_batch), count))).astype(int)
+        batch = np.where(chosen, drawn, 1)
+        scaled = np.round(dims / np.cbrt(batch)[:, None]).astype(int)
+        dims = np.maximum(scaled, min_size)
+        origins[chosen] = [f"random, batch {b}" for b in batch[chosen]]
     if aligned > 0:
         chosen = rng.random(count) < aligned
         largest = 2 ** rng.integers(3, 8, size=(count, 1))
@@ -68,9 +87,10 @@ def random_shapes(count: int = 100, min_size: int = 16, max_size: int = 4096,
         moved = np.where(fits, nearer, np.where(fits_other, other, dims))
         whole = chosen & (fits | fits_other).all(axis=1)  # a range too narrow keeps the draw
         dims = np.where(whole[:, None], moved, dims)
-        origins[whole] = [f"random, aligned to {s}" for s in largest[whole, 0]]
-    return [Shape(int(m), int(n), int(k), 1, str(o))
-            for (m, n, k), o in zip(dims, origins, strict=True)]
+        origins[whole] = [f"{o}, aligned to {s}"
+                          for o, s in zip(origins[whole], largest[whole, 0], strict=True)]
+    return [Shape(int(m), int(n), int(k), int(b), str(o))
+            for (m, n, k), b, o in zip(dims, batch, origins, strict=True)]
 
 
 def conv_as_gemm(batch: int, c_in: int, c_out: int, kernel: int, h: int, w: int,

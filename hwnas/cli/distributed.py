@@ -34,8 +34,8 @@ def sweep() -> None:
 @PROBE_OPTION
 @friendly_errors
 def sweep_create(db_url, device_types, backend, dtypes, shape_set, min_size, max_size, points,
-                 count, seed, aligned, layouts, warmup, min_reps, min_time, power_window, l2_flush,
-                 queue_ahead, cooldown, probe) -> None:
+                 count, seed, aligned, batched, max_batch, layouts, warmup, min_reps, min_time,
+                 power_window, l2_flush, queue_ahead, cooldown, probe) -> None:
     """Queue a GEMM sweep in the store for `hwnas worker` processes on any number of machines."""
     import dataclasses
 
@@ -54,7 +54,7 @@ def sweep_create(db_url, device_types, backend, dtypes, shape_set, min_size, max
                           probe=probe, queue_ahead=queue_ahead)
     dtype_list = [check_dtype(d, "--dtype").name for d in split_list(dtypes, "--dtype")]
     plan, options = build_plan(shape_set, min_size, max_size, points, count, seed, layouts,
-                               dtype_list, aligned)
+                               dtype_list, aligned, batched, max_batch)
     types = [t.strip() for t in device_types if t.strip()]
     sweep_id = create_distributed_sweep(open_store(db_url), plan, types, backend,
                                         dataclasses.asdict(policy), options)

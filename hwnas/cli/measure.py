@@ -105,9 +105,9 @@ def collect() -> None:
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 @friendly_errors
 def collect_gemm(db_url, device_name, backend, threads, dtypes, shape_set, min_size, max_size,
-                 points, count, seed, aligned, layouts, warmup, min_reps, min_time, power_window,
-                 l2_flush, queue_ahead, cooldown, rounds, probe, resume_id, skip_peaks, adaptive,
-                 budget, pool, round_size, no_progress) -> None:
+                 points, count, seed, aligned, batched, max_batch, layouts, warmup, min_reps,
+                 min_time, power_window, l2_flush, queue_ahead, cooldown, rounds, probe,
+                 resume_id, skip_peaks, adaptive, budget, pool, round_size, no_progress) -> None:
     """Sweep GEMM shapes x dtypes on one device; every config is committed as it completes.
 
     Interrupt with Ctrl-C at any time; `--resume SWEEP` carries on where it stopped.
@@ -118,7 +118,8 @@ def collect_gemm(db_url, device_name, backend, threads, dtypes, shape_set, min_s
         db_url=db_url, device_name=device_name, backend=backend, threads=threads,
         dtypes=dtypes,
         shape_set=shape_set, min_size=min_size, max_size=max_size, points=points, count=count,
-        seed=seed, aligned=aligned, layouts=layouts, warmup=warmup, min_reps=min_reps,
+        seed=seed, aligned=aligned, batched=batched, max_batch=max_batch, layouts=layouts,
+        warmup=warmup, min_reps=min_reps,
         min_time=min_time, power_window=power_window, l2_flush=l2_flush, queue_ahead=queue_ahead,
         cooldown=cooldown, rounds=rounds, probe=probe, resume_id=resume_id,
         progress=not no_progress,

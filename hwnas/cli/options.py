@@ -42,6 +42,14 @@ plan_options = stack_options([
                       "dimensions are multiples of a power of two from 8 to 128, as real layers "
                       "are (a log-uniform draw almost never is, and on GPUs such shapes miss "
                       "the fastest tensor-core kernels)."),
+    click.option("--batched", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+                 help="Share of --shapes random run as a batch of matrices (attention over "
+                      "heads, grouped and depthwise convolutions): batch drawn log-uniformly "
+                      "from 2 to --max-batch, dimensions shrunk by its cube root so the work "
+                      "stays that of one GEMM. A model trained on none flags batched queries "
+                      "as beyond its training shapes."),
+    click.option("--max-batch", type=click.IntRange(min=2), default=64, show_default=True,
+                 help="Largest batch of --batched shapes."),
     click.option("--layout", "layouts", default="nn", show_default=True,
                  help="Comma-separated transposes of A and B: nn, nt, tn, tt."),
 ])
