@@ -52,7 +52,8 @@ def load_gemm_frame(store: Store, device_model: str) -> tuple[pd.DataFrame, Devi
             select(Measurement.m, Measurement.n, Measurement.k, Measurement.batch,
                    Measurement.dtype, Measurement.layout, Measurement.latency_ms,
                    Measurement.power_w, Measurement.power_source, Measurement.created_at,
-                   Measurement.params, Measurement.backend, Device.fingerprint)
+                   Measurement.params, Measurement.backend, Device.fingerprint,
+                   Measurement.id)
             .join(Device, Measurement.device_id == Device.id)
             .where(Device.model == device_model, Measurement.status == "ok",
                    Measurement.op_kind == "gemm")).all()
@@ -66,7 +67,7 @@ def load_gemm_frame(store: Store, device_model: str) -> tuple[pd.DataFrame, Devi
         raise DataError(f"no successful GEMM measurements of {device_model!r} in the store")
     frame = pd.DataFrame.from_records([tuple(r) for r in rows], columns=[
         "m", "n", "k", "batch", "dtype", "layout", "latency_ms",
-        "power_w", "power_source", "created_at", "params", "backend", "device"])
+        "power_w", "power_source", "created_at", "params", "backend", "device", "row_id"])
     params = frame.pop("params").map(lambda p: p or {})
     timer = params.map(lambda p: p.get("timer"))
     frame["power_duty"] = params.map(lambda p: p.get("power_duty", np.nan)).astype(float)

@@ -41,19 +41,24 @@ class SinceTraining:
 def _split_at_training(row: ModelVersion, frame: pd.DataFrame, what: str, how: str
                        ) -> tuple[pd.Timestamp, pd.DataFrame, pd.DataFrame]:
     """(the newest training row's time, the rows stored until then, those stored after);
-    DataError where none came after, or where the model recorded no training time range."""
+    DataError where none came after, or where the model recorded no training time range.
+    Stored after means a higher row id than any training row where the model recorded it
+    (exact: rows imported later with older timestamps count as later), else a later
+    timestamp (models registered before the id was recorded)."""
     if not row.meta.get("data_to"):
         raise DataError(f"{row.device_model} {row.target} v{row.version} recorded no training "
                         "time range (an older hwnas): retrain it to score it on later "
                         "measurements")
     cutoff = pd.Timestamp(row.meta["data_to"])
-    stamps = pd.to_datetime(frame.created_at)
-    after = frame[stamps > cutoff].copy()
+    last_id = row.meta.get("data_to_id")
+    later = (frame.row_id > last_id if last_id is not None
+             else pd.to_datetime(frame.created_at) > cutoff).to_numpy(bool)
+    after = frame[later].copy()
     if after.empty:
         raise DataError(f"no {what} measurements of {row.device_model} were stored after "
                         f"{row.target} v{row.version}'s training data (up to "
                         f"{cutoff:%Y-%m-%d %H:%M:%S} UTC); measure some first ({how})")
-    return cutoff, frame[stamps <= cutoff], after
+    return cutoff, frame[~later], after
 
 
 def score_since_training(store: Store, row: ModelVersion) -> SinceTraining:

@@ -183,17 +183,19 @@ def evaluate_and_fit(store: Store, device_model: str, folds: int = 5
     return model, metrics
 
 
-def _stored_span(store: Store, device_model: str) -> tuple[str, str]:
-    """When the oldest and the newest network and layer rows of the device were stored."""
+def _stored_span(store: Store, device_model: str) -> tuple[str, str, int]:
+    """When the oldest and the newest network and layer rows of the device were stored, and
+    the highest row id among them (rows stored later, imported ones too, have higher ids)."""
     from sqlalchemy import func
 
     with store.session() as s:
-        first, last = s.execute(
-            select(func.min(Measurement.created_at), func.max(Measurement.created_at))
+        first, last, last_id = s.execute(
+            select(func.min(Measurement.created_at), func.max(Measurement.created_at),
+                   func.max(Measurement.id))
             .join(Device, Measurement.device_id == Device.id)
             .where(Device.model == device_model, Measurement.status == "ok",
                    Measurement.op_kind.in_(("network", *LAYER_KINDS)))).one()
-    return str(first), str(last)
+    return str(first), str(last), int(last_id)
 
 
 def train_and_register(store: Store, device_model: str, folds: int = 5):
@@ -210,7 +212,7 @@ def register(store: Store, device_model: str, model: NetworkCostModel, metrics: 
     meta = {"metrics": metrics, "coef": model.coef_.tolist(), "scale": model.scale_.tolist(),
             "kinds": sorted(forests), "dtypes": sorted(model.dtypes_ or ())}
     if getattr(model, "data_span_", None):  # when its training rows were stored
-        meta["data_from"], meta["data_to"] = model.data_span_
+        meta["data_from"], meta["data_to"], meta["data_to_id"] = model.data_span_
     return registry.register_skops(store, device_model, TARGET, dict(forests),
                                    metrics["networks"], meta)
 
@@ -236,7 +238,7 @@ def load_networks(store: Store, device_model: str) -> pd.DataFrame:
     """Whole-network measurements: family, config key, op list, FLOPs and latency (ms)."""
     with store.session() as s:
         rows = s.execute(select(Measurement.config_key, Measurement.params,
-                                Measurement.latency_ms, Measurement.created_at)
+                                Measurement.latency_ms, Measurement.created_at, Measurement.id)
                          .join(Device, Measurement.device_id == Device.id)
                          .where(Device.model == device_model, Measurement.status == "ok",
                                 Measurement.op_kind == "network")).all()
@@ -248,7 +250,7 @@ def load_networks(store: Store, device_model: str) -> pd.DataFrame:
                          "ops": [_ops(r[1]) for r in rows],
                          "flops": [float(r[1]["flops"]) for r in rows],
                          "latency_ms": [float(r[2]) for r in rows],
-                         "created_at": [r[3] for r in rows]})
+                         "created_at": [r[3] for r in rows], "row_id": [r[4] for r in rows]})
 
 
 def load_layers(store: Store, device_model: str) -> tuple[list[Op], np.ndarray]:

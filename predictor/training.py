@@ -170,5 +170,6 @@ def train_and_register(store: Store, device_model: str, n_splits: int = 5, **par
                       "is the op's own" if model.has_power_
                       else "unavailable: no measured power in the data"),
             "data_from": str(frame.created_at.min()), "data_to": str(frame.created_at.max()),
+            "data_to_id": int(frame.row_id.max()),
             **({"data_note": frame.attrs["note"]} if frame.attrs.get("note") else {})}
     return registry.register(store, model, device_model, meta), ev

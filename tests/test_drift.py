@@ -84,6 +84,27 @@ def test_a_registered_model_is_scored_on_new_shapes_and_on_shapes_measured_again
         assert r.exit_code == code and says in r.output, r.output
 
 
+def test_rows_stored_after_training_count_as_later_whatever_their_timestamp(
+        store, tmp_path, monkeypatch):
+    """Measurements imported after the model was trained keep the time they were measured,
+    which may be older than its training rows': the recorded row id still places them."""
+    from predictor import registry
+
+    monkeypatch.setenv("HWNAS_MODELS", str(tmp_path / "models"))
+    _store_rows(store, synthetic(30), dt.datetime(2026, 11, 20))
+    row, _ = train_and_register(store, CPU, n_splits=3, n_estimators=10)
+    assert row.meta["data_to_id"] == 60  # 30 shapes x 2 dtypes, the first rows stored
+    _store_rows(store, synthetic(5, seed=9), dt.datetime(2026, 11, 1))  # imported, older
+    result = score_since_training(store, row)
+    assert len(result.panels[NEW_SHAPES]) == 10 and result.older_not_trained == 0
+    # A model registered before the id was recorded goes by timestamps: those rows are older
+    # than its training data, so none counts as later.
+    old = registry.find(store, CPU)
+    old.meta = {k: v for k, v in old.meta.items() if k != "data_to_id"}
+    with pytest.raises(DataError, match="no GEMM measurements of Drift CPU were stored after"):
+        score_since_training(store, old)
+
+
 def _store_networks(store, nets: list[tuple[str, list]], when: dt.datetime,
                     slower: float = 1.0) -> None:
     """Whole networks (key, linear ops) of the drift CPU stored at ``when``, their latency an
@@ -122,7 +143,7 @@ def test_a_network_model_is_scored_on_the_networks_measured_since(store, store_u
     first = [(f"mlp-{i}", _mlp(i)) for i in range(15)]
     _store_networks(store, first, dt.datetime(2026, 11, 20))
     row, _ = network.train_and_register(store, CPU, folds=3)
-    assert row.meta["data_to"].startswith("2026-11-20")
+    assert row.meta["data_to"].startswith("2026-11-20") and row.meta["data_to_id"] == len(first)
     _store_networks(store, first[:4], dt.datetime(2026, 11, 27), slower=1.3)
     _store_networks(store, [(f"wide-{i}", _mlp(i)) for i in range(15, 21)],
                     dt.datetime(2026, 11, 27, 1))

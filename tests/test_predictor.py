@@ -637,7 +637,8 @@ def test_models_describes_one_model_and_checks_its_file(tmp_path, monkeypatch):
     assert len(re.findall(r"^NVIDIA GeForce RTX 4070 +[12] +gemm", r.output, re.M)) == 2
     assert "file check     matches its registered SHA-256" in r.output
     assert "libraries      python " in r.output and "installed now" not in r.output
-    assert re.search(r"training data  stored 20\d\d-\d\d-\d\d \d\d:\d\d:\d\d \.\. ", r.output)
+    assert re.search(r"training data  stored 20\d\d-\d\d-\d\d \d\d:\d\d:\d\d \.\. .* \(UTC\), "
+                     r"row ids up to 20$", r.output, re.M), r.output
     assert "shape-held-out (GroupKFold) (its evaluation when it was trained):" in r.output
     # One version as JSON: everything the registry holds, the stored evaluation included.
     r = run(main, ["models", "--db", db, "--device", "4070", "--version", "1", "--json"])

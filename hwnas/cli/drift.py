@@ -59,8 +59,8 @@ def echo_since_training(result, default: bool, worst: int) -> None:
         click.echo("not scored, a dtype the model was not trained on: " + ", ".join(
             f"{d} {n} rows" for d, n in sorted(result.not_scored.items())))
     if result.older_not_trained:
-        click.echo(f"{result.older_not_trained} rows measured before its training data ended "
-                   "were not part of it (imported later?); they are left out")
+        click.echo(f"{result.older_not_trained} rows stored before its training data ended "
+                   "were not part of it; they are left out")
     new = panels[NEW_SHAPES]
     if worst and len(new):
         click.echo(f"\nlatency predicted worst, {NEW_SHAPES}:")

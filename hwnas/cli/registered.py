@@ -121,7 +121,9 @@ def _echo_record(rec: dict) -> None:
         facts.append(("dtypes", ", ".join(meta.pop("dtypes")) or "-"))
     if "data_from" in meta:  # when the rows were stored: measured, or imported
         span = [str(meta.pop(k, "?")).split(".")[0] for k in ("data_from", "data_to")]
-        facts.append(("training data", f"stored {span[0]} .. {span[1]} (UTC)"))
+        last_id = meta.pop("data_to_id", None)
+        facts.append(("training data", f"stored {span[0]} .. {span[1]} (UTC)"
+                      + (f", row ids up to {last_id}" if last_id is not None else "")))
     if "power" in meta:
         facts.append(("power", str(meta.pop("power"))))
     if "data_note" in meta:
