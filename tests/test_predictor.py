@@ -1097,6 +1097,10 @@ def test_cli_train_prints_both_baseline_lines(tmp_path, monkeypatch):
     assert r.exit_code == 0 and "padded" not in r.output, r.output
     r = run(main, predict + ["--m", "1000", "--n", "2047", "--k", "1000"])
     assert r.exit_code == 0 and "padded" not in r.output, r.output  # 2048 > every training n
+    # A batched call, where every training call was one matrix: flagged, with how to fix it.
+    r = run(main, predict + ["--m", "64", "--n", "64", "--k", "64", "--batch", "8"])
+    assert r.exit_code == 0 and "trained on: batch 8 > 1;" in r.output and \
+        "`hwnas collect gemm --shapes random --batched 0.25` measures batched ones" in r.output
 
 
 def test_retiring_a_version_rolls_the_default_back_until_it_is_restored(tmp_path,

@@ -338,9 +338,11 @@ def predict_gemm(db_url, device_spec, m, n, k, dtype, batch, layout, version, sh
         if c.power_extrapolated[0]:
             click.echo(f"  ({POWER_EXTRAPOLATED}, {model.power_min_latency_ms_:.3g} ms and up)")
     if beyond[0]:
+        how = (": `hwnas collect gemm --shapes random --batched 0.25` measures batched ones"
+               if f"batch {op.batch} >" in beyond[0] else "")
         click.echo(f"  (beyond the {op.dtype} shapes this model was trained on: {beyond[0]}; "
                    "the forest repeats what the nearest of them did, so measure shapes like "
-                   "this one to trust it)")
+                   f"this one to trust it{how})")
     hint = padding_hint(dims, padded, c.latency_ms[0], c.latency_ms[-1], bool(beyond[-1]))
     if hint:
         click.echo(f"  ({hint})")
