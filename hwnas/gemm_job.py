@@ -35,8 +35,11 @@ def split_list(text: str, option: str) -> list[str]:
 
 def build_plan(shape_set: str, min_size: int, max_size: int, points: int, count: int, seed: int,
                layouts: str, dtypes: list[str], aligned: float = 0.0, batched: float = 0.0,
-               max_batch: int = 64) -> tuple[list, dict]:
-    """The (op, origin) list of a GEMM sweep and the options that made it."""
+               max_batch: int = 64, shapes_csv: str | None = None) -> tuple[list, dict]:
+    """The (op, origin) list of a GEMM sweep and the options that made it; ``shapes_csv``
+    (:func:`plan_from_csv`) instead of ``shape_set``."""
+    if shapes_csv is not None:
+        return plan_from_csv(shapes_csv, dtypes, split_list(layouts, "--layout"))
     if shape_set == "grid":
         shapes = log_grid(min_size, max_size, points)
     elif shape_set == "random":
@@ -52,6 +55,44 @@ def build_plan(shape_set: str, min_size: int, max_size: int, points: int, count:
                **({"aligned": aligned, "batched": batched, "max_batch": max_batch}
                   if shape_set == "random" else {})}
     return plan_gemm(shapes, dtypes, layout_list), options
+
+
+def plan_from_csv(path: str, dtypes: list[str], layouts: list[str]) -> tuple[list, dict]:
+    """The GEMMs of a CSV file (columns m, n, k and optionally batch, dtype, layout, as
+    ``hwnas predict gemm --shapes-csv`` reads and ``--out`` writes them), each in its row's
+    dtype and layout, or in every one of ``dtypes`` and ``layouts`` where the file has no
+    such column; and the options that made the plan. Rows that ask for the same config once
+    are measured once."""
+    from pathlib import Path
+
+    import pandas as pd
+
+    from collectors.ops import Op, OpError
+    from hwnas.cli.gemm_csv import read_gemm_csv
+
+    for layout in layouts:
+        if layout not in ("nn", "nt", "tn", "tt"):
+            raise ValueError(f"--layout: expected nn, nt, tn or tt, got {layout!r}")
+    frame = read_gemm_csv(path, dtypes[0], layouts[0])
+    try:
+        columns = {str(c).strip().lower() for c in pd.read_csv(path, nrows=0).columns}
+    except (OSError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise OpError("--shapes-csv", f"cannot read {path}: {exc}") from None
+    plan, seen = [], set()
+    for i, r in enumerate(frame.itertuples()):
+        row_dtypes = [r.dtype] if "dtype" in columns else dtypes
+        row_layouts = ([f"{'t' if r.trans_a else 'n'}{'t' if r.trans_b else 'n'}"]
+                       if "layout" in columns else layouts)
+        for dtype in row_dtypes:
+            for layout in row_layouts:
+                op = Op.gemm(int(r.m), int(r.n), int(r.k), dtype, int(r.batch),
+                             trans_a=int(layout[0] == "t"), trans_b=int(layout[1] == "t"))
+                if op.key() not in seen:
+                    seen.add(op.key())
+                    plan.append((op, f"{Path(path).name} row {i + 1}"))
+    used = sorted({op.dtype for op, _ in plan})
+    return plan, {"shapes": "csv", "file": str(Path(path).resolve()), "dtypes": used,
+                  "layouts": sorted({op.layout for op, _ in plan})}
 
 
 def echo_slow_configs(store: Store, sweep_id: int) -> None:
@@ -78,7 +119,8 @@ class GemmJob:
     def from_options(cls, *, db_url=None, device_name=None, backend=None, threads=None,
                      dtypes="fp32",
                      shape_set="grid", min_size=16, max_size=1024, points=4, count=50, seed=0,
-                     aligned=0.0, batched=0.0, max_batch=64, layouts="nn", warmup=0.05,
+                     aligned=0.0, batched=0.0, max_batch=64, shapes_csv=None, layouts="nn",
+                     warmup=0.05,
                      min_reps=10, min_time=0.2,
                      power_window=1.0, l2_flush=False, queue_ahead=True, cooldown=0.0,
                      rounds=None, probe=None, resume_id=None,
@@ -104,7 +146,9 @@ class GemmJob:
                                  "round_size": round_size}
         elif resume_id is None:
             plan, options = build_plan(shape_set, min_size, max_size, points, count, seed,
-                                       layouts, dtype_list, aligned, batched, max_batch)
+                                       layouts, dtype_list, aligned, batched, max_batch,
+                                       shapes_csv=shapes_csv)
+            dtype_list = options["dtypes"]  # a shapes file's own dtypes, where it names them
         origin = None
         if resume_id is not None:
             # A resumed sweep measures on its own device, with its own backend and dtypes,

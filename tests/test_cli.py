@@ -70,6 +70,46 @@ def test_collect_random_batched_gemms(tmp_path):
     assert all(2 <= row.batch <= 4 and row.latency_ms_median > 0 for row in rows)
 
 
+def test_collect_the_gemms_of_a_shapes_file(tmp_path):
+    """A file as `hwnas predict gemm --out` writes it (cost columns are ignored): each row in
+    its own dtype and layout, a config asked for twice measured once."""
+    from sqlalchemy import select
+
+    from collectors.store.db import Store
+    from collectors.store.models import Measurement, Sweep
+
+    shapes = tmp_path / "flagged.csv"
+    shapes.write_text("m,n,k,batch,dtype,layout,latency_ms,beyond_training\n"
+                      "48,32,16,1,fp32,nn,0.01,\n"
+                      "48,32,16,1,fp32,nn,0.01,\n"
+                      "40,24,8,3,fp32,tn,0.02,batch 3 > 1\n")
+    db = f"sqlite:///{tmp_path / 'c.sqlite'}"
+    common = ["collect", "gemm", "--db", db, "--min-time", "0.01", "--rounds", "1",
+              "--skip-peaks", "--no-progress", "--no-probe"]
+    r = run([*common, "--shapes-csv", str(shapes), "--dtype", "bf16"])
+    assert r.exit_code == 0 and "2 done, 0 failed" in r.output, r.output
+    with Store(db).session() as s:
+        rows = s.scalars(select(Measurement).order_by(Measurement.m)).all()
+        options = s.scalar(select(Sweep)).config["options"]
+    assert [(r.m, r.n, r.k, r.batch, r.dtype, r.layout) for r in rows] == [
+        (40, 24, 8, 3, "fp32", "tn"), (48, 32, 16, 1, "fp32", "nn")]
+    assert options["shapes"] == "csv" and options["dtypes"] == ["fp32"]
+    # Without dtype and layout columns: every --dtype and --layout.
+    plain = tmp_path / "plain.csv"
+    plain.write_text("m,n,k\n48,32,16\n")
+    r = run([*common, "--shapes-csv", str(plain), "--dtype", "fp32,bf16", "--layout", "nn,nt"])
+    assert r.exit_code == 0 and "4 done, 0 failed" in r.output, r.output
+    bad = tmp_path / "bad.csv"
+    bad.write_text("m,n,k\n48,32,16\n48,-1,16\n")
+    for args, code, says in [
+            (["--shapes-csv", str(bad)], 2, "bad.csv row 2, column n: must be a positive integer"),
+            (["--shapes-csv", str(plain), "--shapes", "random"], 2,
+             "--shapes random and --shapes-csv: give one of them"),
+            (["--shapes-csv", str(plain), "--adaptive"], 2, "--adaptive and --shapes-csv")]:
+        r = run([*common, *args])
+        assert r.exit_code == code and says in r.output, r.output
+
+
 @pytest.mark.parametrize("args, code, needle", [
     (["--min-size", "0"], 2, "--min-size: must be a positive integer"),
     (["--min-size", "-5"], 2, "--min-size"),

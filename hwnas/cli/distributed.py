@@ -9,6 +9,7 @@ from hwnas.cli.options import (
     DB_OPTION,
     PROBE_OPTION,
     QUEUE_OPTION,
+    check_shapes_csv,
     plan_options,
     timing_options,
 )
@@ -33,7 +34,8 @@ def sweep() -> None:
 @QUEUE_OPTION
 @PROBE_OPTION
 @friendly_errors
-def sweep_create(db_url, device_types, backend, dtypes, shape_set, min_size, max_size, points,
+def sweep_create(db_url, device_types, backend, dtypes, shape_set, shapes_csv, min_size,
+                 max_size, points,
                  count, seed, aligned, batched, max_batch, layouts, warmup, min_reps, min_time,
                  power_window, l2_flush, queue_ahead, cooldown, probe) -> None:
     """Queue a GEMM sweep in the store for `hwnas worker` processes on any number of machines."""
@@ -53,8 +55,10 @@ def sweep_create(db_url, device_types, backend, dtypes, shape_set, min_size, max
                           power_window_s=power_window, l2_flush=l2_flush, cooldown_s=cooldown,
                           probe=probe, queue_ahead=queue_ahead)
     dtype_list = [check_dtype(d, "--dtype").name for d in split_list(dtypes, "--dtype")]
+    if shapes_csv is not None:
+        check_shapes_csv(shape_set)
     plan, options = build_plan(shape_set, min_size, max_size, points, count, seed, layouts,
-                               dtype_list, aligned, batched, max_batch)
+                               dtype_list, aligned, batched, max_batch, shapes_csv=shapes_csv)
     types = [t.strip() for t in device_types if t.strip()]
     sweep_id = create_distributed_sweep(open_store(db_url), plan, types, backend,
                                         dataclasses.asdict(policy), options)

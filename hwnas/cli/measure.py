@@ -13,6 +13,7 @@ from hwnas.cli.options import (
     PROBE_OPTION,
     QUEUE_OPTION,
     ROUNDS_OPTION,
+    check_shapes_csv,
     plan_options,
     timing_options,
 )
@@ -104,7 +105,8 @@ def collect() -> None:
               help="With --adaptive: configs measured between refits.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 @friendly_errors
-def collect_gemm(db_url, device_name, backend, threads, dtypes, shape_set, min_size, max_size,
+def collect_gemm(db_url, device_name, backend, threads, dtypes, shape_set, shapes_csv, min_size,
+                 max_size,
                  points, count, seed, aligned, batched, max_batch, layouts, warmup, min_reps,
                  min_time, power_window, l2_flush, queue_ahead, cooldown, rounds, probe,
                  resume_id, skip_peaks, adaptive, budget, pool, round_size, no_progress) -> None:
@@ -114,11 +116,14 @@ def collect_gemm(db_url, device_name, backend, threads, dtypes, shape_set, min_s
     """
     from hwnas.gemm_job import GemmJob
 
+    if shapes_csv is not None:
+        check_shapes_csv(shape_set, adaptive=adaptive, resume=resume_id is not None)
     job = GemmJob.from_options(
         db_url=db_url, device_name=device_name, backend=backend, threads=threads,
         dtypes=dtypes,
         shape_set=shape_set, min_size=min_size, max_size=max_size, points=points, count=count,
-        seed=seed, aligned=aligned, batched=batched, max_batch=max_batch, layouts=layouts,
+        seed=seed, aligned=aligned, batched=batched, max_batch=max_batch,
+        shapes_csv=shapes_csv, layouts=layouts,
         warmup=warmup, min_reps=min_reps,
         min_time=min_time, power_window=power_window, l2_flush=l2_flush, queue_ahead=queue_ahead,
         cooldown=cooldown, rounds=rounds, probe=probe, resume_id=resume_id,

@@ -27,6 +27,13 @@ plan_options = stack_options([
                  default="grid", show_default=True,
                  help="grid: log-spaced M,N,K; random: log-uniform draws; networks: conv layers as "
                       "implicit GEMMs and transformer projections/attention matmuls."),
+    click.option("--shapes-csv", type=click.Path(exists=True, dir_okay=False), default=None,
+                 metavar="FILE",
+                 help="Instead of --shapes: the GEMMs of a CSV file with columns m, n, k and "
+                      "optionally batch, dtype, layout (as `hwnas predict gemm --shapes-csv` "
+                      "reads them and its --out writes them: measure the calls a model "
+                      "flagged as beyond its training shapes, or your network's own GEMMs). "
+                      "Without a dtype or layout column, every --dtype and --layout."),
     click.option("--min-size", type=int, default=16, show_default=True,
                  help="Smallest dimension."),
     click.option("--max-size", type=int, default=1024, show_default=True,
@@ -53,6 +60,16 @@ plan_options = stack_options([
     click.option("--layout", "layouts", default="nn", show_default=True,
                  help="Comma-separated transposes of A and B: nn, nt, tn, tt."),
 ])
+def check_shapes_csv(shape_set: str, adaptive: bool = False, resume: bool = False) -> None:
+    """--shapes-csv names the shapes itself: refuse a sweep that names them another way too."""
+    ctx = click.get_current_context()
+    if ctx.get_parameter_source("shape_set") == click.core.ParameterSource.COMMANDLINE:
+        raise click.UsageError(f"--shapes {shape_set} and --shapes-csv: give one of them")
+    for flag, given in (("--adaptive", adaptive), ("--resume", resume)):
+        if given:
+            raise click.UsageError(f"{flag} and --shapes-csv: give one of them")
+
+
 timing_options = stack_options([
     click.option("--warmup", type=click.FloatRange(min=0), default=0.05, show_default=True,
                  help="Warm-up time per config (s)."),
