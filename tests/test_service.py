@@ -724,6 +724,21 @@ def test_predict_network_answers_here_for_a_torch_model_as_the_service_does(tmp_
 
     r = run(main, [*args, "--nasbench201", ARCH])
     assert r.exit_code == 0 and "total: " in r.output
+    # The network's own GEMMs to a file that `hwnas collect gemm --shapes-csv` reads.
+    from hwnas.cli.gemm_csv import read_gemm_csv
+
+    out = tmp_path / "gemms.csv"
+    r = run(main, [*args, "--module", "user_net:make", "--input-shape", "2,3,16,16",
+                   "--gemms-csv", str(out)])
+    assert r.exit_code == 0 and f"wrote the 2 GEMMs of its layers (2 distinct) to {out}" in \
+        r.output, r.output
+    assert pd.read_csv(out, dtype={"layer": str}).layer.tolist() == ["0", "3"]
+    # The conv as an implicit GEMM (2 x 16 x 16 pixels, 8 filters, 3 x 3 x 3 inputs), then
+    # the linear layer.
+    assert read_gemm_csv(str(out), "bf16", "tt")[["m", "n", "k", "batch"]].values.tolist() == [
+        [512, 8, 27, 1], [2, 10, 2048, 1]]
+    r = run(main, [*args, "--nasbench201", ARCH, "--gemms-csv", str(out)])
+    assert r.exit_code == 0 and len(pd.read_csv(out)) > 10, r.output
     for bad, needle in [
         (["--nasbench201", ARCH, "--module", "user_net:make", "--input-shape", "1,3,8,8"],
          "exactly one of --nasbench201, --ops-json and --module"),

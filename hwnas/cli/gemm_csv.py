@@ -88,6 +88,23 @@ def write_costs_csv(shapes: pd.DataFrame, costs: dict[str, np.ndarray | None],
     frame.to_csv(sys.stdout if out in (None, "-") else out, index=False, float_format="%.6g")
 
 
+def write_network_gemms(named_ops, path: str) -> tuple[int, int]:
+    """The GEMMs that ``named_ops`` ((layer name, Op) pairs) run, one row per layer and GEMM
+    (columns layer, m, n, k, batch, dtype, layout: what :func:`read_gemm_csv` reads back, so
+    that ``hwnas collect gemm --shapes-csv`` measures them), to ``path``; returns (rows,
+    distinct configs). Ops without GEMMs (pooling, norms, elementwise) have no row."""
+    from collectors.ops import op_gemms
+
+    def layout(op) -> str:  # convolutions, linear layers, attention: as op_gemms lowers them
+        return "".join("t" if op.params.get(t) else "n" for t in ("trans_a", "trans_b"))
+
+    rows = [(name, m, n, k, b, op.dtype, layout(op))
+            for name, op in named_ops for m, n, k, b in op_gemms(op)]
+    frame = pd.DataFrame(rows, columns=["layer", "m", "n", "k", "batch", "dtype", "layout"])
+    frame.to_csv(path, index=False)
+    return len(frame), len(frame.drop(columns="layer").drop_duplicates())
+
+
 def shapes_from_options(shapes_csv: str | None, m, n, k, out: str | None, dtype: str,
                         layout: str, batch) -> pd.DataFrame | None:
     """The GEMMs of ``--shapes-csv`` (:func:`read_gemm_csv`), or None where the command asks

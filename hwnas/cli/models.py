@@ -355,10 +355,15 @@ def predict_gemm(db_url, device_spec, m, n, k, dtype, batch, layout, version, sh
 @DEVICE_ARG
 @network_options
 @click.option("--version", type=int, default=0, help="Model version (default: latest).")
+@click.option("--gemms-csv", type=click.Path(dir_okay=False), default=None, metavar="FILE",
+              help="Also write the GEMMs the network runs (convolutions as implicit GEMMs, "
+                   "attention as batched ones), a row per layer and GEMM, to FILE: `hwnas "
+                   "collect gemm --shapes-csv FILE` measures them on the device, so the model "
+                   "learns this network's own calls.")
 @friendly_errors
 @rpc_errors
 def predict_network(db_url, device_spec, arch, ops_json, module_spec, input_shape, batch, dtype,
-                    layers, version) -> None:
+                    layers, version, gemms_csv) -> None:
     """Whole-network latency (ms), power (W) and energy (J), and per layer with --layers, from
     the store's registered models: the answer `hwnas serve` would give (a service over --db
     is started in this process for the question). The network is a NAS-Bench-201 cell, a JSON
@@ -375,6 +380,16 @@ def predict_network(db_url, device_spec, arch, ops_json, module_spec, input_shap
         a = c.predict_network(device_model, nasbench201=arch, ops=ops, batch=batch,
                               dtype=dtype, model_version=version)
     echo_network(a, layers, unsupported)
+    if gemms_csv:
+        from collectors.ops import Op
+        from hwnas.cli.gemm_csv import write_network_gemms
+        from predictor.nasbench201 import network_ops
+
+        named = (network_ops(arch, batch, dtype) if arch is not None else
+                 [(o.get("name") or f"op{i}", Op.from_dict(o)) for i, o in enumerate(ops)])
+        rows, distinct = write_network_gemms(named, gemms_csv)
+        click.echo(f"\nwrote the {rows} GEMMs of its layers ({distinct} distinct) to "
+                   f"{gemms_csv}; `hwnas collect gemm --shapes-csv {gemms_csv}` measures them")
 
 
 @main.command()
