@@ -1103,22 +1103,28 @@ def test_cli_train_prints_both_baseline_lines(tmp_path, monkeypatch):
         "`hwnas collect gemm --shapes random --batched 0.25` measures batched ones" in r.output
 
 
-def test_retiring_a_version_rolls_the_default_back_until_it_is_restored(tmp_path,
-                                                                       monkeypatch):
+def _versions(tmp_path, monkeypatch, count: int):
+    """A store (and its URL) with a device of PROFILE's model and ``count`` registered
+    versions of one small model; returns (store, db URL, the version rows)."""
     from collectors.devices import DeviceInfo
     from collectors.store.db import Store
     from collectors.store.repo import upsert_device
-    from hwnas.cli import main
 
     monkeypatch.setenv("HWNAS_MODELS", str(tmp_path / "models"))
-    db = f"sqlite:///{tmp_path / 'r.sqlite'}"
+    db = f"sqlite:///{tmp_path / 'versions.sqlite'}"
     store = Store(db)
     with store.session() as s:
         upsert_device(s, DeviceInfo(name="cuda:0", kind="gpu", model=PROFILE.model, host="h"))
         s.commit()
     model = fit_full(synthetic(20), PROFILE, n_estimators=5)
-    for _ in range(3):
-        registry.register(store, model, PROFILE.model, {})
+    return store, db, [registry.register(store, model, PROFILE.model, {}) for _ in range(count)]
+
+
+def test_retiring_a_version_rolls_the_default_back_until_it_is_restored(tmp_path,
+                                                                       monkeypatch):
+    from hwnas.cli import main
+
+    store, db, _ = _versions(tmp_path, monkeypatch, 3)
     run = CliRunner().invoke
     r = run(main, ["models", "--db", db, "--device", "test gpu", "--version", "3", "--retire"])
     assert r.exit_code == 0 and "retired Test GPU gemm model v3; the default is v2" in r.output
@@ -1152,19 +1158,10 @@ def test_retiring_a_version_rolls_the_default_back_until_it_is_restored(tmp_path
 def test_deleting_a_retired_version_frees_its_file_and_keeps_its_number(tmp_path, monkeypatch):
     from pathlib import Path
 
-    from collectors.devices import DeviceInfo
-    from collectors.store.db import Store
-    from collectors.store.repo import upsert_device
     from hwnas.cli import main
 
-    monkeypatch.setenv("HWNAS_MODELS", str(tmp_path / "models"))
-    db = f"sqlite:///{tmp_path / 'd.sqlite'}"
-    store = Store(db)
-    with store.session() as s:
-        upsert_device(s, DeviceInfo(name="cuda:0", kind="gpu", model=PROFILE.model, host="h"))
-        s.commit()
-    model = fit_full(synthetic(20), PROFILE, n_estimators=5)
-    first, _ = (registry.register(store, model, PROFILE.model, {}) for _ in range(2))
+    store, db, (first, _) = _versions(tmp_path, monkeypatch, 2)
+    model = registry.load(first)
     run = CliRunner().invoke
     models = ["models", "--db", db, "--device", "test gpu"]
     r = run(main, models + ["--version", "1", "--delete"])  # the default must be retired first
