@@ -20,6 +20,13 @@ from predictor.data import DataError, load_gemm_frame, op_power
 from predictor.evaluate import metrics_table
 
 NEW_SHAPES = "shapes new to the model"
+# Why an answer lies beyond the training shapes (GemmCostForest.beyond_training_by), as
+# the scored rows' beyond_<reason> columns hold it.
+BEYOND_REASONS = {"m": "m above the largest trained on", "n": "n above the largest trained on",
+                  "k": "k above the largest trained on",
+                  "batch": "batch above the largest trained on",
+                  "flops": "FLOPs above the largest trained on",
+                  "aligned": "aligned, where few training shapes were"}
 MEASURED_AGAIN = "shapes it was trained on, measured again"
 _KEY = ["m", "n", "k", "batch", "dtype", "trans_a", "trans_b"]
 
@@ -93,10 +100,16 @@ def _predict_into(model, rows: pd.DataFrame, targets: list[str]) -> None:
         for target in targets:
             rows[f"pred_{target}"] = np.array([], dtype=float)
         rows["beyond_training"] = np.array([], dtype=bool)
+        for reason in BEYOND_REASONS:
+            rows[f"beyond_{reason}"] = np.array([], dtype=bool)
         return
     c = model.predict_costs(rows)
-    # Whether each answer said it lay beyond the training shapes (latency_extrapolated).
-    rows["beyond_training"] = [why is not None for why in model.outside_training(rows)]
+    # Whether each answer said it lay beyond the training shapes (latency_extrapolated), and
+    # for which reasons.
+    reasons = model.beyond_training_by(rows)
+    rows["beyond_training"] = np.logical_or.reduce(list(reasons.values()))
+    for reason in BEYOND_REASONS:
+        rows[f"beyond_{reason}"] = reasons[reason]
     rows["pred_latency_ms"], rows["pred_latency_std_ms"] = c.latency_ms, c.latency_std_ms
     if "power_w" in targets:
         rows["pred_power_w"], rows["pred_power_std_w"] = c.power_w, c.power_std_w

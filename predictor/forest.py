@@ -493,8 +493,14 @@ class GemmCostForest(RegressorMixin, BaseEstimator):
         """Which rows lie beyond the training shapes of their dtype: m, n, k, batch or FLOPs
         above the largest trained on (the forest then repeats what its largest shapes did), or
         aligned where almost none of them was (:meth:`_aligned_unseen`)."""
+        return np.logical_or.reduce(list(self.beyond_training_by(X).values()))
+
+    def beyond_training_by(self, X) -> dict[str, np.ndarray]:
+        """:meth:`beyond_training` reason by reason: per :data:`EXTENT` name, the rows above
+        the largest their dtype was trained on; under ``aligned``, the aligned rows of a dtype
+        trained on almost no aligned shape."""
         extent, above, dtypes = self._above_training(X)
-        return np.logical_or.reduce([*above.values(), self._aligned_unseen(X, dtypes)])
+        return {**above, "aligned": self._aligned_unseen(X, dtypes)}
 
     def outside_training(self, X) -> list[str | None]:
         """Per row, why it lies beyond the training shapes of its dtype (each dimension, the

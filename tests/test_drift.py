@@ -29,7 +29,8 @@ def _store_rows(store, frame: pd.DataFrame, when: dt.datetime, slower: float = 1
         for i, r in enumerate(frame.itertuples()):
             s.add(Measurement(sweep_id=sweep.id, device_id=dev.id, config_key=f"c{i}",
                               op_kind="gemm", m=int(r.m), n=int(r.n), k=int(r.k),
-                              dtype=r.dtype, layout="nn", backend="torch", status="ok",
+                              batch=int(r.batch), dtype=r.dtype, layout="nn",
+                              backend="torch", status="ok",
                               latency_ms_p10=r.latency_ms * slower,
                               latency_ms_median=r.latency_ms * slower * 1.02,
                               power_source="unavailable", created_at=when, params={}))
@@ -85,18 +86,26 @@ def test_a_registered_model_is_scored_on_new_shapes_and_on_shapes_measured_again
 
 
 def test_rows_stored_after_training_count_as_later_whatever_their_timestamp(
-        store, tmp_path, monkeypatch):
+        store, store_url, tmp_path, monkeypatch):
     """Measurements imported after the model was trained keep the time they were measured,
-    which may be older than its training rows': the recorded row id still places them."""
+    which may be older than its training rows': the recorded row id still places them. Here
+    they are batched, which the model never saw: the answers say so, and why."""
     from predictor import registry
 
     monkeypatch.setenv("HWNAS_MODELS", str(tmp_path / "models"))
     _store_rows(store, synthetic(30), dt.datetime(2026, 11, 20))
     row, _ = train_and_register(store, CPU, n_splits=3, n_estimators=10)
     assert row.meta["data_to_id"] == 60  # 30 shapes x 2 dtypes, the first rows stored
-    _store_rows(store, synthetic(5, seed=9), dt.datetime(2026, 11, 1))  # imported, older
+    later = synthetic(5, seed=9).assign(batch=4)
+    _store_rows(store, later, dt.datetime(2026, 11, 1))  # imported, older
     result = score_since_training(store, row)
     assert len(result.panels[NEW_SHAPES]) == 10 and result.older_not_trained == 0
+    assert result.panels[NEW_SHAPES].beyond_batch.all()
+    r = CliRunner().invoke(main, ["eval", "--db", store_url, "--device", "drift",
+                                  "--registered"])
+    assert r.exit_code == 0 and "10 of them were answered as beyond its training shapes" in \
+        r.output and re.search(r"\n    batch above the largest trained on: 10, [0-9.]+% "
+                               "within ±10%\n", r.output), r.output
     # A model registered before the id was recorded goes by timestamps: those rows are older
     # than its training data, so none counts as later.
     old = registry.find(store, CPU)

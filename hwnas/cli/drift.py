@@ -25,7 +25,7 @@ def _echo_header(result, default: bool, what: str, groups: dict[str, int]) -> No
 
 def echo_since_training(result, default: bool, worst: int) -> None:
     """The scores of each group, what they say, and the configs predicted worst."""
-    from predictor.drift import MEASURED_AGAIN, NEW_SHAPES
+    from predictor.drift import BEYOND_REASONS, MEASURED_AGAIN, NEW_SHAPES
     from predictor.evaluate import worst_configs
 
     row = result.row
@@ -52,6 +52,11 @@ def echo_since_training(result, default: bool, worst: int) -> None:
                        f"within ±10%"
                        + (f", {within[~flagged].mean() * 100:.1f}% of the other "
                           f"{(~flagged).sum()}" if (~flagged).any() else ""))
+            for reason, says in BEYOND_REASONS.items():  # what to measure to mend them
+                hit = new[f"beyond_{reason}"].to_numpy(bool)
+                if hit.any():
+                    click.echo(f"    {says}: {hit.sum()}, {within[hit].mean() * 100:.1f}% "
+                               "within ±10%")
     if MEASURED_AGAIN in tables:
         _echo_measured_again(_latency_all(tables[MEASURED_AGAIN])["median_ratio"], "shapes",
                              "hwnas train")
