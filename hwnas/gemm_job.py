@@ -141,6 +141,7 @@ class GemmJob:
             # after an interruption is stored with the sweep.
             plan, options = [], {"shapes": "adaptive", "min_size": min_size,
                                  "max_size": max_size, "seed": seed, "aligned": aligned,
+                                 "batched": batched, "max_batch": max_batch,
                                  "dtypes": dtype_list,
                                  "layouts": ["nn"], "budget": budget, "pool": pool,
                                  "round_size": round_size}
@@ -258,10 +259,13 @@ class GemmJob:
             s.commit()
         i = self.device.info
         profile = DeviceProfile(i.model, i.kind, int(i.sm_count or 1), peaks)
-        # Sweeps stored before the aligned share had none: resumed, they keep their pool.
+        # Sweeps stored before the aligned or batched shares had none: resumed, they keep
+        # their pool.
         frame = candidate_pool(opts["pool"], opts["min_size"], opts["max_size"],
-                               opts["dtypes"], opts["seed"], opts.get("aligned", 0.0))
-        ops = [Op.gemm(int(r.m), int(r.n), int(r.k), r.dtype) for r in frame.itertuples()]
+                               opts["dtypes"], opts["seed"], opts.get("aligned", 0.0),
+                               opts.get("batched", 0.0), opts.get("max_batch", 64))
+        ops = [Op.gemm(int(r.m), int(r.n), int(r.k), r.dtype, int(r.batch))
+               for r in frame.itertuples()]
         row_of = {op.key(): idx for idx, op in enumerate(ops)}
         sampler = AdaptiveSampler(profile, frame, seed=opts["seed"])
         total = SweepSummary(self.sweep_id, 0)

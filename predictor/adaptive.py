@@ -10,10 +10,10 @@ candidate to its nearest measured config (a weighted facility-location design): 
 config counts with the forest's variance there, so uncertain regions are filled in first, and
 densely populated ones before lone outliers.
 
-Distances are taken in log2 M, N, K (octaves), plus how full the last 16-element block of each
-dimension is (half weight: kernels pay for padding, so 32 and 33 are not neighbours), plus a
-fixed two-octave step between dtypes. The sampler starts with a uniform random tenth of the
-budget, then refits a forest after every round.
+Distances are taken in log2 M, N, K and batch (octaves), plus how full the last 16-element
+block of each dimension is (half weight: kernels pay for padding, so 32 and 33 are not
+neighbours), plus a fixed two-octave step between dtypes. The sampler starts with a uniform
+random tenth of the budget, then refits a forest after every round.
 """
 
 from __future__ import annotations
@@ -34,12 +34,15 @@ MAX_CANDIDATES = 4000  # unmeasured configs considered each round (random subset
 
 
 def candidate_pool(count: int, min_size: int, max_size: int, dtypes: list[str],
-                   seed: int = 0, aligned: float = 0.0) -> pd.DataFrame:
-    """``count`` log-uniform shapes (a share ``aligned`` of them aligned, as
-    :func:`collectors.gemm.shapes.random_shapes` does), each in every dtype, as a GEMM
-    frame."""
-    rows = [{"m": s.m, "n": s.n, "k": s.k, "batch": 1, "dtype": d, "trans_a": 0, "trans_b": 0}
-            for s in random_shapes(count, min_size, max_size, seed, aligned) for d in dtypes]
+                   seed: int = 0, aligned: float = 0.0, batched: float = 0.0,
+                   max_batch: int = 64) -> pd.DataFrame:
+    """``count`` log-uniform shapes (a share ``aligned`` of them aligned and a share
+    ``batched`` batched, as :func:`collectors.gemm.shapes.random_shapes` makes them), each in
+    every dtype, as a GEMM frame."""
+    rows = [{"m": s.m, "n": s.n, "k": s.k, "batch": s.batch, "dtype": d, "trans_a": 0,
+             "trans_b": 0}
+            for s in random_shapes(count, min_size, max_size, seed, aligned, batched, max_batch)
+            for d in dtypes]
     return pd.DataFrame(rows, columns=GEMM_COLUMNS).drop_duplicates(ignore_index=True)
 
 
@@ -54,8 +57,11 @@ def design_coordinates(frame: pd.DataFrame) -> np.ndarray:
     fill = block_fill(dims)
     dtypes = frame["dtype"].to_numpy()
     onehot = np.stack([dtypes == d for d in sorted(set(dtypes))], axis=1).astype(float)
+    # Unbatched configs sit at 0 on the batch axis: a pool without batched ones keeps the
+    # distances it had before there was one.
+    batch = np.log2(frame["batch"].to_numpy(float))
     # One-hot rows of two dtypes are sqrt(2) apart; scaled so that they are DTYPE_STEP apart.
-    return np.column_stack([np.log2(dims), FILL_WEIGHT * fill,
+    return np.column_stack([np.log2(dims), batch, FILL_WEIGHT * fill,
                             onehot * (DTYPE_STEP / np.sqrt(2))])
 
 

@@ -180,6 +180,24 @@ def test_adaptive_collection_measures_the_budget_from_the_pool(tmp_path):
     assert all(m.latency_ms_median > 0 and m.power_source == "unavailable" for m in rows)
 
 
+def test_adaptive_collection_chooses_among_batched_candidates_too(tmp_path):
+    from sqlalchemy import select
+
+    from collectors.store.db import Store
+    from collectors.store.models import Measurement, Sweep
+
+    db = f"sqlite:///{tmp_path / 'ab.sqlite'}"
+    r = run(["collect", "gemm", "--db", db, "--adaptive", "--budget", "8", "--pool", "30",
+             "--round-size", "4", "--max-size", "64", "--batched", "1", "--max-batch", "4",
+             "--min-time", "0.01", "--dtype", "fp32", "--no-progress", "--no-probe"])
+    assert r.exit_code == 0 and "8 done, 0 failed" in r.output, r.output
+    with Store(db).session() as s:
+        options = s.scalar(select(Sweep)).config["options"]
+        batches = [m.batch for m in s.scalars(select(Measurement))]
+    assert options["batched"] == 1.0 and options["max_batch"] == 4  # a resume draws the same
+    assert len(batches) == 8 and all(2 <= b <= 4 for b in batches)
+
+
 def test_an_interrupted_adaptive_collection_resumes_to_its_budget(tmp_path, monkeypatch):
     from sqlalchemy import select
 

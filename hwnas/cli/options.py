@@ -50,7 +50,8 @@ plan_options = stack_options([
                       "are (a log-uniform draw almost never is, and on GPUs such shapes miss "
                       "the fastest tensor-core kernels)."),
     click.option("--batched", type=click.FloatRange(0, 1), default=0.0, show_default=True,
-                 help="Share of --shapes random run as a batch of matrices (attention over "
+                 help="Share of --shapes random (and of an --adaptive sweep's candidates) run "
+                      "as a batch of matrices (attention over "
                       "heads, grouped and depthwise convolutions): batch drawn log-uniformly "
                       "from 2 to --max-batch, dimensions shrunk by its cube root so the work "
                       "stays that of one GEMM. A model trained on none flags batched queries "
