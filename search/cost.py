@@ -61,6 +61,23 @@ class ServiceCostSource:
         return costs, answer.total.latency_ms - sum(c.latency_ms for c in costs)
 
 
+class PinnedVersion:
+    """A prediction client whose network questions all name one model version (``hwnas search
+    --model-version``): a search run again later costs its networks with the model an earlier
+    run recorded (``prediction_model_version``), whatever has been trained since. The
+    version is the service's: the device's network model where it has one, else its GEMM
+    model."""
+
+    def __init__(self, client, version: int):
+        self.client, self.version = client, version
+
+    def predict_network(self, *args, **kwargs):
+        return self.client.predict_network(*args, **{**kwargs, "model_version": self.version})
+
+    def __getattr__(self, name: str):
+        return getattr(self.client, name)
+
+
 def first_arch_ops(cfg: SpaceConfig, batch: int = 1) -> list[dict]:
     """The op list of the space's first architecture (each decision's first option): the
     network the per-candidate costs are added to, and a small question that shows how the

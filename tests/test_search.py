@@ -219,6 +219,30 @@ def test_search_command_end_to_end_through_the_service(tmp_path, monkeypatch):
     assert v.predicted_for == "Test GPU" and not v.same_device and v.measured["latency_ms"] > 0
 
 
+def test_a_search_can_cost_its_networks_with_a_model_version_it_names(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from hwnas.cli import main
+    from tests.test_service import make_store, register
+
+    monkeypatch.setenv("HWNAS_MODELS", str(tmp_path / "models"))
+    store = make_store(tmp_path)
+    register(store, tmp_path, seed=4)  # v2 is the default now
+    args = ["search", "--db", store.url, "--device", "Test GPU", "--width", "8", "--depth", "2",
+            "--epochs", "1", "--retrain-epochs", "1", "--strategy", "gumbel", "--no-progress"]
+    out = tmp_path / "pinned"
+    r = CliRunner().invoke(main, [*args, "--model-version", "1", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert json.loads((out / "arch.json").read_text())["prediction_model_version"] == 1
+    for extra, code, says in [
+            (["--model-version", "9"], 1, "prediction service: NOT_FOUND: model_version: "
+                                          "--version 9: no such model version"),
+            (["--model-version", "1", "--calibrate", "5"], 2,
+             "--model-version and --calibrate: --calibrate fits a new network model")]:
+        r = CliRunner().invoke(main, [*args, *extra, "--out", str(tmp_path / "x")])
+        assert r.exit_code == code and says in r.output, r.output
+
+
 def _image_folder(root, n=6, size=12):
     from PIL import Image
 

@@ -52,6 +52,10 @@ from hwnas.output import print_table
                    "model from them and any network data already stored, so costs include the "
                    "per-layer overhead that sums of GEMM predictions leave out. Architectures "
                    "an earlier run measured are reused. 0: off.")
+@click.option("--model-version", type=click.IntRange(min=1), default=None,
+              help="Cost every network with this version of the device's model (the "
+                   "`prediction_model_version` an earlier search recorded), to repeat that "
+                   "search as it ran; default: the version the service answers with now.")
 @click.option("--data", "data_spec", default="digits", show_default=True,
               help="digits (scikit-learn's bundled 8x8 digits), or a local folder: CIFAR-10's "
                    "binary release (cifar-10-batches-bin) or one subfolder per class.")
@@ -66,8 +70,8 @@ from hwnas.output import print_table
 @friendly_errors
 def search_cmd(db_url, space, width, depth, strategy, epochs, retrain_epochs, latency_ms,
                power_w, energy_mj, tradeoff, margin, device_spec, server, pareto_fractions,
-               random_samples, calibrate, data_spec, resolution, limit, seed, out_dir,
-               no_progress) -> None:
+               random_samples, calibrate, model_version, data_spec, resolution, limit, seed,
+               out_dir, no_progress) -> None:
     """Hardware-aware differentiable NAS (digits by default, CIFAR-10 or a class-folder data set
     from a local path): find the most accurate
     network within latency/power/energy budgets on a device, using the prediction service for
@@ -79,6 +83,7 @@ def search_cmd(db_url, space, width, depth, strategy, epochs, retrain_epochs, la
     import grpc
 
     from collectors.devices import CpuDevice
+    from search.cost import PinnedVersion
     from search.data import load
     from search.job import (
         OP_SUM,
@@ -91,6 +96,9 @@ def search_cmd(db_url, space, width, depth, strategy, epochs, retrain_epochs, la
     from search.run import SearchConfig, local_device_for
     from search.spaces import SpaceConfig
 
+    if model_version and calibrate:
+        raise click.UsageError("--model-version and --calibrate: --calibrate fits a new "
+                               "network model to search with; give one of them")
     data = load(data_spec, resolution, seed, limit)
     _, channels, height, _ = data.x_train.shape
     space_cfg = SpaceConfig(space, in_channels=channels, resolution=height, width=width,
@@ -102,6 +110,8 @@ def search_cmd(db_url, space, width, depth, strategy, epochs, retrain_epochs, la
     device = device_spec or CpuDevice().info.model
     try:
         with prediction_client(server, db_url) as client:
+            if model_version:
+                client = PinnedVersion(client, model_version)
             if device_spec:
                 device = _served_device(client, device_spec)
             measure_on = local_device_for(device)
