@@ -20,6 +20,7 @@ from predictor.data import DataError, load_gemm_frame, op_power
 from predictor.evaluate import metrics_table
 
 NEW_SHAPES = "shapes new to the model"
+MEASURED_AGAIN = "shapes it was trained on, measured again"
 # Why an answer lies beyond the training shapes (GemmCostForest.beyond_training_by), as
 # the scored rows' beyond_<reason> columns hold it.
 BEYOND_REASONS = {"m": "m above the largest trained on", "n": "n above the largest trained on",
@@ -27,7 +28,6 @@ BEYOND_REASONS = {"m": "m above the largest trained on", "n": "n above the large
                   "batch": "batch above the largest trained on",
                   "flops": "FLOPs above the largest trained on",
                   "aligned": "aligned, where few training shapes were"}
-MEASURED_AGAIN = "shapes it was trained on, measured again"
 _KEY = ["m", "n", "k", "batch", "dtype", "trans_a", "trans_b"]
 
 
