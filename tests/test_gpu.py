@@ -35,24 +35,30 @@ def test_cupy_gemm_all_dtypes_match_numpy():
     from collectors.ops import Op
 
     backend = CupyBackend(0)
-    for dtype in ("fp32", "tf32", "fp16", "bf16"):
-        for layout in ("nn", "tn", "nt"):
-            op = Op.gemm(64, 48, 32, dtype, trans_a=layout[0] == "t", trans_b=layout[1] == "t")
-            prep = backend.prepare(op)
-            prep.fn()
-            cupy.cuda.Device().synchronize()
-            a, b, c = prep.fn._keepalive[:3]
-            def f32(x, dtype=dtype):
-                if dtype == "bf16":
-                    return (x.astype(cupy.uint32) << 16).view(cupy.float32)
-                return x.astype(cupy.float32)
-            av, bv = f32(a)[0], f32(b)[0]
-            av = av.T if op["trans_a"] else av
-            bv = bv.T if op["trans_b"] else bv
-            ref = cupy.asnumpy(av @ bv)
-            got = cupy.asnumpy(f32(c)[0])
-            tol = 1e-4 if dtype == "fp32" else 5e-2
-            assert np.allclose(got, ref, rtol=tol, atol=tol * np.abs(ref).max()), (dtype, layout)
+    # Batch 3: the strided-batched call (attention over heads), every matrix of it checked.
+    for dtype, layout, batch in [(d, lay, b) for d in ("fp32", "tf32", "fp16", "bf16")
+                                 for lay in ("nn", "tn", "nt") for b in (1, 3)]:
+        op = Op.gemm(64, 48, 32, dtype, batch, trans_a=layout[0] == "t",
+                     trans_b=layout[1] == "t")
+        prep = backend.prepare(op)
+        prep.fn()
+        cupy.cuda.Device().synchronize()
+        a, b, c = prep.fn._keepalive[:3]
+
+        def f32(x, dtype=dtype):
+            if dtype == "bf16":
+                return (x.astype(cupy.uint32) << 16).view(cupy.float32)
+            return x.astype(cupy.float32)
+
+        av, bv = f32(a), f32(b)
+        av = av.transpose(0, 2, 1) if op["trans_a"] else av
+        bv = bv.transpose(0, 2, 1) if op["trans_b"] else bv
+        ref = cupy.asnumpy(av @ bv)
+        got = cupy.asnumpy(f32(c))
+        assert got.shape == (batch, 64, 48)
+        tol = 1e-4 if dtype == "fp32" else 5e-2
+        assert np.allclose(got, ref, rtol=tol, atol=tol * np.abs(ref).max()), (dtype, layout,
+                                                                                 batch)
 
 
 def test_nvml_energy_window_reads_plausible_power():
