@@ -50,7 +50,10 @@ def test_a_batched_share_of_random_shapes_does_the_work_of_one_gemm():
     batched = [(s, u) for s, u in zip(mixed, unbatched, strict=True) if s.batch > 1]
     assert 80 < len(batched) < 160
     assert all(s.origin == f"random, batch {s.batch}" and 2 <= s.batch <= 32 for s, _ in batched)
-    assert {s for s in mixed if s.batch == 1} <= set(unbatched)  # the others are the plain ones
+    # The others are the plain ones, place for place, aligned ones too.
+    both = random_shapes(400, 16, 8192, seed=6, aligned=0.5, batched=0.3, max_batch=32)
+    assert [s for s, b in zip(plain, both, strict=True) if b.batch == 1] == [
+        b for b in both if b.batch == 1]
     for s, u in batched:  # each dimension shrunk by the batch's cube root, down to min_size
         for d, was in zip((s.m, s.n, s.k), (u.m, u.n, u.k), strict=True):
             assert d == max(16, round(was / s.batch ** (1 / 3)))

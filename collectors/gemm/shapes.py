@@ -49,7 +49,9 @@ def random_shapes(count: int = 100, min_size: int = 16, max_size: int = 4096,
     depthwise convolutions): a batch drawn log-uniformly from 2 to ``max_batch``, each
     dimension divided by the cube root of the batch (at least ``min_size``), so a batched
     GEMM does about the work of an unbatched one and a sweep's time stays what it was. The
-    shapes are those of ``batched=0`` and the same seed where both are 0."""
+    batches are drawn apart from the rest, so every unbatched shape (aligned or not) is the
+    one ``batched=0`` gives for the same seed: sweeps of one seed on other GPUs stay
+    comparable."""
     _check_range(min_size, max_size)
     if count < 1:
         raise ValueError(f"--count: must be a positive integer, got {count}")
@@ -66,8 +68,10 @@ def random_shapes(count: int = 100, min_size: int = 16, max_size: int = 4096,
     origins = np.full(count, "random", dtype=object)
     batch = np.ones(count, dtype=int)
     if batched > 0:
-        chosen = rng.random(count) < batched
-        drawn = np.round(np.exp(rng.uniform(np.log(2), np.log(max_batch), count))).astype(int)
+        batches = np.random.default_rng([seed, 1])  # a stream of its own (see above)
+        chosen = batches.random(count) < batched
+        drawn = np.round(np.exp(batches.uniform(np.log(2), np.log(max_batch), count)))
+        drawn = drawn.astype(int)
         batch = np.where(chosen, drawn, 1)
         scaled = np.round(dims / np.cbrt(batch)[:, None]).astype(int)
         dims = np.maximum(scaled, min_size)
