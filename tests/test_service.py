@@ -5,6 +5,7 @@ from __future__ import annotations
 import filecmp
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -230,6 +231,9 @@ def test_many_gemms_from_a_csv_here_and_from_the_service_agree(served):
     np.testing.assert_allclose(a.energy_j, a.power_w * a.latency_ms / 1e3, rtol=1e-4)
     assert a.latency_extrapolated.equals(b.latency_extrapolated)
     assert (a.beyond_training.notna() == a.latency_extrapolated).all()
+    # Here the summary says why, reason by reason: the batch-2 rows, every one of them.
+    assert re.search(rf"{a.latency_extrapolated.sum()} beyond the shapes the model was trained "
+                     rf"on \(by reason: .*batch {(a.batch == 2).sum()}[,)]", r.output), r.output
     # Each row is the answer to that GEMM alone.
     for i in (0, 1234, count - 1):
         row = a.iloc[i]

@@ -138,10 +138,13 @@ def cost_columns(costs: dict) -> dict:
 
 
 def echo_batch_summary(source: str, count: int, beyond: int, power: bool,
-                       out: str | None) -> None:
-    """What a batch prediction wrote, on standard error (standard output may be the CSV)."""
+                       out: str | None, why: dict[str, int] | None = None) -> None:
+    """What a batch prediction wrote, on standard error (standard output may be the CSV);
+    ``why``: how many rows each reason for lying beyond the training shapes flagged, where
+    known."""
     where = out if out not in (None, "-") else "stdout"
+    reasons = ", ".join(f"{reason} {n}" for reason, n in (why or {}).items() if n)
     click.echo(f"{source}: {count} GEMMs predicted -> {where}; {beyond} beyond the shapes "
-               "the model was trained on"
+               "the model was trained on" + (f" (by reason: {reasons})" if reasons else "")
                + ("" if power else "; power unavailable (no measured power for this device)"),
                err=True)

@@ -318,7 +318,9 @@ def predict_gemm(db_url, device_spec, m, n, k, dtype, batch, layout, version, sh
         write_costs_csv(shapes, {**cost_columns(vars(c)),
                                  "beyond_training": [why or "" for why in beyond]}, out)
         echo_batch_summary(f"{device_model} (model v{row.version})", len(shapes),
-                           sum(why is not None for why in beyond), c.power_w is not None, out)
+                           sum(why is not None for why in beyond), c.power_w is not None, out,
+                           {reason: int(rows.sum()) for reason, rows in
+                            model.beyond_training_by(shapes).items()})
         return
     dims = (op["m"], op["n"], op["k"])
     padded, shapes = shapes_with_padding(dims, op["trans_a"], op["trans_b"])
