@@ -341,7 +341,7 @@ def predict_gemm(db_url, device_spec, m, n, k, dtype, batch, layout, version, sh
             click.echo(f"  ({POWER_EXTRAPOLATED}, {model.power_min_latency_ms_:.3g} ms and up)")
     if beyond[0]:
         how = (": `hwnas collect gemm --shapes random --batched 0.25` measures batched ones"
-               if f"batch {op.batch} >" in beyond[0] else "")
+               if model.beyond_training_by(frame)["batch"][0] else "")
         click.echo(f"  (beyond the {op.dtype} shapes this model was trained on: {beyond[0]}; "
                    "the forest repeats what the nearest of them did, so measure shapes like "
                    f"this one to trust it{how})")

@@ -51,16 +51,18 @@ plan_options = stack_options([
                       "the fastest tensor-core kernels)."),
     click.option("--batched", type=click.FloatRange(0, 1), default=0.0, show_default=True,
                  help="Share of --shapes random (and of an --adaptive sweep's candidates) run "
-                      "as a batch of matrices (attention over "
-                      "heads, grouped and depthwise convolutions): batch drawn log-uniformly "
-                      "from 2 to --max-batch, dimensions shrunk by its cube root so the work "
-                      "stays that of one GEMM. A model trained on none flags batched queries "
-                      "as beyond its training shapes."),
+                      "as a batch of matrices (attention over heads, grouped and depthwise "
+                      "convolutions): batch drawn log-uniformly from 2 to --max-batch, "
+                      "dimensions shrunk by its cube root so the work stays that of one GEMM. "
+                      "A model trained on none flags batched queries as beyond its training "
+                      "shapes."),
     click.option("--max-batch", type=click.IntRange(min=2), default=64, show_default=True,
                  help="Largest batch of --batched shapes."),
     click.option("--layout", "layouts", default="nn", show_default=True,
                  help="Comma-separated transposes of A and B: nn, nt, tn, tt."),
 ])
+
+
 def check_shapes_csv(shape_set: str, adaptive: bool = False, resume: bool = False) -> None:
     """--shapes-csv names the shapes itself: refuse a sweep that names them another way too."""
     ctx = click.get_current_context()
