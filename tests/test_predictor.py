@@ -1186,3 +1186,14 @@ def test_deleting_a_retired_version_frees_its_file_and_keeps_its_number(tmp_path
     assert r.exit_code == 1 and "--version 1: 'Test GPU' gemm v1 was deleted" in r.output
     # The number is not given to the next model.
     assert registry.register(store, model, PROFILE.model, {}).version == 3
+    # Every retired version at once: v2 and v3 retired here, v1 deleted already.
+    for v in (2, 3):
+        registry.set_retired(store, registry.find(store, PROFILE.model, v), True)
+    r = run(main, models + ["--delete-retired"])
+    assert r.exit_code == 0, r.output
+    assert re.findall(r"deleted Test GPU gemm model v(\d): removed ", r.output) == ["2", "3"]
+    assert re.search(r"Test GPU: 2 retired version\(s\) deleted, [0-9.]+ MB freed", r.output)
+    r = run(main, models + ["--delete-retired"])
+    assert r.exit_code == 0 and "Test GPU: no retired version left to delete" in r.output
+    r = run(main, models + ["--delete-retired", "--version", "2"])
+    assert r.exit_code == 2 and "--delete-retired: deletes every retired version" in r.output

@@ -198,9 +198,12 @@ def _echo_record(rec: dict) -> None:
                    "deleted, so its number is never reused; it no longer answers, here or in "
                    "a running service within its refresh interval. Export it first to keep a "
                    "copy.")
+@click.option("--delete-retired", is_flag=True,
+              help="With --device (and --target): --delete every retired version of it at "
+                   "once, saying how much space that frees.")
 @friendly_errors
 def models(db_url, device_spec, target, version, as_json, export_to, retire, restore,
-           delete) -> None:
+           delete, delete_retired) -> None:
     """List registered models; the highest version per device and kind that is not retired is
     the default.
 
@@ -209,10 +212,12 @@ def models(db_url, device_spec, target, version, as_json, export_to, retire, res
     import json
 
     from predictor.registry import (
+        RegistryError,
         default_row,
         defaults,
         deleted,
         list_models,
+        model_file,
         outdated,
         retired,
         set_retired,
@@ -222,22 +227,43 @@ def models(db_url, device_spec, target, version, as_json, export_to, retire, res
     if device_spec is None:
         for flag, given in (("--target", target), ("--version", version), ("--json", as_json),
                             ("--export", export_to), ("--retire", retire),
-                            ("--restore", restore), ("--delete", delete)):
+                            ("--restore", restore), ("--delete", delete),
+                            ("--delete-retired", delete_retired)):
             if given:
                 raise click.UsageError(f"{flag} describes one model: name it with --device")
     actions = [f for f, given in (("--json", as_json), ("--export", export_to),
                                   ("--retire", retire), ("--restore", restore),
-                                  ("--delete", delete)) if given]
+                                  ("--delete", delete), ("--delete-retired", delete_retired))
+               if given]
     if len(actions) > 1:
         raise click.UsageError(f"{' and '.join(actions)}: give one of them")
     if (retire or restore or delete) and version is None:
         raise click.UsageError(f"{actions[0]}: name the version with --version")
+    if delete_retired and version is not None:
+        raise click.UsageError("--delete-retired: deletes every retired version; for one, "
+                               "--version V --delete")
     store = open_store(db_url)
     rows = list_models(store)
     if device_spec is not None:
         device_model = _registered_device(rows, device_spec)
         rows = [r for r in rows if r.device_model == device_model]
         row = _chosen(rows, target, version)
+        if delete_retired:
+            doomed = [r for r in rows if retired(r) and not deleted(r)
+                      and (target is None or r.target == target)]
+            freed = 0
+            for r in doomed:
+                try:
+                    freed += model_file(r).stat().st_size
+                except (RegistryError, OSError):  # already gone: nothing to free
+                    pass
+                _, path = delete_version(store, r)
+                click.echo(f"deleted {r.device_model} {r.target} model v{r.version}: "
+                           + (f"removed {path}" if path else "its file was already missing"))
+            click.echo(f"{device_model}: {len(doomed)} retired version(s) deleted, "
+                       f"{freed / 1e6:.1f} MB freed; their records stay, marked deleted"
+                       if doomed else f"{device_model}: no retired version left to delete")
+            return
         if delete:
             row, path = delete_version(store, row)
             click.echo(f"deleted {row.device_model} {row.target} model v{row.version}: "
