@@ -284,9 +284,10 @@ def _mark(store: Store, row: ModelVersion, event: str, on: bool) -> ModelVersion
         return current
 
 
-def delete(store: Store, row: ModelVersion) -> tuple[ModelVersion, Path | None]:
+def delete(store: Store, row: ModelVersion) -> tuple[ModelVersion, Path | None, int]:
     """Remove a retired version's file and mark its record deleted: (the record, the file
-    removed, None where it was already missing). Only a retired version, so that no request
+    removed, None where it was already missing, and the bytes that freed). Only a retired
+    version, so that no request
     naming no version ever moves to or from it here; a running service stops answering
     requests that name it within its refresh interval."""
     if deleted(row):
@@ -297,14 +298,15 @@ def delete(store: Store, row: ModelVersion) -> tuple[ModelVersion, Path | None]:
                             "retired; retire it first (--retire), then delete it")
     try:
         path: Path | None = model_file(row)
-    except RegistryError:
-        path = None
+        size = path.stat().st_size
+    except (RegistryError, OSError):
+        path, size = None, 0
     # The record first: a crash in between leaves a stray file, never a record that offers
     # a model whose file is gone.
     marked = _mark(store, row, "deleted", True)
     if path is not None:
         path.unlink(missing_ok=True)
-    return marked, path
+    return marked, path, size
 
 
 def outdated(row: ModelVersion) -> bool:

@@ -163,6 +163,17 @@ def _echo_record(rec: dict) -> None:
             click.echo(f"  {key}: {json.dumps(meta[key], default=str)}")
 
 
+def _delete(store, row, after: str = "") -> int:
+    """Delete a retired version (:func:`predictor.registry.delete`), say so (then ``after``),
+    and return the bytes its file freed."""
+    from predictor.registry import delete
+
+    row, path, size = delete(store, row)
+    click.echo(f"deleted {row.device_model} {row.target} model v{row.version}: "
+               + (f"removed {path}" if path else "its file was already missing") + after)
+    return size
+
+
 @main.command()
 @DB_OPTION
 @click.option("--device", "device_spec", default=None,
@@ -212,17 +223,14 @@ def models(db_url, device_spec, target, version, as_json, export_to, retire, res
     import json
 
     from predictor.registry import (
-        RegistryError,
         default_row,
         defaults,
         deleted,
         list_models,
-        model_file,
         outdated,
         retired,
         set_retired,
     )
-    from predictor.registry import delete as delete_version
 
     if device_spec is None:
         for flag, given in (("--target", target), ("--version", version), ("--json", as_json),
@@ -251,25 +259,14 @@ def models(db_url, device_spec, target, version, as_json, export_to, retire, res
         if delete_retired:
             doomed = [r for r in rows if retired(r) and not deleted(r)
                       and (target is None or r.target == target)]
-            freed = 0
-            for r in doomed:
-                try:
-                    freed += model_file(r).stat().st_size
-                except (RegistryError, OSError):  # already gone: nothing to free
-                    pass
-                _, path = delete_version(store, r)
-                click.echo(f"deleted {r.device_model} {r.target} model v{r.version}: "
-                           + (f"removed {path}" if path else "its file was already missing"))
+            freed = sum(_delete(store, r) for r in doomed)
             click.echo(f"{device_model}: {len(doomed)} retired version(s) deleted, "
                        f"{freed / 1e6:.1f} MB freed; their records stay, marked deleted"
                        if doomed else f"{device_model}: no retired version left to delete")
             return
         if delete:
-            row, path = delete_version(store, row)
-            click.echo(f"deleted {row.device_model} {row.target} model v{row.version}: "
-                       + (f"removed {path}" if path else "its file was already missing")
-                       + "; its record stays, marked deleted, so v"
-                       f"{row.version} will not name another model")
+            _delete(store, row, f"; its record stays, marked deleted, so v{row.version} will "
+                                "not name another model")
             return
         if retire or restore:
             set_retired(store, row, retire)
