@@ -148,6 +148,25 @@ def test_experiment_option_errors_before_anything_starts(args, match, tmp_path):
     assert not (tmp_path / "o" / "nni").exists()
 
 
+def test_experiment_pinning_a_version_the_service_lacks_is_refused(tmp_path, monkeypatch):
+    from tests.test_service import make_store
+
+    monkeypatch.setenv("HWNAS_MODELS", str(tmp_path / "models"))
+    store = make_store(tmp_path)  # Test GPU's model v1
+    args = ["experiment", "--db", store.url, "--seed", "0", "--out", str(tmp_path / "o"),
+            "--", "--device", "Test GPU", "--model-version"]
+    r = CliRunner().invoke(main, [*args, "2"])
+    assert r.exit_code == 2, r.output
+    assert "--model-version 2" in r.output and "(it has 1)" in r.output
+    assert not (tmp_path / "o" / "nni").exists()
+    # The version it has passes the check (and the experiment then fails at NNI's start here,
+    # past the point this test is about).
+    monkeypatch.setattr("search.experiment.run_experiment",
+                        lambda *a, **k: (_ for _ in ()).throw(RuntimeError("stopped here")))
+    r = CliRunner().invoke(main, [*args, "1"])
+    assert r.exit_code == 1 and "stopped here" in r.output, r.output
+
+
 def test_local_nni_experiment_runs_searches_against_the_service(tmp_path, monkeypatch):
     from tests.test_service import make_store
 

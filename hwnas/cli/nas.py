@@ -320,9 +320,10 @@ def _echo_slow_cautions(points: list[dict]) -> None:
                       "quiet: hwnas verify on the output folder", point["label"])
 
 
-def _check_models_served(address: str, devices: list[str]) -> None:
+def _check_models_served(address: str, devices: list[str], version: int | None = None) -> None:
     """Refuse to start an experiment whose trials would all fail: a device the prediction
-    service at ``address`` has no model for (UsageError naming it and the remedy)."""
+    service at ``address`` has no model for, or not the ``version`` the trials pin (UsageError
+    naming it and the remedy)."""
     import grpc
 
     from hwnas.client import PredictorClient
@@ -336,7 +337,15 @@ def _check_models_served(address: str, devices: list[str]) -> None:
                     raise click.ClickException(f"prediction service at {address}: "
                                                f"{exc.code().name}: {exc.details()}") from None
                 models = []
-            if not any(m.latest for m in models):  # none, or every version retired
+            if version is not None:
+                if not any(m.version == version for m in models):  # deleted ones are not listed
+                    held = sorted({m.version for m in models})
+                    raise click.UsageError(
+                        f"--model-version {version}: the prediction service at {address} has "
+                        f"no version {version} of {device}'s models (it has "
+                        f"{', '.join(map(str, held)) or 'none'}), so every trial would fail; "
+                        "see hwnas models --device")
+            elif not any(m.latest for m in models):  # none, or every version retired
                 raise click.UsageError(
                     f"{device}: the prediction service at {address} has no model for it, so "
                     "every trial would fail; first run hwnas search --calibrate 20 with the "
@@ -420,7 +429,7 @@ def experiment_cmd(db_url, server, latency_list, tradeoff_list, seed_list, strat
                               training_service, [Machine.parse(m) for m in machines], ssh_key,
                               python, manager_ip, Path(out_dir))
         # Every trial's command line must parse before any trial starts.
-        devices = set()
+        devices, pinned = set(), None
         for point in grid_points(spec):
             argv = trial_argv(spec.search_args, point, address, Path(out_dir))
             params = search_cmd.make_context("search", argv[1:]).params
@@ -429,12 +438,13 @@ def experiment_cmd(db_url, server, latency_list, tradeoff_list, seed_list, strat
                     "--calibrate: calibrate once before the experiment (hwnas search "
                     "--calibrate N with the same space options), not in every trial: trials "
                     "running at once would measure side by side")
+            pinned = params["model_version"]  # the same in every trial: the grid leaves it
             named = (params["device_spec"] or "cpu").strip()
             if not names_local_device(named):
                 devices.add(named)
             elif training_service == "local":  # on remote machines it names theirs
                 devices.add(local_model(named))
-        _check_models_served(address, sorted(devices))
+        _check_models_served(address, sorted(devices), pinned)
         click.echo(f"{spec.trial_count()} trials ({training_service}), costs from {address}")
         try:
             outcomes = run_experiment(spec, port, not no_progress)
