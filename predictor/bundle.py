@@ -157,7 +157,7 @@ def import_bundle(store: Store, path: str | Path, directory: Path | None = None)
         same = [r for r in s.scalars(select(ModelVersion).where(
             ModelVersion.device_model == device_model, ModelVersion.target == target,
             ModelVersion.sha256 == manifest["sha256"])) if not registry.deleted(r)]
-    if same:  # a deleted version's file is gone: the bundle brings it back as a new version
+    if same:  # saves the trial load; registration checks again, under its lock
         return Imported(same[0], False, manifest)
     # Retirement is a store's choice of default, not part of the model: an exported retired
     # version arrives as an ordinary one.
@@ -172,9 +172,11 @@ def import_bundle(store: Store, path: str | Path, directory: Path | None = None)
 
             upsert_device(s, _device_info(device_model, meta))
             s.commit()
-    row = registry.register_file(store, device_model, target, data, ".skops",
-                                 manifest["has_power"], manifest["n_samples"], meta, directory)
-    return Imported(row, True, manifest)
+    # A deleted version's file is gone: the bundle brings it back as a new version.
+    row, added = registry.register_file(store, device_model, target, data, ".skops",
+                                        manifest["has_power"], manifest["n_samples"], meta,
+                                        directory)
+    return Imported(row, added, manifest)
 
 
 def _trial_load(manifest: dict, meta: dict, data: bytes, name: str) -> None:

@@ -6,9 +6,10 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import tempfile
 from pathlib import Path
 
-from sqlalchemy import func, select
+from sqlalchemy import false, func, select, text, update
 
 from collectors.paths import data_dir
 from collectors.store.db import Store
@@ -55,24 +56,58 @@ def _slug(text: str) -> str:
 
 
 def _record(store: Store, device_model: str, target: str, suffix: str, write, has_power: bool,
-            n_samples: int, meta: dict, directory: Path | None) -> ModelVersion:
-    """Write a model file with ``write(path)`` and add version N+1 of (device, target)."""
+            n_samples: int, meta: dict, directory: Path | None,
+            reuse_identical: bool = False) -> tuple[ModelVersion, bool]:
+    """Write a model file with ``write(path)`` and add version N+1 of (device, target):
+    (the row, True). With ``reuse_identical``, a version not deleted whose file has the same
+    SHA-256 is returned instead and nothing is added: (that row, False)."""
     directory = directory or models_dir()
     directory.mkdir(parents=True, exist_ok=True)
-    with store.session() as s:
-        last = s.scalar(select(func.max(ModelVersion.version)).where(
-            ModelVersion.device_model == device_model, ModelVersion.target == target)) or 0
-        version = last + 1
-        path = directory / f"{_slug(device_model)}-{target}-v{version}{suffix}"
-        tmp = path.with_suffix(".tmp")
+    # Written and hashed before the lock, under a name of its own: the slow part, which
+    # concurrent registrations may do side by side.
+    fd, name = tempfile.mkstemp(prefix=".registering-", suffix=".tmp", dir=directory)
+    os.close(fd)
+    tmp = Path(name)
+    try:
         write(tmp)
-        os.replace(tmp, path)  # never leave a half-written file under the final name
-        row = ModelVersion(device_model=device_model, target=target, version=version,
-                           path=str(path), sha256=sha256_file(path), has_power=has_power,
-                           n_samples=n_samples, meta=meta)
-        s.add(row)
-        s.commit()
-        return row
+        digest = sha256_file(tmp)
+        with store.session() as s:
+            _lock_versions(s)
+            if reuse_identical:
+                same = [r for r in s.scalars(select(ModelVersion).where(
+                    ModelVersion.device_model == device_model, ModelVersion.target == target,
+                    ModelVersion.sha256 == digest)) if not deleted(r)]
+                if same:
+                    return same[0], False
+            last = s.scalar(select(func.max(ModelVersion.version)).where(
+                ModelVersion.device_model == device_model, ModelVersion.target == target)) or 0
+            version = last + 1
+            path = directory / f"{_slug(device_model)}-{target}-v{version}{suffix}"
+            # Under its final name before the record exists: a crash in between leaves a
+            # stray file (the next registration of this version replaces it), never a record
+            # whose file is missing.
+            os.replace(tmp, path)
+            row = ModelVersion(device_model=device_model, target=target, version=version,
+                               path=str(path), sha256=digest, has_power=has_power,
+                               n_samples=n_samples, meta=meta)
+            s.add(row)
+            s.commit()
+            return row, True
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _lock_versions(s) -> None:
+    """Hold the right to add model versions until the session's transaction ends, so that
+    concurrent registrations (two `hwnas train` runs on machines sharing a store, one bundle
+    imported twice at once) take turns: each sees the versions the others added, and none
+    takes a number another holds. Reading models is not blocked."""
+    if s.get_bind().dialect.name == "postgresql":
+        s.execute(text("LOCK TABLE model_version IN SHARE ROW EXCLUSIVE MODE"))
+    else:
+        # SQLite: a write statement, even one that changes no row, takes the database's write
+        # lock; other writers wait for it (busy_timeout).
+        s.execute(update(ModelVersion).where(false()).values(version=ModelVersion.version))
 
 
 def register(store: Store, model: GemmCostForest, device_model: str, meta: dict,
@@ -92,7 +127,7 @@ def register(store: Store, model: GemmCostForest, device_model: str, meta: dict,
                     "bound": model.bound_,
                     **({"power_min_latency_ms": model.power_min_latency_ms_}
                        if model.has_power_ else {})},
-                   directory)
+                   directory)[0]
 
 
 def register_skops(store: Store, device_model: str, target: str, obj, n_samples: int,
@@ -101,7 +136,7 @@ def register_skops(store: Store, device_model: str, target: str, obj, n_samples:
     import skops.io as sio
 
     return _record(store, device_model, target, ".skops", lambda p: sio.dump(obj, p), False,
-                   n_samples, meta, directory)
+                   n_samples, meta, directory)[0]
 
 
 def load_skops(row: ModelVersion):
@@ -127,10 +162,11 @@ def checked_skops_types(path: Path) -> list[str]:
 
 def register_file(store: Store, device_model: str, target: str, data: bytes, suffix: str,
                   has_power: bool, n_samples: int, meta: dict,
-                  directory: Path | None = None) -> ModelVersion:
-    """Register a model file's bytes as they are (a model brought from another store)."""
+                  directory: Path | None = None) -> tuple[ModelVersion, bool]:
+    """Register a model file's bytes as they are (a model brought from another store), unless
+    a version not deleted holds the same bytes: (the new row, True), or (that row, False)."""
     return _record(store, device_model, target, suffix, lambda p: p.write_bytes(data),
-                   has_power, n_samples, meta, directory)
+                   has_power, n_samples, meta, directory, reuse_identical=True)
 
 
 def register_json(store: Store, device_model: str, target: str, text: str, n_samples: int,
@@ -140,7 +176,7 @@ def register_json(store: Store, device_model: str, target: str, text: str, n_sam
         path.write_text(text)
 
     return _record(store, device_model, target, ".json", write, False, n_samples, meta,
-                   directory)
+                   directory)[0]
 
 
 def read_json(row: ModelVersion) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -1197,3 +1198,46 @@ def test_deleting_a_retired_version_frees_its_file_and_keeps_its_number(tmp_path
     assert r.exit_code == 0 and "Test GPU: no retired version left to delete" in r.output
     r = run(main, models + ["--delete-retired", "--version", "2"])
     assert r.exit_code == 2 and "--delete-retired: deletes every retired version" in r.output
+
+
+def test_concurrent_registrations_take_turns(store, tmp_path, monkeypatch):
+    """Three registrations at once (as two `hwnas train` runs sharing a PostgreSQL store may
+    be), each held up while it hashes its file: three versions, each with its own file, and no
+    clash over a number. The same bundle imported three times at once lands once."""
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from predictor import bundle
+
+    hash_file = registry.sha256_file
+    monkeypatch.setattr(registry, "sha256_file",
+                        lambda path: (time.sleep(0.2), hash_file(path))[1])
+    start = threading.Barrier(3)
+
+    def together(fn):
+        def go(i):
+            start.wait()
+            return fn(i)
+        with ThreadPoolExecutor(3) as pool:
+            return list(pool.map(go, range(3)))
+
+    rows = together(lambda i: registry.register_json(store, "Dev", "nb201", f'{{"i": {i}}}', 1,
+                                                     {}, tmp_path / "m"))
+    assert sorted(r.version for r in rows) == [1, 2, 3]
+    for i, row in enumerate(rows):
+        assert registry.read_json(registry.find(store, "Dev", row.version,
+                                                target="nb201")) == f'{{"i": {i}}}'
+    assert not list((tmp_path / "m").glob("*.tmp"))  # no file left half-registered
+
+    model = fit_full(synthetic(30, seed=0), PROFILE, n_estimators=5)
+    row = registry.register(store, model, PROFILE.model, {"dtypes": ["fp16"]}, tmp_path / "a")
+    out = bundle.export_bundle(row, tmp_path / "b.zip")
+    # Deleted, so that importing the bundle adds a version.
+    registry.delete(store, registry.set_retired(store, row, True))
+    imported = together(lambda i: bundle.import_bundle(store, out, tmp_path / "b"))
+    assert sorted(got.added for got in imported) == [False, False, True]
+    assert {got.row.version for got in imported} == {2}
+    assert [r.version for r in registry.list_models(store)
+            if r.device_model == PROFILE.model and not registry.deleted(r)] == [2]
+    assert [p.name for p in (tmp_path / "b").iterdir()] == [Path(imported[0].row.path).name]
