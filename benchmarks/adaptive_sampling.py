@@ -19,6 +19,7 @@ whole pool, where both curves head as the budget grows.
                                            [--rounds 3] [--repeats 5] [--threads 1] [--csv F]
                                            [--latencies FILE] [--pool-seed 1] [--test-seed 2]
                                            [--plot F.png] [--on cuda:0] [--aligned 0.5]
+                                           [--batched 0.25 --max-batch 64]
 
 With ``--exports F1,F2`` it replays on measurements taken elsewhere (a GPU's GEMMs, from
 `hwnas db export`): a random ``--test-share`` of their shapes is the test set, the rest the
@@ -48,7 +49,14 @@ from predictor.evaluate import dtypes_seen, metrics
 from predictor.features import DeviceProfile
 from predictor.forest import GEMM_COLUMNS, GemmCostForest
 
-CONFIG_KEY = ["m", "n", "k", "dtype"]  # a config's key in the latency cache
+# A config's key in the latency cache, in ``Op.gemm``'s order. Files written before batched
+# configs have no batch column: their configs are single GEMMs.
+CONFIG_KEY = ["m", "n", "k", "dtype", "batch"]
+
+
+def config_key(row) -> tuple:
+    """The cache key of a row (of itertuples) of a pool, test set or latency file."""
+    return int(row.m), int(row.n), int(row.k), row.dtype, int(getattr(row, "batch", 1))
 
 
 def plot_curves(curves: dict[str, list[tuple[int, dict]]], final: float, whole: float,
@@ -107,6 +115,10 @@ def main() -> None:
     ap.add_argument("--aligned", type=float, default=0.0,
                     help="share of the random shapes with dimensions multiples of 8..128 "
                          "(as in the GPU sweeps' GEMM_ALIGNED)")
+    ap.add_argument("--batched", type=float, default=0.0,
+                    help="share of the random shapes run as a batch of 2..--max-batch GEMMs "
+                         "(as `hwnas collect gemm --batched`)")
+    ap.add_argument("--max-batch", type=int, default=64)
     ap.add_argument("--on", default="cpu",
                     help="where to measure: cpu or cuda:N (N: a GPU of this machine)")
     ap.add_argument("--rounds", type=int, default=3,
@@ -148,13 +160,12 @@ def from_exports(args) -> tuple[DeviceProfile, pd.DataFrame, pd.DataFrame, dict,
     frame, profile = frame_from_exports(args.exports.split(","), args.device)
     # One latency per config (a config measured twice, on two GPUs of one model: the median).
     frame = frame.groupby(GEMM_COLUMNS, as_index=False).latency_ms.median()
-    shapes = frame[["m", "n", "k"]].drop_duplicates().to_numpy()
+    shape = ["m", "n", "k", "batch"]
+    shapes = frame[shape].drop_duplicates().to_numpy()
     rng = np.random.default_rng(args.test_seed)
     held = shapes[rng.permutation(len(shapes))[:round(args.test_share * len(shapes))]]
-    is_test = pd.MultiIndex.from_frame(frame[["m", "n", "k"]]).isin(
-        pd.MultiIndex.from_arrays(held.T))
-    cache = {(int(r.m), int(r.n), int(r.k), r.dtype): float(r.latency_ms)
-             for r in frame.itertuples()}
+    is_test = pd.MultiIndex.from_frame(frame[shape]).isin(pd.MultiIndex.from_arrays(held.T))
+    cache = {config_key(r): float(r.latency_ms) for r in frame.itertuples()}
     pool = frame.loc[~is_test, GEMM_COLUMNS].reset_index(drop=True)
     test = frame.loc[is_test, GEMM_COLUMNS].reset_index(drop=True)
     source = (f"{profile.model} ({profile.kind}), replayed from {args.exports}; dtypes "
@@ -200,19 +211,19 @@ def measure_here(args):
             with open(profile_file, "w") as f:
                 json.dump(profile.to_dict(), f)
     policy = TimingPolicy(min_time_s=args.min_time)
+    shapes = {"aligned": args.aligned, "batched": args.batched, "max_batch": args.max_batch}
     pool = candidate_pool(args.pool, args.min_size, args.max_size, dtypes, seed=args.pool_seed,
-                          aligned=args.aligned)
+                          **shapes)
     test = candidate_pool(args.test, args.min_size, args.max_size, dtypes,
-                          seed=args.test_seed, aligned=args.aligned)
+                          seed=args.test_seed, **shapes)
     cols = CONFIG_KEY
-    keys = sorted(set(pool[cols].itertuples(index=False, name=None))
-                  | set(test[cols].itertuples(index=False, name=None)))
+    keys = sorted({config_key(r) for r in pool.itertuples()}
+                  | {config_key(r) for r in test.itertuples()})
     cache = {key: np.inf for key in keys}
     t0 = time.perf_counter()
     if replay:
         stored = pd.read_csv(args.latencies)
-        cache.update({(int(r.m), int(r.n), int(r.k), r.dtype): float(r.latency_ms)
-                      for r in stored.itertuples()})
+        cache.update({config_key(r): float(r.latency_ms) for r in stored.itertuples()})
         missing = [k for k, v in cache.items() if not np.isfinite(v)]
         if missing:
             raise SystemExit(f"{args.latencies} lacks {len(missing)} configs of this pool/test")
@@ -225,7 +236,7 @@ def measure_here(args):
         started = partial != os.devnull and os.path.exists(partial) and os.path.getsize(partial)
         if started:
             for r in pd.read_csv(partial).itertuples():
-                key = (int(r.m), int(r.n), int(r.k), r.dtype)
+                key = config_key(r)
                 cache[key] = min(cache[key], float(r.latency_ms))
                 done.add((key, int(r.round)))
             print(f"resuming from {partial}: {len(done)} measurements taken before")
@@ -266,7 +277,7 @@ def run_and_report(args, profile: DeviceProfile, pool: pd.DataFrame, test: pd.Da
                    cache: dict, source: str) -> None:
     """Both samplers over the pool, scored on the test set; prints and writes the curves."""
     cols = CONFIG_KEY
-    test_y = np.array([cache[key] for key in test[cols].itertuples(index=False, name=None)])
+    test_y = np.array([cache[config_key(r)] for r in test.itertuples()])
 
     def score(measured: dict[int, float]) -> dict[str, float]:
         idx = np.fromiter(measured, dtype=int)
@@ -283,7 +294,7 @@ def run_and_report(args, profile: DeviceProfile, pool: pd.DataFrame, test: pd.Da
 
     def true_error(model: GemmCostForest, frame: pd.DataFrame) -> np.ndarray:
         """The oracle's covering weights: the forest's squared log error on ``frame``."""
-        y = np.array([cache[key] for key in frame[cols].itertuples(index=False, name=None)])
+        y = np.array([cache[config_key(r)] for r in frame.itertuples()])
         return np.log(model.predict(frame) / y) ** 2
 
     # Per sampler, per seed: the scores after each round, by the number of configs measured.
