@@ -16,12 +16,20 @@ class DataError(ValueError):
     """No usable data for the request; the message says what is missing."""
 
 
-def resolve_device_model(store: Store, spec: str) -> str:
+def resolve_device_model(store: Store, spec: str | None) -> str:
     """``cpu`` / ``cuda:N`` (this machine's device), an exact model name, or a unique
-    case-insensitive part of one."""
+    case-insensitive part of one; none (None or blank): the store's only device model, where
+    it holds just one."""
     with store.session() as s:
         models = sorted(set(s.scalars(select(Device.model))))
-    key = spec.strip()
+    key = (spec or "").strip()
+    if not key:
+        if len(models) == 1:
+            return models[0]
+        raise DataError("--device: " + (f"the store holds {len(models)} device models "
+                                        f"({'; '.join(models)}); name one" if models else
+                                        "the store holds no device yet: run a sweep or an "
+                                        "import first"))
     local = local_model(key)
     if local is not None:
         return local

@@ -559,6 +559,22 @@ def test_cli_import_train_predict(tmp_path, monkeypatch):
                    "--k", "5"])
     assert r.exit_code == 1 and "no measurements of such a device" in r.output
     assert "Traceback" not in r.output
+    # No --device: the store's only device; none, or several, is an error that says so.
+    gemm = ["predict", "gemm", "--m", "500", "--n", "500", "--k", "500"]
+    r = run(main, [*gemm, "--db", db])
+    assert r.exit_code == 0 and r.output.startswith("NVIDIA GeForce RTX 4070 (model v1)")
+    r = run(main, [*gemm, "--db", f"sqlite:///{tmp_path / 'empty.sqlite'}"])
+    assert r.exit_code == 1 and "--device: the store holds no device yet" in r.output
+    from collectors.devices import DeviceInfo
+    from collectors.store.db import Store
+    from collectors.store.repo import upsert_device
+
+    with Store(db).session() as s:
+        upsert_device(s, DeviceInfo(name="cpu", kind="cpu", model="Other CPU", host="h"))
+        s.commit()
+    r = run(main, [*gemm, "--db", db])
+    assert r.exit_code == 1 and ("--device: the store holds 2 device models (NVIDIA GeForce "
+                                 "RTX 4070; Other CPU); name one") in r.output, r.output
     r = run(main, ["models", "--db", db])
     assert "NVIDIA GeForce RTX 4070" in r.output
     r = run(main, ["eval", "--db", db, "--device", "4070", "--trees", "10", "--folds", "3",

@@ -131,9 +131,10 @@ OUT_OPTION = click.option(
     help="With --shapes-csv: the CSV to write (default: standard output; the summary goes to "
          "standard error).")
 
-DEVICE_ARG = click.option("--device", "device_spec", required=True,
+DEVICE_ARG = click.option("--device", "device_spec", default=None,
                           help="cpu, cuda:N, or a device model name (or a unique part of it) "
-                               "as listed by `hwnas models` / `hwnas db info`.")
+                               "as listed by `hwnas models` / `hwnas db info`; default: the "
+                               "store's only device, where it holds one.")
 
 
 SERVER_OPTIONS = [
