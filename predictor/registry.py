@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import tempfile
+import uuid
 from pathlib import Path
 
 from sqlalchemy import false, func, select, text, update
@@ -65,9 +65,8 @@ def _record(store: Store, device_model: str, target: str, suffix: str, write, ha
     directory.mkdir(parents=True, exist_ok=True)
     # Written and hashed before the lock, under a name of its own: the slow part, which
     # concurrent registrations may do side by side.
-    fd, name = tempfile.mkstemp(prefix=".registering-", suffix=".tmp", dir=directory)
-    os.close(fd)
-    tmp = Path(name)
+    # (Not mkstemp: its file is private to this user, and a model folder may be shared.)
+    tmp = directory / f".registering-{uuid.uuid4().hex}.tmp"
     try:
         write(tmp)
         digest = sha256_file(tmp)

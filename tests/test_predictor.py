@@ -1245,6 +1245,10 @@ def test_concurrent_registrations_take_turns(store, tmp_path, monkeypatch):
         assert registry.read_json(registry.find(store, "Dev", row.version,
                                                 target="nb201")) == f'{{"i": {i}}}'
     assert not list((tmp_path / "m").glob("*.tmp"))  # no file left half-registered
+    umask = os.umask(0)
+    os.umask(umask)
+    # As open() makes files (a model folder may be shared), not private as mkstemp's are.
+    assert {os.stat(r.path).st_mode & 0o777 for r in rows} == {0o666 & ~umask}
 
     model = fit_full(synthetic(30, seed=0), PROFILE, n_estimators=5)
     row = registry.register(store, model, PROFILE.model, {"dtypes": ["fp16"]}, tmp_path / "a")
