@@ -1,0 +1,70 @@
+"""The cupy GEMM backend's cuBLAS calls, checked on any machine through tests/fake_cupy.py: the
+row-major product each dtype, layout and batch asks for is what the column-major calls compute
+(leading dimensions, batch strides, the operands swapped), and no call reads past its arrays.
+The real cuBLAS runs the same check in tests/test_gpu.py where there is a GPU."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from collectors.ops import Op
+from tests import fake_cupy
+
+
+@pytest.fixture
+def backend(monkeypatch):
+    fake_cupy.install(monkeypatch)
+    from collectors.gemm.backends import CupyBackend
+
+    return CupyBackend(0)
+
+
+def _as_float(x: np.ndarray, dtype: str) -> np.ndarray:
+    x = np.asarray(x)
+    if dtype == "bf16":
+        return (x.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+    return x.astype(np.float64)
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "tf32", "fp16", "bf16"])
+@pytest.mark.parametrize("layout", ["nn", "tn", "nt", "tt"])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_every_call_computes_the_row_major_product(backend, dtype, layout, batch):
+    op = Op.gemm(40, 24, 56, dtype, batch, trans_a=layout[0] == "t", trans_b=layout[1] == "t")
+    prep = backend.prepare(op)
+    a, b, c = prep.fn._keepalive[:3]
+    assert c.shape == (batch, 40, 24)
+    prep.fn()
+    av, bv = _as_float(a, dtype), _as_float(b, dtype)
+    av = av.transpose(0, 2, 1) if op["trans_a"] else av
+    bv = bv.transpose(0, 2, 1) if op["trans_b"] else bv
+    ref = av @ bv
+    tol = 1e-5 if dtype in ("fp32", "tf32") else 1e-2
+    np.testing.assert_allclose(_as_float(c, dtype), ref, rtol=tol, atol=tol * np.abs(ref).max())
+    assert np.abs(ref).max() > 1  # a product of random operands, not zeros
+
+
+def test_the_fake_refuses_what_cublas_would_not_do(backend):
+    """The check above can fail: a leading dimension or batch stride off by one is caught."""
+    import cupy
+
+    from collectors.gemm.backends import CUBLAS_OP_N, CUDA_R_32F
+
+    a = cupy.random.standard_normal((2, 8, 8), dtype=cupy.float32)
+    c = cupy.zeros((2, 8, 8), dtype=cupy.float32)
+    one, zero = np.array(1.0, np.float32), np.array(0.0, np.float32)
+    args = (1, CUBLAS_OP_N, CUBLAS_OP_N, 8, 8, 8, one.ctypes.data)
+    ok = (a.data.ptr, CUDA_R_32F, 8, 64, a.data.ptr, CUDA_R_32F, 8, 64, zero.ctypes.data,
+          c.data.ptr, CUDA_R_32F, 8, 64, 2, 0, -1)
+    cupy.cuda.cublas.gemmStridedBatchedEx(*args, *ok)
+    np.testing.assert_allclose(c, np.swapaxes(np.swapaxes(a, 1, 2) @ np.swapaxes(a, 1, 2), 1, 2),
+                               rtol=1e-5)
+    short_ld = list(ok)
+    short_ld[2] = 7
+    with pytest.raises(fake_cupy.CublasError, match="leading dimension 7 < 8"):
+        cupy.cuda.cublas.gemmStridedBatchedEx(*args, *short_ld)
+    long_stride = list(ok)
+    long_stride[3] = 65
+    with pytest.raises(fake_cupy.CublasError, match="runs past the end"):
+        cupy.cuda.cublas.gemmStridedBatchedEx(*args, *long_stride)
