@@ -7,13 +7,16 @@ Arrays are NumPy arrays whose ``.data.ptr`` is their host address. ``cuda.cublas
 the leading dimensions and batch strides they are given, from raw pointers. They are strict
 where a GPU would not be: a leading dimension shorter than the stored matrix's rows, or a
 matrix that runs past the end of the array it starts in, raises :class:`CublasError` instead of
-reading whatever lies there. Events and devices are no-ops; there is no timing.
+reading whatever lies there. Events read the host's clock, as if every call ran as it was
+made; kernels cannot be compiled (the timer then times plain loops, as it does where NVRTC is
+missing).
 """
 
 from __future__ import annotations
 
 import ctypes
 import sys
+import time
 import types
 import weakref
 
@@ -139,7 +142,24 @@ class _Device:
 
 
 class _Event:
-    pass
+    """A CUDA event on the host's clock: the fake GPU finishes each call as it is made."""
+
+    def __init__(self):
+        self.at = None
+
+    def record(self, stream=None) -> None:
+        self.at = time.perf_counter()
+
+    @property
+    def done(self) -> bool:
+        return True
+
+    def synchronize(self) -> None:
+        pass
+
+
+def _raw_kernel(source: str, name: str):
+    raise RuntimeError("the fake CuPy compiles no kernels")
 
 
 def module() -> types.ModuleType:
@@ -153,8 +173,10 @@ def module() -> types.ModuleType:
             rng.standard_normal(shape).astype(dtype)))
     cp.zeros = lambda shape, dtype=np.float64: _fake(np.zeros(shape, dtype))
     cp.asnumpy = np.asarray
+    cp.RawKernel = _raw_kernel  # so the timer times plain loops (its fallback)
     cuda = types.ModuleType("cupy.cuda")
     cuda.Device, cuda.Event = _Device, _Event
+    cuda.get_elapsed_time = lambda start, end: (end.at - start.at) * 1e3  # ms
     cuda.cublas = types.ModuleType("cupy.cuda.cublas")
     cuda.cublas.gemmEx, cuda.cublas.gemmStridedBatchedEx = gemmEx, gemmStridedBatchedEx
     cuda.device = types.SimpleNamespace(get_cublas_handle=lambda: 1)

@@ -68,3 +68,37 @@ def test_the_fake_refuses_what_cublas_would_not_do(backend):
     long_stride[3] = 65
     with pytest.raises(fake_cupy.CublasError, match="runs past the end"):
         cupy.cuda.cublas.gemmStridedBatchedEx(*args, *long_stride)
+
+
+def test_a_gpu_sweep_on_fakes_stores_what_the_gpu_test_checks(backend, tmp_path):
+    """The GPU sweep's wiring (device facts and state from NVML, energy from its counter, the
+    cuBLAS path of each dtype, the timer that timed it) on the fakes, as tests/test_gpu.py
+    checks it on a GPU."""
+    from sqlalchemy import select
+
+    from collectors import nvml
+    from collectors.devices import NvidiaGpu
+    from collectors.gemm.shapes import Shape
+    from collectors.store.db import Store
+    from collectors.store.models import Measurement
+    from collectors.sweep import SweepRunner, plan_gemm
+    from collectors.timing import TimingPolicy
+    from tests.fake_nvml import FakeNvml
+
+    nvml.set_nvml(FakeNvml(power_w=250.0))
+    store = Store(f"sqlite:///{tmp_path / 'gpu.sqlite'}")
+    policy = TimingPolicy(warmup_s=0.0, min_reps=3, min_time_s=0.01, power_window_s=0.1)
+    runner = SweepRunner(store, NvidiaGpu(0), backend, policy, progress=False)
+    shapes = [Shape(96, 64, 32, 1, "random"), Shape(48, 40, 24, 3, "random")]
+    sweep_id = runner.create(plan_gemm(shapes, ["fp32", "tf32", "fp16", "bf16"]))
+    summary = runner.run(sweep_id)
+    assert summary.done == 8 and summary.failed == 0
+    with store.session() as s:
+        rows = s.scalars(select(Measurement)).all()
+    assert sorted(r.batch for r in rows) == [1] * 4 + [3] * 4
+    assert {r.power_source for r in rows} == {"nvml_energy_counter"}
+    assert all(r.power_w == pytest.approx(250.0, rel=0.1) and r.latency_ms > 0 for r in rows)
+    assert {(r.sm_clock_mhz, r.temperature_c) for r in rows} == {(1755, 41)}
+    assert {r.dtype: r.tensor_core for r in rows} == {"fp32": False, "tf32": True,
+                                                      "fp16": True, "bf16": True}
+    assert {r.params["timer"] for r in rows} == {"cuda_events"}  # no spin kernel here
