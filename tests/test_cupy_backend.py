@@ -5,6 +5,8 @@ The real cuBLAS runs the same check in tests/test_gpu.py where there is a GPU.""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -102,3 +104,27 @@ def test_a_gpu_sweep_on_fakes_stores_what_the_gpu_test_checks(backend, tmp_path)
     assert {r.dtype: r.tensor_core for r in rows} == {"fp32": False, "tf32": True,
                                                       "fp16": True, "bf16": True}
     assert {r.params["timer"] for r in rows} == {"cuda_events"}  # no spin kernel here
+
+
+def test_hwnas_collect_gemm_on_a_fake_gpu(backend, tmp_path):
+    from click.testing import CliRunner
+    from sqlalchemy import select
+
+    from collectors import nvml
+    from collectors.store.db import Store
+    from collectors.store.models import Measurement
+    from hwnas.cli import main
+    from tests.fake_nvml import FakeNvml
+
+    nvml.set_nvml(FakeNvml(power_w=250.0))
+    db = f"sqlite:///{tmp_path / 'g.sqlite'}"
+    r = CliRunner().invoke(main, [
+        "collect", "gemm", "--db", db, "--device", "cuda:0", "--skip-peaks", "--shapes",
+        "random", "--count", "4", "--batched", "1", "--max-batch", "4", "--dtype", "bf16",
+        "--min-time", "0.01", "--power-window", "0.1", "--rounds", "1", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    assert re.search(r"^bf16 +4 +0 .* 250\.0$", r.output, re.M), r.output
+    with Store(db).session() as s:
+        rows = s.scalars(select(Measurement)).all()
+    assert len(rows) == 4 and {r.power_source for r in rows} == {"nvml_energy_counter"}
+    assert all(r.batch > 1 and r.tensor_core for r in rows)
