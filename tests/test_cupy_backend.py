@@ -1,7 +1,8 @@
 """The cupy GEMM backend's cuBLAS calls, checked on any machine through tests/fake_cupy.py: the
 row-major product each dtype, layout and batch asks for is what the column-major calls compute
-(leading dimensions, batch strides, the operands swapped), and no call reads past its arrays.
-The real cuBLAS runs the same check in tests/test_gpu.py where there is a GPU."""
+(leading dimensions, batch strides, the operands swapped), and no call reads past its arrays;
+then a GPU sweep and `hwnas collect gemm --device cuda:0` on the fake CuPy and the fake NVML.
+tests/test_gpu.py runs the same checks on the real ones where there is a GPU."""
 
 from __future__ import annotations
 
