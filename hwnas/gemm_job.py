@@ -67,8 +67,8 @@ def plan_from_csv(path: str, dtypes: list[str], layouts: list[str]) -> tuple[lis
 
     import pandas as pd
 
+    from collectors.gemm.shapes_csv import read_gemm_csv
     from collectors.ops import Op, OpError
-    from hwnas.cli.gemm_csv import read_gemm_csv
 
     for layout in layouts:
         if layout not in ("nn", "nt", "tn", "tt"):

@@ -729,7 +729,7 @@ def test_predict_network_answers_here_for_a_torch_model_as_the_service_does(tmp_
     r = run(main, [*args, "--nasbench201", ARCH])
     assert r.exit_code == 0 and "total: " in r.output
     # The network's own GEMMs to a file that `hwnas collect gemm --shapes-csv` reads.
-    from hwnas.cli.gemm_csv import read_gemm_csv
+    from collectors.gemm.shapes_csv import read_gemm_csv
 
     out = tmp_path / "gemms.csv"
     r = run(main, [*args, "--module", "user_net:make", "--input-shape", "2,3,16,16",

@@ -288,10 +288,9 @@ def predict_gemm(db_url, device_spec, m, n, k, dtype, batch, layout, version, sh
                  out) -> None:
     """Latency (ms), power (W) and energy (J) of one GEMM, each ± the spread across trees;
     of many in one pass with --shapes-csv (a CSV out)."""
+    from collectors.gemm.shapes_csv import LAYOUTS, cell
     from collectors.ops import Op, OpError
     from hwnas.cli.gemm_csv import (
-        LAYOUTS,
-        cell,
         cost_columns,
         echo_batch_summary,
         shapes_from_options,
