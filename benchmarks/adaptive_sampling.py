@@ -276,7 +276,7 @@ def measure_here(args):
 def run_and_report(args, profile: DeviceProfile, pool: pd.DataFrame, test: pd.DataFrame,
                    cache: dict, source: str) -> None:
     """Both samplers over the pool, scored on the test set; prints and writes the curves."""
-    cols = CONFIG_KEY
+    pool_keys = [config_key(r) for r in pool.itertuples()]
     test_y = np.array([cache[config_key(r)] for r in test.itertuples()])
 
     def score(measured: dict[int, float]) -> dict[str, float]:
@@ -308,8 +308,8 @@ def run_and_report(args, profile: DeviceProfile, pool: pd.DataFrame, test: pd.Da
                                       trees=args.trees,
                                       **({"weights": true_error} if name == "oracle" else {}))
 
-            def measure(indices, pool=pool):
-                return {i: cache[tuple(pool.loc[i, cols])] for i in indices}
+            def measure(indices):
+                return {i: cache[pool_keys[i]] for i in indices}
 
             own: dict[int, dict] = {}
             seeds.append(own)
@@ -375,7 +375,7 @@ def run_and_report(args, profile: DeviceProfile, pool: pd.DataFrame, test: pd.Da
               "the measurements")
     # Where the curves head as the budget grows to the whole pool: how much room uniform's
     # final share leaves for a sampler to get there sooner.
-    whole = score({i: cache[tuple(pool.loc[i, cols])] for i in range(len(pool))})
+    whole = score({i: cache[key] for i, key in enumerate(pool_keys)})
     print(f"a forest on the whole pool ({len(pool)} configs): {whole['within_10']:.1f}% within "
           f"±10% ({whole['mape']:.1f}% MAPE)")
     if args.plot:
