@@ -154,11 +154,9 @@ def import_bundle(store: Store, path: str | Path, directory: Path | None = None)
     manifest, data = read_bundle(path)
     device_model, target = manifest["device_model"].strip(), manifest["target"]
     with store.session() as s:
-        same = [r for r in s.scalars(select(ModelVersion).where(
-            ModelVersion.device_model == device_model, ModelVersion.target == target,
-            ModelVersion.sha256 == manifest["sha256"])) if not registry.deleted(r)]
-    if same:  # saves the trial load; registration checks again, under its lock
-        return Imported(same[0], False, manifest)
+        same = registry.identical(s, device_model, target, manifest["sha256"])
+    if same is not None:  # saves the trial load; registration checks again, under its lock
+        return Imported(same, False, manifest)
     # Retirement is a store's choice of default, not part of the model: an exported retired
     # version arrives as an ordinary one.
     meta = {**{k: v for k, v in manifest["meta"].items() if k != "retired"}, "imported": {

@@ -73,11 +73,9 @@ def _record(store: Store, device_model: str, target: str, suffix: str, write, ha
         with store.session() as s:
             _lock_versions(s)
             if reuse_identical:
-                same = [r for r in s.scalars(select(ModelVersion).where(
-                    ModelVersion.device_model == device_model, ModelVersion.target == target,
-                    ModelVersion.sha256 == digest)) if not deleted(r)]
-                if same:
-                    return same[0], False
+                same = identical(s, device_model, target, digest)
+                if same is not None:
+                    return same, False
             last = s.scalar(select(func.max(ModelVersion.version)).where(
                 ModelVersion.device_model == device_model, ModelVersion.target == target)) or 0
             version = last + 1
@@ -94,6 +92,14 @@ def _record(store: Store, device_model: str, target: str, suffix: str, write, ha
             return row, True
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def identical(s, device_model: str, target: str, digest: str) -> ModelVersion | None:
+    """A version of (device, target), not deleted, whose file has SHA-256 ``digest`` (a
+    deleted one's file is gone), or None; ``s`` is an open session."""
+    return next((r for r in s.scalars(select(ModelVersion).where(
+        ModelVersion.device_model == device_model, ModelVersion.target == target,
+        ModelVersion.sha256 == digest).order_by(ModelVersion.version)) if not deleted(r)), None)
 
 
 def _lock_versions(s) -> None:
