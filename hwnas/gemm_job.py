@@ -65,19 +65,14 @@ def plan_from_csv(path: str, dtypes: list[str], layouts: list[str]) -> tuple[lis
     are measured once."""
     from pathlib import Path
 
-    import pandas as pd
-
-    from collectors.gemm.shapes_csv import read_gemm_csv
-    from collectors.ops import Op, OpError
+    from collectors.gemm.shapes_csv import LAYOUTS, read_gemm_csv
+    from collectors.ops import Op
 
     for layout in layouts:
-        if layout not in ("nn", "nt", "tn", "tt"):
+        if layout not in LAYOUTS:
             raise ValueError(f"--layout: expected nn, nt, tn or tt, got {layout!r}")
     frame = read_gemm_csv(path, dtypes[0], layouts[0])
-    try:
-        columns = {str(c).strip().lower() for c in pd.read_csv(path, nrows=0).columns}
-    except (OSError, pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise OpError("--shapes-csv", f"cannot read {path}: {exc}") from None
+    columns = frame.attrs["given"]
     plan, seen = [], set()
     for i, r in enumerate(frame.itertuples()):
         row_dtypes = [r.dtype] if "dtype" in columns else dtypes

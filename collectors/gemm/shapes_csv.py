@@ -22,9 +22,10 @@ def cell(path: str, column: str, row: int) -> str:
 def read_gemm_csv(path: str, dtype: str, layout: str, batch: str = "1") -> pd.DataFrame:
     """The GEMMs of a CSV file with columns m, n, k and optionally dtype, batch and layout
     (``nn`` .. ``tt``; the arguments where a column is absent or a cell empty), as a
-    validated frame of int64 m, n, k, batch, trans_a, trans_b and lower-case dtype. A bad
-    cell raises :class:`OpError` naming the file, its row (the first below the header is 1)
-    and the column."""
+    validated frame of int64 m, n, k, batch, trans_a, trans_b and lower-case dtype;
+    ``frame.attrs["given"]`` lists the optional columns the file has. A bad cell raises
+    :class:`OpError` naming the file, its row (the first below the header is 1) and the
+    column."""
     try:
         raw = pd.read_csv(path, dtype=str, skipinitialspace=True)
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
@@ -71,4 +72,6 @@ def read_gemm_csv(path: str, dtype: str, layout: str, batch: str = "1") -> pd.Da
     given = given.astype(str)
     cols["trans_a"] = np.char.startswith(given, "t").astype(np.int64)
     cols["trans_b"] = np.char.endswith(given, "t").astype(np.int64)
-    return pd.DataFrame(cols)
+    frame = pd.DataFrame(cols)
+    frame.attrs["given"] = [c for c in OPTIONAL if c in raw.columns]
+    return frame
