@@ -90,6 +90,88 @@ def test_untraceable_module_falls_back_to_hooks():
     assert [op.kind for _, op in d.ops] == ["linear", "linear"]
 
 
+def test_a_transformer_layer_fx_cannot_trace_keeps_its_attention():
+    # nn.TransformerEncoderLayer defeats fx; MultiheadAttention calls its out_proj's weights,
+    # never the module, so hooks on leaves alone would drop the whole attention unseen.
+    layer = nn.TransformerEncoderLayer(32, 4, dim_feedforward=64, batch_first=True)
+    d = decompose(layer, (2, 10, 32))
+    assert d.method.startswith("forward hooks") and not d.unsupported
+    assert "torch.fx could not trace" in d.note and d.fx_error
+    names = [name for name, _ in d.ops]
+    assert names[:5] == ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
+                         "self_attn.attention", "self_attn.out_proj"]
+    att = d.ops[3][1]
+    assert (att.kind, att["seq_len"], att["heads"], att["head_dim"], att.batch) == (
+        "attention", 10, 4, 8, 2)
+    assert {"linear1", "linear2", "norm1", "norm2"} <= set(names)
+    assert decompose(nn.Linear(4, 2), (3, 4)).note is None
+
+
+def test_hooks_see_attention_called_with_keywords_and_tell_apart_own_forwards():
+    class Untraceable(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.mha = nn.MultiheadAttention(16, 2)  # sequence first
+            self.odd = Doubling(16, 16)
+
+        def forward(self, x):
+            if x.sum() > 0:  # data-dependent: fx cannot trace this
+                x = x + 1
+            y = self.mha(query=x, key=x, value=x, need_weights=False)[0]
+            return self.odd(y)
+
+    class Doubling(nn.Linear):  # a forward of its own: not costed as a Linear
+        def forward(self, x):
+            return 2 * super().forward(x)
+
+    d = decompose(Untraceable(), (7, 3, 16))
+    att = next(op for _, op in d.ops if op.kind == "attention")
+    assert (att["seq_len"], att.batch) == (7, 3)
+    assert d.unsupported == ["odd (Doubling)"]
+    # A torch.nn subclass that keeps Linear's forward is a Linear.
+    q = nn.modules.linear.NonDynamicallyQuantizableLinear(16, 8)
+    assert [op.kind for _, op in decompose(q, (2, 16)).ops] == ["linear"]
+
+
+def test_functional_calls_cost_as_their_modules_do():
+    import torch.nn.functional as F
+
+    class Functional(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(8, 16, 3, stride=2, padding=1, groups=2)
+            self.dw = nn.Conv2d(16, 16, 5, padding=2, groups=16)
+            self.norm = nn.LayerNorm(16)
+            self.fc = nn.Linear(16, 4)
+
+        def forward(self, x):
+            c = self.conv
+            x = F.conv2d(x, c.weight, c.bias, c.stride, c.padding, groups=c.groups)
+            x = F.conv2d(x, self.dw.weight, self.dw.bias, padding=2, groups=16)
+            x = x.flatten(2).transpose(1, 2)
+            x = F.layer_norm(x, (16,), self.norm.weight, self.norm.bias)
+            return F.linear(x, self.fc.weight, self.fc.bias)
+
+    class Modules(Functional):
+        def forward(self, x):
+            x = self.dw(self.conv(x)).flatten(2).transpose(1, 2)
+            return self.fc(self.norm(x))
+
+    shape = (2, 8, 12, 12)
+    functional, modules = decompose(Functional(), shape), decompose(Modules(), shape)
+    assert functional.method == "fx" and not functional.unsupported
+    assert [op for _, op in functional.ops] == [op for _, op in modules.ops]
+    assert [op.kind for _, op in modules.ops] == ["conv2d", "depthwise_conv2d", "norm", "linear"]
+
+    class Addmm(nn.Module):
+        def forward(self, x):
+            return torch.addmm(x[:, :3], x, x.t()[:, :3]) + torch.baddbmm(
+                x[None, :, :3], x[None], x.t()[None, :, :3]).sum(0)
+
+    ops = [op for _, op in decompose(Addmm(), (4, 6)).ops if op.kind == "gemm"]
+    assert [(op["m"], op["n"], op["k"], op.batch) for op in ops] == [(4, 3, 6, 1), (4, 3, 6, 1)]
+
+
 @pytest.mark.parametrize("arch", [
     "|nor_conv_3x3~0|+|nor_conv_1x1~0|avg_pool_3x3~1|+|skip_connect~0|none~1|nor_conv_3x3~2|",
     "|none~0|+|none~0|skip_connect~1|+|avg_pool_3x3~0|none~1|skip_connect~2|"])

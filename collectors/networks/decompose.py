@@ -1,11 +1,12 @@
 """A torch ``nn.Module`` and an input shape -> the list of ops it runs, with shapes.
 
 torch.fx traces the module and propagates shapes through the graph; a module fx cannot trace
-(data-dependent control flow) falls back to forward hooks on its leaf modules, which see every
-module but no functional op between them. Every op is a :class:`collectors.ops.Op`. Modules and
-functions with no mapping are reported by name in ``Decomposition.unsupported``, never silently
-dropped; view-only ops (reshape, flatten, getitem, dropout at eval, ...) cost nothing and are
-skipped on purpose.
+(data-dependent control flow, as in ``nn.TransformerEncoderLayer``) falls back to forward hooks
+on its modules, which see every module call but no functional op between them
+(``Decomposition.note`` says so, for the user to be told). Every op is a
+:class:`collectors.ops.Op`. Modules and functions with no mapping are reported by name in
+``Decomposition.unsupported``, never silently dropped; view-only ops (reshape, flatten, getitem,
+dropout at eval, ...) cost nothing and are skipped on purpose.
 """
 
 from __future__ import annotations
@@ -27,6 +28,14 @@ ELEMENTWISE_FUNCS = {"relu", "relu6", "gelu", "silu", "sigmoid", "tanh", "hardsw
                      "leaky_relu", "elu", "hardsigmoid", "mean", "sum", "neg", "pow", "sqrt"}
 NORM_MODULES = {"BatchNorm1d", "BatchNorm2d", "LayerNorm", "GroupNorm", "InstanceNorm2d"}
 POOL_MODULES = {"MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "AdaptiveMaxPool2d"}
+# Every module class module_op costs (or skips as free), by name.
+MAPPED_MODULES = (FREE | ELEMENTWISE_MODULES | NORM_MODULES | POOL_MODULES
+                  | {"Conv2d", "Linear", "MultiheadAttention"})
+NORM_FUNCS = {"layer_norm", "batch_norm", "group_norm", "instance_norm"}
+# Names of the ops a module runs as several, for per-layer output ("self_attn.q_proj").
+PART_NAMES = {"MultiheadAttention": ("q_proj", "k_proj", "v_proj", "attention", "out_proj")}
+# F.conv2d's arguments after (input, weight, bias), in order.
+CONV_OPTIONS = ("stride", "padding", "dilation", "groups")
 
 
 class DecomposeError(ValueError):
@@ -38,6 +47,16 @@ class Decomposition:
     ops: list[tuple[str, Op]] = field(default_factory=list)
     unsupported: list[str] = field(default_factory=list)
     method: str = "fx"
+    fx_error: str = ""  # why fx could not trace the model, when the hooks were used instead
+
+    @property
+    def note(self) -> str | None:
+        """What a user must know about how complete the ops are; None when fx traced it all."""
+        if self.method == "fx":
+            return None
+        return (f"torch.fx could not trace the model ({self.fx_error}), so its ops were read "
+                f"from module calls: functions called between modules (F.relu, residual adds, "
+                f"torch.matmul, ...) are not costed")
 
     @property
     def flops(self) -> int:
@@ -69,38 +88,69 @@ def _pair(v) -> int:
     return int(v)
 
 
+def _conv_ops(in_shape: Sequence[int], out_channels: int, kernel, stride, padding, dilation,
+              groups: int, dtype: str) -> list[Op] | None:
+    """A 2-D convolution (nn.Conv2d or F.conv2d) as a conv2d or depthwise_conv2d op."""
+    if len(in_shape) != 4:
+        return None
+    batch, cin, h, w = (int(x) for x in in_shape)
+    k, s = _pair(kernel), _pair(stride)
+    pad = -1 if padding == "same" else 0 if padding == "valid" else _pair(padding)
+    if _pair(dilation) != 1:
+        return None
+    if groups == cin == out_channels and cin > 1:
+        return [Op.make("depthwise_conv2d", {"channels": cin, "kernel": k, "height": h,
+                                             "width": w, "stride": s, "padding": pad},
+                        dtype, batch)]
+    return [Op.make("conv2d", {"in_channels": cin, "out_channels": out_channels, "kernel": k,
+                               "height": h, "width": w, "stride": s, "padding": pad,
+                               "groups": groups}, dtype, batch)]
+
+
+def _linear_ops(in_shape: Sequence[int], in_features: int, out_features: int, bias: bool,
+                dtype: str) -> list[Op]:
+    """A linear layer (nn.Linear or F.linear): every leading dimension after the batch is
+    tokens."""
+    batch = int(in_shape[0]) if len(in_shape) > 1 else 1
+    tokens = _numel(in_shape) // (batch * in_features)
+    return [Op.make("linear", {"in_features": in_features, "out_features": out_features,
+                               "tokens": tokens, "bias": int(bias)}, dtype, batch)]
+
+
+def _norm_ops(in_shape: Sequence[int], dtype: str) -> list[Op]:
+    batch = int(in_shape[0]) if len(in_shape) else 1
+    channels = int(in_shape[1]) if len(in_shape) > 1 else 1
+    return [Op.make("norm", {"channels": channels, "elements": _numel(in_shape) // batch},
+                    dtype, batch)]
+
+
+def module_kind(mod) -> str:
+    """The mapped class a module runs as: its own, or the nearest base class in
+    :data:`MAPPED_MODULES` whose ``forward`` it keeps (``NonDynamicallyQuantizableLinear`` is a
+    Linear; a subclass with a forward of its own is its own kind, since it may compute anything).
+    """
+    cls = type(mod)
+    for base in cls.__mro__:
+        if base.__name__ in MAPPED_MODULES and getattr(base, "forward", None) is cls.forward:
+            return base.__name__
+    return cls.__name__
+
+
 def module_op(mod, in_shape: Sequence[int], out_shape: Sequence[int], dtype: str
               ) -> list[Op] | None:
-    """Ops of one leaf module call; [] for free ones, None when unsupported."""
-    kind = type(mod).__name__
+    """Ops of one module call; [] for free ones, None when unsupported."""
+    kind = module_kind(mod)
     batch = int(in_shape[0]) if len(in_shape) else 1
     if kind in FREE:
         return []
     if kind == "Conv2d":
-        if len(in_shape) != 4:
-            return None
-        _, cin, h, w = (int(x) for x in in_shape)
-        k, s = _pair(mod.kernel_size), _pair(mod.stride)
-        pad = mod.padding
-        padding = -1 if pad == "same" else _pair(pad)
-        if _pair(mod.dilation) != 1:
-            return None
-        if mod.groups == cin == mod.out_channels and cin > 1:
-            return [Op.make("depthwise_conv2d", {"channels": cin, "kernel": k, "height": h,
-                                                 "width": w, "stride": s, "padding": padding},
-                            dtype, batch)]
-        return [Op.make("conv2d", {"in_channels": cin, "out_channels": mod.out_channels,
-                                   "kernel": k, "height": h, "width": w, "stride": s,
-                                   "padding": padding, "groups": mod.groups}, dtype, batch)]
+        return _conv_ops(in_shape, mod.out_channels, mod.kernel_size, mod.stride, mod.padding,
+                         mod.dilation, mod.groups, dtype)
     if kind == "Linear":
-        tokens = _numel(in_shape) // (batch * mod.in_features)
-        return [Op.make("linear", {"in_features": mod.in_features,
-                                   "out_features": mod.out_features, "tokens": tokens,
-                                   "bias": int(mod.bias is not None)}, dtype, batch)]
+        return _linear_ops(in_shape, mod.in_features, mod.out_features, mod.bias is not None,
+                           dtype)
     if kind in NORM_MODULES:
-        channels = int(in_shape[1]) if len(in_shape) > 1 else 1
-        return [Op.make("norm", {"channels": channels, "elements": _numel(in_shape) // batch},
-                        dtype, batch)]
+        return _norm_ops(in_shape, dtype)
     if kind in POOL_MODULES:
         if len(in_shape) != 4:
             return None
@@ -132,10 +182,29 @@ def module_op(mod, in_shape: Sequence[int], out_shape: Sequence[int], dtype: str
 
 
 def function_op(name: str, arg_shapes: list[Sequence[int]], out_shape: Sequence[int],
-                dtype: str) -> list[Op] | None:
-    """Ops of one functional call (torch.* / F.* / tensor method)."""
+                dtype: str, options: dict | None = None) -> list[Op] | None:
+    """Ops of one functional call (torch.* / F.* / tensor method). ``arg_shapes``: the shapes of
+    its tensor arguments in order; ``options``: its other arguments by name, where they matter
+    (a convolution's stride, padding, dilation, groups)."""
+    options = options or {}
     if name in FREE:
         return []
+    if name == "linear" and len(arg_shapes) >= 2 and len(arg_shapes[1]) == 2:
+        out_features, in_features = (int(x) for x in arg_shapes[1])
+        return _linear_ops(arg_shapes[0], in_features, out_features, len(arg_shapes) > 2, dtype)
+    if name == "conv2d" and len(arg_shapes) >= 2 and len(arg_shapes[1]) == 4:
+        weight = arg_shapes[1]
+        return _conv_ops(arg_shapes[0], int(weight[0]), tuple(int(x) for x in weight[2:]),
+                         options.get("stride", 1), options.get("padding", 0),
+                         options.get("dilation", 1), int(options.get("groups", 1)), dtype)
+    if name in NORM_FUNCS and arg_shapes:
+        return _norm_ops(arg_shapes[0], dtype)
+    if name in ("addmm", "baddbmm") and len(arg_shapes) >= 3:
+        # bias + a @ b: the bias is added in the GEMM's epilogue
+        a, b = arg_shapes[1], arg_shapes[2]
+        lead = int(a[0]) if len(a) == 3 else 1
+        return [Op.make("gemm", {"m": int(a[-2]), "n": int(b[-1]), "k": int(a[-1])}, dtype,
+                        lead)]
     if name in ("matmul", "bmm", "mm") and len(arg_shapes) >= 2:
         a, b = arg_shapes[0], arg_shapes[1]
         if len(a) < 2 or len(b) < 2:
@@ -177,8 +246,11 @@ def decompose(model, input_shape: Sequence[int], dtype=None) -> Decomposition:
         return _decompose_fx(model, example)
     except DecomposeError:
         raise
-    except Exception:  # fx cannot trace it: data-dependent control flow and the like
-        return _decompose_hooks(model, example)
+    except Exception as exc:  # fx cannot trace it: data-dependent control flow and the like
+        out = _decompose_hooks(model, example)
+        first = (str(exc).strip().splitlines() or [""])[0]
+        out.fx_error = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+        return out
 
 
 def _shape(node) -> tuple[tuple[int, ...], str]:
@@ -186,6 +258,15 @@ def _shape(node) -> tuple[tuple[int, ...], str]:
     if meta is None or not hasattr(meta, "shape"):
         return (), "fp32"
     return tuple(int(x) for x in meta.shape), _dtype(meta.dtype)
+
+
+def _named(name: str, kind: str, ops: list[Op]) -> list[tuple[str, Op]]:
+    """A module's ops under its name; where it runs several, each under a part name of its
+    own (as PART_NAMES gives them, else by position)."""
+    if len(ops) < 2:
+        return [(name, op) for op in ops]
+    parts = PART_NAMES.get(kind) or tuple(str(i) for i in range(len(ops)))
+    return [(f"{name}.{part}", op) for part, op in zip(parts, ops, strict=True)]
 
 
 def _decompose_fx(model, example) -> Decomposition:
@@ -200,21 +281,25 @@ def _decompose_fx(model, example) -> Decomposition:
         if node.op in ("placeholder", "output", "get_attr"):
             continue
         out_shape, dtype = _shape(node)
-        args = [a for a in node.args if hasattr(a, "meta")]
-        arg_shapes = [_shape(a)[0] for a in args]
+        tensors = [a for a in (*node.args, *node.kwargs.values()) if hasattr(a, "meta")]
+        arg_shapes = [_shape(a)[0] for a in tensors]
         if node.op == "call_module":
             mod = gm.get_submodule(node.target)
             ops = module_op(mod, arg_shapes[0] if arg_shapes else (), out_shape, dtype)
             label = f"{node.target} ({type(mod).__name__})"
         else:
             name = getattr(node.target, "__name__", str(node.target))
-            ops = function_op(name, arg_shapes, out_shape, dtype)
+            options = dict(zip(CONV_OPTIONS, node.args[3:], strict=False)) | {
+                k: v for k, v in node.kwargs.items() if not hasattr(v, "meta")}
+            ops = function_op(name, arg_shapes, out_shape, dtype, options)
             label = f"{node.name} ({name})"
         if ops is None:
             out.unsupported.append(label)
             continue
-        out.ops += [(str(node.target) if node.op == "call_module" else node.name, op)
-                    for op in ops]
+        if node.op == "call_module":
+            out.ops += _named(str(node.target), module_kind(mod), ops)
+        else:
+            out.ops += [(node.name, op) for op in ops]
     return out
 
 
@@ -225,8 +310,10 @@ def _decompose_hooks(model, example) -> Decomposition:
     handles = []
 
     def hook(name):
-        def fn(mod, inputs, output):
-            tensors = [t for t in inputs if isinstance(t, torch.Tensor)]
+        def fn(mod, args, kwargs, output):
+            tensors = [t for t in (*args, *kwargs.values()) if isinstance(t, torch.Tensor)]
+            if isinstance(output, tuple) and output:  # MultiheadAttention: (output, weights)
+                output = output[0]
             if not tensors or not isinstance(output, torch.Tensor):
                 out.unsupported.append(f"{name} ({type(mod).__name__})")
                 return
@@ -235,12 +322,11 @@ def _decompose_hooks(model, example) -> Decomposition:
             if ops is None:
                 out.unsupported.append(f"{name} ({type(mod).__name__})")
             else:
-                out.ops += [(name, op) for op in ops]
+                out.ops += _named(name, module_kind(mod), ops)
         return fn
 
-    for name, mod in model.named_modules():
-        if name and not list(mod.children()):
-            handles.append(mod.register_forward_hook(hook(name)))
+    for name, mod in _watched_modules(model):
+        handles.append(mod.register_forward_hook(hook(name), with_kwargs=True))
     try:
         with torch.no_grad():
             model(example)
@@ -248,3 +334,17 @@ def _decompose_hooks(model, example) -> Decomposition:
         for h in handles:
             h.remove()
     return out
+
+
+def _watched_modules(model, prefix: str = "") -> list[tuple[str, object]]:
+    """The modules whose calls the hooks cost: the outermost ones of a mapped kind, whose
+    children are theirs to cost (MultiheadAttention holds an ``out_proj`` it never calls as a
+    module), and the leaves of everything else."""
+    watched = []
+    for name, child in model.named_children():
+        full = f"{prefix}.{name}" if prefix else name
+        if module_kind(child) in MAPPED_MODULES or not list(child.children()):
+            watched.append((full, child))
+        else:
+            watched += _watched_modules(child, full)
+    return watched

@@ -83,8 +83,9 @@ def _torch_module(spec: str):
 
 def network_spec(arch: str | None, ops_json: str | None, module_spec: str | None,
                   input_shape: str | None) -> tuple[str | None, list[dict] | None, list[str]]:
-    """The network the options name: (NAS-Bench-201 cell string, or op dicts) and the names of
-    a --module's layers that no op kind covers (not costed)."""
+    """The network the options name: (NAS-Bench-201 cell string, or op dicts) and what the user
+    must be told of a --module's ops: layers no op kind covers (not costed), and functions the
+    ops were not read from where torch.fx could not trace the model."""
     import json
 
     if sum(x is not None for x in (arch, ops_json, module_spec)) != 1:
@@ -114,7 +115,11 @@ def network_spec(arch: str | None, ops_json: str | None, module_spec: str | None
         if not d.ops:
             raise click.UsageError(f"--module {module_spec}: no op of a known kind found "
                                    f"(not costed: {', '.join(d.unsupported) or 'nothing'})")
-        return None, [{**op.to_dict(), "name": name} for name, op in d.ops], d.unsupported
+        notes = [f"not costed (no op kind covers them): {', '.join(d.unsupported)}"
+                 ] if d.unsupported else []
+        if d.note:
+            notes.append(d.note)
+        return None, [{**op.to_dict(), "name": name} for name, op in d.ops], notes
     with open(ops_json) as f:
         try:
             ops = json.load(f)
@@ -125,11 +130,11 @@ def network_spec(arch: str | None, ops_json: str | None, module_spec: str | None
     return None, ops, []
 
 
-def echo_network(a, layers: bool, unsupported: list[str]) -> None:
+def echo_network(a, layers: bool, notes: list[str]) -> None:
     click.echo(f"{a.device} (model v{a.model_version}); {len(a.layers)} layers; {a.method}")
     if layers:
         for layer in a.layers:
             click.echo("  " + cost_line(layer.name, layer))
     click.echo(cost_line("total", a.total))
-    if unsupported:
-        click.echo(f"not costed (no op kind covers them): {', '.join(unsupported)}", err=True)
+    for note in notes:
+        click.echo(f"note: {note}", err=True)

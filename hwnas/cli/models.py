@@ -374,13 +374,13 @@ def predict_network(db_url, device_spec, arch, ops_json, module_spec, input_shap
     from predictor.data import resolve_device_model
     from search.job import prediction_client
 
-    arch, ops, unsupported = network_spec(arch, ops_json, module_spec, input_shape)
+    arch, ops, notes = network_spec(arch, ops_json, module_spec, input_shape)
     store = open_store(db_url)
     device_model = resolve_device_model(store, device_spec)
     with prediction_client(None, store) as c:
         a = c.predict_network(device_model, nasbench201=arch, ops=ops, batch=batch,
                               dtype=dtype, model_version=version)
-    echo_network(a, layers, unsupported)
+    echo_network(a, layers, notes)
     if gemms_csv:
         from collectors.ops import Op
         from hwnas.cli.gemm_csv import write_network_gemms
