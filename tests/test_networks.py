@@ -68,10 +68,14 @@ def test_functional_ops_and_depthwise_and_attention():
 
 
 def test_unsupported_modules_are_reported_by_name():
-    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Upsample(scale_factor=2))
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ConvTranspose2d(4, 4, 2),
+                          nn.Conv2d(4, 4, (3, 1)), nn.Upsample(scale_factor=2))
     d = decompose(model, (1, 3, 8, 8))
-    assert d.unsupported == ["1 (Upsample)"]
-    assert [op.kind for _, op in d.ops] == ["conv2d"]
+    assert d.unsupported == ["1 (ConvTranspose2d)",
+                             "2 (Conv2d): non-square kernel/stride/padding (3, 1) is not supported"]
+    # A resize is memory-bound: an elementwise op over its output.
+    assert [op.kind for _, op in d.ops] == ["conv2d", "elementwise"]
+    assert d.ops[1][1]["elements"] == 4 * 10 * 14
 
 
 def test_untraceable_module_falls_back_to_hooks():
@@ -170,6 +174,19 @@ def test_functional_calls_cost_as_their_modules_do():
 
     ops = [op for _, op in decompose(Addmm(), (4, 6)).ops if op.kind == "gemm"]
     assert [(op["m"], op["n"], op["k"], op.batch) for op in ops] == [(4, 3, 6, 1), (4, 3, 6, 1)]
+
+    class Sdpa(nn.Module):  # one head as (batch, seq, dim), and causal heads
+        def forward(self, x):
+            one = F.scaled_dot_product_attention(x, x, x)
+            heads = x.view(2, 5, 2, 4).transpose(1, 2)
+            return one.sum() + F.scaled_dot_product_attention(heads, heads, heads,
+                                                              is_causal=True).sum()
+
+    d = decompose(Sdpa(), (2, 5, 8))
+    assert d.method == "fx"
+    att = [op for _, op in d.ops if op.kind == "attention"]
+    assert [(op["seq_len"], op["heads"], op["head_dim"], op["causal"], op.batch) for op in att
+            ] == [(5, 1, 8, 0, 2), (5, 2, 4, 1, 2)]
 
 
 @pytest.mark.parametrize("arch", [

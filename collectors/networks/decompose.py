@@ -20,7 +20,8 @@ from collectors.ops import Op, op_flops
 # Calls that only change a tensor's view or metadata: no kernel worth costing.
 FREE = {"view", "reshape", "flatten", "permute", "transpose", "contiguous", "size", "getitem",
         "getattr", "squeeze", "unsqueeze", "expand", "split", "chunk", "t", "dim", "type_as",
-        "to", "float", "clone", "detach", "Identity", "Dropout", "Flatten", "dropout"}
+        "to", "float", "clone", "detach", "Identity", "Dropout", "Dropout1d", "Dropout2d",
+        "AlphaDropout", "Flatten", "dropout"}
 ELEMENTWISE_MODULES = {"ReLU", "ReLU6", "GELU", "SiLU", "Sigmoid", "Tanh", "Hardswish",
                        "Hardsigmoid", "LeakyReLU", "ELU", "Mish", "Softmax"}
 ELEMENTWISE_FUNCS = {"relu", "relu6", "gelu", "silu", "sigmoid", "tanh", "hardswish", "add",
@@ -28,18 +29,23 @@ ELEMENTWISE_FUNCS = {"relu", "relu6", "gelu", "silu", "sigmoid", "tanh", "hardsw
                      "leaky_relu", "elu", "hardsigmoid", "mean", "sum", "neg", "pow", "sqrt"}
 NORM_MODULES = {"BatchNorm1d", "BatchNorm2d", "LayerNorm", "GroupNorm", "InstanceNorm2d"}
 POOL_MODULES = {"MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "AdaptiveMaxPool2d"}
+# Memory-bound calls whose traffic is their output (a lookup or a resize): costed as an
+# elementwise op over the output's elements.
+GATHER_MODULES = {"Upsample", "UpsamplingNearest2d", "UpsamplingBilinear2d", "Embedding"}
+GATHER_FUNCS = {"interpolate", "embedding"}
 # Every module class module_op costs (or skips as free), by name.
-MAPPED_MODULES = (FREE | ELEMENTWISE_MODULES | NORM_MODULES | POOL_MODULES
+MAPPED_MODULES = (FREE | ELEMENTWISE_MODULES | NORM_MODULES | POOL_MODULES | GATHER_MODULES
                   | {"Conv2d", "Linear", "MultiheadAttention"})
 NORM_FUNCS = {"layer_norm", "batch_norm", "group_norm", "instance_norm"}
 # Names of the ops a module runs as several, for per-layer output ("self_attn.q_proj").
 PART_NAMES = {"MultiheadAttention": ("q_proj", "k_proj", "v_proj", "attention", "out_proj")}
-# F.conv2d's arguments after (input, weight, bias), in order.
-CONV_OPTIONS = ("stride", "padding", "dilation", "groups")
+# The arguments that matter after a function's first three, in order.
+POSITIONAL_OPTIONS = {"conv2d": ("stride", "padding", "dilation", "groups"),
+                      "scaled_dot_product_attention": ("attn_mask", "dropout_p", "is_causal")}
 
 
 class DecomposeError(ValueError):
-    pass
+    """A call of a mapped kind in a form the op has no parameters for (a 3x1 kernel)."""
 
 
 @dataclass
@@ -61,6 +67,19 @@ class Decomposition:
     @property
     def flops(self) -> int:
         return sum(op_flops(op) for _, op in self.ops)
+
+    def record(self, name: str, label: str, kind: str, ops_of, *args) -> None:
+        """Add the ops ``ops_of(*args)`` gives for one call, or list the call as not costed
+        (with the reason, where its kind is mapped but not this form of it)."""
+        try:
+            ops = ops_of(*args)
+        except DecomposeError as exc:
+            self.unsupported.append(f"{label}: {exc}")
+            return
+        if ops is None:
+            self.unsupported.append(label)
+        else:
+            self.ops += _named(name, kind, ops)
 
     def kinds(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -124,6 +143,12 @@ def _norm_ops(in_shape: Sequence[int], dtype: str) -> list[Op]:
                     dtype, batch)]
 
 
+def _gather_ops(out_shape: Sequence[int], dtype: str) -> list[Op]:
+    batch = int(out_shape[0]) if len(out_shape) > 1 else 1
+    return [Op.make("elementwise", {"elements": max(1, _numel(out_shape) // batch)}, dtype,
+                    batch)]
+
+
 def module_kind(mod) -> str:
     """The mapped class a module runs as: its own, or the nearest base class in
     :data:`MAPPED_MODULES` whose ``forward`` it keeps (``NonDynamicallyQuantizableLinear`` is a
@@ -166,6 +191,8 @@ def module_op(mod, in_shape: Sequence[int], out_shape: Sequence[int], dtype: str
                                  "stride": s, "padding": pad}, dtype, batch)]
     if kind in ELEMENTWISE_MODULES:
         return [Op.make("elementwise", {"elements": _numel(in_shape) // batch}, dtype, batch)]
+    if kind in GATHER_MODULES:
+        return _gather_ops(out_shape, dtype)
     if kind == "MultiheadAttention":
         e, heads = mod.embed_dim, mod.num_heads
         if mod.batch_first:
@@ -212,16 +239,23 @@ def function_op(name: str, arg_shapes: list[Sequence[int]], out_shape: Sequence[
         m, k, n = int(a[-2]), int(a[-1]), int(b[-1])
         lead = _numel(out_shape[:-2]) if len(out_shape) > 2 else 1
         return [Op.make("gemm", {"m": m, "n": n, "k": k}, dtype, lead)]
-    if name == "scaled_dot_product_attention" and len(arg_shapes) >= 2:
+    if name == "scaled_dot_product_attention" and len(arg_shapes) >= 2 and \
+            len(arg_shapes[0]) >= 3:
+        # (..., heads, seq, dim), or (batch, seq, dim) for one head
         q, kv = arg_shapes[0], arg_shapes[1]
-        batch, heads, seq, dim = (int(x) for x in q)
-        return [Op.make("attention", {"seq_len": seq, "heads": heads, "head_dim": dim,
-                                      "kv_len": int(kv[-2])}, dtype, batch)]
+        heads = int(q[-3]) if len(q) > 3 else 1
+        batch = _numel(q[:-3]) if len(q) > 3 else int(q[0])
+        return [Op.make("attention", {"seq_len": int(q[-2]), "heads": heads,
+                                      "head_dim": int(q[-1]), "kv_len": int(kv[-2]),
+                                      "causal": int(bool(options.get("is_causal")))},
+                        dtype, batch)]
     if name in ("adaptive_avg_pool2d", "avg_pool2d", "max_pool2d") and len(arg_shapes[0]) == 4:
         n, c, h, w = (int(x) for x in arg_shapes[0])
         k = max(1, h // int(out_shape[2]))
         return [Op.make("pool", {"channels": c, "kernel": k, "height": h, "width": w,
                                  "stride": k}, dtype, n)]
+    if name in GATHER_FUNCS and len(out_shape):
+        return _gather_ops(out_shape, dtype)
     if name in ELEMENTWISE_FUNCS:
         shape = out_shape if len(out_shape) else (arg_shapes[0] if arg_shapes else (1,))
         batch = int(shape[0]) if len(shape) else 1
@@ -243,14 +277,13 @@ def decompose(model, input_shape: Sequence[int], dtype=None) -> Decomposition:
         # shape propagation it would also print a traceback of its own.
         model(example)
     try:
-        return _decompose_fx(model, example)
-    except DecomposeError:
-        raise
+        graph = _traced(model, example)
     except Exception as exc:  # fx cannot trace it: data-dependent control flow and the like
         out = _decompose_hooks(model, example)
         first = (str(exc).strip().splitlines() or [""])[0]
         out.fx_error = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
         return out
+    return _decompose_graph(graph)
 
 
 def _shape(node) -> tuple[tuple[int, ...], str]:
@@ -269,13 +302,18 @@ def _named(name: str, kind: str, ops: list[Op]) -> list[tuple[str, Op]]:
     return [(f"{name}.{part}", op) for part, op in zip(parts, ops, strict=True)]
 
 
-def _decompose_fx(model, example) -> Decomposition:
+def _traced(model, example):
+    """The model's fx graph module, every node's output shape propagated."""
     import torch
     from torch.fx.passes.shape_prop import ShapeProp
 
     gm = torch.fx.symbolic_trace(model)
     with torch.no_grad():
         ShapeProp(gm).propagate(example)
+    return gm
+
+
+def _decompose_graph(gm) -> Decomposition:
     out = Decomposition(method="fx")
     for node in gm.graph.nodes:
         if node.op in ("placeholder", "output", "get_attr"):
@@ -285,21 +323,16 @@ def _decompose_fx(model, example) -> Decomposition:
         arg_shapes = [_shape(a)[0] for a in tensors]
         if node.op == "call_module":
             mod = gm.get_submodule(node.target)
-            ops = module_op(mod, arg_shapes[0] if arg_shapes else (), out_shape, dtype)
-            label = f"{node.target} ({type(mod).__name__})"
+            in_shape = arg_shapes[0] if arg_shapes else ()
+            out.record(str(node.target), f"{node.target} ({type(mod).__name__})",
+                       module_kind(mod), module_op, mod, in_shape, out_shape, dtype)
         else:
             name = getattr(node.target, "__name__", str(node.target))
-            options = dict(zip(CONV_OPTIONS, node.args[3:], strict=False)) | {
+            positional = POSITIONAL_OPTIONS.get(name, ())
+            options = dict(zip(positional, node.args[3:], strict=False)) | {
                 k: v for k, v in node.kwargs.items() if not hasattr(v, "meta")}
-            ops = function_op(name, arg_shapes, out_shape, dtype, options)
-            label = f"{node.name} ({name})"
-        if ops is None:
-            out.unsupported.append(label)
-            continue
-        if node.op == "call_module":
-            out.ops += _named(str(node.target), module_kind(mod), ops)
-        else:
-            out.ops += [(node.name, op) for op in ops]
+            out.record(node.name, f"{node.name} ({name})", name,
+                       function_op, name, arg_shapes, out_shape, dtype, options)
     return out
 
 
@@ -317,12 +350,9 @@ def _decompose_hooks(model, example) -> Decomposition:
             if not tensors or not isinstance(output, torch.Tensor):
                 out.unsupported.append(f"{name} ({type(mod).__name__})")
                 return
-            ops = module_op(mod, tuple(tensors[0].shape), tuple(output.shape),
-                            _dtype(tensors[0].dtype))
-            if ops is None:
-                out.unsupported.append(f"{name} ({type(mod).__name__})")
-            else:
-                out.ops += _named(name, module_kind(mod), ops)
+            out.record(name, f"{name} ({type(mod).__name__})", module_kind(mod), module_op,
+                       mod, tuple(tensors[0].shape), tuple(output.shape),
+                       _dtype(tensors[0].dtype))
         return fn
 
     for name, mod in _watched_modules(model):
