@@ -100,7 +100,7 @@ def test_a_transformer_layer_fx_cannot_trace_keeps_its_attention():
     layer = nn.TransformerEncoderLayer(32, 4, dim_feedforward=64, batch_first=True)
     d = decompose(layer, (2, 10, 32))
     assert d.method.startswith("forward hooks") and not d.unsupported
-    assert "torch.fx could not trace" in d.note and d.fx_error
+    assert d.note.startswith("torch.fx could not trace the model (") and d.untraced[""]
     names = [name for name, _ in d.ops]
     assert names[:5] == ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
                          "self_attn.attention", "self_attn.out_proj"]
@@ -109,6 +109,34 @@ def test_a_transformer_layer_fx_cannot_trace_keeps_its_attention():
         "attention", 10, 4, 8, 2)
     assert {"linear1", "linear2", "norm1", "norm2"} <= set(names)
     assert decompose(nn.Linear(4, 2), (3, 4)).note is None
+
+
+def test_a_container_fx_keeps_whole_is_decomposed_on_its_own():
+    # fx keeps torch.nn modules whole; a TransformerEncoder inside a traceable model is then
+    # decomposed from the shape it is called with (its layers by hooks, as fx cannot trace it).
+    class LanguageModel(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(100, 16)
+            self.enc = nn.TransformerEncoder(
+                nn.TransformerEncoderLayer(16, 2, dim_feedforward=32, batch_first=True), 2,
+                enable_nested_tensor=False)
+            self.head = nn.Linear(16, 100)
+
+        def forward(self, ids):
+            return self.head(self.enc(self.emb(ids)))
+
+    with pytest.raises(RuntimeError, match="Long, Int"):
+        decompose(LanguageModel(), (2, 7))
+    d = decompose(LanguageModel(), (2, 7), input_dtype="int64")
+    assert d.method == "fx" and not d.unsupported and list(d.untraced) == ["enc"]
+    assert d.note.startswith("torch.fx could not trace enc (")
+    names = [name for name, _ in d.ops]
+    assert names[0] == "emb" and names[-1] == "head"
+    assert names.count("enc.layers.1.self_attn.attention") == 1
+    assert len([n for n in names if n.startswith("enc.layers.")]) == 2 * 9
+    emb = d.ops[0][1]
+    assert (emb.kind, emb["elements"], emb.batch, emb.dtype) == ("elementwise", 7 * 16, 2, "fp32")
 
 
 def test_hooks_see_attention_called_with_keywords_and_tell_apart_own_forwards():

@@ -709,7 +709,8 @@ def test_predict_network_answers_here_for_a_torch_model_as_the_service_does(tmp_
         "def needs_width(width):\n"
         "    return nn.Linear(width, width)\n"
         "def encoder():\n"
-        "    return nn.TransformerEncoderLayer(16, 2, dim_feedforward=32, batch_first=True)\n")
+        "    layer = nn.TransformerEncoderLayer(16, 2, dim_feedforward=32, batch_first=True)\n"
+        "    return nn.Sequential(nn.Embedding(50, 16), layer)\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     store = make_store(tmp_path)
     run = CliRunner().invoke
@@ -730,12 +731,13 @@ def test_predict_network_answers_here_for_a_torch_model_as_the_service_does(tmp_
 
     r = run(main, [*args, "--nasbench201", ARCH])
     assert r.exit_code == 0 and "total: " in r.output
-    # A model fx cannot trace is read from its module calls, and the user is told what that
-    # leaves out; its attention is costed all the same.
-    r = run(main, [*args, "--module", "user_net:encoder", "--input-shape", "2,5,16", "--layers"])
+    # Token ids in; a layer fx cannot trace is read from its module calls, and the user is
+    # told what that leaves out; its attention is costed all the same.
+    r = run(main, [*args, "--module", "user_net:encoder", "--input-shape", "2,5",
+                   "--input-dtype", "int64", "--layers"])
     assert r.exit_code == 0, r.output
-    assert "9 layers" in r.output and "  self_attn.attention: " in r.output
-    assert "note: torch.fx could not trace the model (" in r.stderr
+    assert "10 layers" in r.output and "  1.self_attn.attention: " in r.output
+    assert "note: torch.fx could not trace 1 (" in r.stderr
     assert "residual adds" in r.stderr and "note:" not in r.stdout
     # The network's own GEMMs to a file that `hwnas collect gemm --shapes-csv` reads.
     from collectors.gemm.shapes_csv import read_gemm_csv

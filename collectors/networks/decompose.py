@@ -53,16 +53,26 @@ class Decomposition:
     ops: list[tuple[str, Op]] = field(default_factory=list)
     unsupported: list[str] = field(default_factory=list)
     method: str = "fx"
-    fx_error: str = ""  # why fx could not trace the model, when the hooks were used instead
+    # Module path ("" for the whole model) -> why fx could not trace it: its ops were read by
+    # forward hooks instead.
+    untraced: dict[str, str] = field(default_factory=dict)
 
     @property
     def note(self) -> str | None:
         """What a user must know about how complete the ops are; None when fx traced it all."""
-        if self.method == "fx":
+        if not self.untraced:
             return None
-        return (f"torch.fx could not trace the model ({self.fx_error}), so its ops were read "
-                f"from module calls: functions called between modules (F.relu, residual adds, "
-                f"torch.matmul, ...) are not costed")
+        where = "the model" if "" in self.untraced else ", ".join(self.untraced)
+        return (f"torch.fx could not trace {where} ({next(iter(self.untraced.values()))}), so "
+                f"ops there were read from module calls: functions called between modules "
+                f"(F.relu, residual adds, torch.matmul, ...) are not costed")
+
+    def merge(self, prefix: str, inner: Decomposition) -> None:
+        """Add the decomposition of the submodule at ``prefix``."""
+        self.ops += [(f"{prefix}.{name}", op) for name, op in inner.ops]
+        self.unsupported += [f"{prefix}.{label}" for label in inner.unsupported]
+        self.untraced |= {f"{prefix}.{path}" if path else prefix: why
+                          for path, why in inner.untraced.items()}
 
     @property
     def flops(self) -> int:
@@ -265,13 +275,16 @@ def function_op(name: str, arg_shapes: list[Sequence[int]], out_shape: Sequence[
     return None
 
 
-def decompose(model, input_shape: Sequence[int], dtype=None) -> Decomposition:
-    """Ops of ``model`` on an input of ``input_shape`` (first dimension: batch)."""
+def decompose(model, input_shape: Sequence[int], dtype=None, input_dtype: str = "float"
+              ) -> Decomposition:
+    """Ops of ``model`` on an input of ``input_shape`` (first dimension: batch): of ``dtype``
+    (default: the model's parameters'), or token ids (zeros) where ``input_dtype`` is
+    "int64"."""
     import torch
 
     model = model.eval()
     dtype = dtype or next((p.dtype for p in model.parameters()), torch.float32)
-    example = torch.zeros(*input_shape, dtype=dtype)
+    example = torch.zeros(*input_shape, dtype=torch.int64 if input_dtype == "int64" else dtype)
     with torch.no_grad():
         # A model that cannot run on this input fails here with its own error; inside fx's
         # shape propagation it would also print a traceback of its own.
@@ -281,7 +294,7 @@ def decompose(model, input_shape: Sequence[int], dtype=None) -> Decomposition:
     except Exception as exc:  # fx cannot trace it: data-dependent control flow and the like
         out = _decompose_hooks(model, example)
         first = (str(exc).strip().splitlines() or [""])[0]
-        out.fx_error = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+        out.untraced[""] = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
         return out
     return _decompose_graph(graph)
 
@@ -291,6 +304,24 @@ def _shape(node) -> tuple[tuple[int, ...], str]:
     if meta is None or not hasattr(meta, "shape"):
         return (), "fp32"
     return tuple(int(x) for x in meta.shape), _dtype(meta.dtype)
+
+
+def _decompose_inside(mod, inputs: list) -> Decomposition | None:
+    """The ops of a torch.nn container fx keeps whole (``nn.TransformerEncoder``, a nested
+    ``nn.TransformerEncoderLayer``), decomposed on its own from the one tensor it is called
+    with; None for a module of a mapped kind, a leaf, or a call it cannot be run alone for."""
+    if module_kind(mod) in MAPPED_MODULES or not list(mod.children()) or len(inputs) != 1:
+        return None
+    meta = inputs[0].meta.get("tensor_meta")
+    if meta is None or not hasattr(meta, "shape"):
+        return None
+    floating = meta.dtype.is_floating_point
+    try:
+        return decompose(mod, tuple(int(x) for x in meta.shape),
+                         dtype=meta.dtype if floating else None,
+                         input_dtype="float" if floating else "int64")
+    except Exception:  # it needs more than that tensor: left as a call not costed
+        return None
 
 
 def _named(name: str, kind: str, ops: list[Op]) -> list[tuple[str, Op]]:
@@ -323,6 +354,10 @@ def _decompose_graph(gm) -> Decomposition:
         arg_shapes = [_shape(a)[0] for a in tensors]
         if node.op == "call_module":
             mod = gm.get_submodule(node.target)
+            inner = _decompose_inside(mod, tensors)
+            if inner is not None:
+                out.merge(str(node.target), inner)
+                continue
             in_shape = arg_shapes[0] if arg_shapes else ()
             out.record(str(node.target), f"{node.target} ({type(mod).__name__})",
                        module_kind(mod), module_op, mod, in_shape, out_shape, dtype)
@@ -352,7 +387,7 @@ def _decompose_hooks(model, example) -> Decomposition:
                 return
             out.record(name, f"{name} ({type(mod).__name__})", module_kind(mod), module_op,
                        mod, tuple(tensors[0].shape), tuple(output.shape),
-                       _dtype(tensors[0].dtype))
+                       _dtype(output.dtype if output.is_floating_point() else tensors[0].dtype))
         return fn
 
     for name, mod in _watched_modules(model):

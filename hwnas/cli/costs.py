@@ -82,7 +82,8 @@ def _torch_module(spec: str):
 
 
 def network_spec(arch: str | None, ops_json: str | None, module_spec: str | None,
-                  input_shape: str | None) -> tuple[str | None, list[dict] | None, list[str]]:
+                  input_shape: str | None, input_dtype: str = "float"
+                  ) -> tuple[str | None, list[dict] | None, list[str]]:
     """The network the options name: (NAS-Bench-201 cell string, or op dicts) and what the user
     must be told of a --module's ops: layers no op kind covers (not costed), and functions the
     ops were not read from where torch.fx could not trace the model."""
@@ -106,7 +107,7 @@ def network_spec(arch: str | None, ops_json: str | None, module_spec: str | None
                                    f"1,3,224,224; got {input_shape!r}")
         model = _torch_module(module_spec)
         try:
-            d = decompose(model, shape)
+            d = decompose(model, shape, input_dtype=input_dtype)
         except Exception as exc:  # the model's forward pass at that shape
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             raise click.UsageError(f"--module {module_spec} --input-shape {input_shape}: the "

@@ -363,7 +363,8 @@ def predict_gemm(db_url, device_spec, m, n, k, dtype, batch, layout, version, sh
                    "learns this network's own calls.")
 @friendly_errors
 @rpc_errors
-def predict_network(db_url, device_spec, arch, ops_json, module_spec, input_shape, batch, dtype,
+def predict_network(db_url, device_spec, arch, ops_json, module_spec, input_shape, input_dtype,
+                    batch, dtype,
                     layers, version, gemms_csv) -> None:
     """Whole-network latency (ms), power (W) and energy (J), and per layer with --layers, from
     the store's registered models: the answer `hwnas serve` would give (a service over --db
@@ -374,7 +375,7 @@ def predict_network(db_url, device_spec, arch, ops_json, module_spec, input_shap
     from predictor.data import resolve_device_model
     from search.job import prediction_client
 
-    arch, ops, notes = network_spec(arch, ops_json, module_spec, input_shape)
+    arch, ops, notes = network_spec(arch, ops_json, module_spec, input_shape, input_dtype)
     store = open_store(db_url)
     device_model = resolve_device_model(store, device_spec)
     with prediction_client(None, store) as c:

@@ -164,6 +164,11 @@ network_options = stack_options([
                       "--input-shape."),
     click.option("--input-shape", default=None, metavar="B,C,H,W",
                  help="With --module: the input's shape, batch first (e.g. 1,3,224,224)."),
+    click.option("--input-dtype", type=click.Choice(["float", "int64"]), default="float",
+                 show_default=True,
+                 help="With --module: the input's elements: float (of the model's parameter "
+                      "dtype) or int64 (token ids, all 0, for a model that starts with an "
+                      "embedding; --input-shape is then e.g. 1,128)."),
     click.option("--batch", type=click.IntRange(1), default=1, show_default=True,
                  help="Batch size of a --nasbench201 network (--ops-json ops and "
                       "--module carry their own)."),

@@ -196,9 +196,9 @@ def query_models(server, token_file, tls_ca, timeout, device) -> None:
 @friendly_errors
 @rpc_errors
 def query_network(server, token_file, tls_ca, timeout, device, arch, ops_json, module_spec,
-                  input_shape, batch, dtype, layers, version) -> None:
+                  input_shape, input_dtype, batch, dtype, layers, version) -> None:
     """Whole-network latency, power and energy from the service."""
-    arch, ops, notes = network_spec(arch, ops_json, module_spec, input_shape)
+    arch, ops, notes = network_spec(arch, ops_json, module_spec, input_shape, input_dtype)
     with service_client(server, token_file, tls_ca, timeout) as c:
         a = c.predict_network(device, nasbench201=arch, ops=ops, batch=batch, dtype=dtype,
                               model_version=version)
