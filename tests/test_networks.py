@@ -139,7 +139,7 @@ def test_a_container_fx_keeps_whole_is_decomposed_on_its_own():
     assert (emb.kind, emb["elements"], emb.batch, emb.dtype) == ("elementwise", 7 * 16, 2, "fp32")
 
 
-def test_hooks_see_attention_called_with_keywords_and_tell_apart_own_forwards():
+def test_hooks_see_attention_called_with_keywords_and_report_what_they_miss():
     class Untraceable(nn.Module):
         def __init__(self):
             super().__init__()
@@ -156,10 +156,12 @@ def test_hooks_see_attention_called_with_keywords_and_tell_apart_own_forwards():
         def forward(self, x):
             return 2 * super().forward(x)
 
-    d = decompose(Untraceable(), (7, 3, 16))
+    model = Untraceable()
+    model.spare = nn.Linear(2, 2)  # weights its forward never calls
+    d = decompose(model, (7, 3, 16))
     att = next(op for _, op in d.ops if op.kind == "attention")
     assert (att["seq_len"], att.batch) == (7, 3)
-    assert d.unsupported == ["odd (Doubling)"]
+    assert d.unsupported == ["odd (Doubling)", "spare (Linear): not called as a module"]
     # A torch.nn subclass that keeps Linear's forward is a Linear.
     q = nn.modules.linear.NonDynamicallyQuantizableLinear(16, 8)
     assert [op.kind for _, op in decompose(q, (2, 16)).ops] == ["linear"]

@@ -377,8 +377,11 @@ def _decompose_hooks(model, example) -> Decomposition:
     out = Decomposition(method="forward hooks (functional ops between modules not seen)")
     handles = []
 
+    called: set[str] = set()
+
     def hook(name):
         def fn(mod, args, kwargs, output):
+            called.add(name)
             tensors = [t for t in (*args, *kwargs.values()) if isinstance(t, torch.Tensor)]
             if isinstance(output, tuple) and output:  # MultiheadAttention: (output, weights)
                 output = output[0]
@@ -390,7 +393,8 @@ def _decompose_hooks(model, example) -> Decomposition:
                        _dtype(output.dtype if output.is_floating_point() else tensors[0].dtype))
         return fn
 
-    for name, mod in _watched_modules(model):
+    watched = _watched_modules(model)
+    for name, mod in watched:
         handles.append(mod.register_forward_hook(hook(name), with_kwargs=True))
     try:
         with torch.no_grad():
@@ -398,6 +402,11 @@ def _decompose_hooks(model, example) -> Decomposition:
     finally:
         for h in handles:
             h.remove()
+    # A module with weights that never ran as a module: its parent used the weights itself
+    # (a fused fast path) or skipped it. Either way the hooks saw no op for it.
+    out.unsupported += [f"{name} ({type(mod).__name__}): not called as a module"
+                        for name, mod in watched
+                        if name not in called and next(mod.parameters(), None) is not None]
     return out
 
 
