@@ -80,10 +80,33 @@ def _gemm(spec: GemmSpec) -> pb.GemmShape:
                         batch=rest[1] if len(rest) > 1 else 1)
 
 
-def _op(spec: Mapping) -> pb.Op:
-    return pb.Op(kind=spec["kind"], params=dict(spec.get("params", {})),
-                 dtype=spec.get("dtype", ""), batch=spec.get("batch", 0),
-                 name=spec.get("name", ""))
+def _integer(value, field: str, minimum: int) -> int:
+    from collectors.ops import OpError
+
+    # JSON's true/false are fine for flags; 3.0 or "3" are not silently taken as 3.
+    if not isinstance(value, int) or value < minimum:
+        kind = "a positive integer" if minimum > 0 else "an integer"
+        raise OpError(field, f"must be {kind}, got {value!r}")
+    return int(value)
+
+
+def _op(spec: Mapping, field: str) -> pb.Op:
+    """One op dict (as ``collectors.ops.Op.to_dict`` writes it) as the wire's Op, checked where
+    the wire would lose the mistake: params are int64 there, and a batch of 0 reads as 1."""
+    from collectors.ops import OpError
+
+    if not isinstance(spec, Mapping) or not isinstance(spec.get("kind"), str):
+        raise OpError(f"{field}.kind", "every op needs a kind (a string)")
+    params = spec.get("params", {})
+    if not isinstance(params, Mapping):
+        raise OpError(f"{field}.params", f"must map names to integers, got {params!r}")
+    for key in ("dtype", "name"):
+        if not isinstance(spec.get(key, ""), str):
+            raise OpError(f"{field}.{key}", f"must be a string, got {spec[key]!r}")
+    batch = _integer(spec["batch"], f"{field}.batch", 1) if "batch" in spec else 0
+    return pb.Op(kind=spec["kind"],
+                 params={k: _integer(v, f"{field}.params.{k}", -2**63) for k, v in params.items()},
+                 dtype=spec.get("dtype", ""), batch=batch, name=spec.get("name", ""))
 
 
 class PredictorClient:
@@ -169,8 +192,9 @@ class PredictorClient:
     def predict_ops(self, device: str, ops: Sequence[Mapping], model_version: int = 0,
                     timeout_s: float | None = None) -> Answer:
         """Ops as mappings: {"kind": "conv2d", "params": {...}, "dtype": "fp16", "batch": 8}."""
+        wire = [_op(o, f"ops[{i}]") for i, o in enumerate(ops)]
         r = self._call("PredictOps", pb.PredictOpsRequest(
-            device=device, model_version=model_version, ops=[_op(o) for o in ops]), timeout_s)
+            device=device, model_version=model_version, ops=wire), timeout_s)
         return Answer(r.device, r.model_version, [Cost.from_pb(p) for p in r.predictions])
 
     def predict_network(self, device: str, *, nasbench201: str | None = None,
@@ -182,7 +206,7 @@ class PredictorClient:
         if nasbench201 is not None:
             req.nasbench201 = nasbench201
         elif ops is not None:
-            req.ops.ops.extend(_op(o) for o in ops)
+            req.ops.ops.extend(_op(o, f"ops[{i}]") for i, o in enumerate(ops))
         r = self._call("PredictNetwork", req, timeout_s)
         return NetworkAnswer(r.device, r.model_version, Cost.from_pb(r.total),
                              [Cost.from_pb(p) for p in r.layers], r.method)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import filecmp
+import json
 import logging
 import os
 import re
@@ -754,6 +755,16 @@ def test_predict_network_answers_here_for_a_torch_model_as_the_service_does(tmp_
         [512, 8, 27, 1], [2, 10, 2048, 1]]
     r = run(main, [*args, "--nasbench201", ARCH, "--gemms-csv", str(out)])
     assert r.exit_code == 0 and len(pd.read_csv(out)) > 10, r.output
+
+    def op_file(params=(), **fields):
+        op = {"kind": "linear", "params": {"in_features": 8, "out_features": 4, "tokens": 1,
+                                           **dict(params)}, **fields}
+        path = tmp_path / f"ops{len(list(tmp_path.glob('ops*.json')))}.json"
+        path.write_text(json.dumps([op]))
+        return str(path)
+
+    r = run(main, [*args, "--ops-json", op_file(batch=3, params={"bias": True})])
+    assert r.exit_code == 0 and "total: " in r.output, r.output
     for bad, needle in [
         (["--nasbench201", ARCH, "--module", "user_net:make", "--input-shape", "1,3,8,8"],
          "exactly one of --nasbench201, --ops-json and --module"),
@@ -766,6 +777,13 @@ def test_predict_network_answers_here_for_a_torch_model_as_the_service_does(tmp_
         (["--module", "user_net:needs_width", "--input-shape", "1,4"],
          "needs_width() failed: TypeError"),
         (["--nasbench201", ARCH, "--version", "9"], "NOT_FOUND"),
+        # The wire reads a batch of 0 as 1 and holds integers only: caught before it.
+        (["--ops-json", op_file(batch=0)], "ops[0].batch: must be a positive integer, got 0"),
+        (["--ops-json", op_file(params={"in_features": "8"})],
+         "ops[0].params.in_features: must be an integer, got '8'"),
+        (["--ops-json", op_file(params={"tokens": 2.5})],
+         "ops[0].params.tokens: must be an integer, got 2.5"),
+        (["--ops-json", op_file(dtype=16)], "ops[0].dtype: must be a string, got 16"),
     ]:
         r = run(main, [*args, *bad])
         assert r.exit_code != 0 and needle in r.output and "Traceback" not in r.output, r.output
