@@ -167,6 +167,30 @@ def test_hooks_see_attention_called_with_keywords_and_report_what_they_miss():
     assert [op.kind for _, op in decompose(q, (2, 16)).ops] == ["linear"]
 
 
+@pytest.mark.parametrize("traceable", [True, False])
+def test_cross_attention_projects_keys_of_their_own_length(traceable):
+    class Cross(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.memory = nn.Parameter(torch.zeros(9, 2, 12))  # (length, batch, kdim)
+            self.mha = nn.MultiheadAttention(16, 4, kdim=12, vdim=12)
+
+        def forward(self, x):
+            if not traceable and x.sum() > 0:  # data-dependent: fx cannot trace this
+                x = x + 1
+            return self.mha(x, self.memory, self.memory)[0]
+
+    d = decompose(Cross(), (5, 2, 16))
+    assert d.method.startswith("fx" if traceable else "forward hooks") and not d.unsupported
+    mha = [op for name, op in d.ops if name.startswith("mha.")]
+    q, k, v, att, o = mha
+    assert (q["in_features"], q["tokens"], k["in_features"], k["tokens"], v["in_features"]) == (
+        16, 5, 12, 9, 12)
+    assert (att["seq_len"], att["kv_len"], att["heads"], att["head_dim"], att.batch) == (
+        5, 9, 4, 4, 2)
+    assert (o["in_features"], o["out_features"], o["tokens"], o.batch) == (16, 16, 5, 2)
+
+
 def test_functional_calls_cost_as_their_modules_do():
     import torch.nn.functional as F
 

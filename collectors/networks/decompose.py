@@ -171,9 +171,33 @@ def module_kind(mod) -> str:
     return cls.__name__
 
 
-def module_op(mod, in_shape: Sequence[int], out_shape: Sequence[int], dtype: str
-              ) -> list[Op] | None:
-    """Ops of one module call; [] for free ones, None when unsupported."""
+def _attention_ops(mod, query: Sequence[int], key: Sequence[int], dtype: str) -> list[Op]:
+    """nn.MultiheadAttention: the query, key and value projections, the attention itself and
+    the output projection (keys and values may be another sequence, as in cross-attention)."""
+    def batch_and_length(shape):
+        if len(shape) == 2:  # unbatched (L, E)
+            return 1, int(shape[0])
+        return (int(shape[0]), int(shape[1])) if mod.batch_first else (int(shape[1]),
+                                                                        int(shape[0]))
+
+    e, heads = mod.embed_dim, mod.num_heads
+    batch, seq = batch_and_length(query)
+    kv = batch_and_length(key)[1]
+
+    def proj(in_features: int, tokens: int) -> Op:
+        return Op.make("linear", {"in_features": in_features, "out_features": e,
+                                  "tokens": tokens}, dtype, batch)
+
+    return [proj(e, seq), proj(mod.kdim, kv), proj(mod.vdim, kv),
+            Op.make("attention", {"seq_len": seq, "heads": heads, "head_dim": e // heads,
+                                  **({"kv_len": kv} if kv != seq else {})}, dtype, batch),
+            proj(e, seq)]
+
+
+def module_op(mod, in_shape: Sequence[int], out_shape: Sequence[int], dtype: str,
+              key_shape: Sequence[int] | None = None) -> list[Op] | None:
+    """Ops of one module call; [] for free ones, None when unsupported. ``key_shape``: the
+    second tensor argument's shape, where there is one (an attention's keys)."""
     kind = module_kind(mod)
     batch = int(in_shape[0]) if len(in_shape) else 1
     if kind in FREE:
@@ -204,17 +228,7 @@ def module_op(mod, in_shape: Sequence[int], out_shape: Sequence[int], dtype: str
     if kind in GATHER_MODULES:
         return _gather_ops(out_shape, dtype)
     if kind == "MultiheadAttention":
-        e, heads = mod.embed_dim, mod.num_heads
-        if mod.batch_first:
-            batch, seq = int(in_shape[0]), int(in_shape[1])
-        else:
-            seq, batch = int(in_shape[0]), int(in_shape[1])
-        proj = Op.make("linear", {"in_features": e, "out_features": e, "tokens": seq}, dtype,
-                       batch)
-        return [proj, proj, proj,
-                Op.make("attention", {"seq_len": seq, "heads": heads, "head_dim": e // heads},
-                        dtype, batch),
-                proj]
+        return _attention_ops(mod, in_shape, key_shape or in_shape, dtype)
     return None
 
 
@@ -360,7 +374,8 @@ def _decompose_graph(gm) -> Decomposition:
                 continue
             in_shape = arg_shapes[0] if arg_shapes else ()
             out.record(str(node.target), f"{node.target} ({type(mod).__name__})",
-                       module_kind(mod), module_op, mod, in_shape, out_shape, dtype)
+                       module_kind(mod), module_op, mod, in_shape, out_shape, dtype,
+                       arg_shapes[1] if len(arg_shapes) > 1 else None)
         else:
             name = getattr(node.target, "__name__", str(node.target))
             positional = POSITIONAL_OPTIONS.get(name, ())
@@ -390,7 +405,8 @@ def _decompose_hooks(model, example) -> Decomposition:
                 return
             out.record(name, f"{name} ({type(mod).__name__})", module_kind(mod), module_op,
                        mod, tuple(tensors[0].shape), tuple(output.shape),
-                       _dtype(output.dtype if output.is_floating_point() else tensors[0].dtype))
+                       _dtype(output.dtype if output.is_floating_point() else tensors[0].dtype),
+                       tuple(tensors[1].shape) if len(tensors) > 1 else None)
         return fn
 
     watched = _watched_modules(model)
