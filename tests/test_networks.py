@@ -226,6 +226,11 @@ def test_functional_calls_cost_as_their_modules_do():
             return torch.addmm(x[:, :3], x, x.t()[:, :3]) + torch.baddbmm(
                 x[None, :, :3], x[None], x.t()[None, :, :3]).sum(0)
 
+    class Reduce(nn.Module):  # a reduction's traffic is its input
+        def forward(self, x):
+            return x.mean(dim=(2, 3)) + torch.sum(x, dim=(2, 3))
+
+    assert [op["elements"] for _, op in decompose(Reduce(), (2, 3, 4, 5)).ops] == [60, 60, 3]
     ops = [op for _, op in decompose(Addmm(), (4, 6)).ops if op.kind == "gemm"]
     assert [(op["m"], op["n"], op["k"], op.batch) for op in ops] == [(4, 3, 6, 1), (4, 3, 6, 1)]
 

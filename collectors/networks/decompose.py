@@ -27,6 +27,7 @@ ELEMENTWISE_MODULES = {"ReLU", "ReLU6", "GELU", "SiLU", "Sigmoid", "Tanh", "Hard
 ELEMENTWISE_FUNCS = {"relu", "relu6", "gelu", "silu", "sigmoid", "tanh", "hardswish", "add",
                      "mul", "sub", "div", "softmax", "iadd", "imul", "truediv", "cat", "exp",
                      "leaky_relu", "elu", "hardsigmoid", "mean", "sum", "neg", "pow", "sqrt"}
+REDUCTIONS = {"mean", "sum"}
 NORM_MODULES = {"BatchNorm1d", "BatchNorm2d", "LayerNorm", "GroupNorm", "InstanceNorm2d"}
 POOL_MODULES = {"MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "AdaptiveMaxPool2d"}
 # Memory-bound calls whose traffic is their output (a lookup or a resize): costed as an
@@ -281,7 +282,10 @@ def function_op(name: str, arg_shapes: list[Sequence[int]], out_shape: Sequence[
     if name in GATHER_FUNCS and len(out_shape):
         return _gather_ops(out_shape, dtype)
     if name in ELEMENTWISE_FUNCS:
-        shape = out_shape if len(out_shape) else (arg_shapes[0] if arg_shapes else (1,))
+        # A reduction reads its whole input: that is its traffic, not its small output.
+        reduces = name in REDUCTIONS and arg_shapes and len(arg_shapes[0])
+        shape = arg_shapes[0] if reduces else out_shape if len(out_shape) else (
+            arg_shapes[0] if arg_shapes else (1,))
         batch = int(shape[0]) if len(shape) else 1
         inputs = max(1, len([s for s in arg_shapes if len(s)]))
         return [Op.make("elementwise", {"elements": max(1, _numel(shape) // batch),
