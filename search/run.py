@@ -239,7 +239,8 @@ ONE_OFF_WAIT_S = 5.0  # s per round a one-off measurement waits for a calm machi
 
 
 def measure_network(model: torch.nn.Module, shape: tuple[int, ...], device=None,
-                    min_time_s: float = 0.1, rounds: int = 5, probe=None) -> Measured:
+                    min_time_s: float = 0.1, rounds: int = 5, probe=None,
+                    input_dtype: str = "float") -> Measured:
     """Measure one forward pass on ``device`` (a collectors ComputeDevice; default this CPU) by
     the collectors' protocol and statistic (with the speed probe on a CPU: ``probe``, e.g. a
     sweep's, which has seen full speed, else a new one judged by this machine's recorded full
@@ -253,7 +254,7 @@ def measure_network(model: torch.nn.Module, shape: tuple[int, ...], device=None,
     from collectors.timing import TimingPolicy, energy_window, lowest_round
 
     device = device or CpuDevice()
-    fn, timer = forward_pass(model, shape, device)
+    fn, timer = forward_pass(model, shape, device, input_dtype)
     policy = TimingPolicy(min_time_s=min_time_s)
     # On a CPU each round waits for the machine to run at full speed, as the sweeps' do.
     if not default_probe(None, device.info.kind):

@@ -757,11 +757,7 @@ def test_predict_network_answers_here_for_a_torch_model_as_the_service_does(tmp_
     assert r.exit_code == 0 and len(pd.read_csv(out)) > 10, r.output
 
     def op_file(params=(), **fields):
-        op = {"kind": "linear", "params": {"in_features": 8, "out_features": 4, "tokens": 1,
-                                           **dict(params)}, **fields}
-        path = tmp_path / f"ops{len(list(tmp_path.glob('ops*.json')))}.json"
-        path.write_text(json.dumps([op]))
-        return str(path)
+        return _ops_file(tmp_path, params, **fields)
 
     r = run(main, [*args, "--ops-json", op_file(batch=3, params={"bias": True})])
     assert r.exit_code == 0 and "total: " in r.output, r.output
@@ -787,6 +783,59 @@ def test_predict_network_answers_here_for_a_torch_model_as_the_service_does(tmp_
     ]:
         r = run(main, [*args, *bad])
         assert r.exit_code != 0 and needle in r.output and "Traceback" not in r.output, r.output
+
+
+def test_predict_network_measure_runs_the_network_here_beside_its_prediction(tmp_path,
+                                                                          monkeypatch):
+    from click.testing import CliRunner
+
+    from collectors.devices import CpuDevice
+    from hwnas.cli import main
+
+    (tmp_path / "lm_net.py").write_text(
+        "import torch.nn as nn\n"
+        "def make():\n"
+        "    return nn.Sequential(nn.Embedding(50, 16), nn.Linear(16, 50))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    store = Store(f"sqlite:///{tmp_path / 'cpu.sqlite'}")
+    cpu = CpuDevice()
+    with store.session() as s:
+        upsert_device(s, cpu.info)
+        s.commit()
+    # A GEMM model under this CPU's name (synthetic: the measurement is under test).
+    registry.register(store, fit_full(synthetic(30, seed=0), PROFILE, n_estimators=10),
+                      cpu.info.model, {}, tmp_path / "models")
+    args = ["predict", "network", "--db", store.url, "--min-time", "0.01"]
+    module = ["--module", "lm_net:make", "--input-shape", "2,7", "--input-dtype", "int64"]
+    r = CliRunner().invoke(main, [*args, *module, "--measure"])
+    assert r.exit_code == 0, r.output
+    predicted = float(r.stdout.split("total: ")[1].split(" ms")[0])
+    line = r.stdout.split(f"measured here on {cpu.info.model} (cpu): ")[1].splitlines()[0]
+    measured, ratio = float(line.split(" ms")[0]), float(line.split("(x")[1].split(" ")[0])
+    assert ratio == pytest.approx(measured / predicted, abs=0.006)
+    assert "power not readable here" in line or " W, " in line
+    assert "sums the ops' predictions" in r.stderr  # no network model for this CPU
+    for bad, needle in [
+        (["--nasbench201", ARCH, "--dtype", "bf16", "--measure"], "run in fp32 here"),
+        (["--ops-json", _ops_file(tmp_path), "--measure"], "names no network to run"),
+    ]:
+        r = CliRunner().invoke(main, [*args, *bad])
+        assert r.exit_code != 0 and needle in r.output and "Traceback" not in r.output, r.output
+    # A device model that is not this machine's is predicted, not measured.
+    (tmp_path / "other").mkdir()
+    other = make_store(tmp_path / "other")
+    r = CliRunner().invoke(main, ["predict", "network", "--db", other.url, "--device", "Test GPU",
+                                  *module, "--measure"])
+    assert r.exit_code == 1 and "--measure: no Test GPU on this machine" in r.output, r.output
+
+
+def _ops_file(tmp_path, params=(), **fields) -> str:
+    """A JSON op list of one linear layer (its params and fields overridden), in a new file."""
+    op = {"kind": "linear", "params": {"in_features": 8, "out_features": 4, "tokens": 1,
+                                       **dict(params)}, **fields}
+    path = tmp_path / f"ops{len(list(tmp_path.glob('ops*.json')))}.json"
+    path.write_text(json.dumps([op]))
+    return str(path)
 
 
 def test_a_retired_version_stops_being_the_default_and_answers_when_named(served):

@@ -142,16 +142,23 @@ class TorchCudaTimer(Timer):
         self.torch.cuda.synchronize(self.index)
 
 
-def forward_pass(model, shape: tuple[int, ...], device: ComputeDevice
-                 ) -> tuple[Callable[[], object], Timer]:
+def forward_pass(model, shape: tuple[int, ...], device: ComputeDevice,
+                 input_dtype: str = "float") -> tuple[Callable[[], object], Timer]:
     """A no-grad forward pass of ``model`` on ``device`` (this CPU, or ``cuda:N``) on a random
-    input of ``shape``, and the timer that measures it (perf counter, or CUDA events)."""
+    input of ``shape`` (of the model's parameter dtype; token ids, all 0, where
+    ``input_dtype`` is "int64"), and the timer that measures it (perf counter, or CUDA
+    events)."""
     import torch
 
     on_cpu = device.info.kind == "cpu"
     where = "cpu" if on_cpu else f"cuda:{device.index}"
     model = model.to(where).eval()
-    x = torch.randn(*shape, device=where)
+    if input_dtype == "int64":
+        x = torch.zeros(*shape, dtype=torch.int64, device=where)
+    else:
+        dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()),
+                     torch.float32)
+        x = torch.randn(*shape, dtype=dtype, device=where)
 
     def fn():
         with torch.inference_mode():

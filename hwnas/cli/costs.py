@@ -4,6 +4,8 @@ predict``."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import click
 
 POWER_EXTRAPOLATED = "power extrapolated: shorter than any op whose power was read on its own"
@@ -81,12 +83,24 @@ def _torch_module(spec: str):
     return obj
 
 
+@dataclass
+class NetworkSpec:
+    """The network the options name: a NAS-Bench-201 cell string or op dicts, as
+    PredictNetwork takes it; what the user must be told of a --module's ops (layers no op kind
+    covers, functions not seen where torch.fx could not trace the model); and the --module
+    itself with its input, to run it."""
+
+    arch: str | None
+    ops: list[dict] | None
+    notes: list[str] = field(default_factory=list)
+    module: object = None
+    shape: tuple[int, ...] | None = None
+    input_dtype: str = "float"
+
+
 def network_spec(arch: str | None, ops_json: str | None, module_spec: str | None,
-                  input_shape: str | None, input_dtype: str = "float"
-                  ) -> tuple[str | None, list[dict] | None, list[str]]:
-    """The network the options name: (NAS-Bench-201 cell string, or op dicts) and what the user
-    must be told of a --module's ops: layers no op kind covers (not costed), and functions the
-    ops were not read from where torch.fx could not trace the model."""
+                  input_shape: str | None, input_dtype: str = "float") -> NetworkSpec:
+    """The network the options name (exactly one of the three)."""
     import json
 
     if sum(x is not None for x in (arch, ops_json, module_spec)) != 1:
@@ -94,7 +108,7 @@ def network_spec(arch: str | None, ops_json: str | None, module_spec: str | None
     if (input_shape is None) != (module_spec is None):
         raise click.UsageError("--input-shape goes with --module (and only with it)")
     if arch is not None:
-        return arch, None, []
+        return NetworkSpec(arch, None)
     if module_spec is not None:
         from collectors.networks.decompose import decompose
 
@@ -120,7 +134,8 @@ def network_spec(arch: str | None, ops_json: str | None, module_spec: str | None
                  ] if d.unsupported else []
         if d.note:
             notes.append(d.note)
-        return None, [{**op.to_dict(), "name": name} for name, op in d.ops], notes
+        return NetworkSpec(None, [{**op.to_dict(), "name": name} for name, op in d.ops],
+                           notes, model, tuple(shape), input_dtype)
     with open(ops_json) as f:
         try:
             ops = json.load(f)
@@ -128,7 +143,55 @@ def network_spec(arch: str | None, ops_json: str | None, module_spec: str | None
             raise click.UsageError(f"--ops-json: not JSON ({exc})") from None
     if not isinstance(ops, list) or not all(isinstance(o, dict) and "kind" in o for o in ops):
         raise click.UsageError("--ops-json: expected a list of objects with a 'kind'")
-    return None, ops, []
+    return NetworkSpec(None, ops)
+
+
+def network_to_measure(spec: NetworkSpec, device_model: str, batch: int, dtype: str):
+    """(torch module, input shape, this machine's device of ``device_model``) to measure the
+    network on, checked before anything is predicted."""
+    from search.run import local_device_for
+
+    if spec.arch is not None:
+        from collectors.networks.zoo import nb201_network
+
+        if dtype != "fp32":
+            raise click.UsageError(f"--measure: NAS-Bench-201 networks run in fp32 here, not "
+                                   f"--dtype {dtype}")
+        model, shape = nb201_network(spec.arch), (batch, 3, 32, 32)
+    elif spec.module is not None:
+        model, shape = spec.module, spec.shape
+    else:
+        raise click.UsageError("--measure: an --ops-json list names no network to run; give "
+                               "--module or --nasbench201")
+    device = local_device_for(device_model)
+    if device is None:
+        raise click.ClickException(f"--measure: no {device_model} on this machine to run it on "
+                                   "(or no CUDA build of torch for its GPU)")
+    return model, shape, device
+
+
+def measure_here(spec: NetworkSpec, runnable, answer, min_time_s: float) -> None:
+    """Run the network (``runnable``, from :func:`network_to_measure`) by the protocol a search
+    verifies its result with, and print the measurement beside the prediction ``answer``."""
+    from search.job import OP_SUM
+    from search.run import measure_network
+
+    model, shape, device = runnable
+    m = measure_network(model, shape, device, min_time_s=min_time_s,
+                        input_dtype=spec.input_dtype)
+
+    predicted = answer.total.latency_ms
+    power = (f"{m.power_w:.4g} W, {m.energy_mj:.4g} mJ per inference" if m.power_w is not None
+             else "power not readable here")
+    click.echo(f"measured here on {m.device}: {m.latency_ms:.5g} ms "
+               f"(x{m.latency_ms / predicted:.2f} the prediction); {power}")
+    if answer.method == OP_SUM:
+        click.echo("note: the prediction sums the ops' predictions (the device has no network "
+                   "model), which leaves out the framework's per-layer cost; `hwnas collect "
+                   "network` then `hwnas train --target network` fit one", err=True)
+    caution = m.caution()
+    if caution:
+        click.echo(f"caution: {caution}; measure again on a quiet machine", err=True)
 
 
 def echo_network(a, layers: bool, notes: list[str]) -> None:

@@ -10,7 +10,9 @@ from hwnas.cli.app import friendly_errors, main, open_store
 from hwnas.cli.costs import (
     POWER_EXTRAPOLATED,
     echo_network,
+    measure_here,
     network_spec,
+    network_to_measure,
     padding_hint,
     shapes_with_padding,
 )
@@ -356,6 +358,13 @@ def predict_gemm(db_url, device_spec, m, n, k, dtype, batch, layout, version, sh
 @DEVICE_ARG
 @network_options
 @click.option("--version", type=int, default=0, help="Model version (default: latest).")
+@click.option("--measure", is_flag=True,
+              help="Also run the network on this machine's device of --device (the CPU, or an "
+                   "NVIDIA GPU with a CUDA build of torch), as `hwnas verify` measures a "
+                   "searched network, and print its latency (and power, where readable) beside "
+                   "the prediction.")
+@click.option("--min-time", type=click.FloatRange(min=0.01), default=0.1, show_default=True,
+              help="With --measure: timed seconds per round (5 rounds).")
 @click.option("--gemms-csv", type=click.Path(dir_okay=False), default=None, metavar="FILE",
               help="Also write the GEMMs the network runs (convolutions as implicit GEMMs, "
                    "attention as batched ones), a row per layer and GEMM, to FILE: `hwnas "
@@ -364,8 +373,7 @@ def predict_gemm(db_url, device_spec, m, n, k, dtype, batch, layout, version, sh
 @friendly_errors
 @rpc_errors
 def predict_network(db_url, device_spec, arch, ops_json, module_spec, input_shape, input_dtype,
-                    batch, dtype,
-                    layers, version, gemms_csv) -> None:
+                    batch, dtype, layers, version, measure, min_time, gemms_csv) -> None:
     """Whole-network latency (ms), power (W) and energy (J), and per layer with --layers, from
     the store's registered models: the answer `hwnas serve` would give (a service over --db
     is started in this process for the question). The network is a NAS-Bench-201 cell, a JSON
@@ -375,13 +383,17 @@ def predict_network(db_url, device_spec, arch, ops_json, module_spec, input_shap
     from predictor.data import resolve_device_model
     from search.job import prediction_client
 
-    arch, ops, notes = network_spec(arch, ops_json, module_spec, input_shape, input_dtype)
+    spec = network_spec(arch, ops_json, module_spec, input_shape, input_dtype)
+    arch, ops = spec.arch, spec.ops
     store = open_store(db_url)
     device_model = resolve_device_model(store, device_spec)
+    runnable = network_to_measure(spec, device_model, batch, dtype) if measure else None
     with prediction_client(None, store) as c:
         a = c.predict_network(device_model, nasbench201=arch, ops=ops, batch=batch,
                               dtype=dtype, model_version=version)
-    echo_network(a, layers, notes)
+    echo_network(a, layers, spec.notes)
+    if runnable:
+        measure_here(spec, runnable, a, min_time)
     if gemms_csv:
         from collectors.ops import Op
         from hwnas.cli.gemm_csv import write_network_gemms

@@ -198,8 +198,8 @@ def query_models(server, token_file, tls_ca, timeout, device) -> None:
 def query_network(server, token_file, tls_ca, timeout, device, arch, ops_json, module_spec,
                   input_shape, input_dtype, batch, dtype, layers, version) -> None:
     """Whole-network latency, power and energy from the service."""
-    arch, ops, notes = network_spec(arch, ops_json, module_spec, input_shape, input_dtype)
+    spec = network_spec(arch, ops_json, module_spec, input_shape, input_dtype)
     with service_client(server, token_file, tls_ca, timeout) as c:
-        a = c.predict_network(device, nasbench201=arch, ops=ops, batch=batch, dtype=dtype,
-                              model_version=version)
-    echo_network(a, layers, notes)
+        a = c.predict_network(device, nasbench201=spec.arch, ops=spec.ops, batch=batch,
+                              dtype=dtype, model_version=version)
+    echo_network(a, layers, spec.notes)
