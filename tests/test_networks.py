@@ -173,7 +173,7 @@ def test_cross_attention_projects_keys_of_their_own_length(traceable):
         def __init__(self):
             super().__init__()
             self.memory = nn.Parameter(torch.zeros(9, 2, 12))  # (length, batch, kdim)
-            self.mha = nn.MultiheadAttention(16, 4, kdim=12, vdim=12)
+            self.mha = nn.MultiheadAttention(16, 4, kdim=12, vdim=12, bias=False)
 
         def forward(self, x):
             if not traceable and x.sum() > 0:  # data-dependent: fx cannot trace this
@@ -189,6 +189,7 @@ def test_cross_attention_projects_keys_of_their_own_length(traceable):
     assert (att["seq_len"], att["kv_len"], att["heads"], att["head_dim"], att.batch) == (
         5, 9, 4, 4, 2)
     assert (o["in_features"], o["out_features"], o["tokens"], o.batch) == (16, 16, 5, 2)
+    assert {op["bias"] for op in (q, k, v, o)} == {0}
 
 
 def test_functional_calls_cost_as_their_modules_do():

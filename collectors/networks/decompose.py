@@ -185,9 +185,11 @@ def _attention_ops(mod, query: Sequence[int], key: Sequence[int], dtype: str) ->
     batch, seq = batch_and_length(query)
     kv = batch_and_length(key)[1]
 
+    bias = int(mod.in_proj_bias is not None)
+
     def proj(in_features: int, tokens: int) -> Op:
         return Op.make("linear", {"in_features": in_features, "out_features": e,
-                                  "tokens": tokens}, dtype, batch)
+                                  "tokens": tokens, "bias": bias}, dtype, batch)
 
     return [proj(e, seq), proj(mod.kdim, kv), proj(mod.vdim, kv),
             Op.make("attention", {"seq_len": seq, "heads": heads, "head_dim": e // heads,
