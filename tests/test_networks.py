@@ -68,14 +68,43 @@ def test_functional_ops_and_depthwise_and_attention():
 
 
 def test_unsupported_modules_are_reported_by_name():
-    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ConvTranspose2d(4, 4, 2),
-                          nn.Conv2d(4, 4, (3, 1)), nn.Upsample(scale_factor=2))
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.LocalResponseNorm(2), nn.MaxPool2d((2, 1)))
     d = decompose(model, (1, 3, 8, 8))
-    assert d.unsupported == ["1 (ConvTranspose2d)",
-                             "2 (Conv2d): non-square kernel/stride/padding (3, 1) is not supported"]
+    assert d.unsupported == ["1 (LocalResponseNorm)", "2 (MaxPool2d): a rectangular window (kernel (2, 1), "
+                             "stride (2, 1), padding 0) is not covered"]
+    assert [op.kind for _, op in d.ops] == ["conv2d"]
+
+
+def test_convolutions_no_conv_op_describes_cost_as_their_implicit_gemms():
+    import torch.nn.functional as F
+
+    class Odd(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.tall = nn.Conv2d(4, 6, (3, 1), stride=(2, 1), padding=(1, 0))
+            self.dilated = nn.Conv2d(6, 6, 3, dilation=2, groups=3)
+            self.up = nn.ConvTranspose2d(6, 4, 2, stride=2)
+            self.line = nn.Conv1d(4, 8, 5, padding=2)
+            self.resize = nn.Upsample(scale_factor=2)
+
+        def forward(self, x):
+            y = self.up(self.dilated(self.tall(x)))  # (2, 4, 4, 16)
+            line = self.line(y.flatten(2))  # (2, 8, 64)
+            return F.conv1d(line, self.line.weight.transpose(0, 1)), self.resize(y)
+
+    d = decompose(Odd(), (2, 4, 11, 12))
+    assert d.method == "fx" and not d.unsupported, d.unsupported
+    gemms = {name: (op["m"], op["n"], op["k"], op.batch) for name, op in d.ops
+             if op.kind == "gemm"}
+    assert gemms == {
+        "tall": (2 * 6 * 12, 6, 4 * 3, 1),  # 11 rows at stride 2 -> 6
+        "dilated": (2 * 2 * 8, 2, 2 * 9, 3),  # reach 5: 6x12 -> 2x8, per group of 2 channels
+        "up": (2 * 2 * 8, 4 * 4, 6, 1),  # each input pixel to 2x2 outputs of 4 channels
+        "line": (2 * 64, 8, 4 * 5, 1),
+        "conv1d": (2 * 60, 4, 8 * 5, 1)}
     # A resize is memory-bound: an elementwise op over its output.
-    assert [op.kind for _, op in d.ops] == ["conv2d", "elementwise"]
-    assert d.ops[1][1]["elements"] == 4 * 10 * 14
+    resize = next(op for name, op in d.ops if name == "resize")
+    assert (resize.kind, resize["elements"]) == ("elementwise", 4 * 16 * 16)
 
 
 def test_untraceable_module_falls_back_to_hooks():

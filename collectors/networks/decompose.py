@@ -34,14 +34,20 @@ POOL_MODULES = {"MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "AdaptiveMaxPool2
 # elementwise op over the output's elements.
 GATHER_MODULES = {"Upsample", "UpsamplingNearest2d", "UpsamplingBilinear2d", "Embedding"}
 GATHER_FUNCS = {"interpolate", "embedding"}
+# Convolutions no conv op describes (1-D, transposed), costed as the GEMM they run.
+IMPLICIT_GEMM_MODULES = {"Conv1d", "ConvTranspose1d", "ConvTranspose2d"}
+IMPLICIT_GEMM_FUNCS = {"conv1d", "conv_transpose1d", "conv_transpose2d"}
 # Every module class module_op costs (or skips as free), by name.
 MAPPED_MODULES = (FREE | ELEMENTWISE_MODULES | NORM_MODULES | POOL_MODULES | GATHER_MODULES
-                  | {"Conv2d", "Linear", "MultiheadAttention"})
+                  | IMPLICIT_GEMM_MODULES | {"Conv2d", "Linear", "MultiheadAttention"})
 NORM_FUNCS = {"layer_norm", "batch_norm", "group_norm", "instance_norm"}
 # Names of the ops a module runs as several, for per-layer output ("self_attn.q_proj").
 PART_NAMES = {"MultiheadAttention": ("q_proj", "k_proj", "v_proj", "attention", "out_proj")}
 # The arguments that matter after a function's first three, in order.
 POSITIONAL_OPTIONS = {"conv2d": ("stride", "padding", "dilation", "groups"),
+                      "conv1d": ("stride", "padding", "dilation", "groups"),
+                      "conv_transpose1d": ("stride", "padding", "output_padding", "groups"),
+                      "conv_transpose2d": ("stride", "padding", "output_padding", "groups"),
                       "scaled_dot_product_attention": ("attn_mask", "dropout_p", "is_causal")}
 
 
@@ -110,24 +116,27 @@ def _dtype(dtype) -> str:
             torch.float64: "fp64"}.get(dtype, "fp32")
 
 
-def _pair(v) -> int:
-    if isinstance(v, tuple):
-        if len(set(v)) != 1:
-            raise DecomposeError(f"non-square kernel/stride/padding {v} is not supported")
-        return int(v[0])
+def _square(v) -> int | None:
+    """A kernel, stride or padding that is the same along both axes, as one number; None
+    where it is not."""
+    if isinstance(v, tuple | list):
+        return int(v[0]) if len(set(v)) == 1 else None
     return int(v)
 
 
-def _conv_ops(in_shape: Sequence[int], out_channels: int, kernel, stride, padding, dilation,
-              groups: int, dtype: str) -> list[Op] | None:
-    """A 2-D convolution (nn.Conv2d or F.conv2d) as a conv2d or depthwise_conv2d op."""
+def _conv_ops(in_shape: Sequence[int], out_shape: Sequence[int], weight: Sequence[int],
+              kernel, stride, padding, dilation, groups: int, dtype: str) -> list[Op] | None:
+    """A 2-D convolution (nn.Conv2d or F.conv2d) as a conv2d or depthwise_conv2d op; one with
+    a rectangular kernel, stride or padding, or dilated, which those ops cannot describe, as its
+    implicit GEMM."""
     if len(in_shape) != 4:
         return None
     batch, cin, h, w = (int(x) for x in in_shape)
-    k, s = _pair(kernel), _pair(stride)
-    pad = -1 if padding == "same" else 0 if padding == "valid" else _pair(padding)
-    if _pair(dilation) != 1:
-        return None
+    out_channels = int(weight[0])
+    k, s = _square(kernel), _square(stride)
+    pad = -1 if padding == "same" else 0 if padding == "valid" else _square(padding)
+    if None in (k, s, pad) or _square(dilation) != 1:
+        return _implicit_gemm(in_shape, out_shape, weight, groups, False, dtype)
     if groups == cin == out_channels and cin > 1:
         return [Op.make("depthwise_conv2d", {"channels": cin, "kernel": k, "height": h,
                                              "width": w, "stride": s, "padding": pad},
@@ -135,6 +144,23 @@ def _conv_ops(in_shape: Sequence[int], out_channels: int, kernel, stride, paddin
     return [Op.make("conv2d", {"in_channels": cin, "out_channels": out_channels, "kernel": k,
                                "height": h, "width": w, "stride": s, "padding": pad,
                                "groups": groups}, dtype, batch)]
+
+
+def _implicit_gemm(in_shape: Sequence[int], out_shape: Sequence[int], weight: Sequence[int],
+                   groups: int, transposed: bool, dtype: str) -> list[Op] | None:
+    """A convolution of any dimensionality and kernel shape as the GEMM it runs, one per group:
+    every output position by every output channel by the kernel's reach (a transposed one:
+    every input position by every output channel and kernel tap, over the input channels)."""
+    if len(in_shape) < 3 or len(out_shape) != len(in_shape) or len(weight) != len(in_shape):
+        return None
+    taps = _numel(weight[2:])
+    if transposed:  # weight (in, out / groups, *kernel)
+        m = _numel(in_shape) // int(in_shape[1])
+        n, k = int(weight[1]) * taps, int(in_shape[1]) // groups
+    else:  # weight (out, in / groups, *kernel)
+        m = _numel(out_shape) // int(out_shape[1])
+        n, k = int(weight[0]) // groups, int(weight[1]) * taps
+    return [Op.make("gemm", {"m": m, "n": n, "k": k}, dtype, groups)]
 
 
 def _linear_ops(in_shape: Sequence[int], in_features: int, out_features: int, bias: bool,
@@ -206,8 +232,11 @@ def module_op(mod, in_shape: Sequence[int], out_shape: Sequence[int], dtype: str
     if kind in FREE:
         return []
     if kind == "Conv2d":
-        return _conv_ops(in_shape, mod.out_channels, mod.kernel_size, mod.stride, mod.padding,
-                         mod.dilation, mod.groups, dtype)
+        return _conv_ops(in_shape, out_shape, mod.weight.shape, mod.kernel_size, mod.stride,
+                         mod.padding, mod.dilation, mod.groups, dtype)
+    if kind in IMPLICIT_GEMM_MODULES:
+        return _implicit_gemm(in_shape, out_shape, mod.weight.shape, mod.groups,
+                              kind.startswith("ConvTranspose"), dtype)
     if kind == "Linear":
         return _linear_ops(in_shape, mod.in_features, mod.out_features, mod.bias is not None,
                            dtype)
@@ -222,8 +251,11 @@ def module_op(mod, in_shape: Sequence[int], out_shape: Sequence[int], dtype: str
             k = s = max(1, h // ho)
             pad = 0
         else:
-            k, pad = _pair(mod.kernel_size), _pair(mod.padding)
-            s = _pair(mod.stride if mod.stride is not None else mod.kernel_size)
+            k, pad = _square(mod.kernel_size), _square(mod.padding)
+            s = _square(mod.stride if mod.stride is not None else mod.kernel_size)
+            if None in (k, s, pad):
+                raise DecomposeError(f"a rectangular window (kernel {mod.kernel_size}, stride "
+                                     f"{mod.stride}, padding {mod.padding}) is not covered")
         return [Op.make("pool", {"channels": c, "kernel": k, "height": h, "width": w,
                                  "stride": s, "padding": pad}, dtype, batch)]
     if kind in ELEMENTWISE_MODULES:
@@ -248,9 +280,13 @@ def function_op(name: str, arg_shapes: list[Sequence[int]], out_shape: Sequence[
         return _linear_ops(arg_shapes[0], in_features, out_features, len(arg_shapes) > 2, dtype)
     if name == "conv2d" and len(arg_shapes) >= 2 and len(arg_shapes[1]) == 4:
         weight = arg_shapes[1]
-        return _conv_ops(arg_shapes[0], int(weight[0]), tuple(int(x) for x in weight[2:]),
+        return _conv_ops(arg_shapes[0], out_shape, weight, tuple(int(x) for x in weight[2:]),
                          options.get("stride", 1), options.get("padding", 0),
                          options.get("dilation", 1), int(options.get("groups", 1)), dtype)
+    if name in IMPLICIT_GEMM_FUNCS and len(arg_shapes) >= 2:
+        return _implicit_gemm(arg_shapes[0], out_shape, arg_shapes[1],
+                              int(options.get("groups", 1)), name.startswith("conv_transpose"),
+                              dtype)
     if name in NORM_FUNCS and arg_shapes:
         return _norm_ops(arg_shapes[0], dtype)
     if name in ("addmm", "baddbmm") and len(arg_shapes) >= 3:
