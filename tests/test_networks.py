@@ -70,8 +70,8 @@ def test_functional_ops_and_depthwise_and_attention():
 def test_unsupported_modules_are_reported_by_name():
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.LocalResponseNorm(2), nn.MaxPool2d((2, 1)))
     d = decompose(model, (1, 3, 8, 8))
-    assert d.unsupported == ["1 (LocalResponseNorm)", "2 (MaxPool2d): a rectangular window (kernel (2, 1), "
-                             "stride (2, 1), padding 0) is not covered"]
+    assert d.unsupported == ["1 (LocalResponseNorm)", "2 (MaxPool2d): a rectangular window "
+                             "(kernel (2, 1), stride (2, 1), padding 0) is not covered"]
     assert [op.kind for _, op in d.ops] == ["conv2d"]
 
 
@@ -267,15 +267,18 @@ def test_functional_calls_cost_as_their_modules_do():
     class Sdpa(nn.Module):  # one head as (batch, seq, dim), and causal heads
         def forward(self, x):
             one = F.scaled_dot_product_attention(x, x, x)
-            heads = x.view(2, 5, 2, 4).transpose(1, 2)
+            b, t, c = x.shape
+            heads = x.view(b, t, 2, c // 2).transpose(1, 2)  # sizes: Python arithmetic
             return one.sum() + F.scaled_dot_product_attention(heads, heads, heads,
                                                               is_causal=True).sum()
 
     d = decompose(Sdpa(), (2, 5, 8))
-    assert d.method == "fx"
+    assert d.method == "fx" and not d.unsupported, d.unsupported
     att = [op for _, op in d.ops if op.kind == "attention"]
     assert [(op["seq_len"], op["heads"], op["head_dim"], op["causal"], op.batch) for op in att
             ] == [(5, 1, 8, 0, 2), (5, 2, 4, 1, 2)]
+    # As nn.MultiheadAttention's op states it: keys of the query's length go unstated.
+    assert {op["kv_len"] for op in att} == {0}
 
 
 @pytest.mark.parametrize("arch", [

@@ -308,8 +308,11 @@ def function_op(name: str, arg_shapes: list[Sequence[int]], out_shape: Sequence[
         q, kv = arg_shapes[0], arg_shapes[1]
         heads = int(q[-3]) if len(q) > 3 else 1
         batch = _numel(q[:-3]) if len(q) > 3 else int(q[0])
+        # kv_len only where it differs, as nn.MultiheadAttention's ops and the layer sweeps
+        # give it: one attention, one op, however it was written
+        kv_len = int(kv[-2]) if int(kv[-2]) != int(q[-2]) else 0
         return [Op.make("attention", {"seq_len": int(q[-2]), "heads": heads,
-                                      "head_dim": int(q[-1]), "kv_len": int(kv[-2]),
+                                      "head_dim": int(q[-1]), "kv_len": kv_len,
                                       "causal": int(bool(options.get("is_causal")))},
                         dtype, batch)]
     if name in ("adaptive_avg_pool2d", "avg_pool2d", "max_pool2d") and len(arg_shapes[0]) == 4:
@@ -404,6 +407,8 @@ def _decompose_graph(gm) -> Decomposition:
     out = Decomposition(method="fx")
     for node in gm.graph.nodes:
         if node.op in ("placeholder", "output", "get_attr"):
+            continue
+        if node.meta.get("tensor_meta") is None:  # no tensor out: arithmetic on sizes
             continue
         out_shape, dtype = _shape(node)
         tensors = [a for a in (*node.args, *node.kwargs.values()) if hasattr(a, "meta")]
