@@ -87,6 +87,8 @@ def _integer(value, field: str, minimum: int) -> int:
     if not isinstance(value, int) or value < minimum:
         kind = "a positive integer" if minimum > 0 else "an integer"
         raise OpError(field, f"must be {kind}, got {value!r}")
+    if value >= 2**63:  # the wire's int64
+        raise OpError(field, f"must be below 2^63, got {value}")
     return int(value)
 
 
