@@ -125,7 +125,7 @@ class NetworksSinceTraining:
     row: ModelVersion
     cutoff: pd.Timestamp
     scored: pd.DataFrame  # group, family, key, latency_ms, pred_latency_ms
-    not_scored: int  # networks with ops of a dtype the model was not trained on
+    not_scored: int  # networks the model does not answer for (NetworkCostModel.covers)
 
     def table(self) -> pd.DataFrame:
         """Latency metrics (:func:`predictor.evaluate.metrics`) per group, then per group and
@@ -155,8 +155,7 @@ def score_networks_since_training(store: Store, row: ModelVersion) -> NetworksSi
     cutoff, trained, after = _split_at_training(row, nets, "whole-network",
                                                 "hwnas collect network")
     model = network.load(row)
-    known = model.dtypes_
-    fits = after.ops.map(lambda ops: known is None or {op.dtype for op in ops} <= known)
+    fits = after.ops.map(model.covers)
     after = after[fits.to_numpy(bool)]
     again = after.key.isin(set(trained.key)).to_numpy()
     scored = pd.DataFrame({

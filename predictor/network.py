@@ -102,12 +102,21 @@ class NetworkCostModel:
 
     def __init__(self, kind_model: OpKindForests | None = None):
         self.kind_model = kind_model
-        self.dtypes_: set[str] | None = None  # op dtypes of the training networks
+        # What the training networks held (None on a model from before it was recorded):
+        self.dtypes_: set[str] | None = None  # op dtypes
+        self.kinds_: set[str] | None = None  # op kinds
+        self.min_layers_: int | None = None  # ops of the smallest
 
-    def covers(self, ops: list[Op]) -> bool:
-        """Whether every op's dtype was among the training networks' (a model from before
-        dtypes were recorded: assumed so)."""
-        return self.dtypes_ is None or {op.dtype for op in ops} <= self.dtypes_
+    def covers(self, ops: list[Op], network: bool = True) -> bool:
+        """Whether the model may answer for ``ops``: their dtypes and kinds were all among the
+        training networks' (a kind it never saw has no learned term and would cost nothing),
+        and, as a whole ``network``, it has at least half the ops of the smallest of them
+        (below that the per-network constant, learned from larger networks, would swamp
+        it)."""
+        return ((self.dtypes_ is None or {op.dtype for op in ops} <= self.dtypes_)
+                and (self.kinds_ is None or {op.kind for op in ops} <= self.kinds_)
+                and (not network or self.min_layers_ is None
+                     or 2 * len(ops) >= self.min_layers_))
 
     def _x(self, networks: list[list[Op]]) -> np.ndarray:
         return np.stack([network_terms(ops, self.kind_model) for ops in networks])
@@ -120,6 +129,8 @@ class NetworkCostModel:
             raise ValueError("latency_ms: need at least 2 positive network latencies")
         self.scale_ = x.max(axis=0) + 1e-12
         self.dtypes_ = {op.dtype for ops in networks for op in ops}
+        self.kinds_ = {op.kind for ops in networks for op in ops}
+        self.min_layers_ = min(len(ops) for ops in networks)
         w = 1.0 / y  # relative error
         self.coef_, _ = nnls((x / self.scale_) * w[:, None], y * w)
         return self
@@ -210,7 +221,8 @@ def register(store: Store, device_model: str, model: NetworkCostModel, metrics: 
 
     forests = model.kind_model.models if model.kind_model is not None else {}
     meta = {"metrics": metrics, "coef": model.coef_.tolist(), "scale": model.scale_.tolist(),
-            "kinds": sorted(forests), "dtypes": sorted(model.dtypes_ or ())}
+            "kinds": sorted(forests), "dtypes": sorted(model.dtypes_ or ()),
+            "network_kinds": sorted(model.kinds_ or ()), "min_layers": model.min_layers_}
     if getattr(model, "data_span_", None):  # when its training rows were stored
         meta["data_from"], meta["data_to"], meta["data_to_id"] = model.data_span_
     return registry.register_skops(store, device_model, TARGET, dict(forests),
@@ -227,6 +239,8 @@ def load(row) -> NetworkCostModel:
     model.coef_ = np.array(row.meta["coef"])
     model.scale_ = np.array(row.meta["scale"])
     model.dtypes_ = set(row.meta["dtypes"]) if row.meta.get("dtypes") else None
+    model.kinds_ = set(row.meta["network_kinds"]) if row.meta.get("network_kinds") else None
+    model.min_layers_ = row.meta.get("min_layers")
     return model
 
 

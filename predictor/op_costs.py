@@ -1,6 +1,8 @@
 """Costs of generic ops from the GEMM forest: every op that is matrix work is decomposed into the
 GEMMs it runs (convs as implicit GEMMs, attention as two batched GEMMs); memory-bound ops (pool,
-norm, elementwise) get the device's measured-bandwidth roofline bound, labelled as such, until a
+norm, elementwise) get the device's measured-bandwidth roofline bound plus the fixed cost per
+call the GEMM model found for their dtype (dispatch and launch, which every op of the framework
+pays: without it a small norm would cost a fraction of a microsecond), labelled as such, until a
 learned per-op model exists for them.
 """
 
@@ -47,11 +49,12 @@ def predict_ops(model: GemmCostForest, ops: list[Op]) -> list[OpCost]:
         pred = model.predict_costs({c: np.array(v) for c, v in zip(GEMM_COLUMNS, cols,
                                                                     strict=True)})
     bandwidth_gbs = model._profile().peaks["bandwidth"]
+    fixed_ms = getattr(model, "overhead_ms_", {})  # per dtype; older models: none
     out = []
     for i, op in enumerate(ops):
         sel = np.flatnonzero(owner_arr == i)
         if len(sel) == 0:
-            t = op_bytes(op) / (bandwidth_gbs * 1e9) * 1e3
+            t = fixed_ms.get(op.dtype, 0.0) + op_bytes(op) / (bandwidth_gbs * 1e9) * 1e3
             # A bound, not a learned figure: its uncertainty is stated as the whole value.
             out.append(OpCost(t, t, None, None, None, None, ROOFLINE, 0))
             continue

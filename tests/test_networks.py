@@ -351,6 +351,23 @@ def test_layer_sweep_and_network_model_round_trip(store):
     assert np.median(np.abs(pred / y[30:] - 1)) < 0.1 and np.all(model.coef_ >= 0)
 
 
+def test_a_network_model_answers_only_for_networks_like_those_it_learned_from():
+    conv = Op.make("conv2d", {"in_channels": 8, "out_channels": 8, "kernel": 3, "height": 16,
+                              "width": 16, "padding": 1})
+    act = Op.make("elementwise", {"elements": 8 * 16 * 16})
+    nets = [[conv, act] * n for n in range(10, 20)]
+    y = np.array([0.5 + 0.03 * len(n) for n in nets])
+    model = NetworkCostModel().fit(nets, y)
+    assert (model.kinds_, model.min_layers_) == ({"conv2d", "elementwise"}, 20)
+    assert model.covers([conv, act] * 5) and model.covers([conv, act] * 40)
+    # A kind it never saw would cost nothing; a network far smaller would be mostly constant.
+    fc = Op.make("linear", {"in_features": 8, "out_features": 8, "tokens": 4})
+    assert not model.covers([conv, act] * 10 + [fc])
+    assert not model.covers([conv, act] * 4)
+    assert model.covers([conv], network=False)  # single ops: no constant in their shares
+    assert not model.covers([fc], network=False)
+
+
 @pytest.mark.parametrize("bad", [["cnn"], ["nb201", "vit"]])
 def test_unknown_families_are_clear_errors(bad):
     with pytest.raises(ValueError, match="--family"):

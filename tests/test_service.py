@@ -618,6 +618,22 @@ def test_generated_code_is_in_sync_with_the_proto(tmp_path):
                            shallow=False), f"{name} is stale: run python -m hwnas.rpc.codegen"
 
 
+def test_memory_bound_ops_cost_their_bound_plus_the_dtypes_fixed_cost_per_call():
+    from collectors.ops import Op, op_bytes
+    from predictor.op_costs import ROOFLINE, predict_ops
+
+    model = fit_full(synthetic(30, seed=0), PROFILE, n_estimators=5)
+    fixed = model.overhead_ms_["fp16"]
+    assert fixed > 0  # the synthetic calls' fixed cost (5 us)
+    norm = Op.make("norm", {"channels": 8, "elements": 1024}, "fp16", 2)
+    pool = Op.make("pool", {"channels": 8, "kernel": 2, "height": 16, "width": 16, "stride": 2},
+                   "fp16")
+    for op, cost in zip([norm, pool], predict_ops(model, [norm, pool]), strict=True):
+        bound = op_bytes(op) / (PROFILE.peaks["bandwidth"] * 1e9) * 1e3
+        assert cost.latency_ms == pytest.approx(fixed + bound, rel=1e-12)
+        assert cost.source == ROOFLINE and cost.latency_std_ms == cost.latency_ms
+
+
 def linear_network_model(trees: int = 10):
     """A network model of linear layers whose latency is known: 30 layers, 20 networks."""
     from predictor import network
@@ -660,6 +676,12 @@ def test_network_model_answers_predict_network_with_additive_layers(served):
         client.predict_network("Test GPU", ops=[{**o, "dtype": "bf16"} for o in ops])
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "dtype: bf16: this model was trained on fp16, fp32 only" in err.value.details()
+    # Nor does it answer for a kind its networks never held (it learned no cost for it), in a
+    # network or alone.
+    norm = {"kind": "norm", "params": {"channels": 8, "elements": 1024}}
+    mixed = client.predict_network("Test GPU", ops=[*ops, norm])
+    assert mixed.method == "sum of op predictions" and mixed.layers[-1].latency_ms > 0
+    assert client.predict_ops("Test GPU", [norm]).costs[0].latency_ms > 0  # not 0 ms
 
 
 def linear_op(inp: int, tokens: int):

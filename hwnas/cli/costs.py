@@ -186,9 +186,11 @@ def measure_here(spec: NetworkSpec, runnable, answer, min_time_s: float) -> None
     click.echo(f"measured here on {m.device}: {m.latency_ms:.5g} ms "
                f"(x{m.latency_ms / predicted:.2f} the prediction); {power}")
     if answer.method == OP_SUM:
-        click.echo("note: the prediction sums the ops' predictions (the device has no network "
-                   "model), which leaves out the framework's per-layer cost; `hwnas collect "
-                   "network` then `hwnas train --target network` fit one", err=True)
+        click.echo("note: the prediction sums the ops' predictions, which leaves out the "
+                   "framework's per-layer cost: no network model of the device covers this "
+                   "network (none is registered, or its training networks had other op kinds "
+                   "or far more layers); `hwnas collect network` and `hwnas train --target "
+                   "network` fit one", err=True)
     caution = m.caution()
     if caution:
         click.echo(f"caution: {caution}; measure again on a quiet machine", err=True)

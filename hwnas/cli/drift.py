@@ -119,8 +119,9 @@ def echo_networks_since_training(result, default: bool, worst: int) -> None:
         _echo_measured_again(float(again.median_ratio.iloc[0]), "architectures",
                              "hwnas train --target network")
     if result.not_scored:
-        click.echo(f"not scored: {result.not_scored} networks with ops of a dtype the model "
-                   "was not trained on")
+        click.echo(f"not scored: {result.not_scored} networks the model does not answer for "
+                   "(ops of a dtype or kind its training networks lacked, or far fewer layers; "
+                   "the GEMM model's sums answer them)")
     if worst and len(scored):
         ape = (scored.pred_latency_ms / scored.latency_ms - 1).abs() * 100
         click.echo("\nlatency predicted worst:")

@@ -191,16 +191,20 @@ class PredictionEngine:
     def predict(self, device_spec: str, version: int, ops: list[Op]
                 ) -> tuple[str, int, list[OpCost]]:
         """Per-op costs: from the device's network model (per-op-type forests plus learned
-        per-op overheads) when one is registered and was trained on the ops' dtypes, else from
-        the GEMM forest (memory-bound ops at the bandwidth bound)."""
+        per-op overheads) when one is registered and its training networks held the ops'
+        dtypes and kinds, else from the GEMM forest (memory-bound ops at the bandwidth
+        bound)."""
         device = self.resolve_device(device_spec)
-        return self._op_costs(device, version, ops, self._network_for(device, version, ops))
+        return self._op_costs(device, version, ops,
+                              self._network_for(device, version, ops, network=False))
 
-    def _network_for(self, device: str, version: int, ops: list[Op]):
-        """The device's network model if it covers the ops' dtypes, else None (the GEMM
-        forest answers, or refuses a dtype it was not trained on either)."""
+    def _network_for(self, device: str, version: int, ops: list[Op], network: bool = True):
+        """The device's network model if it covers ``ops`` (the dtypes and op kinds of its
+        training networks, and as a whole ``network`` not far smaller than they were:
+        NetworkCostModel.covers), else None (the GEMM forest answers, or refuses a dtype it
+        was not trained on either)."""
         net = self.network_model(device, version)
-        return net if net is not None and net[1].covers(ops) else None
+        return net if net is not None and net[1].covers(ops, network) else None
 
     def _op_costs(self, device: str, version: int, ops: list[Op], net
                   ) -> tuple[str, int, list[OpCost]]:
