@@ -1,0 +1,120 @@
+"""Torch models written the way users write them, predicted and measured on this CPU.
+
+Decomposes four small networks (a ViT with an ``nn.TransformerEncoder``, a MobileNetV3-style
+block with squeeze-and-excitation, a GPT block calling ``scaled_dot_product_attention``, and a
+three-layer CNN), asks the store's registered models for their latency as `hwnas predict
+network --module` does, measures each here by the search's verification protocol, and prints
+predicted, measured and their ratio with how the prediction was made. It needs a GEMM model of
+this CPU in the store (`hwnas demo` registers one).
+
+    python benchmarks/user_networks.py [--db URL] [--min-time 0.1]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from collectors.devices import CpuDevice
+from collectors.networks.decompose import decompose
+from collectors.store.db import Store
+from hwnas.service.engine import PredictionEngine
+from search.run import measure_network
+
+
+class ViT(nn.Module):
+    def __init__(self, dim: int = 64, depth: int = 2, heads: int = 4, patch: int = 8,
+                 image: int = 32, classes: int = 10):
+        super().__init__()
+        self.patch = nn.Conv2d(3, dim, patch, stride=patch)
+        self.cls = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos = nn.Parameter(torch.zeros(1, (image // patch) ** 2 + 1, dim))
+        layer = nn.TransformerEncoderLayer(dim, heads, 4 * dim, activation="gelu",
+                                           batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
+        self.norm, self.head = nn.LayerNorm(dim), nn.Linear(dim, classes)
+
+    def forward(self, x):
+        x = self.patch(x).flatten(2).transpose(1, 2)
+        x = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], dim=1) + self.pos
+        return self.head(self.norm(self.encoder(x)[:, 0]))
+
+
+class SqueezeExcite(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.reduce = nn.Conv2d(channels, channels // 4, 1)
+        self.expand = nn.Conv2d(channels // 4, channels, 1)
+
+    def forward(self, x):
+        s = F.relu(self.reduce(F.adaptive_avg_pool2d(x, 1)))
+        return x * F.hardsigmoid(self.expand(s))
+
+
+def mobilenet_v3_block() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(3, 16, 3, 2, 1, bias=False), nn.BatchNorm2d(16), nn.Hardswish(),
+        nn.Conv2d(16, 16, 3, 1, 1, groups=16, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
+        SqueezeExcite(16), nn.Conv2d(16, 24, 1, bias=False), nn.BatchNorm2d(24),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(24, 10))
+
+
+class GPTBlock(nn.Module):
+    def __init__(self, dim: int = 64, heads: int = 4):
+        super().__init__()
+        self.heads = heads
+        self.ln1, self.ln2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
+
+    def forward(self, x):
+        b, t, c = x.shape
+        q, k, v = self.qkv(self.ln1(x)).split(c, dim=2)
+        q, k, v = (z.view(b, t, self.heads, c // self.heads).transpose(1, 2) for z in (q, k, v))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        x = x + self.proj(y.transpose(1, 2).reshape(b, t, c))
+        return x + self.mlp(self.ln2(x))
+
+
+def small_cnn() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 30 * 30, 10))
+
+
+NETWORKS = {
+    "ViT (TransformerEncoder)": (ViT, (1, 3, 32, 32)),
+    "MobileNetV3 block + SE": (mobilenet_v3_block, (1, 3, 32, 32)),
+    "GPT block (sdpa)": (GPTBlock, (1, 16, 64)),
+    "3-layer CNN": (small_cnn, (1, 3, 32, 32)),
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--db", default=None, help="store URL (default: hwnas's default store)")
+    ap.add_argument("--min-time", type=float, default=0.1,
+                    help="timed seconds per measurement round (5 rounds)")
+    args = ap.parse_args()
+
+    cpu = CpuDevice()
+    engine = PredictionEngine(Store(args.db))
+    print(f"{cpu.info.model}: predicted (store's models) against measured here\n")
+    print(f"{'network':<26} {'layers':>6} {'predicted ms':>12} {'measured ms':>11} "
+          f"{'measured/pred':>13}  how predicted")
+    for name, (make, shape) in NETWORKS.items():
+        model = make()
+        d = decompose(model, shape)
+        _, version, total, _ = engine.predict_network(cpu.info.model, 0,
+                                                      [op for _, op in d.ops])
+        m = measure_network(model, shape, cpu, min_time_s=args.min_time)
+        caution = " (measured while the machine ran slow)" if m.caution() else ""
+        print(f"{name:<26} {len(d.ops):>6} {total.latency_ms:>12.4g} {m.latency_ms:>11.4g} "
+              f"{m.latency_ms / total.latency_ms:>13.2f}  {total.source} (v{version}){caution}")
+        for note in filter(None, [d.note, d.unsupported and f"not costed: {d.unsupported}"]):
+            print(f"{'':<26} note: {note}")
+
+
+if __name__ == "__main__":
+    main()
