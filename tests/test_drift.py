@@ -181,3 +181,16 @@ def test_a_network_model_is_scored_on_the_networks_measured_since(store, store_u
                         "--plot: does not apply to --registered --target network")]:
         r = run(main, ["eval", "--db", store_url, "--device", "drift", *args])
         assert r.exit_code == 2 and says in r.output, r.output
+    # A network with a kind of op the model's networks never held is left to the op sums.
+    from collectors.ops import Op
+
+    norm = Op.make("norm", {"channels": 8, "elements": 512})
+    _store_networks(store, [("normed-0", [*_mlp(1), norm])], dt.datetime(2026, 11, 27, 2))
+    r = run(main, ["eval", "--db", store_url, "--device", "drift", "--registered", "--target",
+                   "network"])
+    assert r.exit_code == 0 and "not scored: 1 networks the model does not answer for" in \
+        r.output, r.output
+    r = run(main, ["train", "--db", store_url, "--device", "drift", "--target", "network"])
+    assert r.exit_code == 0, r.output
+    assert ("it answers networks of fp32 linear, norm ops with at least 1 layer (as its "
+            "training networks were)") in r.output, r.output

@@ -105,6 +105,11 @@ def train(db_url, device_spec, folds, trees, target, baseline_fit) -> None:
                        f"{m['rmspe']:.1f}%, Spearman {m['spearman']:.3f}")
         click.echo(f"registered {model} network v{row.version} from {metrics['networks']} "
                    f"networks and {metrics['layers']} layers: {row.path}")
+        meta, fewest = row.meta, (row.meta["min_layers"] + 1) // 2
+        click.echo(f"it answers networks of {', '.join(meta['dtypes'])} "
+                   f"{', '.join(meta['network_kinds'])} ops with at least {fewest} "
+                   f"layer{'s' if fewest != 1 else ''} (as its training networks were); others "
+                   "are summed from op predictions")
         return
     previous = default_row(store, model)
     row, ev = train_and_register(store, model, folds, n_estimators=trees,
@@ -379,7 +384,8 @@ def predict_network(db_url, device_spec, arch, ops_json, module_spec, input_shap
     is started in this process for the question). The network is a NAS-Bench-201 cell, a JSON
     op list, or your own torch model (--module pkg.mod:make_model --input-shape 1,3,224,224).
     The device's network model is used where one is registered (`hwnas train --target
-    network`), else the sum of its ops' predictions."""
+    network`) and covers the network (the op dtypes and kinds of its training networks, at
+    least half the layers of the smallest), else the sum of its ops' predictions."""
     from predictor.data import resolve_device_model
     from search.job import prediction_client
 
