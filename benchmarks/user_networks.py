@@ -1,11 +1,11 @@
 """Torch models written the way users write them, predicted and measured on this CPU.
 
-Decomposes four small networks (a ViT with an ``nn.TransformerEncoder``, a MobileNetV3-style
-block with squeeze-and-excitation, a GPT block calling ``scaled_dot_product_attention``, and a
-three-layer CNN), asks the store's registered models for their latency as `hwnas predict
-network --module` does, measures each here by the search's verification protocol, and prints
-predicted, measured and their ratio with how the prediction was made. It needs a GEMM model of
-this CPU in the store (`hwnas demo` registers one).
+Decomposes five networks (a ViT with an ``nn.TransformerEncoder``, a MobileNetV3-style block
+with squeeze-and-excitation, a GPT block calling ``scaled_dot_product_attention``, a three-layer
+CNN and a ResNet-18 at 224x224), asks the store's registered models for their latency as `hwnas
+predict network --module` does, measures each here by the search's verification protocol, and
+prints predicted, measured and their ratio with how the prediction was made. It needs a GEMM
+model of this CPU in the store (`hwnas demo` registers one).
 
     python benchmarks/user_networks.py [--db URL] [--min-time 0.1]
 """
@@ -79,6 +79,33 @@ class GPTBlock(nn.Module):
         return x + self.mlp(self.ln2(x))
 
 
+class BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn1, self.bn2 = nn.BatchNorm2d(cout), nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU(inplace=True)
+        self.down = None if stride == 1 and cin == cout else nn.Sequential(
+            nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        identity = x if self.down is None else self.down(x)
+        out = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
+        out += identity
+        return self.relu(out)
+
+
+def resnet18() -> nn.Module:
+    layers = [nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(inplace=True),
+              nn.MaxPool2d(3, 2, 1)]
+    cin = 64
+    for cout, stride in [(64, 1), (128, 2), (256, 2), (512, 2)]:
+        layers += [BasicBlock(cin, cout, stride), BasicBlock(cout, cout, 1)]
+        cin = cout
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(512, 1000))
+
+
 def small_cnn() -> nn.Module:
     return nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 30 * 30, 10))
 
@@ -88,6 +115,7 @@ NETWORKS = {
     "MobileNetV3 block + SE": (mobilenet_v3_block, (1, 3, 32, 32)),
     "GPT block (sdpa)": (GPTBlock, (1, 16, 64)),
     "3-layer CNN": (small_cnn, (1, 3, 32, 32)),
+    "ResNet-18 at 224x224": (resnet18, (1, 3, 224, 224)),
 }
 
 
