@@ -88,14 +88,15 @@ def test_search_calibrates_this_cpu_then_searches_with_its_network_model(tmp_pat
             "--retrain-epochs", "1", "--latency-ms", "100", "--no-progress"]
     plain = CliRunner().invoke(main, args + ["--out", str(tmp_path / "plain")])
     assert plain.exit_code == 0, plain.output
-    assert "has no network model" in plain.output and "--calibrate" in plain.output
+    assert "has no network model for this space's networks" in plain.output
+    assert "--calibrate" in plain.output
     doc = json.loads((tmp_path / "plain" / "arch.json").read_text())
     assert doc["prediction_method"] == "sum of op predictions"
 
     r = CliRunner().invoke(main, args + ["--calibrate", "5", "--out", str(tmp_path / "cal")])
     assert r.exit_code == 0, r.output
     assert "calibration: 5 networks of this space measured now" in r.output
-    assert "has no network model" not in r.output
+    assert "has no network model for this space's networks" not in r.output
     doc = json.loads((tmp_path / "cal" / "arch.json").read_text())
     assert doc["prediction_method"].startswith("network model")
     assert doc["measured_latency_ms"] > 0 and "x predicted" in r.output

@@ -201,7 +201,8 @@ def test_search_command_end_to_end_through_the_service(tmp_path, monkeypatch):
     # The GEMM model that made them, by version, so a search can be traced to its model.
     assert doc["prediction_model_version"] == 1
     assert "from the sum of op predictions (model v1)" in r.output, r.output
-    assert "has no network model" in r.output and "hwnas collect network" in r.output
+    assert "has no network model for this space's networks" in r.output
+    assert "hwnas collect network" in r.output
     # Pooling/normalisation are costed at the bandwidth bound with no power claimed, so the
     # network's power is unavailable rather than partly made up.
     assert doc["predicted"]["power_w"] is None and doc["predicted"]["latency_ms"] > 0

@@ -123,10 +123,12 @@ def search_cmd(db_url, space, width, depth, strategy, epochs, retrain_epochs, la
                 remedy = ("add --calibrate 20 (measures 20 networks of this space here first)"
                           if measure_on is not None else "run hwnas collect network and hwnas "
                           "train --target network on the machine with it")
-                click.echo(f"note: {device} has no network model, so costs are sums of GEMM "
-                           "predictions per op: they leave out the framework's cost per layer "
-                           "and the memory-bound ops (on a CPU often most of a small network's "
-                           f"time). For budgets that hold when measured, {remedy}.", err=True)
+                click.echo(f"note: {device} has no network model for this space's networks "
+                           "(none, or one fitted on networks of other op kinds or far more "
+                           "layers), so costs are sums of GEMM predictions per op: they leave "
+                           "out the framework's cost per layer and much of the memory-bound "
+                           "ops' (on a CPU often most of a small network's time). For budgets "
+                           f"that hold when measured, {remedy}.", err=True)
             if pareto_fractions:
                 fractions = [float(f) for f in pareto_fractions.split(",") if f.strip()]
                 if not fractions or any(not 0 < f <= 1 for f in fractions):
