@@ -107,7 +107,7 @@ def test_convolutions_no_conv_op_describes_cost_as_their_implicit_gemms():
     assert (resize.kind, resize["elements"]) == ("elementwise", 4 * 16 * 16)
 
 
-def test_untraceable_module_falls_back_to_hooks():
+def test_untraceable_module_is_read_from_the_calls_of_one_forward_pass():
     class Branchy(nn.Module):
         def __init__(self):
             super().__init__()
@@ -119,16 +119,20 @@ def test_untraceable_module_falls_back_to_hooks():
             return self.b(self.a(x))
 
     d = decompose(Branchy(), (3, 4))
-    assert d.method.startswith("forward hooks")
-    assert [op.kind for _, op in d.ops] == ["linear", "linear"]
+    assert d.method.startswith("calls of one forward pass") and not d.unsupported
+    # The test's sum and comparison, then the branch a zero input takes (no doubling).
+    assert [(name, op.kind) for name, op in d.ops] == [
+        ("sum", "elementwise"), ("gt", "elementwise"), ("a", "linear"), ("b", "linear")]
+    assert "other inputs may run other ops" in d.note
 
 
 def test_a_transformer_layer_fx_cannot_trace_keeps_its_attention():
     # nn.TransformerEncoderLayer defeats fx; MultiheadAttention calls its out_proj's weights,
-    # never the module, so hooks on leaves alone would drop the whole attention unseen.
+    # never the module, so hooks on leaves alone would drop the whole attention unseen, and
+    # its residual adds and activation are functions called between modules.
     layer = nn.TransformerEncoderLayer(32, 4, dim_feedforward=64, batch_first=True)
     d = decompose(layer, (2, 10, 32))
-    assert d.method.startswith("forward hooks") and not d.unsupported
+    assert d.method.startswith("calls of one forward pass") and not d.unsupported
     assert d.note.startswith("torch.fx could not trace the model (") and d.untraced[""]
     names = [name for name, _ in d.ops]
     assert names[:5] == ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
@@ -136,13 +140,15 @@ def test_a_transformer_layer_fx_cannot_trace_keeps_its_attention():
     att = d.ops[3][1]
     assert (att.kind, att["seq_len"], att["heads"], att["head_dim"], att.batch) == (
         "attention", 10, 4, 8, 2)
-    assert {"linear1", "linear2", "norm1", "norm2"} <= set(names)
+    assert {"linear1", "linear2", "norm1", "norm2", "relu"} <= set(names)
+    assert names.count("add") == 2 and len(names) == 12
     assert decompose(nn.Linear(4, 2), (3, 4)).note is None
 
 
 def test_a_container_fx_keeps_whole_is_decomposed_on_its_own():
     # fx keeps torch.nn modules whole; a TransformerEncoder inside a traceable model is then
-    # decomposed from the shape it is called with (its layers by hooks, as fx cannot trace it).
+    # decomposed from the shape it is called with (its layers from their calls, as fx cannot
+    # trace it).
     class LanguageModel(nn.Module):
         def __init__(self):
             super().__init__()
@@ -163,12 +169,13 @@ def test_a_container_fx_keeps_whole_is_decomposed_on_its_own():
     names = [name for name, _ in d.ops]
     assert names[0] == "emb" and names[-1] == "head"
     assert names.count("enc.layers.1.self_attn.attention") == 1
-    assert len([n for n in names if n.startswith("enc.layers.")]) == 2 * 9
+    assert len([n for n in names if n.startswith("enc.layers.")]) == 2 * 12
+    assert names.count("enc.layers.0.add") == 2
     emb = d.ops[0][1]
     assert (emb.kind, emb["elements"], emb.batch, emb.dtype) == ("elementwise", 7 * 16, 2, "fp32")
 
 
-def test_hooks_see_attention_called_with_keywords_and_report_what_they_miss():
+def test_calls_see_attention_called_with_keywords_and_inside_forwards_of_their_own():
     class Untraceable(nn.Module):
         def __init__(self):
             super().__init__()
@@ -181,16 +188,15 @@ def test_hooks_see_attention_called_with_keywords_and_report_what_they_miss():
             y = self.mha(query=x, key=x, value=x, need_weights=False)[0]
             return self.odd(y)
 
-    class Doubling(nn.Linear):  # a forward of its own: not costed as a Linear
+    class Doubling(nn.Linear):  # a forward of its own: costed by the calls it makes
         def forward(self, x):
             return 2 * super().forward(x)
 
-    model = Untraceable()
-    model.spare = nn.Linear(2, 2)  # weights its forward never calls
-    d = decompose(model, (7, 3, 16))
+    d = decompose(Untraceable(), (7, 3, 16))
     att = next(op for _, op in d.ops if op.kind == "attention")
-    assert (att["seq_len"], att.batch) == (7, 3)
-    assert d.unsupported == ["odd (Doubling)", "spare (Linear): not called as a module"]
+    assert (att["seq_len"], att.batch) == (7, 3) and not d.unsupported
+    assert [(name, op.kind) for name, op in d.ops if name.startswith("odd")] == [
+        ("odd.linear", "linear"), ("odd.mul", "elementwise")]
     # A torch.nn subclass that keeps Linear's forward is a Linear.
     q = nn.modules.linear.NonDynamicallyQuantizableLinear(16, 8)
     assert [op.kind for _, op in decompose(q, (2, 16)).ops] == ["linear"]
@@ -210,7 +216,7 @@ def test_cross_attention_projects_keys_of_their_own_length(traceable):
             return self.mha(x, self.memory, self.memory)[0]
 
     d = decompose(Cross(), (5, 2, 16))
-    assert d.method.startswith("fx" if traceable else "forward hooks") and not d.unsupported
+    assert d.method.startswith("fx" if traceable else "calls") and not d.unsupported
     mha = [op for name, op in d.ops if name.startswith("mha.")]
     q, k, v, att, o = mha
     assert (q["in_features"], q["tokens"], k["in_features"], k["tokens"], v["in_features"]) == (

@@ -754,14 +754,15 @@ def test_predict_network_answers_here_for_a_torch_model_as_the_service_does(tmp_
 
     r = run(main, [*args, "--nasbench201", ARCH])
     assert r.exit_code == 0 and "total: " in r.output
-    # Token ids in; a layer fx cannot trace is read from its module calls, and the user is
-    # told what that leaves out; its attention is costed all the same.
+    # Token ids in; a layer fx cannot trace is read from the calls of one forward pass (its
+    # attention, residual adds and activation among them), and the user is told so.
     r = run(main, [*args, "--module", "user_net:encoder", "--input-shape", "2,5",
                    "--input-dtype", "int64", "--layers"])
     assert r.exit_code == 0, r.output
-    assert "10 layers" in r.output and "  1.self_attn.attention: " in r.output
+    assert "13 layers" in r.output and "  1.self_attn.attention: " in r.output
+    assert "  1.add: " in r.output and "  1.relu: " in r.output
     assert "note: torch.fx could not trace 1 (" in r.stderr
-    assert "residual adds" in r.stderr and "note:" not in r.stdout
+    assert "other inputs may run other ops" in r.stderr and "note:" not in r.stdout
     # The network's own GEMMs to a file that `hwnas collect gemm --shapes-csv` reads.
     from collectors.gemm.shapes_csv import read_gemm_csv
 

@@ -1,12 +1,12 @@
 """A torch ``nn.Module`` and an input shape -> the list of ops it runs, with shapes.
 
 torch.fx traces the module and propagates shapes through the graph; a module fx cannot trace
-(data-dependent control flow, as in ``nn.TransformerEncoderLayer``) falls back to forward hooks
-on its modules, which see every module call but no functional op between them
-(``Decomposition.note`` says so, for the user to be told). Every op is a
-:class:`collectors.ops.Op`. Modules and functions with no mapping are reported by name in
-``Decomposition.unsupported``, never silently dropped; view-only ops (reshape, flatten, getitem,
-dropout at eval, ...) cost nothing and are skipped on purpose.
+(data-dependent control flow, as in ``nn.TransformerEncoderLayer``) is read instead from the
+calls one forward pass makes (module hooks and a TorchFunctionMode), which follow the one path
+its control flow takes on the example input (``Decomposition.note`` says so, for the user to be
+told). Every op is a :class:`collectors.ops.Op`. Modules and functions with no mapping are
+reported by name in ``Decomposition.unsupported``, never silently dropped; view-only ops
+(reshape, flatten, getitem, dropout at eval, ...) cost nothing and are skipped on purpose.
 """
 
 from __future__ import annotations
@@ -21,13 +21,21 @@ from collectors.ops import Op, op_flops
 FREE = {"view", "reshape", "flatten", "permute", "transpose", "contiguous", "size", "getitem",
         "getattr", "squeeze", "unsqueeze", "expand", "split", "chunk", "t", "dim", "type_as",
         "to", "float", "clone", "detach", "Identity", "Dropout", "Dropout1d", "Dropout2d",
-        "AlphaDropout", "Flatten", "dropout"}
+        "AlphaDropout", "Flatten", "dropout", "view_as", "expand_as", "unbind", "narrow",
+        "select", "as_strided", "unflatten", "movedim",
+        # allocations of constants (masks, positions): a fill, next to nothing
+        "zeros", "ones", "empty", "full", "arange", "zeros_like", "ones_like", "empty_like",
+        "full_like", "tensor"}
 ELEMENTWISE_MODULES = {"ReLU", "ReLU6", "GELU", "SiLU", "Sigmoid", "Tanh", "Hardswish",
                        "Hardsigmoid", "LeakyReLU", "ELU", "Mish", "Softmax"}
 ELEMENTWISE_FUNCS = {"relu", "relu6", "gelu", "silu", "sigmoid", "tanh", "hardswish", "add",
                      "mul", "sub", "div", "softmax", "iadd", "imul", "truediv", "cat", "exp",
-                     "leaky_relu", "elu", "hardsigmoid", "mean", "sum", "neg", "pow", "sqrt"}
-REDUCTIONS = {"mean", "sum"}
+                     "leaky_relu", "elu", "hardsigmoid", "mean", "sum", "neg", "pow", "sqrt",
+                     "radd", "rsub", "rmul", "rtruediv", "isub", "itruediv", "stack", "rsqrt",
+                     "log", "abs", "clamp", "where", "masked_fill", "maximum", "minimum",
+                     "log_softmax", "softplus", "mish", "erf", "gt", "lt", "ge", "le", "eq",
+                     "ne", "repeat", "hardtanh", "max", "amax"}
+REDUCTIONS = {"mean", "sum", "max", "amax"}
 NORM_MODULES = {"BatchNorm1d", "BatchNorm2d", "LayerNorm", "GroupNorm", "InstanceNorm2d"}
 POOL_MODULES = {"MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "AdaptiveMaxPool2d"}
 # Memory-bound calls whose traffic is their output (a lookup or a resize): costed as an
@@ -41,6 +49,7 @@ IMPLICIT_GEMM_FUNCS = {"conv1d", "conv_transpose1d", "conv_transpose2d"}
 MAPPED_MODULES = (FREE | ELEMENTWISE_MODULES | NORM_MODULES | POOL_MODULES | GATHER_MODULES
                   | IMPLICIT_GEMM_MODULES | {"Conv2d", "Linear", "MultiheadAttention"})
 NORM_FUNCS = {"layer_norm", "batch_norm", "group_norm", "instance_norm"}
+CALLS_METHOD = "calls of one forward pass (fx could not trace it)"
 # Names of the ops a module runs as several, for per-layer output ("self_attn.q_proj").
 PART_NAMES = {"MultiheadAttention": ("q_proj", "k_proj", "v_proj", "attention", "out_proj")}
 # The arguments that matter after a function's first three, in order.
@@ -60,8 +69,8 @@ class Decomposition:
     ops: list[tuple[str, Op]] = field(default_factory=list)
     unsupported: list[str] = field(default_factory=list)
     method: str = "fx"
-    # Module path ("" for the whole model) -> why fx could not trace it: its ops were read by
-    # forward hooks instead.
+    # Module path ("" for the whole model) -> why fx could not trace it: its ops were read from
+    # the calls of one forward pass instead.
     untraced: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -71,8 +80,8 @@ class Decomposition:
             return None
         where = "the model" if "" in self.untraced else ", ".join(self.untraced)
         return (f"torch.fx could not trace {where} ({next(iter(self.untraced.values()))}), so "
-                f"ops there were read from module calls: functions called between modules "
-                f"(F.relu, residual adds, torch.matmul, ...) are not costed")
+                f"its ops were read from the calls of one forward pass on the given input: "
+                f"where its control flow depends on the data, other inputs may run other ops")
 
     def merge(self, prefix: str, inner: Decomposition) -> None:
         """Add the decomposition of the submodule at ``prefix``."""
@@ -351,7 +360,7 @@ def decompose(model, input_shape: Sequence[int], dtype=None, input_dtype: str = 
     try:
         graph = _traced(model, example)
     except Exception as exc:  # fx cannot trace it: data-dependent control flow and the like
-        out = _decompose_hooks(model, example)
+        out = _decompose_calls(model, example)
         first = (str(exc).strip().splitlines() or [""])[0]
         out.untraced[""] = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
         return out
@@ -433,55 +442,74 @@ def _decompose_graph(gm) -> Decomposition:
     return out
 
 
-def _decompose_hooks(model, example) -> Decomposition:
+def _decompose_calls(model, example) -> Decomposition:
+    """The ops of one forward pass on ``example``, read from the calls it makes: every module of
+    a mapped kind as a unit (as the fx path costs it; the functions it calls inside are its
+    own), and every torch function called outside those (residual adds, activations, matmuls),
+    through a TorchFunctionMode. One pass sees one path through data-dependent control flow."""
     import torch
+    from torch.overrides import TorchFunctionMode
 
-    out = Decomposition(method="forward hooks (functional ops between modules not seen)")
-    handles = []
+    out = Decomposition(method=CALLS_METHOD)
+    path: list[str] = []  # names of the modules being called, outermost first
+    inside = [0]  # mapped modules being called: functions there are theirs
 
-    called: set[str] = set()
+    class Calls(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            result = func(*args, **kwargs)
+            output = result[0] if isinstance(result, tuple) and result else result
+            if inside[0] or not isinstance(output, torch.Tensor):
+                return result  # a mapped module's own work, or arithmetic on sizes
+            name = getattr(func, "__name__", str(func)).strip("_")
+            tensors = [t for a in (*args, *kwargs.values())
+                       for t in (a if isinstance(a, list | tuple) else (a,))
+                       if isinstance(t, torch.Tensor)]
+            options = dict(zip(POSITIONAL_OPTIONS.get(name, ()), args[3:], strict=False)) | {
+                k: v for k, v in kwargs.items() if not isinstance(v, torch.Tensor)}
+            label = ".".join([*path[-1:], name])
+            dtype = output.dtype if output.is_floating_point() else (
+                tensors[0].dtype if tensors else output.dtype)
+            out.record(label, f"{label} ({name})", name, function_op, name,
+                       [tuple(t.shape) for t in tensors], tuple(output.shape), _dtype(dtype),
+                       options)
+            return result
 
-    def hook(name):
-        def fn(mod, args, kwargs, output):
-            called.add(name)
+    def enter(name, mapped):
+        def pre(mod, args, kwargs):
+            path.append(name)
+            inside[0] += mapped
+        return pre
+
+    def leave(name, mapped):
+        def post(mod, args, kwargs, output):
+            path.pop()
+            inside[0] -= mapped
+            if not mapped or inside[0]:
+                return
             tensors = [t for t in (*args, *kwargs.values()) if isinstance(t, torch.Tensor)]
             if isinstance(output, tuple) and output:  # MultiheadAttention: (output, weights)
                 output = output[0]
+            label = f"{name} ({type(mod).__name__})"
             if not tensors or not isinstance(output, torch.Tensor):
-                out.unsupported.append(f"{name} ({type(mod).__name__})")
+                out.unsupported.append(label)
                 return
-            out.record(name, f"{name} ({type(mod).__name__})", module_kind(mod), module_op,
-                       mod, tuple(tensors[0].shape), tuple(output.shape),
-                       _dtype(output.dtype if output.is_floating_point() else tensors[0].dtype),
+            dtype = output.dtype if output.is_floating_point() else tensors[0].dtype
+            out.record(name, label, module_kind(mod), module_op, mod, tuple(tensors[0].shape),
+                       tuple(output.shape), _dtype(dtype),
                        tuple(tensors[1].shape) if len(tensors) > 1 else None)
-        return fn
+        return post
 
-    watched = _watched_modules(model)
-    for name, mod in watched:
-        handles.append(mod.register_forward_hook(hook(name), with_kwargs=True))
+    handles = []
+    for name, mod in model.named_modules():
+        if name:
+            mapped = int(module_kind(mod) in MAPPED_MODULES)
+            handles += [mod.register_forward_pre_hook(enter(name, mapped), with_kwargs=True),
+                        mod.register_forward_hook(leave(name, mapped), with_kwargs=True)]
     try:
-        with torch.no_grad():
+        with torch.no_grad(), Calls():
             model(example)
     finally:
         for h in handles:
             h.remove()
-    # A module with weights that never ran as a module: its parent used the weights itself
-    # (a fused fast path) or skipped it. Either way the hooks saw no op for it.
-    out.unsupported += [f"{name} ({type(mod).__name__}): not called as a module"
-                        for name, mod in watched
-                        if name not in called and next(mod.parameters(), None) is not None]
     return out
-
-
-def _watched_modules(model, prefix: str = "") -> list[tuple[str, object]]:
-    """The modules whose calls the hooks cost: the outermost ones of a mapped kind, whose
-    children are theirs to cost (MultiheadAttention holds an ``out_proj`` it never calls as a
-    module), and the leaves of everything else."""
-    watched = []
-    for name, child in model.named_children():
-        full = f"{prefix}.{name}" if prefix else name
-        if module_kind(child) in MAPPED_MODULES or not list(child.children()):
-            watched.append((full, child))
-        else:
-            watched += _watched_modules(child, full)
-    return watched
