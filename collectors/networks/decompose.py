@@ -25,7 +25,7 @@ FREE = {"view", "reshape", "flatten", "permute", "transpose", "contiguous", "siz
         "select", "as_strided", "unflatten", "movedim",
         # allocations of constants (masks, positions): a fill, next to nothing
         "zeros", "ones", "empty", "full", "arange", "zeros_like", "ones_like", "empty_like",
-        "full_like", "tensor"}
+        "full_like", "tensor", "new_zeros", "new_ones", "new_empty", "new_full", "new_tensor"}
 ELEMENTWISE_MODULES = {"ReLU", "ReLU6", "GELU", "SiLU", "Sigmoid", "Tanh", "Hardswish",
                        "Hardsigmoid", "LeakyReLU", "ELU", "Mish", "Softmax"}
 ELEMENTWISE_FUNCS = {"relu", "relu6", "gelu", "silu", "sigmoid", "tanh", "hardswish", "add",
@@ -61,7 +61,8 @@ POSITIONAL_OPTIONS = {"conv2d": ("stride", "padding", "dilation", "groups"),
 
 
 class DecomposeError(ValueError):
-    """A call of a mapped kind in a form the op has no parameters for (a 3x1 kernel)."""
+    """A call of a mapped kind in a form its op has no parameters for (a rectangular pooling
+    window)."""
 
 
 @dataclass
