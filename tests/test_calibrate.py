@@ -70,20 +70,12 @@ def test_calibration_fits_once_and_reuses_what_it_measured(tmp_path, monkeypatch
 def test_search_calibrates_this_cpu_then_searches_with_its_network_model(tmp_path, monkeypatch):
     from click.testing import CliRunner
 
-    from collectors.store.repo import upsert_device
     from hwnas.cli import main
-    from predictor import registry
-    from tests.test_service import PROFILE, fit_full, synthetic
+    from tests.test_service import cpu_store_with_gemm_model
 
     monkeypatch.setenv("HWNAS_MODELS", str(tmp_path / "models"))
-    store = Store(f"sqlite:///{tmp_path / 's.sqlite'}")
-    cpu = CpuDevice()
-    with store.session() as s:
-        upsert_device(s, cpu.info)
-        s.commit()
     # A GEMM model under this CPU's name (synthetic data: the network model is under test).
-    registry.register(store, fit_full(synthetic(30, seed=0), PROFILE, n_estimators=10),
-                      cpu.info.model, {}, tmp_path / "models")
+    store, _ = cpu_store_with_gemm_model(tmp_path)
     args = ["search", "--db", store.url, "--width", "4", "--depth", "2", "--epochs", "1",
             "--retrain-epochs", "1", "--latency-ms", "100", "--no-progress"]
     plain = CliRunner().invoke(main, args + ["--out", str(tmp_path / "plain")])

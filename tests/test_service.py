@@ -812,7 +812,6 @@ def test_predict_network_measure_runs_the_network_here_beside_its_prediction(tmp
                                                                           monkeypatch):
     from click.testing import CliRunner
 
-    from collectors.devices import CpuDevice
     from hwnas.cli import main
 
     (tmp_path / "lm_net.py").write_text(
@@ -820,14 +819,7 @@ def test_predict_network_measure_runs_the_network_here_beside_its_prediction(tmp
         "def make():\n"
         "    return nn.Sequential(nn.Embedding(50, 16), nn.Linear(16, 50))\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    store = Store(f"sqlite:///{tmp_path / 'cpu.sqlite'}")
-    cpu = CpuDevice()
-    with store.session() as s:
-        upsert_device(s, cpu.info)
-        s.commit()
-    # A GEMM model under this CPU's name (synthetic: the measurement is under test).
-    registry.register(store, fit_full(synthetic(30, seed=0), PROFILE, n_estimators=10),
-                      cpu.info.model, {}, tmp_path / "models")
+    store, cpu = cpu_store_with_gemm_model(tmp_path)
     args = ["predict", "network", "--db", store.url, "--min-time", "0.01"]
     module = ["--module", "lm_net:make", "--input-shape", "2,7", "--input-dtype", "int64"]
     r = CliRunner().invoke(main, [*args, *module, "--measure"])
@@ -850,6 +842,21 @@ def test_predict_network_measure_runs_the_network_here_beside_its_prediction(tmp
     r = CliRunner().invoke(main, ["predict", "network", "--db", other.url, "--device", "Test GPU",
                                   *module, "--measure"])
     assert r.exit_code == 1 and "--measure: no Test GPU on this machine" in r.output, r.output
+
+
+def cpu_store_with_gemm_model(tmp_path):
+    """A store holding this CPU with a GEMM model registered under its name, fitted on
+    synthetic data (for tests of what is built on the model, not of the model); and the CPU."""
+    from collectors.devices import CpuDevice
+
+    store = Store(f"sqlite:///{tmp_path / 'cpu.sqlite'}")
+    cpu = CpuDevice()
+    with store.session() as s:
+        upsert_device(s, cpu.info)
+        s.commit()
+    registry.register(store, fit_full(synthetic(30, seed=0), PROFILE, n_estimators=10),
+                      cpu.info.model, {}, tmp_path / "models")
+    return store, cpu
 
 
 def _ops_file(tmp_path, params=(), **fields) -> str:
