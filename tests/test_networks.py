@@ -374,6 +374,48 @@ def test_a_network_model_answers_only_for_networks_like_those_it_learned_from():
     assert not model.covers([fc], network=False)
 
 
+def test_collect_network_measures_your_own_model_for_the_network_model(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from hwnas.cli import main
+    from predictor import network
+    from tests.test_service import cpu_store_with_gemm_model
+
+    (tmp_path / "mine.py").write_text(
+        "import torch.nn as nn\n"
+        "def mlp():\n"
+        "    return nn.Sequential(nn.Linear(16, 32), nn.GELU(), nn.Linear(32, 16))\n"
+        "def recurrent():\n"
+        "    return nn.Sequential(nn.Linear(16, 16), nn.RNN(16, 16))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("HWNAS_MODELS", str(tmp_path / "models"))
+    store, cpu = cpu_store_with_gemm_model(tmp_path)
+    quick = ["--min-time", "0.005", "--min-reps", "3", "--warmup", "0", "--power-window", "0",
+             "--rounds", "1", "--no-probe", "--no-progress"]
+    shapes = [arg for t in (2, 4, 8, 16, 32) for arg in ("--input-shape", f"{t},16")]
+    r = CliRunner().invoke(main, ["collect", "network", "--db", store.url, "--module",
+                                  "mine:mlp", *shapes, *quick])
+    assert r.exit_code == 0 and "5 measured, 0 failed" in r.output, r.output
+    nets = load_networks(store, cpu.info.model)
+    assert set(nets.family) == {"module"} and sorted(len(ops) for ops in nets.ops) == [3] * 5
+    assert sorted(ops[0].batch for ops in nets.ops) == [2, 4, 8, 16, 32]
+    # The network model then answers for networks like it.
+    network.train_and_register(store, cpu.info.model, folds=4)
+    r = CliRunner().invoke(main, ["predict", "network", "--db", store.url, "--module",
+                                  "mine:mlp", "--input-shape", "12,16"])
+    assert r.exit_code == 0 and "network model" in r.output, r.output
+    for args, says in [
+        (["--module", "mine:mlp"], "--module and --input-shape go together"),
+        (["--module", "mine:mlp", "--input-shape", "2,16", "--family", "nb201"],
+         "give --family or --module, not both"),
+        (["--module", "mine:recurrent", "--input-shape", "2,3,16"],
+         "not costed (no op kind covers them): 1 (RNN); a network model learns only from"),
+        (["--module", "mine:nothing", "--input-shape", "2,16"], "AttributeError"),
+    ]:
+        r = CliRunner().invoke(main, ["collect", "network", "--db", store.url, *args, *quick])
+        assert r.exit_code == 2 and says in r.output and "Traceback" not in r.output, r.output
+
+
 @pytest.mark.parametrize("bad", [["cnn"], ["nb201", "vit"]])
 def test_unknown_families_are_clear_errors(bad):
     with pytest.raises(ValueError, match="--family"):

@@ -87,6 +87,14 @@ def network_plan(families: list[str], count: int, batch: int, seed: int) -> list
     return plan
 
 
+def module_plan(spec: str, shapes: list[tuple[int, ...]], input_dtype: str = "float"
+                ) -> list[dict]:
+    """A user's own model (``package.module:NAME``, :mod:`collectors.networks.user`) at each
+    input shape, one network each; rebuilt from the spec when measured, on resume too."""
+    return [{"family": "module", "module": spec, "input_shape": list(shape),
+             "input_dtype": input_dtype, "batch": shape[0]} for shape in dict.fromkeys(shapes)]
+
+
 def config_key(cfg: dict) -> str:
     text = json.dumps(cfg, sort_keys=True)
     return f"{cfg['family']}:{hashlib.sha1(text.encode()).hexdigest()[:20]}"
@@ -244,12 +252,13 @@ class NetworkSweep:
                 row.op_kind, row.batch = op.kind, op.batch
             else:
                 model, shape = build(cfg, cfg.get("batch", 1))
-                d = decompose(model, shape)
+                d = decompose(model, shape, input_dtype=cfg.get("input_dtype", "float"))
                 if d.unsupported:
                     raise ValueError(f"unsupported layers: {', '.join(d.unsupported)}")
                 ops = d.ops
                 row.op_kind, row.batch = "network", shape[0]
-            fn, timer = forward_pass(model, shape, self.device)
+            fn, timer = forward_pass(model, shape, self.device,
+                                     cfg.get("input_dtype", "float"))
             result = measure_probed(
                 lambda: measure_kernel(fn, timer, self.device, self.reader, self.policy),
                 self.probe(), row)

@@ -269,4 +269,8 @@ def build(config: dict, batch: int = 1):
         return (transformer_network(config["layers"], config["d_model"], config["heads"],
                                     config["ffn"]),
                 (batch, config["seq_len"], config["d_model"]))
+    if f == "module":  # a user's own model at the input shape given (its batch included)
+        from collectors.networks.user import user_module
+
+        return user_module(config["module"]), tuple(config["input_shape"])
     raise ValueError(f"family: unknown network family {f!r}")

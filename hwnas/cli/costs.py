@@ -54,35 +54,6 @@ def padding_hint(dims: tuple[int, int, int], padded: tuple[int, int, int], laten
             f"x{latency_ms / padded_ms:.1f} faster")
 
 
-def _torch_module(spec: str):
-    """The nn.Module that ``package.module:name`` names (an instance, or a class or function
-    called without arguments)."""
-    import importlib
-
-    import torch
-
-    path, _, name = spec.partition(":")
-    if not path or not name:
-        raise click.UsageError(f"--module {spec!r}: expected PACKAGE.MODULE:NAME")
-    try:
-        obj = getattr(importlib.import_module(path), name)
-    except (ImportError, AttributeError) as exc:
-        raise click.UsageError(f"--module {spec!r}: {type(exc).__name__}: {exc}") from None
-    if not isinstance(obj, torch.nn.Module):
-        if not callable(obj):
-            raise click.UsageError(f"--module {spec!r}: {name} is neither a torch module nor "
-                                   "callable")
-        try:
-            obj = obj()
-        except Exception as exc:  # the user's own code: say where it failed, no traceback
-            raise click.UsageError(f"--module {spec!r}: {name}() failed: "
-                                   f"{type(exc).__name__}: {exc}") from None
-    if not isinstance(obj, torch.nn.Module):
-        raise click.UsageError(f"--module {spec!r}: {name}() returned a "
-                               f"{type(obj).__name__}, not a torch.nn.Module")
-    return obj
-
-
 @dataclass
 class NetworkSpec:
     """The network the options name: a NAS-Bench-201 cell string or op dicts, as
@@ -111,15 +82,16 @@ def network_spec(arch: str | None, ops_json: str | None, module_spec: str | None
         return NetworkSpec(arch, None)
     if module_spec is not None:
         from collectors.networks.decompose import decompose
+        from collectors.networks.user import parse_input_shape, user_module
 
         try:
-            shape = [int(x) for x in input_shape.split(",")]
-        except ValueError:
-            shape = []
-        if not shape or min(shape) < 1:
-            raise click.UsageError(f"--input-shape: positive integers, batch first, e.g. "
-                                   f"1,3,224,224; got {input_shape!r}")
-        model = _torch_module(module_spec)
+            shape = parse_input_shape(input_shape)
+        except ValueError as exc:
+            raise click.UsageError(f"--input-shape: {exc}") from None
+        try:
+            model = user_module(module_spec)
+        except ValueError as exc:
+            raise click.UsageError(f"--module {exc}") from None
         try:
             d = decompose(model, shape, input_dtype=input_dtype)
         except Exception as exc:  # the model's forward pass at that shape
@@ -135,7 +107,7 @@ def network_spec(arch: str | None, ops_json: str | None, module_spec: str | None
         if d.note:
             notes.append(d.note)
         return NetworkSpec(None, [{**op.to_dict(), "name": name} for name, op in d.ops],
-                           notes, model, tuple(shape), input_dtype)
+                           notes, model, shape, input_dtype)
     with open(ops_json) as f:
         try:
             ops = json.load(f)
@@ -186,11 +158,13 @@ def measure_here(spec: NetworkSpec, runnable, answer, min_time_s: float) -> None
     click.echo(f"measured here on {m.device}: {m.latency_ms:.5g} ms "
                f"(x{m.latency_ms / predicted:.2f} the prediction); {power}")
     if answer.method == OP_SUM:
+        run_it = ("--module ... --input-shape ..." if spec.module is not None
+                  else "--family nb201")
         click.echo("note: the prediction sums the ops' predictions, which leaves out the "
                    "framework's per-layer cost: no network model of the device covers this "
                    "network (none is registered, or its training networks had other op kinds "
-                   "or far more layers); `hwnas collect network` and `hwnas train --target "
-                   "network` fit one", err=True)
+                   f"or far more layers); `hwnas collect network {run_it}` (a few shapes) then "
+                   "`hwnas train --target network` fit one", err=True)
     caution = m.caution()
     if caution:
         click.echo(f"caution: {caution}; measure again on a quiet machine", err=True)

@@ -146,6 +146,17 @@ def collect_gemm(db_url, device_name, backend, threads, dtypes, shape_set, shape
               help="Comma-separated: nb201, proxyless (the `hwnas search --space mobilenet` "
                    "space), resnet, mobilenet, transformer (sampled whole networks), or layers "
                    "(single conv2d/depthwise/linear/attention layers over grids).")
+@click.option("--module", "module_spec", default=None, metavar="PACKAGE.MODULE:NAME",
+              help="Instead of --family: your own torch model (as `hwnas predict network "
+                   "--module` takes it), measured at every --input-shape, so `hwnas train "
+                   "--target network` learns networks like yours. Its ops must all be of "
+                   "known kinds.")
+@click.option("--input-shape", "input_shapes", multiple=True, metavar="B,C,H,W",
+              help="With --module: an input shape, batch first; repeat for several.")
+@click.option("--input-dtype", type=click.Choice(["float", "int64"]), default="float",
+              show_default=True,
+              help="With --module: float inputs, or int64 token ids for a model that starts "
+                   "with an embedding.")
 @click.option("--count", type=click.IntRange(1, 100_000), default=20, show_default=True,
               help="Architectures per family.")
 @click.option("--batch", "batches", default="1", show_default=True,
@@ -163,11 +174,12 @@ def collect_gemm(db_url, device_name, backend, threads, dtypes, shape_set, shape
 @ROUNDS_OPTION
 @PROBE_OPTION
 @friendly_errors
-def collect_network(db_url, families, count, batches, layer_kinds, seed, device_name, threads,
-                    resume_id, no_progress, warmup, min_reps, min_time, power_window, l2_flush,
-                    cooldown, rounds, probe) -> None:
-    """Measure whole sampled networks (or single layers) on this CPU or a GPU; each decomposed
-    into its ops (stored with the row) so network predictors can learn from them."""
+def collect_network(db_url, families, module_spec, input_shapes, input_dtype, count, batches,
+                    layer_kinds, seed, device_name, threads, resume_id, no_progress, warmup,
+                    min_reps, min_time, power_window, l2_flush, cooldown, rounds, probe) -> None:
+    """Measure whole sampled networks (or single layers, or your own model) on this CPU or a
+    GPU; each decomposed into its ops (stored with the row) so network predictors can learn
+    from them."""
     from collectors.devices import get_device
     from collectors.networks.sweep import (
         LAYER_KINDS,
@@ -185,6 +197,8 @@ def collect_network(db_url, families, count, batches, layer_kinds, seed, device_
     batch_list = [int(b) for b in split_list(batches, "--batch")]
     if any(b < 1 for b in batch_list):
         raise click.UsageError("--batch: must be positive integers")
+    user_plan = _module_plan(module_spec, input_shapes, input_dtype) if (
+        module_spec or input_shapes) else None
     store = open_store(db_url)
     if resume_id is not None:
         device = resume_device(sweep_origin(store, resume_id, NETWORK_SWEEP_KINDS, "network"),
@@ -197,7 +211,9 @@ def collect_network(db_url, families, count, batches, layer_kinds, seed, device_
                           probe=default_probe(probe, device.info.kind))
     sweeper = NetworkSweep(store, device, policy, threads,
                            progress=not no_progress)
-    if resume_id is None:
+    if resume_id is None and user_plan is not None:
+        resume_id = sweeper.create(user_plan, "network")
+    elif resume_id is None:
         fams = split_list(families, "--family")
         if "layers" in fams:
             kinds = split_list(layer_kinds, "--layer-kinds")
@@ -214,6 +230,28 @@ def collect_network(db_url, families, count, batches, layer_kinds, seed, device_
                f"{summary.already_done} stored earlier in {summary.seconds:.0f} s"
                + (f"; resume with --resume {resume_id}" if summary.interrupted else ""))
     echo_slow_configs(sweeper.store, resume_id)
+
+
+def _module_plan(module_spec: str | None, input_shapes: tuple[str, ...], input_dtype: str
+                 ) -> list[dict]:
+    """The sweep plan of ``collect network --module``, after checking here, before anything is
+    measured, that the model builds, runs at every shape and decomposes into known ops."""
+    from collectors.networks.sweep import module_plan
+    from hwnas.cli.costs import network_spec
+
+    if click.get_current_context().get_parameter_source("families").name != "DEFAULT":
+        raise click.UsageError("give --family or --module, not both")
+    if not module_spec or not input_shapes:
+        raise click.UsageError("--module and --input-shape go together")
+    shapes = []
+    for text in input_shapes:
+        spec = network_spec(None, None, module_spec, text, input_dtype)
+        uncosted = [n for n in spec.notes if n.startswith("not costed")]
+        if uncosted:
+            raise click.UsageError(f"--module {module_spec} at {text}: {uncosted[0]}; a network "
+                                   "model learns only from networks whose ops are all costed")
+        shapes.append(spec.shape)
+    return module_plan(module_spec, shapes, input_dtype)
 
 
 @main.command()
