@@ -193,7 +193,7 @@ class PredictionEngine:
         """Per-op costs: from the device's network model (per-op-type forests plus learned
         per-op overheads) when one is registered and its training networks held the ops'
         dtypes and kinds, else from the GEMM forest (memory-bound ops at the bandwidth
-        bound)."""
+        bound plus the dtype's fixed cost per call)."""
         device = self.resolve_device(device_spec)
         return self._op_costs(device, version, ops,
                               self._network_for(device, version, ops, network=False))
