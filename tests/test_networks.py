@@ -411,6 +411,8 @@ def test_collect_network_measures_your_own_model_for_the_network_model(tmp_path,
         (["--module", "mine:recurrent", "--input-shape", "2,3,16"],
          "not costed (no op kind covers them): 1 (RNN); a network model learns only from"),
         (["--module", "mine:nothing", "--input-shape", "2,16"], "AttributeError"),
+        (["--resume", "1", "--module", "mine:mlp", "--input-shape", "2,16"],
+         "--resume carries on its own sweep"),
     ]:
         r = CliRunner().invoke(main, ["collect", "network", "--db", store.url, *args, *quick])
         assert r.exit_code == 2 and says in r.output and "Traceback" not in r.output, r.output

@@ -197,6 +197,9 @@ def collect_network(db_url, families, module_spec, input_shapes, input_dtype, co
     batch_list = [int(b) for b in split_list(batches, "--batch")]
     if any(b < 1 for b in batch_list):
         raise click.UsageError("--batch: must be positive integers")
+    if resume_id is not None and (module_spec or input_shapes):
+        raise click.UsageError("--resume carries on its own sweep (its models and shapes); "
+                               "--module and --input-shape start a new one")
     user_plan = _module_plan(module_spec, input_shapes, input_dtype) if (
         module_spec or input_shapes) else None
     store = open_store(db_url)
