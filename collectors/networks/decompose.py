@@ -443,6 +443,14 @@ def _decompose_graph(gm) -> Decomposition:
     return out
 
 
+def _call_dtype(output, inputs: list) -> str:
+    """The dtype a call computes in: its output's (an embedding's floats, not its ids), unless
+    that is not a float (a comparison's booleans): then its first input's."""
+    if output.is_floating_point() or not inputs:
+        return _dtype(output.dtype)
+    return _dtype(inputs[0].dtype)
+
+
 def _decompose_calls(model, example) -> Decomposition:
     """The ops of one forward pass on ``example``, read from the calls it makes: every module of
     a mapped kind as a unit (as the fx path costs it; the functions it calls inside are its
@@ -469,11 +477,9 @@ def _decompose_calls(model, example) -> Decomposition:
             options = dict(zip(POSITIONAL_OPTIONS.get(name, ()), args[3:], strict=False)) | {
                 k: v for k, v in kwargs.items() if not isinstance(v, torch.Tensor)}
             label = ".".join([*path[-1:], name])
-            dtype = output.dtype if output.is_floating_point() else (
-                tensors[0].dtype if tensors else output.dtype)
             out.record(label, f"{label} ({name})", name, function_op, name,
-                       [tuple(t.shape) for t in tensors], tuple(output.shape), _dtype(dtype),
-                       options)
+                       [tuple(t.shape) for t in tensors], tuple(output.shape),
+                       _call_dtype(output, tensors), options)
             return result
 
     def enter(name, mapped):
@@ -495,9 +501,8 @@ def _decompose_calls(model, example) -> Decomposition:
             if not tensors or not isinstance(output, torch.Tensor):
                 out.unsupported.append(label)
                 return
-            dtype = output.dtype if output.is_floating_point() else tensors[0].dtype
             out.record(name, label, module_kind(mod), module_op, mod, tuple(tensors[0].shape),
-                       tuple(output.shape), _dtype(dtype),
+                       tuple(output.shape), _call_dtype(output, tensors),
                        tuple(tensors[1].shape) if len(tensors) > 1 else None)
         return post
 
