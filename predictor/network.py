@@ -113,10 +113,22 @@ class NetworkCostModel:
         and, as a whole ``network``, it has at least half the ops of the smallest of them
         (below that the per-network constant, learned from larger networks, would swamp
         it)."""
-        return ((self.dtypes_ is None or {op.dtype for op in ops} <= self.dtypes_)
-                and (self.kinds_ is None or {op.kind for op in ops} <= self.kinds_)
-                and (not network or self.min_layers_ is None
-                     or 2 * len(ops) >= self.min_layers_))
+        return self.uncovered(ops, network) is None
+
+    def uncovered(self, ops: list[Op], network: bool = True) -> str | None:
+        """Why the model does not answer for ``ops`` (:meth:`covers`), in words; None where
+        it does."""
+        dtypes, kinds = {op.dtype for op in ops}, {op.kind for op in ops}
+        if self.dtypes_ is not None and not dtypes <= self.dtypes_:
+            return (f"its training networks held no {', '.join(sorted(dtypes - self.dtypes_))} "
+                    "ops")
+        if self.kinds_ is not None and not kinds <= self.kinds_:
+            return (f"its training networks held no {', '.join(sorted(kinds - self.kinds_))} "
+                    f"ops (only {', '.join(sorted(self.kinds_))})")
+        if network and self.min_layers_ is not None and 2 * len(ops) < self.min_layers_:
+            return (f"this network has {len(ops)} layers, under half the {self.min_layers_} of "
+                    "its smallest training network")
+        return None
 
     def _x(self, networks: list[list[Op]]) -> np.ndarray:
         return np.stack([network_terms(ops, self.kind_model) for ops in networks])

@@ -369,7 +369,11 @@ def test_a_network_model_answers_only_for_networks_like_those_it_learned_from():
     # A kind it never saw would cost nothing; a network far smaller would be mostly constant.
     fc = Op.make("linear", {"in_features": 8, "out_features": 8, "tokens": 4})
     assert not model.covers([conv, act] * 10 + [fc])
+    assert model.uncovered([conv, act] * 10 + [fc]) == (
+        "its training networks held no linear ops (only conv2d, elementwise)")
     assert not model.covers([conv, act] * 4)
+    assert model.uncovered([conv, act] * 4) == (
+        "this network has 8 layers, under half the 20 of its smallest training network")
     assert model.covers([conv], network=False)  # single ops: no constant in their shares
     assert not model.covers([fc], network=False)
 

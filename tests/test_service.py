@@ -651,7 +651,7 @@ def linear_network_model(trees: int = 10):
 def test_network_model_answers_predict_network_with_additive_layers(served):
     from predictor import network
 
-    store, _, client, _ = served
+    store, _, client, tmp_path = served
     model = linear_network_model()
     metrics = {"networks": 20, "layers": 30, "held_out": {"rmspe": 5.0}}
     network.register(store, PROFILE.model, model, metrics)
@@ -682,6 +682,18 @@ def test_network_model_answers_predict_network_with_additive_layers(served):
     mixed = client.predict_network("Test GPU", ops=[*ops, norm])
     assert mixed.method == "sum of op predictions" and mixed.layers[-1].latency_ms > 0
     assert client.predict_ops("Test GPU", [norm]).costs[0].latency_ms > 0  # not 0 ms
+    # `hwnas predict network` says why the network model did not answer.
+    from click.testing import CliRunner
+
+    from hwnas.cli import main
+
+    path = tmp_path / "mixed.json"
+    path.write_text(json.dumps([*ops, norm]))
+    r = CliRunner().invoke(main, ["predict", "network", "--db", store.url, "--device",
+                                  "Test GPU", "--ops-json", str(path)])
+    assert r.exit_code == 0, r.output
+    assert ("note: network model v1 does not answer for it: its training networks held no "
+            "norm ops (only linear); the sum of op predictions does") in r.stderr, r.output
 
 
 def linear_op(inp: int, tokens: int):

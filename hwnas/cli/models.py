@@ -386,8 +386,9 @@ def predict_network(db_url, device_spec, arch, ops_json, module_spec, input_shap
     The device's network model is used where one is registered (`hwnas train --target
     network`) and covers the network (the op dtypes and kinds of its training networks, at
     least half the layers of the smallest), else the sum of its ops' predictions."""
+    from collectors.ops import Op
     from predictor.data import resolve_device_model
-    from search.job import prediction_client
+    from search.job import OP_SUM, prediction_client
 
     spec = network_spec(arch, ops_json, module_spec, input_shape, input_dtype)
     arch, ops = spec.arch, spec.ops
@@ -398,10 +399,12 @@ def predict_network(db_url, device_spec, arch, ops_json, module_spec, input_shap
         a = c.predict_network(device_model, nasbench201=arch, ops=ops, batch=batch,
                               dtype=dtype, model_version=version)
     echo_network(a, layers, spec.notes)
+    if a.method == OP_SUM and ops is not None:
+        _why_no_network_model(store, device_model, version,
+                              [Op.from_dict(o) for o in ops])
     if runnable:
         measure_here(spec, runnable, a, min_time)
     if gemms_csv:
-        from collectors.ops import Op
         from hwnas.cli.gemm_csv import write_network_gemms
         from predictor.nasbench201 import network_ops
 
@@ -410,6 +413,20 @@ def predict_network(db_url, device_spec, arch, ops_json, module_spec, input_shap
         rows, distinct = write_network_gemms(named, gemms_csv)
         click.echo(f"\nwrote the {rows} GEMMs of its layers ({distinct} distinct) to "
                    f"{gemms_csv}; `hwnas collect gemm --shapes-csv {gemms_csv}` measures them")
+
+
+def _why_no_network_model(store, device_model: str, version: int, ops) -> None:
+    """Where the device has a network model that did not answer for ``ops``, say why."""
+    from predictor import network, registry
+
+    try:
+        row = registry.find(store, device_model, version or None, target=network.TARGET)
+    except registry.RegistryError:
+        return  # none (of that version): the sum is all there is
+    reason = network.load(row).uncovered(ops)
+    if reason:
+        click.echo(f"note: network model v{row.version} does not answer for it: {reason}; "
+                   "the sum of op predictions does", err=True)
 
 
 @main.command()
