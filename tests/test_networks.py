@@ -105,6 +105,11 @@ def test_convolutions_no_conv_op_describes_cost_as_their_implicit_gemms():
     # A resize is memory-bound: an elementwise op over its output.
     resize = next(op for name, op in d.ops if name == "resize")
     assert (resize.kind, resize["elements"]) == ("elementwise", 4 * 16 * 16)
+    # A 1-D pool (which the 2-D pool op cannot describe) reads its input, as a reduction does.
+    pooled = decompose(nn.Sequential(nn.Conv1d(2, 4, 3), nn.AdaptiveAvgPool1d(1)), (3, 2, 10))
+    assert not pooled.unsupported
+    assert [(op.kind, op.batch) for _, op in pooled.ops] == [("gemm", 1), ("elementwise", 3)]
+    assert pooled.ops[1][1]["elements"] == 4 * 8
 
 
 def test_untraceable_module_is_read_from_the_calls_of_one_forward_pass():

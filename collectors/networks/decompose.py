@@ -26,6 +26,10 @@ FREE = {"view", "reshape", "flatten", "permute", "transpose", "contiguous", "siz
         # allocations of constants (masks, positions): a fill, next to nothing
         "zeros", "ones", "empty", "full", "arange", "zeros_like", "ones_like", "empty_like",
         "full_like", "tensor", "new_zeros", "new_ones", "new_empty", "new_full", "new_tensor"}
+# 1-D pools, which the (2-D) pool op cannot describe: memory-bound, so costed by the input
+# they read, as reductions are.
+POOL_1D_MODULES = {"AvgPool1d", "MaxPool1d", "AdaptiveAvgPool1d", "AdaptiveMaxPool1d"}
+POOL_1D_FUNCS = {"avg_pool1d", "max_pool1d", "adaptive_avg_pool1d", "adaptive_max_pool1d"}
 ELEMENTWISE_MODULES = {"ReLU", "ReLU6", "GELU", "SiLU", "Sigmoid", "Tanh", "Hardswish",
                        "Hardsigmoid", "LeakyReLU", "ELU", "Mish", "Softmax"}
 ELEMENTWISE_FUNCS = {"relu", "relu6", "gelu", "silu", "sigmoid", "tanh", "hardswish", "add",
@@ -34,8 +38,8 @@ ELEMENTWISE_FUNCS = {"relu", "relu6", "gelu", "silu", "sigmoid", "tanh", "hardsw
                      "radd", "rsub", "rmul", "rtruediv", "isub", "itruediv", "stack", "rsqrt",
                      "log", "abs", "clamp", "where", "masked_fill", "maximum", "minimum",
                      "log_softmax", "softplus", "mish", "erf", "gt", "lt", "ge", "le", "eq",
-                     "ne", "repeat", "hardtanh", "max", "amax"}
-REDUCTIONS = {"mean", "sum", "max", "amax"}
+                     "ne", "repeat", "hardtanh", "max", "amax", *POOL_1D_FUNCS}
+REDUCTIONS = {"mean", "sum", "max", "amax"} | POOL_1D_FUNCS
 NORM_MODULES = {"BatchNorm1d", "BatchNorm2d", "LayerNorm", "GroupNorm", "InstanceNorm2d"}
 POOL_MODULES = {"MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "AdaptiveMaxPool2d"}
 # Memory-bound calls whose traffic is their output (a lookup or a resize): costed as an
@@ -46,8 +50,9 @@ GATHER_FUNCS = {"interpolate", "embedding"}
 IMPLICIT_GEMM_MODULES = {"Conv1d", "ConvTranspose1d", "ConvTranspose2d"}
 IMPLICIT_GEMM_FUNCS = {"conv1d", "conv_transpose1d", "conv_transpose2d"}
 # Every module class module_op costs (or skips as free), by name.
-MAPPED_MODULES = (FREE | ELEMENTWISE_MODULES | NORM_MODULES | POOL_MODULES | GATHER_MODULES
-                  | IMPLICIT_GEMM_MODULES | {"Conv2d", "Linear", "MultiheadAttention"})
+MAPPED_MODULES = (FREE | ELEMENTWISE_MODULES | NORM_MODULES | POOL_MODULES | POOL_1D_MODULES
+                  | GATHER_MODULES | IMPLICIT_GEMM_MODULES
+                  | {"Conv2d", "Linear", "MultiheadAttention"})
 NORM_FUNCS = {"layer_norm", "batch_norm", "group_norm", "instance_norm"}
 CALLS_METHOD = "calls of one forward pass (fx could not trace it)"
 # Names of the ops a module runs as several, for per-layer output ("self_attn.q_proj").
@@ -268,7 +273,7 @@ def module_op(mod, in_shape: Sequence[int], out_shape: Sequence[int], dtype: str
                                      f"{mod.stride}, padding {mod.padding}) is not covered")
         return [Op.make("pool", {"channels": c, "kernel": k, "height": h, "width": w,
                                  "stride": s, "padding": pad}, dtype, batch)]
-    if kind in ELEMENTWISE_MODULES:
+    if kind in ELEMENTWISE_MODULES or kind in POOL_1D_MODULES:
         return [Op.make("elementwise", {"elements": _numel(in_shape) // batch}, dtype, batch)]
     if kind in GATHER_MODULES:
         return _gather_ops(out_shape, dtype)
