@@ -10,6 +10,7 @@ import click
 from hwnas.cli.app import friendly_errors, main, open_store
 from hwnas.cli.options import (
     DB_OPTION,
+    INPUT_DTYPE_OPTION,
     PROBE_OPTION,
     QUEUE_OPTION,
     ROUNDS_OPTION,
@@ -153,10 +154,7 @@ def collect_gemm(db_url, device_name, backend, threads, dtypes, shape_set, shape
                    "known kinds.")
 @click.option("--input-shape", "input_shapes", multiple=True, metavar="B,C,H,W",
               help="With --module: an input shape, batch first; repeat for several.")
-@click.option("--input-dtype", type=click.Choice(["float", "int64"]), default="float",
-              show_default=True,
-              help="With --module: float inputs, or int64 token ids for a model that starts "
-                   "with an embedding.")
+@INPUT_DTYPE_OPTION
 @click.option("--count", type=click.IntRange(1, 100_000), default=20, show_default=True,
               help="Architectures per family.")
 @click.option("--batch", "batches", default="1", show_default=True,

@@ -151,6 +151,13 @@ SERVER_OPTIONS = [
 server_options = stack_options(SERVER_OPTIONS)
 
 
+# A --module's input: float, or token ids (predict/query network, collect network).
+INPUT_DTYPE_OPTION = click.option(
+    "--input-dtype", type=click.Choice(["float", "int64"]), default="float", show_default=True,
+    help="With --module: the input's elements: float (of the model's parameter dtype) or int64 "
+         "(token ids, all 0, for a model that starts with an embedding; --input-shape is then "
+         "e.g. 1,128).")
+
 # The options that name a network for PredictNetwork (query network, predict network).
 network_options = stack_options([
     click.option("--nasbench201", "arch", default=None, help="A NAS-Bench-201 cell string."),
@@ -164,11 +171,7 @@ network_options = stack_options([
                       "--input-shape."),
     click.option("--input-shape", default=None, metavar="B,C,H,W",
                  help="With --module: the input's shape, batch first (e.g. 1,3,224,224)."),
-    click.option("--input-dtype", type=click.Choice(["float", "int64"]), default="float",
-                 show_default=True,
-                 help="With --module: the input's elements: float (of the model's parameter "
-                      "dtype) or int64 (token ids, all 0, for a model that starts with an "
-                      "embedding; --input-shape is then e.g. 1,128)."),
+    INPUT_DTYPE_OPTION,
     click.option("--batch", type=click.IntRange(1), default=1, show_default=True,
                  help="Batch size of a --nasbench201 network (--ops-json ops and "
                       "--module carry their own)."),
