@@ -1,6 +1,6 @@
 """Naming a network on the command line (a NAS-Bench-201 cell, a JSON op list or a torch
-module) and printing the costs a prediction gives; shared by ``hwnas query`` and ``hwnas
-predict``."""
+module), printing the costs a prediction gives, and measuring the network here beside them;
+shared by ``hwnas query``, ``hwnas predict`` and ``hwnas collect network --module``."""
 
 from __future__ import annotations
 
