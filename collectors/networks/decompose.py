@@ -440,12 +440,17 @@ def _decompose_graph(gm) -> Decomposition:
                        arg_shapes[1] if len(arg_shapes) > 1 else None)
         else:
             name = getattr(node.target, "__name__", str(node.target))
-            positional = POSITIONAL_OPTIONS.get(name, ())
-            options = dict(zip(positional, node.args[3:], strict=False)) | {
-                k: v for k, v in node.kwargs.items() if not hasattr(v, "meta")}
+            options = _call_options(name, node.args, node.kwargs, lambda v: hasattr(v, "meta"))
             out.record(node.name, f"{node.name} ({name})", name,
                        function_op, name, arg_shapes, out_shape, dtype, options)
     return out
+
+
+def _call_options(name: str, args, kwargs, is_tensor) -> dict:
+    """A function call's arguments that are not tensors, by name: those after the first three
+    that :data:`POSITIONAL_OPTIONS` names, and its keywords."""
+    return dict(zip(POSITIONAL_OPTIONS.get(name, ()), args[3:], strict=False)) | {
+        k: v for k, v in kwargs.items() if not is_tensor(v)}
 
 
 def _call_dtype(output, inputs: list) -> str:
@@ -479,8 +484,7 @@ def _decompose_calls(model, example) -> Decomposition:
             tensors = [t for a in (*args, *kwargs.values())
                        for t in (a if isinstance(a, list | tuple) else (a,))
                        if isinstance(t, torch.Tensor)]
-            options = dict(zip(POSITIONAL_OPTIONS.get(name, ()), args[3:], strict=False)) | {
-                k: v for k, v in kwargs.items() if not isinstance(v, torch.Tensor)}
+            options = _call_options(name, args, kwargs, lambda v: isinstance(v, torch.Tensor))
             label = ".".join([*path[-1:], name])
             out.record(label, f"{label} ({name})", name, function_op, name,
                        [tuple(t.shape) for t in tensors], tuple(output.shape),
