@@ -1,11 +1,12 @@
 """Torch models written the way users write them, predicted and measured on this CPU.
 
-Decomposes five networks (a ViT with an ``nn.TransformerEncoder``, a MobileNetV3-style block
+Decomposes seven networks (a ViT with an ``nn.TransformerEncoder``, a MobileNetV3-style block
 with squeeze-and-excitation, a GPT block calling ``scaled_dot_product_attention``, a three-layer
-CNN and a ResNet-18 at 224x224), asks the store's registered models for their latency as `hwnas
-predict network --module` does, measures each here by the search's verification protocol, and
-prints predicted, measured and their ratio with how the prediction was made. It needs a GEMM
-model of this CPU in the store (`hwnas demo` registers one).
+CNN, a ResNet-18 at 224x224, an LSTM text classifier and a two-layer bidirectional GRU), asks
+the store's registered models for their latency as `hwnas predict network --module` does,
+measures each here by the search's verification protocol, and prints predicted, measured and
+their ratio with how the prediction was made. It needs a GEMM model of this CPU in the store
+(`hwnas demo` registers one).
 
     python benchmarks/user_networks.py [--db URL] [--min-time 0.1]
 """
@@ -110,12 +111,37 @@ def small_cnn() -> nn.Module:
     return nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 30 * 30, 10))
 
 
+class LSTMClassifier(nn.Module):
+    """Token ids -> embedding -> LSTM -> the last step's class scores."""
+
+    def __init__(self, vocab: int = 1000, dim: int = 64, hidden: int = 128, classes: int = 2):
+        super().__init__()
+        self.emb, self.lstm = nn.Embedding(vocab, dim), nn.LSTM(dim, hidden, batch_first=True)
+        self.fc = nn.Linear(hidden, classes)
+
+    def forward(self, x):
+        return self.fc(self.lstm(self.emb(x))[0][:, -1])
+
+
+class BiGRU(nn.Module):
+    def __init__(self, features: int = 32, hidden: int = 64):
+        super().__init__()
+        self.gru = nn.GRU(features, hidden, num_layers=2, bidirectional=True)
+        self.fc = nn.Linear(2 * hidden, 1)
+
+    def forward(self, x):
+        return self.fc(self.gru(x)[0][-1])
+
+
+# name -> (factory, input shape, input dtype)
 NETWORKS = {
-    "ViT (TransformerEncoder)": (ViT, (1, 3, 32, 32)),
-    "MobileNetV3 block + SE": (mobilenet_v3_block, (1, 3, 32, 32)),
-    "GPT block (sdpa)": (GPTBlock, (1, 16, 64)),
-    "3-layer CNN": (small_cnn, (1, 3, 32, 32)),
-    "ResNet-18 at 224x224": (resnet18, (1, 3, 224, 224)),
+    "ViT (TransformerEncoder)": (ViT, (1, 3, 32, 32), "float"),
+    "MobileNetV3 block + SE": (mobilenet_v3_block, (1, 3, 32, 32), "float"),
+    "GPT block (sdpa)": (GPTBlock, (1, 16, 64), "float"),
+    "3-layer CNN": (small_cnn, (1, 3, 32, 32), "float"),
+    "ResNet-18 at 224x224": (resnet18, (1, 3, 224, 224), "float"),
+    "LSTM classifier, 50 tokens": (LSTMClassifier, (4, 50), "int64"),
+    "2-layer BiGRU, 30 steps": (BiGRU, (30, 8, 32), "float"),
 }
 
 
@@ -131,12 +157,13 @@ def main() -> None:
     print(f"{cpu.info.model}: predicted (store's models) against measured here\n")
     print(f"{'network':<26} {'layers':>6} {'predicted ms':>12} {'measured ms':>11} "
           f"{'measured/pred':>13}  how predicted")
-    for name, (make, shape) in NETWORKS.items():
+    for name, (make, shape, input_dtype) in NETWORKS.items():
         model = make()
-        d = decompose(model, shape)
+        d = decompose(model, shape, input_dtype=input_dtype)
         _, version, total, _ = engine.predict_network(cpu.info.model, 0,
                                                       [op for _, op in d.ops])
-        m = measure_network(model, shape, cpu, min_time_s=args.min_time)
+        m = measure_network(model, shape, cpu, min_time_s=args.min_time,
+                            input_dtype=input_dtype)
         caution = " (measured while the machine ran slow)" if m.caution() else ""
         print(f"{name:<26} {len(d.ops):>6} {total.latency_ms:>12.4g} {m.latency_ms:>11.4g} "
               f"{m.latency_ms / total.latency_ms:>13.2f}  {total.source} (v{version}){caution}")

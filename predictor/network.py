@@ -89,6 +89,20 @@ def network_terms(ops: list[Op], kind_model: OpKindForests | None) -> np.ndarray
     return np.array(terms)
 
 
+# How many times the ops (and FLOPs) of a kind that every training network held the same of a
+# network model answers for (NetworkCostModel.covers).
+EXTRAPOLATION = 4
+
+
+def kind_totals(ops: list[Op]) -> dict[str, tuple[int, int]]:
+    """Per op kind in ``ops``: how many, and their FLOPs."""
+    out: dict[str, tuple[int, int]] = {}
+    for op in ops:
+        count, flops = out.get(op.kind, (0, 0))
+        out[op.kind] = (count + 1, flops + op_flops(op))
+    return out
+
+
 class NetworkCostModel:
     """Whole-network latency (ms) = a non-negative combination of the per-op-type forests'
     composed prediction and per-kind overhead, compute and traffic terms, fitted on
@@ -106,13 +120,20 @@ class NetworkCostModel:
         self.dtypes_: set[str] | None = None  # op dtypes
         self.kinds_: set[str] | None = None  # op kinds
         self.min_layers_: int | None = None  # ops of the smallest
+        # the op kinds every training network held the same of: their ops and FLOPs
+        self.fixed_: dict[str, tuple[int, int]] | None = None
 
     def covers(self, ops: list[Op], network: bool = True) -> bool:
         """Whether the model may answer for ``ops``: their dtypes and kinds were all among the
         training networks' (a kind it never saw has no learned term and would cost nothing),
         and, as a whole ``network``, it has at least half the ops of the smallest of them
-        (below that the per-network constant, learned from larger networks, would swamp
-        it)."""
+        (below that the per-network constant, learned from larger networks, would swamp it)
+        and, of a kind every training network held the same ops of (the one classifier of
+        NAS-Bench-201 cells), at most :data:`EXTRAPOLATION` times those ops and FLOPs: such a
+        kind's cost went into the constant, its own terms were never learned, and an LSTM's
+        hundreds of linear ops would cost next to nothing (ops asked on their own, not as a
+        ``network``, must be of none of those kinds). Kinds the training networks held more
+        or less of have learned, additive terms: more of them extrapolates."""
         return self.uncovered(ops, network) is None
 
     def uncovered(self, ops: list[Op], network: bool = True) -> str | None:
@@ -126,8 +147,23 @@ class NetworkCostModel:
             return (f"its training networks held no {', '.join(sorted(kinds - self.kinds_))} "
                     f"ops (only {', '.join(sorted(self.kinds_))})")
         if network and self.min_layers_ is not None and 2 * len(ops) < self.min_layers_:
-            return (f"this network has {len(ops)} layers, under half the {self.min_layers_} of "
+            n = len(ops)
+            return (f"this network has {n} layer{'s' if n != 1 else ''}, under half the "
+                    f"{self.min_layers_} of "
                     "its smallest training network")
+        for kind, (count, flops) in sorted(kind_totals(ops).items()):
+            if kind not in (self.fixed_ or {}):
+                continue
+            learned = "the same in each, so their cost was never learned"
+            if not network:  # ops on their own: their share is all they cost
+                return f"its training networks held {kind} ops {learned} apart"
+            fixed_count, fixed_flops = self.fixed_[kind]
+            if count > EXTRAPOLATION * fixed_count:
+                return (f"it has {count} {kind} ops, over {EXTRAPOLATION}x the {fixed_count} "
+                        f"of every training network ({learned})")
+            if flops > EXTRAPOLATION * fixed_flops:
+                return (f"its {kind} ops run {flops / 1e9:.3g} GFLOPs, over {EXTRAPOLATION}x "
+                        f"the {fixed_flops / 1e9:.3g} of every training network ({learned})")
         return None
 
     def _x(self, networks: list[list[Op]]) -> np.ndarray:
@@ -143,6 +179,9 @@ class NetworkCostModel:
         self.dtypes_ = {op.dtype for ops in networks for op in ops}
         self.kinds_ = {op.kind for ops in networks for op in ops}
         self.min_layers_ = min(len(ops) for ops in networks)
+        totals = [kind_totals(ops) for ops in networks]
+        self.fixed_ = {kind: totals[0][kind] for kind in self.kinds_
+                       if all(t.get(kind) == totals[0].get(kind) for t in totals)}
         w = 1.0 / y  # relative error
         self.coef_, _ = nnls((x / self.scale_) * w[:, None], y * w)
         return self
@@ -234,7 +273,8 @@ def register(store: Store, device_model: str, model: NetworkCostModel, metrics: 
     forests = model.kind_model.models if model.kind_model is not None else {}
     meta = {"metrics": metrics, "coef": model.coef_.tolist(), "scale": model.scale_.tolist(),
             "kinds": sorted(forests), "dtypes": sorted(model.dtypes_ or ()),
-            "network_kinds": sorted(model.kinds_ or ()), "min_layers": model.min_layers_}
+            "network_kinds": sorted(model.kinds_ or ()), "min_layers": model.min_layers_,
+            "fixed_kinds": model.fixed_}
     if getattr(model, "data_span_", None):  # when its training rows were stored
         meta["data_from"], meta["data_to"], meta["data_to_id"] = model.data_span_
     return registry.register_skops(store, device_model, TARGET, dict(forests),
@@ -253,6 +293,9 @@ def load(row) -> NetworkCostModel:
     model.dtypes_ = set(row.meta["dtypes"]) if row.meta.get("dtypes") else None
     model.kinds_ = set(row.meta["network_kinds"]) if row.meta.get("network_kinds") else None
     model.min_layers_ = row.meta.get("min_layers")
+    fixed = row.meta.get("fixed_kinds")
+    model.fixed_ = ({k: (int(c), int(f)) for k, (c, f) in fixed.items()} if fixed is not None
+                    else None)
     return model
 
 

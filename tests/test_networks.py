@@ -75,6 +75,90 @@ def test_unsupported_modules_are_reported_by_name():
     assert [op.kind for _, op in d.ops] == ["conv2d"]
 
 
+class _TokensToLSTM(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb, self.lstm, self.fc = nn.Embedding(100, 16), nn.LSTM(16, 32, batch_first=True), \
+            nn.Linear(32, 2)
+
+    def forward(self, x):
+        return self.fc(self.lstm(self.emb(x))[0][:, -1])
+
+
+class _Untraceable(nn.Module):
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        if x.sum() > 1e9:  # data-dependent: fx cannot trace it
+            x = x * 2
+        return self.inner(x)[0]
+
+
+@pytest.mark.filterwarnings("ignore:LSTM with projections is not supported")
+def test_recurrent_layers_cost_their_input_projection_and_every_step():
+    d = decompose(_TokensToLSTM(), (4, 6), input_dtype="int64")
+    assert d.method == "fx" and not d.unsupported
+    names = [name for name, _ in d.ops]
+    assert names[:4] == ["emb", "lstm.l0.ih", "lstm.l0.t0.hh", "lstm.l0.t0.cell"]
+    assert names[-3:] == ["lstm.l0.t5.hh", "lstm.l0.t5.cell", "fc"] and len(names) == 2 + 1 + 12
+    ops = dict(d.ops)
+    # batch_first: 4 sequences of 6 steps; the 4 gates' input projection for all steps at once
+    assert ops["lstm.l0.ih"] == Op.make("linear", {"in_features": 16, "out_features": 128,
+                                                   "tokens": 6}, "fp32", 4)
+    assert ops["lstm.l0.t3.hh"] == Op.make("linear", {"in_features": 32, "out_features": 128,
+                                                      "tokens": 1}, "fp32", 4)
+    assert ops["lstm.l0.t3.cell"] == Op.make("elementwise", {"elements": 128, "inputs": 2},
+                                             "fp32", 4)
+
+    # two bidirectional layers (the second reads both directions), in bf16, sequence first
+    gru = _Untraceable(nn.GRU(8, 16, num_layers=2, bidirectional=True, bias=False))
+    d = decompose(gru.to(torch.bfloat16), (5, 3, 8))
+    assert d.note and not d.unsupported
+    assert len([n for n, _ in d.ops if n.startswith("inner.")]) == 4 * (1 + 2 * 5)
+    ops = dict(d.ops)
+    assert ops["inner.l1_reverse.ih"] == Op.make(
+        "linear", {"in_features": 32, "out_features": 48, "tokens": 5, "bias": 0}, "bf16", 3)
+    assert {op.dtype for _, op in d.ops} == {"bf16"}
+
+    # an LSTM with projections: the recurrence runs on the projected state
+    d = decompose(nn.LSTM(8, 16, proj_size=4), (3, 8))  # unbatched: (steps, features)
+    assert d.method == "module" and len(d.ops) == 1 + 3 * 3
+    ops = dict(d.ops)
+    assert ops["LSTM.l0.t2.hh"].params["in_features"] == 4 and ops["LSTM.l0.t2.hh"].batch == 1
+    assert ops["LSTM.l0.t2.proj"] == Op.make("linear", {"in_features": 16, "out_features": 4,
+                                                        "tokens": 1, "bias": 0})
+    # one step of a cell
+    d = decompose(nn.Sequential(nn.Linear(8, 8), nn.GRUCell(8, 16)), (2, 8))
+    assert [name for name, _ in d.ops] == ["0", "1.ih", "1.hh", "1.cell"]
+    assert dict(d.ops)["1.hh"].params == {"in_features": 16, "out_features": 48, "tokens": 1,
+                                          "bias": 1}
+
+
+def test_a_bare_layer_is_costed_as_the_layer_it_is():
+    d = decompose(nn.Conv2d(3, 8, 3), (1, 3, 8, 8))
+    assert d.method == "module" and [name for name, _ in d.ops] == ["Conv2d"]
+    assert d.ops[0][1].kind == "conv2d"
+    assert decompose(nn.Dropout(), (2, 3)).ops == []
+
+
+def test_a_packed_sequence_is_listed_as_not_costed():
+    from torch.nn.utils.rnn import pack_padded_sequence
+
+    class Packed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn = nn.RNN(8, 16)
+
+        def forward(self, x):
+            lengths = torch.full((x.shape[1],), x.shape[0])
+            return self.rnn(pack_padded_sequence(x, lengths))[1]
+
+    d = decompose(Packed(), (7, 2, 8))
+    assert "rnn (RNN)" in d.unsupported and not d.ops
+
+
 def test_convolutions_no_conv_op_describes_cost_as_their_implicit_gemms():
     import torch.nn.functional as F
 
@@ -381,6 +465,22 @@ def test_a_network_model_answers_only_for_networks_like_those_it_learned_from():
         "this network has 8 layers, under half the 20 of its smallest training network")
     assert model.covers([conv], network=False)  # single ops: no constant in their shares
     assert not model.covers([fc], network=False)
+    # A kind every network held the same of went into the constant: far more of it is not
+    # covered (kinds they held more or less of extrapolate).
+    with_fc = NetworkCostModel().fit([n + [fc] for n in nets], y)
+    assert with_fc.fixed_ == {"linear": (1, op_flops(fc))}
+    assert with_fc.covers([conv, act] * 80 + [fc] * 4)
+    assert with_fc.uncovered([conv, act] * 10 + [fc] * 5) == (
+        "it has 5 linear ops, over 4x the 1 of every training network (the same in each, so "
+        "their cost was never learned)")
+    wide = Op.make("linear", {"in_features": 8, "out_features": 8, "tokens": 64})
+    assert with_fc.uncovered([conv, act] * 10 + [wide]) == (
+        "its linear ops run 8.19e-06 GFLOPs, over 4x the 5.12e-07 of every training network "
+        "(the same in each, so their cost was never learned)")
+    assert with_fc.uncovered([wide], network=False) == (
+        "its training networks held linear ops the same in each, so their cost was never "
+        "learned apart")
+    assert with_fc.covers([conv], network=False)
 
 
 def test_collect_network_measures_your_own_model_for_the_network_model(tmp_path, monkeypatch):
@@ -394,8 +494,8 @@ def test_collect_network_measures_your_own_model_for_the_network_model(tmp_path,
         "import torch.nn as nn\n"
         "def mlp():\n"
         "    return nn.Sequential(nn.Linear(16, 32), nn.GELU(), nn.Linear(32, 16))\n"
-        "def recurrent():\n"
-        "    return nn.Sequential(nn.Linear(16, 16), nn.RNN(16, 16))\n")
+        "def unknown():\n"
+        "    return nn.Sequential(nn.Linear(16, 16), nn.LocalResponseNorm(2))\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setenv("HWNAS_MODELS", str(tmp_path / "models"))
     store, cpu = cpu_store_with_gemm_model(tmp_path)
@@ -417,8 +517,9 @@ def test_collect_network_measures_your_own_model_for_the_network_model(tmp_path,
         (["--module", "mine:mlp"], "--module and --input-shape go together"),
         (["--module", "mine:mlp", "--input-shape", "2,16", "--family", "nb201"],
          "give --family or --module, not both"),
-        (["--module", "mine:recurrent", "--input-shape", "2,3,16"],
-         "not costed (no op kind covers them): 1 (RNN); a network model learns only from"),
+        (["--module", "mine:unknown", "--input-shape", "2,3,16"],
+         "not costed (no op kind covers them): 1 (LocalResponseNorm); a network model learns "
+         "only from"),
         (["--module", "mine:nothing", "--input-shape", "2,16"], "AttributeError"),
         (["--resume", "1", "--module", "mine:mlp", "--input-shape", "2,16"],
          "--resume carries on its own sweep"),

@@ -49,10 +49,15 @@ GATHER_FUNCS = {"interpolate", "embedding"}
 # Convolutions no conv op describes (1-D, transposed), costed as the GEMM they run.
 IMPLICIT_GEMM_MODULES = {"Conv1d", "ConvTranspose1d", "ConvTranspose2d"}
 IMPLICIT_GEMM_FUNCS = {"conv1d", "conv_transpose1d", "conv_transpose2d"}
+# Recurrent layers and cells by their gates' count: each step multiplies the hidden state by
+# gates x hidden weights, after its input was projected (for all steps at once, in a layer).
+RECURRENT_GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
+RECURRENT_MODULES = {"RNN", "LSTM", "GRU"}
+RECURRENT_CELLS = {"RNNCell": 1, "LSTMCell": 4, "GRUCell": 3}
 # Every module class module_op costs (or skips as free), by name.
 MAPPED_MODULES = (FREE | ELEMENTWISE_MODULES | NORM_MODULES | POOL_MODULES | POOL_1D_MODULES
-                  | GATHER_MODULES | IMPLICIT_GEMM_MODULES
-                  | {"Conv2d", "Linear", "MultiheadAttention"})
+                  | GATHER_MODULES | IMPLICIT_GEMM_MODULES | RECURRENT_MODULES
+                  | set(RECURRENT_CELLS) | {"Conv2d", "Linear", "MultiheadAttention"})
 NORM_FUNCS = {"layer_norm", "batch_norm", "group_norm", "instance_norm"}
 CALLS_METHOD = "calls of one forward pass (fx could not trace it)"
 # Names of the ops a module runs as several, for per-layer output ("self_attn.q_proj").
@@ -238,10 +243,66 @@ def _attention_ops(mod, query: Sequence[int], key: Sequence[int], dtype: str) ->
             proj(e, seq)]
 
 
+def _recurrent_ops(mod, in_shape: Sequence[int], dtype: str) -> list[tuple[str, Op]]:
+    """nn.RNN, nn.LSTM or nn.GRU over a sequence, layer by layer and direction by direction:
+    the input projection of all its steps at once (``l0.ih``), then per step ``t`` the
+    recurrent projection (``l0.t3.hh``), the gate arithmetic (``l0.t3.cell``: one elementwise
+    op, as cuDNN and oneDNN fuse it) and, for an LSTM with ``proj_size``, the projection of the
+    hidden state (``l0.t3.proj``). The steps are sequential, so each is an op of its own."""
+    if len(in_shape) not in (2, 3):
+        raise DecomposeError(f"an input of shape {tuple(in_shape)} is not covered (a "
+                             f"sequence is (length, features) or 3-D; a packed one is not)")
+    if len(in_shape) == 2:
+        batch, steps = 1, int(in_shape[0])
+    else:
+        batch, steps = (int(in_shape[0]), int(in_shape[1])) if mod.batch_first else (
+            int(in_shape[1]), int(in_shape[0]))
+    hidden, proj = mod.hidden_size, getattr(mod, "proj_size", 0)
+    out_features = proj or hidden
+    gates = RECURRENT_GATES[mod.mode] * hidden
+    bias = int(mod.bias)
+    directions = 2 if mod.bidirectional else 1
+
+    def linear(in_features: int, out: int, tokens: int, with_bias: int) -> Op:
+        return Op.make("linear", {"in_features": in_features, "out_features": out,
+                                  "tokens": tokens, "bias": with_bias}, dtype, batch)
+
+    cell = Op.make("elementwise", {"elements": gates, "inputs": 2}, dtype, batch)
+    ops: list[tuple[str, Op]] = []
+    for layer in range(mod.num_layers):
+        in_features = mod.input_size if layer == 0 else out_features * directions
+        for direction in range(directions):
+            where = f"l{layer}" + ("_reverse" if direction else "")
+            ops.append((f"{where}.ih", linear(in_features, gates, steps, bias)))
+            for t in range(steps):
+                ops += [(f"{where}.t{t}.hh", linear(out_features, gates, 1, bias)),
+                        (f"{where}.t{t}.cell", cell)]
+                if proj:
+                    ops.append((f"{where}.t{t}.proj", linear(hidden, proj, 1, 0)))
+    return ops
+
+
+def _cell_ops(mod, kind: str, in_shape: Sequence[int], dtype: str) -> list[tuple[str, Op]]:
+    """nn.RNNCell, nn.LSTMCell or nn.GRUCell: one step, its input and hidden state each
+    projected, then the gate arithmetic."""
+    batch = int(in_shape[0]) if len(in_shape) == 2 else 1
+    gates = RECURRENT_CELLS[kind] * mod.hidden_size
+    bias = int(mod.bias)
+
+    def linear(in_features: int) -> Op:
+        return Op.make("linear", {"in_features": in_features, "out_features": gates,
+                                  "tokens": 1, "bias": bias}, dtype, batch)
+
+    return [("ih", linear(mod.input_size)), ("hh", linear(mod.hidden_size)),
+            ("cell", Op.make("elementwise", {"elements": gates, "inputs": 2}, dtype, batch))]
+
+
 def module_op(mod, in_shape: Sequence[int], out_shape: Sequence[int], dtype: str,
-              key_shape: Sequence[int] | None = None) -> list[Op] | None:
-    """Ops of one module call; [] for free ones, None when unsupported. ``key_shape``: the
-    second tensor argument's shape, where there is one (an attention's keys)."""
+              key_shape: Sequence[int] | None = None) -> list[Op] | list[tuple[str, Op]] | None:
+    """Ops of one module call; [] for free ones, None when unsupported; (part name, op) pairs
+    for a module that runs several ops of its own naming (a recurrent layer's steps).
+    ``key_shape``: the second tensor argument's shape, where there is one (an attention's
+    keys)."""
     kind = module_kind(mod)
     batch = int(in_shape[0]) if len(in_shape) else 1
     if kind in FREE:
@@ -279,6 +340,10 @@ def module_op(mod, in_shape: Sequence[int], out_shape: Sequence[int], dtype: str
         return _gather_ops(out_shape, dtype)
     if kind == "MultiheadAttention":
         return _attention_ops(mod, in_shape, key_shape or in_shape, dtype)
+    if kind in RECURRENT_MODULES:
+        return _recurrent_ops(mod, in_shape, dtype)
+    if kind in RECURRENT_CELLS:
+        return _cell_ops(mod, kind, in_shape, dtype)
     return None
 
 
@@ -362,7 +427,15 @@ def decompose(model, input_shape: Sequence[int], dtype=None, input_dtype: str = 
     with torch.no_grad():
         # A model that cannot run on this input fails here with its own error; inside fx's
         # shape propagation it would also print a traceback of its own.
-        model(example)
+        output = model(example)
+    kind = module_kind(model)
+    if kind in MAPPED_MODULES:  # one layer: costed as such, as it is inside a model
+        out = Decomposition(method="module")
+        output = output[0] if isinstance(output, tuple) else output
+        name = type(model).__name__
+        out.record(name, name, kind, module_op, model, tuple(example.shape),
+                   tuple(output.shape), _call_dtype(output, [example]))
+        return out
     try:
         graph = _traced(model, example)
     except Exception as exc:  # fx cannot trace it: data-dependent control flow and the like
@@ -373,8 +446,13 @@ def decompose(model, input_shape: Sequence[int], dtype=None, input_dtype: str = 
     return _decompose_graph(graph)
 
 
-def _shape(node) -> tuple[tuple[int, ...], str]:
+def _shape(node, first: bool = False) -> tuple[tuple[int, ...], str]:
+    """A node's tensor shape and dtype; ((), "fp32") where it is no tensor, unless ``first``:
+    then its first tensor's (a recurrent layer's output of (output, (h, c)))."""
     meta = node.meta.get("tensor_meta") if hasattr(node, "meta") else None
+    # TensorMetadata is a tuple too
+    while first and isinstance(meta, tuple | list) and meta and not hasattr(meta, "shape"):
+        meta = meta[0]
     if meta is None or not hasattr(meta, "shape"):
         return (), "fp32"
     return tuple(int(x) for x in meta.shape), _dtype(meta.dtype)
@@ -398,9 +476,12 @@ def _decompose_inside(mod, inputs: list) -> Decomposition | None:
         return None
 
 
-def _named(name: str, kind: str, ops: list[Op]) -> list[tuple[str, Op]]:
+def _named(name: str, kind: str, ops: list[Op] | list[tuple[str, Op]]
+           ) -> list[tuple[str, Op]]:
     """A module's ops under its name; where it runs several, each under a part name of its
-    own (as PART_NAMES gives them, else by position)."""
+    own (as the ops came named, else as PART_NAMES gives them, else by position)."""
+    if ops and isinstance(ops[0], tuple):
+        return [(f"{name}.{part}", op) for part, op in ops]
     if len(ops) < 2:
         return [(name, op) for op in ops]
     parts = PART_NAMES.get(kind) or tuple(str(i) for i in range(len(ops)))
@@ -425,7 +506,7 @@ def _decompose_graph(gm) -> Decomposition:
             continue
         if node.meta.get("tensor_meta") is None:  # no tensor out: arithmetic on sizes
             continue
-        out_shape, dtype = _shape(node)
+        out_shape, dtype = _shape(node, first=True)
         tensors = [a for a in (*node.args, *node.kwargs.values()) if hasattr(a, "meta")]
         arg_shapes = [_shape(a)[0] for a in tensors]
         if node.op == "call_module":

@@ -161,17 +161,18 @@ def measure_here(spec: NetworkSpec, runnable, answer, min_time_s: float) -> None
         run_it = ("--module ... --input-shape ..." if spec.module is not None
                   else "--family nb201")
         click.echo("note: the prediction sums the ops' predictions, which leaves out the "
-                   "framework's per-layer cost: no network model of the device covers this "
-                   "network (none is registered, or its training networks had other op kinds "
-                   f"or far more layers); `hwnas collect network {run_it}` (a few shapes) then "
-                   "`hwnas train --target network` fit one", err=True)
+                   "framework's per-layer cost; a network model learns it for networks like "
+                   f"this one: `hwnas collect network {run_it}` (a few shapes), then `hwnas "
+                   "train --target network`", err=True)
     caution = m.caution()
     if caution:
         click.echo(f"caution: {caution}; measure again on a quiet machine", err=True)
 
 
 def echo_network(a, layers: bool, notes: list[str]) -> None:
-    click.echo(f"{a.device} (model v{a.model_version}); {len(a.layers)} layers; {a.method}")
+    n = len(a.layers)
+    click.echo(f"{a.device} (model v{a.model_version}); {n} layer{'s' if n != 1 else ''}; "
+               f"{a.method}")
     if layers:
         for layer in a.layers:
             click.echo("  " + cost_line(layer.name, layer))

@@ -108,8 +108,9 @@ def train(db_url, device_spec, folds, trees, target, baseline_fit) -> None:
         meta, fewest = row.meta, (row.meta["min_layers"] + 1) // 2
         click.echo(f"it answers networks of {', '.join(meta['dtypes'])} "
                    f"{', '.join(meta['network_kinds'])} ops with at least {fewest} "
-                   f"layer{'s' if fewest != 1 else ''} (as its training networks were); others "
-                   "are summed from op predictions")
+                   f"layer{'s' if fewest != 1 else ''} (as its training networks were)"
+                   + _fixed_kinds(meta.get("fixed_kinds") or {})
+                   + "; others are summed from op predictions")
         return
     previous = default_row(store, model)
     row, ev = train_and_register(store, model, folds, n_estimators=trees,
@@ -131,6 +132,17 @@ def train(db_url, device_spec, folds, trees, target, baseline_fit) -> None:
         (f"{d} {line(ms, scale.get(d, 1.0))}" if d not in apart else
          f"{d} {line(*apart[d])} aligned, {line(ms, scale.get(d, 1.0))} others")
         for d, ms in sorted(row.meta["overhead_ms"].items())))
+
+
+def _fixed_kinds(fixed: dict) -> str:
+    """How a network model bounds the op kinds all its training networks held the same of."""
+    if not fixed:
+        return ""
+    from predictor.network import EXTRAPOLATION
+
+    held = ", ".join(f"{count} {kind}" for kind, (count, _) in sorted(fixed.items()))
+    return (f", and at most {EXTRAPOLATION}x the ops and FLOPs of the kinds every training "
+            f"network held the same of ({held}: their cost was never learned apart)")
 
 
 def _compare_with(previous, row) -> None:
