@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from sqlalchemy import func, select
 from torch import nn
 
@@ -157,6 +158,70 @@ def test_a_packed_sequence_is_listed_as_not_costed():
 
     d = decompose(Packed(), (7, 2, 8))
     assert "rnn (RNN)" in d.unsupported and not d.ops
+
+
+class _Call(nn.Module):
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x):
+        return self.fn(x)
+
+
+@pytest.mark.parametrize("layer, shape, kinds", [
+    (nn.RMSNorm(16), (2, 5, 16), ["norm"]),
+    (nn.BatchNorm3d(3), (1, 3, 4, 4, 4), ["norm"]),
+    (nn.InstanceNorm1d(3), (1, 3, 8), ["norm"]),
+    (nn.Conv3d(3, 8, 3), (1, 3, 8, 8, 8), ["gemm"]),
+    (nn.MaxPool3d(2), (1, 3, 4, 4, 4), ["elementwise"]),
+    (nn.PReLU(), (2, 16), ["elementwise"]),
+    (nn.LogSoftmax(-1), (2, 16), ["elementwise"]),
+    (nn.GLU(), (2, 16), ["elementwise"]),
+    (nn.ReflectionPad2d(1), (1, 3, 8, 8), ["elementwise"]),
+    (nn.PixelShuffle(2), (1, 8, 4, 4), ["elementwise"]),
+    (_Call(lambda x: F.rms_norm(x, (x.shape[-1],))), (2, 4, 4), ["norm"]),
+    (_Call(lambda x: F.pad(x, (1, 1))), (2, 4, 4), ["elementwise"]),
+    (_Call(lambda x: x.add_(1).relu_()), (2, 4, 4), ["elementwise", "elementwise"]),
+    (_Call(lambda x: torch.cos(x) * torch.sin(x)), (2, 4, 4), ["elementwise"] * 3),
+    (_Call(lambda x: x.var(-1) + F.normalize(x, dim=-1).sum(-1)), (2, 4, 4),
+     ["elementwise"] * 4),
+    (_Call(lambda x: x.long().float()), (2, 4), []),
+])
+def test_common_layers_and_functions_are_costed(layer, shape, kinds):
+    d = decompose(nn.Sequential(nn.Identity(), layer), shape)
+    assert not d.unsupported and [op.kind for _, op in d.ops] == kinds
+
+
+class _Einsum(nn.Module):
+    """einsum(equation, input, *operands of the given shapes)."""
+
+    def __init__(self, equation, *shapes):
+        super().__init__()
+        self.equation, self.count = equation, len(shapes)
+        for i, shape in enumerate(shapes):
+            self.register_buffer(f"b{i}", torch.ones(shape))
+
+    def forward(self, x):
+        return torch.einsum(self.equation, x, *(getattr(self, f"b{i}")
+                                                for i in range(self.count)))
+
+
+def test_einsum_costs_as_the_batched_gemm_it_is():
+    def ops(equation, *shapes):
+        d = decompose(_Einsum(equation, *shapes[1:]), shapes[0])
+        return d.unsupported, [op for _, op in d.ops]
+
+    # attention scores: batch b and heads h, m = i, n = j, k = d
+    _, [op] = ops("bhid,bhjd->bhij", (2, 3, 5, 8), (2, 3, 5, 8))
+    assert op == Op.make("gemm", {"m": 5, "n": 5, "k": 8}, "fp32", 6)
+    _, [op] = ops("...ij,...jk->...ik", (2, 4, 6), (2, 6, 6))
+    assert op == Op.make("gemm", {"m": 4, "n": 6, "k": 6}, "fp32", 2)
+    _, [op] = ops("bij,bjk", (2, 4, 4), (2, 4, 4))  # implicit output ik: b is summed too
+    assert op == Op.make("gemm", {"m": 4, "n": 4, "k": 8}, "fp32", 1)
+    unsupported, _ = ops("bij,bjk,bkl->bil", (2, 4, 4), (2, 4, 4), (2, 4, 4))
+    assert unsupported == ["einsum (einsum): an einsum of 3 operands ('bij,bjk,bkl->bil') is "
+                           "not covered (one or two are)"]
 
 
 def test_convolutions_no_conv_op_describes_cost_as_their_implicit_gemms():

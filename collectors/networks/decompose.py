@@ -20,53 +20,81 @@ from collectors.ops import Op, op_flops
 # Calls that only change a tensor's view or metadata: no kernel worth costing.
 FREE = {"view", "reshape", "flatten", "permute", "transpose", "contiguous", "size", "getitem",
         "getattr", "squeeze", "unsqueeze", "expand", "split", "chunk", "t", "dim", "type_as",
-        "to", "float", "clone", "detach", "Identity", "Dropout", "Dropout1d", "Dropout2d",
-        "AlphaDropout", "Flatten", "dropout", "view_as", "expand_as", "unbind", "narrow",
-        "select", "as_strided", "unflatten", "movedim",
+        "to", "float", "half", "bfloat16", "double", "long", "int", "bool", "clone", "detach",
+        "Identity", "Dropout", "Dropout1d", "Dropout2d", "AlphaDropout", "Flatten", "dropout",
+        "view_as", "expand_as", "unbind", "narrow", "select", "as_strided", "unflatten",
+        "movedim",
         # allocations of constants (masks, positions): a fill, next to nothing
         "zeros", "ones", "empty", "full", "arange", "zeros_like", "ones_like", "empty_like",
         "full_like", "tensor", "new_zeros", "new_ones", "new_empty", "new_full", "new_tensor"}
-# 1-D pools, which the (2-D) pool op cannot describe: memory-bound, so costed by the input
-# they read, as reductions are.
-POOL_1D_MODULES = {"AvgPool1d", "MaxPool1d", "AdaptiveAvgPool1d", "AdaptiveMaxPool1d"}
-POOL_1D_FUNCS = {"avg_pool1d", "max_pool1d", "adaptive_avg_pool1d", "adaptive_max_pool1d"}
+# Pools the (2-D, square-window) pool op cannot describe (1-D, 3-D, power-average,
+# fractional): memory-bound, so costed by the input they read, as reductions are.
+OTHER_POOL_MODULES = {"AvgPool1d", "MaxPool1d", "AdaptiveAvgPool1d", "AdaptiveMaxPool1d",
+                      "AvgPool3d", "MaxPool3d", "AdaptiveAvgPool3d", "AdaptiveMaxPool3d",
+                      "LPPool1d", "LPPool2d", "FractionalMaxPool2d"}
+OTHER_POOL_FUNCS = {"avg_pool1d", "max_pool1d", "adaptive_avg_pool1d", "adaptive_max_pool1d",
+                    "avg_pool3d", "max_pool3d", "adaptive_avg_pool3d", "adaptive_max_pool3d",
+                    "lp_pool1d", "lp_pool2d"}
 ELEMENTWISE_MODULES = {"ReLU", "ReLU6", "GELU", "SiLU", "Sigmoid", "Tanh", "Hardswish",
-                       "Hardsigmoid", "LeakyReLU", "ELU", "Mish", "Softmax"}
+                       "Hardsigmoid", "LeakyReLU", "ELU", "Mish", "Softmax", "PReLU", "RReLU",
+                       "Softplus", "SELU", "CELU", "Hardtanh", "Hardshrink", "Softshrink",
+                       "Tanhshrink", "Threshold", "Softsign", "LogSigmoid", "LogSoftmax",
+                       "Softmin", "Softmax2d", "GLU"}
+# Reductions read their whole input: that is their traffic, not their small output.
+REDUCTIONS = {"mean", "sum", "max", "amax", "min", "amin", "argmax", "argmin", "prod", "any",
+              "all", "var", "std", "norm", "logsumexp", *OTHER_POOL_FUNCS}
+# In-place forms (``add_``) are the same calls: names are compared without underscores.
 ELEMENTWISE_FUNCS = {"relu", "relu6", "gelu", "silu", "sigmoid", "tanh", "hardswish", "add",
                      "mul", "sub", "div", "softmax", "iadd", "imul", "truediv", "cat", "exp",
-                     "leaky_relu", "elu", "hardsigmoid", "mean", "sum", "neg", "pow", "sqrt",
+                     "leaky_relu", "elu", "hardsigmoid", "neg", "pow", "sqrt",
                      "radd", "rsub", "rmul", "rtruediv", "isub", "itruediv", "stack", "rsqrt",
                      "log", "abs", "clamp", "where", "masked_fill", "maximum", "minimum",
                      "log_softmax", "softplus", "mish", "erf", "gt", "lt", "ge", "le", "eq",
-                     "ne", "repeat", "hardtanh", "max", "amax", *POOL_1D_FUNCS}
-REDUCTIONS = {"mean", "sum", "max", "amax"} | POOL_1D_FUNCS
-NORM_MODULES = {"BatchNorm1d", "BatchNorm2d", "LayerNorm", "GroupNorm", "InstanceNorm2d"}
+                     "ne", "repeat", "hardtanh", "cos", "sin", "square", "reciprocal", "floor",
+                     "ceil", "round", "sign", "clamp_min", "clamp_max", "selu", "celu", "prelu",
+                     "rrelu", "glu", "logsigmoid", "softsign", "softmin", "tanhshrink",
+                     "threshold", "hardshrink", "softshrink", "cumsum", "normalize", "roll",
+                     "flip", "exp2", "log2", "log1p", "expm1", "logical_not",
+                     "logical_and", "logical_or", "bitwise_not", "floordiv", "mod",
+                     "remainder", "fmod", "lerp", "addcmul", "addcdiv", "triu", "tril",
+                     *REDUCTIONS}
+NORM_MODULES = {"BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "LayerNorm", "GroupNorm",
+                "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d", "RMSNorm"}
 POOL_MODULES = {"MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "AdaptiveMaxPool2d"}
-# Memory-bound calls whose traffic is their output (a lookup or a resize): costed as an
-# elementwise op over the output's elements.
-GATHER_MODULES = {"Upsample", "UpsamplingNearest2d", "UpsamplingBilinear2d", "Embedding"}
-GATHER_FUNCS = {"interpolate", "embedding"}
-# Convolutions no conv op describes (1-D, transposed), costed as the GEMM they run.
-IMPLICIT_GEMM_MODULES = {"Conv1d", "ConvTranspose1d", "ConvTranspose2d"}
-IMPLICIT_GEMM_FUNCS = {"conv1d", "conv_transpose1d", "conv_transpose2d"}
+# Memory-bound calls whose traffic is their output (a lookup, a resize, a padding or a
+# rearrangement): costed as an elementwise op over the output's elements.
+GATHER_MODULES = {"Upsample", "UpsamplingNearest2d", "UpsamplingBilinear2d", "Embedding",
+                  "PixelShuffle", "PixelUnshuffle", "ChannelShuffle", "Unfold", "Fold",
+                  *(f"{kind}Pad{d}d" for kind in ("Zero", "Constant", "Reflection",
+                                                  "Replication", "Circular")
+                    for d in (1, 2, 3))}
+GATHER_FUNCS = {"interpolate", "embedding", "pad", "pixel_shuffle", "pixel_unshuffle",
+                "channel_shuffle", "gather", "index_select", "take_along_dim", "one_hot"}
+# Convolutions no conv op describes (1-D, 3-D, transposed), costed as the GEMM they run.
+IMPLICIT_GEMM_MODULES = {"Conv1d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d",
+                         "ConvTranspose3d"}
+IMPLICIT_GEMM_FUNCS = {"conv1d", "conv3d", "conv_transpose1d", "conv_transpose2d",
+                       "conv_transpose3d"}
 # Recurrent layers and cells by their gates' count: each step multiplies the hidden state by
 # gates x hidden weights, after its input was projected (for all steps at once, in a layer).
 RECURRENT_GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
 RECURRENT_MODULES = {"RNN", "LSTM", "GRU"}
 RECURRENT_CELLS = {"RNNCell": 1, "LSTMCell": 4, "GRUCell": 3}
 # Every module class module_op costs (or skips as free), by name.
-MAPPED_MODULES = (FREE | ELEMENTWISE_MODULES | NORM_MODULES | POOL_MODULES | POOL_1D_MODULES
+MAPPED_MODULES = (FREE | ELEMENTWISE_MODULES | NORM_MODULES | POOL_MODULES | OTHER_POOL_MODULES
                   | GATHER_MODULES | IMPLICIT_GEMM_MODULES | RECURRENT_MODULES
                   | set(RECURRENT_CELLS) | {"Conv2d", "Linear", "MultiheadAttention"})
-NORM_FUNCS = {"layer_norm", "batch_norm", "group_norm", "instance_norm"}
+NORM_FUNCS = {"layer_norm", "batch_norm", "group_norm", "instance_norm", "rms_norm"}
 CALLS_METHOD = "calls of one forward pass (fx could not trace it)"
 # Names of the ops a module runs as several, for per-layer output ("self_attn.q_proj").
 PART_NAMES = {"MultiheadAttention": ("q_proj", "k_proj", "v_proj", "attention", "out_proj")}
 # The arguments that matter after a function's first three, in order.
 POSITIONAL_OPTIONS = {"conv2d": ("stride", "padding", "dilation", "groups"),
                       "conv1d": ("stride", "padding", "dilation", "groups"),
+                      "conv3d": ("stride", "padding", "dilation", "groups"),
                       "conv_transpose1d": ("stride", "padding", "output_padding", "groups"),
                       "conv_transpose2d": ("stride", "padding", "output_padding", "groups"),
+                      "conv_transpose3d": ("stride", "padding", "output_padding", "groups"),
                       "scaled_dot_product_attention": ("attn_mask", "dropout_p", "is_causal")}
 
 
@@ -181,6 +209,47 @@ def _implicit_gemm(in_shape: Sequence[int], out_shape: Sequence[int], weight: Se
         m = _numel(out_shape) // int(out_shape[1])
         n, k = int(weight[0]) // groups, int(weight[1]) * taps
     return [Op.make("gemm", {"m": m, "n": n, "k": k}, dtype, groups)]
+
+
+def _einsum_ops(equation: str, arg_shapes: list[Sequence[int]], dtype: str) -> list[Op]:
+    """torch.einsum: of two operands, the batched GEMM it is (indices in both operands and the
+    output are the batch, in one operand and the output are M or N, in both operands only
+    are K); of one, a pass over it (a sum, a trace, a permutation)."""
+    inputs, _, output = equation.replace(" ", "").partition("->")
+    terms = inputs.split(",")
+    if not output and "->" not in equation.replace(" ", ""):  # implicit: once-only indices
+        letters = "".join(terms).replace(".", "")
+        output = "".join(sorted(c for c in set(letters) if letters.count(c) == 1))
+    if len(terms) != len(arg_shapes) or len(terms) not in (1, 2):
+        raise DecomposeError(f"an einsum of {len(arg_shapes)} operands ({equation!r}) is not "
+                             "covered (one or two are)")
+    sizes: dict[str, int] = {}
+    expanded = []
+    for term, shape in zip(terms, arg_shapes, strict=True):
+        if "..." in term:  # the dimensions it stands for, as letters of their own
+            extra = len(shape) - len(term.replace("...", ""))
+            term = term.replace("...", "".join(chr(0x100 + i) for i in range(extra)))
+        if len(term) != len(shape):
+            raise DecomposeError(f"einsum {equation!r}: {term} does not match a shape "
+                                 f"{tuple(shape)}")
+        sizes |= {c: int(n) for c, n in zip(term, shape, strict=True)}
+        expanded.append(term)
+    if "..." in output:
+        output = output.replace("...", "".join(
+            c for c in sorted(set("".join(expanded))) if ord(c) >= 0x100))
+    if len(expanded) == 1:
+        shape = arg_shapes[0]
+        batch = int(shape[0]) if len(shape) > 1 else 1
+        return [Op.make("elementwise", {"elements": max(1, _numel(shape) // batch)}, dtype,
+                        batch)]
+    a, b = (set(t) for t in expanded)
+
+    def size(letters) -> int:
+        return math.prod(sizes[c] for c in letters)
+
+    batch = a & b & set(output)
+    m, n, k = size(a & set(output) - b), size(b & set(output) - a), size(a & b - set(output))
+    return [Op.make("gemm", {"m": m, "n": n, "k": k}, dtype, size(batch))]
 
 
 def _linear_ops(in_shape: Sequence[int], in_features: int, out_features: int, bias: bool,
@@ -334,7 +403,7 @@ def module_op(mod, in_shape: Sequence[int], out_shape: Sequence[int], dtype: str
                                      f"{mod.stride}, padding {mod.padding}) is not covered")
         return [Op.make("pool", {"channels": c, "kernel": k, "height": h, "width": w,
                                  "stride": s, "padding": pad}, dtype, batch)]
-    if kind in ELEMENTWISE_MODULES or kind in POOL_1D_MODULES:
+    if kind in ELEMENTWISE_MODULES or kind in OTHER_POOL_MODULES:
         return [Op.make("elementwise", {"elements": _numel(in_shape) // batch}, dtype, batch)]
     if kind in GATHER_MODULES:
         return _gather_ops(out_shape, dtype)
@@ -353,8 +422,11 @@ def function_op(name: str, arg_shapes: list[Sequence[int]], out_shape: Sequence[
     its tensor arguments in order; ``options``: its other arguments by name, where they matter
     (a convolution's stride, padding, dilation, groups)."""
     options = options or {}
+    name = name.strip("_")  # add_ is add; __add__ is add
     if name in FREE:
         return []
+    if name == "einsum":
+        return _einsum_ops(str(options.get("equation", "")), arg_shapes, dtype)
     if name == "linear" and len(arg_shapes) >= 2 and len(arg_shapes[1]) == 2:
         out_features, in_features = (int(x) for x in arg_shapes[1])
         return _linear_ops(arg_shapes[0], in_features, out_features, len(arg_shapes) > 2, dtype)
@@ -507,7 +579,8 @@ def _decompose_graph(gm) -> Decomposition:
         if node.meta.get("tensor_meta") is None:  # no tensor out: arithmetic on sizes
             continue
         out_shape, dtype = _shape(node, first=True)
-        tensors = [a for a in (*node.args, *node.kwargs.values()) if hasattr(a, "meta")]
+        tensors = [t for a in (*node.args, *node.kwargs.values())
+                   for t in (a if isinstance(a, list | tuple) else (a,)) if hasattr(t, "meta")]
         arg_shapes = [_shape(a)[0] for a in tensors]
         if node.op == "call_module":
             mod = gm.get_submodule(node.target)
@@ -529,9 +602,11 @@ def _decompose_graph(gm) -> Decomposition:
 
 def _call_options(name: str, args, kwargs, is_tensor) -> dict:
     """A function call's arguments that are not tensors, by name: those after the first three
-    that :data:`POSITIONAL_OPTIONS` names, and its keywords."""
-    return dict(zip(POSITIONAL_OPTIONS.get(name, ()), args[3:], strict=False)) | {
-        k: v for k, v in kwargs.items() if not is_tensor(v)}
+    that :data:`POSITIONAL_OPTIONS` names, an einsum's equation, and its keywords."""
+    options = dict(zip(POSITIONAL_OPTIONS.get(name, ()), args[3:], strict=False))
+    if name == "einsum" and args and isinstance(args[0], str):
+        options["equation"] = args[0]
+    return options | {k: v for k, v in kwargs.items() if not is_tensor(v)}
 
 
 def _call_dtype(output, inputs: list) -> str:
