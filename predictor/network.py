@@ -8,6 +8,8 @@ lists) and ``hwnas collect network --family layers`` (single layers).
 
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 import pandas as pd
 from sklearn.ensemble import RandomForestRegressor
@@ -94,6 +96,21 @@ def network_terms(ops: list[Op], kind_model: OpKindForests | None) -> np.ndarray
 EXTRAPOLATION = 4
 
 
+def network_batch(ops: list[Op]) -> int:
+    """A network's batch: that of most of its ops (an attention's heads may multiply it for a
+    few)."""
+    return Counter(op.batch for op in ops).most_common(1)[0][0]
+
+
+def at_batch(ops: list[Op], batch: int) -> list[Op]:
+    """The network ``ops`` at another ``batch``: each op's batch scaled by it over
+    :func:`network_batch` (an attention's batch x heads too; an op of a batch it does not
+    divide kept as it is)."""
+    b = network_batch(ops)
+    return [Op.make(op.kind, op.params, op.dtype, op.batch // b * batch)
+            if op.batch % b == 0 else op for op in ops]
+
+
 def kind_totals(ops: list[Op]) -> dict[str, tuple[int, int]]:
     """Per op kind in ``ops``: how many, and their FLOPs."""
     out: dict[str, tuple[int, int]] = {}
@@ -122,6 +139,7 @@ class NetworkCostModel:
         self.min_layers_: int | None = None  # ops of the smallest
         # the op kinds every training network held the same of: their ops and FLOPs
         self.fixed_: dict[str, tuple[int, int]] | None = None
+        self.batches_: tuple[int, int] | None = None  # smallest and largest network batch
 
     def covers(self, ops: list[Op], network: bool = True) -> bool:
         """Whether the model may answer for ``ops``: their dtypes and kinds were all among the
@@ -133,7 +151,9 @@ class NetworkCostModel:
         kind's cost went into the constant, its own terms were never learned, and an LSTM's
         hundreds of linear ops would cost next to nothing (ops asked on their own, not as a
         ``network``, must be of none of those kinds). Kinds the training networks held more
-        or less of have learned, additive terms: more of them extrapolates."""
+        or less of have learned, additive terms: more of them extrapolates. The same holds for
+        the batch (:func:`network_batch`): where every training network ran at one, only that
+        one is answered; else up to :data:`EXTRAPOLATION` times the largest."""
         return self.uncovered(ops, network) is None
 
     def uncovered(self, ops: list[Op], network: bool = True) -> str | None:
@@ -151,6 +171,14 @@ class NetworkCostModel:
             return (f"this network has {n} layer{'s' if n != 1 else ''}, under half the "
                     f"{self.min_layers_} of "
                     "its smallest training network")
+        if self.batches_ is not None and ops:
+            batch, (least, most) = network_batch(ops), self.batches_
+            if least == most != batch:
+                return (f"its batch is {batch}, and every training network ran at batch "
+                        f"{least} (so how the cost grows with the batch was never learned)")
+            if batch > EXTRAPOLATION * most:
+                return (f"its batch is {batch}, over {EXTRAPOLATION}x the largest ({most}) its "
+                        "training networks ran at")
         for kind, (count, flops) in sorted(kind_totals(ops).items()):
             if kind not in (self.fixed_ or {}):
                 continue
@@ -179,6 +207,8 @@ class NetworkCostModel:
         self.dtypes_ = {op.dtype for ops in networks for op in ops}
         self.kinds_ = {op.kind for ops in networks for op in ops}
         self.min_layers_ = min(len(ops) for ops in networks)
+        batches = [network_batch(ops) for ops in networks]
+        self.batches_ = (min(batches), max(batches))
         totals = [kind_totals(ops) for ops in networks]
         self.fixed_ = {kind: totals[0][kind] for kind in self.kinds_
                        if all(t.get(kind) == totals[0].get(kind) for t in totals)}
@@ -274,7 +304,7 @@ def register(store: Store, device_model: str, model: NetworkCostModel, metrics: 
     meta = {"metrics": metrics, "coef": model.coef_.tolist(), "scale": model.scale_.tolist(),
             "kinds": sorted(forests), "dtypes": sorted(model.dtypes_ or ()),
             "network_kinds": sorted(model.kinds_ or ()), "min_layers": model.min_layers_,
-            "fixed_kinds": model.fixed_}
+            "fixed_kinds": model.fixed_, "batches": model.batches_}
     if getattr(model, "data_span_", None):  # when its training rows were stored
         meta["data_from"], meta["data_to"], meta["data_to_id"] = model.data_span_
     return registry.register_skops(store, device_model, TARGET, dict(forests),
@@ -293,6 +323,7 @@ def load(row) -> NetworkCostModel:
     model.dtypes_ = set(row.meta["dtypes"]) if row.meta.get("dtypes") else None
     model.kinds_ = set(row.meta["network_kinds"]) if row.meta.get("network_kinds") else None
     model.min_layers_ = row.meta.get("min_layers")
+    model.batches_ = tuple(row.meta["batches"]) if row.meta.get("batches") else None
     fixed = row.meta.get("fixed_kinds")
     model.fixed_ = ({k: (int(c), int(f)) for k, (c, f) in fixed.items()} if fixed is not None
                     else None)

@@ -192,5 +192,5 @@ def test_a_network_model_is_scored_on_the_networks_measured_since(store, store_u
         r.output, r.output
     r = run(main, ["train", "--db", store_url, "--device", "drift", "--target", "network"])
     assert r.exit_code == 0, r.output
-    assert ("it answers networks of fp32 linear, norm ops with at least 1 layer (as its "
-            "training networks were)") in r.output, r.output
+    assert ("it answers networks of fp32 linear, norm ops with at least 1 layer at batch 1 "
+            "(as its training networks were)") in r.output, r.output

@@ -546,6 +546,20 @@ def test_a_network_model_answers_only_for_networks_like_those_it_learned_from():
         "its training networks held linear ops the same in each, so their cost was never "
         "learned apart")
     assert with_fc.covers([conv], network=False)
+    # Every network ran at batch 1: another batch was never learned (as ops alone neither).
+    at_2 = [Op.make(op.kind, op.params, op.dtype, 2) for op in [conv, act] * 10]
+    assert model.batches_ == (1, 1) and model.uncovered(at_2) == (
+        "its batch is 2, and every training network ran at batch 1 (so how the cost grows "
+        "with the batch was never learned)")
+    assert not model.covers(at_2[:1], network=False)
+    # Batches that varied extrapolate, up to 4x the largest.
+    by_batch = NetworkCostModel().fit(
+        [[Op.make(op.kind, op.params, op.dtype, 1 + n % 3) for op in net]
+         for n, net in enumerate(nets)], y)
+    assert by_batch.batches_ == (1, 3) and by_batch.covers(at_2)
+    at_13 = [Op.make(op.kind, op.params, op.dtype, 13) for op in [conv, act] * 10]
+    assert by_batch.uncovered(at_13) == (
+        "its batch is 13, over 4x the largest (3) its training networks ran at")
 
 
 def test_collect_network_measures_your_own_model_for_the_network_model(tmp_path, monkeypatch):

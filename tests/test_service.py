@@ -668,6 +668,19 @@ def test_network_model_answers_predict_network_with_additive_layers(served):
     # PredictOps answers from the same per-op model
     o = client.predict_ops("Test GPU", ops)
     assert [c.latency_ms for c in o.costs] == pytest.approx(list(shares))
+    # Its networks all ran at batch 1: at batch 4, each layer's share there plus how the GEMM
+    # model's prediction of it grows from batch 1 to 4.
+    four = client.predict_network("Test GPU", ops=[{**op, "batch": 4} for op in ops])
+    gemm_sums = {b: PredictionEngine(store)._op_costs(PROFILE.model, 0,
+                                                      [linear_op(128, 8, b)] * 3, None)[2]
+                 for b in (1, 4)}
+    assert four.method == "network model at its batch + the GEMM model's change with the batch"
+    assert [c.latency_ms for c in four.layers] == pytest.approx(
+        [s + c4.latency_ms - c1.latency_ms
+         for s, c4, c1 in zip(shares, gemm_sums[4], gemm_sums[1], strict=True)])
+    assert four.total.latency_ms == pytest.approx(
+        sum(c.latency_ms for c in four.layers) + const)
+    assert four.total.latency_ms > a.total.latency_ms and four.total.latency_std_ms > 0
     # The network model knows fp32 networks only: fp16 layers are summed from the GEMM model
     # (trained on fp16), and bf16, which neither model has seen, is refused by name.
     half = client.predict_network("Test GPU", ops=[{**o, "dtype": "fp16"} for o in ops])
@@ -694,12 +707,23 @@ def test_network_model_answers_predict_network_with_additive_layers(served):
     assert r.exit_code == 0, r.output
     assert ("note: network model v1 does not answer for it: its training networks held no "
             "norm ops (only linear); the sum of op predictions does") in r.stderr, r.output
+    # A version naming only a network model that does not cover the ops (no GEMM model has
+    # that number to sum them) says so, rather than that no such version exists.
+    network.register(store, PROFILE.model, model, metrics)
+    assert client.predict_network("Test GPU", ops=ops, model_version=2).model_version == 2
+    with pytest.raises(grpc.RpcError) as err:
+        client.predict_network("Test GPU", ops=[*ops, norm], model_version=2)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert ("model_version: network model v2 of 'Test GPU' does not answer for these ops (its "
+            "training networks held no norm ops (only linear)), and there is no GEMM model v2"
+            ) in err.value.details()
 
 
-def linear_op(inp: int, tokens: int):
+def linear_op(inp: int, tokens: int, batch: int = 1):
     from collectors.ops import Op
 
-    return Op.make("linear", {"in_features": inp, "out_features": 64, "tokens": tokens})
+    return Op.make("linear", {"in_features": inp, "out_features": 64, "tokens": tokens},
+                   batch=batch)
 
 
 @pytest.mark.parametrize("kwargs, match", [
@@ -766,6 +790,9 @@ def test_predict_network_answers_here_for_a_torch_model_as_the_service_does(tmp_
 
     r = run(main, [*args, "--nasbench201", ARCH])
     assert r.exit_code == 0 and "total: " in r.output
+    # Without few-shot models of the device, a version names the model that sums its ops.
+    r = run(main, [*args, "--nasbench201", ARCH, "--version", "1"])
+    assert r.exit_code == 0 and "(model v1)" in r.output, r.output
     # Token ids in; a layer fx cannot trace is read from the calls of one forward pass (its
     # attention, residual adds and activation among them), and the user is told so.
     r = run(main, [*args, "--module", "user_net:encoder", "--input-shape", "2,5",

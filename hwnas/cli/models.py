@@ -106,10 +106,13 @@ def train(db_url, device_spec, folds, trees, target, baseline_fit) -> None:
         click.echo(f"registered {model} network v{row.version} from {metrics['networks']} "
                    f"networks and {metrics['layers']} layers: {row.path}")
         meta, fewest = row.meta, (row.meta["min_layers"] + 1) // 2
+        least, most = meta["batches"]
+        batch = (f"at batch {least}" if least == most else
+                 f"at batch {least} to {network.EXTRAPOLATION * most}")
         click.echo(f"it answers networks of {', '.join(meta['dtypes'])} "
                    f"{', '.join(meta['network_kinds'])} ops with at least {fewest} "
-                   f"layer{'s' if fewest != 1 else ''} (as its training networks were)"
-                   + _fixed_kinds(meta.get("fixed_kinds") or {})
+                   f"layer{'s' if fewest != 1 else ''} {batch} (as its training networks "
+                   "were)" + _fixed_kinds(meta.get("fixed_kinds") or {})
                    + "; others are summed from op predictions")
         return
     previous = default_row(store, model)
@@ -397,7 +400,9 @@ def predict_network(db_url, device_spec, arch, ops_json, module_spec, input_shap
     op list, or your own torch model (--module pkg.mod:make_model --input-shape 1,3,224,224).
     The device's network model is used where one is registered (`hwnas train --target
     network`) and covers the network (the op dtypes and kinds of its training networks, at
-    least half the layers of the smallest), else the sum of its ops' predictions."""
+    least half the layers of the smallest, their batch), else the sum of its ops' predictions;
+    a network at another batch than the one all its training networks ran at is answered from
+    it at that batch plus how the GEMM model's predictions change with the batch."""
     from collectors.ops import Op
     from predictor.data import resolve_device_model
     from search.job import OP_SUM, prediction_client
@@ -411,9 +416,12 @@ def predict_network(db_url, device_spec, arch, ops_json, module_spec, input_shap
         a = c.predict_network(device_model, nasbench201=arch, ops=ops, batch=batch,
                               dtype=dtype, model_version=version)
     echo_network(a, layers, spec.notes)
-    if a.method == OP_SUM and ops is not None:
+    if a.method == OP_SUM:
+        from predictor.nasbench201 import network_ops
+
         _why_no_network_model(store, device_model, version,
-                              [Op.from_dict(o) for o in ops])
+                              [Op.from_dict(o) for o in ops] if ops is not None else
+                              [op for _, op in network_ops(arch, batch, dtype)])
     if runnable:
         measure_here(spec, runnable, a, min_time)
     if gemms_csv:

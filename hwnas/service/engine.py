@@ -12,6 +12,7 @@ import threading
 import time
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 from sqlalchemy import func, select
 
@@ -49,6 +50,10 @@ def no_default_reason(exc: registry.RegistryError) -> str:
                 f"(versions {', '.join(map(str, exc.versions))}): ask for one by "
                 "model_version, or have one restored or trained")
     return f"device: {exc}"
+
+
+# How a network at another batch than its network model's training networks is answered.
+BATCH_SCALED = "network model at its batch + the GEMM model's change with the batch"
 
 
 class PredictionEngine:
@@ -202,9 +207,21 @@ class PredictionEngine:
         """The device's network model if it covers ``ops`` (the dtypes and op kinds of its
         training networks, and as a whole ``network`` not far smaller than they were:
         NetworkCostModel.covers), else None (the GEMM forest answers, or refuses a dtype it
-        was not trained on either)."""
+        was not trained on either). A ``version`` that names only a network model, which does
+        not cover ``ops``, is a FAILED_PRECONDITION saying why."""
         net = self.network_model(device, version)
-        return net if net is not None and net[1].covers(ops, network) else None
+        if net is None:
+            return None
+        reason = net[1].uncovered(ops, network)
+        if reason is None:
+            return net
+        if version and self._find(device, "gemm", version) is None:
+            # the version names that network model only: no GEMM model of it sums the ops
+            raise ServiceError("FAILED_PRECONDITION", f"model_version: network model "
+                               f"v{version} of {device!r} does not answer for these ops "
+                               f"({reason}), and there is no GEMM model v{version} to sum "
+                               "them; ask without a version for the default GEMM model's sum")
+        return None
 
     def _op_costs(self, device: str, version: int, ops: list[Op], net
                   ) -> tuple[str, int, list[OpCost]]:
@@ -230,7 +247,7 @@ class PredictionEngine:
                       dtype: str = "fp32") -> tuple[str, int, OpCost] | None:
         """Whole-architecture latency from a few-shot NAS-Bench-201 model (``hwnas adapt``), or
         None when the device has none, or has one measured at another batch size or dtype
-        (callers then sum op predictions)."""
+        (callers then sum op predictions, with ``version`` naming the model that sums them)."""
         from predictor.adapt import TARGET, load_reference
         from predictor.fewshot import FewShotModel
         from predictor.nasbench201 import parse_cell
@@ -238,7 +255,9 @@ class PredictionEngine:
         device = self.resolve_device(device_spec)
         row = self._find(device, TARGET, version)
         if row is None:
-            if version:
+            # A version names a few-shot model only on a device that has them; elsewhere it
+            # is the network or GEMM model's that sums the cell's ops.
+            if version and self._find(device, TARGET, 0) is not None:
                 raise ServiceError("NOT_FOUND", f"model_version: no nb201 model v{version} "
                                    f"for {device!r}")
             return None
@@ -310,8 +329,12 @@ class PredictionEngine:
     def predict_network(self, device_spec: str, version: int, ops: list[Op]
                         ) -> tuple[str, int, OpCost, list[OpCost]]:
         """A registered network model when the device has one (additive, so per-layer shares
-        sum to the total); otherwise the sum of op predictions."""
+        sum to the total), or one fitted at another batch than the network's
+        (:meth:`_batch_scaled`); otherwise the sum of op predictions."""
         device = self.resolve_device(device_spec)
+        shifted = self._network_at_its_batch(device, version, ops)
+        if shifted is not None:
+            return self._batch_scaled(device, ops, *shifted)
         net = self._network_for(device, version, ops)
         device, v, costs = self._op_costs(device, version, ops, net)
         if net is None:
@@ -321,6 +344,47 @@ class PredictionEngine:
         return device, v, OpCost(lat, lat * rmspe, None, None, None, None,
                                  "network model: per-op forests + additive residual terms",
                                  0), costs
+
+    def _network_at_its_batch(self, device: str, version: int, ops: list[Op]):
+        """(network model, ``ops`` at its batch) where the device's network model, whose
+        training networks all ran at one batch, covers ``ops`` but for theirs; else None."""
+        from predictor.network import at_batch, network_batch
+
+        net = self.network_model(device, version)
+        if net is None or net[1].batches_ is None or not ops:
+            return None
+        least, most = net[1].batches_
+        if least != most or network_batch(ops) == least:
+            return None
+        at = at_batch(ops, least)
+        return (net, at) if net[1].covers(at) else None
+
+    def _batch_scaled(self, device: str, ops: list[Op], net, at: list[Op]
+                      ) -> tuple[str, int, OpCost, list[OpCost]]:
+        """A network at another batch than the network model's (``at``: its ops at that one):
+        each layer's share there plus how much the default GEMM model's prediction of it
+        changes between the two batches. What the network model learns beyond the op sums is
+        mostly the framework's cost per layer, which the batch leaves as it is; the GEMM model
+        knows how each op's own time grows with it."""
+        version, model, rmspe = net
+        shares, constant = model.per_op(at)
+        _, _, now = self._op_costs(device, 0, ops, None)
+        _, _, then = self._op_costs(device, 0, at, None)
+        layers = [OpCost(max(0.0, float(share) + c.latency_ms - t.latency_ms),
+                         float(np.sqrt((share * rmspe) ** 2 + c.latency_std_ms ** 2
+                                       + t.latency_std_ms ** 2)),
+                         None, None, None, None, BATCH_SCALED, c.gemm_count,
+                         latency_extrapolated=c.latency_extrapolated)
+                  for share, c, t in zip(shares, now, then, strict=True)]
+        lat = sum(c.latency_ms for c in layers) + constant
+        # the network model's error is one for the whole network (as its answers carry it);
+        # the GEMM model's spreads, op by op
+        std = float(np.hypot((float(np.sum(shares)) + constant) * rmspe, np.sqrt(sum(
+            c.latency_std_ms ** 2 + t.latency_std_ms ** 2 for c, t in zip(now, then,
+                                                                         strict=True)))))
+        return device, version, OpCost(
+            lat, std, None, None, None, None, BATCH_SCALED, sum(c.gemm_count for c in layers),
+            latency_extrapolated=any(c.latency_extrapolated for c in layers)), layers
 
     def device_table(self) -> list[dict]:
         with self.store.session() as s:
