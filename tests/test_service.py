@@ -681,6 +681,16 @@ def test_network_model_answers_predict_network_with_additive_layers(served):
     assert four.total.latency_ms == pytest.approx(
         sum(c.latency_ms for c in four.layers) + const)
     assert four.total.latency_ms > a.total.latency_ms and four.total.latency_std_ms > 0
+    from click.testing import CliRunner
+
+    from hwnas.cli import main
+
+    path = tmp_path / "four.json"
+    path.write_text(json.dumps([{**op, "batch": 4} for op in ops]))
+    r = CliRunner().invoke(main, ["predict", "network", "--db", store.url, "--device",
+                                  "Test GPU", "--ops-json", str(path)])
+    assert r.exit_code == 0 and f"total: {four.total.latency_ms:.5g} ms" in r.output, r.output
+    assert "note: the device's network model learned one batch only" in r.stderr
     # The network model knows fp32 networks only: fp16 layers are summed from the GEMM model
     # (trained on fp16), and bf16, which neither model has seen, is refused by name.
     half = client.predict_network("Test GPU", ops=[{**o, "dtype": "fp16"} for o in ops])
@@ -696,10 +706,6 @@ def test_network_model_answers_predict_network_with_additive_layers(served):
     assert mixed.method == "sum of op predictions" and mixed.layers[-1].latency_ms > 0
     assert client.predict_ops("Test GPU", [norm]).costs[0].latency_ms > 0  # not 0 ms
     # `hwnas predict network` says why the network model did not answer.
-    from click.testing import CliRunner
-
-    from hwnas.cli import main
-
     path = tmp_path / "mixed.json"
     path.write_text(json.dumps([*ops, norm]))
     r = CliRunner().invoke(main, ["predict", "network", "--db", store.url, "--device",

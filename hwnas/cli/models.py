@@ -404,6 +404,7 @@ def predict_network(db_url, device_spec, arch, ops_json, module_spec, input_shap
     a network at another batch than the one all its training networks ran at is answered from
     it at that batch plus how the GEMM model's predictions change with the batch."""
     from collectors.ops import Op
+    from hwnas.service.engine import BATCH_SCALED
     from predictor.data import resolve_device_model
     from search.job import OP_SUM, prediction_client
 
@@ -416,6 +417,14 @@ def predict_network(db_url, device_spec, arch, ops_json, module_spec, input_shap
         a = c.predict_network(device_model, nasbench201=arch, ops=ops, batch=batch,
                               dtype=dtype, model_version=version)
     echo_network(a, layers, spec.notes)
+    if a.method == BATCH_SCALED:
+        how = ("--family nb201 --batch B" if arch is not None else
+               "--module ... --input-shape S" if spec.module is not None else "...")
+        click.echo("note: the device's network model learned one batch only; this answer adds "
+                   "how the GEMM model's predictions change with the batch (on a CPU they "
+                   "grew too slowly: x1.1-2.0 low at batch 2-16 in docs/results.md); `hwnas "
+                   f"collect network {how}` at a batch or two you use, then `hwnas train "
+                   "--target network`, learn it", err=True)
     if a.method == OP_SUM:
         from predictor.nasbench201 import network_ops
 
