@@ -169,8 +169,7 @@ class NetworkCostModel:
         if network and self.min_layers_ is not None and 2 * len(ops) < self.min_layers_:
             n = len(ops)
             return (f"this network has {n} layer{'s' if n != 1 else ''}, under half the "
-                    f"{self.min_layers_} of "
-                    "its smallest training network")
+                    f"{self.min_layers_} of its smallest training network")
         if self.batches_ is not None and ops:
             batch, (least, most) = network_batch(ops), self.batches_
             if least == most != batch:
