@@ -775,7 +775,9 @@ def test_predict_network_answers_here_for_a_torch_model_as_the_service_does(tmp_
         "    return nn.Linear(width, width)\n"
         "def encoder():\n"
         "    layer = nn.TransformerEncoderLayer(16, 2, dim_feedforward=32, batch_first=True)\n"
-        "    return nn.Sequential(nn.Embedding(50, 16), layer)\n")
+        "    return nn.Sequential(nn.Embedding(50, 16), layer)\n"
+        "def two_inputs():\n"
+        "    return nn.Bilinear(4, 4, 2)\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     store = make_store(tmp_path)
     run = CliRunner().invoke
@@ -840,6 +842,9 @@ def test_predict_network_answers_here_for_a_torch_model_as_the_service_does(tmp_
          "did not run on that input (RuntimeError"),
         (["--module", "user_net:needs_width", "--input-shape", "1,4"],
          "needs_width() failed: TypeError"),
+        (["--module", "user_net:two_inputs", "--input-shape", "1,4"],
+         "missing 1 required positional argument: 'input2'); it is given one tensor: name a "
+         "factory that returns a module taking one"),
         (["--nasbench201", ARCH, "--version", "9"], "NOT_FOUND"),
         # The wire reads a batch of 0 as 1 and holds integers only: caught before it.
         (["--ops-json", op_file(batch=0)], "ops[0].batch: must be a positive integer, got 0"),

@@ -96,9 +96,13 @@ def network_spec(arch: str | None, ops_json: str | None, module_spec: str | None
             d = decompose(model, shape, input_dtype=input_dtype)
         except Exception as exc:  # the model's forward pass at that shape
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            hint = ("; it is given one tensor: name a factory that returns a module taking one "
+                    "(and making the others, such as a mask, in its forward)"
+                    if isinstance(exc, TypeError) and "required positional argument" in first
+                    else "")
             raise click.UsageError(f"--module {module_spec} --input-shape {input_shape}: the "
                                    f"model did not run on that input ({type(exc).__name__}: "
-                                   f"{first})") from None
+                                   f"{first}){hint}") from None
         if not d.ops:
             raise click.UsageError(f"--module {module_spec}: no op of a known kind found "
                                    f"(not costed: {', '.join(d.unsupported) or 'nothing'})")
