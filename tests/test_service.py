@@ -668,18 +668,22 @@ def test_network_model_answers_predict_network_with_additive_layers(served):
     # PredictOps answers from the same per-op model
     o = client.predict_ops("Test GPU", ops)
     assert [c.latency_ms for c in o.costs] == pytest.approx(list(shares))
-    # Its networks all ran at batch 1: at batch 4, each layer's share there plus how the GEMM
-    # model's prediction of it grows from batch 1 to 4.
+    # Its networks all ran at batch 1: at batch 4, the geometric mean of the model as is and
+    # of each layer's share at batch 1 plus how the GEMM model's prediction of it grows from
+    # batch 1 to 4; layers in the proportions of the second.
     four = client.predict_network("Test GPU", ops=[{**op, "batch": 4} for op in ops])
     gemm_sums = {b: PredictionEngine(store)._op_costs(PROFILE.model, 0,
                                                       [linear_op(128, 8, b)] * 3, None)[2]
                  for b in (1, 4)}
-    assert four.method == "network model at its batch + the GEMM model's change with the batch"
-    assert [c.latency_ms for c in four.layers] == pytest.approx(
-        [s + c4.latency_ms - c1.latency_ms
-         for s, c4, c1 in zip(shares, gemm_sums[4], gemm_sums[1], strict=True)])
+    scaled = [s + c4.latency_ms - c1.latency_ms
+              for s, c4, c1 in zip(shares, gemm_sums[4], gemm_sums[1], strict=True)]
+    as_is = model.predict([[linear_op(128, 8, 4)] * 3])[0]
+    assert four.method.startswith("network model at another batch: the geometric mean")
+    assert four.total.latency_ms == pytest.approx(np.sqrt(as_is * (sum(scaled) + const)))
     assert four.total.latency_ms == pytest.approx(
         sum(c.latency_ms for c in four.layers) + const)
+    assert [c.latency_ms / four.layers[0].latency_ms for c in four.layers] == pytest.approx(
+        [x / scaled[0] for x in scaled])
     assert four.total.latency_ms > a.total.latency_ms and four.total.latency_std_ms > 0
     from click.testing import CliRunner
 

@@ -401,8 +401,9 @@ def predict_network(db_url, device_spec, arch, ops_json, module_spec, input_shap
     The device's network model is used where one is registered (`hwnas train --target
     network`) and covers the network (the op dtypes and kinds of its training networks, at
     least half the layers of the smallest, their batch), else the sum of its ops' predictions;
-    a network at another batch than the one all its training networks ran at is answered from
-    it at that batch plus how the GEMM model's predictions change with the batch."""
+    a network at another batch than the one all its training networks ran at is answered by
+    the geometric mean of the model as is and of the model at its batch plus how the GEMM
+    model's predictions change with the batch."""
     from collectors.ops import Op
     from hwnas.service.engine import BATCH_SCALED
     from predictor.data import resolve_device_model
@@ -420,11 +421,11 @@ def predict_network(db_url, device_spec, arch, ops_json, module_spec, input_shap
     if a.method == BATCH_SCALED:
         how = ("--family nb201 --batch B" if arch is not None else
                "--module ... --input-shape S" if spec.module is not None else "...")
-        click.echo("note: the device's network model learned one batch only; this answer adds "
-                   "how the GEMM model's predictions change with the batch (on a CPU they "
-                   "grew too slowly: x1.1-2.0 low at batch 2-16 in docs/results.md); `hwnas "
-                   f"collect network {how}` at a batch or two you use, then `hwnas train "
-                   "--target network`, learn it", err=True)
+        click.echo("note: the device's network model learned one batch only; at another this "
+                   "answer averages two that err on opposite sides (x1.1-1.2 off on average, "
+                   "up to x1.6, on a CPU in docs/results.md); `hwnas collect network "
+                   f"{how}` at a batch or two you use, then `hwnas train --target network`, "
+                   "learn it", err=True)
     if a.method == OP_SUM:
         from predictor.nasbench201 import network_ops
 
