@@ -172,9 +172,10 @@ class NetworkCostModel:
                     f"{self.min_layers_} of its smallest training network")
         if self.batches_ is not None and ops:
             batch, (least, most) = network_batch(ops), self.batches_
-            if least == most != batch:
-                return (f"its batch is {batch}, and every training network ran at batch "
-                        f"{least} (so how the cost grows with the batch was never learned)")
+            if least == most != batch:  # what else keeps it out, if anything, before that
+                return self.uncovered(at_batch(ops, least), network) or (
+                    f"its batch is {batch}, and every training network ran at batch {least} "
+                    "(so how the cost grows with the batch was never learned)")
             if batch > EXTRAPOLATION * most:
                 return (f"its batch is {batch}, over {EXTRAPOLATION}x the largest ({most}) its "
                         "training networks ran at")

@@ -552,6 +552,10 @@ def test_a_network_model_answers_only_for_networks_like_those_it_learned_from():
         "its batch is 2, and every training network ran at batch 1 (so how the cost grows "
         "with the batch was never learned)")
     assert not model.covers(at_2[:1], network=False)
+    # where something else keeps it out at the model's own batch too, that is the reason given
+    assert with_fc.uncovered([Op.make(op.kind, op.params, op.dtype, 2)
+                              for op in [conv, act] * 10 + [fc] * 5]).startswith(
+        "it has 5 linear ops, over 4x the 1 of every training network")
     # Batches that varied extrapolate, up to 4x the largest.
     by_batch = NetworkCostModel().fit(
         [[Op.make(op.kind, op.params, op.dtype, 1 + n % 3) for op in net]

@@ -70,7 +70,8 @@ def register(store, tmp_path, seed: int, trees: int = 15):
 def served(tmp_path):
     store = make_store(tmp_path)
     server = Server(PredictionEngine(store, refresh_s=0.2),
-                    ServerConfig(port=0, max_batch=2000, refresh_s=0.2)).start()
+                    ServerConfig(port=0, max_batch=2000, max_network_ops=3000,
+                                 refresh_s=0.2)).start()
     client = PredictorClient(f"127.0.0.1:{server.port}", timeout_s=20)
     client.wait_ready(30)
     yield store, server, client, tmp_path
@@ -365,6 +366,8 @@ MALFORMED = [
     ("PredictNetwork", {"device": "Test GPU", "ops": pb.OpList(ops=[op("pool")])}, IA,
      "ops.ops[0]"),
     ("PredictNetwork", {"device": "Test GPU", "ops": pb.OpList()}, IA, "ops.ops"),
+    ("PredictNetwork", {"device": "Test GPU", "ops": pb.OpList(ops=[op(
+        "elementwise", elements=64)] * 3001)}, IA, "ops.ops: at most 3000 per request"),
     ("PredictNetwork", {"device": "Gone", "nasbench201": ARCH}, NF, "device"),
     ("GetModelMetadata", {"device": "Test GPU", "version": 5}, NF, "version"),
     ("GetModelMetadata", {"device": "Other CPU"}, FP, "no trained gemm model"),
@@ -387,6 +390,9 @@ def test_malformed_requests_get_the_right_codes_and_the_server_stays_healthy(ser
     assert health.Check(health_pb2.HealthCheckRequest(service="hwnas.v1.Predictor")).status \
         == health_pb2.HealthCheckResponse.SERVING
     assert client.predict_gemm("Test GPU", [(64, 64, 64)]).costs[0].latency_ms > 0
+    # a network may hold more ops than a batch of ops (a long recurrent layer's steps)
+    long = [{"kind": "elementwise", "params": {"elements": 64}}] * 2500
+    assert len(client.predict_network("Test GPU", ops=long).layers) == 2500
     # an oversized message is refused by gRPC itself, not by a crash
     small = Server(PredictionEngine(server.engine.store),
                    ServerConfig(port=0, max_message_bytes=1024)).start()

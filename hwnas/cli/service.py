@@ -41,10 +41,14 @@ def read_token(path: str | None) -> str | None:
               help="Expose Prometheus metrics over HTTP on this port.")
 @click.option("--max-batch", type=click.IntRange(1, 10_000_000), default=10_000,
               show_default=True, help="Most shapes/ops in one request.")
+@click.option("--max-network-ops", type=click.IntRange(1, 10_000_000), default=100_000,
+              show_default=True,
+              help="Most ops in one network (PredictNetwork): a recurrent layer runs an op or "
+                   "three per step.")
 @click.option("--workers", type=click.IntRange(1, 1024), default=16, show_default=True)
 @friendly_errors
 def serve(db_url, host, port, tls_cert, tls_key, token_file, metrics_port, max_batch,
-          workers) -> None:
+          max_network_ops, workers) -> None:
     """Serve predictions over gRPC (hwnas.v1.Predictor, with health and reflection) until
     SIGTERM/Ctrl-C, then drain in-flight calls and exit 0. New model versions registered by
     `hwnas train` are picked up without a restart."""
@@ -57,7 +61,8 @@ def serve(db_url, host, port, tls_cert, tls_key, token_file, metrics_port, max_b
     logging.getLogger("alembic").setLevel(logging.WARNING)  # the store's schema check, per start
     config = ServerConfig(host=host, port=port, tls_cert=tls_cert, tls_key=tls_key,
                           token=read_token(token_file), metrics_port=metrics_port,
-                          max_batch=max_batch, workers=workers)
+                          max_batch=max_batch, max_network_ops=max_network_ops,
+                          workers=workers)
     server = Server(PredictionEngine(open_store(db_url)), config).start()
     click.echo(f"hwnas.v1.Predictor listening on {host}:{server.port} "
                f"({'TLS' if tls_cert else 'plaintext'}"

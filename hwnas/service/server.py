@@ -40,6 +40,8 @@ class ServerConfig:
     port: int = 50051  # 0 picks a free port
     workers: int = 16
     max_batch: int = 10_000  # shapes/ops per request
+    # ops of one network (PredictNetwork): a recurrent layer is an op or three per step
+    max_network_ops: int = 100_000
     max_message_bytes: int = 16 << 20
     tls_cert: str | None = None
     tls_key: str | None = None
@@ -228,11 +230,12 @@ class PredictorService(pb_grpc.PredictorServicer):
     def __init__(self, engine: PredictionEngine, config: ServerConfig, metrics: Metrics):
         self.engine, self.config, self.metrics = engine, config, metrics
 
-    def _check_batch(self, n: int, field: str) -> None:
+    def _check_batch(self, n: int, field: str, most: int | None = None) -> None:
+        most = most or self.config.max_batch
         if n == 0:
             raise OpError(field, "must hold at least one entry")
-        if n > self.config.max_batch:
-            raise OpError(field, f"at most {self.config.max_batch} per request, got {n}")
+        if n > most:
+            raise OpError(field, f"at most {most} per request, got {n}")
 
     def _run(self, context, fn):
         try:
@@ -323,12 +326,12 @@ class PredictorService(pb_grpc.PredictorServicer):
                                                      model_version=version, method=cost.source)
                 named = network_ops(request.nasbench201, batch, dtype)
             elif which == "ops":
-                self._check_batch(len(request.ops.ops), "ops.ops")
+                self._check_batch(len(request.ops.ops), "ops.ops", self.config.max_network_ops)
                 named = [(o.name or f"op{i}", generic_op(o, f"ops.ops[{i}]"))
                          for i, o in enumerate(request.ops.ops)]
             else:
                 raise OpError("network", "give either ops or nasbench201")
-            self._check_batch(len(named), "network")
+            self._check_batch(len(named), "network", self.config.max_network_ops)
             device, version, tot, costs = self.engine.predict_network(
                 request.device, request.model_version, [op for _, op in named])
             self.metrics.predictions.inc(len(named))
