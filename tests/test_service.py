@@ -787,7 +787,9 @@ def test_predict_network_answers_here_for_a_torch_model_as_the_service_does(tmp_
         "    layer = nn.TransformerEncoderLayer(16, 2, dim_feedforward=32, batch_first=True)\n"
         "    return nn.Sequential(nn.Embedding(50, 16), layer)\n"
         "def two_inputs():\n"
-        "    return nn.Bilinear(4, 4, 2)\n")
+        "    return nn.Bilinear(4, 4, 2)\n"
+        "def gru():\n"
+        "    return nn.Sequential(nn.Linear(8, 8), nn.GRU(8, 16))\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     store = make_store(tmp_path)
     run = CliRunner().invoke
@@ -820,6 +822,11 @@ def test_predict_network_answers_here_for_a_torch_model_as_the_service_does(tmp_
     assert "  1.add: " in r.output and "  1.relu: " in r.output
     assert "note: torch.fx could not trace 1 (" in r.stderr
     assert "other inputs may run other ops" in r.stderr and "note:" not in r.stdout
+    # A recurrent layer's steps, per part on one line each.
+    r = run(main, [*args, "--module", "user_net:gru", "--input-shape", "3,2,8", "--layers"])
+    assert r.exit_code == 0 and "8 layers" in r.output, r.output
+    assert [line.split(":")[0].strip() for line in r.output.splitlines()[1:5]] == [
+        "0", "1.l0.ih", "1.l0.t*.hh (3 steps)", "1.l0.t*.cell (3 steps)"], r.output
     # The network's own GEMMs to a file that `hwnas collect gemm --shapes-csv` reads.
     from collectors.gemm.shapes_csv import read_gemm_csv
 
