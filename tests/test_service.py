@@ -822,6 +822,13 @@ def test_predict_network_answers_here_for_a_torch_model_as_the_service_does(tmp_
     assert "  1.add: " in r.output and "  1.relu: " in r.output
     assert "note: torch.fx could not trace 1 (" in r.stderr
     assert "other inputs may run other ops" in r.stderr and "note:" not in r.stdout
+    # --dtype casts the model: this GEMM model knows fp16 and fp32, so bf16 is refused.
+    r = run(main, [*args, "--module", "user_net:make", "--input-shape", "2,3,16,16",
+                   "--dtype", "fp16"])
+    assert r.exit_code == 0 and "total: " in r.output, r.output
+    r = run(main, [*args, "--module", "user_net:make", "--input-shape", "2,3,16,16",
+                   "--dtype", "bf16"])
+    assert "dtype: bf16: this model was trained on fp16, fp32 only" in r.output, r.output
     # A recurrent layer's steps, per part on one line each.
     r = run(main, [*args, "--module", "user_net:gru", "--input-shape", "3,2,8", "--layers"])
     assert r.exit_code == 0 and "8 layers" in r.output, r.output
@@ -863,6 +870,9 @@ def test_predict_network_answers_here_for_a_torch_model_as_the_service_does(tmp_
          "missing 1 required positional argument: 'input2'); it is given one tensor: name a "
          "factory that returns a module taking one"),
         (["--nasbench201", ARCH, "--version", "9"], "NOT_FOUND"),
+        (["--module", "user_net:make", "--input-shape", "1,3,8,8", "--dtype", "tf32"],
+         "--dtype tf32: a module's parameters are held in fp32"),
+        (["--ops-json", op_file(), "--dtype", "bf16"], "--dtype: --ops-json ops carry"),
         # The wire reads a batch of 0 as 1 and holds integers only: caught before it.
         (["--ops-json", op_file(batch=0)], "ops[0].batch: must be a positive integer, got 0"),
         (["--ops-json", op_file(params={"in_features": "8"})],

@@ -72,14 +72,18 @@ class NetworkSpec:
 
 
 def network_spec(arch: str | None, ops_json: str | None, module_spec: str | None,
-                  input_shape: str | None, input_dtype: str = "float") -> NetworkSpec:
-    """The network the options name (exactly one of the three)."""
+                  input_shape: str | None, input_dtype: str = "float",
+                  dtype: str | None = None) -> NetworkSpec:
+    """The network the options name (exactly one of the three); a --module model cast to
+    ``dtype`` where one is given."""
     import json
 
     if sum(x is not None for x in (arch, ops_json, module_spec)) != 1:
         raise click.UsageError("give exactly one of --nasbench201, --ops-json and --module")
     if (input_shape is None) != (module_spec is None):
         raise click.UsageError("--input-shape goes with --module (and only with it)")
+    if dtype is not None and ops_json is not None:
+        raise click.UsageError("--dtype: --ops-json ops carry their own")
     if arch is not None:
         return NetworkSpec(arch, None)
     if module_spec is not None:
@@ -94,6 +98,19 @@ def network_spec(arch: str | None, ops_json: str | None, module_spec: str | None
             model = user_module(module_spec)
         except ValueError as exc:
             raise click.UsageError(f"--module {exc}") from None
+        if dtype is not None:
+            import torch
+
+            from collectors.ops import OpError, check_dtype
+
+            try:
+                cast = check_dtype(dtype, "--dtype")
+            except OpError as exc:
+                raise click.UsageError(str(exc)) from None
+            if cast.name == "tf32":  # a way to multiply fp32, not a dtype to hold
+                raise click.UsageError("--dtype tf32: a module's parameters are held in fp32; "
+                                       "give fp32")
+            model = model.to(getattr(torch, cast.storage))
         try:
             d = decompose(model, shape, input_dtype=input_dtype)
         except Exception as exc:  # the model's forward pass at that shape

@@ -409,8 +409,8 @@ def predict_network(db_url, device_spec, arch, ops_json, module_spec, input_shap
     from predictor.data import resolve_device_model
     from search.job import OP_SUM, prediction_client
 
-    spec = network_spec(arch, ops_json, module_spec, input_shape, input_dtype)
-    arch, ops = spec.arch, spec.ops
+    spec = network_spec(arch, ops_json, module_spec, input_shape, input_dtype, dtype)
+    arch, ops, dtype = spec.arch, spec.ops, dtype or "fp32"
     store = open_store(db_url)
     device_model = resolve_device_model(store, device_spec)
     runnable = network_to_measure(spec, device_model, batch, dtype) if measure else None

@@ -175,7 +175,8 @@ network_options = stack_options([
     click.option("--batch", type=click.IntRange(1), default=1, show_default=True,
                  help="Batch size of a --nasbench201 network (--ops-json ops and "
                       "--module carry their own)."),
-    click.option("--dtype", default="fp32", show_default=True,
-                 help="dtype of a --nasbench201 network."),
+    click.option("--dtype", default=None,
+                 help="dtype of a --nasbench201 network (default fp32), or the one --module's "
+                      "model is cast to (default: its parameters')."),
     click.option("--layers", is_flag=True, help="Print every layer too."),
 ])

@@ -203,8 +203,8 @@ def query_models(server, token_file, tls_ca, timeout, device) -> None:
 def query_network(server, token_file, tls_ca, timeout, device, arch, ops_json, module_spec,
                   input_shape, input_dtype, batch, dtype, layers, version) -> None:
     """Whole-network latency, power and energy from the service."""
-    spec = network_spec(arch, ops_json, module_spec, input_shape, input_dtype)
+    spec = network_spec(arch, ops_json, module_spec, input_shape, input_dtype, dtype)
     with service_client(server, token_file, tls_ca, timeout) as c:
         a = c.predict_network(device, nasbench201=spec.arch, ops=spec.ops, batch=batch,
-                              dtype=dtype, model_version=version)
+                              dtype=dtype or "fp32", model_version=version)
     echo_network(a, layers, spec.notes)
