@@ -121,8 +121,8 @@ def echo_networks_since_training(result, default: bool, worst: int) -> None:
     if result.not_scored:
         click.echo(f"not scored: {result.not_scored} networks the model does not answer for "
                    "(ops of a dtype or kind its training networks lacked, far fewer layers, "
-                   "or far more ops of a kind; "
-                   "the GEMM model's sums answer them)")
+                   "far more ops of a kind, or another batch; the service answers them from "
+                   "the GEMM model's sums, or, at another batch, from both models)")
     if worst and len(scored):
         ape = (scored.pred_latency_ms / scored.latency_ms - 1).abs() * 100
         click.echo("\nlatency predicted worst:")
