@@ -1,8 +1,9 @@
 """Torch models written the way users write them, predicted and measured on this CPU.
 
-Decomposes seven networks (a ViT with an ``nn.TransformerEncoder``, a MobileNetV3-style block
+Decomposes eight networks (a ViT with an ``nn.TransformerEncoder``, a MobileNetV3-style block
 with squeeze-and-excitation, a GPT block calling ``scaled_dot_product_attention``, a three-layer
-CNN, a ResNet-18 at 224x224, an LSTM text classifier and a two-layer bidirectional GRU), asks
+CNN, a ResNet-18 at 224x224, a Llama-style stack with RMSNorm and rotary embeddings, an LSTM
+text classifier and a two-layer bidirectional GRU), asks
 the store's registered models for their latency as `hwnas predict network --module` does,
 measures each here by the search's verification protocol, and prints predicted, measured and
 their ratio with how the prediction was made. It needs a GEMM model of this CPU in the store
@@ -80,6 +81,40 @@ class GPTBlock(nn.Module):
         return x + self.mlp(self.ln2(x))
 
 
+class LlamaBlock(nn.Module):
+    """RMSNorm, rotary position embedding (cos/sin), causal attention, SwiGLU feed-forward."""
+
+    def __init__(self, dim: int = 128, heads: int = 4, hidden: int = 344):
+        super().__init__()
+        self.heads = heads
+        self.norm1, self.norm2 = nn.RMSNorm(dim), nn.RMSNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
+        self.out = nn.Linear(dim, dim, bias=False)
+        self.gate, self.up = nn.Linear(dim, hidden, bias=False), nn.Linear(dim, hidden, bias=False)
+        self.down = nn.Linear(hidden, dim, bias=False)
+
+    @staticmethod
+    def rotary(x):
+        t, d = x.shape[-2], x.shape[-1]
+        angle = torch.arange(t)[:, None] * torch.arange(d // 2)[None, :] / d
+        cos, sin = torch.cos(angle), torch.sin(angle)
+        even, odd = x[..., ::2], x[..., 1::2]
+        return torch.cat([even * cos - odd * sin, even * sin + odd * cos], -1)
+
+    def forward(self, x):
+        b, t, c = x.shape
+        q, k, v = self.qkv(self.norm1(x)).view(b, t, 3, self.heads, c // self.heads).permute(
+            2, 0, 3, 1, 4)
+        y = F.scaled_dot_product_attention(self.rotary(q), self.rotary(k), v, is_causal=True)
+        x = x + self.out(y.transpose(1, 2).reshape(b, t, c))
+        h = self.norm2(x)
+        return x + self.down(F.silu(self.gate(h)) * self.up(h))
+
+
+def llama_stack() -> nn.Module:
+    return nn.Sequential(*[LlamaBlock() for _ in range(4)])
+
+
 class BasicBlock(nn.Module):
     def __init__(self, cin: int, cout: int, stride: int):
         super().__init__()
@@ -140,6 +175,7 @@ NETWORKS = {
     "GPT block (sdpa)": (GPTBlock, (1, 16, 64), "float"),
     "3-layer CNN": (small_cnn, (1, 3, 32, 32), "float"),
     "ResNet-18 at 224x224": (resnet18, (1, 3, 224, 224), "float"),
+    "Llama-style stack, 4 blocks": (llama_stack, (1, 64, 128), "float"),
     "LSTM classifier, 50 tokens": (LSTMClassifier, (4, 50), "int64"),
     "2-layer BiGRU, 30 steps": (BiGRU, (30, 8, 32), "float"),
 }
