@@ -486,6 +486,14 @@ def function_op(name: str, arg_shapes: list[Sequence[int]], out_shape: Sequence[
     return None
 
 
+def parameter_dtype(model):
+    """The torch dtype a model computes in: its first floating-point parameter's (float32 for
+    a model without any); a float input is made of it."""
+    import torch
+
+    return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+
+
 def decompose(model, input_shape: Sequence[int], dtype=None, input_dtype: str = "float"
               ) -> Decomposition:
     """Ops of ``model`` on an input of ``input_shape`` (first dimension: batch): of ``dtype``
@@ -494,7 +502,7 @@ def decompose(model, input_shape: Sequence[int], dtype=None, input_dtype: str = 
     import torch
 
     model = model.eval()
-    dtype = dtype or next((p.dtype for p in model.parameters()), torch.float32)
+    dtype = dtype or parameter_dtype(model)
     example = torch.zeros(*input_shape, dtype=torch.int64 if input_dtype == "int64" else dtype)
     with torch.no_grad():
         # A model that cannot run on this input fails here with its own error; inside fx's

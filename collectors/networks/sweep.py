@@ -15,7 +15,7 @@ import numpy as np
 
 from collectors.devices import ComputeDevice
 from collectors.gemm.backends import backend_for
-from collectors.networks.decompose import decompose
+from collectors.networks.decompose import decompose, parameter_dtype
 from collectors.networks.zoo import FAMILIES, build, sample_config
 from collectors.ops import Op, op_bytes, op_flops
 from collectors.probe import SpeedProbe, default_probe
@@ -164,9 +164,7 @@ def forward_pass(model, shape: tuple[int, ...], device: ComputeDevice,
     if input_dtype == "int64":
         x = torch.zeros(*shape, dtype=torch.int64, device=where)
     else:
-        dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()),
-                     torch.float32)
-        x = torch.randn(*shape, dtype=dtype, device=where)
+        x = torch.randn(*shape, dtype=parameter_dtype(model), device=where)
 
     def fn():
         with torch.inference_mode():

@@ -407,6 +407,7 @@ def predict_network(db_url, device_spec, arch, ops_json, module_spec, input_shap
     from collectors.ops import Op
     from hwnas.service.engine import BATCH_SCALED
     from predictor.data import resolve_device_model
+    from predictor.nasbench201 import network_ops
     from search.job import OP_SUM, prediction_client
 
     spec = network_spec(arch, ops_json, module_spec, input_shape, input_dtype, dtype)
@@ -426,20 +427,16 @@ def predict_network(db_url, device_spec, arch, ops_json, module_spec, input_shap
                    "up to x1.6, on a CPU in docs/results.md); `hwnas collect network "
                    f"{how}` at a batch or two you use, then `hwnas train --target network`, "
                    "learn it", err=True)
+    # the network's named ops, for the notes and the GEMMs file
+    named = (network_ops(arch, batch, dtype) if arch is not None else
+             [(o.get("name") or f"op{i}", Op.from_dict(o)) for i, o in enumerate(ops)])
     if a.method == OP_SUM:
-        from predictor.nasbench201 import network_ops
-
-        _why_no_network_model(store, device_model, version,
-                              [Op.from_dict(o) for o in ops] if ops is not None else
-                              [op for _, op in network_ops(arch, batch, dtype)])
+        _why_no_network_model(store, device_model, version, [op for _, op in named])
     if runnable:
         measure_here(spec, runnable, a, min_time)
     if gemms_csv:
         from hwnas.cli.gemm_csv import write_network_gemms
-        from predictor.nasbench201 import network_ops
 
-        named = (network_ops(arch, batch, dtype) if arch is not None else
-                 [(o.get("name") or f"op{i}", Op.from_dict(o)) for i, o in enumerate(ops)])
         rows, distinct = write_network_gemms(named, gemms_csv)
         click.echo(f"\nwrote the {rows} GEMMs of its layers ({distinct} distinct) to "
                    f"{gemms_csv}; `hwnas collect gemm --shapes-csv {gemms_csv}` measures them")
