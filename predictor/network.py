@@ -241,15 +241,53 @@ class NetworkCostModel:
 TARGET = "network"
 
 
+def _score(y: np.ndarray, p: np.ndarray) -> dict:
+    """Within ±10% (%), RMSPE (%), Spearman rho and the median predicted / measured."""
+    from scipy.stats import spearmanr
+
+    ape = np.abs(p - y) / y
+    return {"within_10": float(np.mean(ape <= 0.1) * 100),
+            "rmspe": float(np.sqrt(np.mean(((p - y) / y) ** 2)) * 100),
+            "spearman": float(spearmanr(y, p).statistic) if len(y) > 1 else float("nan"),
+            "median_ratio": float(np.median(p / y))}
+
+
+def _kind_forests(layers: pd.DataFrame) -> OpKindForests | None:
+    return (OpKindForests().fit(list(layers.op), layers.latency_ms.to_numpy())
+            if len(layers) else None)
+
+
+def held_out_devices(nets: pd.DataFrame, layers: pd.DataFrame) -> dict[str, dict]:
+    """Each physical device (fingerprint) held out in turn, where the networks come from
+    several: fitted on the other devices' networks of architectures it did not measure (and
+    their layers), scored on its own. How well the model carries to another machine of the
+    same model: on a GPU at batch 1 a network's time is mostly its host's pace of launches,
+    which differs between machines. Empty where the networks come from one device."""
+    out: dict[str, dict] = {}
+    if nets.device.nunique() < 2:
+        return out
+    for device in sorted(set(nets.device)):
+        test = (nets.device == device).to_numpy()
+        train = ~test & ~nets.key.isin(set(nets.key[test])).to_numpy()
+        if train.sum() < 4:
+            continue
+        model = NetworkCostModel(_kind_forests(layers[layers.device != device])).fit(
+            list(nets.ops[train]), nets.latency_ms.to_numpy()[train])
+        y = nets.latency_ms.to_numpy()[test]
+        out[device] = {"networks": int(test.sum()),
+                       **_score(y, model.predict(list(nets.ops[test])))}
+    return out
+
+
 def evaluate_and_fit(store: Store, device_model: str, folds: int = 5
                      ) -> tuple[NetworkCostModel, dict]:
-    """Held-out-architecture metrics (ours and a FLOPs proxy) and a model fitted on all data."""
-    from scipy.stats import spearmanr
+    """Held-out-architecture metrics (ours and a FLOPs proxy), held-out-device metrics where
+    the networks come from several physical devices, and a model fitted on all data."""
     from sklearn.model_selection import KFold
 
     nets = load_networks(store, device_model)
-    layer_ops, layer_ms = load_layers(store, device_model)
-    kinds = OpKindForests().fit(layer_ops, layer_ms) if len(layer_ops) else None
+    layers = layer_frame(store, device_model)
+    kinds = _kind_forests(layers)
     y = nets.latency_ms.to_numpy()
     if len(y) < max(folds, 4):
         raise DataError(f"only {len(y)} network measurements of {device_model!r}; need at "
@@ -261,15 +299,12 @@ def evaluate_and_fit(store: Store, device_model: str, folds: int = 5
         a, b = np.polyfit(np.log(nets.flops.iloc[tr]), np.log(y[tr]), 1)
         proxy[te] = np.exp(a * np.log(nets.flops.iloc[te]) + b)
 
-    def score(p: np.ndarray) -> dict:
-        ape = np.abs(p - y) / y
-        return {"within_10": float(np.mean(ape <= 0.1) * 100),
-                "rmspe": float(np.sqrt(np.mean(((p - y) / y) ** 2)) * 100),
-                "spearman": float(spearmanr(y, p).statistic)}
-
-    metrics = {"networks": len(y), "layers": len(layer_ops),
-               "families": sorted(set(nets.family)), "held_out": score(ours),
-               "flops_proxy": score(proxy)}
+    metrics = {"networks": len(y), "layers": len(layers),
+               "families": sorted(set(nets.family)), "held_out": _score(y, ours),
+               "flops_proxy": _score(y, proxy)}
+    by_device = held_out_devices(nets, layers)
+    if by_device:
+        metrics["held_out_devices"] = by_device
     model = NetworkCostModel(kinds).fit(list(nets.ops), y)
     model.data_span_ = _stored_span(store, device_model)
     return model, metrics
@@ -338,7 +373,8 @@ def load_networks(store: Store, device_model: str) -> pd.DataFrame:
     """Whole-network measurements: family, config key, op list, FLOPs and latency (ms)."""
     with store.session() as s:
         rows = s.execute(select(Measurement.config_key, Measurement.params,
-                                Measurement.latency_ms, Measurement.created_at, Measurement.id)
+                                Measurement.latency_ms, Measurement.created_at, Measurement.id,
+                                Device.fingerprint)
                          .join(Device, Measurement.device_id == Device.id)
                          .where(Device.model == device_model, Measurement.status == "ok",
                                 Measurement.op_kind == "network")).all()
@@ -350,15 +386,23 @@ def load_networks(store: Store, device_model: str) -> pd.DataFrame:
                          "ops": [_ops(r[1]) for r in rows],
                          "flops": [float(r[1]["flops"]) for r in rows],
                          "latency_ms": [float(r[2]) for r in rows],
-                         "created_at": [r[3] for r in rows], "row_id": [r[4] for r in rows]})
+                         "created_at": [r[3] for r in rows], "row_id": [r[4] for r in rows],
+                         "device": [r[5] for r in rows]})
+
+
+def layer_frame(store: Store, device_model: str) -> pd.DataFrame:
+    """Single-layer measurements (from layer sweeps): op, latency (ms) and device fingerprint."""
+    with store.session() as s:
+        rows = s.execute(select(Measurement.params, Measurement.latency_ms, Device.fingerprint)
+                         .join(Device, Measurement.device_id == Device.id)
+                         .where(Device.model == device_model, Measurement.status == "ok",
+                                Measurement.op_kind.in_(LAYER_KINDS))).all()
+    return pd.DataFrame({"op": [Op.from_dict(r[0]["ops"][0][1]) for r in rows],
+                         "latency_ms": [float(r[1]) for r in rows],
+                         "device": [r[2] for r in rows]})
 
 
 def load_layers(store: Store, device_model: str) -> tuple[list[Op], np.ndarray]:
     """Single-layer measurements (from layer sweeps) as ops and latencies (ms)."""
-    with store.session() as s:
-        rows = s.execute(select(Measurement.params, Measurement.latency_ms)
-                         .join(Device, Measurement.device_id == Device.id)
-                         .where(Device.model == device_model, Measurement.status == "ok",
-                                Measurement.op_kind.in_(LAYER_KINDS))).all()
-    ops = [Op.from_dict(r[0]["ops"][0][1]) for r in rows]
-    return ops, np.array([float(r[1]) for r in rows])
+    layers = layer_frame(store, device_model)
+    return list(layers.op), layers.latency_ms.to_numpy()

@@ -115,14 +115,14 @@ def test_rows_stored_after_training_count_as_later_whatever_their_timestamp(
 
 
 def _store_networks(store, nets: list[tuple[str, list]], when: dt.datetime,
-                    slower: float = 1.0) -> None:
-    """Whole networks (key, linear ops) of the drift CPU stored at ``when``, their latency an
-    additive law of their FLOPs, ``slower`` times it."""
+                    slower: float = 1.0, fingerprint: str = "drift-cpu") -> None:
+    """Whole networks (key, linear ops) of the drift CPU (the machine ``fingerprint``) stored
+    at ``when``, their latency an additive law of their FLOPs, ``slower`` times it."""
     from collectors.ops import op_flops
 
     with store.session() as s:
         dev, sweep = gemm_sweep(s, len(nets), name="cpu", kind="cpu", model=CPU,
-                                fingerprint="drift-cpu", sm_count=2)
+                                fingerprint=fingerprint, sm_count=2)
         sweep.kind = "network"
         for key, ops in nets:
             flops = sum(op_flops(o) for o in ops)
@@ -194,3 +194,15 @@ def test_a_network_model_is_scored_on_the_networks_measured_since(store, store_u
     assert r.exit_code == 0, r.output
     assert ("it answers networks of fp32 linear, norm ops with at least 1 layer at batch 1 "
             "(as its training networks were)") in r.output, r.output
+    assert "held out one machine at a time" not in r.output  # one machine: nothing to say
+    # A second machine of the model, 1.6x slower on networks of its own: each machine held out
+    # in turn shows how far the model carries from one to the other.
+    _store_networks(store, [(f"deep-{i}", _mlp(i)) for i in range(21, 33)],
+                    dt.datetime(2026, 11, 28), slower=1.6, fingerprint="drift-cpu-2")
+    r = run(main, ["train", "--db", store_url, "--device", "drift", "--target", "network"])
+    assert r.exit_code == 0, r.output
+    table = r.output.split("held out one machine at a time (trained on the others' networks of "
+                           "architectures it did not measure):")[1]
+    first, second = (line.split() for line in table.strip().splitlines()[2:4])
+    assert first[:2] == ["drift-cpu", "26"] and second[:2] == ["drift-cpu-2", "12"], table
+    assert float(first[-1]) > 1.3 and float(second[-1]) < 0.8, table

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
@@ -22,6 +23,7 @@ from predictor.nasbench201 import network_ops
 from predictor.network import (
     NetworkCostModel,
     OpKindForests,
+    held_out_devices,
     load_layers,
     load_networks,
     op_features,
@@ -509,6 +511,34 @@ def test_layer_sweep_and_network_model_round_trip(store):
     model = NetworkCostModel(kinds).fit(nets[:30], y[:30])
     pred = model.predict(nets[30:])  # held-out networks of an additive cost law
     assert np.median(np.abs(pred / y[30:] - 1)) < 0.1 and np.all(model.coef_ >= 0)
+
+
+def _linear_nets(first: int, count: int) -> list[list[Op]]:
+    return [[Op.make("linear", {"in_features": 32 * (i % 7 + 1), "out_features": 64,
+                                "tokens": 4 * (i % 5 + 1)})] * (i % 4 + 2)
+            for i in range(first, first + count)]
+
+
+def test_each_machine_held_out_shows_how_the_network_model_carries_to_another():
+    # Machine b launches 1.5x slower than machine a: a model fitted on one machine's networks
+    # is off by that much on the other, which the held-out-device scores must show.
+    nets = _linear_nets(0, 20) + _linear_nets(20, 20)
+    base = np.array([0.02 * len(n) + 1e-7 * sum(op_flops(o) for o in n) for n in nets])
+    frame = pd.DataFrame({"key": [f"net{i}" for i in range(40)], "ops": nets,
+                          "latency_ms": base * np.repeat([1.0, 1.5], 20),
+                          "device": ["a"] * 20 + ["b"] * 20})
+    no_layers = pd.DataFrame({"op": [], "latency_ms": [], "device": []})
+    scores = held_out_devices(frame, no_layers)
+    assert set(scores) == {"a", "b"} and scores["a"]["networks"] == 20
+    assert scores["b"]["median_ratio"] == pytest.approx(1 / 1.5, rel=0.1)
+    assert scores["a"]["median_ratio"] == pytest.approx(1.5, rel=0.1)
+    assert scores["a"]["within_10"] < 20 and scores["a"]["spearman"] > 0.8
+
+    # The same architectures on both machines: holding one out leaves nothing to train on
+    # (its architectures measured on the other would tell the model the answer).
+    same = frame.assign(key=[f"net{i % 20}" for i in range(40)])
+    assert held_out_devices(same, no_layers) == {}
+    assert held_out_devices(frame[frame.device == "a"], no_layers) == {}
 
 
 def test_a_network_model_answers_only_for_networks_like_those_it_learned_from():

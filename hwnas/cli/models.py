@@ -103,6 +103,15 @@ def train(db_url, device_spec, folds, trees, target, baseline_fit) -> None:
             m = metrics[name]
             click.echo(f"{name:>11}: within ±10% {m['within_10']:.1f}%, RMSPE "
                        f"{m['rmspe']:.1f}%, Spearman {m['spearman']:.3f}")
+        if metrics.get("held_out_devices"):
+            click.echo("\nheld out one machine at a time (trained on the others' networks of "
+                       "architectures it did not measure):")
+            print_table(["device", "networks", "within ±10% %", "RMSPE %", "Spearman",
+                         "median pred/meas"],
+                        [[d[:12], m["networks"], f"{m['within_10']:.1f}", f"{m['rmspe']:.1f}",
+                          f"{m['spearman']:.3f}", f"{m['median_ratio']:.2f}"]
+                         for d, m in metrics["held_out_devices"].items()])
+            click.echo("")
         click.echo(f"registered {model} network v{row.version} from {metrics['networks']} "
                    f"networks and {metrics['layers']} layers: {row.path}")
         meta, fewest = row.meta, (row.meta["min_layers"] + 1) // 2
