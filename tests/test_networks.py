@@ -15,6 +15,7 @@ from torch import nn
 from collectors.devices import CpuDevice
 from collectors.networks.decompose import decompose
 from collectors.networks.sweep import NetworkSweep, layer_grid, network_plan
+from collectors.networks.user import user_module
 from collectors.networks.zoo import build, sample_config
 from collectors.ops import Op, op_flops
 from collectors.store.models import Measurement, Sweep
@@ -639,6 +640,22 @@ def test_collect_network_measures_your_own_model_for_the_network_model(tmp_path,
     ]:
         r = CliRunner().invoke(main, ["collect", "network", "--db", store.url, *args, *quick])
         assert r.exit_code == 2 and says in r.output and "Traceback" not in r.output, r.output
+
+
+def test_a_users_module_is_found_in_the_current_directory(tmp_path, monkeypatch):
+    # The `hwnas` command, unlike `python -m`, does not put the current directory on the path:
+    # `hwnas predict network --module my_net:make` in the folder of my_net.py must still work.
+    import sys
+
+    (tmp_path / "my_cwd_net.py").write_text(
+        "import torch.nn as nn\ndef make():\n    return nn.Linear(4, 2)\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    monkeypatch.delitem(sys.modules, "my_cwd_net", raising=False)
+    assert isinstance(user_module("my_cwd_net:make"), nn.Linear)
+    with pytest.raises(ValueError, match=r"No module named 'no_such_net' \(looked in the "
+                                         r"current directory, .*, and the installed packages"):
+        user_module("no_such_net:make")
 
 
 @pytest.mark.parametrize("bad", [["cnn"], ["nb201", "vit"]])

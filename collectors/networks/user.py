@@ -4,18 +4,28 @@ or a function returning one, called without arguments), imported and built here.
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 
 
 def user_module(spec: str):
     """The ``torch.nn.Module`` that ``spec`` names; ValueError saying what is wrong with it (the
-    user's own code failing included), never a traceback of ours."""
+    user's own code failing included), never a traceback of ours. Modules are found in the
+    current directory too, as ``python -m`` finds them (the ``hwnas`` command alone would not
+    look there), after the installed packages."""
     import torch
 
     path, _, name = spec.partition(":")
     if not path or not name:
         raise ValueError(f"{spec!r}: expected PACKAGE.MODULE:NAME")
+    here = os.getcwd()
+    if here not in sys.path and "" not in sys.path:
+        sys.path.append(here)
     try:
         obj = getattr(importlib.import_module(path), name)
+    except ModuleNotFoundError as exc:
+        raise ValueError(f"{spec!r}: {type(exc).__name__}: {exc} (looked in the current "
+                         f"directory, {here}, and the installed packages)") from None
     except (ImportError, AttributeError) as exc:
         raise ValueError(f"{spec!r}: {type(exc).__name__}: {exc}") from None
     if not isinstance(obj, torch.nn.Module):

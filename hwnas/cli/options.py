@@ -167,8 +167,9 @@ network_options = stack_options([
     click.option("--module", "module_spec", default=None, metavar="PACKAGE.MODULE:NAME",
                  help="A torch model to decompose into ops: NAME is an nn.Module, a "
                       "module class or a function returning one, called without "
-                      "arguments (your own code, imported and run here). Needs "
-                      "--input-shape."),
+                      "arguments (your own code, imported and run here; PACKAGE.MODULE "
+                      "from the installed packages or the current directory, e.g. my_net:make "
+                      "for ./my_net.py). Needs --input-shape."),
     click.option("--input-shape", default=None, metavar="B,C,H,W",
                  help="With --module: the input's shape, batch first (e.g. 1,3,224,224)."),
     INPUT_DTYPE_OPTION,
