@@ -8,7 +8,8 @@ size. Everything that crosses a boundary (CLI options, CSV rows, gRPC messages) 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -126,6 +127,11 @@ def check_dtype_column(dtypes: np.ndarray, name: Callable[[int], str]) -> None:
     if len(unknown):
         i = int(unknown[0])
         check_dtype(dtypes[i], name(i))
+
+
+def network_dtype(ops: Sequence[Op]) -> str:
+    """A network's dtype: that of most of its ops."""
+    return Counter(op.dtype for op in ops).most_common(1)[0][0]
 
 
 def layouts(trans_a, trans_b) -> np.ndarray:

@@ -113,8 +113,9 @@ def measure_missing(store: Store, device: ComputeDevice, plan: list[dict],
     return summary.done, len(plan) - len(todo), summary.failed
 
 
-def _network_count(store: Store, device_model: str) -> int:
-    return len(network.load_networks(store, device_model))
+def _network_count(store: Store, device_model: str, dtype: str = "fp32") -> int:
+    nets = network.load_networks(store, device_model)
+    return int((nets.ops.map(network.network_dtype) == dtype).sum())
 
 
 def calibrate(store: Store, device: ComputeDevice, space: SpaceConfig, count: int,
@@ -138,5 +139,6 @@ def calibrate(store: Store, device: ComputeDevice, space: SpaceConfig, count: in
         if row is not None and row.n_samples == _network_count(store, model_name):
             return Calibration(len(plan), 0, earlier, failed, row.version, False,
                                row.meta.get("metrics", {}))
-    row, metrics = network.train_and_register(store, model_name)
+    # The search's networks run in fp32; networks of other dtypes measured here stay out.
+    row, metrics = network.train_and_register(store, model_name, dtype="fp32")
     return Calibration(len(plan), measured, earlier, failed, row.version, True, metrics)

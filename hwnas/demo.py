@@ -29,7 +29,7 @@ def fit_network_model(job: GemmJob) -> None:
     # The GEMM sweep's speed probe has seen this machine at full speed; a new one has not.
     measured, earlier, failed = measure_missing(job.store, job.device, plan,
                                                 probe=job.runner.probe())
-    row, metrics = network.train_and_register(job.store, job.device.info.model)
+    row, metrics = network.train_and_register(job.store, job.device.info.model, dtype="fp32")
     held = metrics["held_out"]
     click.echo(f"{measured} networks measured now, {earlier} stored earlier, {failed} failed; "
                f"registered network model v{row.version} ({metrics['networks']} networks): "

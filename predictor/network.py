@@ -15,7 +15,7 @@ import pandas as pd
 from sklearn.ensemble import RandomForestRegressor
 from sqlalchemy import select
 
-from collectors.ops import OP_KINDS, Op, op_bytes, op_flops
+from collectors.ops import OP_KINDS, Op, network_dtype, op_bytes, op_flops
 from collectors.store.db import Store
 from collectors.store.models import Device, Measurement
 from predictor.data import DataError
@@ -279,14 +279,37 @@ def held_out_devices(nets: pd.DataFrame, layers: pd.DataFrame) -> dict[str, dict
     return out
 
 
-def evaluate_and_fit(store: Store, device_model: str, folds: int = 5
-                     ) -> tuple[NetworkCostModel, dict]:
+def of_dtype(nets: pd.DataFrame, dtype: str | None, device_model: str) -> pd.DataFrame:
+    """The networks of ``dtype`` (:func:`network_dtype`); where it is None, all of them,
+    which must then be of one dtype: a network model's terms are per FLOP and byte, which a
+    bf16 network runs at another rate than an fp32 one, so pooling them would answer each at
+    a rate between the two. DataError naming ``dtype`` otherwise."""
+    dtypes = nets.ops.map(network_dtype)
+    counts = dtypes.value_counts().to_dict()
+    stored = ", ".join(f"{d} ({n})" for d, n in sorted(counts.items()))
+    if dtype is None:
+        if len(counts) > 1:
+            raise DataError(f"dtype: networks of {device_model!r} in several dtypes are stored, "
+                            f"{stored}; a network model learns one: choose it (--dtype)")
+        return nets
+    if dtype not in counts:
+        raise DataError(f"dtype: no {dtype} networks of {device_model!r} are stored (stored: "
+                        f"{stored})")
+    return nets[(dtypes == dtype).to_numpy()].reset_index(drop=True)
+
+
+def evaluate_and_fit(store: Store, device_model: str, folds: int = 5,
+                     dtype: str | None = None) -> tuple[NetworkCostModel, dict]:
     """Held-out-architecture metrics (ours and a FLOPs proxy), held-out-device metrics where
-    the networks come from several physical devices, and a model fitted on all data."""
+    the networks come from several physical devices, and a model fitted on all the device's
+    networks of ``dtype`` (:func:`of_dtype`) and its layers of that dtype."""
     from sklearn.model_selection import KFold
 
-    nets = load_networks(store, device_model)
+    nets = of_dtype(load_networks(store, device_model), dtype, device_model)
+    dtype = network_dtype(nets.ops.iloc[0])
     layers = layer_frame(store, device_model)
+    layers = layers.loc[np.array([op.dtype == dtype for op in layers.op], dtype=bool)
+                        ].reset_index(drop=True)
     kinds = _kind_forests(layers)
     y = nets.latency_ms.to_numpy()
     if len(y) < max(folds, 4):
@@ -325,10 +348,12 @@ def _stored_span(store: Store, device_model: str) -> tuple[str, str, int]:
     return str(first), str(last), int(last_id)
 
 
-def train_and_register(store: Store, device_model: str, folds: int = 5):
-    """:func:`evaluate_and_fit` on every network and layer measurement of the device, then
-    :func:`register` the model: returns the registry row and the held-out metrics."""
-    model, metrics = evaluate_and_fit(store, device_model, folds)
+def train_and_register(store: Store, device_model: str, folds: int = 5,
+                       dtype: str | None = None):
+    """:func:`evaluate_and_fit` on every network and layer measurement of the device (of
+    ``dtype``), then :func:`register` the model: returns the registry row and the held-out
+    metrics."""
+    model, metrics = evaluate_and_fit(store, device_model, folds, dtype)
     return register(store, device_model, model, metrics), metrics
 
 

@@ -231,9 +231,10 @@ def verified_file(row: ModelVersion) -> Path:
 
 
 def find(store: Store, device_model: str, version: int | None = None,
-         target: str = "gemm") -> ModelVersion:
+         target: str = "gemm", dtype: str | None = None) -> ModelVersion:
     """Version ``version`` of the device's ``target`` model (a retired one too, when named),
-    else its default: the highest version not retired."""
+    else its default: the highest version not retired; with ``dtype``, the highest not
+    retired that learned that dtype (a network model learns one), where there is one."""
     with store.session() as s:
         q = select(ModelVersion).where(ModelVersion.device_model == device_model,
                                        ModelVersion.target == target)
@@ -251,9 +252,12 @@ def find(store: Store, device_model: str, version: int | None = None,
         target, "hwnas adapt")
     if not rows:
         raise RegistryError(f"no trained {target} model for {device_model!r}; run {how} first")
-    for row in rows:
-        if not retired(row):
-            return row
+    serving = [row for row in rows if not retired(row)]
+    if dtype is not None:
+        learned = [row for row in serving if dtype in ((row.meta or {}).get("dtypes") or ())]
+        serving = learned or serving
+    if serving:
+        return serving[0]
     versions = [r.version for r in reversed(rows)]
     raise NoDefaultError(f"every {target} model of {device_model!r} is retired (versions "
                          f"{', '.join(map(str, versions))}): name one with --version, restore "

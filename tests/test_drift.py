@@ -200,7 +200,7 @@ def test_a_network_model_is_scored_on_the_networks_measured_since(store, store_u
     _store_networks(store, [(f"deep-{i}", _mlp(i)) for i in range(21, 33)],
                     dt.datetime(2026, 11, 28), slower=1.6, fingerprint="drift-cpu-2")
     r = run(main, ["train", "--db", store_url, "--device", "drift", "--target", "network"])
-    assert r.exit_code == 0, r.output
+    assert r.exit_code == 0, (r.output, r.exception)
     table = r.output.split("held out one machine at a time (trained on the others' networks of "
                            "architectures it did not measure):")[1]
     first, second = (line.split() for line in table.strip().splitlines()[2:4])

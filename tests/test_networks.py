@@ -642,6 +642,88 @@ def test_collect_network_measures_your_own_model_for_the_network_model(tmp_path,
         assert r.exit_code == 2 and says in r.output and "Traceback" not in r.output, r.output
 
 
+def test_networks_and_layers_are_measured_in_the_dtype_asked_for(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from hwnas.cli import main
+    from predictor import network
+    from tests.test_service import cpu_store_with_gemm_model
+
+    (tmp_path / "mine16.py").write_text(
+        "import torch.nn as nn\n"
+        "def mlp():\n"
+        "    return nn.Sequential(nn.Linear(16, 32), nn.GELU(), nn.Linear(32, 16))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("HWNAS_MODELS", str(tmp_path / "models"))
+    store, cpu = cpu_store_with_gemm_model(tmp_path)
+    quick = ["--min-time", "0.002", "--min-reps", "2", "--warmup", "0", "--power-window", "0",
+             "--rounds", "1", "--no-probe", "--no-progress"]
+
+    def collect(*args):
+        r = CliRunner().invoke(main, ["collect", "network", "--db", store.url, *args, *quick])
+        assert r.exit_code == 0 and "0 failed" in r.output, r.output
+
+    # The same 4 architectures in fp32 and in bf16; fp32 plans name no dtype, as before.
+    assert network_plan(["nb201"], 2, 1, 0) == network_plan(["nb201"], 2, 1, 0, "fp32")
+    collect("--family", "nb201", "--count", "4")
+    collect("--family", "nb201", "--count", "4", "--dtype", "bf16")
+    collect("--module", "mine16:mlp", "--input-shape", "4,16", "--dtype", "bf16")
+    with store.session() as s:
+        rows = s.execute(select(Measurement.dtype, Measurement.params)
+                         .where(Measurement.op_kind == "network")).all()
+    by_dtype = {d: [p for dt, p in rows if dt == d] for d in ("fp32", "bf16")}
+    assert len(by_dtype["fp32"]) == 4 and len(by_dtype["bf16"]) == 5, rows
+    for dtype, params in by_dtype.items():
+        assert {op["dtype"] for p in params for _, op in p["ops"]} == {dtype}
+    assert [p["config"]["arch"] for p in by_dtype["fp32"]] == [
+        p["config"]["arch"] for p in by_dtype["bf16"] if "arch" in p["config"]]
+
+    # A layer sweep in fp16: the attention layer has no parameters to say so; its input does.
+    grid = layer_grid(["attention", "linear"], [1], "fp16")
+    assert {Op.from_dict(c["op"]).dtype for c in grid} == {"fp16"}
+    sweeper = NetworkSweep(store, CpuDevice(), QUICK, threads=1, progress=False)
+    sweep = sweeper.create([c for c in grid if c["op"]["kind"] == "attention"][:1], "layers")
+    assert sweeper.run(sweep).done == 1
+    with store.session() as s:
+        layer = s.execute(select(Measurement).where(Measurement.sweep_id == sweep)).scalar_one()
+        assert layer.status == "ok" and layer.dtype == "fp16", layer.error
+
+    # A network model learns one dtype: several stored, it must be told which.
+    with pytest.raises(network.DataError, match=r"dtype: networks of .* in several dtypes "
+                                                r"are stored, bf16 \(5\), fp32 \(4\)"):
+        network.train_and_register(store, cpu.info.model, folds=2)
+    row, metrics = network.train_and_register(store, cpu.info.model, folds=2, dtype="bf16")
+    assert metrics["networks"] == 5 and row.meta["dtypes"] == ["bf16"]
+    r = CliRunner().invoke(main, ["train", "--db", store.url, "--target", "network"])
+    assert r.exit_code == 1 and "choose it (--dtype)" in r.output, r.output
+    r = CliRunner().invoke(main, ["train", "--db", store.url, "--target", "network", "--dtype",
+                                  "fp32", "--folds", "2"])
+    assert r.exit_code == 0 and "from 4 networks" in r.output, r.output
+    assert "it answers networks of fp32 " in r.output, r.output
+    # One network model per dtype: each network is answered by the latest that learned its
+    # dtype (v2 is fp32's, v1 bf16's), not only by the latest of all.
+    from hwnas.service.engine import PredictionEngine
+
+    engine = PredictionEngine(store)
+    nets = load_networks(store, cpu.info.model)
+    for dtype, version in (("fp32", 2), ("bf16", 1)):
+        ops = next(o for f, o in zip(nets.family, nets.ops, strict=True)
+                   if f == "nb201" and o[0].dtype == dtype)
+        _, v, cost, _ = engine.predict_network(cpu.info.model, 0, ops)
+        assert (v, cost.source.startswith("network model")) == (version, True), (dtype, cost)
+    # The metric of the versions that answer shows both, the bf16 one under a target of its own.
+    served = [(t, v) for d, t, v in engine.serving() if d == cpu.info.model and t != "gemm"]
+    assert served == [("network", 2), ("network/bf16", 1)], served
+    for args, says in [(["train", "--dtype", "fp16"], "--dtype goes with --target network"),
+                       (["train", "--target", "network", "--dtype", "fp16"],
+                        "dtype: no fp16 networks of"),
+                       (["collect", "network", "--resume", "1", "--dtype", "bf16"],
+                        "--resume carries on its own sweep")]:
+        r = CliRunner().invoke(main, [*args, "--db", store.url])
+        assert r.exit_code in (1, 2) and says in r.output and "Traceback" not in r.output, \
+            r.output
+
+
 def test_a_users_module_is_found_in_the_current_directory(tmp_path, monkeypatch):
     # The `hwnas` command, unlike `python -m`, does not put the current directory on the path:
     # `hwnas predict network --module my_net:make` in the folder of my_net.py must still work.

@@ -871,7 +871,7 @@ def test_predict_network_answers_here_for_a_torch_model_as_the_service_does(tmp_
          "factory that returns a module taking one"),
         (["--nasbench201", ARCH, "--version", "9"], "NOT_FOUND"),
         (["--module", "user_net:make", "--input-shape", "1,3,8,8", "--dtype", "tf32"],
-         "--dtype tf32: a module's parameters are held in fp32"),
+         "--dtype: tf32: a model's parameters are held in fp32"),
         (["--ops-json", op_file(), "--dtype", "bf16"], "--dtype: --ops-json ops carry"),
         # The wire reads a batch of 0 as 1 and holds integers only: caught before it.
         (["--ops-json", op_file(batch=0)], "ops[0].batch: must be a positive integer, got 0"),

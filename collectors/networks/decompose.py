@@ -486,6 +486,19 @@ def function_op(name: str, arg_shapes: list[Sequence[int]], out_shape: Sequence[
     return None
 
 
+def torch_dtype(name: str, field: str = "dtype"):
+    """The torch dtype a model is held in to run as ``name`` (fp32, fp16 or bf16); OpError
+    naming ``field`` otherwise (tf32 is a way to multiply fp32, not a dtype to hold)."""
+    import torch
+
+    from collectors.ops import OpError, check_dtype
+
+    cast = check_dtype(name, field)
+    if cast.name == "tf32":
+        raise OpError(field, "tf32: a model's parameters are held in fp32; give fp32")
+    return getattr(torch, cast.storage)
+
+
 def parameter_dtype(model):
     """The torch dtype a model computes in: its first floating-point parameter's (float32 for
     a model without any); a float input is made of it."""

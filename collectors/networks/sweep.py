@@ -15,9 +15,9 @@ import numpy as np
 
 from collectors.devices import ComputeDevice
 from collectors.gemm.backends import backend_for
-from collectors.networks.decompose import decompose, parameter_dtype
+from collectors.networks.decompose import decompose, parameter_dtype, torch_dtype
 from collectors.networks.zoo import FAMILIES, build, sample_config
-from collectors.ops import Op, op_bytes, op_flops
+from collectors.ops import Op, network_dtype, op_bytes, op_flops
 from collectors.probe import SpeedProbe, default_probe
 from collectors.store.db import Store
 from collectors.store.models import Measurement, Sweep
@@ -43,8 +43,9 @@ CONV_CHANNELS = (16, 24, 32, 48, 64, 96, 128, 192, 256)
 DEPTHWISE_CHANNELS = (24, 32, 48, 64, 96, 128, 192, 256, 384)
 
 
-def layer_grid(kinds: list[str], batches: list[int]) -> list[dict]:
-    """Single-layer configs over channel, kernel, stride, resolution, sequence and batch grids."""
+def layer_grid(kinds: list[str], batches: list[int], dtype: str = "fp32") -> list[dict]:
+    """Single-layer configs over channel, kernel, stride, resolution, sequence and batch grids,
+    in ``dtype`` (fp32, fp16 or bf16)."""
     out = []
     for b in batches:
         if "conv2d" in kinds:
@@ -52,24 +53,27 @@ def layer_grid(kinds: list[str], batches: list[int]) -> list[dict]:
             for c, grow, k, r, s in product(CONV_CHANNELS, (1, 2), (1, 3), (8, 16, 32), (1, 2)):
                 out.append(Op.make("conv2d", {"in_channels": c, "out_channels": c * grow,
                                               "kernel": k, "height": r, "width": r, "stride": s},
-                                   "fp32", b))
+                                   dtype, b))
         if "depthwise_conv2d" in kinds:
             for c, k, r in product(DEPTHWISE_CHANNELS, (3, 5, 7), (8, 16, 32)):
                 out.append(Op.make("depthwise_conv2d", {"channels": c, "kernel": k, "height": r,
-                                                        "width": r}, "fp32", b))
+                                                        "width": r}, dtype, b))
         if "linear" in kinds:
             for i, o, t in product((64, 256, 1024), (64, 256, 1024), (1, 64, 256)):
                 out.append(Op.make("linear", {"in_features": i, "out_features": o, "tokens": t},
-                                   "fp32", b))
+                                   dtype, b))
         if "attention" in kinds:
             for s, h, d in product((32, 64, 128, 256), (2, 4), (32, 64)):
                 out.append(Op.make("attention", {"seq_len": s, "heads": h, "head_dim": d},
-                                   "fp32", b))
+                                   dtype, b))
     return [{"family": "layer", "op": op.to_dict()} for op in out]
 
 
-def network_plan(families: list[str], count: int, batch: int, seed: int) -> list[dict]:
-    """``count`` distinct sampled architectures per family."""
+def network_plan(families: list[str], count: int, batch: int, seed: int,
+                 dtype: str = "fp32") -> list[dict]:
+    """``count`` distinct sampled architectures per family, run in ``dtype`` (the same
+    architectures whatever it is; fp32 configs name none, as they did before there was a
+    choice, so their keys are as they were)."""
     rng = np.random.default_rng(seed)
     plan, seen = [], set()
     for family in families:
@@ -78,7 +82,7 @@ def network_plan(families: list[str], count: int, batch: int, seed: int) -> list
         n, tries = 0, 0
         while n < count and tries < count * 50:
             tries += 1
-            cfg = {**sample_config(family, rng), "batch": batch}
+            cfg = {**sample_config(family, rng), "batch": batch, **_named_dtype(dtype)}
             key = config_key(cfg)
             if key not in seen:
                 seen.add(key)
@@ -87,12 +91,19 @@ def network_plan(families: list[str], count: int, batch: int, seed: int) -> list
     return plan
 
 
-def module_plan(spec: str, shapes: list[tuple[int, ...]], input_dtype: str = "float"
-                ) -> list[dict]:
+def module_plan(spec: str, shapes: list[tuple[int, ...]], input_dtype: str = "float",
+                dtype: str | None = None) -> list[dict]:
     """A user's own model (``package.module:NAME``, :mod:`collectors.networks.user`) at each
-    input shape, one network each; rebuilt from the spec when measured, on resume too."""
+    input shape, one network each, cast to ``dtype`` where one is given (else run as it is
+    built); rebuilt from the spec when measured, on resume too."""
+    cast = {"dtype": dtype} if dtype is not None else {}
     return [{"family": "module", "module": spec, "input_shape": list(shape),
-             "input_dtype": input_dtype, "batch": shape[0]} for shape in dict.fromkeys(shapes)]
+             "input_dtype": input_dtype, "batch": shape[0], **cast}
+            for shape in dict.fromkeys(shapes)]
+
+
+def _named_dtype(dtype: str) -> dict:
+    return {} if dtype == "fp32" else {"dtype": dtype}
 
 
 def config_key(cfg: dict) -> str:
@@ -151,10 +162,10 @@ class TorchCudaTimer(Timer):
 
 
 def forward_pass(model, shape: tuple[int, ...], device: ComputeDevice,
-                 input_dtype: str = "float") -> tuple[Callable[[], object], Timer]:
+                 input_dtype: str = "float", dtype=None) -> tuple[Callable[[], object], Timer]:
     """A no-grad forward pass of ``model`` on ``device`` (this CPU, or ``cuda:N``) on a random
-    input of ``shape`` (of the model's parameter dtype; token ids, all 0, where
-    ``input_dtype`` is "int64"), and the timer that measures it (perf counter, or CUDA
+    input of ``shape`` (of torch ``dtype``, else of the model's parameter dtype; token ids, all
+    0, where ``input_dtype`` is "int64"), and the timer that measures it (perf counter, or CUDA
     events)."""
     import torch
 
@@ -164,7 +175,7 @@ def forward_pass(model, shape: tuple[int, ...], device: ComputeDevice,
     if input_dtype == "int64":
         x = torch.zeros(*shape, dtype=torch.int64, device=where)
     else:
-        x = torch.randn(*shape, dtype=parameter_dtype(model), device=where)
+        x = torch.randn(*shape, dtype=dtype or parameter_dtype(model), device=where)
 
     def fn():
         with torch.inference_mode():
@@ -246,17 +257,23 @@ class NetworkSweep:
             if cfg["family"] == "layer":
                 op = Op.from_dict(cfg["op"])
                 model, shape = layer_module(op)
+                dtype = torch_dtype(op.dtype)
                 ops = [("layer", op)]
                 row.op_kind, row.batch = op.kind, op.batch
             else:
                 model, shape = build(cfg, cfg.get("batch", 1))
-                d = decompose(model, shape, input_dtype=cfg.get("input_dtype", "float"))
+                dtype = torch_dtype(cfg["dtype"]) if cfg.get("dtype") else None
+                d = decompose(model.to(dtype) if dtype else model, shape,
+                              input_dtype=cfg.get("input_dtype", "float"))
                 if d.unsupported:
                     raise ValueError(f"unsupported layers: {', '.join(d.unsupported)}")
                 ops = d.ops
                 row.op_kind, row.batch = "network", shape[0]
+            if dtype is not None:
+                model = model.to(dtype)
+            row.dtype = network_dtype([op for _, op in ops])
             fn, timer = forward_pass(model, shape, self.device,
-                                     cfg.get("input_dtype", "float"))
+                                     cfg.get("input_dtype", "float"), dtype)
             result = measure_probed(
                 lambda: measure_kernel(fn, timer, self.device, self.reader, self.policy),
                 self.probe(), row)

@@ -99,18 +99,13 @@ def network_spec(arch: str | None, ops_json: str | None, module_spec: str | None
         except ValueError as exc:
             raise click.UsageError(f"--module {exc}") from None
         if dtype is not None:
-            import torch
-
-            from collectors.ops import OpError, check_dtype
+            from collectors.networks.decompose import torch_dtype
+            from collectors.ops import OpError
 
             try:
-                cast = check_dtype(dtype, "--dtype")
+                model = model.to(torch_dtype(dtype, "--dtype"))
             except OpError as exc:
                 raise click.UsageError(str(exc)) from None
-            if cast.name == "tf32":  # a way to multiply fp32, not a dtype to hold
-                raise click.UsageError("--dtype tf32: a module's parameters are held in fp32; "
-                                       "give fp32")
-            model = model.to(getattr(torch, cast.storage))
         try:
             d = decompose(model, shape, input_dtype=input_dtype)
         except Exception as exc:  # the model's forward pass at that shape

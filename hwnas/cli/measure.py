@@ -155,6 +155,11 @@ def collect_gemm(db_url, device_name, backend, threads, dtypes, shape_set, shape
 @click.option("--input-shape", "input_shapes", multiple=True, metavar="B,C,H,W",
               help="With --module: an input shape, batch first; repeat for several.")
 @INPUT_DTYPE_OPTION
+@click.option("--dtype", "dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default=None,
+              help="The dtype the networks (or layers) are held and run in: fp32 (the "
+                   "default), or fp16 / bf16 as GPUs run them; a --module model is cast to it "
+                   "(default: its own). `hwnas train --target network --dtype` learns one "
+                   "dtype's networks.")
 @click.option("--count", type=click.IntRange(1, 100_000), default=20, show_default=True,
               help="Architectures per family.")
 @click.option("--batch", "batches", default="1", show_default=True,
@@ -172,9 +177,10 @@ def collect_gemm(db_url, device_name, backend, threads, dtypes, shape_set, shape
 @ROUNDS_OPTION
 @PROBE_OPTION
 @friendly_errors
-def collect_network(db_url, families, module_spec, input_shapes, input_dtype, count, batches,
-                    layer_kinds, seed, device_name, threads, resume_id, no_progress, warmup,
-                    min_reps, min_time, power_window, l2_flush, cooldown, rounds, probe) -> None:
+def collect_network(db_url, families, module_spec, input_shapes, input_dtype, dtype, count,
+                    batches, layer_kinds, seed, device_name, threads, resume_id, no_progress,
+                    warmup, min_reps, min_time, power_window, l2_flush, cooldown, rounds,
+                    probe) -> None:
     """Measure whole sampled networks (or single layers, or your own model) on this CPU or a
     GPU; each decomposed into its ops (stored with the row) so network predictors can learn
     from them."""
@@ -195,10 +201,10 @@ def collect_network(db_url, families, module_spec, input_shapes, input_dtype, co
     batch_list = [int(b) for b in split_list(batches, "--batch")]
     if any(b < 1 for b in batch_list):
         raise click.UsageError("--batch: must be positive integers")
-    if resume_id is not None and (module_spec or input_shapes):
-        raise click.UsageError("--resume carries on its own sweep (its models and shapes); "
-                               "--module and --input-shape start a new one")
-    user_plan = _module_plan(module_spec, input_shapes, input_dtype) if (
+    if resume_id is not None and (module_spec or input_shapes or dtype):
+        raise click.UsageError("--resume carries on its own sweep (its models, shapes and "
+                               "dtype); --module, --input-shape and --dtype start a new one")
+    user_plan = _module_plan(module_spec, input_shapes, input_dtype, dtype) if (
         module_spec or input_shapes) else None
     store = open_store(db_url)
     if resume_id is not None:
@@ -222,9 +228,10 @@ def collect_network(db_url, families, module_spec, input_shapes, input_dtype, co
             if bad:
                 raise click.UsageError(f"--layer-kinds: unknown {bad}; choose from "
                                        f"{', '.join(LAYER_KINDS)}")
-            plan, kind = layer_grid(kinds, batch_list), "layers"
+            plan, kind = layer_grid(kinds, batch_list, dtype or "fp32"), "layers"
         else:
-            plan, kind = network_plan(fams, count, batch_list[0], seed), "network"
+            plan = network_plan(fams, count, batch_list[0], seed, dtype or "fp32")
+            kind = "network"
         resume_id = sweeper.create(plan, kind)
     summary = sweeper.run(resume_id)
     click.echo(f"sweep {resume_id}: {summary.done} measured, {summary.failed} failed, "
@@ -233,8 +240,8 @@ def collect_network(db_url, families, module_spec, input_shapes, input_dtype, co
     echo_slow_configs(sweeper.store, resume_id)
 
 
-def _module_plan(module_spec: str | None, input_shapes: tuple[str, ...], input_dtype: str
-                 ) -> list[dict]:
+def _module_plan(module_spec: str | None, input_shapes: tuple[str, ...], input_dtype: str,
+                 dtype: str | None = None) -> list[dict]:
     """The sweep plan of ``collect network --module``, after checking here, before anything is
     measured, that the model builds, runs at every shape and decomposes into known ops."""
     from collectors.networks.sweep import module_plan
@@ -246,13 +253,13 @@ def _module_plan(module_spec: str | None, input_shapes: tuple[str, ...], input_d
         raise click.UsageError("--module and --input-shape go together")
     shapes = []
     for text in input_shapes:
-        spec = network_spec(None, None, module_spec, text, input_dtype)
+        spec = network_spec(None, None, module_spec, text, input_dtype, dtype)
         uncosted = [n for n in spec.notes if n.startswith("not costed")]
         if uncosted:
             raise click.UsageError(f"--module {module_spec} at {text}: {uncosted[0]}; a network "
                                    "model learns only from networks whose ops are all costed")
         shapes.append(spec.shape)
-    return module_plan(module_spec, shapes, input_dtype)
+    return module_plan(module_spec, shapes, input_dtype, dtype)
 
 
 @main.command()

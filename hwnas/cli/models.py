@@ -85,20 +85,27 @@ def _print_evaluation(ev) -> None:
               help="gemm: GEMM cost forest; network: whole-network model from `hwnas collect "
                    "network` data (per-op-type forests + additive residual).")
 @BASELINE_FIT_OPTION
+@click.option("--dtype", "network_dtype", type=click.Choice(["fp32", "fp16", "bf16"]),
+              default=None,
+              help="With --target network: learn the networks of this dtype (a network model "
+                   "learns one; default: the only one stored).")
 @friendly_errors
-def train(db_url, device_spec, folds, trees, target, baseline_fit) -> None:
+def train(db_url, device_spec, folds, trees, target, baseline_fit, network_dtype) -> None:
     """Fit a model for a device model, evaluate it on held-out shapes (or architectures) and
     register it as a new version."""
     from predictor.data import resolve_device_model
     from predictor.registry import default_row
     from predictor.training import train_and_register
 
+    if network_dtype is not None and target != "network":
+        raise click.UsageError("--dtype goes with --target network (a GEMM model learns every "
+                               "dtype stored)")
     store = open_store(db_url)
     model = resolve_device_model(store, device_spec)
     if target == "network":
         from predictor import network
 
-        row, metrics = network.train_and_register(store, model, folds)
+        row, metrics = network.train_and_register(store, model, folds, network_dtype)
         for name in ("held_out", "flops_proxy"):
             m = metrics[name]
             click.echo(f"{name:>11}: within ±10% {m['within_10']:.1f}%, RMSPE "
@@ -408,8 +415,9 @@ def predict_network(db_url, device_spec, arch, ops_json, module_spec, input_shap
     is started in this process for the question). The network is a NAS-Bench-201 cell, a JSON
     op list, or your own torch model (--module pkg.mod:make_model --input-shape 1,3,224,224).
     The device's network model is used where one is registered (`hwnas train --target
-    network`) and covers the network (the op dtypes and kinds of its training networks, at
-    least half the layers of the smallest, their batch), else the sum of its ops' predictions;
+    network`; of several, the latest that learned the network's dtype) and covers the network
+    (the op dtypes and kinds of its training networks, at least half the layers of the
+    smallest, their batch), else the sum of its ops' predictions;
     a network at another batch than the one all its training networks ran at is answered by
     the geometric mean of the model as is and of the model at its batch plus how the GEMM
     model's predictions change with the batch."""
@@ -456,7 +464,8 @@ def _why_no_network_model(store, device_model: str, version: int, ops) -> None:
     from predictor import network, registry
 
     try:
-        row = registry.find(store, device_model, version or None, target=network.TARGET)
+        row = registry.find(store, device_model, version or None, target=network.TARGET,
+                            dtype=network.network_dtype(ops) if ops else None)
     except registry.RegistryError:
         return  # none (of that version): the sum is all there is
     reason = network.load(row).uncovered(ops)

@@ -73,7 +73,7 @@ class PredictionEngine:
         self._resolved: dict[str, str] = {}
         self._nb201: dict[tuple[str, int], tuple] = {}
         self._networks: dict[tuple[str, int], tuple] = {}
-        self._rows: dict[tuple[str, str, int], tuple[float, object]] = {}
+        self._rows: dict[tuple[str, str, int, str | None], tuple[float, object]] = {}
         self._references: dict[str, pd.DataFrame] = {}
         # The model versions warm_up could not load, with why: each is logged once, not at
         # every retry of the health watcher (a stale model stays stale until retrained).
@@ -184,11 +184,17 @@ class PredictionEngine:
 
     def serving(self) -> list[tuple[str, str, int]]:
         """(device model, target, version) of each model loaded so far that answers requests
-        naming no version: GEMM models, and the network models found since the last refresh."""
-        gemm = [(d, "gemm", lm.version) for d, lm in list(self._latest.items())]
-        nets = [(d, target, hit[1].version) for (d, target, v), hit in list(self._rows.items())
-                if target == "network" and v == 0 and hit[1] is not None]
-        return sorted(gemm + nets)
+        naming no version: GEMM models, and the network models found since the last refresh;
+        a network model that answers one dtype's networks in place of the device's default
+        one has the target ``network/<dtype>``."""
+        out = {(d, "gemm"): lm.version for d, lm in list(self._latest.items())}
+        for (d, target, v, dtype), hit in list(self._rows.items()):
+            if target != "network" or v != 0 or hit[1] is None:
+                continue
+            default = self._find(d, target, 0)
+            own = dtype is not None and (default is None or default.version != hit[1].version)
+            out[(d, f"network/{dtype}" if own else "network")] = hit[1].version
+        return sorted((d, target, v) for (d, target), v in out.items())
 
     def loaded(self) -> list:
         return list(self._latest.values()) + list(self._networks.values())
@@ -210,7 +216,7 @@ class PredictionEngine:
         NetworkCostModel.covers), else None (the GEMM forest answers, or refuses a dtype it
         was not trained on either). A ``version`` that names only a network model, which does
         not cover ``ops``, is a FAILED_PRECONDITION saying why."""
-        net = self.network_model(device, version)
+        net = self.network_model(device, version, ops)
         if net is None:
             return None
         reason = net[1].uncovered(ops, network)
@@ -294,27 +300,33 @@ class PredictionEngine:
         return device, row.version, OpCost(ms, std, None, None, None, None,
                                            "nb201 few-shot model (architecture level)", 0)
 
-    def _find(self, device: str, target: str, version: int):
-        """The registry row of (device, target, version; 0 = latest), or None. Lookups are
+    def _find(self, device: str, target: str, version: int, dtype: str | None = None):
+        """The registry row of (device, target, version; 0 = latest, the latest that learned
+        ``dtype`` where one is given and there is such a version), or None. Lookups are
         re-asked at most every ``refresh_s`` (new versions arrive, and deleted ones go, without
         a restart), so per-request calls do not each query the store."""
-        key = (device, target, version)
+        dtype = None if version else dtype
+        key = (device, target, version, dtype)
         now = time.monotonic()
         hit = self._rows.get(key)
         if hit is not None and now - hit[0] < self.refresh_s:
             return hit[1]
         try:
-            row = registry.find(self.store, device, version or None, target=target)
+            row = registry.find(self.store, device, version or None, target=target,
+                                dtype=dtype)
         except registry.RegistryError:
             row = None
         self._rows[key] = (now, row)
         return row
 
-    def network_model(self, device: str, version: int):
-        """(version, model, held-out RMSPE) of the device's network model, or None."""
+    def network_model(self, device: str, version: int, ops: list[Op] | None = None):
+        """(version, model, held-out RMSPE) of the device's network model, or None. Without a
+        ``version``, the latest that learned the dtype of ``ops``, where one did: a device may
+        have one network model per dtype its networks were measured in."""
         from predictor import network
 
-        row = self._find(device, network.TARGET, version)
+        dtype = network.network_dtype(ops) if ops else None
+        row = self._find(device, network.TARGET, version, dtype)
         if row is None:
             return None
         key = (device, row.version)
@@ -351,7 +363,7 @@ class PredictionEngine:
         training networks all ran at one batch, covers ``ops`` but for theirs; else None."""
         from predictor.network import at_batch, network_batch
 
-        net = self.network_model(device, version)
+        net = self.network_model(device, version, ops)
         if net is None or net[1].batches_ is None or not ops:
             return None
         least, most = net[1].batches_
