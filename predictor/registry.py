@@ -294,6 +294,26 @@ def defaults(rows: list[ModelVersion]) -> dict[tuple[str, str], ModelVersion]:
     return best
 
 
+def dtype_defaults(rows: list[ModelVersion]) -> dict[int, str]:
+    """Per row id, the dtypes a network model among ``rows`` answers for by default although it
+    is not its device's default (:func:`find` with a dtype): the newest not retired that
+    learned that dtype, where the default did not learn it."""
+    best = defaults(rows)
+    out: dict[int, list[str]] = {}
+    for (device, target), default in best.items():
+        if target != "network":
+            continue
+        taken = set((default.meta or {}).get("dtypes") or ())
+        for r in sorted(rows, key=lambda r: -r.version):
+            if (r.device_model, r.target) != (device, target) or retired(r) or r is default:
+                continue
+            own = sorted(set((r.meta or {}).get("dtypes") or ()) - taken)
+            if own:
+                out[r.id] = own
+                taken |= set(own)
+    return {i: ", ".join(d) for i, d in out.items()}
+
+
 def default_row(store: Store, device_model: str, target: str = "gemm") -> ModelVersion | None:
     """The device's default ``target`` model (:func:`find` without a version), or None where
     it has none: no version, or every one retired."""

@@ -714,6 +714,10 @@ def test_networks_and_layers_are_measured_in_the_dtype_asked_for(tmp_path, monke
     # The metric of the versions that answer shows both, the bf16 one under a target of its own.
     served = [(t, v) for d, t, v in engine.serving() if d == cpu.info.model and t != "gemm"]
     assert served == [("network", 2), ("network/bf16", 1)], served
+    r = CliRunner().invoke(main, ["models", "--db", store.url])
+    rows = [line for line in r.output.splitlines() if " network " in line]
+    assert len(rows) == 2 and " 1 " in rows[0] and rows[0].endswith(" bf16 networks"), r.output
+    assert " 2 " in rows[1] and rows[1].endswith(" yes"), r.output
     for args, says in [(["train", "--dtype", "fp16"], "--dtype goes with --target network"),
                        (["train", "--target", "network", "--dtype", "fp16"],
                         "dtype: no fp16 networks of"),

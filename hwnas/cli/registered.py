@@ -226,6 +226,7 @@ def models(db_url, device_spec, target, version, as_json, export_to, retire, res
         default_row,
         defaults,
         deleted,
+        dtype_defaults,
         list_models,
         outdated,
         retired,
@@ -292,9 +293,13 @@ def models(db_url, device_spec, target, version, as_json, export_to, retire, res
             click.echo(json.dumps(rec, indent=2, default=str))
             return
 
+    for_dtypes = dtype_defaults(rows)
+
     def status(r) -> str:
         if default.get((r.device_model, r.target)) is r:
             return "yes"
+        if r.id in for_dtypes:  # a network model still answering its dtype's networks
+            return f"{for_dtypes[r.id]} networks"
         return "deleted" if deleted(r) else "retired" if retired(r) else ""
 
     print_table(["device model", "version", "target", "samples", "power", "held-out MAPE %",
