@@ -42,7 +42,9 @@
 #                   model's check on real layers, with m odd beside k and n aligned (7x7
 #                   feature maps: m = 49), which count as aligned (predictor.features.is_aligned)
 #                   on the evidence of 24 such configs in data/gpu/
-#   NET_TIMEOUT     default 90 s; 0 skips the network sweep. NET_SEED: its architectures
+#   NET_TIMEOUT     default 90 s; 0 skips the network sweep. NET_SEED: its architectures;
+#                   NET_DTYPE (fp32, fp16 or bf16; default fp32): the dtype they run in (the
+#                   same architectures in each: a second call with NET_DTYPE=bf16 pairs them)
 #   LAYER_TIMEOUT   default 0 (no layer sweep)
 #   VERIFY_TIMEOUT  default 60; 0 skips measuring the searched networks of data/gpu/search_*/
 #                   with `hwnas verify`, on the GPU model they were searched for unless
@@ -141,7 +143,7 @@ EOF2
     --min-time 0.1 --no-progress
 [ "${NET_TIMEOUT:-90}" -gt 0 ] && step network "${NET_TIMEOUT:-90}" python3 -m hwnas.cli collect network --device "$device" \
     --family nb201,proxyless,resnet,mobilenet,transformer --count "$net_count" --min-time 0.1 \
-    --seed "${NET_SEED:-0}" --no-progress
+    --seed "${NET_SEED:-0}" --dtype "${NET_DTYPE:-fp32}" --no-progress
 # Single layers over the layer grid, in random order: a time limit keeps a random subset.
 [ "${LAYER_TIMEOUT:-0}" -gt 0 ] && step layers "$LAYER_TIMEOUT" python3 -m hwnas.cli collect \
     network --device "$device" --family layers --min-time 0.1 --no-progress
