@@ -129,6 +129,12 @@ def check_dtype_column(dtypes: np.ndarray, name: Callable[[int], str]) -> None:
         check_dtype(dtypes[i], name(i))
 
 
+def network_batch(ops: Sequence[Op]) -> int:
+    """A network's batch: that of most of its ops (an attention's heads may multiply it for a
+    few; a sequence-first recurrent layer's input holds it in its second dimension)."""
+    return Counter(op.batch for op in ops).most_common(1)[0][0]
+
+
 def network_dtype(ops: Sequence[Op]) -> str:
     """A network's dtype: that of most of its ops."""
     return Counter(op.dtype for op in ops).most_common(1)[0][0]

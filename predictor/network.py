@@ -8,14 +8,12 @@ lists) and ``hwnas collect network --family layers`` (single layers).
 
 from __future__ import annotations
 
-from collections import Counter
-
 import numpy as np
 import pandas as pd
 from sklearn.ensemble import RandomForestRegressor
 from sqlalchemy import select
 
-from collectors.ops import OP_KINDS, Op, network_dtype, op_bytes, op_flops
+from collectors.ops import OP_KINDS, Op, network_batch, network_dtype, op_bytes, op_flops
 from collectors.store.db import Store
 from collectors.store.models import Device, Measurement
 from predictor.data import DataError
@@ -94,12 +92,6 @@ def network_terms(ops: list[Op], kind_model: OpKindForests | None) -> np.ndarray
 # How many times the ops (and FLOPs) of a kind that every training network held the same of a
 # network model answers for (NetworkCostModel.covers).
 EXTRAPOLATION = 4
-
-
-def network_batch(ops: list[Op]) -> int:
-    """A network's batch: that of most of its ops (an attention's heads may multiply it for a
-    few)."""
-    return Counter(op.batch for op in ops).most_common(1)[0][0]
 
 
 def at_batch(ops: list[Op], batch: int) -> list[Op]:

@@ -609,7 +609,9 @@ def test_collect_network_measures_your_own_model_for_the_network_model(tmp_path,
         "def mlp():\n"
         "    return nn.Sequential(nn.Linear(16, 32), nn.GELU(), nn.Linear(32, 16))\n"
         "def unknown():\n"
-        "    return nn.Sequential(nn.Linear(16, 16), nn.LocalResponseNorm(2))\n")
+        "    return nn.Sequential(nn.Linear(16, 16), nn.LocalResponseNorm(2))\n"
+        "def gru():\n"
+        "    return nn.GRU(8, 16)\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setenv("HWNAS_MODELS", str(tmp_path / "models"))
     store, cpu = cpu_store_with_gemm_model(tmp_path)
@@ -624,6 +626,13 @@ def test_collect_network_measures_your_own_model_for_the_network_model(tmp_path,
     assert sorted(ops[0].batch for ops in nets.ops) == [2, 4, 8, 16, 32]
     # The network model then answers for networks like it.
     network.train_and_register(store, cpu.info.model, folds=4)
+    # A sequence-first layer's row holds its batch (3), not the input's first dimension (5).
+    r = CliRunner().invoke(main, ["collect", "network", "--db", store.url, "--module",
+                                  "mine:gru", "--input-shape", "5,3,8", *quick])
+    assert r.exit_code == 0 and "1 measured" in r.output, r.output
+    with store.session() as s:
+        gru = s.execute(select(Measurement).order_by(Measurement.id.desc())).scalars().first()
+        assert gru.batch == 3 and gru.params["input_shape"] == [5, 3, 8]
     r = CliRunner().invoke(main, ["predict", "network", "--db", store.url, "--module",
                                   "mine:mlp", "--input-shape", "12,16"])
     assert r.exit_code == 0 and "network model" in r.output, r.output

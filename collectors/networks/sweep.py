@@ -17,7 +17,7 @@ from collectors.devices import ComputeDevice
 from collectors.gemm.backends import backend_for
 from collectors.networks.decompose import decompose, parameter_dtype, torch_dtype
 from collectors.networks.zoo import FAMILIES, build, sample_config
-from collectors.ops import Op, network_dtype, op_bytes, op_flops
+from collectors.ops import Op, network_batch, network_dtype, op_bytes, op_flops
 from collectors.probe import SpeedProbe, default_probe
 from collectors.store.db import Store
 from collectors.store.models import Measurement, Sweep
@@ -268,10 +268,12 @@ class NetworkSweep:
                 if d.unsupported:
                     raise ValueError(f"unsupported layers: {', '.join(d.unsupported)}")
                 ops = d.ops
-                row.op_kind, row.batch = "network", shape[0]
+                row.op_kind = "network"
             if dtype is not None:
                 model = model.to(dtype)
             row.dtype = network_dtype([op for _, op in ops])
+            if row.op_kind == "network":  # its ops' batch: not the input's first dimension
+                row.batch = network_batch([op for _, op in ops])  # for a sequence-first one
             fn, timer = forward_pass(model, shape, self.device,
                                      cfg.get("input_dtype", "float"), dtype)
             result = measure_probed(
