@@ -118,6 +118,8 @@ def _predict_into(model, rows: pd.DataFrame, targets: list[str]) -> None:
 
 NEW_ARCHS = "architectures new to the model"
 ARCHS_AGAIN = "architectures it was trained on, measured again"
+AT_OTHER_BATCH = "at another batch (with the GEMM model)"
+NETWORK_GROUPS = (NEW_ARCHS, ARCHS_AGAIN, AT_OTHER_BATCH)
 
 
 @dataclass
@@ -133,7 +135,7 @@ class NetworksSinceTraining:
         from predictor.evaluate import metrics
 
         rows = []
-        for group in (NEW_ARCHS, ARCHS_AGAIN):
+        for group in NETWORK_GROUPS:
             part = self.scored[self.scored.group == group]
             if part.empty:
                 continue
@@ -148,18 +150,59 @@ class NetworksSinceTraining:
 
 def score_networks_since_training(store: Store, row: ModelVersion) -> NetworksSinceTraining:
     """Score the registered network model ``row`` on the whole networks measured after its
-    training data: architectures new to it, and those it was trained on measured again."""
+    training data, as the service answers them: architectures new to it and those it was
+    trained on measured again, from the model; those at another batch than the one its
+    training networks all ran at, from the model and the device's default GEMM model together
+    (:func:`predictor.network.batch_scaled`)."""
     from predictor import network
 
     nets = network.load_networks(store, row.device_model)
     cutoff, trained, after = _split_at_training(row, nets, "whole-network",
                                                 "hwnas collect network")
     model = network.load(row)
-    fits = after.ops.map(model.covers)
-    after = after[fits.to_numpy(bool)]
+    fits = after.ops.map(model.covers).to_numpy(bool)
+    pred = np.full(len(after), np.nan)
+    if fits.any():
+        pred[fits] = model.predict(list(after.ops[fits]))
+    shifted = np.array([not f and network.at_another_batch(model, ops)
+                        for f, ops in zip(fits, after.ops, strict=True)], dtype=bool)
+    gemm = _default_gemm_model(store, row.device_model) if shifted.any() else None
+    for i in np.flatnonzero(shifted):
+        pred[i] = _batch_scaled(model, gemm, after.ops.iloc[i]) if gemm is not None else np.nan
+    scored_now = ~np.isnan(pred)
     again = after.key.isin(set(trained.key)).to_numpy()
+    group = np.where(shifted, AT_OTHER_BATCH, np.where(again, ARCHS_AGAIN, NEW_ARCHS))
     scored = pd.DataFrame({
-        "group": np.where(again, ARCHS_AGAIN, NEW_ARCHS), "family": after.family.to_numpy(),
-        "key": after.key.to_numpy(), "latency_ms": after.latency_ms.to_numpy(),
-        "pred_latency_ms": model.predict(list(after.ops)) if len(after) else np.array([])})
-    return NetworksSinceTraining(row, cutoff, scored, int((~fits).sum()))
+        "group": group[scored_now], "family": after.family.to_numpy()[scored_now],
+        "key": after.key.to_numpy()[scored_now],
+        "latency_ms": after.latency_ms.to_numpy()[scored_now],
+        "pred_latency_ms": pred[scored_now]})
+    return NetworksSinceTraining(row, cutoff, scored, int((~scored_now).sum()))
+
+
+def _default_gemm_model(store: Store, device_model: str):
+    """The device's default GEMM model, or None where it has none (or it cannot be loaded)."""
+    from predictor import registry
+
+    row = registry.default_row(store, device_model)
+    if row is None:
+        return None
+    try:
+        return registry.load(row)
+    except registry.RegistryError:
+        return None
+
+
+def _batch_scaled(model, gemm, ops) -> float:
+    """The service's answer (ms) for ``ops`` at another batch than ``model``'s; NaN where the
+    GEMM model refuses their ops (a dtype it was not trained on)."""
+    from predictor.network import at_batch, batch_scaled
+    from predictor.op_costs import predict_ops
+
+    try:
+        now = predict_ops(gemm, ops)
+        then = predict_ops(gemm, at_batch(ops, model.batches_[0]))
+    except ValueError:
+        return float("nan")
+    return batch_scaled(model, ops, np.array([c.latency_ms for c in now]),
+                        np.array([c.latency_ms for c in then]))[0]

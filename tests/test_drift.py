@@ -206,3 +206,22 @@ def test_a_network_model_is_scored_on_the_networks_measured_since(store, store_u
     first, second = (line.split() for line in table.strip().splitlines()[2:4])
     assert first[:2] == ["drift-cpu", "26"] and second[:2] == ["drift-cpu-2", "12"], table
     assert float(first[-1]) > 1.3 and float(second[-1]) < 0.8, table
+    # Networks at another batch than the model's (it learned batch 1 only): scored as the
+    # service answers them, with the GEMM model's change, once the device has a GEMM model.
+    from predictor import registry
+    from predictor.drift import AT_OTHER_BATCH
+    from predictor.network import at_batch
+
+    _store_networks(store, [(f"b4-{i}", at_batch(_mlp(i), 4)) for i in range(40, 46)],
+                    dt.datetime(2026, 11, 29), fingerprint="drift-cpu-2")
+    latest = registry.find(store, CPU, target="network")
+    result = score_networks_since_training(store, latest)
+    assert result.scored.empty and result.not_scored == 6  # no GEMM model to scale them
+    _store_rows(store, synthetic(40), dt.datetime(2026, 11, 29))
+    train_and_register(store, CPU, n_splits=3, n_estimators=20)
+    result = score_networks_since_training(store, latest)
+    assert result.not_scored == 0 and list(result.scored.group) == [AT_OTHER_BATCH] * 6
+    assert (result.scored.pred_latency_ms > 0).all()
+    r = run(main, ["eval", "--db", store_url, "--device", "drift", "--registered", "--target",
+                   "network"])
+    assert r.exit_code == 0 and "6 at another batch (with the GEMM model)" in r.output, r.output

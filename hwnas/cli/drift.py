@@ -96,12 +96,13 @@ def _echo_measured_again(ratio: float, what: str, retrain: str) -> None:
 
 def echo_networks_since_training(result, default: bool, worst: int) -> None:
     """A network model's scores on the networks measured since it was trained."""
-    from predictor.drift import ARCHS_AGAIN, NEW_ARCHS
+    from predictor.drift import ARCHS_AGAIN, AT_OTHER_BATCH, NETWORK_GROUPS, NEW_ARCHS
 
     row, scored = result.row, result.scored
     counts = scored.group.value_counts()
     _echo_header(result, default, "networks",
-                 {name: int(counts.get(name, 0)) for name in (NEW_ARCHS, ARCHS_AGAIN)})
+                 {name: int(counts.get(name, 0)) for name in NETWORK_GROUPS
+                  if name != AT_OTHER_BATCH or counts.get(name, 0)})
     table = result.table()
     if len(table):
         print_table(["networks", "family", "n", "MAPE %", "median APE %", "within ±10% %",
@@ -121,8 +122,8 @@ def echo_networks_since_training(result, default: bool, worst: int) -> None:
     if result.not_scored:
         click.echo(f"not scored: {result.not_scored} networks the model does not answer for "
                    "(ops of a dtype or kind its training networks lacked, far fewer layers, "
-                   "far more ops of a kind, or another batch; the service answers them from "
-                   "the GEMM model's sums, or, at another batch, from both models)")
+                   "far more ops of a kind, or another batch than it learned where no GEMM "
+                   "model scales it; the service answers them from the GEMM model's sums)")
     if worst and len(scored):
         ape = (scored.pred_latency_ms / scored.latency_ms - 1).abs() * 100
         click.echo("\nlatency predicted worst:")

@@ -209,8 +209,9 @@ def _compare_with(previous, row) -> None:
 @click.option("--target", type=click.Choice(["gemm", "network"]), default="gemm",
               show_default=True,
               help="With --registered: the device's GEMM model, or its whole-network model "
-                   "scored on the networks measured since (architectures new to it, and "
-                   "those it was trained on measured again).")
+                   "scored on the networks measured since (architectures new to it, those "
+                   "it was trained on measured again, and those at another batch than the one "
+                   "it learned, answered with the GEMM model's change as the service does).")
 @friendly_errors
 def eval_(db_url, device_spec, folds, trees, plot_path, worst, predictions_path,
           baseline_fit, registered, version, target) -> None:

@@ -361,42 +361,30 @@ class PredictionEngine:
     def _network_at_its_batch(self, device: str, version: int, ops: list[Op]):
         """(network model, ``ops`` at its batch) where the device's network model, whose
         training networks all ran at one batch, covers ``ops`` but for theirs; else None."""
-        from predictor.network import at_batch, network_batch
+        from predictor.network import at_another_batch, at_batch
 
         net = self.network_model(device, version, ops)
-        if net is None or net[1].batches_ is None or not ops:
+        if net is None or not at_another_batch(net[1], ops):
             return None
-        least, most = net[1].batches_
-        if least != most or network_batch(ops) == least:
-            return None
-        at = at_batch(ops, least)
-        return (net, at) if net[1].covers(at) else None
+        return net, at_batch(ops, net[1].batches_[0])
 
     def _batch_scaled(self, device: str, ops: list[Op], net, at: list[Op]
                       ) -> tuple[str, int, OpCost, list[OpCost]]:
-        """A network at another batch than the network model's (``at``: its ops at that one):
-        the geometric mean of two answers that err on opposite sides. The model as it is
-        scales every term it learned with the batch, the framework's cost per layer among
-        them, though the batch leaves that as it is (from batch 1 up it answered x0.5-0.9 of
-        the measured time on a CPU, from batch 8 down x1.1-1.8). Each layer's share at the
-        model's batch plus how the default GEMM model's prediction of it changes between the
-        two batches keeps that cost as it is, but takes the GEMM model's growth with the batch,
-        which was too slow (x1.1-2.0 from batch 1 up, x0.3-0.8 from batch 8 down). Layers are
-        the second answer's, scaled to the total."""
+        """A network at another batch than the network model's (``at``: its ops at that one),
+        answered by :func:`predictor.network.batch_scaled` with the default GEMM model's
+        predictions of its ops at both batches. Layers are the second answer's, scaled to the
+        total."""
+        from predictor.network import batch_scaled
+
         version, model, rmspe = net
-        shares, constant = model.per_op(at)
         _, _, now = self._op_costs(device, 0, ops, None)
         _, _, then = self._op_costs(device, 0, at, None)
-        scaled = [max(0.0, float(share) + c.latency_ms - t.latency_ms)
-                  for share, c, t in zip(shares, now, then, strict=True)]
-        as_is = float(model.predict([ops])[0])
-        lat = float(np.sqrt(max(as_is, 1e-9) * (sum(scaled) + constant)))
-        factor = max(0.0, lat - constant) / sum(scaled) if sum(scaled) > 0 else 0.0
-        layers = [OpCost(x * factor, x * factor * rmspe, None, None, None, None, BATCH_SCALED,
+        lat, per_op, spread = batch_scaled(model, ops, np.array([c.latency_ms for c in now]),
+                                           np.array([t.latency_ms for t in then]))
+        layers = [OpCost(float(x), float(x) * rmspe, None, None, None, None, BATCH_SCALED,
                          c.gemm_count, latency_extrapolated=c.latency_extrapolated)
-                  for x, c in zip(scaled, now, strict=True)]
+                  for x, c in zip(per_op, now, strict=True)]
         # the network model's error, and half the two answers' spread (in log terms)
-        spread = abs(np.log(as_is / (sum(scaled) + constant))) / 2 if as_is > 0 else 0.0
         std = lat * float(np.hypot(rmspe, spread))
         return device, version, OpCost(
             lat, std, None, None, None, None, BATCH_SCALED, sum(c.gemm_count for c in layers),
