@@ -597,26 +597,36 @@ def test_a_network_model_answers_only_for_networks_like_those_it_learned_from():
         "its batch is 13, over 4x the largest (3) its training networks ran at")
 
 
+QUICK_CLI = ["--min-time", "0.005", "--min-reps", "3", "--warmup", "0", "--power-window", "0",
+             "--rounds", "1", "--no-probe", "--no-progress"]
+MLP_SOURCE = ("import torch.nn as nn\n"
+              "def mlp():\n"
+              "    return nn.Sequential(nn.Linear(16, 32), nn.GELU(), nn.Linear(32, 16))\n")
+
+
+def _store_with_user_module(tmp_path, monkeypatch, module: str, source: str):
+    """(store, CPU device): a CPU store with a GEMM model, models registered under
+    ``tmp_path``, and a user's module ``module`` of ``source`` importable."""
+    from tests.test_service import cpu_store_with_gemm_model
+
+    (tmp_path / f"{module}.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("HWNAS_MODELS", str(tmp_path / "models"))
+    return cpu_store_with_gemm_model(tmp_path)
+
+
 def test_collect_network_measures_your_own_model_for_the_network_model(tmp_path, monkeypatch):
     from click.testing import CliRunner
 
     from hwnas.cli import main
     from predictor import network
-    from tests.test_service import cpu_store_with_gemm_model
-
-    (tmp_path / "mine.py").write_text(
-        "import torch.nn as nn\n"
-        "def mlp():\n"
-        "    return nn.Sequential(nn.Linear(16, 32), nn.GELU(), nn.Linear(32, 16))\n"
-        "def unknown():\n"
-        "    return nn.Sequential(nn.Linear(16, 16), nn.LocalResponseNorm(2))\n"
-        "def gru():\n"
-        "    return nn.GRU(8, 16)\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setenv("HWNAS_MODELS", str(tmp_path / "models"))
-    store, cpu = cpu_store_with_gemm_model(tmp_path)
-    quick = ["--min-time", "0.005", "--min-reps", "3", "--warmup", "0", "--power-window", "0",
-             "--rounds", "1", "--no-probe", "--no-progress"]
+    store, cpu = _store_with_user_module(
+        tmp_path, monkeypatch, "mine", MLP_SOURCE
+        + "def unknown():\n"
+          "    return nn.Sequential(nn.Linear(16, 16), nn.LocalResponseNorm(2))\n"
+          "def gru():\n"
+          "    return nn.GRU(8, 16)\n")
+    quick = QUICK_CLI
     shapes = [arg for t in (2, 4, 8, 16, 32) for arg in ("--input-shape", f"{t},16")]
     r = CliRunner().invoke(main, ["collect", "network", "--db", store.url, "--module",
                                   "mine:mlp", *shapes, *quick])
@@ -656,17 +666,8 @@ def test_networks_and_layers_are_measured_in_the_dtype_asked_for(tmp_path, monke
 
     from hwnas.cli import main
     from predictor import network
-    from tests.test_service import cpu_store_with_gemm_model
-
-    (tmp_path / "mine16.py").write_text(
-        "import torch.nn as nn\n"
-        "def mlp():\n"
-        "    return nn.Sequential(nn.Linear(16, 32), nn.GELU(), nn.Linear(32, 16))\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setenv("HWNAS_MODELS", str(tmp_path / "models"))
-    store, cpu = cpu_store_with_gemm_model(tmp_path)
-    quick = ["--min-time", "0.002", "--min-reps", "2", "--warmup", "0", "--power-window", "0",
-             "--rounds", "1", "--no-probe", "--no-progress"]
+    store, cpu = _store_with_user_module(tmp_path, monkeypatch, "mine16", MLP_SOURCE)
+    quick = QUICK_CLI
 
     def collect(*args):
         r = CliRunner().invoke(main, ["collect", "network", "--db", store.url, *args, *quick])
