@@ -206,6 +206,11 @@ def test_a_network_model_is_scored_on_the_networks_measured_since(store, store_u
     first, second = (line.split() for line in table.strip().splitlines()[2:4])
     assert first[:2] == ["drift-cpu", "26"] and second[:2] == ["drift-cpu-2", "12"], table
     assert float(first[-1]) > 1.3 and float(second[-1]) < 0.8, table
+    r = run(main, ["models", "--db", store_url, "--device", "drift", "--target", "network"])
+    assert r.exit_code == 0 and "its evaluation when it was trained (networks held out):" in \
+        r.output, r.output
+    assert re.search(r"\narchitectures +38 ", r.output) and re.search(
+        r"\nmachine drift-cpu-2 +12 .* 0\.\d\d\n", r.output), r.output
     # Networks at another batch than the model's (it learned batch 1 only): scored as the
     # service answers them, with the GEMM model's change, once the device has a GEMM model.
     from predictor import registry

@@ -153,6 +153,22 @@ def _echo_record(rec: dict) -> None:
         click.echo(f"\n{name} (its evaluation when it was trained):")
         print_metrics(records)
     others = {k: v for k, v in metrics.items() if k not in tables}
+    scores = {name: others.pop(name) for name in ("held_out", "flops_proxy")
+              if isinstance(others.get(name), dict)}  # a network model's
+    machines = others.pop("held_out_devices", None) or {}
+    if scores or machines:
+        click.echo("\nits evaluation when it was trained (networks held out):")
+        print_table(["held out", "networks", "within ±10% %", "RMSPE %", "Spearman",
+                     "median pred/meas"],
+                    [[label, m.get("networks", others.get("networks", "")),
+                      *(f"{m[k]:.1f}" if k in m else "-" for k in ("within_10", "rmspe")),
+                      f"{m['spearman']:.3f}" if "spearman" in m else "-",
+                      f"{m['median_ratio']:.2f}" if "median_ratio" in m else "-"]
+                     for label, m in [*(({"held_out": "architectures",
+                                          "flops_proxy": "architectures, FLOPs proxy"}[n], v)
+                                        for n, v in scores.items()),
+                                      *((f"machine {d[:12]}", v)
+                                        for d, v in machines.items())]])
     if others:
         meta["metrics"] = others
     if isinstance(meta.get("params"), dict) and "profile" in meta:  # the profile once
