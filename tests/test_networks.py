@@ -728,6 +728,22 @@ def test_networks_and_layers_are_measured_in_the_dtype_asked_for(tmp_path, monke
     rows = [line for line in r.output.splitlines() if " network " in line]
     assert len(rows) == 2 and " 1 " in rows[0] and rows[0].endswith(" bf16 networks"), r.output
     assert " 2 " in rows[1] and rows[1].endswith(" yes"), r.output
+    # and so does a running service, to its clients (ModelMetadata.default_for_dtypes)
+    from hwnas.client import PredictorClient
+    from hwnas.service.server import Server, ServerConfig
+
+    server = Server(PredictionEngine(store), ServerConfig(port=0)).start()
+    try:
+        with PredictorClient(f"127.0.0.1:{server.port}", timeout_s=20) as client:
+            client.wait_ready(30)
+            listed = {m.version: (m.latest, list(m.default_for_dtypes))
+                      for m in client.list_models() if m.target == "network"}
+        assert listed == {1: (False, ["bf16"]), 2: (True, [])}, listed
+        r = CliRunner().invoke(main, ["query", "models", "--server", f"127.0.0.1:{server.port}"])
+        assert r.exit_code == 0 and [line.endswith(" bf16 networks") for line in
+                                     r.output.splitlines() if " network " in line] == [True, False]
+    finally:
+        server.stop(0)
     for args, says in [(["train", "--dtype", "fp16"], "--dtype goes with --target network"),
                        (["train", "--target", "network", "--dtype", "fp16"],
                         "dtype: no fp16 networks of"),

@@ -188,7 +188,9 @@ def query_models(server, token_file, tls_ca, timeout, device) -> None:
                   "yes" if m.has_power else "no",
                   *held_out_scores({"metrics": json.loads(m.metrics_json or "{}")}),
                   m.created_utc[:16].replace("T", " "), m.sha256[:12],
-                  "yes" if m.latest else "retired" if m.retired else ""] for m in models])
+                  "yes" if m.latest else f"{', '.join(m.default_for_dtypes)} networks"
+                  if m.default_for_dtypes else "retired" if m.retired else ""]
+                 for m in models])
 
 
 @query.command("network")

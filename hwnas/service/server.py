@@ -345,7 +345,7 @@ class PredictorService(pb_grpc.PredictorServicer):
         return pb.ListDevicesResponse(devices=[pb.Device(**d)
                                                for d in self.engine.device_table()])
 
-    def _metadata(self, row, latest: bool) -> pb.ModelMetadata:
+    def _metadata(self, row, latest: bool, for_dtypes: str = "") -> pb.ModelMetadata:
         meta = row.meta
 
         def utc(key: str) -> str:  # stored as str(timestamp): "2026-11-27 17:34:40.172650"
@@ -360,7 +360,8 @@ class PredictorService(pb_grpc.PredictorServicer):
             libraries={k: str(v) for k, v in (meta.get("libraries") or {}).items()},
             features=list(meta.get("features") or []),
             dtypes=[str(d) for d in meta.get("dtypes") or []],
-            retired=registry.retired(row))
+            retired=registry.retired(row),
+            default_for_dtypes=[d for d in for_dtypes.split(", ") if d])
 
     def ListModels(self, request, context):
         def go():
@@ -370,8 +371,10 @@ class PredictorService(pb_grpc.PredictorServicer):
                 device = self.engine.resolve_device(request.device)
                 rows = [r for r in rows if r.device_model == device]
             default = registry.defaults(rows)
+            for_dtypes = registry.dtype_defaults(rows)
             return pb.ListModelsResponse(models=[
-                self._metadata(r, default.get((r.device_model, r.target)) is r)
+                self._metadata(r, default.get((r.device_model, r.target)) is r,
+                               for_dtypes.get(r.id, ""))
                 for r in rows])
         return self._run(context, go)
 

@@ -224,7 +224,7 @@ class ListModelsRequest(_message.Message):
     def __init__(self, device: _Optional[str] = ...) -> None: ...
 
 class ModelMetadata(_message.Message):
-    __slots__ = ("device", "version", "target", "training_samples", "has_power", "created_utc", "sha256", "metrics_json", "latest", "data_from_utc", "data_to_utc", "libraries", "features", "dtypes", "retired")
+    __slots__ = ("device", "version", "target", "training_samples", "has_power", "created_utc", "sha256", "metrics_json", "latest", "data_from_utc", "data_to_utc", "libraries", "features", "dtypes", "retired", "default_for_dtypes")
     class LibrariesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -247,6 +247,7 @@ class ModelMetadata(_message.Message):
     FEATURES_FIELD_NUMBER: _ClassVar[int]
     DTYPES_FIELD_NUMBER: _ClassVar[int]
     RETIRED_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_FOR_DTYPES_FIELD_NUMBER: _ClassVar[int]
     device: str
     version: int
     target: str
@@ -262,7 +263,8 @@ class ModelMetadata(_message.Message):
     features: _containers.RepeatedScalarFieldContainer[str]
     dtypes: _containers.RepeatedScalarFieldContainer[str]
     retired: bool
-    def __init__(self, device: _Optional[str] = ..., version: _Optional[int] = ..., target: _Optional[str] = ..., training_samples: _Optional[int] = ..., has_power: _Optional[bool] = ..., created_utc: _Optional[str] = ..., sha256: _Optional[str] = ..., metrics_json: _Optional[str] = ..., latest: _Optional[bool] = ..., data_from_utc: _Optional[str] = ..., data_to_utc: _Optional[str] = ..., libraries: _Optional[_Mapping[str, str]] = ..., features: _Optional[_Iterable[str]] = ..., dtypes: _Optional[_Iterable[str]] = ..., retired: _Optional[bool] = ...) -> None: ...
+    default_for_dtypes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, device: _Optional[str] = ..., version: _Optional[int] = ..., target: _Optional[str] = ..., training_samples: _Optional[int] = ..., has_power: _Optional[bool] = ..., created_utc: _Optional[str] = ..., sha256: _Optional[str] = ..., metrics_json: _Optional[str] = ..., latest: _Optional[bool] = ..., data_from_utc: _Optional[str] = ..., data_to_utc: _Optional[str] = ..., libraries: _Optional[_Mapping[str, str]] = ..., features: _Optional[_Iterable[str]] = ..., dtypes: _Optional[_Iterable[str]] = ..., retired: _Optional[bool] = ..., default_for_dtypes: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ListModelsResponse(_message.Message):
     __slots__ = ("models",)
