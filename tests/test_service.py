@@ -907,8 +907,12 @@ def test_predict_network_measure_runs_the_network_here_beside_its_prediction(tmp
     assert ratio == pytest.approx(measured / predicted, abs=0.006)
     assert "power not readable here" in line or " W, " in line
     assert "sums the ops' predictions" in r.stderr  # no network model for this CPU
+    # A NAS-Bench-201 cell is run in the dtype it is predicted in.
+    r = CliRunner().invoke(main, [*args, "--nasbench201", ARCH, "--dtype", "fp16", "--measure"])
+    assert r.exit_code == 0 and "measured here on " in r.stdout, r.output
     for bad, needle in [
-        (["--nasbench201", ARCH, "--dtype", "bf16", "--measure"], "run in fp32 here"),
+        (["--nasbench201", ARCH, "--dtype", "tf32", "--measure"],
+         "--measure: --dtype: tf32: a model's parameters are held in fp32"),
         (["--ops-json", _ops_file(tmp_path), "--measure"], "names no network to run"),
     ]:
         r = CliRunner().invoke(main, [*args, *bad])

@@ -142,12 +142,15 @@ def network_to_measure(spec: NetworkSpec, device_model: str, batch: int, dtype: 
     from search.run import local_device_for
 
     if spec.arch is not None:
+        from collectors.networks.decompose import torch_dtype
         from collectors.networks.zoo import nb201_network
+        from collectors.ops import OpError
 
-        if dtype != "fp32":
-            raise click.UsageError(f"--measure: NAS-Bench-201 networks run in fp32 here, not "
-                                   f"--dtype {dtype}")
-        model, shape = nb201_network(spec.arch), (batch, 3, 32, 32)
+        try:  # held and run in the dtype it is predicted in, as collect network --dtype does
+            model = nb201_network(spec.arch).to(torch_dtype(dtype, "--dtype"))
+        except OpError as exc:
+            raise click.UsageError(f"--measure: {exc}") from None
+        shape = (batch, 3, 32, 32)
     elif spec.module is not None:
         model, shape = spec.module, spec.shape
     else:
