@@ -6,8 +6,11 @@ unless ``--reuse``; then, over 5 folds of held-out architectures, compares in th
 a FLOPs proxy (log-latency linear in log-FLOPs, fitted on the training fold) and hwnas's network
 model (per-op-type forests from the layer data, composed, plus learned additive residual terms).
 Prints share within ±10%, RMSPE and Spearman rho, overall and per family. Target: >= 90%.
+``--dtype bf16`` (or fp16) measures and models the layers and networks held and run in that
+dtype instead of fp32 (the same architectures).
 
     python benchmarks/network_accuracy.py [--count 40] [--threads 1] [--db URL] [--reuse]
+                                          [--dtype fp32|fp16|bf16]
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from collectors.networks.sweep import LAYER_KINDS, NetworkSweep, layer_grid, net
 from collectors.networks.zoo import FAMILIES
 from collectors.store.db import Store
 from collectors.timing import TimingPolicy
-from predictor.network import NetworkCostModel, OpKindForests, load_layers, load_networks
+from predictor.network import NetworkCostModel, OpKindForests, layer_frame, load_networks, of_dtype
 
 
 def scores(y: np.ndarray, p: np.ndarray) -> str:
@@ -45,6 +48,7 @@ def main() -> None:
                     help="interleaved rounds; a config's latency is its lowest round p10")
     ap.add_argument("--db", default=None)
     ap.add_argument("--reuse", action="store_true")
+    ap.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
     args = ap.parse_args()
 
     db = args.db or f"sqlite:///{os.path.join(tempfile.mkdtemp(), 'networks.sqlite')}"
@@ -53,13 +57,16 @@ def main() -> None:
         policy = TimingPolicy(min_time_s=args.min_time, rounds=args.rounds)
         sweeper = NetworkSweep(store, device, policy,
                                args.threads)
-        s1 = sweeper.run(sweeper.create(layer_grid(list(LAYER_KINDS), [1]), "layers"))
-        s2 = sweeper.run(sweeper.create(network_plan(list(FAMILIES), args.count, 1, 0),
-                                        "network"))
+        s1 = sweeper.run(sweeper.create(layer_grid(list(LAYER_KINDS), [1], args.dtype),
+                                        "layers"))
+        s2 = sweeper.run(sweeper.create(network_plan(list(FAMILIES), args.count, 1, 0,
+                                                     args.dtype), "network"))
         print(f"measured {s1.done} layers and {s2.done} networks ({s1.failed + s2.failed} "
               f"failed) in {s1.seconds + s2.seconds:.0f} s into {store.display_url}")
-    nets = load_networks(store, device.info.model)
-    layer_ops, layer_ms = load_layers(store, device.info.model)
+    nets = of_dtype(load_networks(store, device.info.model), args.dtype, device.info.model)
+    layers = layer_frame(store, device.info.model)
+    layer_ops = [op for op in layers.op if op.dtype == args.dtype]
+    layer_ms = layers.latency_ms.to_numpy()[[op.dtype == args.dtype for op in layers.op]]
     kind_model = OpKindForests().fit(layer_ops, layer_ms)
     y = nets.latency_ms.to_numpy()
     pred_ours, pred_flops = np.empty(len(y)), np.empty(len(y))
@@ -68,9 +75,9 @@ def main() -> None:
         pred_ours[te] = model.predict(list(nets.ops.iloc[te]))
         a, b = np.polyfit(np.log(nets.flops.iloc[tr]), np.log(y[tr]), 1)
         pred_flops[te] = np.exp(a * np.log(nets.flops.iloc[te]) + b)
-    print(f"{device.info.model}: {len(nets)} networks ({', '.join(sorted(set(nets.family)))}), "
-          f"{len(layer_ops)} layers; 5 folds of held-out architectures; "
-          f"latency {y.min():.3f}..{y.max():.2f} ms")
+    print(f"{device.info.model}, {args.dtype}: {len(nets)} networks "
+          f"({', '.join(sorted(set(nets.family)))}), {len(layer_ops)} layers; 5 folds of "
+          f"held-out architectures; latency {y.min():.3f}..{y.max():.2f} ms")
     print(f"  FLOPs proxy   {scores(y, pred_flops)}")
     print(f"  hwnas network {scores(y, pred_ours)}")
     for family in sorted(set(nets.family)):
