@@ -153,8 +153,11 @@ class NetworkCostModel:
         it does."""
         dtypes, kinds = {op.dtype for op in ops}, {op.kind for op in ops}
         if self.dtypes_ is not None and not dtypes <= self.dtypes_:
-            return (f"its training networks held no {', '.join(sorted(dtypes - self.dtypes_))} "
-                    "ops")
+            missing = sorted(dtypes - self.dtypes_)
+            learn = ("" if len(missing) > 1 or missing[0] not in ("fp32", "fp16", "bf16") else
+                     f" (a network model learns one dtype: `hwnas collect network --dtype "
+                     f"{missing[0]}`, then `hwnas train --target network --dtype {missing[0]}`)")
+            return f"its training networks held no {', '.join(missing)} ops{learn}"
         if self.kinds_ is not None and not kinds <= self.kinds_:
             return (f"its training networks held no {', '.join(sorted(kinds - self.kinds_))} "
                     f"ops (only {', '.join(sorted(self.kinds_))})")

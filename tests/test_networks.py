@@ -556,6 +556,11 @@ def test_a_network_model_answers_only_for_networks_like_those_it_learned_from():
     assert not model.covers([conv, act] * 10 + [fc])
     assert model.uncovered([conv, act] * 10 + [fc]) == (
         "its training networks held no linear ops (only conv2d, elementwise)")
+    # Another dtype: its rates are its own, and the note says how to learn them.
+    half = [Op.make(o.kind, o.params, "bf16") for o in (conv, act)]
+    assert model.uncovered(half * 10) == (
+        "its training networks held no bf16 ops (a network model learns one dtype: `hwnas "
+        "collect network --dtype bf16`, then `hwnas train --target network --dtype bf16`)")
     assert not model.covers([conv, act] * 4)
     assert model.uncovered([conv, act] * 4) == (
         "this network has 8 layers, under half the 20 of its smallest training network")
