@@ -630,7 +630,13 @@ def test_collect_network_measures_your_own_model_for_the_network_model(tmp_path,
         + "def unknown():\n"
           "    return nn.Sequential(nn.Linear(16, 16), nn.LocalResponseNorm(2))\n"
           "def gru():\n"
-          "    return nn.GRU(8, 16)\n")
+          "    return nn.GRU(8, 16)\n"
+          "class Masked(nn.Module):\n"
+          "    def __init__(self):\n"
+          "        super().__init__()\n"
+          "        self.emb, self.fc = nn.Embedding(50, 16), nn.Linear(16, 16)\n"
+          "    def forward(self, ids, mask):\n"
+          "        return self.fc(self.emb(ids)) * mask.unsqueeze(-1)\n")
     quick = QUICK_CLI
     shapes = [arg for t in (2, 4, 8, 16, 32) for arg in ("--input-shape", f"{t},16")]
     r = CliRunner().invoke(main, ["collect", "network", "--db", store.url, "--module",
@@ -648,6 +654,17 @@ def test_collect_network_measures_your_own_model_for_the_network_model(tmp_path,
     with store.session() as s:
         gru = s.execute(select(Measurement).order_by(Measurement.id.desc())).scalars().first()
         assert gru.batch == 3 and gru.params["input_shape"] == [5, 3, 8]
+    # A model of two tensors (ids and a float mask) is measured as it is called.
+    r = CliRunner().invoke(main, ["collect", "network", "--db", store.url, "--module",
+                                  "mine:Masked", "--input-shape", "4,6+4,6", "--input-dtype",
+                                  "int64+float", *quick])
+    assert r.exit_code == 0 and "1 measured, 0 failed" in r.output, r.output
+    with store.session() as s:
+        two = s.execute(select(Measurement).order_by(Measurement.id.desc())).scalars().first()
+        assert two.batch == 4 and two.params["input_shape"] == [[4, 6], [4, 6]]
+        assert two.params["config"]["input_dtype"] == "int64+float"
+        assert [op["kind"] for _, op in two.params["ops"]] == ["elementwise", "linear",
+                                                              "elementwise"]
     r = CliRunner().invoke(main, ["predict", "network", "--db", store.url, "--module",
                                   "mine:mlp", "--input-shape", "12,16"])
     assert r.exit_code == 0 and "network model" in r.output, r.output

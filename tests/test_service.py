@@ -789,11 +789,23 @@ def test_predict_network_answers_here_for_a_torch_model_as_the_service_does(tmp_
         "def two_inputs():\n"
         "    return nn.Bilinear(4, 4, 2)\n"
         "def gru():\n"
-        "    return nn.Sequential(nn.Linear(8, 8), nn.GRU(8, 16))\n")
+        "    return nn.Sequential(nn.Linear(8, 8), nn.GRU(8, 16))\n"
+        "class Masked(nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.emb, self.fc = nn.Embedding(50, 16), nn.Linear(16, 16)\n"
+        "    def forward(self, ids, mask):\n"
+        "        return self.fc(self.emb(ids)) * mask.unsqueeze(-1)\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     store = make_store(tmp_path)
     run = CliRunner().invoke
     args = ["predict", "network", "--db", store.url, "--device", "Test GPU"]
+    # A model of two tensors: token ids and a float mask, one shape each joined by '+'.
+    r = run(main, [*args, "--module", "user_net:Masked", "--input-shape", "2,5+2,5",
+                   "--input-dtype", "int64+float", "--layers"])
+    assert r.exit_code == 0 and "3 layers" in r.output, r.output
+    assert [line.split(":")[0].strip() for line in r.output.splitlines()[1:4]] == [
+        "emb", "fc", "mul"], r.output
     r = run(main, [*args, "--module", "user_net:make", "--input-shape", "2,3,16,16",
                    "--layers"])
     assert r.exit_code == 0, r.output
@@ -867,8 +879,14 @@ def test_predict_network_answers_here_for_a_torch_model_as_the_service_does(tmp_
         (["--module", "user_net:needs_width", "--input-shape", "1,4"],
          "needs_width() failed: TypeError"),
         (["--module", "user_net:two_inputs", "--input-shape", "1,4"],
-         "missing 1 required positional argument: 'input2'); it is given one tensor: name a "
-         "factory that returns a module taking one"),
+         "missing 1 required positional argument: 'input2'); it is given 1 tensor: give one "
+         "shape per input joined by '+' (--input-shape 1,128+1,128"),
+        (["--module", "user_net:Masked", "--input-shape", "2,5+2,5", "--input-dtype",
+          "int64+float+float"], "--input-dtype: 'int64+float+float': expected float or int64, "
+         "or one of them per input joined by '+' (2 inputs)"),
+        (["--module", "user_net:Masked", "--input-shape", "2,5", "--input-dtype", "half"],
+         "'half': float or int64, or one per input joined by '+'"),
+        (["--module", "user_net:make", "--input-shape", "2,3+0,1"], "--input-shape: positive"),
         (["--nasbench201", ARCH, "--version", "9"], "NOT_FOUND"),
         (["--module", "user_net:make", "--input-shape", "1,3,8,8", "--dtype", "tf32"],
          "--dtype: tf32: a model's parameters are held in fp32"),

@@ -507,32 +507,68 @@ def parameter_dtype(model):
     return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
 
 
-def decompose(model, input_shape: Sequence[int], dtype=None, input_dtype: str = "float"
-              ) -> Decomposition:
-    """Ops of ``model`` on an input of ``input_shape`` (first dimension: batch): of ``dtype``
-    (default: the model's parameters'), or token ids (zeros) where ``input_dtype`` is
-    "int64"."""
+def input_shapes(shape) -> list[tuple[int, ...]]:
+    """The shape of each input of a model: ``shape`` is one input's (batch first), or a
+    sequence of shapes, one per tensor, for a model that takes several."""
+    if len(shape) and isinstance(shape[0], list | tuple):
+        return [tuple(int(x) for x in one) for one in shape]
+    return [tuple(int(x) for x in shape)]
+
+
+INPUT_KINDS = ("float", "int64")
+
+
+def input_kinds(input_dtype: str, count: int) -> list[str]:
+    """Per input, ``float`` or ``int64`` (token ids): ``input_dtype`` names one for all of
+    ``count`` inputs, or one per input joined by '+' (``int64+float``); ValueError otherwise."""
+    kinds = input_dtype.split("+")
+    if len(kinds) == 1:
+        kinds *= count
+    bad = [k for k in kinds if k not in INPUT_KINDS]
+    if bad or len(kinds) != count:
+        raise ValueError(f"{input_dtype!r}: expected float or int64, or one of them per input "
+                         f"joined by '+' ({count} input{'s' if count != 1 else ''})")
+    return kinds
+
+
+def example_inputs(shape, dtype, input_dtype: str = "float", device=None,
+                   random: bool = False) -> list:
+    """A model's inputs (:func:`input_shapes`, :func:`input_kinds`): float tensors of
+    torch ``dtype`` (zeros, or normal ``random`` values), token ids all 0 where int64."""
+    import torch
+
+    shapes = input_shapes(shape)
+    return [torch.zeros(*one, dtype=torch.int64, device=device) if kind == "int64" else
+            (torch.randn if random else torch.zeros)(*one, dtype=dtype, device=device)
+            for one, kind in zip(shapes, input_kinds(input_dtype, len(shapes)), strict=True)]
+
+
+def decompose(model, input_shape, dtype=None, input_dtype: str = "float") -> Decomposition:
+    """Ops of ``model`` on an input of ``input_shape`` (first dimension: batch; or one shape
+    per input, :func:`input_shapes`): of ``dtype`` (default: the model's parameters'), or
+    token ids (zeros) where ``input_dtype`` is "int64" (:func:`input_kinds`)."""
     import torch
 
     model = model.eval()
     dtype = dtype or parameter_dtype(model)
-    example = torch.zeros(*input_shape, dtype=torch.int64 if input_dtype == "int64" else dtype)
+    examples = example_inputs(input_shape, dtype, input_dtype)
     with torch.no_grad():
         # A model that cannot run on this input fails here with its own error; inside fx's
         # shape propagation it would also print a traceback of its own.
-        output = model(example)
+        output = model(*examples)
     kind = module_kind(model)
     if kind in MAPPED_MODULES:  # one layer: costed as such, as it is inside a model
         out = Decomposition(method="module")
         output = output[0] if isinstance(output, tuple) else output
         name = type(model).__name__
-        out.record(name, name, kind, module_op, model, tuple(example.shape),
-                   tuple(output.shape), _call_dtype(output, [example]))
+        out.record(name, name, kind, module_op, model, tuple(examples[0].shape),
+                   tuple(output.shape), _call_dtype(output, examples),
+                   tuple(examples[1].shape) if len(examples) > 1 else None)
         return out
     try:
-        graph = _traced(model, example)
+        graph = _traced(model, examples)
     except Exception as exc:  # fx cannot trace it: data-dependent control flow and the like
-        out = _decompose_calls(model, example)
+        out = _decompose_calls(model, examples)
         first = (str(exc).strip().splitlines() or [""])[0]
         out.untraced[""] = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
         return out
@@ -581,14 +617,14 @@ def _named(name: str, kind: str, ops: list[Op] | list[tuple[str, Op]]
     return [(f"{name}.{part}", op) for part, op in zip(parts, ops, strict=True)]
 
 
-def _traced(model, example):
+def _traced(model, examples: list):
     """The model's fx graph module, every node's output shape propagated."""
     import torch
     from torch.fx.passes.shape_prop import ShapeProp
 
     gm = torch.fx.symbolic_trace(model)
     with torch.no_grad():
-        ShapeProp(gm).propagate(example)
+        ShapeProp(gm).propagate(*examples)
     return gm
 
 
@@ -638,8 +674,8 @@ def _call_dtype(output, inputs: list) -> str:
     return _dtype(inputs[0].dtype)
 
 
-def _decompose_calls(model, example) -> Decomposition:
-    """The ops of one forward pass on ``example``, read from the calls it makes: every module of
+def _decompose_calls(model, examples: list) -> Decomposition:
+    """The ops of one forward pass on ``examples``, read from the calls it makes: every module of
     a mapped kind as a unit (as the fx path costs it; the functions it calls inside are its
     own), and every torch function called outside those (residual adds, activations, matmuls),
     through a TorchFunctionMode. One pass sees one path through data-dependent control flow."""
@@ -700,7 +736,7 @@ def _decompose_calls(model, example) -> Decomposition:
                         mod.register_forward_hook(leave(name, mapped), with_kwargs=True)]
     try:
         with torch.no_grad(), Calls():
-            model(example)
+            model(*examples)
     finally:
         for h in handles:
             h.remove()

@@ -15,7 +15,13 @@ import numpy as np
 
 from collectors.devices import ComputeDevice
 from collectors.gemm.backends import backend_for
-from collectors.networks.decompose import decompose, parameter_dtype, torch_dtype
+from collectors.networks.decompose import (
+    decompose,
+    example_inputs,
+    input_shapes,
+    parameter_dtype,
+    torch_dtype,
+)
 from collectors.networks.zoo import FAMILIES, build, sample_config
 from collectors.ops import Op, network_batch, network_dtype, op_bytes, op_flops
 from collectors.probe import SpeedProbe, default_probe
@@ -97,9 +103,14 @@ def module_plan(spec: str, shapes: list[tuple[int, ...]], input_dtype: str = "fl
     input shape, one network each, cast to ``dtype`` where one is given (else run as it is
     built); rebuilt from the spec when measured, on resume too."""
     cast = {"dtype": dtype} if dtype is not None else {}
-    return [{"family": "module", "module": spec, "input_shape": list(shape),
-             "input_dtype": input_dtype, "batch": shape[0], **cast}
+    return [{"family": "module", "module": spec, "input_shape": _as_lists(shape),
+             "input_dtype": input_dtype, "batch": input_shapes(shape)[0][0], **cast}
             for shape in dict.fromkeys(shapes)]
+
+
+def _as_lists(shape) -> list:
+    """A shape (or one per input) as JSON holds it: lists."""
+    return [list(s) if isinstance(s, list | tuple) else s for s in shape]
 
 
 def _named_dtype(dtype: str) -> dict:
@@ -161,25 +172,23 @@ class TorchCudaTimer(Timer):
         self.torch.cuda.synchronize(self.index)
 
 
-def forward_pass(model, shape: tuple[int, ...], device: ComputeDevice,
-                 input_dtype: str = "float", dtype=None) -> tuple[Callable[[], object], Timer]:
-    """A no-grad forward pass of ``model`` on ``device`` (this CPU, or ``cuda:N``) on a random
-    input of ``shape`` (of torch ``dtype``, else of the model's parameter dtype; token ids, all
-    0, where ``input_dtype`` is "int64"), and the timer that measures it (perf counter, or CUDA
-    events)."""
+def forward_pass(model, shape, device: ComputeDevice, input_dtype: str = "float", dtype=None
+                 ) -> tuple[Callable[[], object], Timer]:
+    """A no-grad forward pass of ``model`` on ``device`` (this CPU, or ``cuda:N``) on random
+    inputs of ``shape`` (one input's, or one per input: ``decompose.input_shapes``) of torch
+    ``dtype``, else of the model's parameter dtype (token ids, all 0, where ``input_dtype``
+    says int64: ``decompose.input_kinds``), and the timer that measures it (perf counter, or
+    CUDA events)."""
     import torch
 
     on_cpu = device.info.kind == "cpu"
     where = "cpu" if on_cpu else f"cuda:{device.index}"
     model = model.to(where).eval()
-    if input_dtype == "int64":
-        x = torch.zeros(*shape, dtype=torch.int64, device=where)
-    else:
-        x = torch.randn(*shape, dtype=dtype or parameter_dtype(model), device=where)
+    xs = example_inputs(shape, dtype or parameter_dtype(model), input_dtype, where, random=True)
 
     def fn():
         with torch.inference_mode():
-            return model(x)
+            return model(*xs)
 
     return fn, PerfCounterTimer() if on_cpu else TorchCudaTimer(device.index)
 
@@ -287,7 +296,7 @@ class NetworkSweep:
             row.params = {"config": cfg}
             return row
         flops = sum(op_flops(op) for _, op in ops)
-        row.params = {**(row.params or {}), "config": cfg, "input_shape": list(shape),
+        row.params = {**(row.params or {}), "config": cfg, "input_shape": _as_lists(shape),
                       "flops": flops, "bytes": sum(op_bytes(op) for _, op in ops),
                       "ops": [[name, op.to_dict()] for name, op in ops]}
         fill_result(row, result, flops)

@@ -41,12 +41,18 @@ def user_module(spec: str):
     return obj
 
 
-def parse_input_shape(text: str) -> tuple[int, ...]:
-    """``"1,3,224,224"`` -> (1, 3, 224, 224); ValueError unless positive integers."""
-    try:
-        shape = tuple(int(x) for x in text.split(","))
-    except ValueError:
-        shape = ()
-    if not shape or min(shape) < 1:
-        raise ValueError(f"positive integers, batch first, e.g. 1,3,224,224; got {text!r}")
-    return shape
+def parse_input_shape(text: str) -> tuple:
+    """``"1,3,224,224"`` -> (1, 3, 224, 224); a model that takes several tensors gives one
+    shape each, joined by '+': ``"1,128+1,128"`` -> ((1, 128), (1, 128)). ValueError unless
+    positive integers."""
+    shapes = []
+    for part in text.split("+"):
+        try:
+            shape = tuple(int(x) for x in part.split(","))
+        except ValueError:
+            shape = ()
+        if not shape or min(shape) < 1:
+            raise ValueError(f"positive integers, batch first, e.g. 1,3,224,224 (one shape per "
+                             f"input joined by '+', e.g. 1,128+1,128); got {text!r}")
+        shapes.append(shape)
+    return shapes[0] if len(shapes) == 1 else tuple(shapes)

@@ -106,13 +106,21 @@ def network_spec(arch: str | None, ops_json: str | None, module_spec: str | None
                 model = model.to(torch_dtype(dtype, "--dtype"))
             except OpError as exc:
                 raise click.UsageError(str(exc)) from None
+        from collectors.networks.decompose import input_kinds, input_shapes
+
+        try:
+            input_kinds(input_dtype, len(input_shapes(shape)))
+        except ValueError as exc:
+            raise click.UsageError(f"--input-dtype: {exc}") from None
         try:
             d = decompose(model, shape, input_dtype=input_dtype)
         except Exception as exc:  # the model's forward pass at that shape
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            hint = ("; it is given one tensor: name a factory that returns a module taking one "
-                    "(and making the others, such as a mask, in its forward)"
-                    if isinstance(exc, TypeError) and "required positional argument" in first
+            given = len(input_shapes(shape))
+            hint = (f"; it is given {given} tensor{'s' if given != 1 else ''}: give one shape "
+                    "per input joined by '+' (--input-shape 1,128+1,128; --input-dtype "
+                    "int64+float where they differ)"
+                    if isinstance(exc, TypeError) and "positional argument" in first
                     else "")
             raise click.UsageError(f"--module {module_spec} --input-shape {input_shape}: the "
                                    f"model did not run on that input ({type(exc).__name__}: "

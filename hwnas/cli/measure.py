@@ -153,7 +153,8 @@ def collect_gemm(db_url, device_name, backend, threads, dtypes, shape_set, shape
                    "--target network` learns networks like yours. Its ops must all be of "
                    "known kinds.")
 @click.option("--input-shape", "input_shapes", multiple=True, metavar="B,C,H,W",
-              help="With --module: an input shape, batch first; repeat for several.")
+              help="With --module: an input shape, batch first; repeat for several (a model "
+                   "of several tensors: one shape per input joined by '+', 1,128+1,128).")
 @INPUT_DTYPE_OPTION
 @click.option("--dtype", "dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default=None,
               help="The dtype the networks (or layers) are held and run in: fp32 (the "

@@ -151,12 +151,23 @@ SERVER_OPTIONS = [
 server_options = stack_options(SERVER_OPTIONS)
 
 
+def _input_dtype(ctx, param, value: str) -> str:
+    from collectors.networks.decompose import INPUT_KINDS
+
+    if any(kind not in INPUT_KINDS for kind in value.split("+")):
+        raise click.BadParameter(f"{value!r}: float or int64, or one per input joined by '+' "
+                                 "(e.g. int64+float)")
+    return value
+
+
 # A --module's input: float, or token ids (predict/query network, collect network).
 INPUT_DTYPE_OPTION = click.option(
-    "--input-dtype", type=click.Choice(["float", "int64"]), default="float", show_default=True,
+    "--input-dtype", default="float", show_default=True, callback=_input_dtype,
+    metavar="float|int64",
     help="With --module: the input's elements: float (of the model's parameter dtype) or int64 "
          "(token ids, all 0, for a model that starts with an embedding; --input-shape is then "
-         "e.g. 1,128).")
+         "e.g. 1,128). A model of several inputs: one per input joined by '+' (int64+float), "
+         "or one for all.")
 
 # The options that name a network for PredictNetwork (query network, predict network).
 network_options = stack_options([
@@ -171,7 +182,9 @@ network_options = stack_options([
                       "from the installed packages or the current directory, e.g. my_net:make "
                       "for ./my_net.py). Needs --input-shape."),
     click.option("--input-shape", default=None, metavar="B,C,H,W",
-                 help="With --module: the input's shape, batch first (e.g. 1,3,224,224)."),
+                 help="With --module: the input's shape, batch first (e.g. 1,3,224,224); "
+                      "for a model that takes several tensors, one shape per input joined by "
+                      "'+' (e.g. 1,128+1,128)."),
     INPUT_DTYPE_OPTION,
     click.option("--batch", type=click.IntRange(1), default=1, show_default=True,
                  help="Batch size of a --nasbench201 network (--ops-json ops and "
