@@ -625,18 +625,14 @@ def test_collect_network_measures_your_own_model_for_the_network_model(tmp_path,
 
     from hwnas.cli import main
     from predictor import network
+    from tests.test_service import MASKED_SOURCE
+
     store, cpu = _store_with_user_module(
         tmp_path, monkeypatch, "mine", MLP_SOURCE
         + "def unknown():\n"
           "    return nn.Sequential(nn.Linear(16, 16), nn.LocalResponseNorm(2))\n"
           "def gru():\n"
-          "    return nn.GRU(8, 16)\n"
-          "class Masked(nn.Module):\n"
-          "    def __init__(self):\n"
-          "        super().__init__()\n"
-          "        self.emb, self.fc = nn.Embedding(50, 16), nn.Linear(16, 16)\n"
-          "    def forward(self, ids, mask):\n"
-          "        return self.fc(self.emb(ids)) * mask.unsqueeze(-1)\n")
+          "    return nn.GRU(8, 16)\n" + MASKED_SOURCE)
     quick = QUICK_CLI
     shapes = [arg for t in (2, 4, 8, 16, 32) for arg in ("--input-shape", f"{t},16")]
     r = CliRunner().invoke(main, ["collect", "network", "--db", store.url, "--module",

@@ -39,6 +39,15 @@ ARCH = ("|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+"
         "|skip_connect~0|nor_conv_3x3~1|skip_connect~2|")
 
 
+# A user's model of two tensors, token ids and a float mask (after `import torch.nn as nn`).
+MASKED_SOURCE = ("class Masked(nn.Module):\n"
+                 "    def __init__(self):\n"
+                 "        super().__init__()\n"
+                 "        self.emb, self.fc = nn.Embedding(50, 16), nn.Linear(16, 16)\n"
+                 "    def forward(self, ids, mask):\n"
+                 "        return self.fc(self.emb(ids)) * mask.unsqueeze(-1)\n")
+
+
 def make_store(tmp_path, with_model: bool = True) -> Store:
     return make_store_at(f"sqlite:///{tmp_path / 'svc.sqlite'}", tmp_path, with_model)
 
@@ -789,13 +798,7 @@ def test_predict_network_answers_here_for_a_torch_model_as_the_service_does(tmp_
         "def two_inputs():\n"
         "    return nn.Bilinear(4, 4, 2)\n"
         "def gru():\n"
-        "    return nn.Sequential(nn.Linear(8, 8), nn.GRU(8, 16))\n"
-        "class Masked(nn.Module):\n"
-        "    def __init__(self):\n"
-        "        super().__init__()\n"
-        "        self.emb, self.fc = nn.Embedding(50, 16), nn.Linear(16, 16)\n"
-        "    def forward(self, ids, mask):\n"
-        "        return self.fc(self.emb(ids)) * mask.unsqueeze(-1)\n")
+        "    return nn.Sequential(nn.Linear(8, 8), nn.GRU(8, 16))\n" + MASKED_SOURCE)
     monkeypatch.syspath_prepend(str(tmp_path))
     store = make_store(tmp_path)
     run = CliRunner().invoke
