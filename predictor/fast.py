@@ -45,6 +45,7 @@ _BLOCK = 16384  # rows per block: each tree is fetched into cache once per block
 _PARALLEL_MIN_ROWS = 2048  # below this, one thread is faster than a parallel launch
 _SORT_MIN_ROWS = 64  # below this, sorting costs more than it saves
 _launch_lock = threading.Lock()  # numba's default threading layer is not re-entrant
+_first_call_lock = threading.Lock()  # see FastForest.__init__
 _U = numba.uint64
 # A node's word below its threshold key: the distance to its left child, then its feature.
 # Fixed widths let the compiler fold the unpacking into the walk (with widths chosen per forest
@@ -304,9 +305,13 @@ class FastForest:
         self.flat = FlatForest(forest)
         self.threads = threads
         self.n_trees = len(self.flat.roots)
-        # Compile (or load from numba's cache) now, not in the first request a server answers.
-        self.moments(np.zeros((_SORT_MIN_ROWS, self.flat.n_features), dtype=np.float32),
-                     self.values)
+        # Compile (or load from numba's cache) now, not in the first request a server answers;
+        # one forest at a time: numba reads its cache index with ast.parse, which CPython 3.11
+        # can fail when several threads parse at once ("SystemError: AST constructor recursion
+        # depth mismatch", python/cpython#106905), as concurrent model loads did.
+        with _first_call_lock:
+            self.moments(np.zeros((_SORT_MIN_ROWS, self.flat.n_features), dtype=np.float32),
+                         self.values)
 
     @property
     def values(self) -> np.ndarray:
