@@ -52,7 +52,7 @@ def answers(engine: PredictionEngine, device: str, model: network.NetworkCostMod
         ANSWERS[1]: op_sum,
         ANSWERS[2]: float(shares.sum()) + constant + op_sum - total(
             engine._op_costs(device, 0, at, None)[2]).latency_ms,
-        ANSWERS[3]: engine._batch_scaled(device, ops, (0, model, 0.0), at)[2].latency_ms,
+        ANSWERS[3]: engine._batch_scaled(device, ops, (0, model, 0.0))[2].latency_ms,
     }
 
 

@@ -196,13 +196,9 @@ def _default_gemm_model(store: Store, device_model: str):
 def _batch_scaled(model, gemm, ops) -> float:
     """The service's answer (ms) for ``ops`` at another batch than ``model``'s; NaN where the
     GEMM model refuses their ops (a dtype it was not trained on)."""
-    from predictor.network import at_batch, batch_scaled
-    from predictor.op_costs import predict_ops
+    from predictor.network import batch_scaled
 
     try:
-        now = predict_ops(gemm, ops)
-        then = predict_ops(gemm, at_batch(ops, model.batches_[0]))
+        return batch_scaled(model, gemm, ops)[0]
     except ValueError:
         return float("nan")
-    return batch_scaled(model, ops, np.array([c.latency_ms for c in now]),
-                        np.array([c.latency_ms for c in then]))[0]

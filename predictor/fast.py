@@ -306,9 +306,10 @@ class FastForest:
         self.threads = threads
         self.n_trees = len(self.flat.roots)
         # Compile (or load from numba's cache) now, not in the first request a server answers;
-        # one forest at a time: numba reads its cache index with ast.parse, which CPython 3.11
-        # can fail when several threads parse at once ("SystemError: AST constructor recursion
-        # depth mismatch", python/cpython#106905), as concurrent model loads did.
+        # one forest at a time: numba's compiler parses the function's source with ast.parse
+        # (numba.misc.firstlinefinder), which CPython 3.11 can fail when several threads parse
+        # at once ("SystemError: AST constructor recursion depth mismatch",
+        # python/cpython#106905), as concurrent model loads did.
         with _first_call_lock:
             self.moments(np.zeros((_SORT_MIN_ROWS, self.flat.n_features), dtype=np.float32),
                          self.values)

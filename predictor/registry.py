@@ -294,7 +294,7 @@ def defaults(rows: list[ModelVersion]) -> dict[tuple[str, str], ModelVersion]:
     return best
 
 
-def dtype_defaults(rows: list[ModelVersion]) -> dict[int, str]:
+def dtype_defaults(rows: list[ModelVersion]) -> dict[int, list[str]]:
     """Per row id, the dtypes a network model among ``rows`` answers for by default although it
     is not its device's default (:func:`find` with a dtype): the newest not retired that
     learned that dtype, where the default did not learn it."""
@@ -311,7 +311,7 @@ def dtype_defaults(rows: list[ModelVersion]) -> dict[int, str]:
             if own:
                 out[r.id] = own
                 taken |= set(own)
-    return {i: ", ".join(d) for i, d in out.items()}
+    return out
 
 
 def default_row(store: Store, device_model: str, target: str = "gemm") -> ModelVersion | None:

@@ -267,22 +267,21 @@ class NetworkSweep:
                 op = Op.from_dict(cfg["op"])
                 model, shape = layer_module(op)
                 dtype = torch_dtype(op.dtype)
+                model = model.to(dtype)
                 ops = [("layer", op)]
                 row.op_kind, row.batch = op.kind, op.batch
             else:
                 model, shape = build(cfg, cfg.get("batch", 1))
                 dtype = torch_dtype(cfg["dtype"]) if cfg.get("dtype") else None
-                d = decompose(model.to(dtype) if dtype else model, shape,
-                              input_dtype=cfg.get("input_dtype", "float"))
+                if dtype is not None:
+                    model = model.to(dtype)
+                d = decompose(model, shape, input_dtype=cfg.get("input_dtype", "float"))
                 if d.unsupported:
                     raise ValueError(f"unsupported layers: {', '.join(d.unsupported)}")
                 ops = d.ops
-                row.op_kind = "network"
-            if dtype is not None:
-                model = model.to(dtype)
+                # its ops' batch, not the input's first dimension (a sequence-first one's)
+                row.op_kind, row.batch = "network", network_batch([op for _, op in ops])
             row.dtype = network_dtype([op for _, op in ops])
-            if row.op_kind == "network":  # its ops' batch: not the input's first dimension
-                row.batch = network_batch([op for _, op in ops])  # for a sequence-first one
             fn, timer = forward_pass(model, shape, self.device,
                                      cfg.get("input_dtype", "float"), dtype)
             result = measure_probed(

@@ -108,15 +108,15 @@ def network_spec(arch: str | None, ops_json: str | None, module_spec: str | None
                 raise click.UsageError(str(exc)) from None
         from collectors.networks.decompose import input_kinds, input_shapes
 
+        given = len(input_shapes(shape))
         try:
-            input_kinds(input_dtype, len(input_shapes(shape)))
+            input_kinds(input_dtype, given)
         except ValueError as exc:
             raise click.UsageError(f"--input-dtype: {exc}") from None
         try:
             d = decompose(model, shape, input_dtype=input_dtype)
         except Exception as exc:  # the model's forward pass at that shape
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            given = len(input_shapes(shape))
             hint = (f"; it is given {given} tensor{'s' if given != 1 else ''}: give one shape "
                     "per input joined by '+' (--input-shape 1,128+1,128; --input-dtype "
                     "int64+float where they differ)"

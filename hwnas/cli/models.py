@@ -445,9 +445,10 @@ def predict_network(db_url, device_spec, arch, ops_json, module_spec, input_shap
                    "up to x1.6, on a CPU in docs/results.md); `hwnas collect network "
                    f"{how}` at a batch or two you use, then `hwnas train --target network`, "
                    "learn it", err=True)
-    # the network's named ops, for the notes and the GEMMs file
-    named = (network_ops(arch, batch, dtype) if arch is not None else
-             [(o.get("name") or f"op{i}", Op.from_dict(o)) for i, o in enumerate(ops)])
+    # the network's named ops, for the note on the op sum and the GEMMs file
+    named = ((network_ops(arch, batch, dtype) if arch is not None else
+              [(o.get("name") or f"op{i}", Op.from_dict(o)) for i, o in enumerate(ops)])
+             if a.method == OP_SUM or gemms_csv else [])
     if a.method == OP_SUM:
         _why_no_network_model(store, device_model, version, [op for _, op in named])
     if runnable:

@@ -315,7 +315,7 @@ def models(db_url, device_spec, target, version, as_json, export_to, retire, res
         if default.get((r.device_model, r.target)) is r:
             return "yes"
         if r.id in for_dtypes:  # a network model still answering its dtype's networks
-            return f"{for_dtypes[r.id]} networks"
+            return f"{', '.join(for_dtypes[r.id])} networks"
         return "deleted" if deleted(r) else "retired" if retired(r) else ""
 
     print_table(["device model", "version", "target", "samples", "power", "held-out MAPE %",

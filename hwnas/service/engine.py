@@ -345,9 +345,9 @@ class PredictionEngine:
         sum to the total), or one fitted at another batch than the network's
         (:meth:`_batch_scaled`); otherwise the sum of op predictions."""
         device = self.resolve_device(device_spec)
-        shifted = self._network_at_its_batch(device, version, ops)
+        shifted = self._network_at_another_batch(device, version, ops)
         if shifted is not None:
-            return self._batch_scaled(device, ops, *shifted)
+            return self._batch_scaled(device, ops, shifted)
         net = self._network_for(device, version, ops)
         device, v, costs = self._op_costs(device, version, ops, net)
         if net is None:
@@ -358,29 +358,26 @@ class PredictionEngine:
                                  "network model: per-op forests + additive residual terms",
                                  0), costs
 
-    def _network_at_its_batch(self, device: str, version: int, ops: list[Op]):
-        """(network model, ``ops`` at its batch) where the device's network model, whose
-        training networks all ran at one batch, covers ``ops`` but for theirs; else None."""
-        from predictor.network import at_another_batch, at_batch
+    def _network_at_another_batch(self, device: str, version: int, ops: list[Op]):
+        """The device's network model where its training networks all ran at one batch and it
+        covers ``ops`` but for theirs; else None."""
+        from predictor.network import at_another_batch
 
         net = self.network_model(device, version, ops)
-        if net is None or not at_another_batch(net[1], ops):
-            return None
-        return net, at_batch(ops, net[1].batches_[0])
+        return net if net is not None and at_another_batch(net[1], ops) else None
 
-    def _batch_scaled(self, device: str, ops: list[Op], net, at: list[Op]
+    def _batch_scaled(self, device: str, ops: list[Op], net
                       ) -> tuple[str, int, OpCost, list[OpCost]]:
-        """A network at another batch than the network model's (``at``: its ops at that one),
-        answered by :func:`predictor.network.batch_scaled` with the default GEMM model's
-        predictions of its ops at both batches. Layers are the second answer's, scaled to the
-        total."""
+        """A network at another batch than the network model ``net``'s, answered by
+        :func:`predictor.network.batch_scaled` with the default GEMM model. Layers are the
+        second answer's, scaled to the total."""
         from predictor.network import batch_scaled
 
         version, model, rmspe = net
-        _, _, now = self._op_costs(device, 0, ops, None)
-        _, _, then = self._op_costs(device, 0, at, None)
-        lat, per_op, spread = batch_scaled(model, ops, np.array([c.latency_ms for c in now]),
-                                           np.array([t.latency_ms for t in then]))
+        try:
+            lat, per_op, spread, now = batch_scaled(model, self.model_for(device, 0).model, ops)
+        except ValueError as exc:
+            raise ServiceError("INVALID_ARGUMENT", str(exc)) from None
         layers = [OpCost(float(x), float(x) * rmspe, None, None, None, None, BATCH_SCALED,
                          c.gemm_count, latency_extrapolated=c.latency_extrapolated)
                   for x, c in zip(per_op, now, strict=True)]

@@ -345,7 +345,8 @@ class PredictorService(pb_grpc.PredictorServicer):
         return pb.ListDevicesResponse(devices=[pb.Device(**d)
                                                for d in self.engine.device_table()])
 
-    def _metadata(self, row, latest: bool, for_dtypes: str = "") -> pb.ModelMetadata:
+    def _metadata(self, row, latest: bool, for_dtypes: list[str] | None = None
+                  ) -> pb.ModelMetadata:
         meta = row.meta
 
         def utc(key: str) -> str:  # stored as str(timestamp): "2026-11-27 17:34:40.172650"
@@ -361,7 +362,7 @@ class PredictorService(pb_grpc.PredictorServicer):
             features=list(meta.get("features") or []),
             dtypes=[str(d) for d in meta.get("dtypes") or []],
             retired=registry.retired(row),
-            default_for_dtypes=[d for d in for_dtypes.split(", ") if d])
+            default_for_dtypes=for_dtypes or [])
 
     def ListModels(self, request, context):
         def go():
@@ -374,7 +375,7 @@ class PredictorService(pb_grpc.PredictorServicer):
             for_dtypes = registry.dtype_defaults(rows)
             return pb.ListModelsResponse(models=[
                 self._metadata(r, default.get((r.device_model, r.target)) is r,
-                               for_dtypes.get(r.id, ""))
+                               for_dtypes.get(r.id))
                 for r in rows])
         return self._run(context, go)
 
