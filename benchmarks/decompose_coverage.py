@@ -1,7 +1,7 @@
 """How many torch modules and functions users commonly write the decomposition costs.
 
-Decomposes each of 65 common layers and calls (norms, activations, paddings, pools, 3-D
-convolutions, einsum, reductions, in-place methods, ...) on a small input and prints those it
+Decomposes each of 73 common layers and calls (norms, activations, paddings, pools, 3-D
+convolutions, einsum, reductions, sorts, in-place methods, ...) on a small input and prints those it
 lists as not costed (docs/results.md, "Common layers no op covered").
 
     python benchmarks/decompose_coverage.py
@@ -47,6 +47,8 @@ MODULES = {
     "AvgPool2d(3,1,1)": (nn.AvgPool2d(3, 1, 1), (1, 3, 8, 8)),
     "LPPool2d": (nn.LPPool2d(2, 2), (1, 3, 8, 8)),
     "FractionalMaxPool2d": (nn.FractionalMaxPool2d(2, output_size=4), (1, 3, 8, 8)),
+    "Unflatten": (nn.Unflatten(1, (2, 2)), (2, 4)),
+    "LPPool3d": (nn.LPPool3d(2, 2), (1, 3, 4, 4, 4)),
 }
 
 
@@ -96,6 +98,12 @@ FUNCTIONS = {
     "any": lambda x: (x > 0).any(-1).float(),
     "add_": lambda x: x.add_(1),
     "relu_": lambda x: x.relu_(),
+    "einsum of 3": lambda x: torch.einsum("bij,bjk,bkl->bil", x, x, x),
+    "kthvalue": lambda x: x.kthvalue(2, -1).values,
+    "median": lambda x: x.median(-1).values,
+    "argsort": lambda x: x.argsort(-1).float(),
+    "F.cosine_similarity": lambda x: F.cosine_similarity(x, x, -1),
+    "F.local_response_norm": lambda x: F.local_response_norm(x[None], 2)[0],
 }
 
 

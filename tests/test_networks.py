@@ -71,12 +71,26 @@ def test_functional_ops_and_depthwise_and_attention():
     assert not d.unsupported
 
 
+class _Uncosted(nn.Module):
+    """A linear layer, then a module no op kind covers (nn.Bilinear)."""
+
+    def __init__(self, features: int = 16):
+        super().__init__()
+        self.fc, self.mix = nn.Linear(features, features), nn.Bilinear(features, features, 4)
+
+    def forward(self, x):
+        x = self.fc(x)
+        return self.mix(x, x)
+
+
 def test_unsupported_modules_are_reported_by_name():
-    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.LocalResponseNorm(2), nn.MaxPool2d((2, 1)))
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.MaxPool2d((2, 1)))
     d = decompose(model, (1, 3, 8, 8))
-    assert d.unsupported == ["1 (LocalResponseNorm)", "2 (MaxPool2d): a rectangular window "
+    assert d.unsupported == ["1 (MaxPool2d): a rectangular window "
                              "(kernel (2, 1), stride (2, 1), padding 0) is not covered"]
     assert [op.kind for _, op in d.ops] == ["conv2d"]
+    d = decompose(_Uncosted(), (2, 16))
+    assert d.unsupported == ["mix (Bilinear)"] and [op.kind for _, op in d.ops] == ["linear"]
 
 
 class _TokensToLSTM(nn.Module):
@@ -190,6 +204,11 @@ class _Call(nn.Module):
     (_Call(lambda x: x.var(-1) + F.normalize(x, dim=-1).sum(-1)), (2, 4, 4),
      ["elementwise"] * 4),
     (_Call(lambda x: x.long().float()), (2, 4), []),
+    (nn.LocalResponseNorm(2), (1, 3, 4, 4), ["norm"]),
+    (nn.Unflatten(1, (2, 2)), (2, 4), []),
+    (_Call(lambda x: torch.topk(x, 2, -1).values + x.sort(-1).values[..., :2]), (2, 4, 4),
+     ["elementwise"] * 3),
+    (_Call(lambda x: F.cosine_similarity(x, x, -1)), (2, 4, 4), ["elementwise"]),
 ])
 def test_common_layers_and_functions_are_costed(layer, shape, kinds):
     d = decompose(nn.Sequential(nn.Identity(), layer), shape)
@@ -210,6 +229,21 @@ class _Einsum(nn.Module):
                                                 for i in range(self.count)))
 
 
+def test_a_pair_reduction_module_reads_both_its_inputs():
+    class Similar(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.cos = nn.CosineSimilarity(-1)
+
+        def forward(self, x):
+            return self.cos(x, x + 1)
+
+    d = decompose(Similar(), (2, 4, 8))
+    assert not d.unsupported
+    assert [op for _, op in d.ops][-1] == Op.make("elementwise", {"elements": 32, "inputs": 2},
+                                                  "fp32", 2)
+
+
 def test_einsum_costs_as_the_batched_gemm_it_is():
     def ops(equation, *shapes):
         d = decompose(_Einsum(equation, *shapes[1:]), shapes[0])
@@ -222,9 +256,44 @@ def test_einsum_costs_as_the_batched_gemm_it_is():
     assert op == Op.make("gemm", {"m": 4, "n": 6, "k": 6}, "fp32", 2)
     _, [op] = ops("bij,bjk", (2, 4, 4), (2, 4, 4))  # implicit output ik: b is summed too
     assert op == Op.make("gemm", {"m": 4, "n": 4, "k": 8}, "fp32", 1)
-    unsupported, _ = ops("bij,bjk,bkl->bil", (2, 4, 4), (2, 4, 4), (2, 4, 4))
-    assert unsupported == ["einsum (einsum): an einsum of 3 operands ('bij,bjk,bkl->bil') is "
-                           "not covered (one or two are)"]
+
+
+def test_einsum_of_more_operands_costs_each_contraction_in_torchs_order(monkeypatch):
+    """Without opt_einsum torch contracts left to right; with it, along the path it finds,
+    each result appended to the operands left."""
+    chain = [(100, 2), (2, 100), (100, 100)]
+
+    def ops():
+        d = decompose(_Einsum("ij,jk,kl->il", *chain[1:]), chain[0])
+        assert not d.unsupported
+        return [(op.params["m"], op.params["n"], op.params["k"]) for _, op in d.ops]
+
+    monkeypatch.setattr(torch.backends.opt_einsum, "enabled", False)
+    assert ops() == [(100, 100, 2), (100, 100, 100)]  # (AB)C
+
+    class FakeOptEinsum:  # torch asks it too, with the tensors, when the model runs
+        def contract_path(self, equation, *operands, shapes=False, optimize="auto"):
+            sizes = operands if shapes else tuple(tuple(t.shape) for t in operands)
+            assert (equation, sizes) == ("ij,jk,kl->il", tuple(chain))
+            return [(1, 2), (0, 1)], "A(BC)"
+
+    monkeypatch.setattr(torch.backends.opt_einsum, "enabled", True)
+    monkeypatch.setattr(torch.backends.opt_einsum, "is_available", lambda: True)
+    monkeypatch.setattr(torch.backends.opt_einsum, "get_opt_einsum", FakeOptEinsum)
+    assert ops() == [(2, 100, 100), (100, 100, 2)]  # BC first, then A(BC)
+    # A chain of four, left to right, and the sublist form reads as its equation.
+    monkeypatch.setattr(torch.backends.opt_einsum, "enabled", False)
+    d = decompose(_Einsum("ij,jk,kl,lm->im", (8, 9), (9, 10), (10, 11)), (7, 8))
+    assert [(op.params["m"], op.params["n"], op.params["k"]) for _, op in d.ops] == [
+        (7, 9, 8), (7, 10, 9), (7, 11, 10)]
+
+    class Sublists(nn.Module):
+        def forward(self, x):
+            return torch.einsum(x, [0, 1], torch.ones(6, 5), [1, 2], [0, 2])
+
+    d = decompose(Sublists(), (4, 6))
+    assert [op for _, op in d.ops if op.kind == "gemm"] == [
+        Op.make("gemm", {"m": 4, "n": 5, "k": 6}, "fp32", 1)]
 
 
 def test_convolutions_no_conv_op_describes_cost_as_their_implicit_gemms():
@@ -629,8 +698,12 @@ def test_collect_network_measures_your_own_model_for_the_network_model(tmp_path,
 
     store, cpu = _store_with_user_module(
         tmp_path, monkeypatch, "mine", MLP_SOURCE
-        + "def unknown():\n"
-          "    return nn.Sequential(nn.Linear(16, 16), nn.LocalResponseNorm(2))\n"
+        + "class Unknown(nn.Module):\n"
+          "    def __init__(self):\n"
+          "        super().__init__()\n"
+          "        self.fc, self.mix = nn.Linear(16, 16), nn.Bilinear(16, 16, 4)\n"
+          "    def forward(self, x):\n"
+          "        return self.mix(self.fc(x), x)\n"
           "def gru():\n"
           "    return nn.GRU(8, 16)\n" + MASKED_SOURCE)
     quick = QUICK_CLI
@@ -668,8 +741,8 @@ def test_collect_network_measures_your_own_model_for_the_network_model(tmp_path,
         (["--module", "mine:mlp"], "--module and --input-shape go together"),
         (["--module", "mine:mlp", "--input-shape", "2,16", "--family", "nb201"],
          "give --family or --module, not both"),
-        (["--module", "mine:unknown", "--input-shape", "2,3,16"],
-         "not costed (no op kind covers them): 1 (LocalResponseNorm); a network model learns "
+        (["--module", "mine:Unknown", "--input-shape", "2,3,16"],
+         "not costed (no op kind covers them): mix (Bilinear); a network model learns "
          "only from"),
         (["--module", "mine:nothing", "--input-shape", "2,16"], "AttributeError"),
         (["--resume", "1", "--module", "mine:mlp", "--input-shape", "2,16"],

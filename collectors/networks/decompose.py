@@ -23,7 +23,8 @@ FREE = {"view", "reshape", "flatten", "permute", "transpose", "contiguous", "siz
         "to", "float", "half", "bfloat16", "double", "long", "int", "bool", "clone", "detach",
         "Identity", "Dropout", "Dropout1d", "Dropout2d", "AlphaDropout", "Flatten", "dropout",
         "view_as", "expand_as", "unbind", "narrow", "select", "as_strided", "unflatten",
-        "movedim",
+        "movedim", "Unflatten", "Dropout3d", "FeatureAlphaDropout", "alpha_dropout",
+        "feature_alpha_dropout", "dropout1d", "dropout2d", "dropout3d",
         # allocations of constants (masks, positions): a fill, next to nothing
         "zeros", "ones", "empty", "full", "arange", "zeros_like", "ones_like", "empty_like",
         "full_like", "tensor", "new_zeros", "new_ones", "new_empty", "new_full", "new_tensor"}
@@ -31,18 +32,25 @@ FREE = {"view", "reshape", "flatten", "permute", "transpose", "contiguous", "siz
 # fractional): memory-bound, so costed by the input they read, as reductions are.
 OTHER_POOL_MODULES = {"AvgPool1d", "MaxPool1d", "AdaptiveAvgPool1d", "AdaptiveMaxPool1d",
                       "AvgPool3d", "MaxPool3d", "AdaptiveAvgPool3d", "AdaptiveMaxPool3d",
-                      "LPPool1d", "LPPool2d", "FractionalMaxPool2d"}
+                      "LPPool1d", "LPPool2d", "LPPool3d", "FractionalMaxPool2d",
+                      "FractionalMaxPool3d"}
 OTHER_POOL_FUNCS = {"avg_pool1d", "max_pool1d", "adaptive_avg_pool1d", "adaptive_max_pool1d",
                     "avg_pool3d", "max_pool3d", "adaptive_avg_pool3d", "adaptive_max_pool3d",
-                    "lp_pool1d", "lp_pool2d"}
+                    "lp_pool1d", "lp_pool2d", "lp_pool3d", "fractional_max_pool2d",
+                    "fractional_max_pool3d"}
 ELEMENTWISE_MODULES = {"ReLU", "ReLU6", "GELU", "SiLU", "Sigmoid", "Tanh", "Hardswish",
                        "Hardsigmoid", "LeakyReLU", "ELU", "Mish", "Softmax", "PReLU", "RReLU",
                        "Softplus", "SELU", "CELU", "Hardtanh", "Hardshrink", "Softshrink",
                        "Tanhshrink", "Threshold", "Softsign", "LogSigmoid", "LogSoftmax",
                        "Softmin", "Softmax2d", "GLU"}
-# Reductions read their whole input: that is their traffic, not their small output.
+# Modules that reduce two tensors of one shape to a value per row.
+PAIR_REDUCTION_MODULES = {"CosineSimilarity", "PairwiseDistance"}
+# Reductions read their whole input: that is their traffic, not their small output. Sorts and
+# selections (top-k, median) are costed so too: a bound, as every memory-bound op's is.
 REDUCTIONS = {"mean", "sum", "max", "amax", "min", "amin", "argmax", "argmin", "prod", "any",
-              "all", "var", "std", "norm", "logsumexp", *OTHER_POOL_FUNCS}
+              "all", "var", "std", "norm", "logsumexp", "cosine_similarity",
+              "pairwise_distance", "topk", "sort", "argsort", "msort", "kthvalue", "median",
+              "nanmedian", *OTHER_POOL_FUNCS}
 # In-place forms (``add_``) are the same calls: names are compared without underscores.
 ELEMENTWISE_FUNCS = {"relu", "relu6", "gelu", "silu", "sigmoid", "tanh", "hardswish", "add",
                      "mul", "sub", "div", "softmax", "iadd", "imul", "truediv", "cat", "exp",
@@ -59,7 +67,8 @@ ELEMENTWISE_FUNCS = {"relu", "relu6", "gelu", "silu", "sigmoid", "tanh", "hardsw
                      "remainder", "fmod", "lerp", "addcmul", "addcdiv", "triu", "tril",
                      *REDUCTIONS}
 NORM_MODULES = {"BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "LayerNorm", "GroupNorm",
-                "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d", "RMSNorm"}
+                "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d", "RMSNorm", "SyncBatchNorm",
+                "LocalResponseNorm", "CrossMapLRN2d"}
 POOL_MODULES = {"MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "AdaptiveMaxPool2d"}
 # Memory-bound calls whose traffic is their output (a lookup, a resize, a padding or a
 # rearrangement): costed as an elementwise op over the output's elements.
@@ -67,9 +76,11 @@ GATHER_MODULES = {"Upsample", "UpsamplingNearest2d", "UpsamplingBilinear2d", "Em
                   "PixelShuffle", "PixelUnshuffle", "ChannelShuffle", "Unfold", "Fold",
                   *(f"{kind}Pad{d}d" for kind in ("Zero", "Constant", "Reflection",
                                                   "Replication", "Circular")
-                    for d in (1, 2, 3))}
+                    for d in (1, 2, 3)),
+                  "MaxUnpool1d", "MaxUnpool2d", "MaxUnpool3d"}
 GATHER_FUNCS = {"interpolate", "embedding", "pad", "pixel_shuffle", "pixel_unshuffle",
-                "channel_shuffle", "gather", "index_select", "take_along_dim", "one_hot"}
+                "channel_shuffle", "gather", "index_select", "take_along_dim", "one_hot",
+                "max_unpool1d", "max_unpool2d", "max_unpool3d"}
 # Convolutions no conv op describes (1-D, 3-D, transposed), costed as the GEMM they run.
 IMPLICIT_GEMM_MODULES = {"Conv1d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d",
                          "ConvTranspose3d"}
@@ -82,9 +93,11 @@ RECURRENT_MODULES = {"RNN", "LSTM", "GRU"}
 RECURRENT_CELLS = {"RNNCell": 1, "LSTMCell": 4, "GRUCell": 3}
 # Every module class module_op costs (or skips as free), by name.
 MAPPED_MODULES = (FREE | ELEMENTWISE_MODULES | NORM_MODULES | POOL_MODULES | OTHER_POOL_MODULES
-                  | GATHER_MODULES | IMPLICIT_GEMM_MODULES | RECURRENT_MODULES
-                  | set(RECURRENT_CELLS) | {"Conv2d", "Linear", "MultiheadAttention"})
-NORM_FUNCS = {"layer_norm", "batch_norm", "group_norm", "instance_norm", "rms_norm"}
+                  | PAIR_REDUCTION_MODULES | GATHER_MODULES | IMPLICIT_GEMM_MODULES
+                  | RECURRENT_MODULES | set(RECURRENT_CELLS)
+                  | {"Conv2d", "Linear", "MultiheadAttention"})
+NORM_FUNCS = {"layer_norm", "batch_norm", "group_norm", "instance_norm", "rms_norm",
+              "local_response_norm"}
 CALLS_METHOD = "calls of one forward pass (fx could not trace it)"
 # Names of the ops a module runs as several, for per-layer output ("self_attn.q_proj").
 PART_NAMES = {"MultiheadAttention": ("q_proj", "k_proj", "v_proj", "attention", "out_proj")}
@@ -212,17 +225,18 @@ def _implicit_gemm(in_shape: Sequence[int], out_shape: Sequence[int], weight: Se
 
 
 def _einsum_ops(equation: str, arg_shapes: list[Sequence[int]], dtype: str) -> list[Op]:
-    """torch.einsum: of two operands, the batched GEMM it is (indices in both operands and the
-    output are the batch, in one operand and the output are M or N, in both operands only
-    are K); of one, a pass over it (a sum, a trace, a permutation)."""
+    """torch.einsum: of one operand, a pass over it (a sum, a trace, a permutation); of more,
+    one batched GEMM per pairwise contraction, in the order torch runs them
+    (:func:`_einsum_path`): indices in both operands and the result are the batch, in one
+    operand and the result M or N, in both operands only K."""
     inputs, _, output = equation.replace(" ", "").partition("->")
     terms = inputs.split(",")
     if not output and "->" not in equation.replace(" ", ""):  # implicit: once-only indices
         letters = "".join(terms).replace(".", "")
         output = "".join(sorted(c for c in set(letters) if letters.count(c) == 1))
-    if len(terms) != len(arg_shapes) or len(terms) not in (1, 2):
-        raise DecomposeError(f"an einsum of {len(arg_shapes)} operands ({equation!r}) is not "
-                             "covered (one or two are)")
+    if len(terms) != len(arg_shapes):
+        raise DecomposeError(f"einsum {equation!r} names {len(terms)} operands, and it was "
+                             f"called with {len(arg_shapes)}")
     sizes: dict[str, int] = {}
     expanded = []
     for term, shape in zip(terms, arg_shapes, strict=True):
@@ -242,14 +256,42 @@ def _einsum_ops(equation: str, arg_shapes: list[Sequence[int]], dtype: str) -> l
         batch = int(shape[0]) if len(shape) > 1 else 1
         return [Op.make("elementwise", {"elements": max(1, _numel(shape) // batch)}, dtype,
                         batch)]
-    a, b = (set(t) for t in expanded)
 
     def size(letters) -> int:
         return math.prod(sizes[c] for c in letters)
 
-    batch = a & b & set(output)
-    m, n, k = size(a & set(output) - b), size(b & set(output) - a), size(a & b - set(output))
-    return [Op.make("gemm", {"m": m, "n": n, "k": k}, dtype, size(batch))]
+    ops, operands = [], list(expanded)
+    for i, j in _einsum_path(equation, arg_shapes):
+        a, b = operands[i], operands[j]
+        rest = [t for n, t in enumerate(operands) if n not in (i, j)]
+        keep = set(output).union(*rest)  # what the later contractions and the result need
+        result = "".join(c for c in dict.fromkeys(a + b) if c in keep)
+        sa, sb, sr = set(a), set(b), set(result)
+        ops.append(Op.make("gemm", {"m": size(sa & sr - sb), "n": size(sb & sr - sa),
+                                    "k": size(sa & sb - sr)}, dtype, size(sa & sb & sr)))
+        operands = rest + [result]
+    return ops
+
+
+def _einsum_path(equation: str, arg_shapes: list[Sequence[int]]) -> list[tuple[int, int]]:
+    """The pairs of operands torch.einsum contracts, in order, each result appended to the
+    end of the operands left (opt_einsum's convention): of three or more operands, the path
+    opt_einsum finds where torch uses it (installed and enabled), else left to right, as
+    torch does without it."""
+    import torch
+
+    count = len(arg_shapes)
+    backend = torch.backends.opt_einsum
+    if count > 2 and backend.enabled and backend.is_available():
+        path = backend.get_opt_einsum().contract_path(
+            equation, *[tuple(int(x) for x in s) for s in arg_shapes], shapes=True,
+            optimize=backend.strategy)[0]
+        if any(len(pair) != 2 for pair in path):
+            raise DecomposeError(f"einsum {equation!r}: opt_einsum's path {path} contracts "
+                                 "other than pairs")
+        return [(pair[0], pair[1]) for pair in path]
+    # left to right: the first two, then the running result (last) with the next (first)
+    return [(0, 1)] + [(count - 2 - n, 0) for n in range(count - 2)]
 
 
 def _linear_ops(in_shape: Sequence[int], in_features: int, out_features: int, bias: bool,
@@ -405,6 +447,9 @@ def module_op(mod, in_shape: Sequence[int], out_shape: Sequence[int], dtype: str
                                  "stride": s, "padding": pad}, dtype, batch)]
     if kind in ELEMENTWISE_MODULES or kind in OTHER_POOL_MODULES:
         return [Op.make("elementwise", {"elements": _numel(in_shape) // batch}, dtype, batch)]
+    if kind in PAIR_REDUCTION_MODULES:
+        return [Op.make("elementwise", {"elements": _numel(in_shape) // batch, "inputs": 2},
+                        dtype, batch)]
     if kind in GATHER_MODULES:
         return _gather_ops(out_shape, dtype)
     if kind == "MultiheadAttention":
@@ -663,7 +708,20 @@ def _call_options(name: str, args, kwargs, is_tensor) -> dict:
     options = dict(zip(POSITIONAL_OPTIONS.get(name, ()), args[3:], strict=False))
     if name == "einsum" and args and isinstance(args[0], str):
         options["equation"] = args[0]
+    elif name == "einsum" and len(args) > 1 and is_tensor(args[0]):
+        options["equation"] = _sublist_equation(args)
     return options | {k: v for k, v in kwargs.items() if not is_tensor(v)}
+
+
+def _sublist_equation(args) -> str:
+    """The equation of einsum's sublist form (``einsum(a, [0, 1], b, [1, 2], [0, 2])``), as
+    torch writes it: subscripts 0-25 are A-Z, 26-51 a-z."""
+    def letters(sublist) -> str:
+        return "".join("..." if n is Ellipsis else chr(ord("A") + n) if n < 26
+                       else chr(ord("a") + n - 26) for n in sublist)
+
+    equation = ",".join(letters(sub) for sub in args[1::2])
+    return equation + ("->" + letters(args[-1]) if len(args) % 2 else "")
 
 
 def _call_dtype(output, inputs: list) -> str:
