@@ -1,9 +1,10 @@
 """Torch models written the way users write them, predicted and measured on this CPU.
 
-Decomposes eight networks (a ViT with an ``nn.TransformerEncoder``, a MobileNetV3-style block
+Decomposes eleven networks (a ViT with an ``nn.TransformerEncoder``, a MobileNetV3-style block
 with squeeze-and-excitation, a GPT block calling ``scaled_dot_product_attention``, a three-layer
 CNN, a ResNet-18 at 224x224, a Llama-style stack with RMSNorm and rotary embeddings, an LSTM
-text classifier and a two-layer bidirectional GRU), asks
+text classifier, a two-layer bidirectional GRU, two einsums of three operands and a linear
+layer followed by top-k and a sort), asks
 the store's registered models for their latency as `hwnas predict network --module` does,
 measures each here by the search's verification protocol, and prints predicted, measured and
 their ratio with how the prediction was made. It needs a GEMM model of this CPU in the store
@@ -168,6 +169,42 @@ class BiGRU(nn.Module):
         return self.fc(self.gru(x)[0][-1])
 
 
+class LowRank(nn.Module):
+    """x @ U @ V written as one einsum (a low-rank factorised layer)."""
+
+    def __init__(self, d: int = 512, r: int = 32):
+        super().__init__()
+        self.u = nn.Parameter(torch.randn(d, r))
+        self.v = nn.Parameter(torch.randn(r, d))
+
+    def forward(self, x):
+        return torch.einsum("bi,ir,rj->bj", x, self.u, self.v)
+
+
+class Bilinear3(nn.Module):
+    """A bilinear form per head: einsum of three operands with a batch index."""
+
+    def __init__(self, heads: int = 8, d: int = 64):
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(heads, d, d))
+
+    def forward(self, x):  # x: (batch, heads, tokens, d)
+        return torch.einsum("bhid,hde,bhje->bhij", x, self.w, x)
+
+
+class TopK(nn.Module):
+    """Scores, then top-k of them, then a sort: a retrieval head."""
+
+    def __init__(self, d: int = 256, items: int = 4096):
+        super().__init__()
+        self.items = nn.Linear(d, items)
+
+    def forward(self, x):
+        scores = self.items(x)
+        top = torch.topk(scores, 16, -1).values
+        return torch.sort(top, -1).values
+
+
 # name -> (factory, input shape, input dtype)
 NETWORKS = {
     "ViT (TransformerEncoder)": (ViT, (1, 3, 32, 32), "float"),
@@ -178,6 +215,9 @@ NETWORKS = {
     "Llama-style stack, 4 blocks": (llama_stack, (1, 64, 128), "float"),
     "LSTM classifier, 50 tokens": (LSTMClassifier, (4, 50), "int64"),
     "2-layer BiGRU, 30 steps": (BiGRU, (30, 8, 32), "float"),
+    "low-rank einsum, 3 operands": (LowRank, (64, 512), "float"),
+    "per-head bilinear einsum": (Bilinear3, (4, 8, 32, 64), "float"),
+    "linear, topk, sort": (TopK, (32, 256), "float"),
 }
 
 
