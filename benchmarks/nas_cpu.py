@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from collectors.devices import CpuDevice
-from collectors.networks.sweep import LAYER_KINDS, NetworkSweep, layer_grid, network_plan
+from collectors.networks.sweep import DEFAULT_LAYER_KINDS, NetworkSweep, layer_grid, network_plan
 from collectors.networks.zoo import FAMILIES
 from collectors.store.db import Store
 from collectors.timing import TimingPolicy
@@ -63,7 +63,7 @@ def main() -> None:
     if args.db is None:
         sweeper = NetworkSweep(store, device, TimingPolicy(min_time_s=0.1, rounds=3), threads=1,
                                progress=False)
-        sweeper.run(sweeper.create(layer_grid(list(LAYER_KINDS), [1]), "layers"))
+        sweeper.run(sweeper.create(layer_grid(list(DEFAULT_LAYER_KINDS), [1]), "layers"))
         sweeper.run(sweeper.create(network_plan(list(FAMILIES), args.networks, 1, 0),
                                    "network"))
         _, metrics = network.train_and_register(store, device.info.model)

@@ -24,7 +24,7 @@ from scipy.stats import spearmanr
 from sklearn.model_selection import KFold
 
 from collectors.devices import CpuDevice
-from collectors.networks.sweep import LAYER_KINDS, NetworkSweep, layer_grid, network_plan
+from collectors.networks.sweep import DEFAULT_LAYER_KINDS, NetworkSweep, layer_grid, network_plan
 from collectors.networks.zoo import FAMILIES
 from collectors.store.db import Store
 from collectors.timing import TimingPolicy
@@ -57,7 +57,7 @@ def main() -> None:
         policy = TimingPolicy(min_time_s=args.min_time, rounds=args.rounds)
         sweeper = NetworkSweep(store, device, policy,
                                args.threads)
-        s1 = sweeper.run(sweeper.create(layer_grid(list(LAYER_KINDS), [1], args.dtype),
+        s1 = sweeper.run(sweeper.create(layer_grid(list(DEFAULT_LAYER_KINDS), [1], args.dtype),
                                         "layers"))
         s2 = sweeper.run(sweeper.create(network_plan(list(FAMILIES), args.count, 1, 0,
                                                      args.dtype), "network"))

@@ -66,10 +66,18 @@ OP_KINDS: dict[str, tuple[tuple[str, ...], dict[str, int]]] = {
     "pool": (("channels", "kernel", "height", "width"), {"stride": 1, "padding": 0}),
     "norm": (("channels", "elements"), {}),
     "elementwise": (("elements",), {"inputs": 1}),
+    # One layer of nn.RNN (1 gate), nn.GRU (3) or nn.LSTM (4) over a sequence of ``steps``:
+    # ``directions`` 2 where bidirectional; ``proj`` an LSTM's projected state size (0: none).
+    "recurrent": (("input_size", "hidden", "steps", "gates"),
+                  {"directions": 1, "proj": 0, "bias": 1}),
 }
 
+# Parameters with a fixed set of values, and what each means.
+_CHOICES = {("recurrent", "gates"): {1: "RNN", 3: "GRU", 4: "LSTM"},
+            ("recurrent", "directions"): {1: "one way", 2: "bidirectional"}}
+
 # Parameters that may legitimately be 0 or negative (flags, "same" padding sentinel).
-_NON_POSITIVE_OK = {"trans_a", "trans_b", "bias", "padding", "kv_len", "causal"}
+_NON_POSITIVE_OK = {"trans_a", "trans_b", "bias", "padding", "kv_len", "causal", "proj"}
 _FLAGS = {"trans_a", "trans_b", "bias", "causal"}
 
 
@@ -182,7 +190,14 @@ class Op:
                 raise OpError(name, f"must be 0 or 1, got {v}")
             if name not in _NON_POSITIVE_OK:
                 v = check_dim(name, v)
+            elif v < 0 and name in ("kv_len", "proj"):  # 0 means none
+                raise OpError(name, f"must be 0 or positive, got {v}")
             clean[name] = v
+        for name, value in clean.items():
+            choices = _CHOICES.get((kind_name, name))
+            if choices is not None and value not in choices:
+                listed = ", ".join(f"{c} ({what})" for c, what in choices.items())
+                raise OpError(name, f"must be one of {listed} for {kind_name}, got {value}")
         return cls(kind_name, clean, check_dtype(dtype).name, check_dim("batch", batch))
 
     @classmethod
@@ -237,10 +252,27 @@ def conv_out_hw(op: Op) -> tuple[int, int]:
     return max(1, (h + 2 * pad - k) // s + 1), max(1, (w + 2 * pad - k) // s + 1)
 
 
+def op_gemm_counts(op: Op) -> list[tuple[tuple[int, int, int, int], int]]:
+    """Each distinct (m, n, k, batch) GEMM an op runs, with how many times it runs it: a
+    recurrent layer, per direction, the input projection of all its steps at once, then at
+    each step the recurrent projection (and an LSTM's projection of its state); any other op
+    each of :func:`op_gemms` once."""
+    if op.kind != "recurrent":
+        return [(gemm, 1) for gemm in op_gemms(op)]
+    b, p = op.batch, op.params
+    gates, out = p["gates"] * p["hidden"], p["proj"] or p["hidden"]
+    steps, directions = p["steps"] * p["directions"], p["directions"]
+    return [((b * p["steps"], gates, p["input_size"], 1), directions), ((b, gates, out, 1), steps),
+            *([((b, p["proj"], p["hidden"], 1), steps)] if p["proj"] else [])]
+
+
 def op_gemms(op: Op) -> list[tuple[int, int, int, int]]:
     """The (m, n, k, batch) GEMMs an op runs: convs as implicit GEMMs, attention as two batched
-    GEMMs; empty for memory-bound ops (pool, norm, elementwise)."""
+    GEMMs, a recurrent layer its distinct ones (:func:`op_gemm_counts` says how often); empty
+    for memory-bound ops (pool, norm, elementwise)."""
     b, p = op.batch, op.params
+    if op.kind == "recurrent":
+        return [gemm for gemm, _ in op_gemm_counts(op)]
     if op.kind == "gemm":
         return [(p["m"], p["n"], p["k"], b)]
     if op.kind == "linear":
@@ -262,8 +294,30 @@ def op_gemms(op: Op) -> list[tuple[int, int, int, int]]:
     return []
 
 
+def op_parts(op: Op) -> list[tuple[Op, int]]:
+    """The memory-bound ops an op runs beside its GEMMs, with how many times: a recurrent
+    layer's gate arithmetic at each step and direction (one elementwise op over the gates, as
+    cuDNN and oneDNN fuse it)."""
+    if op.kind != "recurrent":
+        return []
+    p = op.params
+    cell = Op.make("elementwise", {"elements": p["gates"] * p["hidden"], "inputs": 2}, op.dtype,
+                   op.batch)
+    return [(cell, op_steps(op))]
+
+
+def op_steps(op: Op) -> int:
+    """The ops a framework runs one after another for ``op`` where nothing fuses them: a
+    recurrent layer's steps over its directions (each a projection and the gate arithmetic),
+    1 for any other op. A network model's per-op costs scale with it."""
+    if op.kind != "recurrent":
+        return 1
+    return op.params["steps"] * op.params["directions"]
+
+
 def op_bytes(op: Op) -> int:
-    """Bytes a memory-bound op reads and writes at least once (GEMM ops: their operands)."""
+    """Bytes a memory-bound op reads and writes at least once (GEMM ops: their operands; a
+    recurrent layer's gate arithmetic too)."""
     e, b, p = DTYPES[op.dtype].bytes_per_element, op.batch, op.params
     if op.kind == "pool":
         ho, wo = conv_out_hw(op)
@@ -272,14 +326,17 @@ def op_bytes(op: Op) -> int:
         return e * b * 2 * p["elements"]
     if op.kind == "elementwise":
         return e * b * (p["inputs"] + 1) * p["elements"]
-    return sum(gemm_bytes(m, n, k, op.dtype, bb) for m, n, k, bb in op_gemms(op))
+    return (sum(gemm_bytes(m, n, k, op.dtype, bb) * times
+                for (m, n, k, bb), times in op_gemm_counts(op))
+            + sum(op_bytes(part) * times for part, times in op_parts(op)))
 
 
 def op_flops(op: Op) -> int:
     """FLOPs: 2 per multiply-add of the op's GEMMs; one per output element otherwise."""
-    gemms = op_gemms(op)
+    gemms = op_gemm_counts(op)
     if gemms:
-        return sum(gemm_flops(m, n, k, bb) for m, n, k, bb in gemms)
+        return (sum(gemm_flops(m, n, k, bb) * times for (m, n, k, bb), times in gemms)
+                + sum(op_flops(part) * times for part, times in op_parts(op)))
     p = op.params
     if op.kind == "pool":
         ho, wo = conv_out_hw(op)

@@ -13,15 +13,23 @@ import pandas as pd
 from sklearn.ensemble import RandomForestRegressor
 from sqlalchemy import select
 
-from collectors.ops import OP_KINDS, Op, network_batch, network_dtype, op_bytes, op_flops
+from collectors.ops import (
+    OP_KINDS,
+    Op,
+    network_batch,
+    network_dtype,
+    op_bytes,
+    op_flops,
+    op_steps,
+)
 from collectors.store.db import Store
 from collectors.store.models import Device, Measurement
 from predictor.data import DataError
 from predictor.fast import FastForest
 
-KIND_ORDER = list(OP_KINDS)
+KIND_ORDER = list(OP_KINDS)  # a kind added to the vocabulary goes last (see load)
 # The op kinds of single-layer sweeps (``hwnas collect network --family layers``).
-LAYER_KINDS = ("conv2d", "depthwise_conv2d", "linear", "attention")
+LAYER_KINDS = ("conv2d", "depthwise_conv2d", "linear", "attention", "recurrent")
 
 
 def op_features(op: Op) -> np.ndarray:
@@ -77,14 +85,15 @@ class OpKindForests:
 
 def network_terms(ops: list[Op], kind_model: OpKindForests | None) -> np.ndarray:
     """Additive cost terms of a network: the composed per-op forest prediction (ms), a constant,
-    and per op kind: op count (launch/framework overhead), GFLOPs and MB moved."""
+    and per op kind: op count (launch/framework overhead: a recurrent layer counts each step,
+    collectors.ops.op_steps), GFLOPs and MB moved."""
     composed = 0.0
     if kind_model is not None and kind_model.models:
         composed = float(np.nansum(kind_model.predict(ops)))
     terms = [composed, 1.0]
     for kind in KIND_ORDER:
         sel = [o for o in ops if o.kind == kind]
-        terms += [float(len(sel)), sum(op_flops(o) for o in sel) / 1e9,
+        terms += [float(sum(op_steps(o) for o in sel)), sum(op_flops(o) for o in sel) / 1e9,
                   sum(op_bytes(o) for o in sel) / 1e6]
     return np.array(terms)
 
@@ -140,8 +149,8 @@ class NetworkCostModel:
         (below that the per-network constant, learned from larger networks, would swamp it)
         and, of a kind every training network held the same ops of (the one classifier of
         NAS-Bench-201 cells), at most :data:`EXTRAPOLATION` times those ops and FLOPs: such a
-        kind's cost went into the constant, its own terms were never learned, and an LSTM's
-        hundreds of linear ops would cost next to nothing (ops asked on their own, not as a
+        kind's cost went into the constant, its own terms were never learned, and a network of
+        hundreds of such ops would cost next to nothing (ops asked on their own, not as a
         ``network``, must be of none of those kinds). Kinds the training networks held more
         or less of have learned, additive terms: more of them extrapolates. The same holds for
         the batch (:func:`network_batch`): where every training network ran at one, only that
@@ -223,7 +232,7 @@ class NetworkCostModel:
             shares += w[0] * np.nan_to_num(self.kind_model.predict(ops))
         for i, op in enumerate(ops):
             base = 2 + 3 * KIND_ORDER.index(op.kind)
-            shares[i] += (w[base] + w[base + 1] * op_flops(op) / 1e9
+            shares[i] += (w[base] * op_steps(op) + w[base + 1] * op_flops(op) / 1e9
                           + w[base + 2] * op_bytes(op) / 1e6)
         return shares, self.constant_ms
 
@@ -412,8 +421,11 @@ def load(row) -> NetworkCostModel:
     kinds = OpKindForests()
     kinds.models = dict(forests)
     model = NetworkCostModel(kinds.compile())
-    model.coef_ = np.array(row.meta["coef"])
-    model.scale_ = np.array(row.meta["scale"])
+    # A model from before op kinds were added has no terms for them: zero, as it never saw
+    # one (and does not answer for networks that hold them: kinds_).
+    missing = 2 + 3 * len(KIND_ORDER) - len(row.meta["coef"])
+    model.coef_ = np.concatenate([row.meta["coef"], np.zeros(missing)])
+    model.scale_ = np.concatenate([row.meta["scale"], np.ones(missing)])
     model.dtypes_ = set(row.meta["dtypes"]) if row.meta.get("dtypes") else None
     model.kinds_ = set(row.meta["network_kinds"]) if row.meta.get("network_kinds") else None
     model.min_layers_ = row.meta.get("min_layers")

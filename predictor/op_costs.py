@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from collectors.ops import Op, op_bytes, op_gemms
+from collectors.ops import Op, op_bytes, op_gemm_counts, op_parts
 from predictor.forest import GEMM_COLUMNS, GemmCostForest
 
 FOREST = "gemm-forest"
@@ -35,14 +35,17 @@ class OpCost:
 
 
 def predict_ops(model: GemmCostForest, ops: list[Op]) -> list[OpCost]:
-    """One cost per op, in order. Every GEMM of the batch goes through the forest in one call."""
-    rows, owner = [], []
+    """One cost per op, in order. Every GEMM of the batch goes through the forest in one call;
+    a GEMM an op runs many times (a recurrent layer's steps) is predicted once and counted as
+    often, its error too (the same model's error at every step)."""
+    rows, owner, times = [], [], []
     for i, op in enumerate(ops):
-        for m, n, k, batch in op_gemms(op):
+        for (m, n, k, batch), count in op_gemm_counts(op):
             rows.append((m, n, k, batch, op.dtype, int(op.params.get("trans_a", 0)),
                          int(op.params.get("trans_b", 0))))
             owner.append(i)
-    owner_arr = np.array(owner, dtype=int)
+            times.append(count)
+    owner_arr, times_arr = np.array(owner, dtype=int), np.array(times, dtype=float)
     pred = None
     if rows:
         cols = list(zip(*rows, strict=True))
@@ -50,25 +53,33 @@ def predict_ops(model: GemmCostForest, ops: list[Op]) -> list[OpCost]:
                                                                     strict=True)})
     bandwidth_gbs = model._profile().peaks["bandwidth"]
     fixed_ms = getattr(model, "overhead_ms_", {})  # per dtype; older models: none
+
+    def bound_ms(op: Op) -> float:
+        return fixed_ms.get(op.dtype, 0.0) + op_bytes(op) / (bandwidth_gbs * 1e9) * 1e3
+
     out = []
     for i, op in enumerate(ops):
         sel = np.flatnonzero(owner_arr == i)
         if len(sel) == 0:
-            t = fixed_ms.get(op.dtype, 0.0) + op_bytes(op) / (bandwidth_gbs * 1e9) * 1e3
+            t = bound_ms(op)
             # A bound, not a learned figure: its uncertainty is stated as the whole value.
             out.append(OpCost(t, t, None, None, None, None, ROOFLINE, 0))
             continue
-        lat = float(pred.latency_ms[sel].sum())
-        lat_std = float(np.sqrt((pred.latency_std_ms[sel] ** 2).sum()))
+        # memory-bound parts beside the GEMMs (a recurrent layer's gate arithmetic): bounds
+        bounds = float(sum(bound_ms(part) * count for part, count in op_parts(op)))
+        w = times_arr[sel]
+        lat = float((pred.latency_ms[sel] * w).sum()) + bounds
+        lat_std = float(np.sqrt(((pred.latency_std_ms[sel] * w) ** 2).sum() + bounds ** 2))
         beyond = bool(pred.latency_extrapolated[sel].any())
-        if pred.power_w is None:
-            out.append(OpCost(lat, lat_std, None, None, None, None, FOREST, len(sel),
+        if pred.power_w is None or bounds:  # no power is known for a bound's share
+            out.append(OpCost(lat, lat_std, None, None, None, None, FOREST, int(w.sum()),
                               latency_extrapolated=beyond))
             continue
-        energy = float(pred.energy_j[sel].sum())
+        energy = float((pred.energy_j[sel] * w).sum())
         out.append(OpCost(lat, lat_std, energy / lat * 1e3,
                           float(np.sqrt((pred.power_std_w[sel] ** 2).mean())), energy,
-                          float(np.sqrt((pred.energy_std_j[sel] ** 2).sum())), FOREST, len(sel),
+                          float(np.sqrt(((pred.energy_std_j[sel] * w) ** 2).sum())), FOREST,
+                          int(w.sum()),
                           bool(pred.power_extrapolated[sel].any()), beyond))
     return out
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -17,7 +18,15 @@ from collectors.networks.decompose import decompose
 from collectors.networks.sweep import NetworkSweep, layer_grid, network_plan
 from collectors.networks.user import user_module
 from collectors.networks.zoo import build, sample_config
-from collectors.ops import Op, op_flops
+from collectors.ops import (
+    Op,
+    OpError,
+    op_flops,
+    op_gemm_counts,
+    op_gemms,
+    op_parts,
+    op_steps,
+)
 from collectors.store.models import Measurement, Sweep
 from collectors.timing import TimingPolicy
 from predictor.nasbench201 import network_ops
@@ -115,43 +124,61 @@ class _Untraceable(nn.Module):
 
 
 @pytest.mark.filterwarnings("ignore:LSTM with projections is not supported")
-def test_recurrent_layers_cost_their_input_projection_and_every_step():
+def test_a_recurrent_layer_is_one_op_of_its_steps_gates_and_directions():
     d = decompose(_TokensToLSTM(), (4, 6), input_dtype="int64")
     assert d.method == "fx" and not d.unsupported
-    names = [name for name, _ in d.ops]
-    assert names[:4] == ["emb", "lstm.l0.ih", "lstm.l0.t0.hh", "lstm.l0.t0.cell"]
-    assert names[-3:] == ["lstm.l0.t5.hh", "lstm.l0.t5.cell", "fc"] and len(names) == 2 + 1 + 12
-    ops = dict(d.ops)
-    # batch_first: 4 sequences of 6 steps; the 4 gates' input projection for all steps at once
-    assert ops["lstm.l0.ih"] == Op.make("linear", {"in_features": 16, "out_features": 128,
-                                                   "tokens": 6}, "fp32", 4)
-    assert ops["lstm.l0.t3.hh"] == Op.make("linear", {"in_features": 32, "out_features": 128,
-                                                      "tokens": 1}, "fp32", 4)
-    assert ops["lstm.l0.t3.cell"] == Op.make("elementwise", {"elements": 128, "inputs": 2},
-                                             "fp32", 4)
+    assert [name for name, _ in d.ops] == ["emb", "lstm.l0", "fc"]
+    # batch_first: 4 sequences of 6 steps
+    lstm = dict(d.ops)["lstm.l0"]
+    assert lstm == Op.make("recurrent", {"input_size": 16, "hidden": 32, "steps": 6,
+                                         "gates": 4}, "fp32", 4)
+    # what it computes: the 4 gates' input projection for all steps at once, then per step
+    # the recurrent projection and the gate arithmetic
+    assert op_gemm_counts(lstm) == [((24, 128, 16, 1), 1), ((4, 128, 32, 1), 6)]
+    assert op_gemms(lstm) == [(24, 128, 16, 1), (4, 128, 32, 1)]
+    assert op_parts(lstm) == [(Op.make("elementwise", {"elements": 128, "inputs": 2},
+                                       "fp32", 4), 6)]
+    assert op_steps(lstm) == 6 and op_flops(lstm) == 2 * (24 * 128 * 16 + 6 * 4 * 128 * 32) \
+        + 6 * 4 * 128 * 2
 
     # two bidirectional layers (the second reads both directions), in bf16, sequence first
     gru = _Untraceable(nn.GRU(8, 16, num_layers=2, bidirectional=True, bias=False))
     d = decompose(gru.to(torch.bfloat16), (5, 3, 8))
     assert d.note and not d.unsupported
-    assert len([n for n, _ in d.ops if n.startswith("inner.")]) == 4 * (1 + 2 * 5)
     ops = dict(d.ops)
-    assert ops["inner.l1_reverse.ih"] == Op.make(
-        "linear", {"in_features": 32, "out_features": 48, "tokens": 5, "bias": 0}, "bf16", 3)
-    assert {op.dtype for _, op in d.ops} == {"bf16"}
+    assert [name for name in ops if name.startswith("inner.")] == ["inner.l0", "inner.l1"]
+    assert ops["inner.l1"] == Op.make("recurrent", {
+        "input_size": 32, "hidden": 16, "steps": 5, "gates": 3, "directions": 2, "bias": 0},
+        "bf16", 3)
+    assert [count for _, count in op_gemm_counts(ops["inner.l1"])] == [2, 10]
+    assert op_steps(ops["inner.l1"]) == 10
 
     # an LSTM with projections: the recurrence runs on the projected state
     d = decompose(nn.LSTM(8, 16, proj_size=4), (3, 8))  # unbatched: (steps, features)
-    assert d.method == "module" and len(d.ops) == 1 + 3 * 3
-    ops = dict(d.ops)
-    assert ops["LSTM.l0.t2.hh"].params["in_features"] == 4 and ops["LSTM.l0.t2.hh"].batch == 1
-    assert ops["LSTM.l0.t2.proj"] == Op.make("linear", {"in_features": 16, "out_features": 4,
-                                                        "tokens": 1, "bias": 0})
+    assert d.method == "module" and [name for name, _ in d.ops] == ["LSTM.l0"]
+    op = d.ops[0][1]
+    assert (op.params["proj"], op.batch) == (4, 1)
+    assert op_gemm_counts(op) == [((3, 64, 8, 1), 1), ((1, 64, 4, 1), 3), ((1, 4, 16, 1), 3)]
     # one step of a cell
     d = decompose(nn.Sequential(nn.Linear(8, 8), nn.GRUCell(8, 16)), (2, 8))
     assert [name for name, _ in d.ops] == ["0", "1.ih", "1.hh", "1.cell"]
     assert dict(d.ops)["1.hh"].params == {"in_features": 16, "out_features": 48, "tokens": 1,
                                           "bias": 1}
+
+
+def test_a_recurrent_op_names_its_bad_fields():
+    def make(**params):
+        return Op.make("recurrent", {"input_size": 8, "hidden": 16, "steps": 5, "gates": 4,
+                                     **params})
+
+    for field, value, says in [("gates", 2, "gates: must be one of 1 (RNN), 3 (GRU), 4 (LSTM) "
+                                            "for recurrent, got 2"),
+                               ("directions", 3, "directions: must be one of 1 (one way), "
+                                                 "2 (bidirectional) for recurrent, got 3"),
+                               ("proj", -1, "proj: must be 0 or positive, got -1"),
+                               ("steps", 0, "steps")]:
+        with pytest.raises(OpError, match=re.escape(says)):
+            make(**{field: value})
 
 
 def test_a_bare_layer_is_costed_as_the_layer_it_is():
@@ -581,6 +608,43 @@ def test_layer_sweep_and_network_model_round_trip(store):
     model = NetworkCostModel(kinds).fit(nets[:30], y[:30])
     pred = model.predict(nets[30:])  # held-out networks of an additive cost law
     assert np.median(np.abs(pred / y[30:] - 1)) < 0.1 and np.all(model.coef_ >= 0)
+
+
+def test_recurrent_layers_are_swept_and_priced_by_a_forest_of_their_own(store):
+    from predictor import network
+
+    sweeper = NetworkSweep(store, CpuDevice(), QUICK, threads=1, progress=False)
+    grid = [c for c in layer_grid(["recurrent"], [2]) if c["op"]["params"]["hidden"] == 64
+            and c["op"]["params"]["steps"] == 10]
+    assert {c["op"]["params"]["gates"] for c in grid} == {1, 3, 4} and len(grid) == 12
+    summary = sweeper.run(sweeper.create(grid, "layers"))
+    assert (summary.done, summary.failed) == (12, 0)
+    ops, ms = load_layers(store, CpuDevice().info.model)
+    assert len(ops) == 12 and {op.kind for op in ops} == {"recurrent"} and np.all(ms > 0)
+    assert {op.batch for op in ops} == {2}
+    kinds = OpKindForests(n_estimators=10).fit(ops, ms)
+    assert set(kinds.models) == {"recurrent"} and np.all(kinds.predict(ops) > 0)
+
+    # Networks that hold them: a per-step cost is learned (the count term counts steps).
+    def net(steps: int, hidden: int) -> list[Op]:
+        return [Op.make("recurrent", {"input_size": 16, "hidden": hidden, "steps": steps,
+                                      "gates": 4}, "fp32", 2),
+                Op.make("linear", {"in_features": hidden, "out_features": 2, "tokens": 1})]
+
+    nets = [net(steps, hidden) for steps in (5, 10, 20, 40, 80) for hidden in (32, 64)]
+    y = np.array([0.004 * ops[0].params["steps"] + 0.01 for ops in nets])
+    model = NetworkCostModel().fit(nets, y)
+    assert model.covers(net(60, 48)) and model.predict([net(60, 48)])[0] == pytest.approx(
+        0.25, rel=0.1)
+    # A model registered before the kind existed has no terms for it: loaded, it is padded.
+    linear = _linear_nets(0, 12)
+    fitted = NetworkCostModel().fit(linear, np.array([0.01 * len(n) for n in linear]))
+    row = network.register(store, CpuDevice().info.model, fitted,
+                           {"networks": 12, "held_out": {}})
+    row.meta = {**row.meta, "coef": row.meta["coef"][:-3], "scale": row.meta["scale"][:-3]}
+    old = network.load(row)
+    assert np.allclose(old.predict(linear), fitted.predict(linear))
+    assert not old.covers(net(10, 32))  # its networks held no recurrent ops
 
 
 def _linear_nets(first: int, count: int) -> list[list[Op]]:

@@ -355,11 +355,10 @@ def _attention_ops(mod, query: Sequence[int], key: Sequence[int], dtype: str) ->
 
 
 def _recurrent_ops(mod, in_shape: Sequence[int], dtype: str) -> list[tuple[str, Op]]:
-    """nn.RNN, nn.LSTM or nn.GRU over a sequence, layer by layer and direction by direction:
-    the input projection of all its steps at once (``l0.ih``), then per step ``t`` the
-    recurrent projection (``l0.t3.hh``), the gate arithmetic (``l0.t3.cell``: one elementwise
-    op, as cuDNN and oneDNN fuse it) and, for an LSTM with ``proj_size``, the projection of the
-    hidden state (``l0.t3.proj``). The steps are sequential, so each is an op of its own."""
+    """nn.RNN, nn.LSTM or nn.GRU over a sequence: one ``recurrent`` op per layer (``l0``,
+    ``l1``, ...), both directions in it where bidirectional, as cuDNN and oneDNN run a layer
+    (collectors.ops.op_gemms and op_parts say what it computes: the input projection of all
+    steps at once, then each step's recurrent projection and gate arithmetic)."""
     if len(in_shape) not in (2, 3):
         raise DecomposeError(f"an input of shape {tuple(in_shape)} is not covered (a "
                              f"sequence is (length, features) or 3-D; a packed one is not)")
@@ -368,29 +367,13 @@ def _recurrent_ops(mod, in_shape: Sequence[int], dtype: str) -> list[tuple[str, 
     else:
         batch, steps = (int(in_shape[0]), int(in_shape[1])) if mod.batch_first else (
             int(in_shape[1]), int(in_shape[0]))
-    hidden, proj = mod.hidden_size, getattr(mod, "proj_size", 0)
-    out_features = proj or hidden
-    gates = RECURRENT_GATES[mod.mode] * hidden
-    bias = int(mod.bias)
+    proj = getattr(mod, "proj_size", 0)
     directions = 2 if mod.bidirectional else 1
-
-    def linear(in_features: int, out: int, tokens: int, with_bias: int) -> Op:
-        return Op.make("linear", {"in_features": in_features, "out_features": out,
-                                  "tokens": tokens, "bias": with_bias}, dtype, batch)
-
-    cell = Op.make("elementwise", {"elements": gates, "inputs": 2}, dtype, batch)
-    ops: list[tuple[str, Op]] = []
-    for layer in range(mod.num_layers):
-        in_features = mod.input_size if layer == 0 else out_features * directions
-        for direction in range(directions):
-            where = f"l{layer}" + ("_reverse" if direction else "")
-            ops.append((f"{where}.ih", linear(in_features, gates, steps, bias)))
-            for t in range(steps):
-                ops += [(f"{where}.t{t}.hh", linear(out_features, gates, 1, bias)),
-                        (f"{where}.t{t}.cell", cell)]
-                if proj:
-                    ops.append((f"{where}.t{t}.proj", linear(hidden, proj, 1, 0)))
-    return ops
+    return [(f"l{layer}", Op.make("recurrent", {
+        "input_size": mod.input_size if layer == 0 else (proj or mod.hidden_size) * directions,
+        "hidden": mod.hidden_size, "steps": steps, "gates": RECURRENT_GATES[mod.mode],
+        "directions": directions, "proj": proj, "bias": int(mod.bias)}, dtype, batch))
+        for layer in range(mod.num_layers)]
 
 
 def _cell_ops(mod, kind: str, in_shape: Sequence[int], dtype: str) -> list[tuple[str, Op]]:
@@ -411,7 +394,7 @@ def _cell_ops(mod, kind: str, in_shape: Sequence[int], dtype: str) -> list[tuple
 def module_op(mod, in_shape: Sequence[int], out_shape: Sequence[int], dtype: str,
               key_shape: Sequence[int] | None = None) -> list[Op] | list[tuple[str, Op]] | None:
     """Ops of one module call; [] for free ones, None when unsupported; (part name, op) pairs
-    for a module that runs several ops of its own naming (a recurrent layer's steps).
+    for a module that runs several ops of its own naming (a recurrent layer's layers).
     ``key_shape``: the second tensor argument's shape, where there is one (an attention's
     keys)."""
     kind = module_kind(mod)

@@ -40,7 +40,9 @@ from collectors.sweep import (
 from collectors.timing import PerfCounterTimer, Timer, TimingPolicy, measure_kernel
 
 NETWORK_SWEEP_KINDS = ("network", "layers")  # Sweep.kind of whole networks, of single layers
-LAYER_KINDS = ("conv2d", "depthwise_conv2d", "linear", "attention")
+LAYER_KINDS = ("conv2d", "depthwise_conv2d", "linear", "attention", "recurrent")
+# What `--family layers` measures unless --layer-kinds says otherwise.
+DEFAULT_LAYER_KINDS = LAYER_KINDS[:4]
 
 
 # Channel counts the network families and the search space produce (widths x 2^stage, and
@@ -72,6 +74,12 @@ def layer_grid(kinds: list[str], batches: list[int], dtype: str = "fp32") -> lis
             for s, h, d in product((32, 64, 128, 256), (2, 4), (32, 64)):
                 out.append(Op.make("attention", {"seq_len": s, "heads": h, "head_dim": d},
                                    dtype, b))
+        if "recurrent" in kinds:  # RNN, GRU and LSTM layers, one way and bidirectional
+            for gates, hidden, steps, directions, inputs in product(
+                    (1, 3, 4), (64, 128, 256, 512), (10, 50, 100), (1, 2), (64, 256)):
+                out.append(Op.make("recurrent", {"input_size": inputs, "hidden": hidden,
+                                                 "steps": steps, "gates": gates,
+                                                 "directions": directions}, dtype, b))
     return [{"family": "layer", "op": op.to_dict()} for op in out]
 
 
@@ -144,6 +152,12 @@ def layer_module(op: Op):
             def forward(self, x):
                 return torch.nn.functional.scaled_dot_product_attention(x, x, x)
         return Sdpa(), (b, p["heads"], p["seq_len"], p["head_dim"])
+    if op.kind == "recurrent":
+        layer = {1: nn.RNN, 3: nn.GRU, 4: nn.LSTM}[p["gates"]]
+        extra = {"proj_size": p["proj"]} if p["proj"] else {}
+        return (layer(p["input_size"], p["hidden"], bias=bool(p["bias"]), batch_first=True,
+                      bidirectional=p["directions"] == 2, **extra),
+                (b, p["steps"], p["input_size"]))
     raise ValueError(f"kind: no layer module for {op.kind}")
 
 

@@ -4,8 +4,6 @@ shared by ``hwnas query``, ``hwnas predict`` and ``hwnas collect network --modul
 
 from __future__ import annotations
 
-import math
-import re
 from dataclasses import dataclass, field
 
 import click
@@ -198,53 +196,13 @@ def measure_here(spec: NetworkSpec, runnable, answer, min_time_s: float) -> None
         click.echo(f"caution: {caution}; measure again on a quiet machine", err=True)
 
 
-# A recurrent layer's op at one step: lstm.l0.t3.hh (collectors.networks.decompose)
-STEP = re.compile(r"^(?P<head>.+)\.t(?P<step>\d+)\.(?P<part>[^.]+)$")
-
-
-def steps_together(layers: list) -> list[tuple[str, object]]:
-    """(label, cost) per line of a network's layers: a recurrent layer's ops at each step as
-    one line per part over its steps (``lstm.l0.t*.hh (50 steps)``, at its first step's
-    place), every other layer as it is."""
-    from hwnas.client import Cost
-
-    lines: list[tuple[str, list]] = []
-    parts: dict[tuple[str, str], list] = {}
-    for c in layers:
-        m = STEP.match(c.name)
-        if m is None:
-            lines.append((c.name, [c]))
-            continue
-        key = (m["head"], m["part"])
-        if key not in parts:
-            parts[key] = []
-            lines.append((f"{key[0]}.t*.{key[1]}", parts[key]))
-        parts[key].append(c)
-    out = []
-    for label, costs in lines:
-        if len(costs) == 1:
-            out.append((costs[0].name, costs[0]))
-            continue
-        lat = sum(c.latency_ms for c in costs)
-        energies = [c.energy_j for c in costs]
-        energy = None if None in energies else sum(energies)
-        e_std = None if energy is None else math.sqrt(sum(c.energy_std_j ** 2 for c in costs))
-        power = None if energy is None or lat <= 0 else energy / lat * 1e3
-        out.append((f"{label} ({len(costs)} steps)", Cost(
-            lat, math.sqrt(sum(c.latency_std_ms ** 2 for c in costs)), power,
-            None if power is None else power * e_std / energy if energy else 0.0, energy,
-            e_std, label, any(c.power_extrapolated for c in costs),
-            any(c.latency_extrapolated for c in costs))))
-    return out
-
-
 def echo_network(a, layers: bool, notes: list[str]) -> None:
     n = len(a.layers)
     click.echo(f"{a.device} (model v{a.model_version}); {n} layer{'s' if n != 1 else ''}; "
                f"{a.method}")
     if layers:
-        for label, cost in steps_together(a.layers):
-            click.echo("  " + cost_line(label, cost))
+        for cost in a.layers:
+            click.echo("  " + cost_line(cost.name, cost))
     click.echo(cost_line("total", a.total))
     for note in notes:
         click.echo(f"note: {note}", err=True)

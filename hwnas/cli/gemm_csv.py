@@ -29,7 +29,8 @@ def write_network_gemms(named_ops, path: str) -> tuple[int, int]:
     """The GEMMs that ``named_ops`` ((layer name, Op) pairs) run, one row per layer and GEMM
     (columns layer, m, n, k, batch, dtype, layout: what :func:`read_gemm_csv` reads back, so
     that ``hwnas collect gemm --shapes-csv`` measures them), to ``path``; returns (rows,
-    distinct configs). Ops without GEMMs (pooling, norms, elementwise) have no row."""
+    distinct configs; a recurrent layer's step GEMM is one row, however many steps run it).
+    Ops without GEMMs (pooling, norms, elementwise) have no row."""
     from collectors.ops import op_gemms
 
     def layout(op) -> str:  # convolutions, linear layers, attention: as op_gemms lowers them

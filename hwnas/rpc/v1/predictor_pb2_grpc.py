@@ -83,7 +83,7 @@ class PredictorServicer:
 
     def PredictOps(self, request, context):
         """A batch of generic ops (gemm, linear, conv2d, depthwise_conv2d, attention, pool, norm,
-        elementwise) for one device; answers in request order.
+        elementwise, recurrent) for one device; answers in request order.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
