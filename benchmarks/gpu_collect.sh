@@ -46,6 +46,7 @@
 #                   NET_DTYPE (fp32, fp16 or bf16; default fp32): the dtype they run in (the
 #                   same architectures in each: a second call with NET_DTYPE=bf16 pairs them)
 #   LAYER_TIMEOUT   default 0 (no layer sweep)
+#   RNN_TIMEOUT     default 0 (no sweep of recurrent layers)
 #   VERIFY_TIMEOUT  default 60; 0 skips measuring the searched networks of data/gpu/search_*/
 #                   with `hwnas verify`, on the GPU model they were searched for unless
 #                   VERIFY_ANY=1; copies of their arch.json or pareto.json, with the results
@@ -147,6 +148,10 @@ EOF2
 # Single layers over the layer grid, in random order: a time limit keeps a random subset.
 [ "${LAYER_TIMEOUT:-0}" -gt 0 ] && step layers "$LAYER_TIMEOUT" python3 -m hwnas.cli collect \
     network --device "$device" --family layers --min-time 0.1 --no-progress
+# Recurrent layers (RNN, GRU, LSTM) as cuDNN runs them, at batches 1, 8 and 32.
+[ "${RNN_TIMEOUT:-0}" -gt 0 ] && step recurrent "$RNN_TIMEOUT" python3 -m hwnas.cli collect \
+    network --device "$device" --family layers --layer-kinds recurrent --batch 1,8,32 \
+    --min-time 0.1 --no-progress
 # Networks searched elsewhere against this GPU's model, measured here (arch.json alone).
 # Only where this GPU is the model they were searched for (VERIFY_ANY=1: on any GPU).
 if [ "${VERIFY_TIMEOUT:-60}" -gt 0 ]; then

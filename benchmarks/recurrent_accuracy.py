@@ -5,13 +5,17 @@ Samples ``--count`` small recurrent networks (token ids or features in; one or t
 LSTM layers, one way or bidirectional, 32-512 wide; 10-120 steps; batch 1-32; a linear head on
 the last step) and measures each here by the search's verification protocol; measures the
 recurrent layer grid (as ``hwnas collect network --family layers --layer-kinds recurrent
---batch 1,8`` does) into the store unless ``--reuse``. Then, over 5 folds of held-out
+--batch 1,8,32`` does) into the store unless ``--reuse``. Then, over 5 folds of held-out
 architectures, prints in the same run: the sum of op predictions (the store's GEMM model, which
-is how ``hwnas predict network`` answers a network no network model covers), a network model
-fitted on the training fold's networks alone, and one whose per-op forests learned the recurrent
-layers too. Needs a GEMM model of this CPU in the store (``hwnas demo`` registers one).
+is how ``hwnas predict network`` answered a network no network model covers before recurrent
+layers were swept), the same sum with the recurrent layers priced by the forest of the swept
+layers (how it answers once they are and ``hwnas train --target network`` learned them), a
+network model fitted on the training fold's networks alone, and one whose per-op forests learned
+the recurrent layers too. Needs a GEMM model of this CPU in the store (``hwnas demo`` registers
+one).
 
     python benchmarks/recurrent_accuracy.py [--db URL] [--count 40] [--reuse] [--threads N]
+                                            [--batches 1,8,32] [--details]
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from collectors.networks.sweep import NetworkSweep, layer_grid
 from collectors.store.db import Store
 from collectors.timing import TimingPolicy
 from predictor import registry
-from predictor.network import NetworkCostModel, OpKindForests, layer_frame
+from predictor.network import NetworkCostModel, OpKindForests, forest_priced, layer_frame
 from predictor.op_costs import predict_ops, total
 from search.run import measure_network
 
@@ -82,6 +86,9 @@ def main() -> None:
                     help="timed seconds per measurement round")
     ap.add_argument("--reuse", action="store_true",
                     help="use the recurrent layers already in the store")
+    ap.add_argument("--batches", default="1,8,32",
+                    help="batches of the recurrent layer grid, comma-separated")
+    ap.add_argument("--details", action="store_true", help="print every network")
     args = ap.parse_args()
 
     if args.threads:
@@ -91,7 +98,8 @@ def main() -> None:
     if not args.reuse:
         sweeper = NetworkSweep(store, cpu, TimingPolicy(min_time_s=args.min_time, rounds=3),
                                args.threads)
-        sweeper.run(sweeper.create(layer_grid(["recurrent"], [1, 8]), "layers"))
+        batches = [int(b) for b in args.batches.split(",")]
+        sweeper.run(sweeper.create(layer_grid(["recurrent"], batches), "layers"))
     layers = layer_frame(store, cpu.info.model)
     layers = layers[[op.kind == "recurrent" and op.dtype == "fp32" for op in layers.op]]
     kinds = OpKindForests().fit(list(layers.op), layers.latency_ms.to_numpy())
@@ -109,6 +117,12 @@ def main() -> None:
                                         input_dtype=kind).latency_ms)
     y = np.array(measured)
     summed = np.array([total(predict_ops(gemm, ops)).latency_ms for ops in nets])
+    # as the service sums a network no network model covers, where layer sweeps measured
+    # recurrent layers: those by their forest, every other op by the GEMM model
+    sweeps = NetworkCostModel(kinds)
+    sweeps.dtypes_ = {"fp32"}
+    forests = np.array([total(forest_priced(sweeps, 0, ops, predict_ops(gemm, ops))).latency_ms
+                        for ops in nets])
     alone, with_layers = np.empty(len(y)), np.empty(len(y))
     for tr, te in KFold(5, shuffle=True, random_state=0).split(nets):
         train = [nets[i] for i in tr]
@@ -118,15 +132,26 @@ def main() -> None:
 
     print(f"\n{cpu.info.model}: {len(y)} recurrent networks ({y.min():.3g}-{y.max():.3g} ms), "
           f"{len(layers)} recurrent layers; 5 folds of held-out architectures")
-    print(f"  sum of op predictions (GEMM model): {scores(y, summed)}")
-    print(f"  network model, networks only:       {scores(y, alone)}")
-    print(f"  network model + recurrent layers:   {scores(y, with_layers)}")
+    print(f"  sum of op predictions (GEMM model):     {scores(y, summed)}")
+    print(f"  network model, networks only:           {scores(y, alone)}")
+    print(f"  network model + recurrent layers:       {scores(y, with_layers)}")
+    print(f"  sum, recurrent layers by their forest:  {scores(y, forests)}")
+    if args.details:
+        print("\nmeasured ms, then measured / predicted: op sum, networks only, + layers, forest")
+        for i in np.argsort(y):
+            c = configs[i]
+            print(f"  {c['mode']:<4} {c['layers']}x{c['hidden']:<3} "
+                  f"{'bi' if c['bidirectional'] else '  '} in {c['features']:<3} "
+                  f"{c['steps']:>3} steps batch {c['batch']:>2}: {y[i]:8.4g}  "
+                  f"x{y[i] / summed[i]:.2f} x{y[i] / alone[i]:.2f} x{y[i] / with_layers[i]:.2f} "
+                  f"x{y[i] / forests[i]:.2f}")
     for mode in LAYERS:
         sel = np.array([c["mode"] == mode for c in configs])
         if sel.any():
             print(f"  {mode:<4} ({sel.sum():>2}): op sum x{np.median(y[sel] / summed[sel]):.2f}, "
                   f"networks only x{np.median(y[sel] / alone[sel]):.2f}, + layers "
-                  f"x{np.median(y[sel] / with_layers[sel]):.2f} (medians)")
+                  f"x{np.median(y[sel] / with_layers[sel]):.2f}, forest "
+                  f"x{np.median(y[sel] / forests[sel]):.2f} (medians)")
 
 
 if __name__ == "__main__":

@@ -32,7 +32,8 @@ def default_server() -> str:
 class Cost:
     """One prediction. Power and energy are None where the device had no power sensor;
     ``power_extrapolated``: shorter than any op whose power was read on its own;
-    ``latency_extrapolated``: beyond the shapes the GEMM model was trained on."""
+    ``latency_extrapolated``: beyond the shapes the GEMM model was trained on (or the layers
+    the forest that priced it learned)."""
 
     latency_ms: float
     latency_std_ms: float

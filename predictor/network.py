@@ -41,7 +41,9 @@ def op_features(op: Op) -> np.ndarray:
 
 
 class OpKindForests:
-    """One forest per op kind, on log latency; kinds without layer data have no model.
+    """One forest per op kind, on log latency per step (collectors.ops.op_steps: a recurrent
+    layer's latency grows with its steps, which a forest's steps between the swept ones would
+    not follow; any other op is one step); kinds without layer data have no model.
     Predictions come from the compiled forms (predictor.fast): a network query asks every
     kind's forest, and scikit-learn's ``predict`` costs ~10 ms per call however few rows."""
 
@@ -49,6 +51,8 @@ class OpKindForests:
         self.n_estimators, self.random_state = n_estimators, random_state
         self.models: dict[str, RandomForestRegressor] = {}
         self.fast: dict[str, FastForest] = {}
+        # per kind, the smallest and largest of each feature its layers had (op_features)
+        self.ranges: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
     def compile(self) -> OpKindForests:
         self.fast = {kind: FastForest(model) for kind, model in self.models.items()}
@@ -62,10 +66,29 @@ class OpKindForests:
             if len(idx) < 5:
                 continue
             x = np.stack([op_features(ops[i]) for i in idx])
+            steps = np.array([op_steps(ops[i]) for i in idx], dtype=float)
             self.models[kind] = RandomForestRegressor(
                 self.n_estimators, random_state=self.random_state).fit(
-                x, np.log(latency_ms[idx]))
+                x, np.log(latency_ms[idx] / steps))
+            self.ranges[kind] = (x.min(axis=0), x.max(axis=0))
         return self.compile()
+
+    def predict_spread(self, ops: list[Op]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per op of a kind with a model: latency (ms), the spread of the trees' log latency,
+        and whether a feature of the op lies outside its kind's layers (a forest answers
+        there as at the nearest layer it learned); all NaN / False for other ops."""
+        ms, log_std = np.full(len(ops), np.nan), np.full(len(ops), np.nan)
+        beyond = np.zeros(len(ops), dtype=bool)
+        for kind in {op.kind for op in ops} & set(self.fast):
+            idx = [i for i, op in enumerate(ops) if op.kind == kind]
+            x = np.stack([op_features(ops[i]) for i in idx])
+            mean, var = self.fast[kind].moments(x, self.fast[kind].values)
+            steps = np.array([op_steps(ops[i]) for i in idx], dtype=float)
+            ms[idx], log_std[idx] = np.exp(mean[:, 0]) * steps, np.sqrt(var[:, 0])
+            if kind in self.ranges:
+                low, high = self.ranges[kind]
+                beyond[idx] = ((x < low - 1e-9) | (x > high + 1e-9)).any(axis=1)
+        return ms, log_std, beyond
 
     def predict(self, ops: list[Op]) -> np.ndarray:
         """Latency (ms) per op; NaN for ops whose kind has no model."""
@@ -79,8 +102,35 @@ class OpKindForests:
             fast = self.fast.get(kind)
             log_ms = (fast.moments(x, fast.values, spread=())[0][:, 0] if fast is not None
                       else self.models[kind].predict(x))
-            out[idx] = np.exp(log_ms)
+            out[idx] = np.exp(log_ms) * [op_steps(ops[i]) for i in idx]
         return out
+
+
+# Op kinds a sum of op predictions takes from the device's per-op forests where its layer
+# sweeps measured them: the GEMM model's sum of a recurrent layer's steps misses how cuDNN and
+# oneDNN run the layer (x0.2-1.4 on a CPU; docs/results.md, "Recurrent networks").
+FOREST_PRICED = ("recurrent",)
+
+
+def forest_priced(model: NetworkCostModel, version: int, ops: list[Op], costs: list) -> list:
+    """``costs`` (the GEMM model's of ``ops``: op_costs.predict_ops), with each op of a
+    :data:`FOREST_PRICED` kind that ``model`` (network model ``version``) has a per-op forest
+    for, of a dtype it learned, priced by that forest instead: latency ± the trees' spread,
+    no power (the layer sweeps' power is not modelled)."""
+    from predictor.op_costs import OpCost
+
+    kinds = model.kind_model
+    if kinds is None or not any(op.kind in FOREST_PRICED and op.kind in kinds.fast
+                                and op.dtype in (model.dtypes_ or ()) for op in ops):
+        return costs
+    ms, log_std, beyond = kinds.predict_spread(ops)
+    out = list(costs)
+    for i, op in enumerate(ops):
+        if op.kind in FOREST_PRICED and op.dtype in model.dtypes_ and not np.isnan(ms[i]):
+            out[i] = OpCost(float(ms[i]), float(ms[i] * np.expm1(log_std[i])), None, None,
+                            None, None, f"{op.kind} layers' forest (network model v{version})",
+                            0, latency_extrapolated=bool(beyond[i]))
+    return out
 
 
 def network_terms(ops: list[Op], kind_model: OpKindForests | None) -> np.ndarray:
@@ -407,7 +457,9 @@ def register(store: Store, device_model: str, model: NetworkCostModel, metrics: 
     meta = {"metrics": metrics, "coef": model.coef_.tolist(), "scale": model.scale_.tolist(),
             "kinds": sorted(forests), "dtypes": sorted(model.dtypes_ or ()),
             "network_kinds": sorted(model.kinds_ or ()), "min_layers": model.min_layers_,
-            "fixed_kinds": model.fixed_, "batches": model.batches_}
+            "fixed_kinds": model.fixed_, "batches": model.batches_,
+            "layer_ranges": {kind: [low.tolist(), high.tolist()] for kind, (low, high)
+                             in (model.kind_model.ranges if model.kind_model else {}).items()}}
     if getattr(model, "data_span_", None):  # when its training rows were stored
         meta["data_from"], meta["data_to"], meta["data_to_id"] = model.data_span_
     return registry.register_skops(store, device_model, TARGET, dict(forests),
@@ -420,6 +472,8 @@ def load(row) -> NetworkCostModel:
     forests = registry.load_skops(row)
     kinds = OpKindForests()
     kinds.models = dict(forests)
+    kinds.ranges = {kind: (np.array(low), np.array(high))
+                    for kind, (low, high) in (row.meta.get("layer_ranges") or {}).items()}
     model = NetworkCostModel(kinds.compile())
     # A model from before op kinds were added has no terms for them: zero, as it never saw
     # one (and does not answer for networks that hold them: kinds_).

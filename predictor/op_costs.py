@@ -85,16 +85,19 @@ def predict_ops(model: GemmCostForest, ops: list[Op]) -> list[OpCost]:
 
 
 def total(costs: list[OpCost]) -> OpCost:
-    """Sum of a network's op costs; power is energy over time when every op has it."""
+    """Sum of a network's op costs; power is energy over time when every op has it. Its source
+    names the sources other than the GEMM model's that priced some of the ops."""
+    others = sorted({c.source for c in costs} - {FOREST, ROOFLINE})
+    source = "; ".join([SUM_OF_OPS, *others])
     lat = sum(c.latency_ms for c in costs)
     lat_std = float(np.sqrt(sum(c.latency_std_ms ** 2 for c in costs)))
     beyond = any(c.latency_extrapolated for c in costs)
     if not costs or any(c.energy_j is None for c in costs):
-        return OpCost(lat, lat_std, None, None, None, None, SUM_OF_OPS,
+        return OpCost(lat, lat_std, None, None, None, None, source,
                       sum(c.gemm_count for c in costs), latency_extrapolated=beyond)
     energy = sum(c.energy_j for c in costs)
     e_std = float(np.sqrt(sum(c.energy_std_j ** 2 for c in costs)))
     power = energy / lat * 1e3
     return OpCost(lat, lat_std, power, power * e_std / energy if energy else 0.0, energy, e_std,
-                  SUM_OF_OPS, sum(c.gemm_count for c in costs),
+                  source, sum(c.gemm_count for c in costs),
                   any(c.power_extrapolated for c in costs), beyond)

@@ -82,7 +82,7 @@ def wait_for_network_model(client, device: str, space: SpaceConfig, version: int
     deadline = time.monotonic() + timeout_s
     while True:
         answer = client.predict_network(device, ops=ops)
-        if answer.method != OP_SUM and answer.model_version == version:
+        if not answer.method.startswith(OP_SUM) and answer.model_version == version:
             return
         if time.monotonic() > deadline:
             raise ValueError(f"--calibrate: the prediction service still answers {device!r} "

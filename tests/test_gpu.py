@@ -150,14 +150,19 @@ def test_network_sweep_on_the_gpu_with_cuda_events_and_energy(tmp_path):
     # fp32, and bf16 as GPUs run networks (collect network --dtype bf16): layers too.
     bf16 = [c for c in layer_grid(["linear", "attention"], [8], "bf16")
             if c["op"]["kind"] == "attention"][:2] + network_plan(["resnet"], 1, 8, 0, "bf16")
-    plan = layer_grid(["conv2d"], [8])[:4] + network_plan(["nb201", "resnet"], 2, 8, 0) + bf16
+    # recurrent layers as cuDNN runs them: an LSTM and a GRU
+    rnn = [c for c in layer_grid(["recurrent"], [8]) if c["op"]["params"]["gates"] in (3, 4)
+           and c["op"]["params"]["hidden"] == 128 and c["op"]["params"]["steps"] == 50][:2]
+    plan = (layer_grid(["conv2d"], [8])[:4] + rnn + network_plan(["nb201", "resnet"], 2, 8, 0)
+            + bf16)
     summary = sweeper.run(sweeper.create(plan, "network"))
     assert summary.done == len(plan) and summary.failed == 0
     with store.session() as s:
         rows = s.scalars(select(Measurement)).all()
     assert {r.backend for r in rows} == {"torch-cuda"}
     assert all(r.latency_ms_median > 0 and r.power_source.startswith("nvml") for r in rows)
-    assert sorted(r.dtype for r in rows) == ["bf16"] * 3 + ["fp32"] * 8
+    assert sorted(r.dtype for r in rows) == ["bf16"] * 3 + ["fp32"] * 10
+    assert sorted(r.op_kind for r in rows if r.op_kind == "recurrent") == ["recurrent"] * 2
     assert all(op["dtype"] == r.dtype for r in rows for _, op in r.params["ops"])
 
 

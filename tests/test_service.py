@@ -671,6 +671,41 @@ def test_a_recurrent_layer_costs_its_projections_and_its_steps_gates():
     assert predict_ops(model, [long])[0].latency_ms > 1e4 * cost.latency_ms
 
 
+def test_a_sum_of_ops_prices_recurrent_layers_by_the_forest_of_swept_ones(served):
+    """Where layer sweeps measured recurrent layers, the sum of op predictions takes them from
+    the network model's forest of them (the GEMM model's sum of their steps misses how cuDNN
+    and oneDNN run them), and says so; other ops, and dtypes the forest did not learn, stay
+    with the GEMM model."""
+    from collectors.ops import Op
+    from predictor import network
+
+    store, _, client, _ = served
+
+    def rnn(steps: int, hidden: int = 64, dtype: str = "fp32") -> Op:
+        return Op.make("recurrent", {"input_size": 32, "hidden": hidden, "steps": steps,
+                                     "gates": 4}, dtype, 2)
+
+    layers = [rnn(steps, hidden) for steps in (10, 20, 40, 80) for hidden in (32, 64, 128)]
+    kinds = network.OpKindForests(n_estimators=10).fit(
+        layers, np.array([0.003 * op.params["steps"] for op in layers]))
+    # its networks hold linear layers only: it does not answer for a recurrent network
+    nets = [[linear_op(64 * (i % 3 + 1), 8)] * (i % 4 + 1) for i in range(20)]
+    model = network.NetworkCostModel(kinds).fit(nets, np.array([0.02 * len(n) for n in nets]))
+    row = network.register(store, PROFILE.model, model, {"networks": 20, "held_out": {}})
+    ops = [rnn(20), linear_op(64, 1), rnn(20, dtype="fp16"), rnn(500)]
+    a = client.predict_network("Test GPU", ops=[op.to_dict() for op in ops])
+    assert a.method == (f"sum of op predictions; recurrent layers' forest (network model "
+                        f"v{row.version})"), a.method
+    assert a.layers[0].latency_ms == pytest.approx(0.06, rel=0.05)  # 20 steps of 3 us
+    assert not a.layers[0].latency_extrapolated and a.layers[3].latency_extrapolated
+    gemm = client.predict_ops("Test GPU", [ops[1].to_dict(), ops[2].to_dict()],
+                              model_version=1).costs
+    assert [a.layers[1].latency_ms, a.layers[2].latency_ms] == pytest.approx(
+        [c.latency_ms for c in gemm])
+    assert a.total.latency_ms == pytest.approx(sum(c.latency_ms for c in a.layers))
+    assert a.total.power_w is None
+
+
 def linear_network_model(trees: int = 10):
     """A network model of linear layers whose latency is known: 30 layers, 20 networks."""
     from predictor import network
@@ -871,6 +906,7 @@ def test_predict_network_answers_here_for_a_torch_model_as_the_service_does(tmp_
     assert r.exit_code == 0 and "2 layers" in r.output, r.output
     assert [line.split(":")[0].strip() for line in r.output.splitlines()[1:3]] == [
         "0", "1.l0"], r.output
+    assert "note: its recurrent layers are the GEMM model's sum of their steps" in r.stderr
     # The network's own GEMMs to a file that `hwnas collect gemm --shapes-csv` reads.
     from collectors.gemm.shapes_csv import read_gemm_csv
 

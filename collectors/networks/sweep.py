@@ -76,7 +76,7 @@ def layer_grid(kinds: list[str], batches: list[int], dtype: str = "fp32") -> lis
                                    dtype, b))
         if "recurrent" in kinds:  # RNN, GRU and LSTM layers, one way and bidirectional
             for gates, hidden, steps, directions, inputs in product(
-                    (1, 3, 4), (64, 128, 256, 512), (10, 50, 100), (1, 2), (64, 256)):
+                    (1, 3, 4), (32, 64, 128, 256, 512), (10, 50, 100, 200), (1, 2), (64, 256)):
                 out.append(Op.make("recurrent", {"input_size": inputs, "hidden": hidden,
                                                  "steps": steps, "gates": gates,
                                                  "directions": directions}, dtype, b))

@@ -184,7 +184,7 @@ def measure_here(spec: NetworkSpec, runnable, answer, min_time_s: float) -> None
              else "power not readable here")
     click.echo(f"measured here on {m.device}: {m.latency_ms:.5g} ms "
                f"(x{m.latency_ms / predicted:.2f} the prediction); {power}")
-    if answer.method == OP_SUM:
+    if answer.method.startswith(OP_SUM):
         run_it = ("--module ... --input-shape ..." if spec.module is not None
                   else "--family nb201")
         click.echo("note: the prediction sums the ops' predictions, which leaves out the "

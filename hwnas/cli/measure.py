@@ -168,9 +168,9 @@ def collect_gemm(db_url, device_name, backend, threads, dtypes, shape_set, shape
 @click.option("--layer-kinds", default="conv2d,depthwise_conv2d,linear,attention",
               show_default=True,
               help="With --family layers: the op kinds whose single layers are measured, "
-                   "comma-separated; add recurrent for RNN, GRU and LSTM layers (144 per "
-                   "batch: steps, widths, one way and bidirectional), which a network model "
-                   "then prices as cuDNN or oneDNN runs them.")
+                   "comma-separated; add recurrent for RNN, GRU and LSTM layers (240 per "
+                   "batch: 10-200 steps, 32-512 wide, one way and bidirectional), whose "
+                   "forest then prices recurrent layers as cuDNN or oneDNN runs them.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", "device_name", default=None,
               help="cpu (the default), or cuda:N for an NVIDIA GPU (CUDA events, NVML energy; "

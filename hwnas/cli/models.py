@@ -448,9 +448,15 @@ def predict_network(db_url, device_spec, arch, ops_json, module_spec, input_shap
     # the network's named ops, for the note on the op sum and the GEMMs file
     named = ((network_ops(arch, batch, dtype) if arch is not None else
               [(o.get("name") or f"op{i}", Op.from_dict(o)) for i, o in enumerate(ops)])
-             if a.method == OP_SUM or gemms_csv else [])
-    if a.method == OP_SUM:
+             if a.method.startswith(OP_SUM) or gemms_csv else [])
+    if a.method.startswith(OP_SUM):
         _why_no_network_model(store, device_model, version, [op for _, op in named])
+    if a.method == OP_SUM and any(op.kind == "recurrent" for _, op in named):
+        click.echo("note: its recurrent layers are the GEMM model's sum of their steps, which "
+                   "misses how cuDNN and oneDNN run them (0.2-1.4x the measured time on a CPU "
+                   "in docs/results.md); `hwnas collect network --family layers --layer-kinds "
+                   "recurrent --batch 1,8,32`, then `hwnas train --target network`, price them "
+                   "by measured layers", err=True)
     if runnable:
         measure_here(spec, runnable, a, min_time)
     if gemms_csv:

@@ -119,7 +119,7 @@ def search_cmd(db_url, space, width, depth, strategy, epochs, retrain_epochs, la
                 version = _calibrate_search(db_url, measure_on, device, space_cfg, calibrate,
                                             seed, not no_progress)
                 wait_for_network_model(client, device, space_cfg, version)
-            elif prediction_method(client, device, space_cfg) == OP_SUM:
+            elif prediction_method(client, device, space_cfg).startswith(OP_SUM):
                 remedy = ("add --calibrate 20 (measures 20 networks of this space here first)"
                           if measure_on is not None else "run hwnas collect network and hwnas "
                           "train --target network on the machine with it")
@@ -292,7 +292,7 @@ def verify_cmd(arch, device_name, min_time, rounds, no_record) -> None:
     if not v.same_device:
         click.echo(f"note: measured on {v.device_model}, predicted for {v.predicted_for}: "
                    "the comparison is across devices")
-    if v.prediction_method == OP_SUM:
+    if v.prediction_method.startswith(OP_SUM):
         click.echo("note: the search's costs were sums of GEMM predictions per op (no network "
                    "model), which leave out per-layer overhead; hwnas search --calibrate N on "
                    "this machine fits one")

@@ -20,7 +20,7 @@ from collectors.devices import matching_models
 from collectors.ops import Op
 from collectors.store.db import Store
 from collectors.store.models import Device, Measurement, ModelVersion
-from predictor import registry
+from predictor import network, registry
 from predictor.forest import CostPrediction, GemmCostForest
 from predictor.op_costs import OpCost, predict_ops, total
 
@@ -208,18 +208,18 @@ class PredictionEngine:
         bound plus the dtype's fixed cost per call)."""
         device = self.resolve_device(device_spec)
         return self._op_costs(device, version, ops,
-                              self._network_for(device, version, ops, network=False))
+                              self._network_for(device, version, ops, whole=False))
 
-    def _network_for(self, device: str, version: int, ops: list[Op], network: bool = True):
+    def _network_for(self, device: str, version: int, ops: list[Op], whole: bool = True):
         """The device's network model if it covers ``ops`` (the dtypes and op kinds of its
-        training networks, and as a whole ``network`` not far smaller than they were:
+        training networks, and as a ``whole`` network not far smaller than they were:
         NetworkCostModel.covers), else None (the GEMM forest answers, or refuses a dtype it
         was not trained on either). A ``version`` that names only a network model, which does
         not cover ``ops``, is a FAILED_PRECONDITION saying why."""
         net = self.network_model(device, version, ops)
         if net is None:
             return None
-        reason = net[1].uncovered(ops, network)
+        reason = net[1].uncovered(ops, whole)
         if reason is None:
             return net
         if version and self._find(device, "gemm", version) is None:
@@ -239,9 +239,15 @@ class PredictionEngine:
                                       "network model", 0) for c in shares]
         lm = self.model_for(device, version)
         try:
-            return device, lm.version, predict_ops(lm.model, ops)
+            costs = predict_ops(lm.model, ops)
         except ValueError as exc:
             raise ServiceError("INVALID_ARGUMENT", str(exc)) from None
+        # recurrent layers from the network model's forest of them, where layer sweeps made one
+        latest = self.network_model(device, 0, ops) if any(
+            op.kind in network.FOREST_PRICED for op in ops) else None
+        if latest is not None:
+            costs = network.forest_priced(latest[1], latest[0], ops, costs)
+        return device, lm.version, costs
 
     def predict_gemm(self, device_spec: str, version: int, arrays: dict
                      ) -> tuple[str, int, CostPrediction]:
@@ -323,8 +329,6 @@ class PredictionEngine:
         """(version, model, held-out RMSPE) of the device's network model, or None. Without a
         ``version``, the latest that learned the dtype of ``ops``, where one did: a device may
         have one network model per dtype its networks were measured in."""
-        from predictor import network
-
         dtype = network.network_dtype(ops) if ops else None
         row = self._find(device, network.TARGET, version, dtype)
         if row is None:
@@ -361,21 +365,18 @@ class PredictionEngine:
     def _network_at_another_batch(self, device: str, version: int, ops: list[Op]):
         """The device's network model where its training networks all ran at one batch and it
         covers ``ops`` but for theirs; else None."""
-        from predictor.network import at_another_batch
-
         net = self.network_model(device, version, ops)
-        return net if net is not None and at_another_batch(net[1], ops) else None
+        return net if net is not None and network.at_another_batch(net[1], ops) else None
 
     def _batch_scaled(self, device: str, ops: list[Op], net
                       ) -> tuple[str, int, OpCost, list[OpCost]]:
         """A network at another batch than the network model ``net``'s, answered by
         :func:`predictor.network.batch_scaled` with the default GEMM model. Layers are the
         second answer's, scaled to the total."""
-        from predictor.network import batch_scaled
-
         version, model, rmspe = net
         try:
-            lat, per_op, spread, now = batch_scaled(model, self.model_for(device, 0).model, ops)
+            lat, per_op, spread, now = network.batch_scaled(
+                model, self.model_for(device, 0).model, ops)
         except ValueError as exc:
             raise ServiceError("INVALID_ARGUMENT", str(exc)) from None
         layers = [OpCost(float(x), float(x) * rmspe, None, None, None, None, BATCH_SCALED,
