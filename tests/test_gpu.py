@@ -152,7 +152,9 @@ def test_network_sweep_on_the_gpu_with_cuda_events_and_energy(tmp_path):
             if c["op"]["kind"] == "attention"][:2] + network_plan(["resnet"], 1, 8, 0, "bf16")
     # recurrent layers as cuDNN runs them: an LSTM and a GRU
     rnn = [c for c in layer_grid(["recurrent"], [8]) if c["op"]["params"]["gates"] in (3, 4)
-           and c["op"]["params"]["hidden"] == 128 and c["op"]["params"]["steps"] == 50][:2]
+           and (c["op"]["params"]["hidden"], c["op"]["params"]["steps"],
+                c["op"]["params"]["directions"], c["op"]["params"]["input_size"])
+           == (128, 50, 1, 64)]
     plan = (layer_grid(["conv2d"], [8])[:4] + rnn + network_plan(["nb201", "resnet"], 2, 8, 0)
             + bf16)
     summary = sweeper.run(sweeper.create(plan, "network"))

@@ -852,6 +852,10 @@ def test_networks_and_layers_are_measured_in_the_dtype_asked_for(tmp_path, monke
     with store.session() as s:
         layer = s.execute(select(Measurement).where(Measurement.sweep_id == sweep)).scalar_one()
         assert layer.status == "ok" and layer.dtype == "fp16", layer.error
+    # and recurrent layers, whose forest prices them in sums of op predictions
+    rnn = [c for c in layer_grid(["recurrent"], [1]) if c["op"]["params"]["hidden"] == 32
+           and c["op"]["params"]["steps"] == 10][:5]
+    assert sweeper.run(sweeper.create(rnn, "layers")).done == 5
 
     # A network model learns one dtype: several stored, it must be told which.
     with pytest.raises(network.DataError, match=r"dtype: networks of .* in several dtypes "
@@ -865,6 +869,8 @@ def test_networks_and_layers_are_measured_in_the_dtype_asked_for(tmp_path, monke
                                   "fp32", "--folds", "2"])
     assert r.exit_code == 0 and "from 4 networks" in r.output, r.output
     assert "it answers networks of fp32 " in r.output, r.output
+    assert "summed from op predictions, whose recurrent layers its forest of the swept ones " \
+           "prices" in r.output, r.output
     # One network model per dtype: each network is answered by the latest that learned its
     # dtype (v2 is fp32's, v1 bf16's), not only by the latest of all.
     from hwnas.service.engine import PredictionEngine

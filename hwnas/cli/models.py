@@ -129,7 +129,8 @@ def train(db_url, device_spec, folds, trees, target, baseline_fit, network_dtype
                    f"{', '.join(meta['network_kinds'])} ops with at least {fewest} "
                    f"layer{'s' if fewest != 1 else ''} {batch} (as its training networks "
                    "were)" + _fixed_kinds(meta.get("fixed_kinds") or {})
-                   + "; others are summed from op predictions")
+                   + "; others are summed from op predictions"
+                   + _forest_priced(meta.get("kinds") or []))
         return
     previous = default_row(store, model)
     row, ev = train_and_register(store, model, folds, n_estimators=trees,
@@ -465,6 +466,15 @@ def predict_network(db_url, device_spec, arch, ops_json, module_spec, input_shap
         rows, distinct = write_network_gemms(named, gemms_csv)
         click.echo(f"\nwrote the {rows} GEMMs of its layers ({distinct} distinct) to "
                    f"{gemms_csv}; `hwnas collect gemm --shapes-csv {gemms_csv}` measures them")
+
+
+def _forest_priced(forest_kinds: list[str]) -> str:
+    """What the per-op forests of a new network model add to sums of op predictions."""
+    from predictor.network import FOREST_PRICED
+
+    kinds = [kind for kind in FOREST_PRICED if kind in forest_kinds]
+    return (f", whose {', '.join(kinds)} layers its forest of the swept ones prices" if kinds
+            else "")
 
 
 def _why_no_network_model(store, device_model: str, version: int, ops) -> None:
