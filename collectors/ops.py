@@ -259,10 +259,10 @@ def op_gemm_counts(op: Op) -> list[tuple[tuple[int, int, int, int], int]]:
     each of :func:`op_gemms` once."""
     if op.kind != "recurrent":
         return [(gemm, 1) for gemm in op_gemms(op)]
-    b, p = op.batch, op.params
+    b, p, steps = op.batch, op.params, op_steps(op)  # steps over both directions
     gates, out = p["gates"] * p["hidden"], p["proj"] or p["hidden"]
-    steps, directions = p["steps"] * p["directions"], p["directions"]
-    return [((b * p["steps"], gates, p["input_size"], 1), directions), ((b, gates, out, 1), steps),
+    return [((b * p["steps"], gates, p["input_size"], 1), p["directions"]),
+            ((b, gates, out, 1), steps),
             *([((b, p["proj"], p["hidden"], 1), steps)] if p["proj"] else [])]
 
 

@@ -394,7 +394,7 @@ def _cell_ops(mod, kind: str, in_shape: Sequence[int], dtype: str) -> list[tuple
 def module_op(mod, in_shape: Sequence[int], out_shape: Sequence[int], dtype: str,
               key_shape: Sequence[int] | None = None) -> list[Op] | list[tuple[str, Op]] | None:
     """Ops of one module call; [] for free ones, None when unsupported; (part name, op) pairs
-    for a module that runs several ops of its own naming (a recurrent layer's layers).
+    for a module that runs several ops of its own naming (a stacked recurrent layer's layers).
     ``key_shape``: the second tensor argument's shape, where there is one (an attention's
     keys)."""
     kind = module_kind(mod)
