@@ -166,6 +166,18 @@ def test_a_recurrent_layer_is_one_op_of_its_steps_gates_and_directions():
                                           "bias": 1}
 
 
+@pytest.mark.filterwarnings("ignore:LSTM with projections is not supported")
+@pytest.mark.parametrize("params", [
+    {"gates": 1}, {"gates": 3, "directions": 2, "bias": 0}, {"gates": 4, "proj": 8},
+    {"gates": 4, "directions": 2, "proj": 8}])
+def test_a_swept_recurrent_layer_decomposes_into_the_op_it_was_built_from(params):
+    from collectors.networks.sweep import layer_module
+
+    op = Op.make("recurrent", {"input_size": 12, "hidden": 16, "steps": 5, **params}, "fp32", 3)
+    model, shape = layer_module(op)
+    assert [o for _, o in decompose(model, shape).ops] == [op]
+
+
 def test_a_recurrent_op_names_its_bad_fields():
     def make(**params):
         return Op.make("recurrent", {"input_size": 8, "hidden": 16, "steps": 5, "gates": 4,
