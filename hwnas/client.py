@@ -220,9 +220,13 @@ class PredictorClient:
     def list_models(self, device: str = "") -> list[pb.ModelMetadata]:
         return list(self._call("ListModels", pb.ListModelsRequest(device=device)).models)
 
-    def model_metadata(self, device: str, version: int = 0) -> pb.ModelMetadata:
-        return self._call("GetModelMetadata",
-                          pb.GetModelMetadataRequest(device=device, version=version))
+    def model_metadata(self, device: str, version: int = 0, target: str = "gemm",
+                       dtype: str = "") -> pb.ModelMetadata:
+        """A registered model's metadata: version ``version`` of the device's ``target`` model
+        (gemm, network or nb201), else its default; for a network model without a version,
+        the newest that learned ``dtype``, where one is given."""
+        return self._call("GetModelMetadata", pb.GetModelMetadataRequest(
+            device=device, version=version, target=target, dtype=dtype))
 
     def wait_ready(self, timeout_s: float = 30.0) -> None:
         """Block until the server's health service reports SERVING."""

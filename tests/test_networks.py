@@ -911,6 +911,25 @@ def test_networks_and_layers_are_measured_in_the_dtype_asked_for(tmp_path, monke
             client.wait_ready(30)
             listed = {m.version: (m.latest, list(m.default_for_dtypes))
                       for m in client.list_models() if m.target == "network"}
+            # one model's metadata, of a target and, for a network model, a dtype
+            meta = {dtype: client.model_metadata(cpu.info.model, target="network", dtype=dtype)
+                    for dtype in ("", "bf16", "fp32")}
+            assert {d: (m.version, m.latest, list(m.default_for_dtypes), list(m.dtypes))
+                    for d, m in meta.items()} == {"": (2, True, [], ["fp32"]),
+                                                  "bf16": (1, False, ["bf16"], ["bf16"]),
+                                                  "fp32": (2, True, [], ["fp32"])}
+            assert client.model_metadata(cpu.info.model, 1, target="network").version == 1
+            import grpc
+
+            for target, dtype, says in [("forest", "", "target: expected gemm, network, nb201"),
+                                        ("network", "fp8", "dtype: ")]:
+                with pytest.raises(grpc.RpcError) as err:
+                    client.model_metadata(cpu.info.model, target=target, dtype=dtype)
+                assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+                assert says in err.value.details(), err.value.details()
+            with pytest.raises(grpc.RpcError) as err:
+                client.model_metadata(cpu.info.model, target="nb201")
+            assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert listed == {1: (False, ["bf16"]), 2: (True, [])}, listed
         r = CliRunner().invoke(main, ["query", "models", "--server", f"127.0.0.1:{server.port}"])
         assert r.exit_code == 0 and [line.endswith(" bf16 networks") for line in

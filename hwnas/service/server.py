@@ -22,7 +22,7 @@ import numpy as np
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from collectors.ops import Op, OpError, check_gemm_columns
+from collectors.ops import Op, OpError, check_dtype, check_gemm_columns
 from hwnas.rpc.v1 import predictor_pb2 as pb
 from hwnas.rpc.v1 import predictor_pb2_grpc as pb_grpc
 from hwnas.service.engine import PredictionEngine, ServiceError, no_default_reason
@@ -31,6 +31,9 @@ from predictor.nasbench201 import network_ops
 from predictor.op_costs import OpCost
 
 SERVICE = pb.DESCRIPTOR.services_by_name["Predictor"].full_name
+# The kinds of model the registry holds: GEMM models (hwnas train), network models (hwnas
+# train --target network) and few-shot NAS-Bench-201 models (hwnas adapt).
+MODEL_TARGETS = ("gemm", "network", "nb201")
 log = logging.getLogger("hwnas.service")
 
 
@@ -384,14 +387,22 @@ class PredictorService(pb_grpc.PredictorServicer):
             device = self.engine.resolve_device(request.device)
             if request.version < 0:
                 raise OpError("version", f"must be >= 0, got {request.version}")
+            target = request.target or "gemm"
+            if target not in MODEL_TARGETS:
+                raise OpError("target", f"expected {', '.join(MODEL_TARGETS)}, got {target!r}")
+            dtype = check_dtype(request.dtype).name if request.dtype else None
             try:
-                row = registry.find(self.engine.store, device, request.version or None)
+                row = registry.find(self.engine.store, device, request.version or None, target,
+                                    dtype)
             except registry.RegistryError as exc:
                 if request.version:
                     raise ServiceError("NOT_FOUND", str(exc)) from None
                 raise ServiceError("FAILED_PRECONDITION", no_default_reason(exc)) from None
-            default = registry.default_row(self.engine.store, device)
-            return self._metadata(row, default is not None and default.id == row.id)
+            rows = [r for r in registry.list_models(self.engine.store)
+                    if r.device_model == device and not registry.deleted(r)]
+            default = registry.defaults(rows).get((device, target))
+            return self._metadata(row, default is not None and default.id == row.id,
+                                  registry.dtype_defaults(rows).get(row.id))
         return self._run(context, go)
 
 

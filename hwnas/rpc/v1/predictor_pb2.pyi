@@ -273,9 +273,13 @@ class ListModelsResponse(_message.Message):
     def __init__(self, models: _Optional[_Iterable[_Union[ModelMetadata, _Mapping]]] = ...) -> None: ...
 
 class GetModelMetadataRequest(_message.Message):
-    __slots__ = ("device", "version")
+    __slots__ = ("device", "version", "target", "dtype")
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
     device: str
     version: int
-    def __init__(self, device: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
+    target: str
+    dtype: str
+    def __init__(self, device: _Optional[str] = ..., version: _Optional[int] = ..., target: _Optional[str] = ..., dtype: _Optional[str] = ...) -> None: ...
