@@ -306,6 +306,15 @@ def op_parts(op: Op) -> list[tuple[Op, int]]:
     return [(cell, op_steps(op))]
 
 
+def op_variant(op: Op) -> str | None:
+    """What runs an op where its kind covers several implementations that cost differently:
+    a recurrent layer's cell (RNN, GRU or LSTM: oneDNN fuses an LSTM layer on a CPU, torch
+    runs the others step by step); None for other kinds."""
+    if op.kind != "recurrent":
+        return None
+    return _CHOICES[("recurrent", "gates")][op.params["gates"]]
+
+
 def op_steps(op: Op) -> int:
     """The ops a framework runs one after another for ``op`` where nothing fuses them: a
     recurrent layer's steps over its directions (each a projection and the gate arithmetic),

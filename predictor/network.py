@@ -21,6 +21,7 @@ from collectors.ops import (
     op_bytes,
     op_flops,
     op_steps,
+    op_variant,
 )
 from collectors.store.db import Store
 from collectors.store.models import Device, Measurement
@@ -191,11 +192,15 @@ class NetworkCostModel:
         # the op kinds every training network held the same of: their ops and FLOPs
         self.fixed_: dict[str, tuple[int, int]] | None = None
         self.batches_: tuple[int, int] | None = None  # smallest and largest network batch
+        # per kind of several implementations, those its training networks held (op_variant)
+        self.variants_: dict[str, set[str]] | None = None
 
     def covers(self, ops: list[Op], network: bool = True) -> bool:
         """Whether the model may answer for ``ops``: their dtypes and kinds were all among the
-        training networks' (a kind it never saw has no learned term and would cost nothing),
-        and, as a whole ``network``, it has at least half the ops of the smallest of them
+        training networks' (a kind it never saw has no learned term and would cost nothing), as
+        were the implementations of a kind that has several (collectors.ops.op_variant: a GRU
+        layer runs otherwise than the LSTM layers it learned), and, as a whole ``network``, it
+        has at least half the ops of the smallest of them
         (below that the per-network constant, learned from larger networks, would swamp it)
         and, of a kind every training network held the same ops of (the one classifier of
         NAS-Bench-201 cells), at most :data:`EXTRAPOLATION` times those ops and FLOPs: such a
@@ -220,6 +225,11 @@ class NetworkCostModel:
         if self.kinds_ is not None and not kinds <= self.kinds_:
             return (f"its training networks held no {', '.join(sorted(kinds - self.kinds_))} "
                     f"ops (only {', '.join(sorted(self.kinds_))})")
+        for kind, seen in sorted((self.variants_ or {}).items()):
+            asked = {op_variant(op) for op in ops if op.kind == kind} - seen
+            if asked:
+                return (f"its training networks held no {', '.join(sorted(asked))} {kind} "
+                        f"layers (only {', '.join(sorted(seen))}), which run otherwise")
         if network and self.min_layers_ is not None and 2 * len(ops) < self.min_layers_:
             n = len(ops)
             return (f"this network has {n} layer{'s' if n != 1 else ''}, under half the "
@@ -260,6 +270,10 @@ class NetworkCostModel:
         self.scale_ = x.max(axis=0) + 1e-12
         self.dtypes_ = {op.dtype for ops in networks for op in ops}
         self.kinds_ = {op.kind for ops in networks for op in ops}
+        self.variants_ = {}
+        for op in (op for ops in networks for op in ops):
+            if op_variant(op) is not None:
+                self.variants_.setdefault(op.kind, set()).add(op_variant(op))
         self.min_layers_ = min(len(ops) for ops in networks)
         batches = [network_batch(ops) for ops in networks]
         self.batches_ = (min(batches), max(batches))
@@ -458,6 +472,7 @@ def register(store: Store, device_model: str, model: NetworkCostModel, metrics: 
             "kinds": sorted(forests), "dtypes": sorted(model.dtypes_ or ()),
             "network_kinds": sorted(model.kinds_ or ()), "min_layers": model.min_layers_,
             "fixed_kinds": model.fixed_, "batches": model.batches_,
+            "variants": {kind: sorted(seen) for kind, seen in (model.variants_ or {}).items()},
             "layer_ranges": {kind: [low.tolist(), high.tolist()] for kind, (low, high)
                              in (model.kind_model.ranges if model.kind_model else {}).items()}}
     if getattr(model, "data_span_", None):  # when its training rows were stored
@@ -484,6 +499,9 @@ def load(row) -> NetworkCostModel:
     model.kinds_ = set(row.meta["network_kinds"]) if row.meta.get("network_kinds") else None
     model.min_layers_ = row.meta.get("min_layers")
     model.batches_ = tuple(row.meta["batches"]) if row.meta.get("batches") else None
+    variants = row.meta.get("variants")
+    model.variants_ = ({kind: set(seen) for kind, seen in variants.items()}
+                       if variants is not None else None)
     fixed = row.meta.get("fixed_kinds")
     model.fixed_ = ({k: (int(c), int(f)) for k, (c, f) in fixed.items()} if fixed is not None
                     else None)

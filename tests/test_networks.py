@@ -648,6 +648,13 @@ def test_recurrent_layers_are_swept_and_priced_by_a_forest_of_their_own(store):
     model = NetworkCostModel().fit(nets, y)
     assert model.covers(net(60, 48)) and model.predict([net(60, 48)])[0] == pytest.approx(
         0.25, rel=0.1)
+    # A GRU runs otherwise than the LSTMs it learned (oneDNN fuses an LSTM layer on a CPU).
+    gru = [Op.make("recurrent", {**net(60, 48)[0].params, "gates": 3}, "fp32", 2)]
+    assert model.uncovered(gru) == ("its training networks held no GRU recurrent layers (only "
+                                    "LSTM), which run otherwise")
+    kept = network.load(network.register(store, CpuDevice().info.model, model,
+                                         {"networks": len(nets), "held_out": {}}))
+    assert kept.variants_ == {"recurrent": {"LSTM"}} and not kept.covers(gru)
     # A model registered before the kind existed has no terms for it: loaded, it is padded.
     linear = _linear_nets(0, 12)
     fitted = NetworkCostModel().fit(linear, np.array([0.01 * len(n) for n in linear]))

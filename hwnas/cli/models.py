@@ -125,8 +125,10 @@ def train(db_url, device_spec, folds, trees, target, baseline_fit, network_dtype
         least, most = meta["batches"]
         batch = (f"at batch {least}" if least == most else
                  f"at batch {least} to {network.EXTRAPOLATION * most}")
+        variants = "".join(f" ({kind}: {', '.join(seen)} only)"
+                           for kind, seen in (meta.get("variants") or {}).items())
         click.echo(f"it answers networks of {', '.join(meta['dtypes'])} "
-                   f"{', '.join(meta['network_kinds'])} ops with at least {fewest} "
+                   f"{', '.join(meta['network_kinds'])} ops{variants} with at least {fewest} "
                    f"layer{'s' if fewest != 1 else ''} {batch} (as its training networks "
                    "were)" + _fixed_kinds(meta.get("fixed_kinds") or {})
                    + "; others are summed from op predictions"
