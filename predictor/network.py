@@ -74,17 +74,24 @@ class OpKindForests:
             self.ranges[kind] = (x.min(axis=0), x.max(axis=0))
         return self.compile()
 
+    def _by_kind(self, ops: list[Op]):
+        """Per kind of ``ops`` that has a model: the ops' positions, features and steps."""
+        by_kind: dict[str, list[int]] = {}
+        for i, op in enumerate(ops):
+            if op.kind in self.models:
+                by_kind.setdefault(op.kind, []).append(i)
+        for kind, idx in by_kind.items():
+            yield (kind, idx, np.stack([op_features(ops[i]) for i in idx]),
+                   np.array([op_steps(ops[i]) for i in idx], dtype=float))
+
     def predict_spread(self, ops: list[Op]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Per op of a kind with a model: latency (ms), the spread of the trees' log latency,
         and whether a feature of the op lies outside its kind's layers (a forest answers
         there as at the nearest layer it learned); all NaN / False for other ops."""
         ms, log_std = np.full(len(ops), np.nan), np.full(len(ops), np.nan)
         beyond = np.zeros(len(ops), dtype=bool)
-        for kind in {op.kind for op in ops} & set(self.fast):
-            idx = [i for i, op in enumerate(ops) if op.kind == kind]
-            x = np.stack([op_features(ops[i]) for i in idx])
+        for kind, idx, x, steps in self._by_kind(ops):
             mean, var = self.fast[kind].moments(x, self.fast[kind].values)
-            steps = np.array([op_steps(ops[i]) for i in idx], dtype=float)
             ms[idx], log_std[idx] = np.exp(mean[:, 0]) * steps, np.sqrt(var[:, 0])
             if kind in self.ranges:
                 low, high = self.ranges[kind]
@@ -94,16 +101,11 @@ class OpKindForests:
     def predict(self, ops: list[Op]) -> np.ndarray:
         """Latency (ms) per op; NaN for ops whose kind has no model."""
         out = np.full(len(ops), np.nan)
-        by_kind: dict[str, list[int]] = {}
-        for i, op in enumerate(ops):
-            if op.kind in self.models:
-                by_kind.setdefault(op.kind, []).append(i)
-        for kind, idx in by_kind.items():
-            x = np.stack([op_features(ops[i]) for i in idx])
+        for kind, idx, x, steps in self._by_kind(ops):
             fast = self.fast.get(kind)
             log_ms = (fast.moments(x, fast.values, spread=())[0][:, 0] if fast is not None
                       else self.models[kind].predict(x))
-            out[idx] = np.exp(log_ms) * [op_steps(ops[i]) for i in idx]
+            out[idx] = np.exp(log_ms) * steps
         return out
 
 
@@ -121,16 +123,16 @@ def forest_priced(model: NetworkCostModel, version: int, ops: list[Op], costs: l
     from predictor.op_costs import OpCost
 
     kinds = model.kind_model
-    if kinds is None or not any(op.kind in FOREST_PRICED and op.kind in kinds.fast
-                                and op.dtype in (model.dtypes_ or ()) for op in ops):
+    priced = [i for i, op in enumerate(ops) if op.kind in FOREST_PRICED and kinds is not None
+              and op.kind in kinds.fast and op.dtype in (model.dtypes_ or ())]
+    if not priced:
         return costs
-    ms, log_std, beyond = kinds.predict_spread(ops)
+    ms, log_std, beyond = kinds.predict_spread([ops[i] for i in priced])
     out = list(costs)
-    for i, op in enumerate(ops):
-        if op.kind in FOREST_PRICED and op.dtype in model.dtypes_ and not np.isnan(ms[i]):
-            out[i] = OpCost(float(ms[i]), float(ms[i] * np.expm1(log_std[i])), None, None,
-                            None, None, f"{op.kind} layers' forest (network model v{version})",
-                            0, latency_extrapolated=bool(beyond[i]))
+    for j, i in enumerate(priced):
+        out[i] = OpCost(float(ms[j]), float(ms[j] * np.expm1(log_std[j])), None, None, None,
+                        None, f"{ops[i].kind} layers' forest (network model v{version})", 0,
+                        latency_extrapolated=bool(beyond[j]))
     return out
 
 

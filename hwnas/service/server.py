@@ -367,13 +367,16 @@ class PredictorService(pb_grpc.PredictorServicer):
             retired=registry.retired(row),
             default_for_dtypes=for_dtypes or [])
 
+    def _offered(self, device: str | None) -> list:
+        """The registered models of ``device`` (of every device where None), less deleted
+        versions: a deleted version's record keeps its number taken; it is no model to offer."""
+        return [r for r in registry.list_models(self.engine.store) if not registry.deleted(r)
+                and (device is None or r.device_model == device)]
+
     def ListModels(self, request, context):
         def go():
-            # A deleted version's record keeps its number taken; it is no model to offer.
-            rows = [r for r in registry.list_models(self.engine.store) if not registry.deleted(r)]
-            if request.device:
-                device = self.engine.resolve_device(request.device)
-                rows = [r for r in rows if r.device_model == device]
+            rows = self._offered(self.engine.resolve_device(request.device)
+                                 if request.device else None)
             default = registry.defaults(rows)
             for_dtypes = registry.dtype_defaults(rows)
             return pb.ListModelsResponse(models=[
@@ -398,8 +401,7 @@ class PredictorService(pb_grpc.PredictorServicer):
                 if request.version:
                     raise ServiceError("NOT_FOUND", str(exc)) from None
                 raise ServiceError("FAILED_PRECONDITION", no_default_reason(exc)) from None
-            rows = [r for r in registry.list_models(self.engine.store)
-                    if r.device_model == device and not registry.deleted(r)]
+            rows = self._offered(device)
             default = registry.defaults(rows).get((device, target))
             return self._metadata(row, default is not None and default.id == row.id,
                                   registry.dtype_defaults(rows).get(row.id))
