@@ -1,8 +1,9 @@
 """How many torch modules and functions users commonly write the decomposition costs.
 
-Decomposes each of 73 common layers and calls (norms, activations, paddings, pools, 3-D
-convolutions, einsum, reductions, sorts, in-place methods, ...) on a small input and prints those it
-lists as not costed (docs/results.md, "Common layers no op covered").
+Decomposes each of 89 common layers and calls (norms, activations, paddings, pools, 3-D
+convolutions, einsum, reductions, sorts, in-place methods, bilinear and point-set products,
+transformer decoders, ...) on a small input and prints those it lists as not costed
+(docs/results.md, "Common layers no op covered").
 
     python benchmarks/decompose_coverage.py
 """
@@ -104,6 +105,51 @@ FUNCTIONS = {
     "argsort": lambda x: x.argsort(-1).float(),
     "F.cosine_similarity": lambda x: F.cosine_similarity(x, x, -1),
     "F.local_response_norm": lambda x: F.local_response_norm(x[None], 2)[0],
+    "F.bilinear": lambda x: F.bilinear(x, x, torch.ones(3, 4, 4)),
+    "tensordot": lambda x: torch.tensordot(x, x, dims=([2], [1])),
+    "matmul by a vector": lambda x: x @ torch.ones(4),
+    "cdist": lambda x: torch.cdist(x, x),
+    "F.unfold": lambda x: F.unfold(x[None], 2),
+    "linalg.vector_norm": lambda x: torch.linalg.vector_norm(x, dim=-1),
+    "repeat_interleave": lambda x: x.repeat_interleave(2, -1),
+    "kron": lambda x: torch.kron(x[0], x[0]),
+    "diag_embed": lambda x: torch.diag_embed(x).sum(-1),
+    "nan_to_num": lambda x: torch.nan_to_num(x),
+    "bucketize": lambda x: torch.bucketize(x, torch.tensor([0.0, 1.0])).float(),
+    "F.grid_sample": lambda x: F.grid_sample(x[None], torch.zeros(1, 4, 4, 2))[0],
+}
+
+
+class Pair(nn.Module):
+    """``layer(x, x)``: a layer of two inputs."""
+
+    def __init__(self, layer):
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x):
+        return self.layer(x, x)
+
+
+class Decoder(nn.Module):
+    """A sequence-to-sequence model around ``nn.Transformer``, with a causal mask."""
+
+    def __init__(self):
+        super().__init__()
+        self.layer = nn.Transformer(16, 2, 1, 1, 32, batch_first=True)
+
+    def forward(self, src, tgt):
+        mask = nn.Transformer.generate_square_subsequent_mask(tgt.shape[1])
+        return self.layer(src, tgt, tgt_mask=mask, tgt_is_causal=True)
+
+
+# Models of two inputs or of token ids: (model, input shape(s), input dtype).
+MODELS = {
+    "Bilinear": (Pair(nn.Bilinear(8, 8, 4)), (2, 8), "float"),
+    "TransformerDecoderLayer": (Pair(nn.TransformerDecoderLayer(16, 2, 32, batch_first=True)),
+                                (2, 5, 16), "float"),
+    "Transformer with a mask": (Decoder(), [(2, 7, 16), (2, 5, 16)], "float"),
+    "EmbeddingBag": (nn.Sequential(nn.EmbeddingBag(50, 8)), (2, 6), "int64"),
 }
 
 
@@ -115,8 +161,11 @@ def main() -> None:
         if decompose(nn.Sequential(nn.Identity(), layer), shape).unsupported
     ]
     missed += [name for name, fn in FUNCTIONS.items() if decompose(Call(fn), (2, 4, 4)).unsupported]
+    missed += [name for name, (model, shape, kind) in MODELS.items()
+               if decompose(model, shape, input_dtype=kind).unsupported]
     print(
-        f"{len(MODULES) + len(FUNCTIONS)} layers and calls; {len(missed)} not costed: "
+        f"{len(MODULES) + len(FUNCTIONS) + len(MODELS)} layers and calls; {len(missed)} not "
+        "costed: "
         f"{', '.join(missed) or 'none'}"
     )
 

@@ -1,16 +1,17 @@
 """Torch models written the way users write them, predicted and measured on this CPU.
 
-Decomposes eleven networks (a ViT with an ``nn.TransformerEncoder``, a MobileNetV3-style block
+Decomposes fifteen networks (a ViT with an ``nn.TransformerEncoder``, a MobileNetV3-style block
 with squeeze-and-excitation, a GPT block calling ``scaled_dot_product_attention``, a three-layer
 CNN, a ResNet-18 at 224x224, a Llama-style stack with RMSNorm and rotary embeddings, an LSTM
-text classifier, a two-layer bidirectional GRU, two einsums of three operands and a linear
-layer followed by top-k and a sort), asks
+text classifier, a two-layer bidirectional GRU, two einsums of three operands, a linear
+layer followed by top-k and a sort, an ``nn.Transformer`` with a causal mask, ``nn.Bilinear``,
+distances to prototypes by ``torch.cdist`` and an ``nn.EmbeddingBag`` classifier), asks
 the store's registered models for their latency as `hwnas predict network --module` does,
 measures each here by the search's verification protocol, and prints predicted, measured and
 their ratio with how the prediction was made. It needs a GEMM model of this CPU in the store
 (`hwnas demo` registers one).
 
-    python benchmarks/user_networks.py [--db URL] [--min-time 0.1]
+    python benchmarks/user_networks.py [--db URL] [--min-time 0.1] [--only TEXT]
 """
 
 from __future__ import annotations
@@ -205,6 +206,54 @@ class TopK(nn.Module):
         return torch.sort(top, -1).values
 
 
+class Seq2Seq(nn.Module):
+    """``nn.Transformer`` called as translation models call it: source and target sequences
+    and a causal mask on the target."""
+
+    def __init__(self, d: int = 128, heads: int = 4, layers: int = 2):
+        super().__init__()
+        self.t = nn.Transformer(d, heads, layers, layers, 4 * d, batch_first=True)
+
+    def forward(self, src, tgt):
+        mask = nn.Transformer.generate_square_subsequent_mask(tgt.shape[1])
+        return self.t(src, tgt, tgt_mask=mask, tgt_is_causal=True)
+
+
+class BilinearMix(nn.Module):
+    """Two projections of the input mixed by ``nn.Bilinear``."""
+
+    def __init__(self, d: int = 128, out: int = 64):
+        super().__init__()
+        self.a, self.b = nn.Linear(d, d), nn.Linear(d, d)
+        self.mix = nn.Bilinear(d, d, out)
+
+    def forward(self, x):
+        return self.mix(self.a(x), self.b(x))
+
+
+class Prototypes(nn.Module):
+    """Distances to learned class prototypes (``torch.cdist``), as few-shot heads take them."""
+
+    def __init__(self, d: int = 256, classes: int = 512):
+        super().__init__()
+        self.embed = nn.Linear(d, d)
+        self.protos = nn.Parameter(torch.randn(classes, d))
+
+    def forward(self, x):
+        return -torch.cdist(self.embed(x), self.protos)
+
+
+class BagOfWords(nn.Module):
+    """``nn.EmbeddingBag`` (mean of token embeddings) and a linear classifier."""
+
+    def __init__(self, vocab: int = 20000, d: int = 256, classes: int = 10):
+        super().__init__()
+        self.bag, self.head = nn.EmbeddingBag(vocab, d), nn.Linear(d, classes)
+
+    def forward(self, ids):
+        return self.head(self.bag(ids))
+
+
 # name -> (factory, input shape, input dtype)
 NETWORKS = {
     "ViT (TransformerEncoder)": (ViT, (1, 3, 32, 32), "float"),
@@ -218,6 +267,10 @@ NETWORKS = {
     "low-rank einsum, 3 operands": (LowRank, (64, 512), "float"),
     "per-head bilinear einsum": (Bilinear3, (4, 8, 32, 64), "float"),
     "linear, topk, sort": (TopK, (32, 256), "float"),
+    "Transformer, causal mask": (Seq2Seq, ((1, 32, 128), (1, 24, 128)), "float"),
+    "linears + nn.Bilinear": (BilinearMix, (64, 128), "float"),
+    "cdist to prototypes": (Prototypes, (64, 256), "float"),
+    "EmbeddingBag classifier": (BagOfWords, (32, 200), "int64"),
 }
 
 
@@ -226,6 +279,8 @@ def main() -> None:
     ap.add_argument("--db", default=None, help="store URL (default: hwnas's default store)")
     ap.add_argument("--min-time", type=float, default=0.1,
                     help="timed seconds per measurement round (5 rounds)")
+    ap.add_argument("--only", default="",
+                    help="measure only the networks whose name contains this text")
     args = ap.parse_args()
 
     cpu = CpuDevice()
@@ -234,6 +289,8 @@ def main() -> None:
     print(f"{'network':<26} {'layers':>6} {'predicted ms':>12} {'measured ms':>11} "
           f"{'measured/pred':>13}  how predicted")
     for name, (make, shape, input_dtype) in NETWORKS.items():
+        if args.only.lower() not in name.lower():
+            continue
         model = make()
         d = decompose(model, shape, input_dtype=input_dtype)
         _, version, total, _ = engine.predict_network(cpu.info.model, 0,

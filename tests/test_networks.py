@@ -81,11 +81,11 @@ def test_functional_ops_and_depthwise_and_attention():
 
 
 class _Uncosted(nn.Module):
-    """A linear layer, then a module no op kind covers (nn.Bilinear)."""
+    """A linear layer, then a module no op kind covers (a loss: no part of inference)."""
 
     def __init__(self, features: int = 16):
         super().__init__()
-        self.fc, self.mix = nn.Linear(features, features), nn.Bilinear(features, features, 4)
+        self.fc, self.mix = nn.Linear(features, features), nn.SmoothL1Loss(reduction="none")
 
     def forward(self, x):
         x = self.fc(x)
@@ -99,7 +99,7 @@ def test_unsupported_modules_are_reported_by_name():
                              "(kernel (2, 1), stride (2, 1), padding 0) is not covered"]
     assert [op.kind for _, op in d.ops] == ["conv2d"]
     d = decompose(_Uncosted(), (2, 16))
-    assert d.unsupported == ["mix (Bilinear)"] and [op.kind for _, op in d.ops] == ["linear"]
+    assert d.unsupported == ["mix (SmoothL1Loss)"] and [op.kind for _, op in d.ops] == ["linear"]
 
 
 class _TokensToLSTM(nn.Module):
@@ -283,6 +283,67 @@ def test_a_pair_reduction_module_reads_both_its_inputs():
                                                   "fp32", 2)
 
 
+class _WithLayer(nn.Module):
+    """``fn(layer, x)``: a layer called as a model calls it (two inputs, an id tensor)."""
+
+    def __init__(self, layer, fn):
+        super().__init__()
+        self.layer, self.fn = layer, fn
+
+    def forward(self, x):
+        return self.fn(self.layer, x)
+
+
+def test_products_of_vectors_tensors_and_point_sets_cost_as_their_gemms():
+    def ops(fn, shape, layer=None, input_dtype="float"):
+        d = decompose(_WithLayer(layer or nn.Identity(), fn), shape, input_dtype=input_dtype)
+        assert not d.unsupported
+        return [(name, op) for name, op in d.ops]
+
+    gemm = Op.make
+    # nn.Bilinear: rows projected to out x in2, then each row's block times its second input
+    (p, project), (c, contract) = ops(lambda m, x: m(x, x), (3, 5, 16), nn.Bilinear(16, 16, 4))
+    assert (p, c) == ("layer.project", "layer.contract")
+    assert project == gemm("linear", {"in_features": 16, "out_features": 64, "tokens": 5,
+                                      "bias": 0}, "fp32", 3)
+    assert contract == gemm("gemm", {"m": 4, "n": 1, "k": 16}, "fp32", 15)
+    assert op_flops(project) + op_flops(contract) >= 2 * 15 * 4 * 16 * 16
+    assert [op for _, op in ops(lambda m, x: F.bilinear(x, x, m.weight, m.bias), (3, 16),
+                                nn.Bilinear(16, 16, 4))] == [
+        gemm("linear", {"in_features": 16, "out_features": 64, "tokens": 1, "bias": 0},
+             "fp32", 3), gemm("gemm", {"m": 4, "n": 1, "k": 16}, "fp32", 3)]
+    # nn.EmbeddingBag: every looked-up row read once (7 ids of width 8 per bag)
+    [(_, bag)] = ops(lambda m, x: m(x), (3, 7), nn.EmbeddingBag(100, 8), "int64")
+    assert bag == gemm("elementwise", {"elements": 56}, "fp32", 3)
+    # a vector operand is one row or one column
+    [(_, mv)] = ops(lambda m, x: x @ torch.ones(16), (3, 5, 16))
+    assert mv == gemm("gemm", {"m": 5, "n": 1, "k": 16}, "fp32", 3)
+    [(_, vm)] = ops(lambda m, x: torch.ones(5) @ x, (3, 5, 16))
+    assert vm == gemm("gemm", {"m": 1, "n": 16, "k": 5}, "fp32", 3)
+    # tensordot: K is the product of the contracted dimensions
+    [(_, td)] = ops(lambda m, x: torch.tensordot(x, torch.ones(5, 16, 7), dims=([1, 2], [0, 1])),
+                    (3, 5, 16))
+    assert td == gemm("gemm", {"m": 3, "n": 7, "k": 80}, "fp32", 1)
+    # cdist: a GEMM where torch takes one (p = 2, more than 25 points), else a pass over every
+    # pair's every coordinate
+    many = ops(lambda m, x: torch.cdist(x, x), (2, 30, 16))
+    assert [op for _, op in many] == [gemm("gemm", {"m": 30, "n": 30, "k": 16}, "fp32", 2),
+                                      gemm("elementwise", {"elements": 900}, "fp32", 2)]
+    for fn in (lambda m, x: torch.cdist(x, x), lambda m, x: torch.cdist(x, x, 1.0),
+               lambda m, x: torch.cdist(x, x, p=1.0, compute_mode="use_mm_for_euclid_dist")):
+        shape = (2, 5, 16) if fn.__code__.co_consts[1:] == () else (2, 30, 16)
+        [(_, direct)] = ops(fn, shape)
+        assert direct.kind == "elementwise" and direct["inputs"] == 2
+    [(_, forced)] = ops(lambda m, x: torch.cdist(x, x, compute_mode="use_mm_for_euclid_dist"),
+                        (2, 5, 16))[:1]
+    assert forced.kind == "gemm"
+    # F.unfold copies the patches out; Tensor.unfold is a view of them
+    [(_, patches)] = ops(lambda m, x: F.unfold(x, 2), (1, 3, 8, 8))
+    assert patches == gemm("elementwise", {"elements": 12 * 49}, "fp32", 1)
+    assert [op.kind for _, op in ops(lambda m, x: x.unfold(1, 2, 1).sum(-1), (3, 5, 16))] == [
+        "elementwise"]
+
+
 def test_einsum_costs_as_the_batched_gemm_it_is():
     def ops(equation, *shapes):
         d = decompose(_Einsum(equation, *shapes[1:]), shapes[0])
@@ -438,6 +499,69 @@ def test_a_container_fx_keeps_whole_is_decomposed_on_its_own():
     assert names.count("enc.layers.0.add") == 2
     emb = d.ops[0][1]
     assert (emb.kind, emb["elements"], emb.batch, emb.dtype) == ("elementwise", 7 * 16, 2, "fp32")
+
+
+def test_a_transformer_fx_keeps_whole_is_decomposed_from_all_its_arguments():
+    # nn.Transformer and its decoder take two sequences, a mask and flags: the container is
+    # run on its own with tensors of the shapes fx propagated and the other arguments as given.
+    class Translator(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(50, 16)
+            self.t = nn.Transformer(16, 2, 1, 2, 32, batch_first=True)
+            self.head = nn.Linear(16, 50)
+
+        def forward(self, src, tgt):
+            mask = nn.Transformer.generate_square_subsequent_mask(tgt.shape[1])
+            return self.head(self.t(self.emb(src), self.emb(tgt), tgt_mask=mask,
+                                    tgt_is_causal=True))
+
+    d = decompose(Translator(), [(2, 9), (2, 6)], input_dtype="int64")
+    assert d.method == "fx" and not d.unsupported and list(d.untraced) == ["t"]
+    assert "keywords or arguments other than tensors" in d.untraced["t"]
+    attention = {name: op for name, op in d.ops if op.kind == "attention"}
+    assert sorted(attention) == ["t.decoder.layers.0.multihead_attn.attention",
+                                 "t.decoder.layers.0.self_attn.attention",
+                                 "t.decoder.layers.1.multihead_attn.attention",
+                                 "t.decoder.layers.1.self_attn.attention",
+                                 "t.encoder.layers.0.self_attn.attention"]
+    cross = attention["t.decoder.layers.1.multihead_attn.attention"]
+    assert (cross["seq_len"], cross["kv_len"], cross.batch) == (6, 9, 2)
+    assert attention["t.encoder.layers.0.self_attn.attention"]["seq_len"] == 9
+    # the two embeddings, the mask's triu, the encoder layer's two adds and activation and
+    # each decoder layer's three adds and activation; six linears an encoder layer, ten a
+    # decoder layer, and the head
+    assert d.kinds() == {"elementwise": 2 + 1 + 3 + 2 * 4, "linear": 6 + 2 * 10 + 1,
+                         "attention": 5, "norm": 10}
+
+    # A decoder called with two tensors only is traced as the model is where fx can.
+    class Decoder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layer = nn.TransformerDecoderLayer(16, 2, 32, batch_first=True)
+
+        def forward(self, x, memory):
+            return self.layer(x, memory)
+
+    d = decompose(Decoder(), [(2, 5, 16), (2, 7, 16)])
+    assert d.method == "fx" and not d.unsupported and not d.untraced
+    assert [name for name, op in d.ops if op.kind == "attention"] == [
+        "layer.self_attn.attention", "layer.multihead_attn.attention"]
+    # fx keeps no size computed in the forward: the calls of one forward pass cost such a call.
+    class Sized(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layer = nn.Transformer(16, 2, 1, 1, 32, batch_first=True)
+
+        def forward(self, x):
+            mask = self.layer.generate_square_subsequent_mask(x.size(1))
+            return self.layer(x, x, tgt_mask=mask, tgt_is_causal=x.size(1) > 1)
+
+    d = decompose(Sized(), (2, 5, 16))
+    assert d.method.startswith("calls of one forward pass") and not d.unsupported
+    assert d.untraced[""] == "fx keeps layer whole, called with values the forward computes"
+    assert d.kinds() == {"elementwise": 1 + 3 + 4, "linear": 6 + 10, "attention": 3,
+                         "norm": 7}
 
 
 def test_calls_see_attention_called_with_keywords_and_inside_forwards_of_their_own():
@@ -784,7 +908,7 @@ def test_collect_network_measures_your_own_model_for_the_network_model(tmp_path,
         + "class Unknown(nn.Module):\n"
           "    def __init__(self):\n"
           "        super().__init__()\n"
-          "        self.fc, self.mix = nn.Linear(16, 16), nn.Bilinear(16, 16, 4)\n"
+          "        self.fc, self.mix = nn.Linear(16, 16), nn.SmoothL1Loss(reduction='none')\n"
           "    def forward(self, x):\n"
           "        return self.mix(self.fc(x), x)\n"
           "def gru():\n"
@@ -825,7 +949,7 @@ def test_collect_network_measures_your_own_model_for_the_network_model(tmp_path,
         (["--module", "mine:mlp", "--input-shape", "2,16", "--family", "nb201"],
          "give --family or --module, not both"),
         (["--module", "mine:Unknown", "--input-shape", "2,3,16"],
-         "not costed (no op kind covers them): mix (Bilinear); a network model learns "
+         "not costed (no op kind covers them): mix (SmoothL1Loss); a network model learns "
          "only from"),
         (["--module", "mine:nothing", "--input-shape", "2,16"], "AttributeError"),
         (["--resume", "1", "--module", "mine:mlp", "--input-shape", "2,16"],

@@ -50,7 +50,7 @@ PAIR_REDUCTION_MODULES = {"CosineSimilarity", "PairwiseDistance"}
 REDUCTIONS = {"mean", "sum", "max", "amax", "min", "amin", "argmax", "argmin", "prod", "any",
               "all", "var", "std", "norm", "logsumexp", "cosine_similarity",
               "pairwise_distance", "topk", "sort", "argsort", "msort", "kthvalue", "median",
-              "nanmedian", *OTHER_POOL_FUNCS}
+              "nanmedian", "linalg_vector_norm", "linalg_norm", *OTHER_POOL_FUNCS}
 # In-place forms (``add_``) are the same calls: names are compared without underscores.
 ELEMENTWISE_FUNCS = {"relu", "relu6", "gelu", "silu", "sigmoid", "tanh", "hardswish", "add",
                      "mul", "sub", "div", "softmax", "iadd", "imul", "truediv", "cat", "exp",
@@ -65,7 +65,7 @@ ELEMENTWISE_FUNCS = {"relu", "relu6", "gelu", "silu", "sigmoid", "tanh", "hardsw
                      "flip", "exp2", "log2", "log1p", "expm1", "logical_not",
                      "logical_and", "logical_or", "bitwise_not", "floordiv", "mod",
                      "remainder", "fmod", "lerp", "addcmul", "addcdiv", "triu", "tril",
-                     *REDUCTIONS}
+                     "nan_to_num", "bucketize", *REDUCTIONS}
 NORM_MODULES = {"BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "LayerNorm", "GroupNorm",
                 "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d", "RMSNorm", "SyncBatchNorm",
                 "LocalResponseNorm", "CrossMapLRN2d"}
@@ -80,7 +80,8 @@ GATHER_MODULES = {"Upsample", "UpsamplingNearest2d", "UpsamplingBilinear2d", "Em
                   "MaxUnpool1d", "MaxUnpool2d", "MaxUnpool3d"}
 GATHER_FUNCS = {"interpolate", "embedding", "pad", "pixel_shuffle", "pixel_unshuffle",
                 "channel_shuffle", "gather", "index_select", "take_along_dim", "one_hot",
-                "max_unpool1d", "max_unpool2d", "max_unpool3d"}
+                "max_unpool1d", "max_unpool2d", "max_unpool3d", "repeat_interleave",
+                "diag_embed", "kron", "grid_sample", "unfold"}
 # Convolutions no conv op describes (1-D, 3-D, transposed), costed as the GEMM they run.
 IMPLICIT_GEMM_MODULES = {"Conv1d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d",
                          "ConvTranspose3d"}
@@ -95,12 +96,13 @@ RECURRENT_CELLS = {"RNNCell": 1, "LSTMCell": 4, "GRUCell": 3}
 MAPPED_MODULES = (FREE | ELEMENTWISE_MODULES | NORM_MODULES | POOL_MODULES | OTHER_POOL_MODULES
                   | PAIR_REDUCTION_MODULES | GATHER_MODULES | IMPLICIT_GEMM_MODULES
                   | RECURRENT_MODULES | set(RECURRENT_CELLS)
-                  | {"Conv2d", "Linear", "MultiheadAttention"})
+                  | {"Conv2d", "Linear", "MultiheadAttention", "Bilinear", "EmbeddingBag"})
 NORM_FUNCS = {"layer_norm", "batch_norm", "group_norm", "instance_norm", "rms_norm",
               "local_response_norm"}
 CALLS_METHOD = "calls of one forward pass (fx could not trace it)"
 # Names of the ops a module runs as several, for per-layer output ("self_attn.q_proj").
-PART_NAMES = {"MultiheadAttention": ("q_proj", "k_proj", "v_proj", "attention", "out_proj")}
+PART_NAMES = {"MultiheadAttention": ("q_proj", "k_proj", "v_proj", "attention", "out_proj"),
+              "Bilinear": ("project", "contract")}
 # The arguments that matter after a function's first three, in order.
 POSITIONAL_OPTIONS = {"conv2d": ("stride", "padding", "dilation", "groups"),
                       "conv1d": ("stride", "padding", "dilation", "groups"),
@@ -317,6 +319,69 @@ def _gather_ops(out_shape: Sequence[int], dtype: str) -> list[Op]:
                     batch)]
 
 
+def _bilinear_ops(x1: Sequence[int], weight: Sequence[int], dtype: str) -> list[Op]:
+    """nn.Bilinear (or F.bilinear) with weight (out, in1, in2): every row of the first input
+    projected to out x in2 values (one GEMM), then each row's out x in2 block multiplied by
+    that row of the second input (a batched matrix-vector product), as torch contracts it."""
+    out_features, in1, in2 = (int(x) for x in weight)
+    batch = int(x1[0]) if len(x1) > 1 else 1
+    tokens = max(1, _numel(x1) // (batch * in1))
+    return [Op.make("linear", {"in_features": in1, "out_features": out_features * in2,
+                               "tokens": tokens, "bias": 0}, dtype, batch),
+            Op.make("gemm", {"m": out_features, "n": 1, "k": in2}, dtype, batch * tokens)]
+
+
+def _embedding_bag_ops(ids: Sequence[int], out_shape: Sequence[int], dtype: str) -> list[Op]:
+    """nn.EmbeddingBag (or F.embedding_bag): a row of the table per id, summed per bag; its
+    traffic is every looked-up row (ids x embedding width), read once."""
+    batch = int(out_shape[0]) if len(out_shape) > 1 else 1
+    width = int(out_shape[-1]) if len(out_shape) else 1
+    return [Op.make("elementwise", {"elements": max(1, _numel(ids) * width // batch)}, dtype,
+                    batch)]
+
+
+def _matmul_ops(a: Sequence[int], b: Sequence[int], out_shape: Sequence[int],
+                dtype: str) -> list[Op]:
+    """torch.matmul and its 2-D / batched forms as one GEMM per leading index; a vector
+    operand is a matrix of one row (on the left) or one column (on the right)."""
+    a = (1, int(a[0])) if len(a) == 1 else a
+    b = (int(b[0]), 1) if len(b) == 1 else b
+    m, k, n = int(a[-2]), int(a[-1]), int(b[-1])
+    return [Op.make("gemm", {"m": m, "n": n, "k": k}, dtype,
+                    max(1, _numel(out_shape) // (m * n)))]
+
+
+def _tensordot_ops(a: Sequence[int], b: Sequence[int], out_shape: Sequence[int],
+                   dtype: str) -> list[Op] | None:
+    """torch.tensordot: one GEMM whose K is the contracted dimensions' product, read from the
+    shapes (the output holds each operand's other dimensions: |a| |b| / |out| = K^2)."""
+    k = math.isqrt(max(1, _numel(a) * _numel(b) // max(1, _numel(out_shape))))
+    if k < 1 or _numel(a) % k or _numel(b) % k:
+        return None
+    return [Op.make("gemm", {"m": _numel(a) // k, "n": _numel(b) // k, "k": k}, dtype)]
+
+
+def _cdist_ops(x1: Sequence[int], x2: Sequence[int], out_shape: Sequence[int], dtype: str,
+               options: dict) -> list[Op] | None:
+    """torch.cdist: Euclidean distances between more than 25 points a side (or where
+    ``compute_mode`` asks) as torch computes them, a GEMM of the points' products and a pass
+    over the distances; other p, and fewer points, by a kernel of its own over every pair's
+    every coordinate."""
+    if len(x1) < 2 or len(x2) < 2:
+        return None
+    rows, cols, width = int(x1[-2]), int(x2[-2]), int(x1[-1])
+    batch = max(1, _numel(out_shape) // max(1, rows * cols))
+    mode = options.get("compute_mode") or "use_mm_for_euclid_dist_if_necessary"
+    by_gemm = float(options.get("p", 2.0)) == 2.0 and (
+        mode == "use_mm_for_euclid_dist" or
+        (mode == "use_mm_for_euclid_dist_if_necessary" and max(rows, cols) > 25))
+    if not by_gemm:
+        return [Op.make("elementwise", {"elements": rows * cols * width, "inputs": 2}, dtype,
+                        batch)]
+    return [Op.make("gemm", {"m": rows, "n": cols, "k": width}, dtype, batch),
+            Op.make("elementwise", {"elements": rows * cols}, dtype, batch)]
+
+
 def module_kind(mod) -> str:
     """The mapped class a module runs as: its own, or the nearest base class in
     :data:`MAPPED_MODULES` whose ``forward`` it keeps (``NonDynamicallyQuantizableLinear`` is a
@@ -437,6 +502,10 @@ def module_op(mod, in_shape: Sequence[int], out_shape: Sequence[int], dtype: str
         return _gather_ops(out_shape, dtype)
     if kind == "MultiheadAttention":
         return _attention_ops(mod, in_shape, key_shape or in_shape, dtype)
+    if kind == "Bilinear":
+        return _bilinear_ops(in_shape, mod.weight.shape, dtype)
+    if kind == "EmbeddingBag":
+        return _embedding_bag_ops(in_shape, out_shape, dtype)
     if kind in RECURRENT_MODULES:
         return _recurrent_ops(mod, in_shape, dtype)
     if kind in RECURRENT_CELLS:
@@ -475,13 +544,21 @@ def function_op(name: str, arg_shapes: list[Sequence[int]], out_shape: Sequence[
         lead = int(a[0]) if len(a) == 3 else 1
         return [Op.make("gemm", {"m": int(a[-2]), "n": int(b[-1]), "k": int(a[-1])}, dtype,
                         lead)]
-    if name in ("matmul", "bmm", "mm") and len(arg_shapes) >= 2:
+    if name in ("matmul", "bmm", "mm", "mv", "dot") and len(arg_shapes) >= 2:
         a, b = arg_shapes[0], arg_shapes[1]
-        if len(a) < 2 or len(b) < 2:
+        if not (len(a) and len(b)):
             return None
-        m, k, n = int(a[-2]), int(a[-1]), int(b[-1])
-        lead = _numel(out_shape[:-2]) if len(out_shape) > 2 else 1
-        return [Op.make("gemm", {"m": m, "n": n, "k": k}, dtype, lead)]
+        return _matmul_ops(a, b, out_shape, dtype)
+    if name == "tensordot" and len(arg_shapes) >= 2:
+        return _tensordot_ops(arg_shapes[0], arg_shapes[1], out_shape, dtype)
+    if name == "cdist" and len(arg_shapes) >= 2:
+        return _cdist_ops(arg_shapes[0], arg_shapes[1], out_shape, dtype, options)
+    if name == "bilinear" and len(arg_shapes) >= 3 and len(arg_shapes[2]) == 3:
+        return _bilinear_ops(arg_shapes[0], arg_shapes[2], dtype)
+    if name == "embedding_bag" and arg_shapes:
+        return _embedding_bag_ops(arg_shapes[0], out_shape, dtype)
+    if name == "unfold" and arg_shapes and len(out_shape) > len(arg_shapes[0]):
+        return []  # Tensor.unfold: a view of sliding windows (F.unfold copies them out)
     if name == "scaled_dot_product_attention" and len(arg_shapes) >= 2 and \
             len(arg_shapes[0]) >= 3:
         # (..., heads, seq, dim), or (batch, seq, dim) for one head
@@ -600,7 +677,16 @@ def decompose(model, input_shape, dtype=None, input_dtype: str = "float") -> Dec
         first = (str(exc).strip().splitlines() or [""])[0]
         out.untraced[""] = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
         return out
-    return _decompose_graph(graph)
+    out, kept_whole = _decompose_graph(graph)
+    if kept_whole:
+        # a container fx keeps whole, called with a value the forward computes (a size, a
+        # flag), which fx does not keep: the calls of one forward pass see it run
+        calls = _decompose_calls(model, examples)
+        if len(calls.unsupported) < len(out.unsupported):
+            calls.untraced[""] = (f"fx keeps {', '.join(kept_whole)} whole, called with values "
+                                  "the forward computes")
+            return calls
+    return out
 
 
 def _shape(node, first: bool = False) -> tuple[tuple[int, ...], str]:
@@ -615,22 +701,51 @@ def _shape(node, first: bool = False) -> tuple[tuple[int, ...], str]:
     return tuple(int(x) for x in meta.shape), _dtype(meta.dtype)
 
 
-def _decompose_inside(mod, inputs: list) -> Decomposition | None:
-    """The ops of a torch.nn container fx keeps whole (``nn.TransformerEncoder``, a nested
-    ``nn.TransformerEncoderLayer``), decomposed on its own from the one tensor it is called
-    with; None for a module of a mapped kind, a leaf, or a call it cannot be run alone for."""
-    if module_kind(mod) in MAPPED_MODULES or not list(mod.children()) or len(inputs) != 1:
+def _decompose_inside(mod, node) -> Decomposition | None:
+    """The ops of a torch.nn container fx keeps whole (``nn.TransformerEncoder``, a
+    ``nn.TransformerDecoderLayer``, a whole ``nn.Transformer``), decomposed on its own from the
+    call ``node``: its tensors as the shapes and dtypes fx propagated (zeros), its other
+    arguments as written. None for a module of a mapped kind, a leaf, or a call whose arguments
+    are not all known here (sizes computed in the forward) or that it cannot be run with."""
+    import torch
+
+    if module_kind(mod) in MAPPED_MODULES or not list(mod.children()):
         return None
-    meta = inputs[0].meta.get("tensor_meta")
-    if meta is None or not hasattr(meta, "shape"):
-        return None
-    floating = meta.dtype.is_floating_point
     try:
-        return decompose(mod, tuple(int(x) for x in meta.shape),
-                         dtype=meta.dtype if floating else None,
-                         input_dtype="float" if floating else "int64")
-    except Exception:  # it needs more than that tensor: left as a call not costed
+        args = [_example_argument(a) for a in node.args]
+        kwargs = {k: _example_argument(v) for k, v in node.kwargs.items()}
+    except LookupError:
         return None
+    tensors = [a for a in args if isinstance(a, torch.Tensor)]
+    try:
+        if not tensors or len(tensors) < len(args) or kwargs:
+            # masks, flags or keywords: the calls one forward pass makes with them
+            out = _decompose_calls(mod, args, kwargs)
+            out.untraced[""] = "it is called with keywords or arguments other than tensors"
+            return out
+        floats = [t.dtype for t in tensors if t.is_floating_point()]
+        return decompose(mod, [tuple(t.shape) for t in tensors],
+                         dtype=floats[0] if floats else None,
+                         input_dtype="+".join("float" if t.is_floating_point() else "int64"
+                                              for t in tensors))
+    except Exception:  # it cannot run on such inputs: left as a call not costed
+        return None
+
+
+def _example_argument(value):
+    """An fx call's argument as a value to call the module with: a tensor node as zeros of its
+    propagated shape and dtype, a list or tuple item by item, a constant as is. LookupError
+    where a node is no tensor (a size computed in the forward: its value is not kept)."""
+    import torch
+
+    if isinstance(value, list | tuple):
+        return type(value)(_example_argument(v) for v in value)
+    if not hasattr(value, "meta"):
+        return value
+    meta = value.meta.get("tensor_meta")
+    if meta is None or not hasattr(meta, "shape"):
+        raise LookupError(str(value))
+    return torch.zeros(tuple(int(x) for x in meta.shape), dtype=meta.dtype)
 
 
 def _named(name: str, kind: str, ops: list[Op] | list[tuple[str, Op]]
@@ -656,8 +771,10 @@ def _traced(model, examples: list):
     return gm
 
 
-def _decompose_graph(gm) -> Decomposition:
-    out = Decomposition(method="fx")
+def _decompose_graph(gm) -> tuple[Decomposition, list[str]]:
+    """The ops of a traced model, and the containers among its calls that could not be
+    decomposed on their own (:func:`_decompose_inside`)."""
+    out, kept_whole = Decomposition(method="fx"), []
     for node in gm.graph.nodes:
         if node.op in ("placeholder", "output", "get_attr"):
             continue
@@ -669,10 +786,12 @@ def _decompose_graph(gm) -> Decomposition:
         arg_shapes = [_shape(a)[0] for a in tensors]
         if node.op == "call_module":
             mod = gm.get_submodule(node.target)
-            inner = _decompose_inside(mod, tensors)
+            inner = _decompose_inside(mod, node)
             if inner is not None:
                 out.merge(str(node.target), inner)
                 continue
+            if list(mod.children()) and module_kind(mod) not in MAPPED_MODULES:
+                kept_whole.append(str(node.target))
             in_shape = arg_shapes[0] if arg_shapes else ()
             out.record(str(node.target), f"{node.target} ({type(mod).__name__})",
                        module_kind(mod), module_op, mod, in_shape, out_shape, dtype,
@@ -682,13 +801,15 @@ def _decompose_graph(gm) -> Decomposition:
             options = _call_options(name, node.args, node.kwargs, lambda v: hasattr(v, "meta"))
             out.record(node.name, f"{node.name} ({name})", name,
                        function_op, name, arg_shapes, out_shape, dtype, options)
-    return out
+    return out, kept_whole
 
 
 def _call_options(name: str, args, kwargs, is_tensor) -> dict:
     """A function call's arguments that are not tensors, by name: those after the first three
     that :data:`POSITIONAL_OPTIONS` names, an einsum's equation, and its keywords."""
     options = dict(zip(POSITIONAL_OPTIONS.get(name, ()), args[3:], strict=False))
+    if name == "cdist":  # (x1, x2, p, compute_mode)
+        options |= dict(zip(("p", "compute_mode"), args[2:], strict=False))
     if name == "einsum" and args and isinstance(args[0], str):
         options["equation"] = args[0]
     elif name == "einsum" and len(args) > 1 and is_tensor(args[0]):
@@ -715,11 +836,12 @@ def _call_dtype(output, inputs: list) -> str:
     return _dtype(inputs[0].dtype)
 
 
-def _decompose_calls(model, examples: list) -> Decomposition:
-    """The ops of one forward pass on ``examples``, read from the calls it makes: every module of
-    a mapped kind as a unit (as the fx path costs it; the functions it calls inside are its
-    own), and every torch function called outside those (residual adds, activations, matmuls),
-    through a TorchFunctionMode. One pass sees one path through data-dependent control flow."""
+def _decompose_calls(model, examples: list, kwargs: dict | None = None) -> Decomposition:
+    """The ops of one forward pass on ``examples`` (and keyword arguments ``kwargs``), read from
+    the calls it makes: every module of a mapped kind as a unit (as the fx path costs it; the
+    functions it calls inside are its own), and every torch function called outside those
+    (residual adds, activations, matmuls), through a TorchFunctionMode. One pass sees one path
+    through data-dependent control flow."""
     import torch
     from torch.overrides import TorchFunctionMode
 
@@ -777,7 +899,7 @@ def _decompose_calls(model, examples: list) -> Decomposition:
                         mod.register_forward_hook(leave(name, mapped), with_kwargs=True)]
     try:
         with torch.no_grad(), Calls():
-            model(*examples)
+            model(*examples, **(kwargs or {}))
     finally:
         for h in handles:
             h.remove()
