@@ -15,7 +15,7 @@ from torch import nn
 
 from collectors.devices import CpuDevice
 from collectors.networks.decompose import decompose
-from collectors.networks.sweep import NetworkSweep, layer_grid, network_plan
+from collectors.networks.sweep import NetworkSweep, forward_pass, layer_grid, network_plan
 from collectors.networks.user import user_module
 from collectors.networks.zoo import build, sample_config
 from collectors.ops import (
@@ -501,6 +501,36 @@ def test_a_container_fx_keeps_whole_is_decomposed_on_its_own():
     assert (emb.kind, emb["elements"], emb.batch, emb.dtype) == ("elementwise", 7 * 16, 2, "fp32")
 
 
+def test_token_ids_are_measured_below_every_embedding_table_and_decomposed_as_zeros():
+    from collectors.networks.decompose import example_inputs, token_range
+
+    class Padded(nn.Module):
+        """Refuses padding (id 0) and ids past its smaller table, as a model may."""
+
+        def __init__(self):
+            super().__init__()
+            self.words, self.positions = nn.Embedding(1000, 8), nn.Embedding(64, 8)
+
+        def forward(self, ids):
+            if bool((ids == 0).any()) or int(ids.max()) >= 64:
+                raise ValueError("padding or out of range")
+            return self.words(ids) + self.positions(ids)
+
+    assert token_range(Padded()) == 64 and token_range(nn.Linear(2, 2)) is None
+    assert token_range(nn.EmbeddingBag(30, 4)) == 30
+    ids, mask = example_inputs([(4, 500), (4, 500)], torch.float32, "int64+float", random=True,
+                               ids_below=64)
+    assert ids.dtype == torch.int64 and int(ids.min()) == 1 and int(ids.max()) == 63
+    assert torch.equal(ids, example_inputs((4, 500), torch.float32, "int64", random=True,
+                                           ids_below=64)[0])  # from a fixed seed
+    assert mask.dtype == torch.float32 and float(mask.std()) > 0.5
+    # shapes only: zeros, as without an embedding
+    assert not example_inputs((2, 3), torch.float32, "int64", ids_below=64)[0].any()
+    assert not example_inputs((2, 3), torch.float32, "int64", random=True)[0].any()
+    fn, _ = forward_pass(Padded(), (2, 16), CpuDevice(), "int64")
+    assert tuple(fn().shape) == (2, 16, 8)
+
+
 def test_a_transformer_fx_keeps_whole_is_decomposed_from_all_its_arguments():
     # nn.Transformer and its decoder take two sequences, a mask and flags: the container is
     # run on its own with tensors of the shapes fx propagated and the other arguments as given.
@@ -939,6 +969,7 @@ def test_collect_network_measures_your_own_model_for_the_network_model(tmp_path,
         two = s.execute(select(Measurement).order_by(Measurement.id.desc())).scalars().first()
         assert two.batch == 4 and two.params["input_shape"] == [[4, 6], [4, 6]]
         assert two.params["config"]["input_dtype"] == "int64+float"
+        assert two.params["token_ids"] == "uniform in [1, 50)"  # below its nn.Embedding(50, ...)
         assert [op["kind"] for _, op in two.params["ops"]] == ["elementwise", "linear",
                                                               "elementwise"]
     r = CliRunner().invoke(main, ["predict", "network", "--db", store.url, "--module",

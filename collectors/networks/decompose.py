@@ -637,15 +637,31 @@ def input_kinds(input_dtype: str, count: int) -> list[str]:
 
 
 def example_inputs(shape, dtype, input_dtype: str = "float", device=None,
-                   random: bool = False) -> list:
+                   random: bool = False, ids_below: int | None = None) -> list:
     """A model's inputs (:func:`input_shapes`, :func:`input_kinds`): float tensors of
-    torch ``dtype`` (zeros, or normal ``random`` values), token ids all 0 where int64."""
+    torch ``dtype`` (zeros, or normal ``random`` values); token ids where int64: all 0, or with
+    ``random`` and ``ids_below`` drawn uniformly from 1 up to below it (0 is often padding, which
+    a model may mask or skip), from a fixed seed."""
     import torch
 
+    def ids(one):
+        if not (random and ids_below and ids_below > 1):
+            return torch.zeros(*one, dtype=torch.int64, device=device)
+        seeded = torch.Generator().manual_seed(0)
+        return torch.randint(1, ids_below, one, generator=seeded).to(device)
+
     shapes = input_shapes(shape)
-    return [torch.zeros(*one, dtype=torch.int64, device=device) if kind == "int64" else
+    return [ids(one) if kind == "int64" else
             (torch.randn if random else torch.zeros)(*one, dtype=dtype, device=device)
             for one, kind in zip(shapes, input_kinds(input_dtype, len(shapes)), strict=True)]
+
+
+def token_range(model) -> int | None:
+    """Token ids valid for every embedding table of ``model``: the smallest
+    ``nn.Embedding`` / ``nn.EmbeddingBag`` size; None where it has none."""
+    sizes = [int(m.num_embeddings) for m in model.modules()
+             if module_kind(m) in ("Embedding", "EmbeddingBag")]
+    return min(sizes) if sizes else None
 
 
 def decompose(model, input_shape, dtype=None, input_dtype: str = "float") -> Decomposition:

@@ -20,6 +20,7 @@ from collectors.networks.decompose import (
     example_inputs,
     input_shapes,
     parameter_dtype,
+    token_range,
     torch_dtype,
 )
 from collectors.networks.zoo import FAMILIES, build, sample_config
@@ -190,15 +191,17 @@ def forward_pass(model, shape, device: ComputeDevice, input_dtype: str = "float"
                  ) -> tuple[Callable[[], object], Timer]:
     """A no-grad forward pass of ``model`` on ``device`` (this CPU, or ``cuda:N``) on random
     inputs of ``shape`` (one input's, or one per input: ``decompose.input_shapes``) of torch
-    ``dtype``, else of the model's parameter dtype (token ids, all 0, where ``input_dtype``
-    says int64: ``decompose.input_kinds``), and the timer that measures it (perf counter, or
-    CUDA events)."""
+    ``dtype``, else of the model's parameter dtype (token ids where ``input_dtype`` says int64,
+    ``decompose.input_kinds``: below its smallest embedding table's size, ``token_range``, from 1
+    up; all 0 where it has none), and the timer that measures it (perf counter, or CUDA
+    events)."""
     import torch
 
     on_cpu = device.info.kind == "cpu"
     where = "cpu" if on_cpu else f"cuda:{device.index}"
     model = model.to(where).eval()
-    xs = example_inputs(shape, dtype or parameter_dtype(model), input_dtype, where, random=True)
+    xs = example_inputs(shape, dtype or parameter_dtype(model), input_dtype, where, random=True,
+                        ids_below=token_range(model))
 
     def fn():
         with torch.inference_mode():
@@ -309,6 +312,10 @@ class NetworkSweep:
             row.params = {"config": cfg}
             return row
         flops = sum(op_flops(op) for _, op in ops)
+        if "int64" in cfg.get("input_dtype", ""):  # the ids it was measured on (forward_pass)
+            vocab = token_range(model)
+            row.params = {"token_ids": f"uniform in [1, {vocab})" if vocab and vocab > 1
+                          else "all 0"}
         row.params = {**(row.params or {}), "config": cfg, "input_shape": _as_lists(shape),
                       "flops": flops, "bytes": sum(op_bytes(op) for _, op in ops),
                       "ops": [[name, op.to_dict()] for name, op in ops]}

@@ -165,9 +165,10 @@ INPUT_DTYPE_OPTION = click.option(
     "--input-dtype", default="float", show_default=True, callback=_input_dtype,
     metavar="float|int64",
     help="With --module: the input's elements: float (of the model's parameter dtype) or int64 "
-         "(token ids, all 0, for a model that starts with an embedding; --input-shape is then "
-         "e.g. 1,128). A model of several inputs: one per input joined by '+' (int64+float), "
-         "or one for all.")
+         "(token ids, for a model that starts with an embedding; --input-shape is then e.g. "
+         "1,128; measured on ids drawn below its smallest nn.Embedding's size, from 1 up, as 0 "
+         "is often padding). A model of several inputs: one per input joined by '+' "
+         "(int64+float), or one for all.")
 
 # The options that name a network for PredictNetwork (query network, predict network).
 network_options = stack_options([
