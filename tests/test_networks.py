@@ -531,6 +531,29 @@ def test_token_ids_are_measured_below_every_embedding_table_and_decomposed_as_ze
     assert tuple(fn().shape) == (2, 16, 8)
 
 
+def test_a_model_on_the_meta_device_decomposes_as_on_the_cpu():
+    from collectors.networks.decompose import on_meta_device
+
+    class Positions(nn.Module):
+        """Makes tensors in its forward (positions), as rotary and learned-position models do."""
+
+        def __init__(self):
+            super().__init__()
+            self.emb, self.pos = nn.Embedding(100, 16), nn.Embedding(32, 16)
+            self.layer = nn.TransformerDecoderLayer(16, 2, 32, batch_first=True)
+
+        def forward(self, ids):
+            x = self.emb(ids) + self.pos(torch.arange(ids.shape[1]))
+            return self.layer(x, x)
+
+    on_cpu = decompose(Positions(), (2, 7), input_dtype="int64")
+    with torch.device("meta"):
+        model = Positions()
+    assert on_meta_device(model) and not on_meta_device(Positions())
+    on_meta = decompose(model, (2, 7), input_dtype="int64")
+    assert on_meta.ops == on_cpu.ops and len(on_meta.ops) == 22 and not on_meta.unsupported
+
+
 def test_a_transformer_fx_keeps_whole_is_decomposed_from_all_its_arguments():
     # nn.Transformer and its decoder take two sequences, a mask and flags: the container is
     # run on its own with tensors of the shapes fx propagated and the other arguments as given.
@@ -942,7 +965,11 @@ def test_collect_network_measures_your_own_model_for_the_network_model(tmp_path,
           "    def forward(self, x):\n"
           "        return self.mix(self.fc(x), x)\n"
           "def gru():\n"
-          "    return nn.GRU(8, 16)\n" + MASKED_SOURCE)
+          "    return nn.GRU(8, 16)\n"
+          "def meta_mlp():\n"
+          "    import torch\n"
+          "    with torch.device('meta'):\n"
+          "        return mlp()\n" + MASKED_SOURCE)
     quick = QUICK_CLI
     shapes = [arg for t in (2, 4, 8, 16, 32) for arg in ("--input-shape", f"{t},16")]
     r = CliRunner().invoke(main, ["collect", "network", "--db", store.url, "--module",
@@ -983,6 +1010,9 @@ def test_collect_network_measures_your_own_model_for_the_network_model(tmp_path,
          "not costed (no op kind covers them): mix (SmoothL1Loss); a network model learns "
          "only from"),
         (["--module", "mine:nothing", "--input-shape", "2,16"], "AttributeError"),
+        (["--module", "mine:meta_mlp", "--input-shape", "2,16"],
+         "collect network --module: the model is on the meta device (its parameters hold no "
+         "data), so it cannot be run"),
         (["--resume", "1", "--module", "mine:mlp", "--input-shape", "2,16"],
          "--resume carries on its own sweep"),
     ]:

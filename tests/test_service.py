@@ -854,6 +854,10 @@ def test_predict_network_answers_here_for_a_torch_model_as_the_service_does(tmp_
         "    return nn.Sequential(nn.Embedding(50, 16), layer)\n"
         "def two_inputs():\n"
         "    return nn.Bilinear(4, 4, 2)\n"
+        "def on_meta():\n"
+        "    import torch\n"
+        "    with torch.device('meta'):\n"
+        "        return make()\n"
         "def gru():\n"
         "    return nn.Sequential(nn.Linear(8, 8), nn.GRU(8, 16))\n" + MASKED_SOURCE)
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -879,6 +883,14 @@ def test_predict_network_answers_here_for_a_torch_model_as_the_service_does(tmp_
     _, _, total, _ = PredictionEngine(store).predict_network(PROFILE.model, 0, ops)
     shown = float(r.output.split("total: ")[1].split(" ms")[0])
     assert shown == pytest.approx(total.latency_ms, rel=1e-4)
+    # A model built on the meta device (no memory for its weights) is predicted alike, and
+    # not run.
+    r = run(main, [*args, "--module", "user_net:on_meta", "--input-shape", "2,3,16,16",
+                   "--layers"])
+    assert r.exit_code == 0 and float(r.output.split("total: ")[1].split(" ms")[0]) == shown
+    r = run(main, [*args, "--module", "user_net:on_meta", "--input-shape", "2,3,16,16",
+                   "--measure"])
+    assert r.exit_code == 2 and "--measure: the model is on the meta device" in r.output
 
     r = run(main, [*args, "--nasbench201", ARCH])
     assert r.exit_code == 0 and "total: " in r.output

@@ -664,10 +664,29 @@ def token_range(model) -> int | None:
     return min(sizes) if sizes else None
 
 
+def on_meta_device(model) -> bool:
+    """Whether ``model`` holds its parameters or buffers on torch's meta device (shapes and
+    dtypes without data, as a model too large for this machine is built to inspect it)."""
+    import itertools
+
+    return any(t.is_meta for t in itertools.chain(model.parameters(), model.buffers()))
+
+
 def decompose(model, input_shape, dtype=None, input_dtype: str = "float") -> Decomposition:
     """Ops of ``model`` on an input of ``input_shape`` (first dimension: batch; or one shape
     per input, :func:`input_shapes`): of ``dtype`` (default: the model's parameters'), or
-    token ids (zeros) where ``input_dtype`` is "int64" (:func:`input_kinds`)."""
+    token ids (zeros) where ``input_dtype`` is "int64" (:func:`input_kinds`). A model on the
+    meta device (:func:`on_meta_device`) is run there, tensors it makes in its forward too: its
+    ops come out as on the CPU, with no memory for its weights."""
+    import torch
+
+    if on_meta_device(model):
+        with torch.device("meta"):
+            return _decompose(model, input_shape, dtype, input_dtype)
+    return _decompose(model, input_shape, dtype, input_dtype)
+
+
+def _decompose(model, input_shape, dtype, input_dtype: str) -> Decomposition:
     import torch
 
     model = model.eval()

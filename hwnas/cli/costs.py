@@ -142,6 +142,17 @@ def network_spec(arch: str | None, ops_json: str | None, module_spec: str | None
     return NetworkSpec(None, ops)
 
 
+def refuse_meta(model, option: str) -> None:
+    """UsageError where ``model`` is on the meta device: it can be decomposed and predicted,
+    not run."""
+    from collectors.networks.decompose import on_meta_device
+
+    if on_meta_device(model):
+        raise click.UsageError(f"{option}: the model is on the meta device (its parameters hold "
+                               "no data), so it cannot be run; build it on the CPU (or a GPU) "
+                               "to measure it")
+
+
 def network_to_measure(spec: NetworkSpec, device_model: str, batch: int, dtype: str):
     """(torch module, input shape, this machine's device of ``device_model``) to measure the
     network on, checked before anything is predicted."""
@@ -159,6 +170,7 @@ def network_to_measure(spec: NetworkSpec, device_model: str, batch: int, dtype: 
         shape = (batch, 3, 32, 32)
     elif spec.module is not None:
         model, shape = spec.module, spec.shape
+        refuse_meta(model, "--measure")
     else:
         raise click.UsageError("--measure: an --ops-json list names no network to run; give "
                                "--module or --nasbench201")

@@ -250,7 +250,7 @@ def _module_plan(module_spec: str | None, input_shapes: tuple[str, ...], input_d
     """The sweep plan of ``collect network --module``, after checking here, before anything is
     measured, that the model builds, runs at every shape and decomposes into known ops."""
     from collectors.networks.sweep import module_plan
-    from hwnas.cli.costs import network_spec
+    from hwnas.cli.costs import network_spec, refuse_meta
 
     if click.get_current_context().get_parameter_source("families").name != "DEFAULT":
         raise click.UsageError("give --family or --module, not both")
@@ -259,6 +259,7 @@ def _module_plan(module_spec: str | None, input_shapes: tuple[str, ...], input_d
     shapes = []
     for text in input_shapes:
         spec = network_spec(None, None, module_spec, text, input_dtype, dtype)
+        refuse_meta(spec.module, "collect network --module")
         uncosted = [n for n in spec.notes if n.startswith("not costed")]
         if uncosted:
             raise click.UsageError(f"--module {module_spec} at {text}: {uncosted[0]}; a network "
