@@ -414,9 +414,17 @@ def evaluate_and_fit(store: Store, device_model: str, folds: int = 5,
     networks of ``dtype`` (:func:`of_dtype`) and its layers of that dtype."""
     from sklearn.model_selection import KFold
 
-    nets = of_dtype(load_networks(store, device_model), dtype, device_model)
-    dtype = network_dtype(nets.ops.iloc[0])
     layers = layer_frame(store, device_model)
+    try:
+        nets = of_dtype(load_networks(store, device_model), dtype, device_model)
+    except DataError as exc:
+        if not len(layers) or "no whole-network" not in str(exc):
+            raise
+        raise DataError(f"{exc} (at least {max(folds, 4)} networks, e.g. `--family nb201 --count "
+                        f"8`): a network model is fitted on whole networks, and its "
+                        f"{len(layers)} single-layer measurements give it per-op forests "
+                        "besides") from None
+    dtype = network_dtype(nets.ops.iloc[0])
     layers = layers.loc[np.array([op.dtype == dtype for op in layers.op], dtype=bool)
                         ].reset_index(drop=True)
     kinds = _kind_forests(layers)

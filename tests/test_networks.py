@@ -813,6 +813,10 @@ def test_recurrent_layers_are_swept_and_priced_by_a_forest_of_their_own(store):
     assert {op.batch for op in ops} == {2}
     kinds = OpKindForests(n_estimators=10).fit(ops, ms)
     assert set(kinds.models) == {"recurrent"} and np.all(kinds.predict(ops) > 0)
+    # Layers alone fit no network model: the error says what else to measure.
+    with pytest.raises(network.DataError, match=r"no whole-network measurements of .*; run "
+                       r"hwnas collect network \(at least 5 networks, .*its 12 single-layer"):
+        network.evaluate_and_fit(store, CpuDevice().info.model)
 
     # Networks that hold them: a per-step cost is learned (the count term counts steps).
     def net(steps: int, hidden: int) -> list[Op]:
