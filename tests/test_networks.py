@@ -102,6 +102,35 @@ def test_unsupported_modules_are_reported_by_name():
     assert d.unsupported == ["mix (SmoothL1Loss)"] and [op.kind for _, op in d.ops] == ["linear"]
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
+def test_a_quantized_linear_is_not_priced_as_a_float_one():
+    # torch.ao's dynamically quantized Linear multiplies int8: no op here prices that, and it
+    # must not pass for an fp32 nn.Linear of the same name.
+    quantize = getattr(getattr(torch.ao, "quantization", None), "quantize_dynamic", None)
+    if quantize is None:
+        pytest.skip(f"torch {torch.__version__} has no torch.ao.quantization.quantize_dynamic")
+    model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 8))
+    d = decompose(quantize(model, {nn.Linear}, dtype=torch.qint8), (2, 64))
+    assert [op.kind for _, op in d.ops] == ["elementwise"]
+    assert d.unsupported == ["0.linear_dynamic (linear_dynamic)",
+                             "2.linear_dynamic (linear_dynamic)"]
+
+
+def test_a_users_class_of_a_mapped_name_is_costed_by_what_it_calls():
+    class Linear(nn.Module):  # not nn.Linear: no in_features, a forward of its own
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.randn(64, 8))
+
+        def forward(self, x):
+            return x @ self.w
+
+    for model in (Linear(), nn.Sequential(nn.Identity(), Linear())):
+        d = decompose(model, (2, 64))
+        assert not d.unsupported and [op for _, op in d.ops] == [
+            Op.make("gemm", {"m": 2, "n": 8, "k": 64}, "fp32", 1)]
+
+
 class _TokensToLSTM(nn.Module):
     def __init__(self):
         super().__init__()

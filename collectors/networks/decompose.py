@@ -386,12 +386,23 @@ def module_kind(mod) -> str:
     """The mapped class a module runs as: its own, or the nearest base class in
     :data:`MAPPED_MODULES` whose ``forward`` it keeps (``NonDynamicallyQuantizableLinear`` is a
     Linear; a subclass with a forward of its own is its own kind, since it may compute anything).
-    """
+    Only torch.nn's own classes are mapped: a class of the same name elsewhere (torch.ao's
+    quantized ``Linear``, which multiplies int8, or a user's own ``Linear``) is its qualified
+    name, of no mapped kind."""
     cls = type(mod)
     for base in cls.__mro__:
-        if base.__name__ in MAPPED_MODULES and getattr(base, "forward", None) is cls.forward:
+        if base.__name__ in MAPPED_MODULES and base.__module__.startswith("torch.nn.") and \
+                getattr(base, "forward", None) is cls.forward:
             return base.__name__
-    return cls.__name__
+    name = cls.__name__
+    return f"{cls.__module__}.{name}" if name in MAPPED_MODULES else name
+
+
+def module_label(name: str, mod) -> str:
+    """How a module call is named to the user: its path and class (qualified where the class
+    only shares a mapped class's name, as torch.ao's quantized ``Linear`` does)."""
+    kind = module_kind(mod)
+    return f"{name} ({kind if '.' in kind else type(mod).__name__})"
 
 
 def _attention_ops(mod, query: Sequence[int], key: Sequence[int], dtype: str) -> list[Op]:
@@ -828,7 +839,7 @@ def _decompose_graph(gm) -> tuple[Decomposition, list[str]]:
             if list(mod.children()) and module_kind(mod) not in MAPPED_MODULES:
                 kept_whole.append(str(node.target))
             in_shape = arg_shapes[0] if arg_shapes else ()
-            out.record(str(node.target), f"{node.target} ({type(mod).__name__})",
+            out.record(str(node.target), module_label(str(node.target), mod),
                        module_kind(mod), module_op, mod, in_shape, out_shape, dtype,
                        arg_shapes[1] if len(arg_shapes) > 1 else None)
         else:
@@ -917,7 +928,7 @@ def _decompose_calls(model, examples: list, kwargs: dict | None = None) -> Decom
             tensors = [t for t in (*args, *kwargs.values()) if isinstance(t, torch.Tensor)]
             if isinstance(output, tuple) and output:  # MultiheadAttention: (output, weights)
                 output = output[0]
-            label = f"{name} ({type(mod).__name__})"
+            label = module_label(name, mod)
             if not tensors or not isinstance(output, torch.Tensor):
                 out.unsupported.append(label)
                 return
