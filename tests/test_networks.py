@@ -344,11 +344,21 @@ def test_products_of_vectors_tensors_and_point_sets_cost_as_their_gemms():
     # nn.EmbeddingBag: every looked-up row read once (7 ids of width 8 per bag)
     [(_, bag)] = ops(lambda m, x: m(x), (3, 7), nn.EmbeddingBag(100, 8), "int64")
     assert bag == gemm("elementwise", {"elements": 56}, "fp32", 3)
-    # a vector operand is one row or one column
+    # matmul as torch runs it: a batch of matrices times one matrix (or vector) is one GEMM of
+    # all their rows; one matrix (or vector) times a batch the same, transposed; a batch times
+    # a batch one GEMM per pair; a vector operand is one row or one column
+    [(_, folded)] = ops(lambda m, x: x @ torch.ones(16, 7), (3, 5, 16))
+    assert folded == gemm("gemm", {"m": 15, "n": 7, "k": 16}, "fp32", 1)
     [(_, mv)] = ops(lambda m, x: x @ torch.ones(16), (3, 5, 16))
-    assert mv == gemm("gemm", {"m": 5, "n": 1, "k": 16}, "fp32", 3)
+    assert mv == gemm("gemm", {"m": 15, "n": 1, "k": 16}, "fp32", 1)
+    [(_, left)] = ops(lambda m, x: torch.ones(4, 5) @ x, (3, 5, 16))
+    assert left == gemm("gemm", {"m": 48, "n": 4, "k": 5}, "fp32", 1)
     [(_, vm)] = ops(lambda m, x: torch.ones(5) @ x, (3, 5, 16))
-    assert vm == gemm("gemm", {"m": 1, "n": 16, "k": 5}, "fp32", 3)
+    assert vm == gemm("gemm", {"m": 48, "n": 1, "k": 5}, "fp32", 1)
+    [(_, pairs)] = ops(lambda m, x: x @ torch.ones(3, 16, 7), (3, 5, 16))
+    assert pairs == gemm("gemm", {"m": 5, "n": 7, "k": 16}, "fp32", 3)
+    [(_, dot)] = ops(lambda m, x: torch.dot(x[0, 0], x[0, 1]), (3, 5, 16))
+    assert dot == gemm("gemm", {"m": 1, "n": 1, "k": 16}, "fp32", 1)
     # tensordot: K is the product of the contracted dimensions
     [(_, td)] = ops(lambda m, x: torch.tensordot(x, torch.ones(5, 16, 7), dims=([1, 2], [0, 1])),
                     (3, 5, 16))

@@ -342,8 +342,19 @@ def _embedding_bag_ops(ids: Sequence[int], out_shape: Sequence[int], dtype: str)
 
 def _matmul_ops(a: Sequence[int], b: Sequence[int], out_shape: Sequence[int],
                 dtype: str) -> list[Op]:
-    """torch.matmul and its 2-D / batched forms as one GEMM per leading index; a vector
-    operand is a matrix of one row (on the left) or one column (on the right)."""
+    """torch.matmul and its 2-D / batched forms as the GEMMs torch runs: a vector operand is a
+    matrix of one row (on the left) or one column (on the right); a batch of matrices times one
+    matrix is folded into one GEMM of all their rows (as torch does: ``x @ w`` over a
+    (batch, tokens, features) ``x`` is one GEMM of batch x tokens rows), one matrix times a
+    batch is the same transposed; else one GEMM per leading index."""
+    if len(a) >= 3 and len(b) <= 2:
+        k = int(a[-1])
+        n = int(b[-1]) if len(b) == 2 else 1
+        return [Op.make("gemm", {"m": _numel(a) // k, "n": n, "k": k}, dtype)]
+    if len(a) <= 2 and len(b) >= 3:  # (b^T a^T)^T: b's columns of every batch are the rows
+        k = int(b[-2])
+        m = int(a[-2]) if len(a) == 2 else 1
+        return [Op.make("gemm", {"m": _numel(b) // k, "n": m, "k": k}, dtype)]
     a = (1, int(a[0])) if len(a) == 1 else a
     b = (int(b[0]), 1) if len(b) == 1 else b
     m, k, n = int(a[-2]), int(a[-1]), int(b[-1])
