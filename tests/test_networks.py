@@ -570,6 +570,25 @@ def test_token_ids_are_measured_below_every_embedding_table_and_decomposed_as_ze
     assert tuple(fn().shape) == (2, 16, 8)
 
 
+def test_calls_under_autocast_are_costed_in_the_dtype_they_run_in():
+    # fx's graph keeps no autocast region: traced, the bf16 part would be priced as fp32.
+    class HalfInside(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(64, 64), nn.Linear(64, 8)
+
+        def forward(self, x):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                y = self.a(x).relu()
+            return self.b(y.float())
+
+    d = decompose(HalfInside(), (2, 64))
+    assert [(name, op.kind, op.dtype) for name, op in d.ops] == [
+        ("a", "linear", "bf16"), ("relu", "elementwise", "bf16"), ("b", "linear", "fp32")]
+    assert d.untraced[""] == "it runs calls under torch.autocast, which fx does not keep"
+    assert decompose(nn.Linear(4, 2), (3, 4)).untraced == {}
+
+
 def test_a_model_on_the_meta_device_decomposes_as_on_the_cpu():
     from collectors.networks.decompose import on_meta_device
 

@@ -714,7 +714,8 @@ def _decompose(model, input_shape, dtype, input_dtype: str) -> Decomposition:
     model = model.eval()
     dtype = dtype or parameter_dtype(model)
     examples = example_inputs(input_shape, dtype, input_dtype)
-    with torch.no_grad():
+    autocast = _autocast_seen()
+    with torch.no_grad(), autocast:
         # A model that cannot run on this input fails here with its own error; inside fx's
         # shape propagation it would also print a traceback of its own.
         output = model(*examples)
@@ -726,6 +727,12 @@ def _decompose(model, input_shape, dtype, input_dtype: str) -> Decomposition:
         out.record(name, name, kind, module_op, model, tuple(examples[0].shape),
                    tuple(output.shape), _call_dtype(output, examples),
                    tuple(examples[1].shape) if len(examples) > 1 else None)
+        return out
+    if autocast.seen:
+        # fx's graph keeps no autocast region: shape propagation would run it all in the
+        # parameters' dtype, while the calls show the dtype each one ran in
+        out = _decompose_calls(model, examples)
+        out.untraced[""] = "it runs calls under torch.autocast, which fx does not keep"
         return out
     try:
         graph = _traced(model, examples)
@@ -744,6 +751,23 @@ def _decompose(model, input_shape, dtype, input_dtype: str) -> Decomposition:
                                   "the forward computes")
             return calls
     return out
+
+
+def _autocast_seen():
+    """A TorchFunctionMode whose ``seen`` says whether any torch function was called with
+    autocast on (a model that casts part of its forward to bf16 or fp16 itself)."""
+    import torch
+    from torch.overrides import TorchFunctionMode
+
+    class AutocastSeen(TorchFunctionMode):
+        seen = False
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            if not self.seen:
+                self.seen = any(torch.is_autocast_enabled(device) for device in ("cpu", "cuda"))
+            return func(*args, **(kwargs or {}))
+
+    return AutocastSeen()
 
 
 def _shape(node, first: bool = False) -> tuple[tuple[int, ...], str]:
