@@ -854,6 +854,11 @@ def test_predict_network_answers_here_for_a_torch_model_as_the_service_does(tmp_
         "    return nn.Sequential(nn.Embedding(50, 16), layer)\n"
         "def two_inputs():\n"
         "    return nn.Bilinear(4, 4, 2)\n"
+        "def scripted():\n"
+        "    import torch, warnings\n"
+        "    with warnings.catch_warnings():\n"
+        "        warnings.simplefilter('ignore', DeprecationWarning)\n"
+        "        return torch.jit.script(make())\n"
         "def on_meta():\n"
         "    import torch\n"
         "    with torch.device('meta'):\n"
@@ -951,6 +956,9 @@ def test_predict_network_answers_here_for_a_torch_model_as_the_service_does(tmp_
          "did not run on that input (RuntimeError"),
         (["--module", "user_net:needs_width", "--input-shape", "1,4"],
          "needs_width() failed: TypeError"),
+        (["--module", "user_net:scripted", "--input-shape", "1,3,16,16"],
+         "--module user_net:scripted: a TorchScript module (torch.jit.script or torch.jit.trace) "
+         "hides its layers"),
         (["--module", "user_net:two_inputs", "--input-shape", "1,4"],
          "missing 1 required positional argument: 'input2'); it is given 1 tensor: give one "
          "shape per input joined by '+' (--input-shape 1,128+1,128"),

@@ -702,6 +702,10 @@ def decompose(model, input_shape, dtype=None, input_dtype: str = "float") -> Dec
     ops come out as on the CPU, with no memory for its weights."""
     import torch
 
+    if isinstance(model, torch.jit.ScriptModule):
+        raise DecomposeError("a TorchScript module (torch.jit.script or torch.jit.trace) hides "
+                             "its layers from torch.fx and from module hooks; give the "
+                             "nn.Module it was made from")
     if on_meta_device(model):
         with torch.device("meta"):
             return _decompose(model, input_shape, dtype, input_dtype)

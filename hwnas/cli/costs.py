@@ -85,7 +85,7 @@ def network_spec(arch: str | None, ops_json: str | None, module_spec: str | None
     if arch is not None:
         return NetworkSpec(arch, None)
     if module_spec is not None:
-        from collectors.networks.decompose import decompose
+        from collectors.networks.decompose import DecomposeError, decompose
         from collectors.networks.user import parse_input_shape, user_module
 
         try:
@@ -113,6 +113,8 @@ def network_spec(arch: str | None, ops_json: str | None, module_spec: str | None
             raise click.UsageError(f"--input-dtype: {exc}") from None
         try:
             d = decompose(model, shape, input_dtype=input_dtype)
+        except DecomposeError as exc:  # a model of a form no decomposition reads
+            raise click.UsageError(f"--module {module_spec}: {exc}") from None
         except Exception as exc:  # the model's forward pass at that shape
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             hint = (f"; it is given {given} tensor{'s' if given != 1 else ''}: give one shape "
