@@ -589,6 +589,39 @@ def test_calls_under_autocast_are_costed_in_the_dtype_they_run_in():
     assert decompose(nn.Linear(4, 2), (3, 4)).untraced == {}
 
 
+def test_calls_on_empty_tensors_are_named_not_a_crash():
+    # A boolean mask of the example input (zeros) selects nothing: the calls after it ran on
+    # empty tensors, whose sizes depend on the data. They are named in the note (costed as
+    # nothing), an uncosted kind among them stays uncosted, and free ones go unmentioned.
+    class Selects(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(16, 16)
+
+        def forward(self, x):
+            picked = self.fc(x[x.sum(-1) > 0]).sum(0)
+            return picked + torch.masked_select(x, x > 0).sum()
+
+    d = decompose(Selects(), (8, 16))
+    assert d.empty == ["fc (Linear)", "sum_2 (sum)", "sum_3 (sum)"]
+    assert d.unsupported == ["masked_select (masked_select)"]
+    assert [name for name, _ in d.ops] == ["sum_1", "gt", "gt_1", "add"]
+    assert "3 calls ran on empty tensors on the example input" in d.note
+    assert "fc (Linear), sum_2 (sum), sum_3 (sum)" in d.note
+
+    class Branchy(Selects):  # the same read from the calls of one forward pass
+        def forward(self, x):
+            if x.sum() > 0:  # data-dependent: fx cannot trace this
+                x = x + 1
+            return self.fc(x[x.amax(-1) > 0]).exp()
+
+    d = decompose(Branchy(), (8, 16))
+    assert d.method.startswith("calls of one forward pass")
+    assert d.empty == ["fc (Linear)", "exp (exp)"] and not d.unsupported
+    assert [name for name, _ in d.ops] == ["sum", "gt", "amax", "gt"]
+    assert d.note.startswith("torch.fx could not trace the model (") and "; 2 calls ran" in d.note
+
+
 def test_a_model_on_the_meta_device_decomposes_as_on_the_cpu():
     from collectors.networks.decompose import on_meta_device
 
@@ -1031,7 +1064,13 @@ def test_collect_network_measures_your_own_model_for_the_network_model(tmp_path,
           "def meta_mlp():\n"
           "    import torch\n"
           "    with torch.device('meta'):\n"
-          "        return mlp()\n" + MASKED_SOURCE)
+          "        return mlp()\n"
+          "class Selects(nn.Module):\n"
+          "    def __init__(self):\n"
+          "        super().__init__()\n"
+          "        self.fc = nn.Linear(16, 16)\n"
+          "    def forward(self, x):\n"
+          "        return self.fc(x[x.sum(-1) > 0])\n" + MASKED_SOURCE)
     quick = QUICK_CLI
     shapes = [arg for t in (2, 4, 8, 16, 32) for arg in ("--input-shape", f"{t},16")]
     r = CliRunner().invoke(main, ["collect", "network", "--db", store.url, "--module",
@@ -1072,6 +1111,9 @@ def test_collect_network_measures_your_own_model_for_the_network_model(tmp_path,
          "not costed (no op kind covers them): mix (SmoothL1Loss); a network model learns "
          "only from"),
         (["--module", "mine:nothing", "--input-shape", "2,16"], "AttributeError"),
+        (["--module", "mine:Selects", "--input-shape", "4,16"],
+         "--module mine:Selects at 4,16: 1 of its calls ran on empty tensors on the example "
+         "input (fc (Linear)): their sizes depend on the data"),
         (["--module", "mine:meta_mlp", "--input-shape", "2,16"],
          "collect network --module: the model is on the meta device (its parameters hold no "
          "data), so it cannot be run"),

@@ -126,16 +126,29 @@ class Decomposition:
     # Module path ("" for the whole model) -> why fx could not trace it: its ops were read from
     # the calls of one forward pass instead.
     untraced: dict[str, str] = field(default_factory=dict)
+    # Calls that ran on (or made) a tensor of no elements on the example input: sizes that
+    # depend on the data (a boolean mask of zeros selects nothing), costed as nothing.
+    empty: list[str] = field(default_factory=list)
 
     @property
     def note(self) -> str | None:
-        """What a user must know about how complete the ops are; None when fx traced it all."""
-        if not self.untraced:
-            return None
-        where = "the model" if "" in self.untraced else ", ".join(self.untraced)
-        return (f"torch.fx could not trace {where} ({next(iter(self.untraced.values()))}), so "
-                f"its ops were read from the calls of one forward pass on the given input: "
-                f"where its control flow depends on the data, other inputs may run other ops")
+        """What a user must know about how complete the ops are; None when fx traced it all
+        and every call ran on a tensor of some elements."""
+        notes = []
+        if self.untraced:
+            where = "the model" if "" in self.untraced else ", ".join(self.untraced)
+            notes.append(f"torch.fx could not trace {where} ({next(iter(self.untraced.values()))}"
+                         "), so its ops were read from the calls of one forward pass on the given "
+                         "input: where its control flow depends on the data, other inputs may "
+                         "run other ops")
+        if self.empty:
+            n = len(self.empty)
+            shown = ", ".join(self.empty[:3]) + (", ..." if n > 3 else "")
+            notes.append(f"{n} call{'s' if n != 1 else ''} ran on empty tensors on the example "
+                         f"input (zeros, token ids 0), costed as nothing: {shown}; their sizes "
+                         "depend on the data (a boolean mask, nonzero), and real inputs may "
+                         "select more")
+        return "; ".join(notes) or None
 
     def merge(self, prefix: str, inner: Decomposition) -> None:
         """Add the decomposition of the submodule at ``prefix``."""
@@ -143,14 +156,27 @@ class Decomposition:
         self.unsupported += [f"{prefix}.{label}" for label in inner.unsupported]
         self.untraced |= {f"{prefix}.{path}" if path else prefix: why
                           for path, why in inner.untraced.items()}
+        self.empty += [f"{prefix}.{label}" for label in inner.empty]
 
     @property
     def flops(self) -> int:
         return sum(op_flops(op) for _, op in self.ops)
 
-    def record(self, name: str, label: str, kind: str, ops_of, *args) -> None:
+    def record(self, name: str, label: str, kind: str, ops_of, *args,
+               shapes: Sequence[Sequence[int]] = ()) -> None:
         """Add the ops ``ops_of(*args)`` gives for one call, or list the call as not costed
-        (with the reason, where its kind is mapped but not this form of it)."""
+        (with the reason, where its kind is mapped but not this form of it), or as empty where
+        one of its tensors' ``shapes`` holds no element."""
+        if any(0 in shape for shape in shapes):
+            try:  # of no kind costed at all (None), free ([]), or costed but of no elements
+                ops = ops_of(*args)
+            except Exception:  # a mapped kind, whose sizes divide by the empty ones
+                ops = [None]
+            if ops is None:
+                self.unsupported.append(label)
+            elif ops:
+                self.empty.append(label)
+            return
         try:
             ops = ops_of(*args)
         except DecomposeError as exc:
@@ -730,7 +756,8 @@ def _decompose(model, input_shape, dtype, input_dtype: str) -> Decomposition:
         name = type(model).__name__
         out.record(name, name, kind, module_op, model, tuple(examples[0].shape),
                    tuple(output.shape), _call_dtype(output, examples),
-                   tuple(examples[1].shape) if len(examples) > 1 else None)
+                   tuple(examples[1].shape) if len(examples) > 1 else None,
+                   shapes=[tuple(output.shape), *(tuple(x.shape) for x in examples)])
         return out
     if autocast.seen:
         # fx's graph keeps no autocast region: shape propagation would run it all in the
@@ -880,12 +907,14 @@ def _decompose_graph(gm) -> tuple[Decomposition, list[str]]:
             in_shape = arg_shapes[0] if arg_shapes else ()
             out.record(str(node.target), module_label(str(node.target), mod),
                        module_kind(mod), module_op, mod, in_shape, out_shape, dtype,
-                       arg_shapes[1] if len(arg_shapes) > 1 else None)
+                       arg_shapes[1] if len(arg_shapes) > 1 else None,
+                       shapes=[out_shape, *arg_shapes])
         else:
             name = getattr(node.target, "__name__", str(node.target))
             options = _call_options(name, node.args, node.kwargs, lambda v: hasattr(v, "meta"))
             out.record(node.name, f"{node.name} ({name})", name,
-                       function_op, name, arg_shapes, out_shape, dtype, options)
+                       function_op, name, arg_shapes, out_shape, dtype, options,
+                       shapes=[out_shape, *arg_shapes])
     return out, kept_whole
 
 
@@ -947,9 +976,10 @@ def _decompose_calls(model, examples: list, kwargs: dict | None = None) -> Decom
                        if isinstance(t, torch.Tensor)]
             options = _call_options(name, args, kwargs, lambda v: isinstance(v, torch.Tensor))
             label = ".".join([*path[-1:], name])
-            out.record(label, f"{label} ({name})", name, function_op, name,
-                       [tuple(t.shape) for t in tensors], tuple(output.shape),
-                       _call_dtype(output, tensors), options)
+            shapes = [tuple(t.shape) for t in tensors]
+            out.record(label, f"{label} ({name})", name, function_op, name, shapes,
+                       tuple(output.shape), _call_dtype(output, tensors), options,
+                       shapes=[tuple(output.shape), *shapes])
             return result
 
     def enter(name, mapped):
@@ -973,7 +1003,8 @@ def _decompose_calls(model, examples: list, kwargs: dict | None = None) -> Decom
                 return
             out.record(name, label, module_kind(mod), module_op, mod, tuple(tensors[0].shape),
                        tuple(output.shape), _call_dtype(output, tensors),
-                       tuple(tensors[1].shape) if len(tensors) > 1 else None)
+                       tuple(tensors[1].shape) if len(tensors) > 1 else None,
+                       shapes=[tuple(output.shape), *(tuple(t.shape) for t in tensors)])
         return post
 
     handles = []

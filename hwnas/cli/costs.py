@@ -67,6 +67,8 @@ class NetworkSpec:
     module: object = None
     shape: tuple[int, ...] | None = None
     input_dtype: str = "float"
+    # calls that ran on empty tensors on the example input (Decomposition.empty)
+    empty: list[str] = field(default_factory=list)
 
 
 def network_spec(arch: str | None, ops_json: str | None, module_spec: str | None,
@@ -133,7 +135,7 @@ def network_spec(arch: str | None, ops_json: str | None, module_spec: str | None
         if d.note:
             notes.append(d.note)
         return NetworkSpec(None, [{**op.to_dict(), "name": name} for name, op in d.ops],
-                           notes, model, shape, input_dtype)
+                           notes, model, shape, input_dtype, d.empty)
     with open(ops_json) as f:
         try:
             ops = json.load(f)

@@ -264,6 +264,11 @@ def _module_plan(module_spec: str | None, input_shapes: tuple[str, ...], input_d
         if uncosted:
             raise click.UsageError(f"--module {module_spec} at {text}: {uncosted[0]}; a network "
                                    "model learns only from networks whose ops are all costed")
+        if spec.empty:
+            raise click.UsageError(f"--module {module_spec} at {text}: {len(spec.empty)} of its "
+                                   f"calls ran on empty tensors on the example input "
+                                   f"({', '.join(spec.empty[:3])}): their sizes depend on the "
+                                   "data, so no one op list describes what a measurement runs")
         shapes.append(spec.shape)
     return module_plan(module_spec, shapes, input_dtype, dtype)
 
