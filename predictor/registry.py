@@ -102,13 +102,20 @@ def identical(s, device_model: str, target: str, digest: str) -> ModelVersion | 
         ModelVersion.sha256 == digest).order_by(ModelVersion.version)) if not deleted(r)), None)
 
 
+# PostgreSQL advisory lock key of the right to add model versions (any 64-bit number that
+# nothing else on the server locks; this one spells "hwnasmv" in ASCII).
+VERSIONS_LOCK_KEY = 0x68776E61736D76
+
+
 def _lock_versions(s) -> None:
     """Hold the right to add model versions until the session's transaction ends, so that
     concurrent registrations (two `hwnas train` runs on machines sharing a store, one bundle
     imported twice at once) take turns: each sees the versions the others added, and none
     takes a number another holds. Reading models is not blocked."""
     if s.get_bind().dialect.name == "postgresql":
-        s.execute(text("LOCK TABLE model_version IN SHARE ROW EXCLUSIVE MODE"))
+        # An advisory lock, not LOCK TABLE: that one asks for UPDATE on the table, which a role
+        # that may only read models and add versions does not hold.
+        s.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": VERSIONS_LOCK_KEY})
     else:
         # SQLite: a write statement, even one that changes no row, takes the database's write
         # lock; other writers wait for it (busy_timeout).

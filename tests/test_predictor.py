@@ -1216,6 +1216,35 @@ def test_deleting_a_retired_version_frees_its_file_and_keeps_its_number(tmp_path
     assert r.exit_code == 2 and "--delete-retired: deletes every retired version" in r.output
 
 
+@pytest.mark.postgres
+def test_a_role_that_may_only_read_and_add_rows_registers_models(pg_url, tmp_path):
+    """Registering takes no privilege beyond reading and adding rows (a shared store's
+    writers need not be able to change or delete what others stored)."""
+    import uuid
+
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    from collectors.store.db import Store
+
+    Store(pg_url).close()  # the schema, made by its owner
+    role = f"hwnas_adder_{uuid.uuid4().hex[:8]}"
+    owner = create_engine(pg_url)
+    with owner.begin() as c:
+        c.execute(text(f"CREATE ROLE {role} LOGIN"))
+        c.execute(text(f"GRANT SELECT, INSERT ON ALL TABLES IN SCHEMA public TO {role}"))
+        c.execute(text(f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {role}"))
+    owner.dispose()
+    adder = Store(make_url(pg_url).set(username=role).render_as_string(hide_password=False))
+    rows = [registry.register_json(adder, "Dev", "nb201", f'{{"i": {i}}}', 1, {}, tmp_path)
+            for i in range(2)]
+    assert [r.version for r in rows] == [1, 2]
+    with pytest.raises(Exception, match="permission denied"):
+        with adder.session() as s:
+            s.execute(text("UPDATE model_version SET version = version"))
+    adder.close()
+
+
 def test_concurrent_registrations_take_turns(store, tmp_path, monkeypatch):
     """Three registrations at once (as two `hwnas train` runs sharing a PostgreSQL store may
     be), each held up while it hashes its file: three versions, each with its own file, and no
