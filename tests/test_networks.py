@@ -589,8 +589,40 @@ def test_calls_under_autocast_are_costed_in_the_dtype_they_run_in():
     assert decompose(nn.Linear(4, 2), (3, 4)).untraced == {}
 
 
+def test_a_model_is_decomposed_on_the_inputs_a_measurement_runs_it_on():
+    # Top-1 routing to four experts: which expert takes which rows depends on the values. On
+    # zeros every row would go to one expert; the decomposition runs the seeded random inputs
+    # that forward_pass measures on, so its experts' rows are those measured.
+    from collectors.networks.decompose import example_inputs
+
+    class Experts(nn.Module):
+        def __init__(self, d: int = 32, experts: int = 4):
+            super().__init__()
+            self.router = nn.Linear(d, experts)
+            self.experts = nn.ModuleList(nn.Linear(d, d) for _ in range(experts))
+
+        def forward(self, x):
+            choice = self.router(x).argmax(-1)
+            out = torch.zeros_like(x)
+            for i, expert in enumerate(self.experts):
+                out[choice == i] = expert(x[choice == i])
+            return out
+
+    torch.manual_seed(0)
+    model = Experts()
+    d = decompose(model, (64, 32))
+    rows = {name: op.batch for name, op in d.ops if name.startswith("experts.")}
+    assert len(rows) == 4 and sum(rows.values()) == 64 and max(rows.values()) < 64
+    assert not d.empty and not d.unsupported
+    measured = example_inputs((64, 32), torch.float32, random=True)[0]
+    with torch.no_grad():
+        choice = model.router(measured).argmax(-1)
+    assert rows == {f"experts.{i}": int((choice == i).sum()) for i in range(4)}
+    assert torch.equal(measured, example_inputs((64, 32), torch.float32, random=True)[0])
+
+
 def test_calls_on_empty_tensors_are_named_not_a_crash():
-    # A boolean mask of the example input (zeros) selects nothing: the calls after it ran on
+    # A boolean mask of the example input that selects nothing: the calls after it ran on
     # empty tensors, whose sizes depend on the data. They are named in the note (costed as
     # nothing), an uncosted kind among them stays uncosted, and free ones go unmentioned.
     class Selects(nn.Module):
@@ -599,8 +631,8 @@ def test_calls_on_empty_tensors_are_named_not_a_crash():
             self.fc = nn.Linear(16, 16)
 
         def forward(self, x):
-            picked = self.fc(x[x.sum(-1) > 0]).sum(0)
-            return picked + torch.masked_select(x, x > 0).sum()
+            picked = self.fc(x[x.sum(-1) > 1e9]).sum(0)
+            return picked + torch.masked_select(x, x > 1e9).sum()
 
     d = decompose(Selects(), (8, 16))
     assert d.empty == ["fc (Linear)", "sum_2 (sum)", "sum_3 (sum)"]
@@ -613,12 +645,13 @@ def test_calls_on_empty_tensors_are_named_not_a_crash():
         def forward(self, x):
             if x.sum() > 0:  # data-dependent: fx cannot trace this
                 x = x + 1
-            return self.fc(x[x.amax(-1) > 0]).exp()
+            return self.fc(x[x.amax(-1) > 1e9]).exp()
 
     d = decompose(Branchy(), (8, 16))
     assert d.method.startswith("calls of one forward pass")
     assert d.empty == ["fc (Linear)", "exp (exp)"] and not d.unsupported
-    assert [name for name, _ in d.ops] == ["sum", "gt", "amax", "gt"]
+    # the branch the seeded example input takes (its sum is positive)
+    assert [name for name, _ in d.ops] == ["sum", "gt", "add", "amax", "gt"]
     assert d.note.startswith("torch.fx could not trace the model (") and "; 2 calls ran" in d.note
 
 
@@ -1070,7 +1103,7 @@ def test_collect_network_measures_your_own_model_for_the_network_model(tmp_path,
           "        super().__init__()\n"
           "        self.fc = nn.Linear(16, 16)\n"
           "    def forward(self, x):\n"
-          "        return self.fc(x[x.sum(-1) > 0])\n" + MASKED_SOURCE)
+          "        return self.fc(x[x.sum(-1) > 1e9])\n" + MASKED_SOURCE)
     quick = QUICK_CLI
     shapes = [arg for t in (2, 4, 8, 16, 32) for arg in ("--input-shape", f"{t},16")]
     r = CliRunner().invoke(main, ["collect", "network", "--db", store.url, "--module",

@@ -127,7 +127,7 @@ class Decomposition:
     # the calls of one forward pass instead.
     untraced: dict[str, str] = field(default_factory=dict)
     # Calls that ran on (or made) a tensor of no elements on the example input: sizes that
-    # depend on the data (a boolean mask of zeros selects nothing), costed as nothing.
+    # depend on the data (a boolean mask that selects nothing), costed as nothing.
     empty: list[str] = field(default_factory=list)
 
     @property
@@ -145,9 +145,8 @@ class Decomposition:
             n = len(self.empty)
             shown = ", ".join(self.empty[:3]) + (", ..." if n > 3 else "")
             notes.append(f"{n} call{'s' if n != 1 else ''} ran on empty tensors on the example "
-                         f"input (zeros, token ids 0), costed as nothing: {shown}; their sizes "
-                         "depend on the data (a boolean mask, nonzero), and real inputs may "
-                         "select more")
+                         f"input, costed as nothing: {shown}; their sizes depend on the data (a "
+                         "boolean mask, nonzero), and other inputs may select more")
         return "; ".join(notes) or None
 
     def merge(self, prefix: str, inner: Decomposition) -> None:
@@ -687,20 +686,26 @@ def input_kinds(input_dtype: str, count: int) -> list[str]:
 def example_inputs(shape, dtype, input_dtype: str = "float", device=None,
                    random: bool = False, ids_below: int | None = None) -> list:
     """A model's inputs (:func:`input_shapes`, :func:`input_kinds`): float tensors of
-    torch ``dtype`` (zeros, or normal ``random`` values); token ids where int64: all 0, or with
-    ``random`` and ``ids_below`` drawn uniformly from 1 up to below it (0 is often padding, which
-    a model may mask or skip), from a fixed seed."""
+    torch ``dtype`` (zeros, or with ``random`` normal values); token ids where int64 (all 0, or
+    with ``random`` and ``ids_below`` drawn uniformly from 1 up to below it: 0 is often padding,
+    which a model may mask or skip). Random values come from a fixed seed, so that a
+    decomposition and a measurement of one model see the same inputs."""
     import torch
+
+    seeded = torch.Generator().manual_seed(0)
 
     def ids(one):
         if not (random and ids_below and ids_below > 1):
             return torch.zeros(*one, dtype=torch.int64, device=device)
-        seeded = torch.Generator().manual_seed(0)
         return torch.randint(1, ids_below, one, generator=seeded).to(device)
 
+    def floats(one):
+        if not random:
+            return torch.zeros(*one, dtype=dtype, device=device)
+        return torch.randn(*one, generator=seeded, dtype=dtype, device="cpu").to(device)
+
     shapes = input_shapes(shape)
-    return [ids(one) if kind == "int64" else
-            (torch.randn if random else torch.zeros)(*one, dtype=dtype, device=device)
+    return [ids(one) if kind == "int64" else floats(one)
             for one, kind in zip(shapes, input_kinds(input_dtype, len(shapes)), strict=True)]
 
 
@@ -723,7 +728,8 @@ def on_meta_device(model) -> bool:
 def decompose(model, input_shape, dtype=None, input_dtype: str = "float") -> Decomposition:
     """Ops of ``model`` on an input of ``input_shape`` (first dimension: batch; or one shape
     per input, :func:`input_shapes`): of ``dtype`` (default: the model's parameters'), or
-    token ids (zeros) where ``input_dtype`` is "int64" (:func:`input_kinds`). A model on the
+    token ids where ``input_dtype`` is "int64" (:func:`input_kinds`), run on the values a
+    measurement runs it on (:func:`example_inputs` from a fixed seed). A model on the
     meta device (:func:`on_meta_device`) is run there, tensors it makes in its forward too: its
     ops come out as on the CPU, with no memory for its weights."""
     import torch
@@ -743,7 +749,10 @@ def _decompose(model, input_shape, dtype, input_dtype: str) -> Decomposition:
 
     model = model.eval()
     dtype = dtype or parameter_dtype(model)
-    examples = example_inputs(input_shape, dtype, input_dtype)
+    # the inputs a measurement runs it on (sweep.forward_pass): where its sizes or control flow
+    # depend on the data, the ops are those measured; on the meta device, of no values, zeros
+    examples = example_inputs(input_shape, dtype, input_dtype, random=not on_meta_device(model),
+                              ids_below=token_range(model))
     autocast = _autocast_seen()
     with torch.no_grad(), autocast:
         # A model that cannot run on this input fails here with its own error; inside fx's
