@@ -1,11 +1,12 @@
 """Torch models written the way users write them, predicted and measured on this CPU.
 
-Decomposes fifteen networks (a ViT with an ``nn.TransformerEncoder``, a MobileNetV3-style block
+Decomposes sixteen networks (a ViT with an ``nn.TransformerEncoder``, a MobileNetV3-style block
 with squeeze-and-excitation, a GPT block calling ``scaled_dot_product_attention``, a three-layer
 CNN, a ResNet-18 at 224x224, a Llama-style stack with RMSNorm and rotary embeddings, an LSTM
 text classifier, a two-layer bidirectional GRU, two einsums of three operands, a linear
 layer followed by top-k and a sort, an ``nn.Transformer`` with a causal mask, ``nn.Bilinear``,
-distances to prototypes by ``torch.cdist`` and an ``nn.EmbeddingBag`` classifier), asks
+distances to prototypes by ``torch.cdist``, an ``nn.EmbeddingBag`` classifier and a mixture
+of experts routing rows by their values), asks
 the store's registered models for their latency as `hwnas predict network --module` does,
 measures each here by the search's verification protocol, and prints predicted, measured and
 their ratio with how the prediction was made. It needs a GEMM model of this CPU in the store
@@ -254,6 +255,26 @@ class BagOfWords(nn.Module):
         return self.head(self.bag(ids))
 
 
+class Experts(nn.Module):
+    """A mixture of experts: each row goes to the one of eight feed-forward experts its router
+    scores highest (which rows, depends on the values)."""
+
+    def __init__(self, d: int = 256, hidden: int = 512, experts: int = 8):
+        super().__init__()
+        self.router = nn.Linear(d, experts)
+        self.experts = nn.ModuleList(
+            nn.Sequential(nn.Linear(d, hidden), nn.GELU(), nn.Linear(hidden, d))
+            for _ in range(experts))
+
+    def forward(self, x):
+        choice = self.router(x).argmax(-1)
+        out = torch.zeros_like(x)
+        for i, expert in enumerate(self.experts):
+            picked = choice == i
+            out[picked] = expert(x[picked])
+        return out
+
+
 # name -> (factory, input shape, input dtype)
 NETWORKS = {
     "ViT (TransformerEncoder)": (ViT, (1, 3, 32, 32), "float"),
@@ -271,6 +292,7 @@ NETWORKS = {
     "linears + nn.Bilinear": (BilinearMix, (64, 128), "float"),
     "cdist to prototypes": (Prototypes, (64, 256), "float"),
     "EmbeddingBag classifier": (BagOfWords, (32, 200), "int64"),
+    "top-1 of 8 experts": (Experts, (512, 256), "float"),
 }
 
 
