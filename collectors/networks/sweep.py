@@ -210,6 +210,12 @@ def forward_pass(model, shape, device: ComputeDevice, input_dtype: str = "float"
     return fn, PerfCounterTimer() if on_cpu else TorchCudaTimer(device.index)
 
 
+def _token_ids(model) -> str:
+    """The token ids :func:`forward_pass` measures ``model`` on, in words for its row."""
+    vocab = token_range(model)
+    return f"uniform in [1, {vocab})" if vocab and vocab > 1 else "all 0"
+
+
 class NetworkSweep:
     """Measures layers and whole networks with torch on this machine's CPU, or on an NVIDIA GPU
     (``cuda:N``, CUDA events and the NVML energy counter) with a CUDA build of torch."""
@@ -312,11 +318,9 @@ class NetworkSweep:
             row.params = {"config": cfg}
             return row
         flops = sum(op_flops(op) for _, op in ops)
-        if "int64" in cfg.get("input_dtype", ""):  # the ids it was measured on (forward_pass)
-            vocab = token_range(model)
-            row.params = {"token_ids": f"uniform in [1, {vocab})" if vocab and vocab > 1
-                          else "all 0"}
-        row.params = {**(row.params or {}), "config": cfg, "input_shape": _as_lists(shape),
+        ids = ({"token_ids": _token_ids(model)} if "int64" in cfg.get("input_dtype", "")
+               else {})
+        row.params = {**(row.params or {}), **ids, "config": cfg, "input_shape": _as_lists(shape),
                       "flops": flops, "bytes": sum(op_bytes(op) for _, op in ops),
                       "ops": [[name, op.to_dict()] for name, op in ops]}
         fill_result(row, result, flops)
