@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 from torch import nn
 
 from collectors.devices import CpuDevice
-from collectors.networks.decompose import decompose
+from collectors.networks.decompose import DecomposeError, decompose
 from collectors.networks.sweep import NetworkSweep, forward_pass, layer_grid, network_plan
 from collectors.networks.user import user_module
 from collectors.networks.zoo import build, sample_config
@@ -676,6 +676,20 @@ def test_a_model_on_the_meta_device_decomposes_as_on_the_cpu():
     assert on_meta_device(model) and not on_meta_device(Positions())
     on_meta = decompose(model, (2, 7), input_dtype="int64")
     assert on_meta.ops == on_cpu.ops and len(on_meta.ops) == 22 and not on_meta.unsupported
+
+    class Selects(nn.Module):  # sizes that depend on values, which the meta device has none of
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(16, 16)
+
+        def forward(self, x):
+            return self.fc(x[x.sum(-1) > 0])
+
+    with torch.device("meta"):
+        model = Selects()
+    with pytest.raises(DecomposeError, match="on the meta device, which holds no values, its "
+                       "forward needs some .*build it on the CPU"):
+        decompose(model, (8, 16))
 
 
 def test_a_transformer_fx_keeps_whole_is_decomposed_from_all_its_arguments():

@@ -251,8 +251,14 @@ def decompose(model, input_shape, dtype=None, input_dtype: str = "float") -> Dec
                              "its layers from torch.fx and from module hooks; give the "
                              "nn.Module it was made from")
     if on_meta_device(model):
-        with torch.device("meta"):
-            return _decompose(model, input_shape, dtype, input_dtype)
+        try:
+            with torch.device("meta"):
+                return _decompose(model, input_shape, dtype, input_dtype)
+        except NotImplementedError as exc:  # a call whose sizes need values (nonzero, a mask)
+            first = (str(exc).strip().splitlines() or [""])[0][:160]
+            raise DecomposeError(f"on the meta device, which holds no values, its forward "
+                                 f"needs some ({first}): its sizes depend on the data; build "
+                                 "it on the CPU to decompose it") from None
     return _decompose(model, input_shape, dtype, input_dtype)
 
 
