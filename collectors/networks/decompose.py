@@ -343,9 +343,11 @@ def _shape(node, first: bool = False) -> tuple[tuple[int, ...], str]:
 def _decompose_inside(mod, node) -> Decomposition | None:
     """The ops of a torch.nn container fx keeps whole (``nn.TransformerEncoder``, a
     ``nn.TransformerDecoderLayer``, a whole ``nn.Transformer``), decomposed on its own from the
-    call ``node``: its tensors as the shapes and dtypes fx propagated (zeros), its other
-    arguments as written. None for a module of a mapped kind, a leaf, or a call whose arguments
-    are not all known here (sizes computed in the forward) or that it cannot be run with."""
+    call ``node``: its tensors of the shapes and dtypes fx propagated (called with tensors
+    alone, on :func:`example_inputs` as a model is; beside masks, flags or keywords, on zeros,
+    a mask of no effect), its other arguments as written. None for a module of a mapped kind, a
+    leaf, or a call whose arguments are not all known here (sizes computed in the forward) or
+    that it cannot be run with. torch.nn's containers do not branch on their inputs' values."""
     import torch
 
     if module_kind(mod) in MAPPED_MODULES or not list(mod.children()):
