@@ -65,7 +65,9 @@ OP_KINDS: dict[str, tuple[tuple[str, ...], dict[str, int]]] = {
     "attention": (("seq_len", "heads", "head_dim"), {"kv_len": 0, "causal": 0}),
     "pool": (("channels", "kernel", "height", "width"), {"stride": 1, "padding": 0}),
     "norm": (("channels", "elements"), {}),
-    "elementwise": (("elements",), {"inputs": 1}),
+    # ``inputs`` tensors of ``elements`` each read, one written; a reduction (a mean, a
+    # bag of embeddings) writes ``reduce`` times fewer elements than it reads.
+    "elementwise": (("elements",), {"inputs": 1, "reduce": 1}),
     # One layer of nn.RNN (1 gate), nn.GRU (3) or nn.LSTM (4) over a sequence of ``steps``:
     # ``directions`` 2 where bidirectional; ``proj`` an LSTM's projected state size (0: none).
     "recurrent": (("input_size", "hidden", "steps", "gates"),
@@ -334,7 +336,7 @@ def op_bytes(op: Op) -> int:
     if op.kind == "norm":
         return e * b * 2 * p["elements"]
     if op.kind == "elementwise":
-        return e * b * (p["inputs"] + 1) * p["elements"]
+        return e * b * (p["inputs"] * p["elements"] + -(-p["elements"] // p["reduce"]))
     return (sum(gemm_bytes(m, n, k, op.dtype, bb) * times
                 for (m, n, k, bb), times in op_gemm_counts(op))
             + sum(op_bytes(part) * times for part, times in op_parts(op)))

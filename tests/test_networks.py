@@ -21,6 +21,7 @@ from collectors.networks.zoo import build, sample_config
 from collectors.ops import (
     Op,
     OpError,
+    op_bytes,
     op_flops,
     op_gemm_counts,
     op_gemms,
@@ -308,8 +309,29 @@ def test_a_pair_reduction_module_reads_both_its_inputs():
 
     d = decompose(Similar(), (2, 4, 8))
     assert not d.unsupported
-    assert [op for _, op in d.ops][-1] == Op.make("elementwise", {"elements": 32, "inputs": 2},
-                                                  "fp32", 2)
+    cos = [op for _, op in d.ops][-1]  # reads both (4 x 8 each), writes one value per row
+    assert cos == Op.make("elementwise", {"elements": 32, "inputs": 2, "reduce": 8}, "fp32", 2)
+    assert op_bytes(cos) == 4 * 2 * (2 * 32 + 4)
+
+
+def test_a_reduction_is_priced_by_what_it_reads_and_its_small_output():
+    def op(fn, shape):
+        [(_, got)] = decompose(_Call(fn), shape).ops
+        return got
+
+    mean = op(lambda x: x.mean(-1), (2, 16, 64))
+    assert mean == Op.make("elementwise", {"elements": 1024, "reduce": 64}, "fp32", 2)
+    assert op_bytes(mean) == 4 * 2 * (1024 + 16)
+    assert op(lambda x: x.sort(-1).values, (2, 16, 64))["reduce"] == 1  # as much written
+    relu = op(lambda x: x.relu(), (2, 16, 64))
+    assert relu["reduce"] == 1 and op_bytes(relu) == 4 * 2 * 2 * 1024
+    # EmbeddingBag: every looked-up row read, one row per bag written
+    [(_, bag)] = decompose(nn.Sequential(nn.EmbeddingBag(100, 8)), (3, 7),
+                           input_dtype="int64").ops
+    assert bag == Op.make("elementwise", {"elements": 56, "reduce": 7}, "fp32", 3)
+    # Stored op lists, without the parameter, read as before: one element written per read.
+    stored = Op.from_dict({"kind": "elementwise", "params": {"elements": 1024}, "batch": 2})
+    assert stored["reduce"] == 1 and op_bytes(stored) == 4 * 2 * 2 * 1024
 
 
 class _WithLayer(nn.Module):
@@ -343,7 +365,7 @@ def test_products_of_vectors_tensors_and_point_sets_cost_as_their_gemms():
              "fp32", 3), gemm("gemm", {"m": 4, "n": 1, "k": 16}, "fp32", 3)]
     # nn.EmbeddingBag: every looked-up row read once (7 ids of width 8 per bag)
     [(_, bag)] = ops(lambda m, x: m(x), (3, 7), nn.EmbeddingBag(100, 8), "int64")
-    assert bag == gemm("elementwise", {"elements": 56}, "fp32", 3)
+    assert bag == gemm("elementwise", {"elements": 56, "reduce": 7}, "fp32", 3)
     # matmul as torch runs it: a batch of matrices times one matrix (or vector) is one GEMM of
     # all their rows; one matrix (or vector) times a batch the same, transposed; a batch times
     # a batch one GEMM per pair; a vector operand is one row or one column

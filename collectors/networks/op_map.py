@@ -280,11 +280,20 @@ def _bilinear_ops(x1: Sequence[int], weight: Sequence[int], dtype: str) -> list[
 
 def _embedding_bag_ops(ids: Sequence[int], out_shape: Sequence[int], dtype: str) -> list[Op]:
     """nn.EmbeddingBag (or F.embedding_bag): a row of the table per id, summed per bag; its
-    traffic is every looked-up row (ids x embedding width), read once."""
+    traffic is every looked-up row (ids x embedding width), read once, and a row per bag
+    written."""
     batch = int(out_shape[0]) if len(out_shape) > 1 else 1
     width = int(out_shape[-1]) if len(out_shape) else 1
-    return [Op.make("elementwise", {"elements": max(1, _numel(ids) * width // batch)}, dtype,
-                    batch)]
+    elements = max(1, _numel(ids) * width // batch)
+    return [Op.make("elementwise", {"elements": elements,
+                                    "reduce": max(1, elements // max(1, _numel(out_shape)
+                                                                     // batch))},
+                    dtype, batch)]
+
+
+def _reduction(in_shape: Sequence[int], out_shape: Sequence[int]) -> int:
+    """How many times fewer elements a reduction writes than it reads (1 for a sort)."""
+    return max(1, _numel(in_shape) // max(1, _numel(out_shape)))
 
 
 def _matmul_ops(a: Sequence[int], b: Sequence[int], out_shape: Sequence[int],
@@ -462,10 +471,12 @@ def module_op(mod, in_shape: Sequence[int], out_shape: Sequence[int], dtype: str
                                      f"{mod.stride}, padding {mod.padding}) is not covered")
         return [Op.make("pool", {"channels": c, "kernel": k, "height": h, "width": w,
                                  "stride": s, "padding": pad}, dtype, batch)]
-    if kind in ELEMENTWISE_MODULES or kind in OTHER_POOL_MODULES:
+    if kind in ELEMENTWISE_MODULES:
         return [Op.make("elementwise", {"elements": _numel(in_shape) // batch}, dtype, batch)]
-    if kind in PAIR_REDUCTION_MODULES:
-        return [Op.make("elementwise", {"elements": _numel(in_shape) // batch, "inputs": 2},
+    if kind in OTHER_POOL_MODULES or kind in PAIR_REDUCTION_MODULES:
+        return [Op.make("elementwise", {"elements": _numel(in_shape) // batch,
+                                        "inputs": 2 if kind in PAIR_REDUCTION_MODULES else 1,
+                                        "reduce": _reduction(in_shape, out_shape)},
                         dtype, batch)]
     if kind in GATHER_MODULES:
         return _gather_ops(out_shape, dtype)
@@ -556,7 +567,9 @@ def function_op(name: str, arg_shapes: list[Sequence[int]], out_shape: Sequence[
         batch = int(shape[0]) if len(shape) else 1
         inputs = max(1, len([s for s in arg_shapes if len(s)]))
         return [Op.make("elementwise", {"elements": max(1, _numel(shape) // batch),
-                                        "inputs": inputs}, dtype, batch)]
+                                        "inputs": inputs,
+                                        "reduce": _reduction(shape, out_shape) if reduces else 1},
+                        dtype, batch)]
     return None
 
 
