@@ -350,7 +350,7 @@ def _decompose_inside(mod, node) -> Decomposition | None:
     that it cannot be run with. torch.nn's containers do not branch on their inputs' values."""
     import torch
 
-    if module_kind(mod) in MAPPED_MODULES or not list(mod.children()):
+    if not _container(mod):
         return None
     try:
         args = [_example_argument(a) for a in node.args]
@@ -371,6 +371,12 @@ def _decompose_inside(mod, node) -> Decomposition | None:
                                               for t in tensors))
     except Exception:  # it cannot run on such inputs: left as a call not costed
         return None
+
+
+def _container(mod) -> bool:
+    """Whether ``mod`` is a module of submodules that no mapping costs as a unit (a
+    ``nn.TransformerEncoder``), whose ops are then its submodules' and calls'."""
+    return bool(list(mod.children())) and module_kind(mod) not in MAPPED_MODULES
 
 
 def _example_argument(value):
@@ -431,7 +437,7 @@ def _decompose_graph(gm) -> tuple[Decomposition, list[str]]:
             if inner is not None:
                 out.merge(str(node.target), inner)
                 continue
-            if list(mod.children()) and module_kind(mod) not in MAPPED_MODULES:
+            if _container(mod):
                 kept_whole.append(str(node.target))
             in_shape = arg_shapes[0] if arg_shapes else ()
             out.record(str(node.target), module_label(str(node.target), mod),
