@@ -284,11 +284,9 @@ def _embedding_bag_ops(ids: Sequence[int], out_shape: Sequence[int], dtype: str)
     written."""
     batch = int(out_shape[0]) if len(out_shape) > 1 else 1
     width = int(out_shape[-1]) if len(out_shape) else 1
-    elements = max(1, _numel(ids) * width // batch)
-    return [Op.make("elementwise", {"elements": elements,
-                                    "reduce": max(1, elements // max(1, _numel(out_shape)
-                                                                     // batch))},
-                    dtype, batch)]
+    per_bag = max(1, _numel(ids) // batch)  # a row written per bag of these ids
+    return [Op.make("elementwise", {"elements": per_bag * width, "reduce": per_bag}, dtype,
+                    batch)]
 
 
 def _reduction(in_shape: Sequence[int], out_shape: Sequence[int]) -> int:
