@@ -562,7 +562,7 @@ def test_a_container_fx_keeps_whole_is_decomposed_on_its_own():
     assert (emb.kind, emb["elements"], emb.batch, emb.dtype) == ("elementwise", 7 * 16, 2, "fp32")
 
 
-def test_token_ids_are_measured_below_every_embedding_table_and_decomposed_as_zeros():
+def test_token_ids_are_drawn_below_every_embedding_table_from_a_fixed_seed():
     from collectors.networks.decompose import example_inputs, token_range
 
     class Padded(nn.Module):
@@ -585,7 +585,7 @@ def test_token_ids_are_measured_below_every_embedding_table_and_decomposed_as_ze
     assert torch.equal(ids, example_inputs((4, 500), torch.float32, "int64", random=True,
                                            ids_below=64)[0])  # from a fixed seed
     assert mask.dtype == torch.float32 and float(mask.std()) > 0.5
-    # shapes only: zeros, as without an embedding
+    # not drawn (random=False), or with no table to stay below: zeros
     assert not example_inputs((2, 3), torch.float32, "int64", ids_below=64)[0].any()
     assert not example_inputs((2, 3), torch.float32, "int64", random=True)[0].any()
     fn, _ = forward_pass(Padded(), (2, 16), CpuDevice(), "int64")

@@ -253,23 +253,23 @@ def decompose(model, input_shape, dtype=None, input_dtype: str = "float") -> Dec
     if on_meta_device(model):
         try:
             with torch.device("meta"):
-                return _decompose(model, input_shape, dtype, input_dtype)
+                return _decompose(model, input_shape, dtype, input_dtype, on_meta=True)
         except NotImplementedError as exc:  # a call whose sizes need values (nonzero, a mask)
             first = (str(exc).strip().splitlines() or [""])[0][:160]
             raise DecomposeError(f"on the meta device, which holds no values, its forward "
                                  f"needs some ({first}): its sizes depend on the data; build "
                                  "it on the CPU to decompose it") from None
-    return _decompose(model, input_shape, dtype, input_dtype)
+    return _decompose(model, input_shape, dtype, input_dtype, on_meta=False)
 
 
-def _decompose(model, input_shape, dtype, input_dtype: str) -> Decomposition:
+def _decompose(model, input_shape, dtype, input_dtype: str, on_meta: bool) -> Decomposition:
     import torch
 
     model = model.eval()
     dtype = dtype or parameter_dtype(model)
     # the inputs a measurement runs it on (sweep.forward_pass): where its sizes or control flow
     # depend on the data, the ops are those measured; on the meta device, of no values, zeros
-    examples = example_inputs(input_shape, dtype, input_dtype, random=not on_meta_device(model),
+    examples = example_inputs(input_shape, dtype, input_dtype, random=not on_meta,
                               ids_below=token_range(model))
     autocast = _autocast_seen()
     with torch.no_grad(), autocast:
