@@ -1,15 +1,17 @@
 """Torch models written the way users write them, predicted and measured on this CPU.
 
-Decomposes sixteen networks (a ViT with an ``nn.TransformerEncoder``, a MobileNetV3-style block
+Decomposes nineteen networks (a ViT with an ``nn.TransformerEncoder``, a MobileNetV3-style block
 with squeeze-and-excitation, a GPT block calling ``scaled_dot_product_attention``, a three-layer
-CNN, a ResNet-18 at 224x224, a Llama-style stack with RMSNorm and rotary embeddings, an LSTM
-text classifier, a two-layer bidirectional GRU, two einsums of three operands, a linear
-layer followed by top-k and a sort, an ``nn.Transformer`` with a causal mask, ``nn.Bilinear``,
-distances to prototypes by ``torch.cdist``, an ``nn.EmbeddingBag`` classifier and a mixture
-of experts routing rows by their values), asks
+CNN, a ResNet-18 at 224x224 at batches 1 and 16, VGG-16's first stages and a GELU MLP at sizes
+whose fresh outputs pay the first touch of their pages on a CPU, a Llama-style stack with
+RMSNorm and rotary embeddings, an LSTM text classifier, a two-layer bidirectional GRU, two
+einsums of three operands, a linear layer followed by top-k and a sort, an ``nn.Transformer``
+with a causal mask, ``nn.Bilinear``, distances to prototypes by ``torch.cdist``, an
+``nn.EmbeddingBag`` classifier and a mixture of experts routing rows by their values), asks
 the store's registered models for their latency as `hwnas predict network --module` does,
 measures each here by the search's verification protocol, and prints predicted, measured and
-their ratio with how the prediction was made. It needs a GEMM model of this CPU in the store
+their ratio with how the prediction was made (and how much of the prediction is the first
+touch of fresh outputs). It needs a GEMM model of this CPU in the store
 (`hwnas demo` registers one).
 
     python benchmarks/user_networks.py [--db URL] [--min-time 0.1] [--only TEXT]
@@ -143,6 +145,17 @@ def resnet18() -> nn.Module:
         layers += [BasicBlock(cin, cout, stride), BasicBlock(cout, cout, 1)]
         cin = cout
     return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(512, 1000))
+
+
+def vgg_stem() -> nn.Module:
+    """The first VGG-16 stages with activations not in place: large fresh outputs."""
+    return nn.Sequential(nn.Conv2d(3, 64, 3, 1, 1), nn.ReLU(), nn.Conv2d(64, 64, 3, 1, 1),
+                         nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(64, 128, 3, 1, 1), nn.ReLU(),
+                         nn.MaxPool2d(2))
+
+
+def gelu_mlp() -> nn.Module:
+    return nn.Sequential(nn.Linear(512, 2048), nn.GELU(), nn.Linear(2048, 512))
 
 
 def small_cnn() -> nn.Module:
@@ -282,6 +295,9 @@ NETWORKS = {
     "GPT block (sdpa)": (GPTBlock, (1, 16, 64), "float"),
     "3-layer CNN": (small_cnn, (1, 3, 32, 32), "float"),
     "ResNet-18 at 224x224": (resnet18, (1, 3, 224, 224), "float"),
+    "ResNet-18, batch 16": (resnet18, (16, 3, 224, 224), "float"),
+    "VGG stem, batch 8 at 224": (vgg_stem, (8, 3, 224, 224), "float"),
+    "GELU MLP, 8192 tokens": (gelu_mlp, (8192, 512), "float"),
     "Llama-style stack, 4 blocks": (llama_stack, (1, 64, 128), "float"),
     "LSTM classifier, 50 tokens": (LSTMClassifier, (4, 50), "int64"),
     "2-layer BiGRU, 30 steps": (BiGRU, (30, 8, 32), "float"),
@@ -309,7 +325,7 @@ def main() -> None:
     engine = PredictionEngine(Store(args.db))
     print(f"{cpu.info.model}: predicted (store's models) against measured here\n")
     print(f"{'network':<26} {'layers':>6} {'predicted ms':>12} {'measured ms':>11} "
-          f"{'measured/pred':>13}  how predicted")
+          f"{'measured/pred':>13} {'first touch ms':>14}  how predicted")
     for name, (make, shape, input_dtype) in NETWORKS.items():
         if args.only.lower() not in name.lower():
             continue
@@ -321,7 +337,8 @@ def main() -> None:
                             input_dtype=input_dtype)
         caution = " (measured while the machine ran slow)" if m.caution() else ""
         print(f"{name:<26} {len(d.ops):>6} {total.latency_ms:>12.4g} {m.latency_ms:>11.4g} "
-              f"{m.latency_ms / total.latency_ms:>13.2f}  {total.source} (v{version}){caution}")
+              f"{m.latency_ms / total.latency_ms:>13.2f} {total.first_touch_ms:>14.3g}  "
+              f"{total.source} (v{version}){caution}")
         for note in filter(None, [d.note, d.unsupported and f"not costed: {d.unsupported}"]):
             print(f"{'':<26} note: {note}")
 

@@ -66,8 +66,9 @@ OP_KINDS: dict[str, tuple[tuple[str, ...], dict[str, int]]] = {
     "pool": (("channels", "kernel", "height", "width"), {"stride": 1, "padding": 0}),
     "norm": (("channels", "elements"), {}),
     # ``inputs`` tensors of ``elements`` each read, one written; a reduction (a mean, a
-    # bag of embeddings) writes ``reduce`` times fewer elements than it reads.
-    "elementwise": (("elements",), {"inputs": 1, "reduce": 1}),
+    # bag of embeddings) writes ``reduce`` times fewer elements than it reads; ``in_place`` 1
+    # where it writes into its input (``relu_``, ``nn.ReLU(inplace=True)``), not a new tensor.
+    "elementwise": (("elements",), {"inputs": 1, "reduce": 1, "in_place": 0}),
     # One layer of nn.RNN (1 gate), nn.GRU (3) or nn.LSTM (4) over a sequence of ``steps``:
     # ``directions`` 2 where bidirectional; ``proj`` an LSTM's projected state size (0: none).
     "recurrent": (("input_size", "hidden", "steps", "gates"),
@@ -79,8 +80,9 @@ _CHOICES = {("recurrent", "gates"): {1: "RNN", 3: "GRU", 4: "LSTM"},
             ("recurrent", "directions"): {1: "one way", 2: "bidirectional"}}
 
 # Parameters that may legitimately be 0 or negative (flags, "same" padding sentinel).
-_NON_POSITIVE_OK = {"trans_a", "trans_b", "bias", "padding", "kv_len", "causal", "proj"}
-_FLAGS = {"trans_a", "trans_b", "bias", "causal"}
+_NON_POSITIVE_OK = {"trans_a", "trans_b", "bias", "padding", "kv_len", "causal", "proj",
+                    "in_place"}
+_FLAGS = {"trans_a", "trans_b", "bias", "causal", "in_place"}
 
 
 def _as_int(field_name: str, value: Any) -> int:
@@ -340,6 +342,28 @@ def op_bytes(op: Op) -> int:
     return (sum(gemm_bytes(m, n, k, op.dtype, bb) * times
                 for (m, n, k, bb), times in op_gemm_counts(op))
             + sum(op_bytes(part) * times for part, times in op_parts(op)))
+
+
+def op_output_bytes(op: Op) -> int:
+    """Bytes of the new tensor an op returns, as a framework allocates it for each call (0 for
+    an elementwise op in place). A recurrent layer's: its output sequence."""
+    e, b, p = DTYPES[op.dtype].bytes_per_element, op.batch, op.params
+    if op.kind == "gemm":
+        return e * b * p["m"] * p["n"]
+    if op.kind == "linear":
+        return e * b * p["tokens"] * p["out_features"]
+    if op.kind in ("conv2d", "depthwise_conv2d", "pool"):
+        ho, wo = conv_out_hw(op)
+        return e * b * p.get("out_channels", p.get("channels", 0)) * ho * wo
+    if op.kind == "attention":
+        return e * b * p["seq_len"] * p["heads"] * p["head_dim"]
+    if op.kind == "norm":
+        return e * b * p["elements"]
+    if op.kind == "elementwise":
+        return 0 if p["in_place"] else e * b * -(-p["elements"] // p["reduce"])
+    if op.kind == "recurrent":
+        return e * b * p["steps"] * p["directions"] * (p["proj"] or p["hidden"])
+    raise ValueError(f"no output size for op kind {op.kind!r}")
 
 
 def op_flops(op: Op) -> int:

@@ -1,7 +1,11 @@
 """Achievable peaks of a device, measured by micro-benchmarks (roofline inputs for predictors).
 
 Datasheet peaks are not what a kernel can reach; predictors need the achievable ones, so each
-device gets a large-GEMM compute peak per dtype and a copy-bandwidth peak, measured here.
+device gets a large-GEMM compute peak per dtype and a copy-bandwidth peak, measured here. A CPU
+also gets what a fresh output costs beyond its traffic: glibc hands allocations above its mmap
+threshold (32 MiB at most) back to the system when freed, so a framework's every new tensor of
+that size faults its pages in again, at a few GB/s (``first_touch``, ms per GB, and from which
+size on: ``first_touch_from``, MiB). GPU frameworks keep freed memory in a caching allocator.
 """
 
 from __future__ import annotations
@@ -63,10 +67,12 @@ def measure_peaks(device: ComputeDevice, backend: GemmBackend | None = None,
                   dtypes: list[str] | None = None, bandwidth: bool = True,
                   policy: TimingPolicy = PEAK_POLICY,
                   probe: SpeedProbe | None = None,
-                  calmness: dict[str, Calmness] | None = None) -> list[Peak]:
-    """Compute peak (TFLOP/s) per dtype, and copy bandwidth (GB/s) when ``bandwidth``; each
-    through ``probe`` when given (collectors.probe), and then how calm each was goes into
-    ``calmness`` (metric -> Calmness) when given."""
+                  calmness: dict[str, Calmness] | None = None,
+                  first_touch: bool | None = None) -> list[Peak]:
+    """Compute peak (TFLOP/s) per dtype, copy bandwidth (GB/s) when ``bandwidth`` and, on a
+    CPU, the cost of fresh outputs (:func:`measure_first_touch`) when ``first_touch`` (by
+    default with the bandwidth); each through ``probe`` when given (collectors.probe), and then
+    how calm each peak was goes into ``calmness`` (metric -> Calmness) when given."""
     gpu = device.info.kind == "gpu"
     backend = backend or backend_for(device.info.kind, index=getattr(device, "index", 0))
     size = 8192 if gpu else 1024
@@ -80,6 +86,8 @@ def measure_peaks(device: ComputeDevice, backend: GemmBackend | None = None,
         if calm is not None and calmness is not None:
             calmness[peaks[-1].metric] = calm
         del prepared
+    if not gpu and (bandwidth if first_touch is None else first_touch):
+        peaks += measure_first_touch(probe=probe)
     if not bandwidth:
         return peaks
     nbytes = (1 << 30) if gpu else (256 << 20)
@@ -91,6 +99,60 @@ def measure_peaks(device: ComputeDevice, backend: GemmBackend | None = None,
     if calm is not None and calmness is not None:
         calmness["bandwidth"] = calm
     return peaks
+
+
+FIRST_TOUCH_POLICY = TimingPolicy(warmup_s=0.05, min_reps=5, min_time_s=0.15, max_reps=200,
+                                  target_rep_ms=5.0, power_window_s=0.0)
+# Output sizes probed (MiB): around glibc's largest mmap threshold, and beyond.
+FIRST_TOUCH_SIZES_MIB = (4, 8, 16, 24, 32, 48, 64, 128)
+# A size pays for its fresh output where that costs at least this share of what the largest
+# size's costs per byte (below the threshold a fresh output costs next to nothing).
+FIRST_TOUCH_SHARE = 0.5
+
+
+def measure_first_touch(policy: TimingPolicy = FIRST_TOUCH_POLICY,
+                        probe: SpeedProbe | None = None,
+                        sizes_mib: tuple[int, ...] = FIRST_TOUCH_SIZES_MIB) -> list[Peak]:
+    """The CPU's cost of a new torch output beyond writing it, per size in ``sizes_mib``:
+    ``torch.neg`` into a fresh tensor against into one kept (``out=``); read by
+    :func:`first_touch_peaks`."""
+    import torch
+
+    timer = PerfCounterTimer()
+    excess_ms_per_gb = []
+    for mib in sizes_mib:
+        x = torch.ones((mib << 20) // 4)
+        kept = torch.empty_like(x)
+        fresh_ms, _, _ = _best(lambda x=x: torch.neg(x), timer, policy, probe)
+        kept_ms, _, _ = _best(lambda x=x, kept=kept: torch.neg(x, out=kept), timer, policy,
+                              probe)
+        excess_ms_per_gb.append(max(fresh_ms - kept_ms, 0.0) / ((mib << 20) / 1e9))
+        del x, kept
+    return first_touch_peaks(sizes_mib, excess_ms_per_gb)
+
+
+def first_touch_peaks(sizes_mib: tuple[int, ...], excess_ms_per_gb: list[float]) -> list[Peak]:
+    """``first_touch`` (ms per GB of output: the median over the sizes that pay) and
+    ``first_touch_from`` (MiB: the smallest size from which on every size pays) from the
+    excess a fresh output cost per size (ms per GB). None pays: first_touch 0, from twice the
+    largest size."""
+    largest = excess_ms_per_gb[-1]
+    pays = [e >= FIRST_TOUCH_SHARE * largest for e in excess_ms_per_gb]
+    # Writing a kept 128 MiB output costs ~30 ms/GB on the development VM: an excess under a
+    # tenth of that is timing noise, not page faults.
+    first = next((i for i in range(len(pays)) if all(pays[i:])), None) if largest > 3.0 else None
+    paying = [excess_ms_per_gb[i] for i in range(first, len(pays))] if first is not None else []
+    probed = ", ".join(f"{m}" for m in sizes_mib)
+    return [Peak("first_touch", float(np.median(paying)) if paying else 0.0, "ms/GB",
+                 float(np.std(paying)) if len(paying) > 1 else None,
+                 f"torch.neg into a fresh output less into a kept one, sizes {probed} MiB, "
+                 "fastest decile each; median over the sizes that pay"
+                 + ("" if paying else " (none did)")),
+            Peak("first_touch_from", float(sizes_mib[first]) if paying
+                 else float(2 * sizes_mib[-1]), "MiB", None,
+                 f"smallest of {probed} MiB from which on a fresh output costs at least "
+                 f"{FIRST_TOUCH_SHARE:g}x the largest's per byte"
+                 + ("" if paying else "; none did: twice the largest"))]
 
 
 def slow_peaks(calmness: dict[str, Calmness], probe: SpeedProbe) -> list[str]:
@@ -106,6 +168,7 @@ def remeasure_peaks(device: ComputeDevice, backend: GemmBackend, probe: SpeedPro
     where the new one is higher (an achievable peak from a slow phase is low; one measured
     slow again is not lower for it)."""
     dtypes = [m.removeprefix("compute_") for m in metrics if m.startswith("compute_")]
-    again = measure_peaks(device, backend, dtypes, "bandwidth" in metrics, policy, probe)
+    again = measure_peaks(device, backend, dtypes, "bandwidth" in metrics, policy, probe,
+                          first_touch=False)
     return [(p, stored[p.metric]) for p in again
             if p.metric in stored and p.value > stored[p.metric]]

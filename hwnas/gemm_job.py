@@ -187,14 +187,18 @@ class GemmJob:
             dtypes = sorted(set(self._options().get("dtypes", [])) - {
                 m.removeprefix("compute_") for m in have})
             dtypes = [d for d in dtypes if d != "fp64"]
-            if not dtypes and "bandwidth" in have:
+            # stores from before the first-touch probe get it on their next sweep
+            first_touch = self.device.info.kind != "gpu" and "first_touch" not in have
+            memory = ["bandwidth"] * ("bandwidth" not in have) + ["first touch"] * first_touch
+            if not dtypes and not memory:
                 return
             click.echo(f"measuring peaks of {self.device.info.name} "
-                       f"({', '.join(dtypes + ['bandwidth'])}; once per device) ...", err=True)
+                       f"({', '.join(dtypes + memory)}; once per device) ...", err=True)
             save_peaks(s, row, measure_peaks(self.device, self.backend, dtypes,
                                              bandwidth="bandwidth" not in have,
                                              probe=self.runner.probe(),
-                                             calmness=self.peak_calmness))
+                                             calmness=self.peak_calmness,
+                                             first_touch=first_touch))
             s.commit()
 
     def recheck_peaks(self) -> None:

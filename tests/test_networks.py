@@ -334,6 +334,33 @@ def test_a_reduction_is_priced_by_what_it_reads_and_its_small_output():
     assert stored["reduce"] == 1 and op_bytes(stored) == 4 * 2 * 2 * 1024
 
 
+def test_calls_that_write_into_their_input_are_marked_in_place():
+    """An activation module with inplace=True, ``relu_``, ``F.relu(inplace=True)`` and, where
+    the calls are read, ``x += y``: their output is no new tensor (op_output_bytes 0)."""
+    from collectors.networks.decompose import _decompose_calls
+    from collectors.ops import op_output_bytes
+
+    class Acts(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.kept, self.fresh = nn.ReLU(inplace=True), nn.ReLU()
+
+        def forward(self, x):
+            x = self.fresh(self.kept(x))
+            y = F.relu(x, inplace=True).add_(1)
+            y += x
+            return (y + x).mean(-1)
+
+    def flags(d) -> list[int]:
+        return [op["in_place"] for _, op in d.ops]
+
+    # kept, fresh, relu(inplace), add_, (fx: += traced as +), +, mean
+    assert flags(decompose(Acts(), (2, 8))) == [1, 0, 1, 1, 0, 0, 0]
+    calls = _decompose_calls(Acts(), [torch.randn(2, 8)])
+    assert flags(calls) == [1, 0, 1, 1, 1, 0, 0]
+    assert [op_output_bytes(op) for _, op in calls.ops] == [0, 64, 0, 0, 0, 64, 8]
+
+
 class _WithLayer(nn.Module):
     """``fn(layer, x)``: a layer called as a model calls it (two inputs, an id tensor)."""
 

@@ -219,10 +219,35 @@ def test_peaks_are_measured_through_the_probe(monkeypatch):
     m.phases = [(0.0, 1e9, 1.5)]  # slow throughout: every peak is tried three times
     quick = TimingPolicy(warmup_s=0.0, min_reps=3, min_time_s=0.0, power_window_s=0)
     before = len(probe.windows)
-    peaks = measure_peaks(CpuDevice(), NumpyBackend(), ["fp32"], policy=quick, probe=probe)
+    peaks = measure_peaks(CpuDevice(), NumpyBackend(), ["fp32"], policy=quick, probe=probe,
+                          first_touch=False)
     assert {p.metric for p in peaks} == {"compute_fp32", "bandwidth"}
     assert all(p.value > 0 for p in peaks)
     assert len(probe.windows) - before >= 2 * 3  # a window after each of three attempts, twice
+
+
+def test_the_first_touch_of_fresh_outputs_is_read_from_the_sizes_that_pay():
+    from collectors.peaks import first_touch_peaks, measure_first_touch
+
+    sizes = (4, 8, 16, 32, 64, 128)
+
+    def read(excess):
+        cost, start = first_touch_peaks(sizes, excess)
+        assert (cost.metric, cost.unit, start.metric, start.unit) == (
+            "first_touch", "ms/GB", "first_touch_from", "MiB")
+        return cost.value, start.value
+
+    # glibc: nothing below its mmap threshold, a few GB/s of page faults above it
+    assert read([1, 5, 9, 260, 240, 250]) == (pytest.approx(250), 32)
+    # a size that paid below one that did not is no threshold
+    assert read([1, 200, 2, 0, 240, 250]) == (pytest.approx(245), 64)
+    # an allocator that keeps freed memory (or noise only): nothing to charge
+    assert read([0.5, 1, 0, 2, 1, 2]) == (0.0, 256)
+    assert read([1, 2, 3, 250, 240, 2]) == (0.0, 256)
+    # measured for real, briefly: two figures, never negative
+    quick = TimingPolicy(warmup_s=0.0, min_reps=3, min_time_s=0.0, power_window_s=0)
+    cost, start = measure_first_touch(quick, sizes_mib=(1, 2))
+    assert cost.value >= 0 and start.value in (1, 2, 4)
 
 
 def test_a_distributed_sweep_leaves_the_probe_to_each_workers_device_kind(tmp_path,
@@ -299,7 +324,7 @@ def test_peaks_measured_in_a_slow_phase_are_measured_again_after_the_sweep(tmp_p
     calls = []
 
     def fake_peaks(device, backend=None, dtypes=None, bandwidth=True, policy=None, probe=None,
-                   calmness=None):
+                   calmness=None, first_touch=None):
         """Peaks that run as fast as the fake machine (1 unit at full speed)."""
         metrics = [f"compute_{d}" for d in dtypes] + (["bandwidth"] if bandwidth else [])
         calls.append(metrics)

@@ -649,6 +649,40 @@ def test_memory_bound_ops_cost_their_bound_plus_the_dtypes_fixed_cost_per_call()
         assert cost.source == ROOFLINE and cost.latency_std_ms == cost.latency_ms
 
 
+def test_fresh_outputs_from_the_measured_size_on_pay_their_first_touch():
+    """On a device whose peaks price fresh outputs (a CPU: collectors.peaks), an op whose new
+    output is at least that size pays ms per GB of it on top; smaller ones, ops in place and
+    devices without the figure do not; a sum names it."""
+    from dataclasses import replace
+
+    from collectors.ops import Op, op_output_bytes
+    from predictor.op_costs import FIRST_TOUCH, FOREST, ROOFLINE, predict_ops, total
+
+    big = Op.make("elementwise", {"elements": 1 << 22}, "fp32", 4)  # 64 MiB out
+    small = Op.make("elementwise", {"elements": 1 << 18}, "fp32", 4)  # 4 MiB
+    in_place = Op.make("elementwise", {"elements": 1 << 22, "in_place": 1}, "fp32", 4)
+    linear = Op.make("linear", {"in_features": 64, "out_features": 4096, "tokens": 4096},
+                     "fp32", 1)
+    assert op_output_bytes(big) == 64 << 20 and op_output_bytes(in_place) == 0
+    assert op_output_bytes(linear) == 4 * 4096 * 4096
+    ops = [big, small, in_place, linear]
+    model = fit_full(synthetic(30, seed=0), PROFILE, n_estimators=5)
+    plain = predict_ops(model, ops)
+    assert all(c.first_touch_ms == 0 for c in plain)  # no figure: nothing charged
+    assert total(plain).source == "sum of op predictions"
+    model.profile = replace(PROFILE, peaks={**PROFILE.peaks, "first_touch": 250.0,
+                                            "first_touch_from": 32.0}).to_dict()
+    charged = predict_ops(model, ops)
+    assert [c.first_touch_ms for c in charged] == pytest.approx(
+        [(64 << 20) / 1e9 * 250, 0, 0, (64 << 20) / 1e9 * 250])
+    for before, after in zip(plain, charged, strict=True):
+        assert after.latency_ms == pytest.approx(before.latency_ms + after.first_touch_ms)
+        assert after.source == before.source
+    assert [c.source for c in charged] == [ROOFLINE] * 3 + [FOREST]
+    assert total(charged).source == f"sum of op predictions; {FIRST_TOUCH}"
+    assert total(charged).first_touch_ms == pytest.approx(2 * (64 << 20) / 1e9 * 250)
+
+
 def test_a_recurrent_layer_costs_its_projections_and_its_steps_gates():
     from collectors.ops import Op
     from predictor.op_costs import FOREST, predict_ops

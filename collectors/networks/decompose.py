@@ -453,10 +453,6 @@ def _decompose_graph(gm) -> tuple[Decomposition, list[str]]:
     return out, kept_whole
 
 
-
-
-
-
 def _call_dtype(output, inputs: list) -> str:
     """The dtype a call computes in: its output's (an embedding's floats, not its ids), unless
     that is not a float (a comparison's booleans): then its first input's."""
@@ -485,14 +481,15 @@ def _decompose_calls(model, examples: list, kwargs: dict | None = None) -> Decom
             output = result[0] if isinstance(result, tuple) and result else result
             if inside[0] or not isinstance(output, torch.Tensor):
                 return result  # a mapped module's own work, or arithmetic on sizes
-            name = getattr(func, "__name__", str(func)).strip("_")
+            raw = getattr(func, "__name__", str(func))  # add_ (in place) is add's kind
+            name = raw.strip("_")
             tensors = [t for a in (*args, *kwargs.values())
                        for t in (a if isinstance(a, list | tuple) else (a,))
                        if isinstance(t, torch.Tensor)]
             options = call_options(name, args, kwargs, lambda v: isinstance(v, torch.Tensor))
             label = ".".join([*path[-1:], name])
             shapes = [tuple(t.shape) for t in tensors]
-            out.record(label, f"{label} ({name})", name, function_op, name, shapes,
+            out.record(label, f"{label} ({name})", name, function_op, raw, shapes,
                        tuple(output.shape), _call_dtype(output, tensors), options,
                        shapes=[tuple(output.shape), *shapes])
             return result

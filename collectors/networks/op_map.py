@@ -470,7 +470,9 @@ def module_op(mod, in_shape: Sequence[int], out_shape: Sequence[int], dtype: str
         return [Op.make("pool", {"channels": c, "kernel": k, "height": h, "width": w,
                                  "stride": s, "padding": pad}, dtype, batch)]
     if kind in ELEMENTWISE_MODULES:
-        return [Op.make("elementwise", {"elements": _numel(in_shape) // batch}, dtype, batch)]
+        return [Op.make("elementwise", {"elements": _numel(in_shape) // batch,
+                                        "in_place": int(bool(getattr(mod, "inplace", False)))},
+                        dtype, batch)]
     if kind in OTHER_POOL_MODULES or kind in PAIR_REDUCTION_MODULES:
         return [Op.make("elementwise", {"elements": _numel(in_shape) // batch,
                                         "inputs": 2 if kind in PAIR_REDUCTION_MODULES else 1,
@@ -497,6 +499,7 @@ def function_op(name: str, arg_shapes: list[Sequence[int]], out_shape: Sequence[
     its tensor arguments in order; ``options``: its other arguments by name, where they matter
     (a convolution's stride, padding, dilation, groups)."""
     options = options or {}
+    in_place = _in_place(name, options)
     name = name.strip("_")  # add_ is add; __add__ is add
     if name in FREE:
         return []
@@ -566,9 +569,22 @@ def function_op(name: str, arg_shapes: list[Sequence[int]], out_shape: Sequence[
         inputs = max(1, len([s for s in arg_shapes if len(s)]))
         return [Op.make("elementwise", {"elements": max(1, _numel(shape) // batch),
                                         "inputs": inputs,
-                                        "reduce": _reduction(shape, out_shape) if reduces else 1},
+                                        "reduce": _reduction(shape, out_shape) if reduces else 1,
+                                        "in_place": int(in_place and not reduces)},
                         dtype, batch)]
     return None
+
+
+# Augmented assignments (``x += y`` calls ``__iadd__``) write into their left operand.
+_AUGMENTED = {"iadd", "isub", "imul", "itruediv", "ifloordiv", "imod", "ipow", "iand", "ior",
+              "ixor", "ilshift", "irshift", "imatmul"}
+
+
+def _in_place(name: str, options: dict) -> bool:
+    """Whether a call writes its result into its first argument rather than a new tensor:
+    ``add_`` (one trailing underscore, not a dunder), ``__iadd__``, or ``inplace=True``."""
+    trailing = name.endswith("_") and not name.endswith("__")
+    return trailing or name.strip("_") in _AUGMENTED or bool(options.get("inplace"))
 
 
 def call_options(name: str, args, kwargs, is_tensor) -> dict:

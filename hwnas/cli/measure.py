@@ -24,8 +24,10 @@ from hwnas.output import print_table
 @main.command()
 @DB_OPTION
 @click.option("--measure-peaks", is_flag=True,
-              help="Measure achievable compute (TFLOP/s) and bandwidth (GB/s) peaks now and "
-                   "store them with each device.")
+              help="Measure achievable compute (TFLOP/s) and bandwidth (GB/s) peaks now, "
+                   "and on a CPU what a large fresh output costs beyond its bytes "
+                   "(first_touch, ms/GB, from first_touch_from MiB on), and store them with "
+                   "each device.")
 @friendly_errors
 def devices(db_url: str | None, measure_peaks: bool) -> None:
     """List the CPU and every NVIDIA GPU with their specs and stored peaks."""
