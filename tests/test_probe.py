@@ -250,6 +250,42 @@ def test_the_first_touch_of_fresh_outputs_is_read_from_the_sizes_that_pay():
     assert cost.value >= 0 and start.value in (1, 2, 4)
 
 
+def test_a_store_from_before_the_first_touch_probe_gets_it_on_its_next_sweep(tmp_path,
+                                                                            monkeypatch):
+    from click.testing import CliRunner
+
+    import collectors.peaks
+    from collectors.store.repo import Peak, device_peaks, save_peaks, upsert_device
+    from hwnas.cli import main
+
+    calls = []
+
+    def fake_peaks(device, backend=None, dtypes=None, bandwidth=True, policy=None, probe=None,
+                   calmness=None, first_touch=None):
+        calls.append((list(dtypes), bandwidth, first_touch))
+        return [Peak("first_touch", 250.0, "ms/GB", None, "fake"),
+                Peak("first_touch_from", 32.0, "MiB", None, "fake")] if first_touch else []
+
+    monkeypatch.setattr(collectors.peaks, "measure_peaks", fake_peaks)
+    db = f"sqlite:///{tmp_path / 'old.sqlite'}"
+    store = Store(db)
+    with store.session() as s:  # what a sweep before the probe left
+        save_peaks(s, upsert_device(s, CpuDevice().info),
+                   [Peak("compute_fp32", 0.2, "TFLOP/s", None, "old"),
+                    Peak("bandwidth", 28.0, "GB/s", None, "old")])
+        s.commit()
+    sweep = ["collect", "gemm", "--db", db, "--backend", "numpy", "--max-size", "16",
+             "--points", "2", "--min-time", "0.0", "--dtype", "fp32", "--no-progress",
+             "--no-probe"]
+    outputs = [CliRunner().invoke(main, sweep) for _ in range(2)]
+    assert all(r.exit_code == 0 for r in outputs), outputs[-1].output
+    assert calls == [([], False, True)]  # the first sweep measures it alone, the next none
+    assert "(first touch; once per device)" in outputs[0].output
+    with store.session() as s:
+        assert device_peaks(s, 1) == {"compute_fp32": 0.2, "bandwidth": 28.0,
+                                      "first_touch": 250.0, "first_touch_from": 32.0}
+
+
 def test_a_distributed_sweep_leaves_the_probe_to_each_workers_device_kind(tmp_path,
                                                                           monkeypatch):
     from click.testing import CliRunner
