@@ -6,7 +6,8 @@ ask about other batches. This prints, for NAS-Bench-201 cells the model was not 
 the same run: the network model asked directly (what the service answered before it kept to
 its training batch), the sum of the GEMM model's op predictions, the network model at its
 batch plus how the GEMM model's predictions change with the batch, and what the service
-answers now (the geometric mean of the first and third). Geometric mean and worst of
+answers now (the third at a larger batch than the model's, the geometric mean of the first and
+third at a smaller one: predictor.network.batch_scaled). Geometric mean and worst of
 |log(measured / predicted)| per answer close the table. A store whose network model learned
 another single batch (e.g. 8) works the same way: pass the batches to ask about.
 

@@ -11,7 +11,8 @@ with a causal mask, ``nn.Bilinear``, distances to prototypes by ``torch.cdist``,
 the store's registered models for their latency as `hwnas predict network --module` does,
 measures each here by the search's verification protocol, and prints predicted, measured and
 their ratio with how the prediction was made (and how much of the prediction is the first
-touch of fresh outputs). It needs a GEMM model of this CPU in the store
+touch of fresh outputs; and the ratio a sum of op predictions had without the CPU's measured
+first touch and pool rates, same GEMM model). It needs a GEMM model of this CPU in the store
 (`hwnas demo` registers one).
 
     python benchmarks/user_networks.py [--db URL] [--min-time 0.1] [--only TEXT]
@@ -20,6 +21,7 @@ touch of fresh outputs). It needs a GEMM model of this CPU in the store
 from __future__ import annotations
 
 import argparse
+import copy
 
 import torch
 import torch.nn.functional as F
@@ -27,8 +29,10 @@ from torch import nn
 
 from collectors.devices import CpuDevice
 from collectors.networks.decompose import decompose
+from collectors.peaks import BEYOND_ROOFLINE
 from collectors.store.db import Store
 from hwnas.service.engine import PredictionEngine
+from predictor.op_costs import SUM_OF_OPS, predict_ops, total
 from search.run import measure_network
 
 
@@ -324,21 +328,31 @@ def main() -> None:
     cpu = CpuDevice()
     engine = PredictionEngine(Store(args.db))
     print(f"{cpu.info.model}: predicted (store's models) against measured here\n")
+    gemm = engine.model_for(cpu.info.model).model
+    # the same GEMM model without the CPU's figures beyond the roofline (collectors.peaks)
+    roofline_only = copy.copy(gemm)
+    roofline_only.profile = {**gemm.profile, "peaks": {
+        k: v for k, v in gemm.profile["peaks"].items() if k not in BEYOND_ROOFLINE}}
     print(f"{'network':<26} {'layers':>6} {'predicted ms':>12} {'measured ms':>11} "
-          f"{'measured/pred':>13} {'first touch ms':>14}  how predicted")
+          f"{'measured/pred':>13} {'first touch ms':>14} {'without figures':>15}  "
+          "how predicted")
     for name, (make, shape, input_dtype) in NETWORKS.items():
         if args.only.lower() not in name.lower():
             continue
         model = make()
         d = decompose(model, shape, input_dtype=input_dtype)
-        _, version, total, _ = engine.predict_network(cpu.info.model, 0,
-                                                      [op for _, op in d.ops])
+        ops = [op for _, op in d.ops]
+        _, version, answer, _ = engine.predict_network(cpu.info.model, 0, ops)
         m = measure_network(model, shape, cpu, min_time_s=args.min_time,
                             input_dtype=input_dtype)
         caution = " (measured while the machine ran slow)" if m.caution() else ""
-        print(f"{name:<26} {len(d.ops):>6} {total.latency_ms:>12.4g} {m.latency_ms:>11.4g} "
-              f"{m.latency_ms / total.latency_ms:>13.2f} {total.first_touch_ms:>14.3g}  "
-              f"{total.source} (v{version}){caution}")
+        # measured / predicted with the roofline alone for memory-bound ops, as before the
+        # first touch and pool rates were measured (sums of op predictions only)
+        without = (f"{m.latency_ms / total(predict_ops(roofline_only, ops)).latency_ms:.2f}"
+                   if answer.source.startswith(SUM_OF_OPS) else "-")
+        print(f"{name:<26} {len(d.ops):>6} {answer.latency_ms:>12.4g} {m.latency_ms:>11.4g} "
+              f"{m.latency_ms / answer.latency_ms:>13.2f} {answer.first_touch_ms:>14.3g} "
+              f"{without:>15}  {answer.source} (v{version}){caution}")
         for note in filter(None, [d.note, d.unsupported and f"not costed: {d.unsupported}"]):
             print(f"{'':<26} note: {note}")
 

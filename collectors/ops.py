@@ -63,7 +63,8 @@ OP_KINDS: dict[str, tuple[tuple[str, ...], dict[str, int]]] = {
     ),
     "depthwise_conv2d": (("channels", "kernel", "height", "width"), {"stride": 1, "padding": -1}),
     "attention": (("seq_len", "heads", "head_dim"), {"kv_len": 0, "causal": 0}),
-    "pool": (("channels", "kernel", "height", "width"), {"stride": 1, "padding": 0}),
+    # ``max`` 1 for a max pool, 0 an average (a CPU runs the two at different rates)
+    "pool": (("channels", "kernel", "height", "width"), {"stride": 1, "padding": 0, "max": 0}),
     "norm": (("channels", "elements"), {}),
     # ``inputs`` tensors of ``elements`` each read, one written; a reduction (a mean, a
     # bag of embeddings) writes ``reduce`` times fewer elements than it reads; ``in_place`` 1
@@ -81,8 +82,8 @@ _CHOICES = {("recurrent", "gates"): {1: "RNN", 3: "GRU", 4: "LSTM"},
 
 # Parameters that may legitimately be 0 or negative (flags, "same" padding sentinel).
 _NON_POSITIVE_OK = {"trans_a", "trans_b", "bias", "padding", "kv_len", "causal", "proj",
-                    "in_place"}
-_FLAGS = {"trans_a", "trans_b", "bias", "causal", "in_place"}
+                    "in_place", "max"}
+_FLAGS = {"trans_a", "trans_b", "bias", "causal", "in_place", "max"}
 
 
 def _as_int(field_name: str, value: Any) -> int:

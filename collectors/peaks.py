@@ -6,6 +6,8 @@ also gets what a fresh output costs beyond its traffic: glibc hands allocations 
 threshold (32 MiB at most) back to the system when freed, so a framework's every new tensor of
 that size faults its pages in again, at a few GB/s (``first_touch``, ms per GB, and from which
 size on: ``first_touch_from``, MiB). GPU frameworks keep freed memory in a caching allocator.
+And a CPU's pools run far below its bandwidth (torch's NCHW max pool at ~1 GB/s where a copy
+runs at 28, on the development VM): ``pool_max`` and ``pool_avg``, ns per output element.
 """
 
 from __future__ import annotations
@@ -68,11 +70,12 @@ def measure_peaks(device: ComputeDevice, backend: GemmBackend | None = None,
                   policy: TimingPolicy = PEAK_POLICY,
                   probe: SpeedProbe | None = None,
                   calmness: dict[str, Calmness] | None = None,
-                  first_touch: bool | None = None) -> list[Peak]:
+                  beyond_roofline: bool | None = None) -> list[Peak]:
     """Compute peak (TFLOP/s) per dtype, copy bandwidth (GB/s) when ``bandwidth`` and, on a
-    CPU, the cost of fresh outputs (:func:`measure_first_touch`) when ``first_touch`` (by
-    default with the bandwidth); each through ``probe`` when given (collectors.probe), and then
-    how calm each peak was goes into ``calmness`` (metric -> Calmness) when given."""
+    CPU, :data:`BEYOND_ROOFLINE` (:func:`measure_first_touch`, :func:`measure_pool_rates`)
+    when ``beyond_roofline`` (by default with the bandwidth); each through ``probe`` when given
+    (collectors.probe), and then how calm each peak was goes into ``calmness`` (metric ->
+    Calmness) when given."""
     gpu = device.info.kind == "gpu"
     backend = backend or backend_for(device.info.kind, index=getattr(device, "index", 0))
     size = 8192 if gpu else 1024
@@ -86,8 +89,8 @@ def measure_peaks(device: ComputeDevice, backend: GemmBackend | None = None,
         if calm is not None and calmness is not None:
             calmness[peaks[-1].metric] = calm
         del prepared
-    if not gpu and (bandwidth if first_touch is None else first_touch):
-        peaks += measure_first_touch(probe=probe)
+    if not gpu and (bandwidth if beyond_roofline is None else beyond_roofline):
+        peaks += measure_first_touch(probe=probe) + measure_pool_rates(probe=probe)
     if not bandwidth:
         return peaks
     nbytes = (1 << 30) if gpu else (256 << 20)
@@ -131,6 +134,33 @@ def measure_first_touch(policy: TimingPolicy = FIRST_TOUCH_POLICY,
     return first_touch_peaks(sizes_mib, excess_ms_per_gb)
 
 
+# What measure_peaks measures on a CPU beside the roofline's peaks (``beyond_roofline``).
+BEYOND_ROOFLINE = ("first_touch", "first_touch_from", "pool_max", "pool_avg")
+# The pool the rates are measured on: 3x3 windows, stride 1, over 8 x 64 x 56 x 56 (6.4 MB).
+POOL_SHAPE, POOL_KERNEL = (8, 64, 56, 56), 3
+
+
+def measure_pool_rates(policy: TimingPolicy = FIRST_TOUCH_POLICY,
+                       probe: SpeedProbe | None = None) -> list[Peak]:
+    """ns per output element of torch's max and average 2-D pools on this CPU (3x3 windows,
+    stride 1, padding 1, fastest decile); a pool op's time is at least its outputs at this
+    rate (predictor.op_costs)."""
+    import torch
+    import torch.nn.functional as F
+
+    x = torch.randn(*POOL_SHAPE)
+    outputs = x.numel()  # stride 1, padding 1: as many outputs as inputs
+    peaks = []
+    for mode, pool in (("max", F.max_pool2d), ("avg", F.avg_pool2d)):
+        t_ms, spread, _ = _best(lambda pool=pool: pool(x, POOL_KERNEL, 1, 1),
+                                PerfCounterTimer(), policy, probe)
+        ns = t_ms * 1e6 / outputs
+        peaks.append(Peak(f"pool_{mode}", ns, "ns/output", ns * spread,
+                          f"torch {pool.__name__} {POOL_KERNEL}x{POOL_KERNEL}, stride 1, over "
+                          f"{'x'.join(map(str, POOL_SHAPE))} fp32, fastest decile"))
+    return peaks
+
+
 def first_touch_peaks(sizes_mib: tuple[int, ...], excess_ms_per_gb: list[float]) -> list[Peak]:
     """``first_touch`` (ms per GB of output: the median over the sizes that pay) and
     ``first_touch_from`` (MiB: the smallest size from which on every size pays) from the
@@ -169,6 +199,6 @@ def remeasure_peaks(device: ComputeDevice, backend: GemmBackend, probe: SpeedPro
     slow again is not lower for it)."""
     dtypes = [m.removeprefix("compute_") for m in metrics if m.startswith("compute_")]
     again = measure_peaks(device, backend, dtypes, "bandwidth" in metrics, policy, probe,
-                          first_touch=False)
+                          beyond_roofline=False)
     return [(p, stored[p.metric]) for p in again
             if p.metric in stored and p.value > stored[p.metric]]

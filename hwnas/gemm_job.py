@@ -178,7 +178,7 @@ class GemmJob:
 
     def ensure_peaks(self) -> None:
         """Measure the peaks this sweep's dtypes need and the device does not have yet."""
-        from collectors.peaks import measure_peaks
+        from collectors.peaks import BEYOND_ROOFLINE, measure_peaks
         from collectors.store.repo import device_peaks, save_peaks, upsert_device
 
         with self.store.session() as s:
@@ -187,9 +187,11 @@ class GemmJob:
             dtypes = sorted(set(self._options().get("dtypes", [])) - {
                 m.removeprefix("compute_") for m in have})
             dtypes = [d for d in dtypes if d != "fp64"]
-            # stores from before the first-touch probe get it on their next sweep
-            first_touch = self.device.info.kind != "gpu" and "first_touch" not in have
-            memory = ["bandwidth"] * ("bandwidth" not in have) + ["first touch"] * first_touch
+            # stores from before a CPU's figures beyond the roofline get them on their next
+            # sweep
+            beyond = self.device.info.kind != "gpu" and not set(BEYOND_ROOFLINE) <= set(have)
+            memory = (["bandwidth"] * ("bandwidth" not in have)
+                      + ["first touch and pool rates"] * beyond)
             if not dtypes and not memory:
                 return
             click.echo(f"measuring peaks of {self.device.info.name} "
@@ -198,7 +200,7 @@ class GemmJob:
                                              bandwidth="bandwidth" not in have,
                                              probe=self.runner.probe(),
                                              calmness=self.peak_calmness,
-                                             first_touch=first_touch))
+                                             beyond_roofline=beyond))
             s.commit()
 
     def recheck_peaks(self) -> None:

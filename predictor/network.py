@@ -309,20 +309,22 @@ class NetworkCostModel:
 
 
 def batch_scaled(model: NetworkCostModel, gemm, ops: list[Op]
-                 ) -> tuple[float, np.ndarray, float, list]:
+                 ) -> tuple[float, np.ndarray, float, list, bool]:
     """A network ``ops`` at another batch than the one all ``model``'s training networks ran
-    at: the geometric mean of two answers that err on opposite sides. The model as it is
-    scales every term it learned with the batch, the framework's cost per layer among them,
-    though the batch leaves that as it is (from batch 1 up it answered x0.5-0.9 of the
-    measured time on a CPU, from batch 8 down x1.1-1.8). Each layer's share at the model's
-    batch plus how the GEMM model ``gemm``'s prediction of it changes between the two batches
-    keeps that cost as it is, but takes the GEMM model's growth with the batch, which was too
-    slow on a CPU (x1.1-2.0 from batch 1 up, x0.3-0.8 from batch 8 down) and right on an H200
-    (docs/results.md). ValueError where the GEMM model refuses the ops (a dtype it was not
+    at. Two answers: the model as it is, which scales every term it learned with the batch,
+    the framework's cost per layer among them, though the batch leaves that as it is (from
+    batch 1 up it answered x0.6-0.8 of the measured time on a CPU); and each layer's share at
+    the model's batch plus how the GEMM model ``gemm``'s prediction of it changes between the
+    two batches, which keeps that cost as it is and takes the kernels' growth from the GEMM
+    model and the device's memory-bound figures. At a larger batch the second answers alone
+    (x1.06 off on a CPU from batch 1, x1.11 on an H200; docs/results.md); at a smaller one,
+    where the second takes too much away (x1.35 on a CPU from batch 8), the geometric mean of
+    the two (x1.11). ValueError where the GEMM model refuses the ops (a dtype it was not
     trained on).
 
     Returns (latency ms, per-op ms summing to it less the model's constant, half the two
-    answers' spread in log terms, the GEMM model's costs of ``ops``)."""
+    answers' spread in log terms, the GEMM model's costs of ``ops``, whether the answer is
+    the geometric mean)."""
     from predictor.op_costs import predict_ops
 
     at = at_batch(ops, model.batches_[0])
@@ -331,10 +333,12 @@ def batch_scaled(model: NetworkCostModel, gemm, ops: list[Op]
     scaled = np.maximum(0.0, shares + np.array([c.latency_ms for c in now])
                         - np.array([t.latency_ms for t in then]))
     as_is = float(model.predict([ops])[0])
-    lat = float(np.sqrt(max(as_is, 1e-9) * (scaled.sum() + constant)))
+    blended = network_batch(ops) < model.batches_[0]
+    lat = (float(np.sqrt(max(as_is, 1e-9) * (scaled.sum() + constant))) if blended
+           else float(scaled.sum() + constant))
     factor = max(0.0, lat - constant) / scaled.sum() if scaled.sum() > 0 else 0.0
     spread = abs(np.log(as_is / (scaled.sum() + constant))) / 2 if as_is > 0 else 0.0
-    return lat, scaled * factor, float(spread), now
+    return lat, scaled * factor, float(spread), now, blended
 
 
 def at_another_batch(model: NetworkCostModel, ops: list[Op]) -> bool:

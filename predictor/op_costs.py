@@ -6,7 +6,9 @@ pays: without it a small norm would cost a fraction of a microsecond), labelled 
 learned per-op model exists for them. On a CPU whose peaks include the cost of fresh outputs
 (collectors.peaks: glibc faults a large new tensor's pages in at every call), an op whose new
 output is at least that size pays it too: the GEMMs were timed into kept outputs, the bounds
-count bytes only.
+count bytes only. And where the peaks include a CPU's pool rates, a pool costs at least its
+output elements at its mode's rate: torch's NCHW pools there run at a small share of the
+bandwidth.
 """
 
 from __future__ import annotations
@@ -15,13 +17,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from collectors.ops import Op, op_bytes, op_gemm_counts, op_output_bytes, op_parts
+from collectors.ops import DTYPES, Op, op_bytes, op_gemm_counts, op_output_bytes, op_parts
 from predictor.forest import GEMM_COLUMNS, GemmCostForest
 
 FOREST = "gemm-forest"
 ROOFLINE = "bandwidth-roofline"
 SUM_OF_OPS = "sum of op predictions"  # a network's method when no network model answers it
 FIRST_TOUCH = "first touch of fresh outputs"  # named in a sum's method where some op paid it
+POOL_RATE = "pool rate"  # a pool priced by its outputs at the device's measured rate
 
 
 @dataclass
@@ -64,14 +67,23 @@ def predict_ops(model: GemmCostForest, ops: list[Op]) -> list[OpCost]:
     def bound_ms(op: Op) -> float:
         return fixed_ms.get(op.dtype, 0.0) + op_bytes(op) / (bandwidth_gbs * 1e9) * 1e3
 
+    def pool_ms(op: Op) -> float:
+        """The pool's outputs at its mode's measured rate (ns per output), 0 without one."""
+        rate = peaks.get("pool_max" if op.params["max"] else "pool_avg", 0.0)
+        outputs = op_output_bytes(op) // DTYPES[op.dtype].bytes_per_element
+        return fixed_ms.get(op.dtype, 0.0) + outputs * rate / 1e6
+
     out = []
     for i, op in enumerate(ops):
         sel = np.flatnonzero(owner_arr == i)
         fresh = touch.ms(op)
         if len(sel) == 0:
-            t = bound_ms(op) + fresh
+            bound = bound_ms(op)
+            rate = pool_ms(op) if op.kind == "pool" else 0.0
+            t = max(bound, rate) + fresh
             # A bound, not a learned figure: its uncertainty is stated as the whole value.
-            out.append(OpCost(t, t, None, None, None, None, ROOFLINE, 0, first_touch_ms=fresh))
+            out.append(OpCost(t, t, None, None, None, None, POOL_RATE if rate > bound
+                              else ROOFLINE, 0, first_touch_ms=fresh))
             continue
         # memory-bound parts beside the GEMMs (a recurrent layer's gate arithmetic), and the
         # new output's first touch: device figures, not learned ones

@@ -220,7 +220,7 @@ def test_peaks_are_measured_through_the_probe(monkeypatch):
     quick = TimingPolicy(warmup_s=0.0, min_reps=3, min_time_s=0.0, power_window_s=0)
     before = len(probe.windows)
     peaks = measure_peaks(CpuDevice(), NumpyBackend(), ["fp32"], policy=quick, probe=probe,
-                          first_touch=False)
+                          beyond_roofline=False)
     assert {p.metric for p in peaks} == {"compute_fp32", "bandwidth"}
     assert all(p.value > 0 for p in peaks)
     assert len(probe.windows) - before >= 2 * 3  # a window after each of three attempts, twice
@@ -250,21 +250,21 @@ def test_the_first_touch_of_fresh_outputs_is_read_from_the_sizes_that_pay():
     assert cost.value >= 0 and start.value in (1, 2, 4)
 
 
-def test_a_store_from_before_the_first_touch_probe_gets_it_on_its_next_sweep(tmp_path,
-                                                                            monkeypatch):
+def test_a_store_from_before_the_cpu_figures_gets_them_on_its_next_sweep(tmp_path, monkeypatch):
     from click.testing import CliRunner
 
     import collectors.peaks
+    from collectors.peaks import BEYOND_ROOFLINE
     from collectors.store.repo import Peak, device_peaks, save_peaks, upsert_device
     from hwnas.cli import main
 
     calls = []
 
     def fake_peaks(device, backend=None, dtypes=None, bandwidth=True, policy=None, probe=None,
-                   calmness=None, first_touch=None):
-        calls.append((list(dtypes), bandwidth, first_touch))
-        return [Peak("first_touch", 250.0, "ms/GB", None, "fake"),
-                Peak("first_touch_from", 32.0, "MiB", None, "fake")] if first_touch else []
+                   calmness=None, beyond_roofline=None):
+        calls.append((list(dtypes), bandwidth, beyond_roofline))
+        return [Peak(metric, 1.0, "units", None, "fake")
+                for metric in BEYOND_ROOFLINE] if beyond_roofline else []
 
     monkeypatch.setattr(collectors.peaks, "measure_peaks", fake_peaks)
     db = f"sqlite:///{tmp_path / 'old.sqlite'}"
@@ -280,10 +280,10 @@ def test_a_store_from_before_the_first_touch_probe_gets_it_on_its_next_sweep(tmp
     outputs = [CliRunner().invoke(main, sweep) for _ in range(2)]
     assert all(r.exit_code == 0 for r in outputs), outputs[-1].output
     assert calls == [([], False, True)]  # the first sweep measures it alone, the next none
-    assert "(first touch; once per device)" in outputs[0].output
+    assert "(first touch and pool rates; once per device)" in outputs[0].output
     with store.session() as s:
         assert device_peaks(s, 1) == {"compute_fp32": 0.2, "bandwidth": 28.0,
-                                      "first_touch": 250.0, "first_touch_from": 32.0}
+                                      **dict.fromkeys(BEYOND_ROOFLINE, 1.0)}
 
 
 def test_a_distributed_sweep_leaves_the_probe_to_each_workers_device_kind(tmp_path,
@@ -360,7 +360,7 @@ def test_peaks_measured_in_a_slow_phase_are_measured_again_after_the_sweep(tmp_p
     calls = []
 
     def fake_peaks(device, backend=None, dtypes=None, bandwidth=True, policy=None, probe=None,
-                   calmness=None, first_touch=None):
+                   calmness=None, beyond_roofline=None):
         """Peaks that run as fast as the fake machine (1 unit at full speed)."""
         metrics = [f"compute_{d}" for d in dtypes] + (["bandwidth"] if bandwidth else [])
         calls.append(metrics)

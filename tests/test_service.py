@@ -774,18 +774,17 @@ def test_network_model_answers_predict_network_with_additive_layers(served):
     # PredictOps answers from the same per-op model
     o = client.predict_ops("Test GPU", ops)
     assert [c.latency_ms for c in o.costs] == pytest.approx(list(shares))
-    # Its networks all ran at batch 1: at batch 4, the geometric mean of the model as is and
-    # of each layer's share at batch 1 plus how the GEMM model's prediction of it grows from
-    # batch 1 to 4; layers in the proportions of the second.
+    # Its networks all ran at batch 1: at batch 4, each layer's share at batch 1 plus how the
+    # GEMM model's prediction of it grows from batch 1 to 4; layers in those proportions.
     four = client.predict_network("Test GPU", ops=[{**op, "batch": 4} for op in ops])
     gemm_sums = {b: PredictionEngine(store)._op_costs(PROFILE.model, 0,
                                                       [linear_op(128, 8, b)] * 3, None)[2]
                  for b in (1, 4)}
     scaled = [s + c4.latency_ms - c1.latency_ms
               for s, c4, c1 in zip(shares, gemm_sums[4], gemm_sums[1], strict=True)]
-    as_is = model.predict([[linear_op(128, 8, 4)] * 3])[0]
-    assert four.method.startswith("network model at another batch: the geometric mean")
-    assert four.total.latency_ms == pytest.approx(np.sqrt(as_is * (sum(scaled) + const)))
+    assert four.method == ("network model at another batch: its answer at its batch + the "
+                           "GEMM model's change with the batch")
+    assert four.total.latency_ms == pytest.approx(sum(scaled) + const)
     assert four.total.latency_ms == pytest.approx(
         sum(c.latency_ms for c in four.layers) + const)
     assert [c.latency_ms / four.layers[0].latency_ms for c in four.layers] == pytest.approx(
@@ -833,6 +832,29 @@ def test_network_model_answers_predict_network_with_additive_layers(served):
     assert ("model_version: network model v2 of 'Test GPU' does not answer for these ops (its "
             "training networks held no norm ops (only linear)), and there is no GEMM model v2"
             ) in err.value.details()
+
+
+def test_a_network_model_asked_below_its_batch_blends_its_two_answers():
+    """From a model of batch-4 networks, a network at batch 1 is the geometric mean of the
+    model as is and of its batch-4 shares plus the GEMM model's change (which alone takes too
+    much away going down); at batch 8, the second alone."""
+    from predictor import network
+    from predictor.op_costs import predict_ops, total
+
+    gemm = fit_full(synthetic(30, seed=0), PROFILE, n_estimators=5)
+    nets = [[linear_op(64 * (i % 3 + 1), 8, 4)] * (i % 4 + 1) for i in range(20)]
+    model = network.NetworkCostModel().fit(nets, np.array([0.02 * len(n) + 0.05
+                                                           for n in nets]))
+    for batch, blended in ((1, True), (8, False)):
+        ops = [linear_op(128, 8, batch)] * 3
+        lat, per_op, _, _, mean = network.batch_scaled(model, gemm, ops)
+        shares, const = model.per_op([linear_op(128, 8, 4)] * 3)
+        second = (sum(shares) + const + total(predict_ops(gemm, ops)).latency_ms
+                  - total(predict_ops(gemm, [linear_op(128, 8, 4)] * 3)).latency_ms)
+        as_is = model.predict([ops])[0]
+        assert mean is blended
+        assert lat == pytest.approx(np.sqrt(as_is * second) if blended else second)
+        assert per_op.sum() + const == pytest.approx(lat)
 
 
 def linear_op(inp: int, tokens: int, batch: int = 1):

@@ -100,7 +100,7 @@ def test_peaks_are_stored_with_the_device(store):
         dev = upsert_device(s, CpuDevice().info)
         quick = TimingPolicy(warmup_s=0.01, min_reps=3, min_time_s=0.02, power_window_s=0)
         peaks = measure_peaks(CpuDevice(), NumpyBackend(), ["fp32"], policy=quick,
-                              first_touch=False)  # measured for real in test_probe
+                              beyond_roofline=False)  # measured in test_probe
         save_peaks(s, dev, peaks)
         s.commit()
         got = device_peaks(s, dev.id)

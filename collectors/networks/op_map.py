@@ -468,7 +468,8 @@ def module_op(mod, in_shape: Sequence[int], out_shape: Sequence[int], dtype: str
                 raise DecomposeError(f"a rectangular window (kernel {mod.kernel_size}, stride "
                                      f"{mod.stride}, padding {mod.padding}) is not covered")
         return [Op.make("pool", {"channels": c, "kernel": k, "height": h, "width": w,
-                                 "stride": s, "padding": pad}, dtype, batch)]
+                                 "stride": s, "padding": pad, "max": int("Max" in kind)},
+                        dtype, batch)]
     if kind in ELEMENTWISE_MODULES:
         return [Op.make("elementwise", {"elements": _numel(in_shape) // batch,
                                         "in_place": int(bool(getattr(mod, "inplace", False)))},
@@ -557,7 +558,7 @@ def function_op(name: str, arg_shapes: list[Sequence[int]], out_shape: Sequence[
         n, c, h, w = (int(x) for x in arg_shapes[0])
         k = max(1, h // int(out_shape[2]))
         return [Op.make("pool", {"channels": c, "kernel": k, "height": h, "width": w,
-                                 "stride": k}, dtype, n)]
+                                 "stride": k, "max": int("max" in name)}, dtype, n)]
     if name in GATHER_FUNCS and len(out_shape):
         return _gather_ops(out_shape, dtype)
     if name in ELEMENTWISE_FUNCS:

@@ -440,14 +440,14 @@ def predict_network(db_url, device_spec, arch, ops_json, module_spec, input_shap
         a = c.predict_network(device_model, nasbench201=arch, ops=ops, batch=batch,
                               dtype=dtype, model_version=version)
     echo_network(a, layers, spec.notes)
-    if a.method == BATCH_SCALED:
+    if a.method.startswith(BATCH_SCALED):
         how = ("--family nb201 --batch B" if arch is not None else
                "--module ... --input-shape S" if spec.module is not None else "...")
-        click.echo("note: the device's network model learned one batch only; at another this "
-                   "answer averages two that err on opposite sides (x1.1-1.2 off on average, "
-                   "up to x1.6, on a CPU in docs/results.md); `hwnas collect network "
-                   f"{how}` at a batch or two you use, then `hwnas train --target network`, "
-                   "learn it", err=True)
+        click.echo("note: the device's network model learned one batch only; at another it "
+                   "answers from its batch and the GEMM model's change with the batch (x1.06-"
+                   "1.11 off on average, up to x1.5, on a CPU and an H200 in docs/results.md); "
+                   f"`hwnas collect network {how}` at a batch or two you use, then `hwnas "
+                   "train --target network`, learn it", err=True)
     # the network's named ops, for the note on the op sum and the GEMMs file
     named = ((network_ops(arch, batch, dtype) if arch is not None else
               [(o.get("name") or f"op{i}", Op.from_dict(o)) for i, o in enumerate(ops)])

@@ -52,9 +52,12 @@ def no_default_reason(exc: registry.RegistryError) -> str:
     return f"device: {exc}"
 
 
-# How a network at another batch than its network model's training networks is answered.
-BATCH_SCALED = ("network model at another batch: the geometric mean of its answer as is and "
-                "at its batch + the GEMM model's change with the batch")
+# How a network at another batch than its network model's training networks is answered
+# (predictor.network.batch_scaled): every such method starts with BATCH_SCALED.
+BATCH_SCALED = "network model at another batch: "
+SCALED_UP = BATCH_SCALED + "its answer at its batch + the GEMM model's change with the batch"
+SCALED_DOWN = (BATCH_SCALED + "the geometric mean of its answer as is and at its batch + the "
+               "GEMM model's change with the batch")
 
 
 class PredictionEngine:
@@ -375,17 +378,18 @@ class PredictionEngine:
         second answer's, scaled to the total."""
         version, model, rmspe = net
         try:
-            lat, per_op, spread, now = network.batch_scaled(
+            lat, per_op, spread, now, blended = network.batch_scaled(
                 model, self.model_for(device, 0).model, ops)
         except ValueError as exc:
             raise ServiceError("INVALID_ARGUMENT", str(exc)) from None
-        layers = [OpCost(float(x), float(x) * rmspe, None, None, None, None, BATCH_SCALED,
+        method = SCALED_DOWN if blended else SCALED_UP
+        layers = [OpCost(float(x), float(x) * rmspe, None, None, None, None, method,
                          c.gemm_count, latency_extrapolated=c.latency_extrapolated)
                   for x, c in zip(per_op, now, strict=True)]
         # the network model's error, and half the two answers' spread (in log terms)
         std = lat * float(np.hypot(rmspe, spread))
         return device, version, OpCost(
-            lat, std, None, None, None, None, BATCH_SCALED, sum(c.gemm_count for c in layers),
+            lat, std, None, None, None, None, method, sum(c.gemm_count for c in layers),
             latency_extrapolated=any(c.latency_extrapolated for c in layers)), layers
 
     def device_table(self) -> list[dict]:
