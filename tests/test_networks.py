@@ -361,6 +361,28 @@ def test_calls_that_write_into_their_input_are_marked_in_place():
     assert [op_output_bytes(op) for _, op in calls.ops] == [0, 64, 0, 0, 0, 64, 8]
 
 
+def test_pools_say_whether_they_take_the_max_and_keep_the_window_they_were_given():
+    def pool(fn, shape=(2, 8, 16, 16)):
+        [(_, got)] = decompose(_Call(fn), shape).ops
+        return got
+
+    def window(op):
+        return op["kernel"], op["stride"], op["padding"], op["max"]
+
+    assert window(pool(lambda x: F.max_pool2d(x, 3, 2, 1))) == (3, 2, 1, 1)
+    assert window(pool(lambda x: F.avg_pool2d(x, kernel_size=2))) == (2, 2, 0, 0)
+    assert window(pool(lambda x: F.adaptive_avg_pool2d(x, 1))) == (16, 16, 0, 0)
+    [(_, mod)] = decompose(nn.Sequential(nn.MaxPool2d(3, 2, 1)), (2, 8, 16, 16)).ops
+    assert window(mod) == (3, 2, 1, 1)
+    listed = decompose(_Call(lambda x: F.max_pool2d(x, (3, 2))), (2, 8, 16, 16))
+    assert not listed.ops and listed.unsupported == [
+        "max_pool2d (max_pool2d): a rectangular window (kernel (3, 2), stride None, padding 0) "
+        "is not covered"]
+    # stored op lists from before the parameter: an average pool
+    assert Op.from_dict({"kind": "pool", "params": {"channels": 8, "kernel": 2, "height": 4,
+                                                    "width": 4}})["max"] == 0
+
+
 class _WithLayer(nn.Module):
     """``fn(layer, x)``: a layer called as a model calls it (two inputs, an id tensor)."""
 

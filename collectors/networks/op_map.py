@@ -556,9 +556,19 @@ def function_op(name: str, arg_shapes: list[Sequence[int]], out_shape: Sequence[
                         dtype, batch)]
     if name in ("adaptive_avg_pool2d", "avg_pool2d", "max_pool2d") and len(arg_shapes[0]) == 4:
         n, c, h, w = (int(x) for x in arg_shapes[0])
-        k = max(1, h // int(out_shape[2]))
+        if "kernel_size" in options:  # avg_pool2d, max_pool2d: their window as given
+            k, pad = _square(options["kernel_size"]), _square(options.get("padding", 0))
+            s = _square(options.get("stride") or options["kernel_size"])
+            if None in (k, s, pad):
+                raise DecomposeError(f"a rectangular window (kernel {options['kernel_size']}, "
+                                     f"stride {options.get('stride')}, padding "
+                                     f"{options.get('padding', 0)}) is not covered")
+        else:  # adaptive: the window that gives its output size
+            k = s = max(1, h // int(out_shape[2]))
+            pad = 0
         return [Op.make("pool", {"channels": c, "kernel": k, "height": h, "width": w,
-                                 "stride": k, "max": int("max" in name)}, dtype, n)]
+                                 "stride": s, "padding": pad, "max": int("max" in name)},
+                        dtype, n)]
     if name in GATHER_FUNCS and len(out_shape):
         return _gather_ops(out_shape, dtype)
     if name in ELEMENTWISE_FUNCS:
@@ -594,6 +604,8 @@ def call_options(name: str, args, kwargs, is_tensor) -> dict:
     options = dict(zip(POSITIONAL_OPTIONS.get(name, ()), args[3:], strict=False))
     if name == "cdist":  # (x1, x2, p, compute_mode)
         options |= dict(zip(("p", "compute_mode"), args[2:], strict=False))
+    if name in ("avg_pool2d", "max_pool2d"):  # (input, kernel_size, stride, padding, ...)
+        options |= dict(zip(("kernel_size", "stride", "padding"), args[1:], strict=False))
     if name == "einsum" and args and isinstance(args[0], str):
         options["equation"] = args[0]
     elif name == "einsum" and len(args) > 1 and is_tensor(args[0]):
