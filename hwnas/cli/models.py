@@ -422,9 +422,9 @@ def predict_network(db_url, device_spec, arch, ops_json, module_spec, input_shap
     network`; of several, the latest that learned the network's dtype) and covers the network
     (the op dtypes and kinds of its training networks, at least half the layers of the
     smallest, their batch), else the sum of its ops' predictions;
-    a network at another batch than the one all its training networks ran at is answered by
-    the geometric mean of the model as is and of the model at its batch plus how the GEMM
-    model's predictions change with the batch."""
+    a network at a larger batch than the one all its training networks ran at is answered by
+    the model at its batch plus how the GEMM model's predictions change with the batch, at a
+    smaller one by the geometric mean of that and the model as is."""
     from collectors.ops import Op
     from hwnas.service.engine import BATCH_SCALED
     from predictor.data import resolve_device_model
