@@ -49,7 +49,17 @@ def test_collect_small_sweep_and_info(tmp_path):
     info = run(["db", "info", "--db", db])
     assert "8/8" in info.output and "done" in info.output
     devs = run(["devices", "--db", db])
-    assert devs.exit_code == 0 and "cpu" in devs.output
+    assert devs.exit_code == 0 and "cpu" in devs.output and "not measured" in devs.output
+    from collectors.devices import CpuDevice
+    from collectors.store.repo import Peak, save_peaks, upsert_device
+
+    with Store(db).session() as s:
+        save_peaks(s, upsert_device(s, CpuDevice().info),
+                   [Peak("bandwidth", 28.0, "GB/s", None, "test"),
+                    Peak("first_touch", 250.0, "ms/GB", None, "test")])
+        s.commit()
+    devs = run(["devices", "--db", db])  # each peak with its unit
+    assert "bandwidth=28 GB/s, first_touch=250 ms/GB" in devs.output, devs.output
 
 
 def test_collect_random_batched_gemms(tmp_path):

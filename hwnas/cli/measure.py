@@ -33,7 +33,7 @@ def devices(db_url: str | None, measure_peaks: bool) -> None:
     """List the CPU and every NVIDIA GPU with their specs and stored peaks."""
     from collectors import nvml
     from collectors.devices import detect_devices
-    from collectors.store.repo import device_peaks, upsert_device
+    from collectors.store.repo import upsert_device
 
     found = detect_devices()
     store = open_store(db_url)
@@ -52,7 +52,6 @@ def devices(db_url: str | None, measure_peaks: bool) -> None:
                 probe = (SpeedProbe.for_backend(backend)
                          if default_probe(None, dev.info.kind) else None)
                 save_peaks(s, row, run_peaks(dev, backend, probe=probe))
-            peaks = device_peaks(s, row.id)
             reader = dev.power_reader()
             i = dev.info
             rows.append([
@@ -61,12 +60,13 @@ def devices(db_url: str | None, measure_peaks: bool) -> None:
                 i.driver_version or "-", f"{i.max_sm_clock_mhz:.0f}" if i.max_sm_clock_mhz else "-",
                 f"{i.power_limit_w:.0f}" if i.power_limit_w else "-",
                 reader.source if reader.available else f"unavailable ({reader.reason})",
-                ", ".join(f"{k}={v:.3g}" for k, v in sorted(peaks.items())) or "not measured",
+                ", ".join(f"{p.metric}={p.value:.3g} {p.unit}"
+                          for p in sorted(row.peaks, key=lambda p: p.metric)) or "not measured",
                 row.fingerprint[:12],
             ])
         s.commit()
     print_table(["device", "model", "cores/SMs", "mem GiB", "driver", "max MHz", "power limit W",
-                 "power source", "peaks (TFLOP/s, GB/s)", "fingerprint"], rows)
+                 "power source", "peaks", "fingerprint"], rows)
     if len(found) == 1:
         click.echo(f"no NVIDIA GPU: {nvml.unavailable_reason or 'NVML found none'}")
 
