@@ -250,6 +250,32 @@ def test_the_first_touch_of_fresh_outputs_is_read_from_the_sizes_that_pay():
     assert cost.value >= 0 and start.value in (1, 2, 4)
 
 
+def test_pool_rates_are_measured_per_mode():
+    from collectors.peaks import measure_pool_rates
+
+    quick = TimingPolicy(warmup_s=0.0, min_reps=3, min_time_s=0.0, power_window_s=0)
+    rates = {p.metric: p for p in measure_pool_rates(quick)}
+    assert set(rates) == {"pool_max", "pool_avg"}
+    assert all(p.unit == "ns/output" and p.value > 0 for p in rates.values())
+
+
+def test_a_gpu_gets_no_cpu_figures_beyond_the_roofline(monkeypatch):
+    """GPU frameworks keep freed memory in caching allocators, and their pools were never
+    measured below the bandwidth: a GPU's peaks hold neither figure."""
+    from types import SimpleNamespace
+
+    import collectors.peaks as peaks
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("measured on a GPU")
+
+    monkeypatch.setattr(peaks, "measure_first_touch", refuse)
+    monkeypatch.setattr(peaks, "measure_pool_rates", refuse)
+    gpu = SimpleNamespace(info=SimpleNamespace(kind="gpu"))
+    assert peaks.measure_peaks(gpu, SimpleNamespace(), dtypes=[], bandwidth=False,
+                               beyond_roofline=True) == []
+
+
 def test_a_store_from_before_the_cpu_figures_gets_them_on_its_next_sweep(tmp_path, monkeypatch):
     from click.testing import CliRunner
 
