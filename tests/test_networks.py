@@ -208,6 +208,16 @@ def test_a_swept_recurrent_layer_decomposes_into_the_op_it_was_built_from(params
     assert [o for _, o in decompose(model, shape).ops] == [op]
 
 
+@pytest.mark.parametrize("params", [{}, {"causal": 1}, {"kv_len": 24}])
+def test_a_swept_attention_layer_decomposes_into_the_op_it_was_built_from(params):
+    """As the layer sweeps measure it: causal where the op is, keys of kv_len where given."""
+    from collectors.networks.sweep import layer_module
+
+    op = Op.make("attention", {"seq_len": 16, "heads": 2, "head_dim": 8, **params}, "fp32", 3)
+    model, shape = layer_module(op)
+    assert [o for _, o in decompose(model, shape).ops] == [op]
+
+
 def test_a_recurrent_op_names_its_bad_fields():
     def make(**params):
         return Op.make("recurrent", {"input_size": 8, "hidden": 16, "steps": 5, "gates": 4,

@@ -149,10 +149,15 @@ def layer_module(op: Op):
         return nn.Linear(p["in_features"], p["out_features"]), (b, p["tokens"],
                                                                 p["in_features"])
     if op.kind == "attention":
+        causal = bool(p["causal"])
+
         class Sdpa(nn.Module):
-            def forward(self, x):
-                return torch.nn.functional.scaled_dot_product_attention(x, x, x)
-        return Sdpa(), (b, p["heads"], p["seq_len"], p["head_dim"])
+            def forward(self, q, kv):
+                return torch.nn.functional.scaled_dot_product_attention(q, kv, kv,
+                                                                        is_causal=causal)
+
+        query = (b, p["heads"], p["seq_len"], p["head_dim"])
+        return Sdpa(), [query, (b, p["heads"], p["kv_len"] or p["seq_len"], p["head_dim"])]
     if op.kind == "recurrent":
         layer = {1: nn.RNN, 3: nn.GRU, 4: nn.LSTM}[p["gates"]]
         extra = {"proj_size": p["proj"]} if p["proj"] else {}
