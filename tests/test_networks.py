@@ -218,6 +218,14 @@ def test_a_swept_attention_layer_decomposes_into_the_op_it_was_built_from(params
     assert [o for _, o in decompose(model, shape).ops] == [op]
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch._dynamo's, on import
+def test_a_compiled_model_is_decomposed_as_the_model_it_wraps_without_compiling_it():
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    eager, compiled = decompose(model, (2, 8)), decompose(torch.compile(model), (2, 8))
+    assert compiled.ops == eager.ops and compiled.method == "fx"  # names without _orig_mod.
+    assert eager.note is None and "torch.compile'd model" in compiled.note
+
+
 def test_a_recurrent_op_names_its_bad_fields():
     def make(**params):
         return Op.make("recurrent", {"input_size": 8, "hidden": 16, "steps": 5, "gates": 4,

@@ -42,6 +42,7 @@ class Decomposition:
     # Calls that ran on (or made) a tensor of no elements on the example input: sizes that
     # depend on the data (a boolean mask that selects nothing), costed as nothing.
     empty: list[str] = field(default_factory=list)
+    compiled: bool = False  # the model was a torch.compile wrapper: its eager model's ops
 
     @property
     def note(self) -> str | None:
@@ -60,6 +61,10 @@ class Decomposition:
             notes.append(f"{n} call{'s' if n != 1 else ''} ran on empty tensors on the example "
                          f"input, costed as nothing: {shown}; their sizes depend on the data (a "
                          "boolean mask, nonzero), and other inputs may select more")
+        if self.compiled:
+            notes.append("a torch.compile'd model: these are the ops of the eager model it "
+                         "wraps, which its compiled kernels may fuse (a measurement times the "
+                         "compiled one)")
         return "; ".join(notes) or None
 
     def merge(self, prefix: str, inner: Decomposition) -> None:
@@ -250,16 +255,28 @@ def decompose(model, input_shape, dtype=None, input_dtype: str = "float") -> Dec
         raise DecomposeError("a TorchScript module (torch.jit.script or torch.jit.trace) hides "
                              "its layers from torch.fx and from module hooks; give the "
                              "nn.Module it was made from")
+    compiled = compiled_wrapper(model)
+    if compiled:  # decomposed as the model it wraps, without compiling it (tens of seconds)
+        model = model._orig_mod
     if on_meta_device(model):
         try:
             with torch.device("meta"):
-                return _decompose(model, input_shape, dtype, input_dtype, on_meta=True)
+                out = _decompose(model, input_shape, dtype, input_dtype, on_meta=True)
         except NotImplementedError as exc:  # a call whose sizes need values (nonzero, a mask)
             first = (str(exc).strip().splitlines() or [""])[0][:160]
             raise DecomposeError(f"on the meta device, which holds no values, its forward "
                                  f"needs some ({first}): its sizes depend on the data; build "
                                  "it on the CPU to decompose it") from None
-    return _decompose(model, input_shape, dtype, input_dtype, on_meta=False)
+    else:
+        out = _decompose(model, input_shape, dtype, input_dtype, on_meta=False)
+    out.compiled = compiled
+    return out
+
+
+def compiled_wrapper(model) -> bool:
+    """Whether ``model`` is what ``torch.compile`` returns for a module (an OptimizedModule,
+    whose ``_orig_mod`` is the module), told without importing torch._dynamo."""
+    return type(model).__name__ == "OptimizedModule" and hasattr(model, "_orig_mod")
 
 
 def _decompose(model, input_shape, dtype, input_dtype: str, on_meta: bool) -> Decomposition:
