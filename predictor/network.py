@@ -392,6 +392,17 @@ def held_out_devices(nets: pd.DataFrame, layers: pd.DataFrame) -> dict[str, dict
     return out
 
 
+def stored_dtypes(store: Store, device_model: str) -> list[str | None]:
+    """The dtypes of the device's stored networks, fp32 first; [None] where none are stored
+    (:func:`evaluate_and_fit` then says what to measure)."""
+    try:
+        nets = load_networks(store, device_model)
+    except DataError:
+        return [None]
+    found = set(nets.ops.map(network_dtype))
+    return sorted(found, key=lambda d: (d != "fp32", d)) or [None]
+
+
 def of_dtype(nets: pd.DataFrame, dtype: str | None, device_model: str) -> pd.DataFrame:
     """The networks of ``dtype`` (:func:`network_dtype`); where it is None, all of them,
     which must then be of one dtype: a network model's terms are per FLOP and byte, which a

@@ -1307,8 +1307,6 @@ def test_networks_and_layers_are_measured_in_the_dtype_asked_for(tmp_path, monke
         network.train_and_register(store, cpu.info.model, folds=2)
     row, metrics = network.train_and_register(store, cpu.info.model, folds=2, dtype="bf16")
     assert metrics["networks"] == 5 and row.meta["dtypes"] == ["bf16"]
-    r = CliRunner().invoke(main, ["train", "--db", store.url, "--target", "network"])
-    assert r.exit_code == 1 and "choose it (--dtype)" in r.output, r.output
     r = CliRunner().invoke(main, ["train", "--db", store.url, "--target", "network", "--dtype",
                                   "fp32", "--folds", "2"])
     assert r.exit_code == 0 and "from 4 networks" in r.output, r.output
@@ -1376,6 +1374,12 @@ def test_networks_and_layers_are_measured_in_the_dtype_asked_for(tmp_path, monke
         r = CliRunner().invoke(main, [*args, "--db", store.url])
         assert r.exit_code in (1, 2) and says in r.output and "Traceback" not in r.output, \
             r.output
+    # Without --dtype, `hwnas train --target network` fits one model per dtype stored.
+    r = CliRunner().invoke(main, ["train", "--db", store.url, "--target", "network", "--folds",
+                                  "2"])
+    assert r.exit_code == 0, r.output
+    assert r.output.startswith("fp32 networks:") and "\nbf16 networks:" in r.output, r.output
+    assert "network v3 from 4 networks" in r.output and "network v4 from 5 networks" in r.output
 
 
 def test_a_users_module_is_found_in_the_current_directory(tmp_path, monkeypatch):

@@ -88,7 +88,7 @@ def _print_evaluation(ev) -> None:
 @click.option("--dtype", "network_dtype", type=click.Choice(["fp32", "fp16", "bf16"]),
               default=None,
               help="With --target network: learn the networks of this dtype (a network model "
-                   "learns one; default: the only one stored).")
+                   "learns one; default: one model for each dtype stored).")
 @friendly_errors
 def train(db_url, device_spec, folds, trees, target, baseline_fit, network_dtype) -> None:
     """Fit a model for a device model, evaluate it on held-out shapes (or architectures) and
@@ -105,34 +105,12 @@ def train(db_url, device_spec, folds, trees, target, baseline_fit, network_dtype
     if target == "network":
         from predictor import network
 
-        row, metrics = network.train_and_register(store, model, folds, network_dtype)
-        for name in ("held_out", "flops_proxy"):
-            m = metrics[name]
-            click.echo(f"{name:>11}: within ±10% {m['within_10']:.1f}%, RMSPE "
-                       f"{m['rmspe']:.1f}%, Spearman {m['spearman']:.3f}")
-        if metrics.get("held_out_devices"):
-            click.echo("\nheld out one machine at a time (trained on the others' networks of "
-                       "architectures it did not measure):")
-            print_table(["device", "networks", "within ±10% %", "RMSPE %", "Spearman",
-                         "median pred/meas"],
-                        [[d[:12], m["networks"], f"{m['within_10']:.1f}", f"{m['rmspe']:.1f}",
-                          f"{m['spearman']:.3f}", f"{m['median_ratio']:.2f}"]
-                         for d, m in metrics["held_out_devices"].items()])
-            click.echo("")
-        click.echo(f"registered {model} network v{row.version} from {metrics['networks']} "
-                   f"networks and {metrics['layers']} layers: {row.path}")
-        meta, fewest = row.meta, (row.meta["min_layers"] + 1) // 2
-        least, most = meta["batches"]
-        batch = (f"at batch {least}" if least == most else
-                 f"at batch {least} to {network.EXTRAPOLATION * most}")
-        variants = "".join(f" ({kind}: {', '.join(seen)} only)"
-                           for kind, seen in (meta.get("variants") or {}).items())
-        click.echo(f"it answers networks of {', '.join(meta['dtypes'])} "
-                   f"{', '.join(meta['network_kinds'])} ops{variants} with at least {fewest} "
-                   f"layer{'s' if fewest != 1 else ''} {batch} (as its training networks "
-                   "were)" + _fixed_kinds(meta.get("fixed_kinds") or {})
-                   + "; others are summed from op predictions"
-                   + _forest_priced(meta.get("kinds") or []))
+        # one model per dtype stored (a network model learns one), or the one asked for
+        dtypes = [network_dtype] if network_dtype else network.stored_dtypes(store, model)
+        for i, dtype in enumerate(dtypes):
+            if len(dtypes) > 1:
+                click.echo(f"{'' if i == 0 else chr(10)}{dtype} networks:")
+            _train_network_model(store, model, folds, dtype)
         return
     previous = default_row(store, model)
     row, ev = train_and_register(store, model, folds, n_estimators=trees,
@@ -468,6 +446,41 @@ def predict_network(db_url, device_spec, arch, ops_json, module_spec, input_shap
         rows, distinct = write_network_gemms(named, gemms_csv)
         click.echo(f"\nwrote the {rows} GEMMs of its layers ({distinct} distinct) to "
                    f"{gemms_csv}; `hwnas collect gemm --shapes-csv {gemms_csv}` measures them")
+
+
+def _train_network_model(store, model: str, folds: int, dtype: str | None) -> None:
+    """Fit, evaluate and register the network model of ``model``'s networks of ``dtype``,
+    and say how it did and what it answers for."""
+    from predictor import network
+
+    row, metrics = network.train_and_register(store, model, folds, dtype)
+    for name in ("held_out", "flops_proxy"):
+        m = metrics[name]
+        click.echo(f"{name:>11}: within ±10% {m['within_10']:.1f}%, RMSPE "
+                   f"{m['rmspe']:.1f}%, Spearman {m['spearman']:.3f}")
+    if metrics.get("held_out_devices"):
+        click.echo("\nheld out one machine at a time (trained on the others' networks of "
+                   "architectures it did not measure):")
+        print_table(["device", "networks", "within ±10% %", "RMSPE %", "Spearman",
+                     "median pred/meas"],
+                    [[d[:12], m["networks"], f"{m['within_10']:.1f}", f"{m['rmspe']:.1f}",
+                      f"{m['spearman']:.3f}", f"{m['median_ratio']:.2f}"]
+                     for d, m in metrics["held_out_devices"].items()])
+        click.echo("")
+    click.echo(f"registered {model} network v{row.version} from {metrics['networks']} "
+               f"networks and {metrics['layers']} layers: {row.path}")
+    meta, fewest = row.meta, (row.meta["min_layers"] + 1) // 2
+    least, most = meta["batches"]
+    batch = (f"at batch {least}" if least == most else
+             f"at batch {least} to {network.EXTRAPOLATION * most}")
+    variants = "".join(f" ({kind}: {', '.join(seen)} only)"
+                       for kind, seen in (meta.get("variants") or {}).items())
+    click.echo(f"it answers networks of {', '.join(meta['dtypes'])} "
+               f"{', '.join(meta['network_kinds'])} ops{variants} with at least {fewest} "
+               f"layer{'s' if fewest != 1 else ''} {batch} (as its training networks "
+               "were)" + _fixed_kinds(meta.get("fixed_kinds") or {})
+               + "; others are summed from op predictions"
+               + _forest_priced(meta.get("kinds") or []))
 
 
 def _forest_priced(forest_kinds: list[str]) -> str:
