@@ -26,6 +26,19 @@ from collectors.timing import PerfCounterTimer, Timer, TimingPolicy, time_kernel
 PEAK_POLICY = TimingPolicy(warmup_s=0.2, min_reps=5, min_time_s=0.5, max_reps=200,
                            target_rep_ms=5.0, power_window_s=0.0)
 
+# What measure_peaks measures on a CPU beside the roofline's peaks (``beyond_roofline``).
+BEYOND_ROOFLINE = ("first_touch", "first_touch_from", "pool_max", "pool_avg")
+# The pool the rates are measured on: 3x3 windows, stride 1, over 8 x 64 x 56 x 56 (6.4 MB).
+POOL_SHAPE, POOL_KERNEL = (8, 64, 56, 56), 3
+# The CPU's figures beyond the roofline are measured more briefly than the peaks.
+CPU_FIGURES_POLICY = TimingPolicy(warmup_s=0.05, min_reps=5, min_time_s=0.15, max_reps=200,
+                                  target_rep_ms=5.0, power_window_s=0.0)
+# Output sizes probed (MiB): around glibc's largest mmap threshold, and beyond.
+FIRST_TOUCH_SIZES_MIB = (4, 8, 16, 24, 32, 48, 64, 128)
+# A size pays for its fresh output where that costs at least this share of what the largest
+# size's costs per byte (below the threshold a fresh output costs next to nothing).
+FIRST_TOUCH_SHARE = 0.5
+
 
 def _best(fn: Callable[[], object], timer: Timer, policy: TimingPolicy,
           probe: SpeedProbe | None = None) -> tuple[float, float, Calmness | None]:
@@ -104,16 +117,7 @@ def measure_peaks(device: ComputeDevice, backend: GemmBackend | None = None,
     return peaks
 
 
-FIRST_TOUCH_POLICY = TimingPolicy(warmup_s=0.05, min_reps=5, min_time_s=0.15, max_reps=200,
-                                  target_rep_ms=5.0, power_window_s=0.0)
-# Output sizes probed (MiB): around glibc's largest mmap threshold, and beyond.
-FIRST_TOUCH_SIZES_MIB = (4, 8, 16, 24, 32, 48, 64, 128)
-# A size pays for its fresh output where that costs at least this share of what the largest
-# size's costs per byte (below the threshold a fresh output costs next to nothing).
-FIRST_TOUCH_SHARE = 0.5
-
-
-def measure_first_touch(policy: TimingPolicy = FIRST_TOUCH_POLICY,
+def measure_first_touch(policy: TimingPolicy = CPU_FIGURES_POLICY,
                         probe: SpeedProbe | None = None,
                         sizes_mib: tuple[int, ...] = FIRST_TOUCH_SIZES_MIB) -> list[Peak]:
     """The CPU's cost of a new torch output beyond writing it, per size in ``sizes_mib``:
@@ -132,33 +136,6 @@ def measure_first_touch(policy: TimingPolicy = FIRST_TOUCH_POLICY,
         excess_ms_per_gb.append(max(fresh_ms - kept_ms, 0.0) / ((mib << 20) / 1e9))
         del x, kept
     return first_touch_peaks(sizes_mib, excess_ms_per_gb)
-
-
-# What measure_peaks measures on a CPU beside the roofline's peaks (``beyond_roofline``).
-BEYOND_ROOFLINE = ("first_touch", "first_touch_from", "pool_max", "pool_avg")
-# The pool the rates are measured on: 3x3 windows, stride 1, over 8 x 64 x 56 x 56 (6.4 MB).
-POOL_SHAPE, POOL_KERNEL = (8, 64, 56, 56), 3
-
-
-def measure_pool_rates(policy: TimingPolicy = FIRST_TOUCH_POLICY,
-                       probe: SpeedProbe | None = None) -> list[Peak]:
-    """ns per output element of torch's max and average 2-D pools on this CPU (3x3 windows,
-    stride 1, padding 1, fastest decile); a pool op's time is at least its outputs at this
-    rate (predictor.op_costs)."""
-    import torch
-    import torch.nn.functional as F
-
-    x = torch.randn(*POOL_SHAPE)
-    outputs = x.numel()  # stride 1, padding 1: as many outputs as inputs
-    peaks = []
-    for mode, pool in (("max", F.max_pool2d), ("avg", F.avg_pool2d)):
-        t_ms, spread, _ = _best(lambda pool=pool: pool(x, POOL_KERNEL, 1, 1),
-                                PerfCounterTimer(), policy, probe)
-        ns = t_ms * 1e6 / outputs
-        peaks.append(Peak(f"pool_{mode}", ns, "ns/output", ns * spread,
-                          f"torch {pool.__name__} {POOL_KERNEL}x{POOL_KERNEL}, stride 1, over "
-                          f"{'x'.join(map(str, POOL_SHAPE))} fp32, fastest decile"))
-    return peaks
 
 
 def first_touch_peaks(sizes_mib: tuple[int, ...], excess_ms_per_gb: list[float]) -> list[Peak]:
@@ -183,6 +160,27 @@ def first_touch_peaks(sizes_mib: tuple[int, ...], excess_ms_per_gb: list[float])
                  f"smallest of {probed} MiB from which on a fresh output costs at least "
                  f"{FIRST_TOUCH_SHARE:g}x the largest's per byte"
                  + ("" if paying else "; none did: twice the largest"))]
+
+
+def measure_pool_rates(policy: TimingPolicy = CPU_FIGURES_POLICY,
+                       probe: SpeedProbe | None = None) -> list[Peak]:
+    """ns per output element of torch's max and average 2-D pools on this CPU (3x3 windows,
+    stride 1, padding 1, fastest decile); a pool op's time is at least its outputs at this
+    rate (predictor.op_costs)."""
+    import torch
+    import torch.nn.functional as F
+
+    x = torch.randn(*POOL_SHAPE)
+    outputs = x.numel()  # stride 1, padding 1: as many outputs as inputs
+    peaks = []
+    for mode, pool in (("max", F.max_pool2d), ("avg", F.avg_pool2d)):
+        t_ms, spread, _ = _best(lambda pool=pool: pool(x, POOL_KERNEL, 1, 1),
+                                PerfCounterTimer(), policy, probe)
+        ns = t_ms * 1e6 / outputs
+        peaks.append(Peak(f"pool_{mode}", ns, "ns/output", ns * spread,
+                          f"torch {pool.__name__} {POOL_KERNEL}x{POOL_KERNEL}, stride 1, over "
+                          f"{'x'.join(map(str, POOL_SHAPE))} fp32, fastest decile"))
+    return peaks
 
 
 def slow_peaks(calmness: dict[str, Calmness], probe: SpeedProbe) -> list[str]:
