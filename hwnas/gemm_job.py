@@ -196,12 +196,14 @@ class GemmJob:
                 return
             click.echo(f"measuring peaks of {self.device.info.name} "
                        f"({', '.join(dtypes + memory)}; once per device) ...", err=True)
-            save_peaks(s, row, measure_peaks(self.device, self.backend, dtypes,
-                                             bandwidth="bandwidth" not in have,
-                                             probe=self.runner.probe(),
-                                             calmness=self.peak_calmness,
-                                             beyond_roofline=beyond))
+            measured = measure_peaks(self.device, self.backend, dtypes,
+                                     bandwidth="bandwidth" not in have, probe=self.runner.probe(),
+                                     calmness=self.peak_calmness, beyond_roofline=beyond)
+            save_peaks(s, row, measured)
             s.commit()
+        if measured:
+            click.echo("  " + ", ".join(f"{p.metric} {p.value:.3g} {p.unit}" for p in measured),
+                       err=True)
 
     def recheck_peaks(self) -> None:
         """Peaks measured at the start of this sweep, when the speed probe had seen only a few
