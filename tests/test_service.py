@@ -683,6 +683,30 @@ def test_fresh_outputs_from_the_measured_size_on_pay_their_first_touch():
     assert total(charged).first_touch_ms == pytest.approx(2 * (64 << 20) / 1e9 * 250)
 
 
+def test_predict_network_says_what_the_first_touch_of_fresh_outputs_is(tmp_path):
+    from dataclasses import replace
+
+    from click.testing import CliRunner
+
+    from hwnas.cli import main
+
+    store = make_store(tmp_path, with_model=False)
+    touching = replace(PROFILE, peaks={**PROFILE.peaks, "first_touch": 250.0,
+                                       "first_touch_from": 32.0})
+    registry.register(store, fit_full(synthetic(30, seed=0), touching, n_estimators=5),
+                      PROFILE.model, {}, tmp_path / "models")
+    path = tmp_path / "ops.json"
+    for in_place, noted in ((0, True), (1, False)):
+        path.write_text(json.dumps([{"kind": "elementwise", "batch": 4, "params": {
+            "elements": 1 << 22, "in_place": in_place}}]))  # 64 MiB out, or written in place
+        r = CliRunner().invoke(main, ["predict", "network", "--db", store.url, "--device",
+                                      PROFILE.model, "--ops-json", str(path)])
+        assert r.exit_code == 0, r.output
+        assert ("first touch of fresh outputs" in r.output) is noted, r.output
+        assert ("note: part of it is the first touch of large new outputs" in r.stderr) is \
+            noted, r.stderr
+
+
 def test_a_recurrent_layer_costs_its_projections_and_its_steps_gates():
     from collectors.ops import Op
     from predictor.op_costs import FOREST, predict_ops

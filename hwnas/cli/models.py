@@ -407,6 +407,7 @@ def predict_network(db_url, device_spec, arch, ops_json, module_spec, input_shap
     from hwnas.service.engine import BATCH_SCALED
     from predictor.data import resolve_device_model
     from predictor.nasbench201 import network_ops
+    from predictor.op_costs import FIRST_TOUCH
     from search.job import OP_SUM, prediction_client
 
     spec = network_spec(arch, ops_json, module_spec, input_shape, input_dtype, dtype)
@@ -432,6 +433,12 @@ def predict_network(db_url, device_spec, arch, ops_json, module_spec, input_shap
              if a.method.startswith(OP_SUM) or gemms_csv else [])
     if a.method.startswith(OP_SUM):
         _why_no_network_model(store, device_model, version, [op for _, op in named])
+    if FIRST_TOUCH in a.method:
+        click.echo("note: part of it is the first touch of large new outputs: this CPU's "
+                   "allocator hands blocks of first_touch_from MiB or more back to the system, "
+                   "so each such output faults its pages in again (`hwnas devices` shows the "
+                   "figures); layers run in place (inplace=True) or into kept outputs do not "
+                   "pay it", err=True)
     if a.method == OP_SUM and any(op.kind == "recurrent" for _, op in named):
         click.echo("note: its recurrent layers are the GEMM model's sum of their steps, which "
                    "misses how cuDNN and oneDNN run them (0.2-1.4x the measured time on a CPU "
