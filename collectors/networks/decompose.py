@@ -111,50 +111,6 @@ class Decomposition:
         return out
 
 
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 def torch_dtype(name: str, field: str = "dtype"):
     """The torch dtype a model is held in to run as ``name`` (fp32, fp16 or bf16); OpError
     naming ``field`` otherwise (tf32 is a way to multiply fp32, not a dtype to hold)."""
@@ -435,6 +391,14 @@ def _traced(model, examples: list):
     return gm
 
 
+def _tensor_args(args, kwargs: dict, is_tensor) -> list:
+    """A call's tensor arguments in order, positional then keyword, those in a list or tuple
+    argument (``torch.cat``'s) item by item; ``is_tensor`` tells them (an fx node of a tensor,
+    or a tensor)."""
+    return [t for a in (*args, *kwargs.values())
+            for t in (a if isinstance(a, list | tuple) else (a,)) if is_tensor(t)]
+
+
 def _decompose_graph(gm) -> tuple[Decomposition, list[str]]:
     """The ops of a traced model, and the containers among its calls that could not be
     decomposed on their own (:func:`_decompose_inside`)."""
@@ -445,8 +409,7 @@ def _decompose_graph(gm) -> tuple[Decomposition, list[str]]:
         if node.meta.get("tensor_meta") is None:  # no tensor out: arithmetic on sizes
             continue
         out_shape, dtype = _shape(node, first=True)
-        tensors = [t for a in (*node.args, *node.kwargs.values())
-                   for t in (a if isinstance(a, list | tuple) else (a,)) if hasattr(t, "meta")]
+        tensors = _tensor_args(node.args, node.kwargs, lambda v: hasattr(v, "meta"))
         arg_shapes = [_shape(a)[0] for a in tensors]
         if node.op == "call_module":
             mod = gm.get_submodule(node.target)
@@ -500,9 +463,7 @@ def _decompose_calls(model, examples: list, kwargs: dict | None = None) -> Decom
                 return result  # a mapped module's own work, or arithmetic on sizes
             raw = getattr(func, "__name__", str(func))  # add_ (in place) is add's kind
             name = raw.strip("_")
-            tensors = [t for a in (*args, *kwargs.values())
-                       for t in (a if isinstance(a, list | tuple) else (a,))
-                       if isinstance(t, torch.Tensor)]
+            tensors = _tensor_args(args, kwargs, lambda v: isinstance(v, torch.Tensor))
             options = call_options(name, args, kwargs, lambda v: isinstance(v, torch.Tensor))
             label = ".".join([*path[-1:], name])
             shapes = [tuple(t.shape) for t in tensors]
