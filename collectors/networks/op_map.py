@@ -289,6 +289,26 @@ def _embedding_bag_ops(ids: Sequence[int], out_shape: Sequence[int], dtype: str)
                     batch)]
 
 
+def _pool_ops(in_shape: Sequence[int], out_shape: Sequence[int], window, is_max: bool,
+              dtype: str) -> list[Op]:
+    """A 2-D pool over an (N, C, H, W) input: its ``window`` (kernel, stride or None for the
+    kernel's, padding) as given, or, for an adaptive one (``window`` None), the window that
+    gives its output size."""
+    n, c, h, w = (int(x) for x in in_shape)
+    if window is None:
+        k = s = max(1, h // int(out_shape[2]))
+        pad = 0
+    else:
+        kernel, stride, padding = window
+        k, pad = _square(kernel), _square(padding)
+        s = _square(stride if stride is not None else kernel)
+        if None in (k, s, pad):
+            raise DecomposeError(f"a rectangular window (kernel {kernel}, stride {stride}, "
+                                 f"padding {padding}) is not covered")
+    return [Op.make("pool", {"channels": c, "kernel": k, "height": h, "width": w, "stride": s,
+                             "padding": pad, "max": int(is_max)}, dtype, n)]
+
+
 def _reduction(in_shape: Sequence[int], out_shape: Sequence[int]) -> int:
     """How many times fewer elements a reduction writes than it reads (1 for a sort)."""
     return max(1, _numel(in_shape) // max(1, _numel(out_shape)))
@@ -456,20 +476,9 @@ def module_op(mod, in_shape: Sequence[int], out_shape: Sequence[int], dtype: str
     if kind in POOL_MODULES:
         if len(in_shape) != 4:
             return None
-        _, c, h, w = (int(x) for x in in_shape)
-        if kind.startswith("Adaptive"):
-            ho = int(out_shape[2])
-            k = s = max(1, h // ho)
-            pad = 0
-        else:
-            k, pad = _square(mod.kernel_size), _square(mod.padding)
-            s = _square(mod.stride if mod.stride is not None else mod.kernel_size)
-            if None in (k, s, pad):
-                raise DecomposeError(f"a rectangular window (kernel {mod.kernel_size}, stride "
-                                     f"{mod.stride}, padding {mod.padding}) is not covered")
-        return [Op.make("pool", {"channels": c, "kernel": k, "height": h, "width": w,
-                                 "stride": s, "padding": pad, "max": int("Max" in kind)},
-                        dtype, batch)]
+        window = None if kind.startswith("Adaptive") else (mod.kernel_size, mod.stride,
+                                                            mod.padding)
+        return _pool_ops(in_shape, out_shape, window, "Max" in kind, dtype)
     if kind in ELEMENTWISE_MODULES:
         return [Op.make("elementwise", {"elements": _numel(in_shape) // batch,
                                         "in_place": int(bool(getattr(mod, "inplace", False)))},
@@ -555,20 +564,9 @@ def function_op(name: str, arg_shapes: list[Sequence[int]], out_shape: Sequence[
                                       "causal": int(bool(options.get("is_causal")))},
                         dtype, batch)]
     if name in ("adaptive_avg_pool2d", "avg_pool2d", "max_pool2d") and len(arg_shapes[0]) == 4:
-        n, c, h, w = (int(x) for x in arg_shapes[0])
-        if "kernel_size" in options:  # avg_pool2d, max_pool2d: their window as given
-            k, pad = _square(options["kernel_size"]), _square(options.get("padding", 0))
-            s = _square(options.get("stride") or options["kernel_size"])
-            if None in (k, s, pad):
-                raise DecomposeError(f"a rectangular window (kernel {options['kernel_size']}, "
-                                     f"stride {options.get('stride')}, padding "
-                                     f"{options.get('padding', 0)}) is not covered")
-        else:  # adaptive: the window that gives its output size
-            k = s = max(1, h // int(out_shape[2]))
-            pad = 0
-        return [Op.make("pool", {"channels": c, "kernel": k, "height": h, "width": w,
-                                 "stride": s, "padding": pad, "max": int("max" in name)},
-                        dtype, n)]
+        window = ((options["kernel_size"], options.get("stride"), options.get("padding", 0))
+                  if "kernel_size" in options else None)  # adaptive ones have none
+        return _pool_ops(arg_shapes[0], out_shape, window, "max" in name, dtype)
     if name in GATHER_FUNCS and len(out_shape):
         return _gather_ops(out_shape, dtype)
     if name in ELEMENTWISE_FUNCS:
