@@ -67,19 +67,20 @@ def predict_ops(model: GemmCostForest, ops: list[Op]) -> list[OpCost]:
     def bound_ms(op: Op) -> float:
         return fixed_ms.get(op.dtype, 0.0) + op_bytes(op) / (bandwidth_gbs * 1e9) * 1e3
 
-    def pool_ms(op: Op) -> float:
-        """The pool's outputs at its mode's measured rate (ns per output), 0 without one."""
+    def pool_rate_ms(op: Op) -> float:
+        """A pool's outputs at its mode's measured rate (ns per output); 0 for other ops and
+        where the device has no such rate."""
+        if op.kind != "pool":
+            return 0.0
         rate = peaks.get("pool_max" if op.params["max"] else "pool_avg", 0.0)
-        outputs = op_output_bytes(op) // DTYPES[op.dtype].bytes_per_element
-        return fixed_ms.get(op.dtype, 0.0) + outputs * rate / 1e6
+        return op_output_bytes(op) // DTYPES[op.dtype].bytes_per_element * rate / 1e6
 
     out = []
     for i, op in enumerate(ops):
         sel = np.flatnonzero(owner_arr == i)
         fresh = touch.ms(op)
         if len(sel) == 0:
-            bound = bound_ms(op)
-            rate = pool_ms(op) if op.kind == "pool" else 0.0
+            bound, rate = bound_ms(op), fixed_ms.get(op.dtype, 0.0) + pool_rate_ms(op)
             t = max(bound, rate) + fresh
             # A bound, not a learned figure: its uncertainty is stated as the whole value.
             out.append(OpCost(t, t, None, None, None, None, POOL_RATE if rate > bound
