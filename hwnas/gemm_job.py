@@ -23,7 +23,7 @@ from collectors.sweep import (
     sweep_origin,
 )
 from collectors.timing import TimingPolicy
-from hwnas.output import print_table
+from hwnas.output import peaks_text, print_table
 
 
 def split_list(text: str, option: str) -> list[str]:
@@ -202,8 +202,7 @@ class GemmJob:
             save_peaks(s, row, measured)
             s.commit()
         if measured:
-            click.echo("  " + ", ".join(f"{p.metric} {p.value:.3g} {p.unit}" for p in measured),
-                       err=True)
+            click.echo(f"  {peaks_text(measured)}", err=True)
 
     def recheck_peaks(self) -> None:
         """Peaks measured at the start of this sweep, when the speed probe had seen only a few

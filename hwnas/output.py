@@ -1,4 +1,4 @@
-"""Plain-text tables for terminal output."""
+"""Plain-text tables and figures for terminal output."""
 
 from __future__ import annotations
 
@@ -16,3 +16,9 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> Non
             click.echo("  ".join("-" * w for w in widths))
     if not rows:
         click.echo("(none)")
+
+
+def peaks_text(peaks) -> str:
+    """A device's peaks (anything with ``metric``, ``value`` and ``unit``: stored rows or
+    freshly measured ones) on one line, each with its unit."""
+    return ", ".join(f"{p.metric}={p.value:.3g} {p.unit}" for p in peaks)

@@ -308,7 +308,7 @@ def test_a_store_from_before_the_cpu_figures_gets_them_on_its_next_sweep(tmp_pat
     assert calls == [([], False, True)]  # the first sweep measures it alone, the next none
     assert "(first touch and pool rates; once per device)" in outputs[0].output
     # and says what it measured
-    assert ", ".join(f"{m} 1 units" for m in BEYOND_ROOFLINE) in outputs[0].output
+    assert ", ".join(f"{m}=1 units" for m in BEYOND_ROOFLINE) in outputs[0].output
     with store.session() as s:
         assert device_peaks(s, 1) == {"compute_fp32": 0.2, "bandwidth": 28.0,
                                       **dict.fromkeys(BEYOND_ROOFLINE, 1.0)}

@@ -18,7 +18,7 @@ from hwnas.cli.options import (
     plan_options,
     timing_options,
 )
-from hwnas.output import print_table
+from hwnas.output import peaks_text, print_table
 
 
 @main.command()
@@ -26,8 +26,8 @@ from hwnas.output import print_table
 @click.option("--measure-peaks", is_flag=True,
               help="Measure achievable compute (TFLOP/s) and bandwidth (GB/s) peaks now, "
                    "and on a CPU what a large fresh output costs beyond its bytes "
-                   "(first_touch, ms/GB, from first_touch_from MiB on), and store them with "
-                   "each device.")
+                   "(first_touch, ms/GB, from first_touch_from MiB on) and its pools' rates "
+                   "(pool_max, pool_avg, ns/output), and store them with each device.")
 @friendly_errors
 def devices(db_url: str | None, measure_peaks: bool) -> None:
     """List the CPU and every NVIDIA GPU with their specs and stored peaks."""
@@ -60,8 +60,7 @@ def devices(db_url: str | None, measure_peaks: bool) -> None:
                 i.driver_version or "-", f"{i.max_sm_clock_mhz:.0f}" if i.max_sm_clock_mhz else "-",
                 f"{i.power_limit_w:.0f}" if i.power_limit_w else "-",
                 reader.source if reader.available else f"unavailable ({reader.reason})",
-                ", ".join(f"{p.metric}={p.value:.3g} {p.unit}"
-                          for p in sorted(row.peaks, key=lambda p: p.metric)) or "not measured",
+                peaks_text(sorted(row.peaks, key=lambda p: p.metric)) or "not measured",
                 row.fingerprint[:12],
             ])
         s.commit()
